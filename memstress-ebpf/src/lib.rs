@@ -1,0 +1,362 @@
+//! The ABI shared by memstress's BPF programs and its userspace controller.
+//!
+//! Every type here is `#[repr(C)]`, holds only integers and byte arrays, and is written by the
+//! BPF side and read by userspace (or, for [`KernelLayout`], the other way round). Changing a
+//! layout changes both sides at once because both compile this file.
+//!
+//! Rust BPF programs get no CO-RE relocations, so the programs never hard-code a kernel struct
+//! offset: userspace resolves every offset from the running kernel's BTF at start-up and hands
+//! them to the programs as the read-only global [`names::LAYOUT_GLOBAL`]. An offset the kernel
+//! does not have is [`UNKNOWN`], and a field that could not be read is reported as unknown
+//! (its bit stays clear in the `valid` masks), never as a wrong number.
+
+#![no_std]
+
+/// Map, program and global names, shared so that userspace cannot drift from the object.
+pub mod names {
+    /// Ring buffer carrying every event to userspace.
+    pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU array of counters (see [`crate::counters`]).
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Array map (one [`crate::RuntimeConfig`]) written by userspace after attaching.
+    pub const RUNTIME: &str = "RUNTIME";
+    /// Read-only global holding the [`crate::KernelLayout`].
+    pub const LAYOUT_GLOBAL: &str = "LAYOUT";
+
+    /// tp_btf program on `mark_victim(struct task_struct *, uid_t)`.
+    pub const PROG_MARK_VICTIM_BTF: &str = "mark_victim_btf";
+    /// Classic tracepoint program on `oom:mark_victim`.
+    pub const PROG_MARK_VICTIM_TP: &str = "mark_victim_tp";
+    /// tp_btf program on `signal_generate`.
+    pub const PROG_SIGNAL_GENERATE_BTF: &str = "signal_generate_btf";
+}
+
+/// Marks an offset the running kernel does not have.
+pub const UNKNOWN: u32 = u32::MAX;
+
+/// Length of `task_struct.comm`.
+pub const COMM_LEN: usize = 16;
+/// Cgroup path components recorded per event (leaf first); deeper paths are marked truncated.
+pub const CGROUP_DEPTH: usize = 10;
+/// Bytes recorded per cgroup path component (including the NUL).
+pub const CGROUP_NAME_LEN: usize = 96;
+
+/// Offsets into kernel structures, resolved from BTF by userspace.
+///
+/// Every field is a byte offset, or [`UNKNOWN`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelLayout {
+    /// `task_struct.pid`
+    pub task_pid: u32,
+    /// `task_struct.tgid`
+    pub task_tgid: u32,
+    /// `task_struct.comm`
+    pub task_comm: u32,
+    /// `task_struct.flags`
+    pub task_flags: u32,
+    /// `task_struct.mm`
+    pub task_mm: u32,
+    /// `task_struct.signal`
+    pub task_signal: u32,
+    /// `task_struct.real_cred`
+    pub task_real_cred: u32,
+    /// `task_struct.cgroups`
+    pub task_cgroups: u32,
+    /// `cred.uid` (a `kuid_t`, whose `val` is at offset 0)
+    pub cred_uid: u32,
+    /// `signal_struct.oom_score_adj`
+    pub signal_oom_score_adj: u32,
+    /// `mm_struct.rss_stat[0]`'s counter value (`percpu_counter.count`, or `atomic_long_t`)
+    pub mm_rss_stat: u32,
+    /// Bytes between two `rss_stat` counters.
+    pub mm_rss_stride: u32,
+    /// `mm_struct.pgtables_bytes`
+    pub mm_pgtables_bytes: u32,
+    /// `mm_struct.total_vm`
+    pub mm_total_vm: u32,
+    /// Index of `MM_FILEPAGES` in `rss_stat`.
+    pub mm_filepages: u32,
+    /// Index of `MM_ANONPAGES` in `rss_stat`.
+    pub mm_anonpages: u32,
+    /// Index of `MM_SWAPENTS` in `rss_stat`.
+    pub mm_swapents: u32,
+    /// Index of `MM_SHMEMPAGES` in `rss_stat`.
+    pub mm_shmempages: u32,
+    /// `css_set.subsys[memory_cgrp_id]`
+    pub css_set_memory: u32,
+    /// `cgroup_subsys_state.cgroup`
+    pub css_cgroup: u32,
+    /// `cgroup.kn`
+    pub cgroup_kn: u32,
+    /// `kernfs_node.name`
+    pub kn_name: u32,
+    /// `kernfs_node.parent` (`__parent` since 6.15)
+    pub kn_parent: u32,
+    /// `kernfs_node.id`
+    pub kn_id: u32,
+
+    /// `oom:mark_victim` record: offset of `pid` (classic tracepoint format, from tracefs).
+    pub tp_victim_pid: u32,
+    /// … of `total_vm` (kB)
+    pub tp_victim_total_vm: u32,
+    /// … of `anon_rss` (kB)
+    pub tp_victim_anon_rss: u32,
+    /// … of `file_rss` (kB)
+    pub tp_victim_file_rss: u32,
+    /// … of `shmem_rss` (kB)
+    pub tp_victim_shmem_rss: u32,
+    /// … of `uid`
+    pub tp_victim_uid: u32,
+    /// … of `pgtables` (kB)
+    pub tp_victim_pgtables: u32,
+    /// … of `oom_score_adj`
+    pub tp_victim_oom_score_adj: u32,
+
+    /// 1 when the tp_btf `mark_victim` passes `(struct task_struct *, uid_t)`; 0 when it passes
+    /// only `(int pid)` (kernels before 6.8).
+    pub mark_victim_has_task: u32,
+}
+
+impl KernelLayout {
+    /// A layout with every offset unknown.
+    pub const UNSET: Self = Self {
+        task_pid: UNKNOWN,
+        task_tgid: UNKNOWN,
+        task_comm: UNKNOWN,
+        task_flags: UNKNOWN,
+        task_mm: UNKNOWN,
+        task_signal: UNKNOWN,
+        task_real_cred: UNKNOWN,
+        task_cgroups: UNKNOWN,
+        cred_uid: UNKNOWN,
+        signal_oom_score_adj: UNKNOWN,
+        mm_rss_stat: UNKNOWN,
+        mm_rss_stride: UNKNOWN,
+        mm_pgtables_bytes: UNKNOWN,
+        mm_total_vm: UNKNOWN,
+        mm_filepages: UNKNOWN,
+        mm_anonpages: UNKNOWN,
+        mm_swapents: UNKNOWN,
+        mm_shmempages: UNKNOWN,
+        css_set_memory: UNKNOWN,
+        css_cgroup: UNKNOWN,
+        cgroup_kn: UNKNOWN,
+        kn_name: UNKNOWN,
+        kn_parent: UNKNOWN,
+        kn_id: UNKNOWN,
+        tp_victim_pid: UNKNOWN,
+        tp_victim_total_vm: UNKNOWN,
+        tp_victim_anon_rss: UNKNOWN,
+        tp_victim_file_rss: UNKNOWN,
+        tp_victim_shmem_rss: UNKNOWN,
+        tp_victim_uid: UNKNOWN,
+        tp_victim_pgtables: UNKNOWN,
+        tp_victim_oom_score_adj: UNKNOWN,
+        mark_victim_has_task: 0,
+    };
+}
+
+/// Which programs userspace managed to attach; the BPF side uses it to know when an OOM
+/// record is complete (both `mark_victim` halves seen) and whether kills can be confirmed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Bit set of [`source`] flags: the halves an `oom_victim` record waits for.
+    pub victim_sources: u32,
+    /// 1 when the `signal_generate` program is attached (kills can be confirmed).
+    pub signal_attached: u32,
+}
+
+/// Which program filled part of a record.
+pub mod source {
+    /// The tp_btf `mark_victim` program (task_struct read through BTF offsets).
+    pub const BTF: u32 = 1 << 0;
+    /// The classic `oom:mark_victim` tracepoint (the kernel's own formatted figures).
+    pub const TRACEPOINT: u32 = 1 << 1;
+}
+
+/// Indices into the per-CPU [`names::COUNTERS`] array.
+pub mod counters {
+    /// Records dropped because the ring buffer was full.
+    pub const RINGBUF_DROPS: u32 = 0;
+    /// `mark_victim` records begun.
+    pub const VICTIMS_SEEN: u32 = 1;
+    /// `mark_victim` records whose halves did not match (a half was missing).
+    pub const VICTIM_HALVES_UNMATCHED: u32 = 2;
+    /// Number of counters.
+    pub const LEN: u32 = 8;
+}
+
+/// Event kinds (the first field of every record).
+pub mod kind {
+    /// An [`crate::OomVictim`].
+    pub const OOM_VICTIM: u32 = 1;
+}
+
+/// Bits of [`TaskFacts::valid`]: which fields were read from the kernel.
+pub mod valid {
+    /// `pid` and `tgid`
+    pub const IDS: u32 = 1 << 0;
+    /// `comm`
+    pub const COMM: u32 = 1 << 1;
+    /// `uid`
+    pub const UID: u32 = 1 << 2;
+    /// `oom_score_adj`
+    pub const OOM_SCORE_ADJ: u32 = 1 << 3;
+    /// `rss`
+    pub const RSS: u32 = 1 << 4;
+    /// `pgtables_bytes`
+    pub const PGTABLES: u32 = 1 << 5;
+    /// `total_vm`
+    pub const TOTAL_VM: u32 = 1 << 6;
+    /// `memcg_id`
+    pub const MEMCG: u32 = 1 << 7;
+    /// `flags`
+    pub const FLAGS: u32 = 1 << 8;
+}
+
+/// A task's facts as the kernel holds them, read in the OOM path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TaskFacts {
+    /// Thread id (`task_struct.pid`).
+    pub pid: u32,
+    /// Process id (`task_struct.tgid`).
+    pub tgid: u32,
+    /// `task_struct.comm`, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+    /// Real uid.
+    pub uid: u32,
+    /// `signal->oom_score_adj`.
+    pub oom_score_adj: i16,
+    /// Padding.
+    pub _pad: u16,
+    /// `task_struct.flags` (PF_*).
+    pub flags: u32,
+    /// Bit set of [`valid`] flags.
+    pub valid: u32,
+    /// `mm->rss_stat` in pages: file, anon, swap entries, shmem.
+    pub rss: [i64; 4],
+    /// `mm->pgtables_bytes`.
+    pub pgtables_bytes: u64,
+    /// `mm->total_vm` in pages.
+    pub total_vm: u64,
+    /// Kernfs id (= inode number) of the task's memory cgroup.
+    pub memcg_id: u64,
+}
+
+/// Index of the file pages in [`TaskFacts::rss`].
+pub const RSS_FILE: usize = 0;
+/// Index of the anon pages in [`TaskFacts::rss`].
+pub const RSS_ANON: usize = 1;
+/// Index of the swap entries in [`TaskFacts::rss`].
+pub const RSS_SWAP: usize = 2;
+/// Index of the shmem pages in [`TaskFacts::rss`].
+pub const RSS_SHMEM: usize = 3;
+
+/// A cgroup's path, read from its kernfs nodes, leaf first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CgroupPath {
+    /// Components recorded in `names`.
+    pub depth: u32,
+    /// 1 when the path had more than [`CGROUP_DEPTH`] components below the root.
+    pub truncated: u32,
+    /// Kernfs ids (= directory inode numbers) of the recorded components, leaf first.
+    pub ids: [u64; CGROUP_DEPTH],
+    /// NUL-terminated names, `names[0]` is the leaf.
+    pub names: [[u8; CGROUP_NAME_LEN]; CGROUP_DEPTH],
+}
+
+/// The `oom:mark_victim` tracepoint's own figures (kB, as the kernel formats them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TracepointVictim {
+    /// Victim thread id.
+    pub pid: i32,
+    /// Victim uid.
+    pub uid: u32,
+    /// `total_vm` in kB.
+    pub total_vm_kb: u64,
+    /// `anon_rss` in kB.
+    pub anon_rss_kb: u64,
+    /// `file_rss` in kB.
+    pub file_rss_kb: u64,
+    /// `shmem_rss` in kB.
+    pub shmem_rss_kb: u64,
+    /// `pgtables` in kB.
+    pub pgtables_kb: u64,
+    /// `oom_score_adj`.
+    pub oom_score_adj: i16,
+    /// Padding.
+    pub _pad: [u8; 6],
+}
+
+/// One OOM victim, as `mark_victim` saw it (kind [`kind::OOM_VICTIM`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct OomVictim {
+    /// [`kind::OOM_VICTIM`].
+    pub kind: u32,
+    /// CPU the OOM killer ran on.
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()` at `mark_victim` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Bit set of [`source`] flags: which programs filled this record.
+    pub sources: u32,
+    /// 1 when the OOM killer sent this victim SIGKILL just before marking it; 0 when it was
+    /// marked without a kill (it was already exiting); 2 when kills cannot be confirmed
+    /// (the `signal_generate` probe is not attached).
+    pub killed: u32,
+    /// The victim (from the tp_btf program).
+    pub victim: TaskFacts,
+    /// The task in whose context the OOM killer ran: the one whose allocation (or limit
+    /// write) failed.
+    pub trigger: TaskFacts,
+    /// The victim's memory cgroup.
+    pub victim_cgroup: CgroupPath,
+    /// The tracepoint's figures (valid when `sources` has [`source::TRACEPOINT`]).
+    pub tp: TracepointVictim,
+}
+
+/// Kill confirmation states of [`OomVictim::killed`].
+pub mod killed {
+    /// Marked without a SIGKILL: the victim was already exiting.
+    pub const NO: u32 = 0;
+    /// SIGKILL seen from the OOM killer's context to the victim.
+    pub const YES: u32 = 1;
+    /// No `signal_generate` probe: cannot tell.
+    pub const UNCONFIRMED: u32 = 2;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and arrays of integers,
+    // and every bit pattern is a valid value, which is what `aya::Pod` requires.
+    unsafe impl aya::Pod for super::KernelLayout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RuntimeConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OomVictim {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{align_of, size_of};
+
+    use super::*;
+
+    // The BPF side and userspace must agree on sizes; a field added without its padding
+    // shows up here first.
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<TaskFacts>() % 8, 0);
+        assert_eq!(size_of::<TracepointVictim>(), 56);
+        assert_eq!(
+            size_of::<CgroupPath>(),
+            8 + CGROUP_DEPTH * (8 + CGROUP_NAME_LEN)
+        );
+        assert_eq!(align_of::<OomVictim>(), 8);
+    }
+}

@@ -1,0 +1,44 @@
+//! memstress's BPF programs.
+//!
+//! One module per hook family: [`oom`] (`mark_victim`, both as a BTF tracepoint and as the
+//! classic `oom:mark_victim` tracepoint) and [`signal`] (`signal_generate`, to confirm that
+//! the OOM killer really sent the SIGKILL). [`kernel`] reads kernel structures through the
+//! offsets userspace resolved from BTF; [`maps`] holds every map.
+//!
+//! Each program is a thin entry point that calls a `try_*` function returning `Result`, and
+//! never unwraps: a failed read leaves a field marked unknown rather than aborting the record.
+//!
+//! On the host this file builds to an empty `main` so that `cargo check --workspace` works;
+//! the real object is built for `bpfel-unknown-none` by `memstress-user/build.rs`.
+
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod kernel;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod oom;
+#[cfg(target_arch = "bpf")]
+mod signal;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here; nothing in the programs panics.
+    loop {}
+}
+
+/// tp_btf programs and `bpf_probe_read_kernel` are GPL-only.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!(
+        "memstress-ebpf holds BPF programs; memstress-user/build.rs builds it for bpfel-unknown-none"
+    );
+}
