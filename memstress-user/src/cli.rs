@@ -1,0 +1,223 @@
+//! The command line. Every flag's help reads like a man page; `memstress <cmd> --help` has
+//! examples.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{report::Format, run::OnOom, size::SizeSpec};
+
+const EXIT_CODES: &str = "\
+EXIT CODES:
+  0  done (an OOM kill of a stressor under --on-oom report is a result, not an error)
+  1  error: bad input, missing privileges or kernel support, a stressor that failed
+  2  command-line usage error
+  3  --on-oom stop: a stressor was OOM-killed and the run ended there
+  4  the target cgroup disappeared during the run
+  5  another memstress run already targets that cgroup
+
+SIZES:
+  Ki Mi Gi Ti (and KiB MiB …) are powers of 1024; k M G T (and kB MB …) powers of 1000,
+  as in Kubernetes. A bare number is bytes. 80% is a percent of the target's memory limit.";
+
+/// memstress: memory pressure inside a cgroup, and the kernel's own account of every OOM kill.
+///
+/// memstress runs memory stressors inside a chosen cgroup (v1 or v2) with exact, stated sizes,
+/// and attaches eBPF programs to the kernel's OOM path to report, as it happens, which
+/// process the OOM killer chose, in which cgroup, with what memory, and whose allocation
+/// triggered it.
+#[derive(Debug, Parser)]
+#[command(name = "memstress", version, after_long_help = EXIT_CODES, max_term_width = 100)]
+pub struct Cli {
+    /// Output: `text` (one readable line per event) or `json` (one JSON object per line on
+    /// stdout, documented in docs/events.md). Diagnostics always go to stderr.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+
+    /// The running kernel's BTF, used to find kernel struct offsets.
+    #[arg(long, global = true, value_name = "FILE", default_value = crate::btf::VMLINUX)]
+    pub btf: PathBuf,
+
+    /// More diagnostics on stderr (-v: info, -vv: debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report every OOM kill on this node (or under one cgroup) as the kernel makes it.
+    #[command(after_long_help = "\
+EXAMPLES:
+  sudo memstress watch
+  sudo memstress watch --cgroup /kubepods/burstable -o json
+  sudo memstress watch --cgroup /sys/fs/cgroup/memory/my-sandbox --duration 60s
+  sudo memstress watch --explain-probes")]
+    Watch(WatchArgs),
+
+    /// Hold exactly sized memory inside a cgroup and report the OOM kills that follow.
+    #[command(after_long_help = "\
+EXAMPLES:
+  # A 256 MiB sandbox, pushed past its limit by 2 stressors holding 384 MiB in total:
+  sudo memstress run --new sandbox --limit 256Mi --size 384Mi --workers 2
+  # 80% of an existing cgroup's limit, held for 10 minutes:
+  sudo memstress run --cgroup /kubepods/burstable/pod1234 --size 80% --hold 10m
+  # The memory cgroup of process 4242; show the plan only:
+  sudo memstress run --pid 4242 --size 200Mi --dry-run")]
+    Run(RunArgs),
+
+    /// A self-contained demonstration: a sandbox cgroup, an app, stressors past the limit, and
+    /// the OOM kill reported live; everything is removed afterwards.
+    Demo(DemoArgs),
+
+    /// (internal) a stressor worker.
+    #[command(name = "__stressor", hide = true)]
+    Stressor,
+
+    /// (internal) the cleanup guard.
+    #[command(name = "__janitor", hide = true)]
+    Janitor,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); give e.g. 30s, 10m, 1h30m, 500ms"))?;
+    if d.is_zero() {
+        return Err(format!("duration `{s}` must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn parse_size(s: &str) -> Result<SizeSpec, String> {
+    SizeSpec::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_limit(s: &str) -> Result<u64, String> {
+    SizeSpec::parse_bytes(s).map_err(|e| e.to_string())
+}
+
+fn parse_adj(s: &str) -> Result<i32, String> {
+    let v: i32 = s.parse().map_err(|_| {
+        format!("`{s}` is not an oom_score_adj; give an integer from -1000 to 1000")
+    })?;
+    if !(-1000..=1000).contains(&v) {
+        return Err(format!(
+            "oom_score_adj {v} is out of range; give -1000 to 1000"
+        ));
+    }
+    Ok(v)
+}
+
+/// `memstress watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only report kills in this cgroup or below it: a path as /proc/PID/cgroup shows it
+    /// (`/kubepods/burstable/pod1`) or a directory under the cgroup mount
+    /// (`/sys/fs/cgroup/memory/kubepods/burstable/pod1`).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+
+    /// Stop after this long (e.g. 30s, 10m). Default: until Ctrl-C or SIGTERM.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Print which probes this kernel accepted and what each contributes, then exit.
+    #[arg(long)]
+    pub explain_probes: bool,
+}
+
+/// `memstress run`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["new", "cgroup", "pid", "self_"])))]
+pub struct RunArgs {
+    /// Create a sandbox cgroup NAME (under the memory hierarchy's root, or an absolute cgroup
+    /// path whose parent exists) for this run, with --limit; it is removed afterwards.
+    #[arg(long, value_name = "NAME", requires = "limit")]
+    pub new: Option<String>,
+
+    /// Memory limit of the --new cgroup (e.g. 128Mi, 1Gi).
+    #[arg(long, value_name = "SIZE", value_parser = parse_limit, requires = "new")]
+    pub limit: Option<u64>,
+
+    /// Stress an existing cgroup: a path as /proc/PID/cgroup shows it, or a directory under
+    /// the cgroup mount.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+
+    /// Stress the memory cgroup process PID is in (a container's process, seen from the node).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Stress the cgroup memstress itself runs in (a sidecar in the pod it stresses).
+    #[arg(long = "self")]
+    pub self_: bool,
+
+    /// Total memory to hold, across all workers: bytes (256Mi, 1.5Gi, 500M) or a percent of
+    /// the target's memory limit (80%; the nearest limited ancestor's if the target has none).
+    /// Above the limit is allowed: it forces OOM kills on purpose.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub size: SizeSpec,
+
+    /// A percent --size means a percent of the node's MemTotal instead of a limit.
+    #[arg(long)]
+    pub of_node: bool,
+
+    /// Number of stressor processes; --size is split evenly between them (to the page).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub workers: u32,
+
+    /// Once all stressors are full, hold for this long (e.g. 30s, 10m). Default: until
+    /// Ctrl-C or SIGTERM.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub hold: Option<Duration>,
+
+    /// When the kernel OOM-kills a stressor: `report` it and keep going with the rest,
+    /// `restart` it, or `stop` the run (exit code 3). Every kill is reported whatever the
+    /// policy.
+    #[arg(long, value_enum, default_value_t = OnOom::Report, value_name = "POLICY")]
+    pub on_oom: OnOom,
+
+    /// oom_score_adj for the stressors (-1000..1000; default: inherited). Lowering it below
+    /// the current value needs CAP_SYS_RESOURCE.
+    #[arg(long, value_name = "N", value_parser = parse_adj, allow_hyphen_values = true)]
+    pub oom_score_adj: Option<i32>,
+
+    /// Fault pages in with MADV_POPULATE_WRITE (fastest fill) instead of one write per page.
+    #[arg(long)]
+    pub populate: bool,
+
+    /// Ask for transparent huge pages.
+    #[arg(long)]
+    pub thp: bool,
+
+    /// Lock the stressors' memory (mlock) so it cannot be reclaimed.
+    #[arg(long)]
+    pub mlock: bool,
+
+    /// Allow the root cgroup as a target (pressure on the whole node).
+    #[arg(long)]
+    pub allow_root_cgroup: bool,
+
+    /// Print the resolved plan (target, version, limit, usage, bytes per worker) and exit.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `memstress demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Limit of the demo's sandbox cgroup.
+    #[arg(long, value_name = "SIZE", value_parser = parse_limit, default_value = "128Mi")]
+    pub limit: u64,
+
+    /// Give up if no OOM kill was seen after this long.
+    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "60s")]
+    pub timeout: Duration,
+}

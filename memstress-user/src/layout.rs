@@ -1,0 +1,270 @@
+//! Resolving the [`KernelLayout`] the BPF programs read kernel structures with.
+//!
+//! Offsets come from the running kernel's BTF (struct members) and from tracefs (classic
+//! tracepoint records). A member this kernel does not have stays [`UNKNOWN`] and is listed in
+//! [`Resolved::missing`], so the report can say "unknown" instead of printing a wrong number.
+
+use memstress_ebpf::{KernelLayout, UNKNOWN};
+
+use crate::{
+    btf::{Btf, BtfError, Kind},
+    tracefs::Format,
+};
+
+/// A resolved layout and what could not be resolved.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// The offsets.
+    pub layout: KernelLayout,
+    /// Human-readable names of what is unknown on this kernel (e.g. `mm_struct.rss_stat`).
+    pub missing: Vec<String>,
+}
+
+struct Resolver<'a> {
+    btf: &'a Btf,
+    missing: Vec<String>,
+}
+
+impl Resolver<'_> {
+    /// Offset of `ty.member`, or [`UNKNOWN`] (noted as missing).
+    fn offset(&mut self, ty: &str, member: &str) -> u32 {
+        self.try_offset(ty, member).unwrap_or(UNKNOWN)
+    }
+
+    fn try_offset(&mut self, ty: &str, member: &str) -> Option<u32> {
+        match self.btf.struct_member(ty, member) {
+            Ok(m) => Some(m.offset),
+            Err(_) => {
+                self.missing.push(format!("{ty}.{member}"));
+                None
+            }
+        }
+    }
+
+    /// The first of several historical names of a member.
+    fn offset_any(&mut self, ty: &str, members: &[&str]) -> u32 {
+        for member in members {
+            if let Ok(m) = self.btf.struct_member(ty, member) {
+                return m.offset;
+            }
+        }
+        self.missing.push(format!("{ty}.{}", members.join("|")));
+        UNKNOWN
+    }
+
+    fn enum_value(&mut self, name: &str) -> u32 {
+        match self.btf.enum_value(name) {
+            Ok(v) => u32::try_from(v).unwrap_or(UNKNOWN),
+            Err(_) => {
+                self.missing.push(name.to_owned());
+                UNKNOWN
+            }
+        }
+    }
+
+    /// `mm_struct.rss_stat`: an array of `struct percpu_counter` since 6.2 (the counter value
+    /// is its `count`), or `struct mm_rss_stat { atomic_long_t count[NR_MM_COUNTERS]; }`
+    /// before. Returns (offset of counter 0's value, stride between counters).
+    fn rss_stat(&mut self) -> (u32, u32) {
+        match self.try_rss_stat() {
+            Ok(found) => found,
+            Err(e) => {
+                self.missing.push(format!("mm_struct.rss_stat ({e})"));
+                (UNKNOWN, UNKNOWN)
+            }
+        }
+    }
+
+    fn try_rss_stat(&self) -> Result<(u32, u32), BtfError> {
+        let member = self.btf.struct_member("mm_struct", "rss_stat")?;
+        let ty = self.btf.resolve(member.type_id)?;
+        match self.btf.kind_of(ty)? {
+            Kind::Array => {
+                let array = self.btf.array(ty)?;
+                let elem = self.btf.resolve(array.elem_type)?;
+                let stride = u32::try_from(self.btf.size_of(elem)?)
+                    .map_err(|_| BtfError::Corrupt("huge rss_stat element"))?;
+                let value = self.btf.member_of(elem, "count")?.ok_or_else(|| {
+                    BtfError::Unexpected(self.btf.describe(elem), "no `count` member")
+                })?;
+                Ok((member.offset + value.offset, stride))
+            }
+            Kind::Struct => {
+                let count = self.btf.member_of(ty, "count")?.ok_or_else(|| {
+                    BtfError::Unexpected(self.btf.describe(ty), "no `count` member")
+                })?;
+                let array = self.btf.array(count.type_id)?;
+                let stride = u32::try_from(self.btf.size_of(array.elem_type)?)
+                    .map_err(|_| BtfError::Corrupt("huge rss_stat element"))?;
+                Ok((member.offset + count.offset, stride))
+            }
+            _ => Err(BtfError::Unexpected(
+                self.btf.describe(ty),
+                "neither an array nor a struct",
+            )),
+        }
+    }
+
+    /// `css_set.subsys[memory_cgrp_id]`.
+    fn css_set_memory(&mut self) -> u32 {
+        let subsys = self.try_offset("css_set", "subsys");
+        let index = self.enum_value("memory_cgrp_id");
+        match subsys {
+            Some(base) if index != UNKNOWN => base + index * 8,
+            _ => UNKNOWN,
+        }
+    }
+
+    /// Whether the tp_btf `mark_victim` passes the task (6.8+) or only a pid.
+    fn mark_victim_has_task(&mut self) -> u32 {
+        match self.btf.func_proto_params("btf_trace_mark_victim") {
+            // (void *__data, struct task_struct *task, uid_t uid)
+            Ok(params) => {
+                u32::from(params.len() >= 2 && self.btf.kind_of(params[1]).ok() == Some(Kind::Ptr))
+            }
+            Err(_) => {
+                self.missing.push("btf_trace_mark_victim".to_owned());
+                0
+            }
+        }
+    }
+}
+
+/// Resolves every offset the programs use from `btf`, and the classic `oom:mark_victim`
+/// record layout from `mark_victim` when tracefs is available.
+pub fn resolve(btf: &Btf, mark_victim: Option<&Format>) -> Resolved {
+    let mut r = Resolver {
+        btf,
+        missing: Vec::new(),
+    };
+    let (mm_rss_stat, mm_rss_stride) = r.rss_stat();
+    let mut layout = KernelLayout {
+        task_pid: r.offset("task_struct", "pid"),
+        task_tgid: r.offset("task_struct", "tgid"),
+        task_comm: r.offset("task_struct", "comm"),
+        task_flags: r.offset("task_struct", "flags"),
+        task_mm: r.offset("task_struct", "mm"),
+        task_signal: r.offset("task_struct", "signal"),
+        task_real_cred: r.offset("task_struct", "real_cred"),
+        task_cgroups: r.offset("task_struct", "cgroups"),
+        // kuid_t is `struct { uid_t val; }`: the value is at the member's offset.
+        cred_uid: r.offset("cred", "uid"),
+        signal_oom_score_adj: r.offset("signal_struct", "oom_score_adj"),
+        mm_rss_stat,
+        mm_rss_stride,
+        mm_pgtables_bytes: r.offset("mm_struct", "pgtables_bytes"),
+        mm_total_vm: r.offset("mm_struct", "total_vm"),
+        mm_filepages: r.enum_value("MM_FILEPAGES"),
+        mm_anonpages: r.enum_value("MM_ANONPAGES"),
+        mm_swapents: r.enum_value("MM_SWAPENTS"),
+        mm_shmempages: r.enum_value("MM_SHMEMPAGES"),
+        css_set_memory: r.css_set_memory(),
+        css_cgroup: r.offset("cgroup_subsys_state", "cgroup"),
+        cgroup_kn: r.offset("cgroup", "kn"),
+        kn_name: r.offset("kernfs_node", "name"),
+        // Renamed to `__parent` in 6.15 when it became RCU-protected.
+        kn_parent: r.offset_any("kernfs_node", &["__parent", "parent"]),
+        kn_id: r.offset("kernfs_node", "id"),
+        mark_victim_has_task: r.mark_victim_has_task(),
+        ..KernelLayout::UNSET
+    };
+    if let Some(format) = mark_victim {
+        let mut tp = |name: &str| match format.field(name) {
+            Some(field) => field.offset,
+            None => {
+                r.missing.push(format!("oom:mark_victim.{name}"));
+                UNKNOWN
+            }
+        };
+        layout.tp_victim_pid = tp("pid");
+        layout.tp_victim_total_vm = tp("total_vm");
+        layout.tp_victim_anon_rss = tp("anon_rss");
+        layout.tp_victim_file_rss = tp("file_rss");
+        layout.tp_victim_shmem_rss = tp("shmem_rss");
+        layout.tp_victim_uid = tp("uid");
+        layout.tp_victim_pgtables = tp("pgtables");
+        layout.tp_victim_oom_score_adj = tp("oom_score_adj");
+    }
+    Resolved {
+        layout,
+        missing: r.missing,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::btf::VMLINUX;
+
+    /// The resolver on this machine's own kernel BTF. Every test machine of this project
+    /// exposes /sys/kernel/btf/vmlinux; the test fails loudly where it does not.
+    #[test]
+    fn resolves_every_offset_on_this_kernel() {
+        let btf = Btf::from_file(VMLINUX).unwrap_or_else(|e| {
+            panic!("this test needs the running kernel's BTF at {VMLINUX}: {e}")
+        });
+        let resolved = resolve(&btf, None);
+        assert!(
+            resolved.missing.is_empty(),
+            "unresolved on this kernel: {:?}",
+            resolved.missing
+        );
+        let l = resolved.layout;
+        // pid and tgid are adjacent pid_t members of task_struct.
+        assert_eq!(l.task_tgid, l.task_pid + 4);
+        // rss_stat sits inside mm_struct's anonymous struct: a nonzero offset, and the
+        // counters are at least 8 bytes apart.
+        assert!(l.mm_rss_stat > 0 && l.mm_rss_stat != UNKNOWN);
+        assert!(l.mm_rss_stride >= 8);
+        assert_eq!(
+            (
+                l.mm_filepages,
+                l.mm_anonpages,
+                l.mm_swapents,
+                l.mm_shmempages
+            ),
+            (0, 1, 2, 3)
+        );
+        // kernfs_node.id is a u64 and `name` a pointer: both 8-byte aligned.
+        assert_eq!(l.kn_id % 8, 0);
+        assert_eq!(l.kn_name % 8, 0);
+    }
+
+    /// `mm_struct` wraps its members in an anonymous struct (with `__randomize_layout`), so
+    /// finding `pgtables_bytes` at all proves the anonymous-member search; cross-check the
+    /// offset against the enclosing anonymous struct's own members.
+    #[test]
+    fn anonymous_members_on_this_kernel() {
+        let btf = Btf::from_file(VMLINUX).expect("kernel BTF");
+        let mm = btf.find(Kind::Struct, "mm_struct").unwrap();
+        let direct = btf.members(mm).unwrap();
+        assert!(
+            direct.iter().all(|(name, _)| *name != "pgtables_bytes"),
+            "pgtables_bytes is expected inside an anonymous struct on this kernel"
+        );
+        let (_, anon) = direct
+            .iter()
+            .find(|(name, _)| name.is_empty())
+            .expect("mm_struct has an anonymous member");
+        let inner = btf
+            .member_of(anon.type_id, "pgtables_bytes")
+            .unwrap()
+            .unwrap();
+        let outer = btf.struct_member("mm_struct", "pgtables_bytes").unwrap();
+        assert_eq!(outer.offset, anon.offset + inner.offset);
+        assert_eq!(btf.size_of(outer.type_id).unwrap(), 8);
+        // kernfs_node's anonymous union (dir/symlink/attr) is skipped over correctly: `id`
+        // comes after it.
+        let kn_id = btf.struct_member("kernfs_node", "id").unwrap();
+        let kn_name = btf.struct_member("kernfs_node", "name").unwrap();
+        assert!(kn_id.offset > kn_name.offset);
+    }
+
+    #[test]
+    fn mark_victim_signature_on_this_kernel() {
+        let btf = Btf::from_file(VMLINUX).expect("kernel BTF");
+        let params = btf.func_proto_params("btf_trace_mark_victim").unwrap();
+        assert_eq!(btf.describe(params[1]), "struct task_struct *");
+        assert_eq!(resolve(&btf, None).layout.mark_victim_has_task, 1);
+    }
+}

@@ -1,0 +1,218 @@
+//! The `memstress` binary: parses the command line and hands over to the library.
+
+use std::{fmt, process::ExitCode};
+
+use clap::Parser as _;
+use memstress::{
+    cli::{Cli, Command},
+    exit, janitor, probe,
+    report::Reporter,
+    run::{self, App, OnOom},
+    size::SizeSpec,
+    stressor::{self, Fill},
+    target, watch,
+};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::{
+    EnvFilter,
+    fmt::{FmtContext, FormatEvent, FormatFields, format::Writer},
+    registry::LookupSpan,
+};
+
+/// `memstress: warning: …` lines on stderr.
+struct Plain;
+
+impl<S, N> FormatEvent<S, N> for Plain
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let level = match *event.metadata().level() {
+            Level::ERROR => "error: ",
+            Level::WARN => "warning: ",
+            Level::INFO => "",
+            Level::DEBUG => "debug: ",
+            Level::TRACE => "trace: ",
+        };
+        write!(writer, "memstress: {level}")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn,memstress=info",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let filter =
+        EnvFilter::try_from_env("MEMSTRESS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .event_format(Plain)
+        .init();
+}
+
+fn main() -> ExitCode {
+    // The hidden worker runs before clap: its memory is charged to the target, so it stays
+    // as small as it can be.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "__stressor")
+    {
+        return code(stressor::worker_entry(std::env::args().skip(2)));
+    }
+    let cli = Cli::parse();
+    // The hidden worker subcommands run without logging or an async runtime: they must stay
+    // small (their memory is charged to the target).
+    match cli.command {
+        Command::Stressor => unreachable!("handled before clap"),
+        Command::Janitor => return code(janitor::janitor_main()),
+        _ => {}
+    }
+    init_logging(cli.verbose, cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the event loop: {e}");
+            return code(exit::FAILURE);
+        }
+    };
+    let reporter = Reporter::new(cli.output);
+    let mut probe_opts = probe::Options {
+        btf: cli.btf.clone(),
+        ..probe::Options::default()
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Watch(args) => {
+                probe_opts.command = "watch";
+                watch::watch(
+                    watch::Options {
+                        cgroup: args.cgroup,
+                        duration: args.duration,
+                        explain_probes: args.explain_probes,
+                        probe: probe_opts,
+                    },
+                    &reporter,
+                )
+                .await
+                .map(|()| exit::SUCCESS)
+            }
+            Command::Run(args) => {
+                probe_opts.command = "run";
+                let target = if let Some(name) = args.new {
+                    target::Spec::New {
+                        name,
+                        limit: args.limit.unwrap_or_default(),
+                    }
+                } else if let Some(path) = args.cgroup {
+                    target::Spec::Cgroup(path)
+                } else if let Some(pid) = args.pid {
+                    target::Spec::Pid(pid)
+                } else {
+                    target::Spec::SelfCgroup
+                };
+                let opts = run::Options {
+                    target,
+                    allow_root: args.allow_root_cgroup,
+                    size: args.size,
+                    of_node: args.of_node,
+                    workers: args.workers,
+                    hold: args.hold,
+                    on_oom: args.on_oom,
+                    oom_score_adj: args.oom_score_adj,
+                    fill: if args.populate {
+                        Fill::Populate
+                    } else {
+                        Fill::Touch
+                    },
+                    thp: args.thp,
+                    mlock: args.mlock,
+                    dry_run: args.dry_run,
+                    apps: Vec::new(),
+                    stop_after_kills: None,
+                    deadline: None,
+                    probe: probe_opts,
+                };
+                run::run(opts, &reporter).await.map(|o| o.exit_code())
+            }
+            Command::Demo(args) => {
+                probe_opts.command = "demo";
+                demo(args, probe_opts, &reporter).await
+            }
+            Command::Stressor | Command::Janitor => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(c) => code(c),
+        Err(e) => {
+            // One line, the whole chain of causes, no backtrace.
+            tracing::error!("{e:#}");
+            code(exit::FAILURE)
+        }
+    }
+}
+
+async fn demo(
+    args: memstress::cli::DemoArgs,
+    probe: probe::Options,
+    reporter: &Reporter,
+) -> anyhow::Result<i32> {
+    let limit = args.limit;
+    reporter.text(&format!(
+        "memstress demo: a sandbox cgroup limited to {}, an app holding {} in it, and 2 stressors \
+         asking for {} in total; the kernel must OOM-kill something, and memstress reports what.",
+        memstress::size::Bytes(limit),
+        memstress::size::Bytes(limit / 4),
+        memstress::size::Bytes(limit * 3 / 2),
+    ));
+    let opts = run::Options {
+        target: target::Spec::New {
+            name: format!("memstress-demo-{}", std::process::id()),
+            limit,
+        },
+        allow_root: false,
+        size: SizeSpec::Bytes(limit * 3 / 2),
+        of_node: false,
+        workers: 2,
+        hold: None,
+        on_oom: OnOom::Report,
+        oom_score_adj: None,
+        fill: Fill::Touch,
+        thp: false,
+        mlock: false,
+        dry_run: false,
+        apps: vec![App {
+            name: "demo-app".to_owned(),
+            bytes: limit / 4,
+            oom_score_adj: None,
+        }],
+        stop_after_kills: Some(1),
+        deadline: Some(args.timeout),
+        probe,
+    };
+    let outcome = run::run(opts, reporter).await?;
+    if outcome == run::Outcome::Completed {
+        reporter.text("demo done: the kill above came from the kernel's mark_victim tracepoint; the sandbox is gone.");
+        Ok(exit::SUCCESS)
+    } else {
+        anyhow::bail!("the demo ended without an OOM kill ({outcome:?})")
+    }
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(c).unwrap_or(1))
+}

@@ -1,0 +1,360 @@
+//! Loading and attaching memstress's BPF programs, chosen at run time.
+//!
+//! Start-up: check privileges, read the running kernel's BTF and resolve the struct offsets
+//! (`layout`), read the classic tracepoint formats from tracefs, load the object with the
+//! offsets as a read-only global, then attach every program the kernel accepts. A program
+//! that cannot attach is reported once and the rest keep working; only when no `mark_victim`
+//! program attaches is there nothing to watch.
+
+use std::{io, path::PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader, Endianness,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+use memstress_ebpf::{RuntimeConfig, counters, names, source};
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    btf::{self, Btf, BtfError},
+    layout, privilege,
+    tracefs::{Tracefs, TracefsError},
+};
+
+/// The BPF object, built by build.rs from memstress-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/memstress-ebpf"));
+
+/// Why the probes could not start. Each message is one line that says what is missing and
+/// how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "memstress {0} needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load its BPF \
+         programs; run it as root, e.g. `sudo memstress {0}`"
+    )]
+    Privileges(&'static str),
+    #[error(
+        "this kernel exposes no BTF at {0}, which memstress needs to read kernel structures \
+         (a kernel built with CONFIG_DEBUG_INFO_BTF=y provides it); give this kernel's BTF \
+         with --btf FILE"
+    )]
+    NoBtf(String),
+    #[error("cannot use the kernel BTF at {path}: {source}")]
+    Btf { path: String, source: BtfError },
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error("cannot load memstress's BPF programs: {0}")]
+    Load(String),
+    #[error("no OOM probe could be attached ({0}); memstress cannot see OOM kills on this kernel")]
+    NothingAttached(String),
+}
+
+/// Where to look for things, and who is asking (for messages).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Kernel BTF file.
+    pub btf: PathBuf,
+    /// The subcommand, for error messages.
+    pub command: &'static str,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            btf: PathBuf::from(btf::VMLINUX),
+            command: "watch",
+        }
+    }
+}
+
+/// One program and whether it attached.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// Program name in the object.
+    pub program: &'static str,
+    /// `tp_btf` or `tracepoint`.
+    pub kind: &'static str,
+    /// The hook.
+    pub hook: &'static str,
+    /// What it contributes.
+    pub purpose: &'static str,
+    /// Whether it is attached.
+    pub attached: bool,
+    /// Why not, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Loaded and attached programs. Dropping it detaches everything (links are never pinned).
+pub struct Probes {
+    ebpf: Ebpf,
+    /// Each program's status.
+    pub status: Vec<Status>,
+    /// Kernel facts this kernel does not have (reported as unknown).
+    pub missing: Vec<String>,
+}
+
+impl std::fmt::Debug for Probes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probes")
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+/// Checks everything the probes need before touching the kernel, in the order a user would
+/// fix them: privileges, BTF, tracefs.
+pub fn preflight(opts: &Options) -> Result<(Btf, Tracefs), ProbeError> {
+    if !privilege::can_trace(privilege::effective()) {
+        return Err(ProbeError::Privileges(opts.command));
+    }
+    if !opts.btf.is_file() {
+        return Err(ProbeError::NoBtf(opts.btf.display().to_string()));
+    }
+    let btf = Btf::from_file(&opts.btf).map_err(|source| ProbeError::Btf {
+        path: opts.btf.display().to_string(),
+        source,
+    })?;
+    let tracefs = Tracefs::find()?;
+    Ok((btf, tracefs))
+}
+
+/// Raises RLIMIT_MEMLOCK for kernels before 5.11, which charge BPF maps against it.
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass; failure is harmless (newer kernels account
+    // BPF memory to the memcg instead).
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+impl Probes {
+    /// Loads the object and attaches every program this kernel accepts.
+    pub fn load(opts: &Options) -> Result<Self, ProbeError> {
+        let (btf, tracefs) = preflight(opts)?;
+        let mark_victim_format = tracefs.format("oom", "mark_victim").ok();
+        let resolved = layout::resolve(&btf, mark_victim_format.as_ref());
+        drop(btf);
+        let aya_btf = aya::Btf::parse_file(&opts.btf, Endianness::default()).map_err(|e| {
+            ProbeError::Load(format!("aya cannot parse {}: {e}", opts.btf.display()))
+        })?;
+        raise_memlock();
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&aya_btf))
+            .override_global(names::LAYOUT_GLOBAL, &resolved.layout, true)
+            .load(OBJECT)
+            .map_err(|e| ProbeError::Load(e.to_string()))?;
+
+        let mut status = Vec::new();
+        let result = attach_btf(
+            &mut ebpf,
+            &aya_btf,
+            names::PROG_MARK_VICTIM_BTF,
+            "mark_victim",
+        );
+        status.push(Status {
+            program: names::PROG_MARK_VICTIM_BTF,
+            kind: "tp_btf",
+            hook: "mark_victim",
+            purpose: "the victim's task_struct: ids, cgroup, memory counters; the trigger",
+            attached: result.is_ok(),
+            error: result.err(),
+        });
+        let result = match &mark_victim_format {
+            Some(_) => {
+                attach_tracepoint(&mut ebpf, names::PROG_MARK_VICTIM_TP, "oom", "mark_victim")
+            }
+            None => Err(format!(
+                "no oom:mark_victim tracepoint under {}",
+                tracefs.root().display()
+            )),
+        };
+        status.push(Status {
+            program: names::PROG_MARK_VICTIM_TP,
+            kind: "tracepoint",
+            hook: "oom:mark_victim",
+            purpose: "the kernel's own rss/pgtables figures for the victim (as dmesg prints them)",
+            attached: result.is_ok(),
+            error: result.err(),
+        });
+        let result = attach_btf(
+            &mut ebpf,
+            &aya_btf,
+            names::PROG_SIGNAL_GENERATE_BTF,
+            "signal_generate",
+        );
+        status.push(Status {
+            program: names::PROG_SIGNAL_GENERATE_BTF,
+            kind: "tp_btf",
+            hook: "signal_generate",
+            purpose: "confirms the OOM killer's SIGKILL (a victim that was only marked is not a kill)",
+            attached: result.is_ok(),
+            error: result.err(),
+        });
+
+        let attached = |program: &str| status.iter().any(|s| s.program == program && s.attached);
+        let mut victim_sources = 0;
+        if attached(names::PROG_MARK_VICTIM_BTF) {
+            victim_sources |= source::BTF;
+        }
+        if attached(names::PROG_MARK_VICTIM_TP) {
+            victim_sources |= source::TRACEPOINT;
+        }
+        if victim_sources == 0 {
+            let why = status
+                .iter()
+                .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.hook)))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(ProbeError::NothingAttached(why));
+        }
+        let runtime = RuntimeConfig {
+            victim_sources,
+            signal_attached: u32::from(attached(names::PROG_SIGNAL_GENERATE_BTF)),
+        };
+        let mut config: Array<_, RuntimeConfig> = ebpf
+            .map_mut(names::RUNTIME)
+            .ok_or_else(|| ProbeError::Load(format!("no map {}", names::RUNTIME)))?
+            .try_into()
+            .map_err(|e: aya::maps::MapError| ProbeError::Load(e.to_string()))?;
+        config
+            .set(0, runtime, 0)
+            .map_err(|e| ProbeError::Load(e.to_string()))?;
+
+        Ok(Self {
+            ebpf,
+            status,
+            missing: resolved.missing,
+        })
+    }
+
+    /// Warns once on stderr for each program that did not attach and each unknown fact.
+    pub fn warn_degraded(&self) {
+        for s in self.status.iter().filter(|s| !s.attached) {
+            tracing::warn!(
+                "probe {} {} not attached ({}); without it: {}",
+                s.kind,
+                s.hook,
+                s.error.as_deref().unwrap_or("unknown error"),
+                s.purpose
+            );
+        }
+        if !self.missing.is_empty() {
+            tracing::warn!(
+                "this kernel lacks {}; those figures are reported as unknown (null)",
+                self.missing.join(", ")
+            );
+        }
+    }
+
+    /// A one-line summary of what is attached, for text mode.
+    pub fn summary(&self) -> String {
+        self.status
+            .iter()
+            .filter(|s| s.attached)
+            .map(|s| format!("{} {}", s.kind, s.hook))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Takes the ring buffer for reading. Call once.
+    pub fn events(&mut self) -> io::Result<EventStream> {
+        let map = self
+            .ebpf
+            .take_map(names::EVENTS)
+            .ok_or_else(|| io::Error::other("the events ring buffer is gone"))?;
+        let ring = RingBuf::try_from(map).map_err(io::Error::other)?;
+        // SAFETY: the ring buffer owns its map fd, which stays open for as long as the
+        // AsyncFd owns the ring buffer.
+        let ring = unsafe { AsyncFd::register(ring) }?;
+        Ok(EventStream { ring })
+    }
+
+    /// A BPF-side counter, summed over CPUs.
+    pub fn counter(&self, index: u32) -> u64 {
+        let Some(map) = self.ebpf.map(names::COUNTERS) else {
+            return 0;
+        };
+        let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else {
+            return 0;
+        };
+        array
+            .get(&index, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Records the BPF side could not put in the ring buffer.
+    pub fn drops(&self) -> u64 {
+        self.counter(counters::RINGBUF_DROPS)
+    }
+}
+
+fn attach_btf(ebpf: &mut Ebpf, btf: &aya::Btf, program: &str, hook: &str) -> Result<(), String> {
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    prog.load(hook, btf).map_err(|e| error_chain(&e))?;
+    prog.attach().map_err(|e| error_chain(&e))?;
+    Ok(())
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &str,
+    group: &str,
+    event: &str,
+) -> Result<(), String> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    prog.load().map_err(|e| error_chain(&e))?;
+    prog.attach(group, event).map_err(|e| error_chain(&e))?;
+    Ok(())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    // Verifier logs are long; the first line says enough for a status line.
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+/// The ring buffer, readable from async code.
+pub struct EventStream {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+impl EventStream {
+    /// Waits until records are available, then hands each to `f`.
+    pub async fn drain(&mut self, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            f(&item);
+        }
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Hands every record already available to `f`, without waiting.
+    pub fn drain_now(&mut self, mut f: impl FnMut(&[u8])) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            f(&item);
+        }
+    }
+}

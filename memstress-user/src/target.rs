@@ -1,0 +1,180 @@
+//! Which cgroup a run stresses: one that exists (`--cgroup`, `--pid`, `--self`), or a sandbox
+//! created for the run (`--new`).
+
+use crate::{
+    cgroup::{self, Cgroup, CgroupError, Hierarchy},
+    size::Bytes,
+};
+
+/// What the user asked to target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Spec {
+    /// A new sandbox cgroup with this limit, removed after the run.
+    New {
+        /// Name (under the hierarchy root) or absolute cgroup path whose parent exists.
+        name: String,
+        /// Its memory limit.
+        limit: u64,
+    },
+    /// An existing cgroup (a cgroup path or a directory under the mount).
+    Cgroup(String),
+    /// The memory cgroup of a process.
+    Pid(u32),
+    /// The cgroup memstress itself runs in.
+    SelfCgroup,
+}
+
+/// Why a target was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(
+        "refusing to target the root cgroup: pressure there reaches every process on the node; \
+         pass --allow-root-cgroup (and a size below the node's available memory) to do it anyway"
+    )]
+    Root,
+    #[error(
+        "refusing to create `{new}` inside memstress's own cgroup `{own}`: its processes would \
+         share a limit with the controller; create it elsewhere (e.g. --new /{name})"
+    )]
+    InsideOwn {
+        new: String,
+        own: String,
+        name: String,
+    },
+    #[error("--new needs a name such as `memstress-sandbox` or `/parent/sandbox`, not `{0}`")]
+    BadName(String),
+    #[error("--limit {0} is too small to run anything in; give at least 8Mi")]
+    LimitTooSmall(Bytes),
+}
+
+/// A resolved target: an existing cgroup, or one to be created.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The cgroup (not created yet when `create` is set).
+    pub cgroup: Cgroup,
+    /// Limit to set on creation (`Some` only for `--new`).
+    pub create: Option<u64>,
+}
+
+/// The smallest limit a sandbox can have and still run a stressor.
+pub const MIN_LIMIT: u64 = 8 << 20;
+
+impl Target {
+    /// Resolves `spec` on `hierarchy` without creating anything.
+    pub fn resolve(
+        hierarchy: &Hierarchy,
+        spec: &Spec,
+        allow_root: bool,
+    ) -> Result<Self, TargetError> {
+        let target = match spec {
+            Spec::New { name, limit } => {
+                if *limit < MIN_LIMIT {
+                    return Err(TargetError::LimitTooSmall(Bytes(*limit)));
+                }
+                let path = if name.starts_with('/') {
+                    cgroup::normalize(name)?
+                } else if !name.is_empty() && !name.contains('/') {
+                    format!("/{name}")
+                } else {
+                    return Err(TargetError::BadName(name.clone()));
+                };
+                if path == "/" {
+                    return Err(TargetError::BadName(name.clone()));
+                }
+                let cgroup = Cgroup::locate(hierarchy, &path)?;
+                if cgroup.dir.exists() {
+                    return Err(CgroupError::Exists(cgroup.path).into());
+                }
+                let parent = cgroup
+                    .parent()
+                    .ok_or_else(|| TargetError::BadName(name.clone()))?;
+                if !parent.dir.is_dir() {
+                    return Err(CgroupError::NotFound {
+                        path: parent.path.clone(),
+                        dir: parent.dir.display().to_string(),
+                    }
+                    .into());
+                }
+                if let Ok(own) = cgroup::own_cgroup(hierarchy)
+                    && !own.is_root()
+                    && cgroup.is_within(&own)
+                {
+                    let leaf = cgroup
+                        .path
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or("sandbox")
+                        .to_owned();
+                    return Err(TargetError::InsideOwn {
+                        new: cgroup.path,
+                        own: own.path,
+                        name: leaf,
+                    });
+                }
+                Self {
+                    cgroup,
+                    create: Some(*limit),
+                }
+            }
+            Spec::Cgroup(path) => Self {
+                cgroup: Cgroup::resolve(hierarchy, path)?,
+                create: None,
+            },
+            Spec::Pid(pid) => Self {
+                cgroup: Cgroup::of_pid(hierarchy, *pid)?,
+                create: None,
+            },
+            Spec::SelfCgroup => Self {
+                cgroup: cgroup::own_cgroup(hierarchy)?,
+                create: None,
+            },
+        };
+        if target.cgroup.is_root() && !allow_root {
+            return Err(TargetError::Root);
+        }
+        Ok(target)
+    }
+
+    /// The limit that applies to the target and the cgroup that sets it (for a new cgroup:
+    /// its own limit, which is then the nearest).
+    pub fn effective_limit(&self) -> Result<Option<(u64, Cgroup)>, CgroupError> {
+        match self.create {
+            Some(limit) => Ok(Some((limit, self.cgroup.clone()))),
+            None => self.cgroup.effective_limit(),
+        }
+    }
+}
+
+/// MemTotal from /proc/meminfo, in bytes.
+pub fn node_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo_value(&text, "MemTotal:")
+}
+
+/// MemAvailable from /proc/meminfo, in bytes.
+pub fn node_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo_value(&text, "MemAvailable:")
+}
+
+fn meminfo_value(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_meminfo() {
+        let text = "MemTotal:       24608564 kB\nMemFree:  1 kB\nMemAvailable:   2048 kB\n";
+        assert_eq!(meminfo_value(text, "MemTotal:"), Some(24_608_564 * 1024));
+        assert_eq!(meminfo_value(text, "MemAvailable:"), Some(2048 * 1024));
+        assert_eq!(meminfo_value(text, "Nope:"), None);
+    }
+}
