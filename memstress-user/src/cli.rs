@@ -143,7 +143,7 @@ pub struct RunArgs {
     pub new: Option<String>,
 
     /// Memory limit of the --new cgroup (e.g. 128Mi, 1Gi).
-    #[arg(long, value_name = "SIZE", value_parser = parse_limit, requires = "new")]
+    #[arg(long, value_name = "SIZE", value_parser = parse_limit, requires = "new", allow_hyphen_values = true)]
     pub limit: Option<u64>,
 
     /// Stress an existing cgroup: a path as /proc/PID/cgroup shows it, or a directory under
@@ -162,7 +162,7 @@ pub struct RunArgs {
     /// Total memory to hold, across all workers: bytes (256Mi, 1.5Gi, 500M) or a percent of
     /// the target's memory limit (80%; the nearest limited ancestor's if the target has none).
     /// Above the limit is allowed: it forces OOM kills on purpose.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
     pub size: SizeSpec,
 
     /// A percent --size means a percent of the node's MemTotal instead of a limit.

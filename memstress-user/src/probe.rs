@@ -87,6 +87,14 @@ pub struct Status {
     pub error: Option<String>,
 }
 
+/// The `attached` line.
+#[derive(Serialize)]
+struct Attached<'a> {
+    probes: &'a [Status],
+    unknown_kernel_facts: &'a [String],
+    cgroup: Option<&'a str>,
+}
+
 /// Loaded and attached programs. Dropping it detaches everything (links are never pinned).
 pub struct Probes {
     ebpf: Ebpf,
@@ -230,6 +238,20 @@ impl Probes {
             status,
             missing: resolved.missing,
         })
+    }
+
+    /// Reports what attached: the `attached` JSON line, and one warning on stderr for each
+    /// program that did not attach and each fact this kernel lacks.
+    pub fn announce(&self, reporter: &crate::report::Reporter, cgroup: Option<&str>) {
+        reporter.json(
+            "attached",
+            &Attached {
+                probes: &self.status,
+                unknown_kernel_facts: &self.missing,
+                cgroup,
+            },
+        );
+        self.warn_degraded();
     }
 
     /// Warns once on stderr for each program that did not attach and each unknown fact.

@@ -656,8 +656,7 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
             cgroup.set_limit(limit)?;
         }
         let mut probes = Probes::load(&opts.probe)?;
-        probes.warn_degraded();
-        reporter.json("attached", &probes.status);
+        probes.announce(reporter, Some(&target.cgroup.path));
         engine(&opts, &plan, &target.cgroup, &mut probes, reporter).await
     }
     .await;

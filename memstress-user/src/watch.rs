@@ -34,13 +34,6 @@ struct EndLine {
     dropped_records: u64,
 }
 
-#[derive(Serialize)]
-struct AttachedLine<'a> {
-    probes: &'a [probe::Status],
-    unknown_kernel_facts: &'a [String],
-    cgroup: Option<&'a str>,
-}
-
 /// Runs `watch` until interrupted or `duration` passes.
 pub async fn watch(opts: Options, reporter: &Reporter) -> Result<()> {
     // Resolve the filter first: a typo should not need root to be reported.
@@ -54,15 +47,7 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<()> {
         None => None,
     };
     let mut probes = Probes::load(&opts.probe)?;
-    probes.warn_degraded();
-    reporter.json(
-        "attached",
-        &AttachedLine {
-            probes: &probes.status,
-            unknown_kernel_facts: &probes.missing,
-            cgroup: filter.as_ref().map(|(c, _)| c.path.as_str()),
-        },
-    );
+    probes.announce(reporter, filter.as_ref().map(|(c, _)| c.path.as_str()));
     if opts.explain_probes {
         for s in &probes.status {
             let state = if s.attached {
@@ -85,10 +70,11 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<()> {
         }
         return Ok(());
     }
-    let scope = filter
-        .as_ref()
-        .map_or_else(|| "this node".to_owned(), |(c, _)| c.path.clone());
-    tracing::info!("watching OOM kills in {scope} ({})", probes.summary());
+    let scope = filter.as_ref().map_or_else(
+        || "on this node".to_owned(),
+        |(c, _)| format!("in {}", c.path),
+    );
+    tracing::info!("watching OOM kills {scope} ({})", probes.summary());
 
     let mut ring = probes.events()?;
     let mut shutdown = signals::Shutdown::new()?;

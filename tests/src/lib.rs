@@ -1,1 +1,456 @@
+//! Helpers for memstress's privileged integration tests.
+//!
+//! These tests create real cgroups, run real stressors (stress-ng, and memstress's own), cause
+//! real OOM kills, and compare what memstress reported with what the kernel did: dmesg's
+//! `Killed process` lines (read from /dev/kmsg) and the cgroup's own files. They need root and
+//! run one at a time (`cargo xtask test` arranges both). A helper that cannot do its job
+//! panics with the reason: a test never passes by skipping.
 
+use std::{
+    fs::{self, File},
+    io::{BufRead as _, BufReader, Read as _},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use memstress::cgroup::{Cgroup, Hierarchy};
+use serde_json::Value;
+
+/// The memstress binary under test (`MEMSTRESS_BIN`, set by `cargo xtask test`).
+pub fn memstress_bin() -> PathBuf {
+    let path = std::env::var_os("MEMSTRESS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/memstress")
+        });
+    assert!(
+        path.is_file(),
+        "no memstress binary at {}: run these tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// Panics unless running as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "privileged integration tests need root: run them with `sudo cargo xtask test`"
+    );
+}
+
+/// The memory controller's hierarchy on this machine.
+pub fn hierarchy() -> Hierarchy {
+    Hierarchy::discover().expect("a memory cgroup controller is mounted")
+}
+
+/// A cgroup made for one test, removed (with everything in it) when dropped.
+pub struct TestCgroup {
+    /// The cgroup.
+    pub cgroup: Cgroup,
+}
+
+impl TestCgroup {
+    /// Creates `memstress-test-<pid>-<tag>` under the root with `limit` bytes (if any).
+    pub fn new(tag: &str, limit: Option<u64>) -> Self {
+        require_root();
+        let name = test_name(tag);
+        let cgroup = hierarchy()
+            .root()
+            .create_child(&name)
+            .unwrap_or_else(|e| panic!("cannot create test cgroup {name}: {e}"));
+        let this = Self { cgroup };
+        if let Some(limit) = limit {
+            this.cgroup
+                .set_limit(limit)
+                .unwrap_or_else(|e| panic!("cannot set the limit of {name}: {e}"));
+        }
+        this
+    }
+
+    /// A child cgroup of this one (removed with it).
+    pub fn child(&self, name: &str, limit: Option<u64>) -> Cgroup {
+        let child = self
+            .cgroup
+            .create_child(name)
+            .unwrap_or_else(|e| panic!("cannot create {}/{name}: {e}", self.cgroup.path));
+        if let Some(limit) = limit {
+            child.set_limit(limit).expect("set child limit");
+        }
+        child
+    }
+
+    /// Its cgroup path (`/memstress-test-…`).
+    pub fn path(&self) -> &str {
+        &self.cgroup.path
+    }
+
+    /// `memory.usage_in_bytes` / `memory.current`.
+    pub fn usage(&self) -> u64 {
+        self.cgroup.usage().expect("read usage")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Err(e) = self.cgroup.remove(Duration::from_secs(10)) {
+            eprintln!("warning: could not remove {}: {e}", self.cgroup.path);
+        }
+    }
+}
+
+/// `memstress-test-<pid>-<tag>`: unique per test process, and recognisable by the sweep in
+/// `cargo xtask test`.
+pub fn test_name(tag: &str) -> String {
+    format!("memstress-test-{}-{tag}", std::process::id())
+}
+
+/// A command that starts inside `cgroup` (it joins before exec, so every page it touches is
+/// charged there), optionally with an `oom_score_adj`.
+pub fn command_in(cgroup: &Cgroup, program: &str, adj: Option<i32>) -> Command {
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.procs_file())
+        .unwrap_or_else(|e| panic!("open {}: {e}", cgroup.procs_file().display()));
+    let mut cmd = Command::new(program);
+    let adj = adj.map(|a| a.to_string());
+    // SAFETY: the closure only makes raw system calls (write, open, close) with data prepared
+    // before the fork; nothing allocates.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(adj) = &adj {
+                let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, adj.as_ptr().cast(), adj.len()) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// One `Killed process` line from the kernel log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DmesgKill {
+    /// `task_pid_nr(victim)`.
+    pub pid: u32,
+    /// comm.
+    pub comm: String,
+    /// total-vm in kB.
+    pub total_vm_kb: u64,
+    /// anon-rss in kB.
+    pub anon_rss_kb: u64,
+    /// file-rss in kB.
+    pub file_rss_kb: u64,
+    /// shmem-rss in kB.
+    pub shmem_rss_kb: u64,
+    /// UID.
+    pub uid: u32,
+    /// pgtables in kB.
+    pub pgtables_kb: u64,
+    /// oom_score_adj.
+    pub oom_score_adj: i32,
+}
+
+/// Parses `…Killed process 10090 (stress-ng-vm) total-vm:132356kB, anon-rss:31492kB,
+/// file-rss:392kB, shmem-rss:0kB, UID:0 pgtables:176kB oom_score_adj:1000`.
+pub fn parse_kill(line: &str) -> Option<DmesgKill> {
+    let rest = &line[line.find("Killed process ")? + "Killed process ".len()..];
+    let (pid, rest) = rest.split_once(" (")?;
+    let close = rest.rfind(") total-vm:")?;
+    let comm = rest[..close].to_owned();
+    let fields = &rest[close + 2..];
+    let num = |key: &str| -> Option<i64> {
+        let start = fields.find(key)? + key.len();
+        let digits: String = fields[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '-')
+            .collect();
+        digits.parse().ok()
+    };
+    Some(DmesgKill {
+        pid: pid.trim().parse().ok()?,
+        comm,
+        total_vm_kb: num("total-vm:")? as u64,
+        anon_rss_kb: num("anon-rss:")? as u64,
+        file_rss_kb: num("file-rss:")? as u64,
+        shmem_rss_kb: num("shmem-rss:")? as u64,
+        uid: num("UID:")? as u32,
+        pgtables_kb: num("pgtables:")? as u64,
+        oom_score_adj: num("oom_score_adj:")? as i32,
+    })
+}
+
+/// The kernel log from the moment it was opened.
+pub struct Kmsg {
+    file: File,
+}
+
+impl Kmsg {
+    /// Opens /dev/kmsg positioned at its end: only messages logged from now on are read.
+    pub fn open() -> Self {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .expect("open /dev/kmsg (needs root)");
+        // SAFETY: lseek on an fd we own.
+        unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
+        Self { file }
+    }
+
+    /// Every message logged since the last call.
+    pub fn messages(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match self.file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let record = String::from_utf8_lossy(&buf[..n]);
+                    if let Some((_, msg)) = record.split_once(';') {
+                        out.push(msg.lines().next().unwrap_or_default().to_owned());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // EPIPE: records were overwritten before we read them; keep reading.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+                Err(e) => panic!("reading /dev/kmsg: {e}"),
+            }
+        }
+        out
+    }
+
+    /// Every `Killed process` line logged since the last call.
+    pub fn kills(&mut self) -> Vec<DmesgKill> {
+        self.messages()
+            .iter()
+            .filter_map(|m| parse_kill(m))
+            .collect()
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt as _;
+
+/// A running memstress, its stdout collected as JSON lines.
+pub struct Memstress {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// What a finished memstress printed.
+#[derive(Debug)]
+pub struct Finished {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// JSON lines from stdout.
+    pub lines: Vec<Value>,
+    /// stderr.
+    pub stderr: String,
+}
+
+impl Finished {
+    /// Lines of one `type`.
+    pub fn of_type(&self, kind: &str) -> Vec<&Value> {
+        self.lines.iter().filter(|l| l["type"] == kind).collect()
+    }
+}
+
+impl Memstress {
+    /// Starts `memstress <args>` (add `-o json` yourself).
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_command(Command::new(memstress_bin()).args(args))
+    }
+
+    /// Starts a prepared command (its stdout must be JSON lines).
+    pub fn start_command(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let out = child.stdout.take().expect("stdout piped");
+        let err = child.stderr.take().expect("stderr piped");
+        let sink = lines.clone();
+        let stdout_reader = thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("memstress printed a non-JSON line `{line}`: {e}"));
+                sink.lock().unwrap().push(value);
+            }
+        });
+        let sink = stderr.clone();
+        let stderr_reader = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = BufReader::new(err).read_to_string(&mut text);
+            sink.lock().unwrap().push_str(&text);
+        });
+        Self {
+            child,
+            lines,
+            stderr,
+            readers: vec![stdout_reader, stderr_reader],
+        }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until a printed line satisfies `pred`, and returns it.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.lines.lock().unwrap().iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                thread::sleep(Duration::from_millis(100));
+                if let Some(v) = self.lines.lock().unwrap().iter().find(|v| pred(v)) {
+                    return v.clone();
+                }
+                panic!(
+                    "memstress exited ({status}) before printing {what}; stderr: {}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "memstress printed no {what} within {timeout:?}; stderr: {}",
+                self.stderr.lock().unwrap()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for a line of `type`.
+    pub fn wait_type(&mut self, kind: &str, timeout: Duration) -> Value {
+        self.wait_for(kind, timeout, |v| v["type"] == kind)
+    }
+
+    /// Sends `signal` to it.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for it to exit by itself.
+    pub fn wait(mut self, timeout: Duration) -> Finished {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for memstress") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "memstress did not exit within {timeout:?}; stderr: {}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        for reader in self.readers.drain(..) {
+            reader.join().expect("reader thread");
+        }
+        Finished {
+            status,
+            lines: std::mem::take(&mut *self.lines.lock().unwrap()),
+            stderr: std::mem::take(&mut *self.stderr.lock().unwrap()),
+        }
+    }
+
+    /// Sends SIGINT (as Ctrl-C would) and waits for it to exit.
+    pub fn interrupt(self, timeout: Duration) -> Finished {
+        self.signal(libc::SIGINT);
+        self.wait(timeout)
+    }
+}
+
+impl Drop for Memstress {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs memstress to completion with `args` and returns what it printed (stdout as text).
+pub fn memstress_output(args: &[&str]) -> std::process::Output {
+    Command::new(memstress_bin())
+        .args(args)
+        .output()
+        .expect("run memstress")
+}
+
+/// Whether process `pid` exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Asserts stderr is one line of error, with no panic or backtrace.
+pub fn assert_one_line_error(stderr: &str, must_contain: &[&str]) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected a one-line error, got:\n{stderr}");
+    assert!(
+        !stderr.contains("panicked")
+            && !stderr.contains("backtrace")
+            && !stderr.contains("RUST_BACKTRACE"),
+        "error output looks like a crash:\n{stderr}"
+    );
+    for needle in must_contain {
+        assert!(
+            stderr.contains(needle),
+            "error `{}` does not mention `{needle}`",
+            lines[0]
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_dmesg_kill_lines() {
+        let k = parse_kill(
+            "Memory cgroup out of memory: Killed process 10090 (stress-ng-vm) total-vm:132356kB, \
+             anon-rss:31492kB, file-rss:392kB, shmem-rss:0kB, UID:0 pgtables:176kB oom_score_adj:-1000",
+        )
+        .unwrap();
+        assert_eq!(k.pid, 10090);
+        assert_eq!(k.comm, "stress-ng-vm");
+        assert_eq!(k.anon_rss_kb, 31492);
+        assert_eq!(k.oom_score_adj, -1000);
+        let odd = parse_kill("Out of memory: Killed process 7 (a (b) c) total-vm:1kB, anon-rss:2kB, file-rss:3kB, shmem-rss:4kB, UID:5 pgtables:6kB oom_score_adj:7").unwrap();
+        assert_eq!(odd.comm, "a (b) c");
+        assert_eq!(parse_kill("Killed process x"), None);
+    }
+}

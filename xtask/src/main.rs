@@ -1,1 +1,260 @@
-fn main() {}
+//! `cargo xtask`: memstress's automation.
+//!
+//! * `setup`: toolchain pieces, bpf-linker, Debian packages, mounts (idempotent).
+//! * `build`: the release binary.
+//! * `demo`: the main job on its built-in default (setup and build included).
+//! * `test`: formatting, lints, unit tests, then the privileged integration tests as root.
+
+mod setup;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "memstress automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (idempotent; prints what it did).
+    Setup,
+    /// Build the release `memstress` binary (target/release/memstress).
+    Build,
+    /// Run `memstress demo` (a sandbox cgroup, an app, stressors, a reported OOM kill).
+    Demo {
+        /// Extra arguments for `memstress demo`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the whole test suite: fmt, clippy, unit tests, privileged integration tests.
+    Test {
+        /// Only the unit tests (no root needed).
+        #[arg(long)]
+        unit: bool,
+        /// Only the privileged integration tests.
+        #[arg(long)]
+        privileged: bool,
+        /// Skip fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Only integration tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// Whether we run as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs a command with inherited output; fails on a non-zero exit.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout; fails on a non-zero exit.
+pub fn run_quiet(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// cargo of the nightly toolchain (through rustup: `$CARGO` is the stable one, which does
+/// not understand `+nightly`).
+fn nightly_cargo() -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.current_dir(root())
+        .args(["run", "nightly", "cargo"])
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO");
+    cmd
+}
+
+fn build() -> Result<PathBuf> {
+    eprintln!("xtask: building target/release/memstress");
+    run(cargo().args(["build", "--release", "-p", "memstress-user"]))?;
+    Ok(root().join("target/release/memstress"))
+}
+
+fn need_root(what: &str) -> Result<()> {
+    if !is_root() {
+        bail!("{what} needs root (it creates cgroups and loads BPF programs): run it with sudo");
+    }
+    Ok(())
+}
+
+fn lint() -> Result<()> {
+    eprintln!("xtask: cargo fmt --check (nightly rustfmt, for the import-grouping options)");
+    run(nightly_cargo().args(["fmt", "--all", "--check"]))?;
+    eprintln!("xtask: clippy (host)");
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    eprintln!("xtask: clippy (BPF programs, bpfel-unknown-none)");
+    run(nightly_cargo().args([
+        "clippy",
+        "-p",
+        "memstress-ebpf",
+        "--bins",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn unit_tests() -> Result<()> {
+    eprintln!("xtask: unit tests");
+    run(cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "memstress-tests",
+        "--exclude",
+        "memstress-ebpf",
+    ]))?;
+    run(cargo().args(["test", "-p", "memstress-ebpf", "--lib"]))
+}
+
+fn privileged_tests(filter: Option<&str>) -> Result<()> {
+    need_root("the privileged test suite")?;
+    let bin = build()?;
+    eprintln!("xtask: privileged integration tests (one at a time: they share dmesg and memory)");
+    let mut cmd = cargo();
+    cmd.env("MEMSTRESS_BIN", &bin)
+        .args(["test", "--release", "-p", "memstress-tests", "--"])
+        .args(["--test-threads=1"]);
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    let result = run(&mut cmd);
+    sweep_test_cgroups();
+    result
+}
+
+/// Removes cgroups a crashed test left behind (they are named `memstress-test-*`; nothing
+/// else is touched).
+fn sweep_test_cgroups() {
+    for root in ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"] {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("memstress-test-") {
+                eprintln!(
+                    "xtask: removing leftover test cgroup {}",
+                    entry.path().display()
+                );
+                let _ = remove_tree(&entry.path());
+            }
+        }
+    }
+}
+
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        if entry.file_type()?.is_dir() {
+            remove_tree(&entry.path())?;
+        }
+    }
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.lines() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    }
+    for _ in 0..100 {
+        if std::fs::remove_dir(dir).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::fs::remove_dir(dir)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => setup::setup(setup::PACKAGES_TEST),
+        Cmd::Build => setup::setup(&[]).and_then(|()| build().map(drop)),
+        Cmd::Demo { args } => {
+            need_root("the demo")?;
+            setup::setup(&[])?;
+            let bin = build()?;
+            run(Command::new(bin).arg("demo").args(args))
+        }
+        Cmd::Test {
+            unit,
+            privileged,
+            no_lint,
+            filter,
+        } => {
+            let all = !unit && !privileged;
+            setup::setup(if all || privileged {
+                setup::PACKAGES_TEST
+            } else {
+                &[]
+            })?;
+            if (all || unit) && !no_lint {
+                lint()?;
+            }
+            if all || unit {
+                unit_tests()?;
+            }
+            if all || privileged {
+                privileged_tests(filter.as_deref())?;
+            }
+            eprintln!("xtask: all tests passed");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! `cargo xtask setup`: everything a fresh machine needs, done idempotently and quickly when
+//! nothing is missing. Each step prints what it found or did.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{is_root, run, run_quiet};
+
+/// The bpf-linker release that builds against the nightly toolchain's own LLVM here.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages, by what needs them.
+pub const PACKAGES_TEST: &[&str] = &["stress-ng"];
+
+fn say(step: &str, what: &str) {
+    eprintln!("setup: {step:<26} {what}");
+}
+
+/// Runs every step. `packages` lists the Debian packages the caller needs.
+pub fn setup(packages: &[&str]) -> Result<()> {
+    nightly()?;
+    rust_src()?;
+    bpf_linker()?;
+    debian(packages)?;
+    mounts()?;
+    Ok(())
+}
+
+fn nightly() -> Result<()> {
+    let list = run_quiet(Command::new("rustup").args(["toolchain", "list"]))?;
+    if list.lines().any(|l| l.starts_with("nightly")) {
+        say("nightly toolchain", "present");
+        return Ok(());
+    }
+    say("nightly toolchain", "installing");
+    run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+fn rust_src() -> Result<()> {
+    let installed = run_quiet(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        say("rust-src (nightly)", "present");
+        return Ok(());
+    }
+    say("rust-src (nightly)", "installing");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// The directory cargo installs binaries into.
+fn cargo_bin() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+/// The nightly toolchain's LLVM shared library: (lib dir, library name for -l, major).
+fn nightly_llvm() -> Result<(PathBuf, String, u32)> {
+    let sysroot = run_quiet(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib = PathBuf::from(sysroot.trim()).join("lib");
+    for entry in fs::read_dir(&lib).with_context(|| format!("listing {}", lib.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        // libLLVM-22-rust-1.97.0-nightly.so
+        if let Some(stem) = name
+            .strip_prefix("libLLVM-")
+            .and_then(|n| n.strip_suffix(".so"))
+        {
+            let major = stem
+                .split('-')
+                .next()
+                .and_then(|m| m.parse().ok())
+                .with_context(|| format!("cannot read the LLVM version in {name}"))?;
+            return Ok((lib, format!("LLVM-{stem}"), major));
+        }
+    }
+    bail!(
+        "no libLLVM-*.so in {}: is the nightly toolchain complete?",
+        lib.display()
+    )
+}
+
+fn bpf_linker_ok(path: &Path) -> bool {
+    Command::new(path).arg("--version").output().is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+    })
+}
+
+fn bpf_linker() -> Result<()> {
+    let path = cargo_bin().join("bpf-linker");
+    if bpf_linker_ok(&path) {
+        say("bpf-linker", &format!("{BPF_LINKER_VERSION} present"));
+        return Ok(());
+    }
+    let why = if path.exists() {
+        "present but unusable (wrong version, or its LLVM moved); rebuilding"
+    } else {
+        "missing; building (about 2 minutes)"
+    };
+    say("bpf-linker", why);
+    // A plain `cargo install bpf-linker` wants a system libLLVM of the newest version; link it
+    // against the nightly toolchain's own LLVM instead (the one rustc uses for BPF code).
+    let (lib, name, major) = nightly_llvm()?;
+    let rustflags = format!(
+        "-L native={dir} -l dylib={name} -C link-arg=-Wl,-rpath,{dir}",
+        dir = lib.display()
+    );
+    run(Command::new("cargo").env("RUSTFLAGS", rustflags).args([
+        "install",
+        "bpf-linker",
+        "--locked",
+        "--force",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--no-default-features",
+        "--features",
+        &format!("llvm-{major},no-llvm-linking"),
+    ]))?;
+    if !bpf_linker_ok(&path) {
+        bail!(
+            "bpf-linker was built but `{} --version` does not work",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn package_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn debian(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        say(
+            "Debian packages",
+            &format!("present ({})", packages.join(" ")),
+        );
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages: {}; install them as root: apt-get install -y {}",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    say(
+        "Debian packages",
+        &format!("installing {}", missing.join(" ")),
+    );
+    let install = |cmd: &mut Command| {
+        cmd.env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing);
+        run(cmd)
+    };
+    if install(&mut Command::new("apt-get")).is_err() {
+        // A fresh machine may have no package lists yet.
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        install(&mut Command::new("apt-get"))?;
+    }
+    Ok(())
+}
+
+fn mounted(fstype: &str, at: &str) -> bool {
+    fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let mut fields = l.split(' ');
+            let mount = fields.nth(4);
+            let fs = l.split(" - ").nth(1).and_then(|r| r.split(' ').next());
+            mount == Some(at) && fs == Some(fstype)
+        })
+    })
+}
+
+fn mounts() -> Result<()> {
+    for (fstype, at) in [("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")] {
+        if mounted(fstype, at) {
+            say(&format!("{fstype} at {at}"), "mounted");
+            continue;
+        }
+        if !is_root() {
+            say(
+                &format!("{fstype} at {at}"),
+                "not mounted (needs root; skipped)",
+            );
+            continue;
+        }
+        fs::create_dir_all(at).ok();
+        run_quiet(Command::new("mount").args(["-t", fstype, "nodev", at]))
+            .with_context(|| format!("mounting {fstype} at {at}"))?;
+        say(&format!("{fstype} at {at}"), "mounted now");
+    }
+    Ok(())
+}
