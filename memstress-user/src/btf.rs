@@ -18,7 +18,7 @@ const HEADER_MIN: usize = 24;
 /// Errors while reading BTF.
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("cannot read BTF from {path}: {source}")]
+    #[error("cannot read BTF from {path}")]
     Read {
         path: String,
         source: std::io::Error,

@@ -52,7 +52,7 @@ pub enum CgroupError {
     NoSuchPid(u32),
     #[error("cannot find the memory cgroup of process {0} in /proc/{0}/cgroup")]
     PidWithoutMemcg(u32),
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}")]
     Io {
         action: &'static str,
         path: String,

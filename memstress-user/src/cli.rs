@@ -5,7 +5,12 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{report::Format, run::OnOom, size::SizeSpec};
+use crate::{
+    report::Format,
+    run::OnOom,
+    size::SizeSpec,
+    stressor::{Kind, Pattern},
+};
 
 const EXIT_CODES: &str = "\
 EXIT CODES:
@@ -70,7 +75,11 @@ EXAMPLES:
   # 80% of an existing cgroup's limit, held for 10 minutes:
   sudo memstress run --cgroup /kubepods/burstable/pod1234 --size 80% --hold 10m
   # The memory cgroup of process 4242; show the plan only:
-  sudo memstress run --pid 4242 --size 200Mi --dry-run")]
+  sudo memstress run --pid 4242 --size 200Mi --dry-run
+  # Keep a pod's working set at 90% of its limit while the app's own use moves:
+  sudo memstress run --cgroup /kubepods/pod1234 --fill-to 90%
+  # A leak: 1 GiB of page cache over 5 minutes:
+  sudo memstress run --new leak --limit 2Gi --size 1Gi --kind file --ramp 5m")]
     Run(RunArgs),
 
     /// A self-contained demonstration: a sandbox cgroup, an app, stressors past the limit, and
@@ -136,6 +145,7 @@ pub struct WatchArgs {
 /// `memstress run`.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["new", "cgroup", "pid", "self_"])))]
+#[command(group(clap::ArgGroup::new("amount").required(true).args(["size", "fill_to"])))]
 pub struct RunArgs {
     /// Create a sandbox cgroup NAME (under the memory hierarchy's root, or an absolute cgroup
     /// path whose parent exists) for this run, with --limit; it is removed afterwards.
@@ -161,9 +171,40 @@ pub struct RunArgs {
 
     /// Total memory to hold, across all workers: bytes (256Mi, 1.5Gi, 500M) or a percent of
     /// the target's memory limit (80%; the nearest limited ancestor's if the target has none).
-    /// Above the limit is allowed: it forces OOM kills on purpose.
+    /// It is what the cgroup is charged: each stressor's own footprint is included. Above the
+    /// limit is allowed: it forces OOM kills on purpose.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
-    pub size: SizeSpec,
+    pub size: Option<SizeSpec>,
+
+    /// Instead of a fixed size: top the cgroup's working set (usage − inactive_file, as the
+    /// kubelet computes it) up to this (90%, or bytes) and keep it there as the
+    /// application's own use moves (stressors shrink when it grows, and grow when it frees).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
+    pub fill_to: Option<SizeSpec>,
+
+    /// Grow linearly to the size over this long (e.g. 30s), like a leak; default: at once.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub ramp: Option<Duration>,
+
+    /// Kind of memory: `anon` (default), `shmem` (a memfd: shared memory), or `file` (page
+    /// cache of a file written in --file-dir: charged to the cgroup but reclaimable, so the
+    /// usage rises while the working set does not).
+    #[arg(long, value_enum, default_value_t = Kind::Anon, value_name = "KIND")]
+    pub kind: Kind,
+
+    /// Directory for --kind file (default /var/tmp). The file is unnamed (O_TMPFILE) and
+    /// disappears with the stressor, whatever kills it. On tmpfs the pages are shmem.
+    #[arg(long, value_name = "DIR")]
+    pub file_dir: Option<PathBuf>,
+
+    /// `hold` (default): touch each page once, then sleep with ~0% CPU. `keep-dirty`:
+    /// rewrite every page once per --rewrite-every, so the pages stay active and dirty.
+    #[arg(long, value_enum, default_value_t = Pattern::Hold, value_name = "PATTERN")]
+    pub pattern: Pattern,
+
+    /// With --pattern keep-dirty: rewrite every page once per this period.
+    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "5s")]
+    pub rewrite_every: Duration,
 
     /// A percent --size means a percent of the node's MemTotal instead of a limit.
     #[arg(long)]

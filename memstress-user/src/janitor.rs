@@ -151,7 +151,7 @@ pub fn clean(entry: &Entry) -> io::Result<()> {
             };
             cgroup
                 .remove(Duration::from_secs(10))
-                .map_err(io::Error::other)
+                .map_err(|e| io::Error::other(crate::error_chain(&e)))
         }
         Entry::File(path) => match std::fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),

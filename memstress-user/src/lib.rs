@@ -26,3 +26,15 @@ pub mod stressor;
 pub mod target;
 pub mod tracefs;
 pub mod watch;
+
+/// An error and all its causes on one line: "outer: cause: root cause".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -7,7 +7,7 @@ use memstress::{
     cli::{Cli, Command},
     exit, janitor, probe,
     report::Reporter,
-    run::{self, App, OnOom},
+    run::{self, App},
     size::SizeSpec,
     stressor::{self, Fill},
     target, watch,
@@ -125,28 +125,31 @@ fn main() -> ExitCode {
                 } else {
                     target::Spec::SelfCgroup
                 };
-                let opts = run::Options {
-                    target,
-                    allow_root: args.allow_root_cgroup,
-                    size: args.size,
-                    of_node: args.of_node,
-                    workers: args.workers,
-                    hold: args.hold,
-                    on_oom: args.on_oom,
-                    oom_score_adj: args.oom_score_adj,
-                    fill: if args.populate {
-                        Fill::Populate
-                    } else {
-                        Fill::Touch
-                    },
-                    thp: args.thp,
-                    mlock: args.mlock,
-                    dry_run: args.dry_run,
-                    apps: Vec::new(),
-                    stop_after_kills: None,
-                    deadline: None,
-                    probe: probe_opts,
+                let amount = match (args.size, args.fill_to) {
+                    (_, Some(goal)) => run::Amount::FillTo(goal),
+                    (Some(size), None) => run::Amount::Size(size),
+                    (None, None) => unreachable!("clap requires one"),
                 };
+                let mut opts = run::Options::new(target, amount, probe_opts);
+                opts.allow_root = args.allow_root_cgroup;
+                opts.of_node = args.of_node;
+                opts.workers = args.workers;
+                opts.ramp = args.ramp;
+                opts.hold = args.hold;
+                opts.on_oom = args.on_oom;
+                opts.oom_score_adj = args.oom_score_adj;
+                opts.kind = args.kind;
+                opts.pattern = args.pattern;
+                opts.rewrite_every = args.rewrite_every;
+                opts.file_dir = args.file_dir;
+                opts.fill = if args.populate {
+                    Fill::Populate
+                } else {
+                    Fill::Touch
+                };
+                opts.thp = args.thp;
+                opts.mlock = args.mlock;
+                opts.dry_run = args.dry_run;
                 run::run(opts, &reporter).await.map(|o| o.exit_code())
             }
             Command::Demo(args) => {
@@ -179,31 +182,23 @@ async fn demo(
         memstress::size::Bytes(limit / 4),
         memstress::size::Bytes(limit * 3 / 2),
     ));
-    let opts = run::Options {
-        target: target::Spec::New {
-            name: format!("memstress-demo-{}", std::process::id()),
-            limit,
-        },
-        allow_root: false,
-        size: SizeSpec::Bytes(limit * 3 / 2),
-        of_node: false,
-        workers: 2,
-        hold: None,
-        on_oom: OnOom::Report,
-        oom_score_adj: None,
-        fill: Fill::Touch,
-        thp: false,
-        mlock: false,
-        dry_run: false,
-        apps: vec![App {
-            name: "demo-app".to_owned(),
-            bytes: limit / 4,
-            oom_score_adj: None,
-        }],
-        stop_after_kills: Some(1),
-        deadline: Some(args.timeout),
-        probe,
+    let target = target::Spec::New {
+        name: format!("memstress-demo-{}", std::process::id()),
+        limit,
     };
+    let mut opts = run::Options::new(
+        target,
+        run::Amount::Size(SizeSpec::Bytes(limit * 3 / 2)),
+        probe,
+    );
+    opts.workers = 2;
+    opts.apps = vec![App {
+        name: "demo-app".to_owned(),
+        bytes: limit / 4,
+        oom_score_adj: None,
+    }];
+    opts.stop_after_kills = Some(1);
+    opts.deadline = Some(args.timeout);
     let outcome = run::run(opts, reporter).await?;
     if outcome == run::Outcome::Completed {
         reporter.text("demo done: the kill above came from the kernel's mark_victim tracepoint; the sandbox is gone.");

@@ -41,7 +41,7 @@ pub enum ProbeError {
          with --btf FILE"
     )]
     NoBtf(String),
-    #[error("cannot use the kernel BTF at {path}: {source}")]
+    #[error("cannot use the kernel BTF at {path}")]
     Btf { path: String, source: BtfError },
     #[error(transparent)]
     Tracefs(#[from] TracefsError),
@@ -343,16 +343,13 @@ fn attach_tracepoint(
     Ok(())
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     // Verifier logs are long; the first line says enough for a status line.
-    text.lines().next().unwrap_or_default().to_owned()
+    crate::error_chain(e)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The ring buffer, readable from async code.

@@ -24,18 +24,28 @@
 //! controller goes away (stdin closes, or `PR_SET_PDEATHSIG`), the worker exits.
 
 use std::{
+    ffi::CString,
     fs,
-    io::{self, BufRead as _, Write as _},
+    io::{self, Write as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
     ptr,
+    time::{Duration, Instant},
 };
 
-/// Largest mapping added per step; a `held` report follows each.
+/// Largest mapping added per step; a `filling` report follows each.
 pub const CHUNK: u64 = 32 << 20;
 
 /// Kernel memory charged per process that /proc/self/status does not show: the kernel stack
 /// (THREAD_SIZE, 16 KiB on x86-64) and the accounted slab objects of a task (task_struct,
 /// mm_struct, VMAs, files, signal: ~8 KiB).
 pub const KERNEL_OVERHEAD: u64 = 24 << 10;
+
+/// How often a keep-dirty worker wakes to rewrite a slice of its pages.
+const DIRTY_TICK: Duration = Duration::from_millis(100);
 
 /// How pages are faulted in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -47,19 +57,71 @@ pub enum Fill {
     Populate,
 }
 
+/// What kind of memory is held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Anonymous memory (`mmap` private): counted in the working set, never reclaimable
+    /// without swap.
+    #[default]
+    Anon,
+    /// Shared memory (a `memfd`): counted as shmem, in the working set, reclaimable only to
+    /// swap.
+    Shmem,
+    /// Page cache (a file written in --file-dir): charged to the cgroup but reclaimable, so
+    /// usage rises while the working set (usage − inactive_file) barely does.
+    File,
+}
+
+/// What a worker does with its memory once it holds it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pattern {
+    /// Touch each page once, then sleep: ~0% CPU.
+    #[default]
+    Hold,
+    /// Rewrite every page once per --rewrite-every, spread evenly: the pages stay recently
+    /// used (active) and dirty, so LRU aging and writeback cannot make them cheap to reclaim.
+    KeepDirty,
+}
+
 /// Worker options.
 #[derive(Clone, Debug)]
 pub struct WorkerArgs {
     /// Name shown as the process's comm (at most 15 bytes).
     pub name: String,
+    /// Kind of memory.
+    pub kind: Kind,
     /// How pages are faulted in.
     pub fill: Fill,
+    /// What to do once full.
+    pub pattern: Pattern,
+    /// Keep-dirty: rewrite every page once per this period.
+    pub rewrite_every: Duration,
     /// Ask for transparent huge pages (`MADV_HUGEPAGE`).
     pub thp: bool,
     /// Lock the memory (`mlock`), so it is never reclaimed or swapped.
     pub mlock: bool,
+    /// Directory for `Kind::File`.
+    pub file_dir: Option<PathBuf>,
     /// What to hold from the start, before any command arrives.
     pub initial: Option<Command>,
+}
+
+impl Default for WorkerArgs {
+    fn default() -> Self {
+        Self {
+            name: "memstress-vm".to_owned(),
+            kind: Kind::Anon,
+            fill: Fill::Touch,
+            pattern: Pattern::Hold,
+            rewrite_every: Duration::from_secs(5),
+            thp: false,
+            mlock: false,
+            file_dir: None,
+            initial: None,
+        }
+    }
 }
 
 impl WorkerArgs {
@@ -70,8 +132,31 @@ impl WorkerArgs {
             "--name".to_owned(),
             self.name.clone(),
         ];
+        let mut push = |a: &str, b: String| {
+            args.push(a.to_owned());
+            args.push(b);
+        };
+        match self.kind {
+            Kind::Anon => {}
+            Kind::Shmem => push("--kind", "shmem".to_owned()),
+            Kind::File => push("--kind", "file".to_owned()),
+        }
         if self.fill == Fill::Populate {
-            args.extend(["--fill".to_owned(), "populate".to_owned()]);
+            push("--fill", "populate".to_owned());
+        }
+        if self.pattern == Pattern::KeepDirty {
+            push(
+                "--keep-dirty-ms",
+                self.rewrite_every.as_millis().to_string(),
+            );
+        }
+        if let Some(dir) = &self.file_dir {
+            push("--file-dir", dir.display().to_string());
+        }
+        match self.initial {
+            Some(Command::Charge { bytes, .. }) => push("--charge", bytes.to_string()),
+            Some(Command::Size { bytes, .. }) => push("--size", bytes.to_string()),
+            _ => {}
         }
         if self.thp {
             args.push("--thp".to_owned());
@@ -79,27 +164,27 @@ impl WorkerArgs {
         if self.mlock {
             args.push("--mlock".to_owned());
         }
-        match self.initial {
-            Some(Command::Charge(b)) => args.extend(["--charge".to_owned(), b.to_string()]),
-            Some(Command::Size(b)) => args.extend(["--size".to_owned(), b.to_string()]),
-            _ => {}
-        }
         args
     }
 
     /// Parses the flags written by [`Self::to_args`] (after `__stressor`).
     pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, String> {
-        let mut parsed = Self {
-            name: "memstress-vm".to_owned(),
-            fill: Fill::Touch,
-            thp: false,
-            mlock: false,
-            initial: None,
+        let mut parsed = Self::default();
+        let bytes = |v: Option<String>, flag: &str| {
+            v.and_then(|v| v.parse::<u64>().ok())
+                .ok_or(format!("{flag} needs a number"))
         };
-        let bytes = |v: Option<String>| v.and_then(|v| v.parse::<u64>().ok());
         while let Some(flag) = args.next() {
             match flag.as_str() {
                 "--name" => parsed.name = args.next().ok_or("--name needs a value")?,
+                "--kind" => {
+                    parsed.kind = match args.next().as_deref() {
+                        Some("anon") => Kind::Anon,
+                        Some("shmem") => Kind::Shmem,
+                        Some("file") => Kind::File,
+                        _ => return Err("--kind takes anon, shmem or file".to_owned()),
+                    }
+                }
                 "--fill" => {
                     parsed.fill = match args.next().as_deref() {
                         Some("touch") => Fill::Touch,
@@ -107,17 +192,29 @@ impl WorkerArgs {
                         _ => return Err("--fill takes touch or populate".to_owned()),
                     }
                 }
+                "--keep-dirty-ms" => {
+                    parsed.pattern = Pattern::KeepDirty;
+                    parsed.rewrite_every =
+                        Duration::from_millis(bytes(args.next(), "--keep-dirty-ms")?.max(100));
+                }
+                "--file-dir" => {
+                    parsed.file_dir = Some(PathBuf::from(
+                        args.next().ok_or("--file-dir needs a value")?,
+                    ));
+                }
                 "--thp" => parsed.thp = true,
                 "--mlock" => parsed.mlock = true,
                 "--charge" => {
-                    parsed.initial = Some(Command::Charge(
-                        bytes(args.next()).ok_or("--charge needs bytes")?,
-                    ));
+                    parsed.initial = Some(Command::Charge {
+                        bytes: bytes(args.next(), "--charge")?,
+                        seq: 0,
+                    });
                 }
                 "--size" => {
-                    parsed.initial = Some(Command::Size(
-                        bytes(args.next()).ok_or("--size needs bytes")?,
-                    ));
+                    parsed.initial = Some(Command::Size {
+                        bytes: bytes(args.next(), "--size")?,
+                        seq: 0,
+                    });
                 }
                 other => return Err(format!("unknown flag `{other}`")),
             }
@@ -136,12 +233,15 @@ pub enum Report {
         /// The process's estimated charge so far.
         charge: u64,
     },
-    /// Done: holding `payload` bytes; the whole process costs its cgroup `charge` bytes.
+    /// Command `seq` is done: holding `payload` bytes; the whole process costs its cgroup
+    /// `charge` bytes.
     Held {
         /// Bytes of memory held for the stress.
         payload: u64,
         /// The process's estimated charge: payload plus its own footprint.
         charge: u64,
+        /// The command this completes.
+        seq: u64,
     },
     /// Failed; exiting.
     Error(String),
@@ -152,7 +252,11 @@ impl Report {
     pub fn line(&self) -> String {
         match self {
             Self::Filling { payload, charge } => format!("filling {payload} {charge}\n"),
-            Self::Held { payload, charge } => format!("held {payload} {charge}\n"),
+            Self::Held {
+                payload,
+                charge,
+                seq,
+            } => format!("held {payload} {charge} {seq}\n"),
             Self::Error(e) => format!("error {e}\n"),
         }
     }
@@ -161,16 +265,24 @@ impl Report {
     pub fn parse(line: &str) -> Option<Self> {
         let line = line.trim();
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
-        let numbers = || -> Option<(u64, u64)> {
-            let mut nums = rest.split_whitespace().map(str::parse::<u64>);
-            let payload = nums.next()?.ok()?;
-            let charge = nums.next().unwrap_or(Ok(payload)).ok()?;
-            Some((payload, charge))
-        };
-        match word {
-            "held" => numbers().map(|(payload, charge)| Self::Held { payload, charge }),
-            "filling" => numbers().map(|(payload, charge)| Self::Filling { payload, charge }),
-            "error" => Some(Self::Error(rest.to_owned())),
+        if word == "error" {
+            return Some(Self::Error(rest.to_owned()));
+        }
+        let nums: Vec<u64> = rest
+            .split_whitespace()
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        match (word, nums.as_slice()) {
+            ("held", [payload, charge, seq]) => Some(Self::Held {
+                payload: *payload,
+                charge: *charge,
+                seq: *seq,
+            }),
+            ("filling", [payload, charge]) => Some(Self::Filling {
+                payload: *payload,
+                charge: *charge,
+            }),
             _ => None,
         }
     }
@@ -179,10 +291,20 @@ impl Report {
 /// A controller→worker command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
-    /// Make the whole process's charge this many bytes.
-    Charge(u64),
-    /// Hold exactly this payload.
-    Size(u64),
+    /// Make the whole process's charge `bytes`.
+    Charge {
+        /// Target charge.
+        bytes: u64,
+        /// Sequence number echoed in the `held` report.
+        seq: u64,
+    },
+    /// Hold exactly `bytes` of payload.
+    Size {
+        /// Target payload.
+        bytes: u64,
+        /// Sequence number echoed in the `held` report.
+        seq: u64,
+    },
     /// Exit.
     Quit,
 }
@@ -191,8 +313,8 @@ impl Command {
     /// The line to send.
     pub fn line(&self) -> String {
         match self {
-            Self::Charge(bytes) => format!("charge {bytes}\n"),
-            Self::Size(bytes) => format!("size {bytes}\n"),
+            Self::Charge { bytes, seq } => format!("charge {bytes} {seq}\n"),
+            Self::Size { bytes, seq } => format!("size {bytes} {seq}\n"),
             Self::Quit => "quit\n".to_owned(),
         }
     }
@@ -203,11 +325,13 @@ impl Command {
         if line == "quit" {
             return Some(Self::Quit);
         }
-        let (word, n) = line.split_once(' ')?;
-        let n = n.trim().parse().ok()?;
+        let mut words = line.split_whitespace();
+        let word = words.next()?;
+        let bytes = words.next()?.parse().ok()?;
+        let seq = words.next().map_or(Some(0), |s| s.parse().ok())?;
         match word {
-            "charge" => Some(Self::Charge(n)),
-            "size" => Some(Self::Size(n)),
+            "charge" => Some(Self::Charge { bytes, seq }),
+            "size" => Some(Self::Size { bytes, seq }),
             _ => None,
         }
     }
@@ -233,9 +357,95 @@ pub fn charge_from_status(status: &str) -> u64 {
     kib("RssAnon:") + kib("RssShmem:") + kib("VmPTE:") + KERNEL_OVERHEAD
 }
 
+/// The default directory for page-cache stress: a disk-backed one (page cache on tmpfs is
+/// shmem, which is not reclaimable like page cache).
+pub fn default_file_dir() -> PathBuf {
+    ["/var/tmp", "/tmp"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Whether `dir` is on tmpfs (where "file" pages are shmem).
+pub fn is_tmpfs(dir: &Path) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    let Ok(c) = CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs fills the struct we own from a valid path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == TMPFS_MAGIC }
+}
+
+/// An unnamed file in `dir` (O_TMPFILE, or created and unlinked at once): it disappears
+/// with the worker, whatever kills it.
+fn anonymous_file(dir: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: open with a valid path; the fd is owned below.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a fresh fd.
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    for n in 0..1000 {
+        let path = dir.join(format!(".memstress-{pid}-{n}"));
+        let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: as above.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_CLOEXEC,
+                0o600,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: unlinking the file we just created.
+            unsafe { libc::unlink(c.as_ptr()) };
+            // SAFETY: a fresh fd.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::AlreadyExists {
+            return Err(io::Error::new(
+                err.kind(),
+                format!("{}: {err}", dir.display()),
+            ));
+        }
+    }
+    Err(io::Error::other(format!(
+        "cannot create a file in {}",
+        dir.display()
+    )))
+}
+
+/// One block of `0x01` bytes for writing page cache.
+static BLOCK: [u8; 1 << 16] = [1; 1 << 16];
+
 struct Chunk {
+    /// Mapping (anon, shmem); null for a file.
     ptr: *mut u8,
     len: usize,
+    /// memfd (shmem) or unnamed file (file).
+    fd: Option<OwnedFd>,
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: unmapping a mapping this chunk owns.
+            unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        }
+    }
 }
 
 /// The memory a worker holds.
@@ -245,37 +455,68 @@ struct Holding {
     page: usize,
     args: WorkerArgs,
     /// This process's charge, given the payload held ([`own_charge`] outside tests).
-    measure: fn(u64) -> io::Result<u64>,
+    measure: fn(Kind, u64) -> io::Result<u64>,
+    /// Keep-dirty: next page to rewrite (over all chunks).
+    cursor: u64,
 }
 
-fn measure_own(_payload: u64) -> io::Result<u64> {
-    own_charge()
+fn measure_own(kind: Kind, payload: u64) -> io::Result<u64> {
+    // Page cache that is not mapped is not in RSS: count it on top.
+    Ok(own_charge()? + if kind == Kind::File { payload } else { 0 })
+}
+
+fn pwrite_all(fd: &OwnedFd, mut offset: u64, mut len: usize) -> io::Result<()> {
+    while len > 0 {
+        let n = len.min(BLOCK.len());
+        // SAFETY: writing from a static buffer of at least n bytes.
+        let written =
+            unsafe { libc::pwrite(fd.as_raw_fd(), BLOCK.as_ptr().cast(), n, offset as i64) };
+        if written < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        offset += written as u64;
+        len -= written as usize;
+    }
+    Ok(())
 }
 
 impl Holding {
-    fn grow_by(&mut self, bytes: u64) -> io::Result<()> {
-        let len = usize::try_from(bytes).map_err(io::Error::other)?;
-        // SAFETY: a fresh private anonymous mapping; the kernel picks the address.
+    fn map(&self, len: usize, fd: Option<&OwnedFd>) -> io::Result<*mut u8> {
+        let (flags, raw) = match fd {
+            Some(fd) => (libc::MAP_SHARED, fd.as_raw_fd()),
+            None => (
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+            ),
+        };
+        // SAFETY: a fresh mapping; the kernel picks the address.
         let ptr = unsafe {
             libc::mmap(
                 ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
+                flags,
+                raw,
                 0,
             )
         };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        let ptr = ptr.cast::<u8>();
+        Ok(ptr.cast())
+    }
+
+    fn fault_in(&self, ptr: *mut u8, len: usize) -> io::Result<()> {
         let advice = if self.args.thp {
             libc::MADV_HUGEPAGE
         } else {
             libc::MADV_NOHUGEPAGE
         };
-        // SAFETY: advice on the mapping we just made; failure only loses a hint.
+        // SAFETY: advice on our own mapping; failure only loses a hint.
         unsafe { libc::madvise(ptr.cast(), len, advice) };
         let mut populated = false;
         if self.args.fill == Fill::Populate {
@@ -294,12 +535,58 @@ impl Holding {
             // SAFETY: locking our own mapping.
             if unsafe { libc::mlock(ptr.cast(), len) } != 0 {
                 let err = io::Error::last_os_error();
-                // SAFETY: unmapping what we mapped; the chunk is not recorded yet.
-                unsafe { libc::munmap(ptr.cast(), len) };
                 return Err(io::Error::new(err.kind(), format!("mlock: {err}")));
             }
         }
-        self.chunks.push(Chunk { ptr, len });
+        Ok(())
+    }
+
+    fn grow_by(&mut self, bytes: u64) -> io::Result<()> {
+        let len = usize::try_from(bytes).map_err(io::Error::other)?;
+        let chunk = match self.args.kind {
+            Kind::Anon => {
+                let ptr = self.map(len, None)?;
+                let chunk = Chunk { ptr, len, fd: None };
+                self.fault_in(ptr, len)?;
+                chunk
+            }
+            Kind::Shmem => {
+                // SAFETY: memfd_create with a static name.
+                let raw = unsafe { libc::memfd_create(c"memstress".as_ptr(), libc::MFD_CLOEXEC) };
+                if raw < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: a fresh fd.
+                let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                // SAFETY: sizing our own memfd.
+                if unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let ptr = self.map(len, Some(&fd))?;
+                let chunk = Chunk {
+                    ptr,
+                    len,
+                    fd: Some(fd),
+                };
+                self.fault_in(ptr, len)?;
+                chunk
+            }
+            Kind::File => {
+                let dir = self.args.file_dir.clone().unwrap_or_else(default_file_dir);
+                let fd = anonymous_file(&dir)?;
+                pwrite_all(&fd, 0, len)?;
+                // Written back now, the pages are clean: like the read cache of a real app,
+                // reclaimable without I/O (keep-dirty dirties them again).
+                // SAFETY: fdatasync on our own fd.
+                unsafe { libc::fdatasync(fd.as_raw_fd()) };
+                Chunk {
+                    ptr: ptr::null_mut(),
+                    len,
+                    fd: Some(fd),
+                }
+            }
+        };
+        self.chunks.push(chunk);
         self.total += bytes;
         Ok(())
     }
@@ -312,35 +599,43 @@ impl Holding {
             let excess = self.total - target;
             if excess as usize >= last.len {
                 let chunk = self.chunks.pop().expect("checked above");
-                // SAFETY: unmapping a whole chunk this worker mapped.
-                unsafe { libc::munmap(chunk.ptr.cast(), chunk.len) };
                 self.total -= chunk.len as u64;
+                drop(chunk);
             } else {
                 let keep = last.len - excess as usize;
-                // SAFETY: unmapping the page-aligned tail of a chunk we mapped (target and
-                // every chunk length are multiples of the page size).
-                unsafe { libc::munmap(last.ptr.add(keep).cast(), excess as usize) };
+                if !last.ptr.is_null() {
+                    // SAFETY: unmapping the page-aligned tail of a mapping we own (target and
+                    // every chunk length are multiples of the page size).
+                    unsafe { libc::munmap(last.ptr.add(keep).cast(), excess as usize) };
+                }
+                if let Some(fd) = &last.fd {
+                    // SAFETY: truncating our own memfd or unnamed file frees its tail.
+                    unsafe { libc::ftruncate(fd.as_raw_fd(), keep as i64) };
+                }
                 last.len = keep;
                 self.total = target;
             }
         }
     }
 
-    fn report(&self, out: &mut impl io::Write, done: bool) -> io::Result<()> {
+    fn report(&self, out: &mut impl io::Write, done: Option<u64>) -> io::Result<()> {
         let payload = self.total;
-        let charge = (self.measure)(payload).unwrap_or(payload);
-        let report = if done {
-            Report::Held { payload, charge }
-        } else {
-            Report::Filling { payload, charge }
+        let charge = (self.measure)(self.args.kind, payload).unwrap_or(payload);
+        let report = match done {
+            Some(seq) => Report::Held {
+                payload,
+                charge,
+                seq,
+            },
+            None => Report::Filling { payload, charge },
         };
         out.write_all(report.line().as_bytes())?;
         out.flush()
     }
 
     /// Grows or shrinks the payload to `target` bytes (rounded up to pages), reporting
-    /// progress after each chunk and, if `done`, completion at the end.
-    fn set(&mut self, target: u64, out: &mut impl io::Write, done: bool) -> io::Result<()> {
+    /// progress after each chunk.
+    fn set(&mut self, target: u64, out: &mut impl io::Write) -> io::Result<()> {
         let page = self.page as u64;
         let target = target.div_ceil(page) * page;
         if target < self.total {
@@ -350,11 +645,8 @@ impl Holding {
             let step = (target - self.total).min(CHUNK);
             self.grow_by(step)?;
             if self.total < target {
-                self.report(out, false)?;
+                self.report(out, None)?;
             }
-        }
-        if done {
-            self.report(out, true)?;
         }
         Ok(())
     }
@@ -364,13 +656,14 @@ impl Holding {
     /// what /proc/self/status says.
     fn charge(&mut self, target: u64, out: &mut impl io::Write) -> io::Result<()> {
         let page = self.page as u64;
-        let footprint = (self.measure)(self.total)?.saturating_sub(self.total);
+        let measure = |h: &Self| (h.measure)(h.args.kind, h.total);
+        let footprint = measure(self)?.saturating_sub(self.total);
         let room = target.saturating_sub(footprint);
         // payload + payload/512 (page tables) = room
         let predicted = (room * 512 / 513) / page * page;
-        self.set(predicted, out, false)?;
+        self.set(predicted, out)?;
         for _ in 0..3 {
-            let charge = (self.measure)(self.total)?;
+            let charge = measure(self)?;
             let next = if charge > target {
                 self.total
                     .saturating_sub((charge - target).div_ceil(page) * page)
@@ -380,18 +673,52 @@ impl Holding {
             if next == self.total {
                 break;
             }
-            self.set(next, out, false)?;
+            self.set(next, out)?;
         }
-        self.report(out, true)
+        Ok(())
     }
 
     fn apply(&mut self, command: Command, out: &mut impl io::Write) -> io::Result<bool> {
-        match command {
-            Command::Charge(bytes) => self.charge(bytes, out)?,
-            Command::Size(bytes) => self.set(bytes, out, true)?,
+        let seq = match command {
+            Command::Charge { bytes, seq } => {
+                self.charge(bytes, out)?;
+                seq
+            }
+            Command::Size { bytes, seq } => {
+                self.set(bytes, out)?;
+                seq
+            }
             Command::Quit => return Ok(false),
-        }
+        };
+        self.report(out, Some(seq))?;
         Ok(true)
+    }
+
+    /// Keep-dirty: rewrites the next `pages` pages, cycling through everything held.
+    fn rewrite(&mut self, pages: u64) {
+        let page = self.page as u64;
+        let total_pages = self.total / page;
+        if total_pages == 0 {
+            return;
+        }
+        for _ in 0..pages.min(total_pages) {
+            let mut at = (self.cursor % total_pages) * page;
+            self.cursor = self.cursor.wrapping_add(1);
+            for chunk in &self.chunks {
+                if at < chunk.len as u64 {
+                    if chunk.ptr.is_null() {
+                        if let Some(fd) = &chunk.fd {
+                            let _ = pwrite_all(fd, at, 1);
+                        }
+                    } else {
+                        // SAFETY: `at` is inside this chunk's writable mapping.
+                        unsafe { ptr::write_volatile(chunk.ptr.add(at as usize), 2) };
+                    }
+                    break;
+                }
+                at -= chunk.len as u64;
+            }
+        }
     }
 }
 
@@ -415,18 +742,34 @@ pub fn worker_entry(args: impl Iterator<Item = String>) -> i32 {
     }
 }
 
+/// Waits up to `timeout` (forever if `None`) for stdin to be readable.
+fn wait_stdin(timeout: Option<Duration>) -> bool {
+    let mut fds = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
+    // SAFETY: poll on one pollfd we own.
+    let n = unsafe { libc::poll(&mut fds, 1, ms) };
+    n > 0
+}
+
 /// The worker's main loop. Returns the process exit code.
 pub fn worker_main(args: WorkerArgs) -> i32 {
     set_comm(&args.name);
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
     let initial = args.initial;
+    let keep_dirty = args.pattern == Pattern::KeepDirty;
+    let rewrite_every = args.rewrite_every;
     let mut holding = Holding {
         chunks: Vec::new(),
         total: 0,
         page,
         args,
         measure: measure_own,
+        cursor: 0,
     };
     let stdout = io::stdout();
     let mut out = stdout.lock();
@@ -440,103 +783,167 @@ pub fn worker_main(args: WorkerArgs) -> i32 {
     {
         return fail(&mut out, e);
     }
-    let stdin = io::stdin();
-    for line in stdin.lock().lines() {
-        let Ok(line) = line else { break };
-        let Some(command) = Command::parse(&line) else {
-            let _ = writeln!(out, "error unknown command `{line}`");
-            continue;
-        };
-        match holding.apply(command, &mut out) {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(e) => return fail(&mut out, e),
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut next_dirty = Instant::now() + DIRTY_TICK;
+    loop {
+        let timeout = keep_dirty.then(|| next_dirty.saturating_duration_since(Instant::now()));
+        if wait_stdin(timeout) {
+            // SAFETY: reading into a buffer we own.
+            let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // The controller is gone.
+                return 0;
+            }
+            pending.extend_from_slice(&buf[..n as usize]);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                let Some(command) = Command::parse(&line) else {
+                    let _ = writeln!(out, "error unknown command `{}`", line.trim());
+                    continue;
+                };
+                match holding.apply(command, &mut out) {
+                    Ok(true) => {}
+                    Ok(false) => return 0,
+                    Err(e) => return fail(&mut out, e),
+                }
+            }
+        }
+        if keep_dirty && Instant::now() >= next_dirty {
+            let pages = holding.total / page as u64;
+            let per_tick = (pages * DIRTY_TICK.as_millis() as u64)
+                .div_ceil(rewrite_every.as_millis().max(1) as u64);
+            holding.rewrite(per_tick);
+            next_dirty += DIRTY_TICK;
         }
     }
-    0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args() -> WorkerArgs {
-        WorkerArgs {
-            name: "t".into(),
-            fill: Fill::Touch,
-            thp: false,
-            mlock: false,
-            initial: None,
-        }
-    }
-
     #[test]
     fn protocol_round_trips() {
-        for c in [Command::Charge(42), Command::Size(7), Command::Quit] {
+        for c in [
+            Command::Charge { bytes: 42, seq: 3 },
+            Command::Size { bytes: 7, seq: 0 },
+            Command::Quit,
+        ] {
             assert_eq!(Command::parse(&c.line()), Some(c));
         }
+        assert_eq!(
+            Command::parse("charge 5"),
+            Some(Command::Charge { bytes: 5, seq: 0 })
+        );
         assert_eq!(Command::parse("size x"), None);
         let held = Report::Held {
             payload: 4096,
             charge: 8192,
+            seq: 9,
         };
         assert_eq!(Report::parse(&held.line()), Some(held));
-        assert_eq!(
-            Report::parse("held 4096"),
-            Some(Report::Held {
-                payload: 4096,
-                charge: 4096
-            })
-        );
+        let filling = Report::Filling {
+            payload: 1,
+            charge: 2,
+        };
+        assert_eq!(Report::parse(&filling.line()), Some(filling));
         assert_eq!(
             Report::parse("error boom"),
             Some(Report::Error("boom".into()))
         );
         assert_eq!(Report::parse("what"), None);
-        let mut a = args();
-        a.fill = Fill::Populate;
-        a.thp = true;
-        a.initial = Some(Command::Charge(123));
+        assert_eq!(Report::parse("held 1"), None);
+        let a = WorkerArgs {
+            kind: Kind::File,
+            fill: Fill::Populate,
+            pattern: Pattern::KeepDirty,
+            rewrite_every: Duration::from_secs(2),
+            thp: true,
+            file_dir: Some(PathBuf::from("/var/tmp")),
+            initial: Some(Command::Charge { bytes: 123, seq: 0 }),
+            ..WorkerArgs::default()
+        };
         let back = WorkerArgs::parse(a.to_args().into_iter().skip(1)).unwrap();
-        assert_eq!(back.initial, Some(Command::Charge(123)));
+        assert_eq!(back.initial, a.initial);
+        assert_eq!(back.kind, Kind::File);
         assert_eq!(back.fill, Fill::Populate);
+        assert_eq!(back.pattern, Pattern::KeepDirty);
+        assert_eq!(back.rewrite_every, Duration::from_secs(2));
+        assert_eq!(back.file_dir, a.file_dir);
         assert!(back.thp);
         assert!(WorkerArgs::parse(["--bogus".to_owned()].into_iter()).is_err());
     }
 
     /// A process whose footprint is 300 KiB plus one page-table page per 2 MiB held.
-    fn simulated(payload: u64) -> io::Result<u64> {
+    fn simulated(_kind: Kind, payload: u64) -> io::Result<u64> {
         Ok((300 << 10) + payload + payload.div_ceil(2 << 20) * 4096)
     }
 
-    fn holding(measure: fn(u64) -> io::Result<u64>) -> Holding {
+    fn holding(kind: Kind) -> Holding {
         Holding {
             chunks: Vec::new(),
             total: 0,
             page: 4096,
-            args: args(),
-            measure,
+            args: WorkerArgs {
+                kind,
+                file_dir: Some(std::env::temp_dir()),
+                ..WorkerArgs::default()
+            },
+            measure: simulated,
+            cursor: 0,
         }
     }
 
     #[test]
     fn holds_grows_and_shrinks_exactly() {
-        let mut h = holding(simulated);
-        let mut out = Vec::new();
-        h.set(CHUNK + 5000, &mut out, true).unwrap();
-        assert_eq!(h.total, CHUNK + 8192);
-        assert_eq!(h.chunks.len(), 2);
-        h.set(4096 * 3, &mut out, true).unwrap();
-        assert_eq!(h.total, 4096 * 3);
-        assert_eq!(h.chunks.len(), 1);
-        h.set(0, &mut out, true).unwrap();
-        assert_eq!(h.total, 0);
-        let text = String::from_utf8(out).unwrap();
-        assert!(
-            text.lines().last().unwrap().starts_with("held 0 "),
-            "{text}"
-        );
-        assert!(text.starts_with("filling 33554432 "), "{text}");
+        for kind in [Kind::Anon, Kind::Shmem, Kind::File] {
+            let mut h = holding(kind);
+            let mut out = Vec::new();
+            h.apply(
+                Command::Size {
+                    bytes: CHUNK + 5000,
+                    seq: 1,
+                },
+                &mut out,
+            )
+            .unwrap();
+            assert_eq!(h.total, CHUNK + 8192);
+            assert_eq!(h.chunks.len(), 2);
+            h.rewrite(10_000);
+            h.apply(
+                Command::Size {
+                    bytes: 4096 * 3,
+                    seq: 2,
+                },
+                &mut out,
+            )
+            .unwrap();
+            assert_eq!(h.total, 4096 * 3);
+            assert_eq!(h.chunks.len(), 1);
+            if let Some(fd) = &h.chunks[0].fd {
+                // SAFETY: fstat into a struct we own.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: as above.
+                assert_eq!(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) }, 0);
+                assert_eq!(st.st_size, 4096 * 3, "{kind:?} truncated to the kept size");
+            }
+            h.apply(Command::Size { bytes: 0, seq: 3 }, &mut out)
+                .unwrap();
+            assert_eq!(h.total, 0);
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.starts_with("filling 33554432 "), "{text}");
+            assert!(text.contains("held 33562624 "), "{text}");
+            assert!(
+                text.lines().last().unwrap().starts_with("held 0 "),
+                "{text}"
+            );
+            assert!(text.lines().last().unwrap().ends_with(" 3"), "{text}");
+        }
     }
 
     /// `charge` lands within a page of its target without overshooting on the way (an
@@ -546,10 +953,17 @@ mod tests {
     #[test]
     fn charge_hits_its_target_from_below() {
         for target in [1 << 20, 50 << 20, (300 << 20) + 12345] {
-            let mut h = holding(simulated);
+            let mut h = holding(Kind::Anon);
             let mut out = Vec::new();
-            h.charge(target, &mut out).unwrap();
-            let charge = simulated(h.total).unwrap();
+            h.apply(
+                Command::Charge {
+                    bytes: target,
+                    seq: 1,
+                },
+                &mut out,
+            )
+            .unwrap();
+            let charge = simulated(Kind::Anon, h.total).unwrap();
             assert!(
                 charge <= target && target - charge < 4096,
                 "{charge} vs {target}"
@@ -564,7 +978,7 @@ mod tests {
             }
         }
         // A target below the footprint holds nothing.
-        let mut h = holding(simulated);
+        let mut h = holding(Kind::Anon);
         h.charge(100 << 10, &mut io::sink()).unwrap();
         assert_eq!(h.total, 0);
     }
@@ -572,10 +986,10 @@ mod tests {
     #[test]
     fn reads_status_charge() {
         let status =
-            "VmPTE:\t      48 kB\nRssAnon:\t     204 kB\nRssFile:\t3000 kB\nRssShmem:\t  0 kB\n";
+            "VmPTE:\t      48 kB\nRssAnon:\t     204 kB\nRssFile:\t3000 kB\nRssShmem:\t  4 kB\n";
         assert_eq!(
             charge_from_status(status),
-            (204 + 48) * 1024 + KERNEL_OVERHEAD
+            (204 + 48 + 4) * 1024 + KERNEL_OVERHEAD
         );
     }
 }

@@ -23,7 +23,7 @@ pub enum TracefsError {
     NotMounted,
     #[error("this kernel has no tracepoint {0} (looked in {1})")]
     NoEvent(String, String),
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         source: std::io::Error,

@@ -181,8 +181,9 @@ fn privileged_tests(filter: Option<&str>) -> Result<()> {
     result
 }
 
-/// Removes cgroups a crashed test left behind (they are named `memstress-test-*`; nothing
-/// else is touched).
+/// Removes cgroups a crashed test left behind: named `memstress-test-<pid>-*`, and only when
+/// process <pid> is gone (another test run on this machine keeps its own). Nothing else is
+/// touched.
 fn sweep_test_cgroups() {
     for root in ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"] {
         let Ok(entries) = std::fs::read_dir(root) else {
@@ -190,7 +191,13 @@ fn sweep_test_cgroups() {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("memstress-test-") {
+            let owner = name
+                .strip_prefix("memstress-test-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            if let Some(pid) = owner
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
                 eprintln!(
                     "xtask: removing leftover test cgroup {}",
                     entry.path().display()

@@ -1,0 +1,656 @@
+//! The run's event loop: starts the workers, steers their sizes (ramp, fill-to), samples the
+//! cgroup every 100 ms, reports OOM kills as the kernel makes them, applies the OOM policy,
+//! and ends with a summary.
+
+use std::{
+    io::{IsTerminal as _, Write as _},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+use tokio::{sync::mpsc, time::sleep_until};
+
+use super::{
+    OnOom, Options, Plan,
+    member::{Member, MemberEvent, RESTART_DELAY, Role, split},
+};
+use crate::{
+    cgroup::{Cgroup, CgroupError, Counters},
+    event::{self, Record},
+    exit,
+    probe::{self, Probes},
+    report::{Format, KillContext, Reporter},
+    signals,
+    size::Bytes,
+    spawn::Exit,
+    stressor::{Kind, Pattern, WorkerArgs},
+};
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The hold time passed (or the demo saw its kill).
+    Completed,
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+    /// A stressor was OOM-killed and `--on-oom stop` ended the run.
+    StoppedByOom,
+    /// Every stressor was OOM-killed (`--on-oom report`); nothing left to hold.
+    AllStressorsKilled,
+    /// The target cgroup disappeared.
+    TargetGone,
+    /// The demo's deadline passed without the expected kill.
+    TimedOut,
+    /// A stressor failed.
+    Failed,
+}
+
+impl Outcome {
+    /// The process exit code for this outcome.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Self::Completed | Self::Interrupted | Self::AllStressorsKilled => exit::SUCCESS,
+            Self::StoppedByOom => exit::OOM_STOP,
+            Self::TargetGone => exit::TARGET_GONE,
+            Self::TimedOut | Self::Failed => exit::FAILURE,
+        }
+    }
+}
+
+/// The end-of-run summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// How the run ended.
+    pub outcome: Outcome,
+    /// Target cgroup.
+    pub target: String,
+    /// Bytes asked for (for `fill_to`: the stressors' charge at the end).
+    pub requested_bytes: u64,
+    /// `fill_to`: the working-set goal.
+    pub fill_to_bytes: Option<u64>,
+    /// Payload the stressors held at the end.
+    pub held_bytes: u64,
+    /// What the stressors cost the cgroup at the end by their own account: payload plus
+    /// their process footprint (runtime, page tables, kernel stack).
+    pub stressor_charge_bytes: u64,
+    /// Usage increase from before the stressors started to when they were all full
+    /// (`null` if they never all got there).
+    pub charged_bytes: Option<u64>,
+    /// Highest usage sampled (every 100 ms).
+    pub peak_usage_bytes: u64,
+    /// The kernel's own high-water mark (v1 `memory.max_usage_in_bytes`, v2 `memory.peak`),
+    /// over the cgroup's lifetime: exact for a cgroup created for the run.
+    pub kernel_peak_usage_bytes: Option<u64>,
+    /// The limit that applied.
+    pub limit_bytes: Option<u64>,
+    /// OOM kills of this run's stressors.
+    pub oom_kills_stressors: u32,
+    /// OOM kills of other processes in the target.
+    pub oom_kills_others: u32,
+    /// Stressor restarts (`--on-oom restart`).
+    pub restarts: u32,
+    /// Records the BPF side could not deliver (0 unless the ring buffer overflowed).
+    pub dropped_records: u64,
+    /// Time to fill, in ms (`null` if never full).
+    pub fill_ms: Option<u64>,
+    /// Time held full, in ms.
+    pub hold_ms: u64,
+    /// Whole run, in ms.
+    pub total_ms: u64,
+}
+
+#[derive(Serialize)]
+struct SampleLine<'a> {
+    t_ms: u64,
+    #[serde(flatten)]
+    counters: &'a Counters,
+    limit_bytes: Option<u64>,
+    stressors_held_bytes: u64,
+    stressors_charge_bytes: u64,
+    stressors_alive: usize,
+}
+
+struct State {
+    members: Vec<Member>,
+    target: Cgroup,
+    target_id: u64,
+    baseline: u64,
+    started: Instant,
+    full_at: Option<Instant>,
+    charged: Option<u64>,
+    peak: u64,
+    kills_stressors: u32,
+    kills_others: u32,
+    kills_total: u32,
+    last: Counters,
+    status_line: bool,
+    limit: Option<u64>,
+    /// `fill_to`: the working-set goal.
+    goal: Option<u64>,
+    /// Settled adjustments below this are not made (`fill_to`).
+    deadband: u64,
+    /// Ramp length (cleared once the ramp is done).
+    ramp: Option<Duration>,
+    page: u64,
+    /// When the last sample was read.
+    sampled_at: Instant,
+    /// When a worker last completed a command.
+    acked_at: Instant,
+    /// `fill_to`: the working set was within the deadband at the last settled sample.
+    at_goal: bool,
+}
+
+impl State {
+    fn stressors(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| m.role == Role::Stressor)
+    }
+
+    fn held(&self) -> u64 {
+        self.stressors().filter(|m| m.alive).map(|m| m.held).sum()
+    }
+
+    fn charge(&self) -> u64 {
+        self.stressors().filter(|m| m.alive).map(|m| m.charge).sum()
+    }
+
+    fn all_settled(&self) -> bool {
+        self.members.iter().all(Member::settled)
+    }
+
+    fn clear_status(&mut self) {
+        if self.status_line {
+            eprint!("\r\x1b[2K");
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    fn sample(&mut self, reporter: &Reporter) -> Result<(), CgroupError> {
+        let counters = self.target.counters()?;
+        self.peak = self.peak.max(counters.usage_bytes);
+        let held = self.held();
+        let charge = self.charge();
+        let alive = self.stressors().filter(|m| m.alive).count();
+        reporter.json(
+            "sample",
+            &SampleLine {
+                t_ms: self.started.elapsed().as_millis() as u64,
+                counters: &counters,
+                limit_bytes: self.limit,
+                stressors_held_bytes: held,
+                stressors_charge_bytes: charge,
+                stressors_alive: alive,
+            },
+        );
+        if self.status_line {
+            let bar = match self.limit {
+                Some(limit) if limit > 0 => {
+                    let filled = ((counters.usage_bytes as f64 / limit as f64) * 20.0)
+                        .round()
+                        .clamp(0.0, 20.0) as usize;
+                    format!("[{}{}] ", "#".repeat(filled), ".".repeat(20 - filled))
+                }
+                _ => String::new(),
+            };
+            let limit = self
+                .limit
+                .map_or_else(String::new, |l| format!(" / {}", Bytes(l)));
+            eprint!(
+                "\r\x1b[2K{bar}usage {}{limit}, working set {}, {alive} stressor(s) holding {}, limit hits {}, OOM kills {}",
+                Bytes(counters.usage_bytes),
+                Bytes(counters.working_set_bytes),
+                Bytes(held),
+                counters.limit_hits,
+                counters.oom_kills
+            );
+            let _ = std::io::stderr().flush();
+        }
+        self.last = counters;
+        self.sampled_at = Instant::now();
+        Ok(())
+    }
+
+    /// Ramp: the charge each stressor should have now.
+    fn ramp_step(&mut self) {
+        let Some(ramp) = self.ramp else { return };
+        let frac = (self.started.elapsed().as_secs_f64() / ramp.as_secs_f64()).min(1.0);
+        let page = self.page;
+        for m in self.members.iter_mut().filter(|m| m.role == Role::Stressor) {
+            let want = ((m.share as f64 * frac) as u64) / page * page;
+            // Step at least 1 MiB at a time (or the last step) to keep commands few.
+            if frac >= 1.0 || want >= m.target + (1 << 20) {
+                m.set_target(if frac >= 1.0 { m.share } else { want });
+            }
+        }
+        if frac >= 1.0 {
+            self.ramp = None;
+        }
+    }
+
+    /// Fill-to: once every stressor has done what it was told, move their total by the
+    /// distance between the working set and the goal.
+    /// Only a sample read after every worker settled is acted on, so a change is never
+    /// applied twice.
+    fn fill_to_step(&mut self) {
+        let Some(goal) = self.goal else { return };
+        if !self.all_settled()
+            || self.sampled_at <= self.acked_at
+            || self.members.iter().any(|m| m.restart_at.is_some())
+        {
+            return;
+        }
+        let ws = self.last.working_set_bytes as i64;
+        let deficit = goal as i64 - ws;
+        self.at_goal = deficit.unsigned_abs() <= self.deadband;
+        if self.at_goal {
+            return;
+        }
+        let alive: Vec<usize> = self
+            .members
+            .iter()
+            .filter(|m| m.role == Role::Stressor && m.alive)
+            .map(|m| m.index)
+            .collect();
+        if alive.is_empty() {
+            return;
+        }
+        let current: u64 = alive.iter().map(|&i| self.members[i].target).sum();
+        let total = (current as i64 + deficit).max(0) as u64;
+        for (i, share) in alive.iter().zip(split(total, alive.len(), self.page)) {
+            self.members[*i].set_target(share);
+        }
+    }
+}
+
+/// Runs the workers until the run ends; then stops them and summarises.
+pub(super) async fn engine(
+    opts: &Options,
+    plan: &Plan,
+    cgroup: &Cgroup,
+    join: bool,
+    probes: &mut Probes,
+    reporter: &Reporter,
+) -> Result<Outcome> {
+    let mut ring = probes.events()?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut members = Vec::new();
+    for app in &opts.apps {
+        let worker = WorkerArgs {
+            name: app.name.clone(),
+            ..WorkerArgs::default()
+        };
+        members.push(Member::new(
+            members.len(),
+            Role::App,
+            worker,
+            app.bytes,
+            app.oom_score_adj,
+        ));
+    }
+    for &share in &plan.bytes_per_worker {
+        let worker = WorkerArgs {
+            name: "memstress-vm".to_owned(),
+            kind: opts.kind,
+            fill: opts.fill,
+            pattern: opts.pattern,
+            rewrite_every: opts.rewrite_every,
+            thp: opts.thp,
+            mlock: opts.mlock,
+            file_dir: opts.file_dir.clone(),
+            initial: None,
+        };
+        members.push(Member::new(
+            members.len(),
+            Role::Stressor,
+            worker,
+            share,
+            opts.oom_score_adj,
+        ));
+    }
+    for m in &mut members {
+        m.join = join;
+    }
+    let baseline = cgroup.usage()?;
+    let page = event::page_size();
+    let mut state = State {
+        members,
+        target: cgroup.clone(),
+        target_id: cgroup.id()?,
+        baseline,
+        started: Instant::now(),
+        full_at: None,
+        charged: None,
+        peak: baseline,
+        kills_stressors: 0,
+        kills_others: 0,
+        kills_total: 0,
+        last: cgroup.counters()?,
+        status_line: reporter.format() == Format::Text && std::io::stderr().is_terminal(),
+        limit: plan.target.limit_bytes,
+        goal: plan.fill_to_bytes,
+        deadband: plan.fill_to_bytes.map_or(0, |g| (g / 200).max(1 << 20)),
+        ramp: opts.ramp,
+        page,
+        sampled_at: Instant::now(),
+        acked_at: Instant::now(),
+        at_goal: false,
+    };
+    let outcome = drive(opts, &mut state, &mut ring, &tx, &mut rx, reporter).await;
+    state.clear_status();
+
+    // Stop every worker and wait for it, so the cgroup can be emptied and removed.
+    for m in state.members.iter().filter(|m| m.alive) {
+        m.kill();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while state.members.iter().any(|m| m.alive) {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(MemberEvent::Exited(i, g, _)) if state.members[i].generation == g => {
+                    state.members[i].alive = false;
+                }
+                Some(_) => {}
+                None => break,
+            },
+            _ = sleep_until(deadline) => break,
+        }
+    }
+    // Kills that happened while stopping are still reported.
+    let mut late = Vec::new();
+    ring.drain_now(|bytes| late.push(event::decode(bytes)));
+    for record in late.into_iter().flatten() {
+        handle_record(&mut state, record, reporter);
+    }
+    let outcome = outcome?;
+    let now = Instant::now();
+    let held = state.stressors().map(|m| m.held).sum();
+    let charge = state.stressors().map(|m| m.charge).sum();
+    let kernel_peak = cgroup.kernel_peak().ok().flatten();
+    let summary = Summary {
+        outcome,
+        target: cgroup.path.clone(),
+        requested_bytes: if plan.fill_to_bytes.is_some() {
+            charge
+        } else {
+            plan.total_bytes
+        },
+        fill_to_bytes: plan.fill_to_bytes,
+        held_bytes: held,
+        stressor_charge_bytes: charge,
+        charged_bytes: state.charged,
+        // The kernel's high-water mark covers the run exactly when the run created the
+        // cgroup; sampling every 100 ms can miss a peak an OOM kill cut short.
+        peak_usage_bytes: if plan.target.created {
+            state.peak.max(kernel_peak.unwrap_or(0))
+        } else {
+            state.peak
+        },
+        kernel_peak_usage_bytes: kernel_peak,
+        limit_bytes: plan.target.limit_bytes,
+        oom_kills_stressors: state.kills_stressors,
+        oom_kills_others: state.kills_others,
+        restarts: state.members.iter().map(|m| m.restarts).sum(),
+        dropped_records: probes.drops(),
+        fill_ms: state
+            .full_at
+            .map(|t| t.duration_since(state.started).as_millis() as u64),
+        hold_ms: state
+            .full_at
+            .map_or(0, |t| now.duration_since(t).as_millis() as u64),
+        total_ms: now.duration_since(state.started).as_millis() as u64,
+    };
+    print_summary(&summary, reporter);
+    Ok(outcome)
+}
+
+fn print_summary(s: &Summary, reporter: &Reporter) {
+    reporter.json("summary", s);
+    let secs = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
+    let charged = s.charged_bytes.map_or_else(
+        || "never all full".to_owned(),
+        |c| format!("the cgroup was charged {} for them", Bytes(c)),
+    );
+    let limit = s
+        .limit_bytes
+        .map_or_else(String::new, |l| format!(" of {}", Bytes(l)));
+    let kernel_peak = s.kernel_peak_usage_bytes.map_or_else(String::new, |p| {
+        format!(" (kernel high-water mark {})", Bytes(p))
+    });
+    let what = match s.fill_to_bytes {
+        Some(goal) => format!("working set kept at {}", Bytes(goal)),
+        None => format!("requested {}", Bytes(s.requested_bytes)),
+    };
+    reporter.text(&format!(
+        "summary ({:?}): {what}, {charged}; peak usage {}{limit}{kernel_peak}; OOM kills: {} \
+         of stressors, {} of others; restarts {}; fill {}, hold {}, total {}{}",
+        s.outcome,
+        Bytes(s.peak_usage_bytes),
+        s.oom_kills_stressors,
+        s.oom_kills_others,
+        s.restarts,
+        s.fill_ms.map_or_else(|| "-".to_owned(), secs),
+        secs(s.hold_ms),
+        secs(s.total_ms),
+        if s.dropped_records > 0 {
+            format!("; {} records DROPPED", s.dropped_records)
+        } else {
+            String::new()
+        }
+    ));
+}
+
+/// Reports one ring-buffer record if it concerns the target; returns the index of the
+/// stressor it OOM-killed, if any.
+fn handle_record(state: &mut State, record: Record, reporter: &Reporter) -> Option<usize> {
+    let Record::Victim(kill) = record;
+    if !kill.in_cgroup(state.target_id, &state.target.path) {
+        return None;
+    }
+    let member = kill.victim.task.pid.and_then(|pid| {
+        state
+            .members
+            .iter()
+            .position(|m| m.pid == Some(pid) && (m.alive || m.exited_at.is_some()))
+    });
+    let is_stressor = member.is_some_and(|i| state.members[i].role == Role::Stressor);
+    state.clear_status();
+    reporter.oom_kill(
+        &kill,
+        &KillContext {
+            stressor: Some(is_stressor),
+        },
+    );
+    if kill.kill_confirmed == Some(false) {
+        return None;
+    }
+    state.kills_total += 1;
+    if is_stressor {
+        state.kills_stressors += 1;
+    } else {
+        state.kills_others += 1;
+    }
+    let i = member?;
+    state.members[i].oom_killed = true;
+    is_stressor.then_some(i)
+}
+
+fn schedule_restart(opts: &Options, m: &mut Member) {
+    if opts.on_oom == OnOom::Restart && m.role == Role::Stressor && !m.alive && m.oom_killed {
+        m.restart_at = Some(tokio::time::Instant::now() + RESTART_DELAY);
+    }
+}
+
+async fn drive(
+    opts: &Options,
+    state: &mut State,
+    ring: &mut probe::EventStream,
+    tx: &mpsc::UnboundedSender<MemberEvent>,
+    rx: &mut mpsc::UnboundedReceiver<MemberEvent>,
+    reporter: &Reporter,
+) -> Result<Outcome> {
+    for i in 0..state.members.len() {
+        let m = &mut state.members[i];
+        let initial = if m.role == Role::Stressor && opts.ramp.is_some() {
+            0
+        } else {
+            m.share
+        };
+        m.start(&state.target, initial, tx)?;
+        reporter.json("started", &state.members[i].line(None));
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut shutdown = signals::Shutdown::new()?;
+    let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+    let mut hold_until: Option<tokio::time::Instant> = None;
+    let give_up = opts.deadline.map(|d| tokio::time::Instant::now() + d);
+    loop {
+        let next_restart = state.members.iter().filter_map(|m| m.restart_at).min();
+        let mut records = Vec::new();
+        tokio::select! {
+            biased;
+            _ = shutdown.recv() => return Ok(Outcome::Interrupted),
+            res = ring.drain(|bytes| records.push(event::decode(bytes))) => {
+                res.context("reading the BPF ring buffer")?;
+            }
+            ev = rx.recv() => {
+                let Some(ev) = ev else { bail!("worker channel closed") };
+                match ev {
+                    MemberEvent::Report(i, g, report) if state.members[i].generation == g => {
+                        if let crate::stressor::Report::Error(e) = &report {
+                            state.clear_status();
+                            tracing::error!("{} {i}: {e}", state.members[i].worker.name);
+                        }
+                        if matches!(report, crate::stressor::Report::Held { .. }) {
+                            state.acked_at = Instant::now();
+                        }
+                        state.members[i].on_report(&report);
+                    }
+                    MemberEvent::Exited(i, g, exit) if state.members[i].generation == g => {
+                        let m = &mut state.members[i];
+                        m.alive = false;
+                        m.exited_at = Some(Instant::now());
+                        // The kernel marks the victim before it can exit, so an OOM kill's
+                        // record normally arrives first; an unexplained SIGKILL is rechecked
+                        // on the next ticks.
+                        if m.oom_killed {
+                            schedule_restart(opts, m);
+                        } else if exit != Exit::Signal(libc::SIGKILL) {
+                            let text = m.describe_exit(exit);
+                            reporter.json("exited", &m.line(Some(exit.to_string())));
+                            state.clear_status();
+                            tracing::error!("{text}");
+                            return Ok(Outcome::Failed);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ = tick.tick() => {
+                match state.sample(reporter) {
+                    Ok(()) => {}
+                    Err(_) if !state.target.dir.exists() => {
+                        state.clear_status();
+                        tracing::error!("the target cgroup {} disappeared; stopping", state.target.path);
+                        return Ok(Outcome::TargetGone);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                // A SIGKILL nobody explained within a second was not the OOM killer's.
+                for m in state.members.iter_mut() {
+                    if !m.alive && !m.oom_killed && let Some(t) = m.exited_at
+                        && t.elapsed() > Duration::from_secs(1) {
+                        m.exited_at = None;
+                        reporter.json("exited", &m.line(Some("SIGKILL (not by the OOM killer)".to_owned())));
+                        tracing::warn!("{} pid {} was SIGKILLed, not by the OOM killer", m.worker.name, m.pid.unwrap_or(0));
+                    }
+                }
+                state.ramp_step();
+                state.fill_to_step();
+            }
+            _ = sleep_until(next_restart.unwrap_or(far)), if next_restart.is_some() => {
+                let now = tokio::time::Instant::now();
+                for i in 0..state.members.len() {
+                    if state.members[i].restart_at.is_some_and(|t| t <= now) {
+                        let m = &mut state.members[i];
+                        m.restart_at = None;
+                        m.restarts += 1;
+                        let target = m.target;
+                        m.start(&state.target, target, tx)?;
+                        reporter.json("restarted", &state.members[i].line(None));
+                    }
+                }
+            }
+            _ = sleep_until(hold_until.unwrap_or(far)), if hold_until.is_some() => {
+                return Ok(Outcome::Completed);
+            }
+            _ = sleep_until(give_up.unwrap_or(far)), if give_up.is_some() => {
+                return Ok(Outcome::TimedOut);
+            }
+        }
+        for record in records {
+            match record {
+                Ok(record) => {
+                    if let Some(i) = handle_record(state, record, reporter) {
+                        if opts.on_oom == OnOom::Stop {
+                            return Ok(Outcome::StoppedByOom);
+                        }
+                        schedule_restart(opts, &mut state.members[i]);
+                    }
+                }
+                Err(e) => tracing::warn!("undecodable record: {e}"),
+            }
+        }
+        if let Some(n) = opts.stop_after_kills
+            && state.kills_total >= n
+        {
+            return Ok(Outcome::Completed);
+        }
+        let full = if state.goal.is_some() {
+            state.at_goal
+        } else {
+            state.ramp.is_none()
+                && state.all_settled()
+                && state.stressors().all(|m| m.target == m.share)
+        };
+        if state.full_at.is_none() && full {
+            state.full_at = Some(Instant::now());
+            let usage = state.target.usage()?;
+            state.charged = Some(usage.saturating_sub(state.baseline));
+            state.peak = state.peak.max(usage);
+            if let Some(hold) = opts.hold {
+                hold_until = Some(tokio::time::Instant::now() + hold);
+            }
+            reporter.json(
+                "full",
+                &serde_json::json!({
+                    "held_bytes": state.held(),
+                    "stressors_charge_bytes": state.charge(),
+                    "charged_bytes": state.charged,
+                    "usage_bytes": usage,
+                    "t_ms": state.started.elapsed().as_millis() as u64,
+                }),
+            );
+            let kind = match opts.kind {
+                Kind::Anon => "anonymous memory",
+                Kind::Shmem => "shared memory",
+                Kind::File => "page cache",
+            };
+            let pattern = match opts.pattern {
+                Pattern::Hold => "",
+                Pattern::KeepDirty => ", rewriting it continuously",
+            };
+            state.clear_status();
+            reporter.text(&format!(
+                "full: stressors hold {} of {kind}{pattern}; the cgroup's usage rose by {}",
+                Bytes(state.held()),
+                Bytes(state.charged.unwrap_or(0))
+            ));
+        }
+        let any_left = state.stressors().any(|m| m.alive || m.restart_at.is_some());
+        if !any_left && state.stressors().all(|m| m.oom_killed) {
+            return Ok(Outcome::AllStressorsKilled);
+        }
+    }
+}

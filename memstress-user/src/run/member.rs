@@ -1,0 +1,342 @@
+//! The processes a run starts in its target: stressors, and apps (the demo's victim).
+//!
+//! Each worker process is owned by a supervisor task that forwards its reports and its exit
+//! to the engine and passes commands to it; the engine only keeps the bookkeeping.
+
+use std::{
+    io::Write as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+use tokio::{
+    io::{AsyncBufReadExt as _, BufReader},
+    net::unix::pipe,
+    sync::mpsc,
+};
+
+use crate::{
+    cgroup::Cgroup,
+    spawn::{self, Exit, Spec, Stdio},
+    stressor::{Command, Report, WorkerArgs},
+};
+
+/// A stressor, or a process standing in for an application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Holds memory for the stress.
+    Stressor,
+    /// Stands in for an application (the demo's app).
+    App,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Stressor => "stressor",
+            Self::App => "app",
+        }
+    }
+}
+
+/// From the engine to a supervisor.
+#[derive(Debug)]
+pub enum Ctl {
+    /// Send this command to the worker.
+    Send(Command),
+    /// SIGKILL it.
+    Kill,
+}
+
+/// From a supervisor to the engine: (member index, incarnation, what).
+#[derive(Debug)]
+pub enum MemberEvent {
+    /// A report line.
+    Report(usize, u32, Report),
+    /// The worker exited.
+    Exited(usize, u32, Exit),
+}
+
+/// One worker and what the engine knows of it.
+#[derive(Debug)]
+pub struct Member {
+    /// Position in the run.
+    pub index: usize,
+    /// Stressor or app.
+    pub role: Role,
+    /// How to start it (its initial command is filled in at each start).
+    pub worker: WorkerArgs,
+    /// Its share of the plan (the charge it holds when full).
+    pub share: u64,
+    /// oom_score_adj to start it with.
+    pub oom_score_adj: Option<i32>,
+    /// Join the target before exec (false when the target is the controller's own cgroup).
+    pub join: bool,
+    /// Current pid.
+    pub pid: Option<u32>,
+    /// Incarnation (restarts increment it; stale events are ignored).
+    pub generation: u32,
+    /// Running.
+    pub alive: bool,
+    /// Payload held (last report).
+    pub held: u64,
+    /// Its charge by its own account (last report).
+    pub charge: u64,
+    /// Charge last commanded.
+    pub target: u64,
+    /// Sequence number of the last command sent.
+    pub sent_seq: u64,
+    /// Sequence number of the last command completed.
+    pub acked_seq: u64,
+    /// The kernel OOM-killed this incarnation.
+    pub oom_killed: bool,
+    /// When to start it again (`--on-oom restart`).
+    pub restart_at: Option<tokio::time::Instant>,
+    /// When it exited without an OOM kill being seen yet.
+    pub exited_at: Option<Instant>,
+    /// Times restarted.
+    pub restarts: u32,
+    ctl: Option<mpsc::UnboundedSender<Ctl>>,
+}
+
+impl Member {
+    /// A member that has not started.
+    pub fn new(index: usize, role: Role, worker: WorkerArgs, share: u64, adj: Option<i32>) -> Self {
+        Self {
+            index,
+            role,
+            worker,
+            share,
+            oom_score_adj: adj,
+            join: true,
+            pid: None,
+            generation: 0,
+            alive: false,
+            held: 0,
+            charge: 0,
+            target: 0,
+            sent_seq: 0,
+            acked_seq: 0,
+            oom_killed: false,
+            restart_at: None,
+            exited_at: None,
+            restarts: 0,
+            ctl: None,
+        }
+    }
+
+    /// Whether it completed its last command.
+    pub fn settled(&self) -> bool {
+        self.alive && self.acked_seq == self.sent_seq
+    }
+
+    /// Starts (or restarts) the worker, holding `initial` bytes of charge from the start.
+    pub fn start(
+        &mut self,
+        cgroup: &Cgroup,
+        initial: u64,
+        events: &mpsc::UnboundedSender<MemberEvent>,
+    ) -> Result<()> {
+        let mut worker = self.worker.clone();
+        worker.initial = Some(Command::Charge {
+            bytes: initial,
+            seq: 0,
+        });
+        let mut args = vec!["memstress".to_owned()];
+        args.extend(worker.to_args());
+        let mut spec = Spec::new(Path::new(spawn::SELF_EXE), args);
+        spec.cgroup = self.join.then_some(cgroup);
+        spec.oom_score_adj = self.oom_score_adj;
+        spec.stdin = Stdio::Pipe;
+        spec.stdout = Stdio::Pipe;
+        spec.stderr = Stdio::Inherit;
+        let mut child = spawn::spawn(&spec).with_context(|| {
+            format!(
+                "cannot start {} {} in {}",
+                self.role.name(),
+                self.index,
+                cgroup.path
+            )
+        })?;
+        let stdout = child.stdout.take().context("worker without stdout")?;
+        let stdin = child.stdin.take().context("worker without stdin")?;
+        self.generation += 1;
+        self.pid = Some(child.pid);
+        self.alive = true;
+        self.held = 0;
+        self.charge = 0;
+        self.target = initial;
+        self.sent_seq = 0;
+        self.acked_seq = u64::MAX;
+        self.oom_killed = false;
+        self.exited_at = None;
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        self.ctl = Some(ctl_tx);
+        let stdout = pipe::Receiver::from_file(stdout).context("worker stdout")?;
+        tokio::spawn(supervise(
+            self.index,
+            self.generation,
+            child,
+            stdin,
+            stdout,
+            ctl_rx,
+            events.clone(),
+        ));
+        Ok(())
+    }
+
+    /// Commands the worker to hold `bytes` of charge (no-op if that is the current target).
+    pub fn set_target(&mut self, bytes: u64) {
+        if !self.alive || bytes == self.target {
+            return;
+        }
+        self.sent_seq += 1;
+        self.target = bytes;
+        self.send(Ctl::Send(Command::Charge {
+            bytes,
+            seq: self.sent_seq,
+        }));
+    }
+
+    /// Asks the supervisor to SIGKILL the worker.
+    pub fn kill(&self) {
+        self.send(Ctl::Kill);
+    }
+
+    fn send(&self, ctl: Ctl) {
+        if let Some(tx) = &self.ctl {
+            let _ = tx.send(ctl);
+        }
+    }
+
+    /// Applies a report of the current incarnation.
+    pub fn on_report(&mut self, report: &Report) {
+        match *report {
+            Report::Filling { payload, charge } => {
+                self.held = payload;
+                self.charge = charge;
+            }
+            Report::Held {
+                payload,
+                charge,
+                seq,
+            } => {
+                self.held = payload;
+                self.charge = charge;
+                self.acked_seq = seq;
+            }
+            Report::Error(_) => {}
+        }
+    }
+
+    /// The JSON form of `started`, `restarted` and `exited` lines.
+    pub fn line(&self, exit: Option<String>) -> MemberLine<'_> {
+        MemberLine {
+            index: self.index,
+            role: self.role.name(),
+            name: &self.worker.name,
+            pid: self.pid,
+            bytes: self.share,
+            exit,
+            restarts: (self.restarts > 0).then_some(self.restarts),
+        }
+    }
+
+    /// "stressor 2 (pid 4242) exited: exit code 1".
+    pub fn describe_exit(&self, exit: Exit) -> String {
+        format!(
+            "{} {} (pid {}) exited: {exit}",
+            self.role.name(),
+            self.index,
+            self.pid.unwrap_or(0)
+        )
+    }
+}
+
+/// `started` / `restarted` / `exited`.
+#[derive(Serialize)]
+pub struct MemberLine<'a> {
+    index: usize,
+    role: &'a str,
+    name: &'a str,
+    pid: Option<u32>,
+    bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restarts: Option<u32>,
+}
+
+/// Owns one worker process: forwards its reports and exit, passes commands, kills it on
+/// request (or when the engine goes away).
+async fn supervise(
+    index: usize,
+    generation: u32,
+    child: spawn::Child,
+    mut stdin: std::fs::File,
+    stdout: pipe::Receiver,
+    mut ctl: mpsc::UnboundedReceiver<Ctl>,
+    events: mpsc::UnboundedSender<MemberEvent>,
+) {
+    let mut lines = BufReader::new(stdout).lines();
+    let mut reading = true;
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            exit = child.wait() => {
+                let exit = exit.unwrap_or(Exit::Code(-1));
+                let _ = events.send(MemberEvent::Exited(index, generation, exit));
+                return;
+            }
+            line = lines.next_line(), if reading => match line {
+                Ok(Some(line)) => {
+                    if let Some(report) = Report::parse(&line) {
+                        let _ = events.send(MemberEvent::Report(index, generation, report));
+                    }
+                }
+                _ => reading = false,
+            },
+            msg = ctl.recv(), if listening => match msg {
+                // Commands are a few dozen bytes and the worker reads them promptly: the
+                // pipe never fills, so this write does not block the event loop.
+                Some(Ctl::Send(command)) => {
+                    let _ = stdin.write_all(command.line().as_bytes());
+                }
+                Some(Ctl::Kill) => { let _ = child.kill(); }
+                None => { listening = false; let _ = child.kill(); }
+            },
+        }
+    }
+}
+
+/// Splits `total` bytes into `n` page-multiple shares that add up to `total` rounded up to a
+/// page; the first shares get the extra pages.
+pub fn split(total: u64, n: usize, page: u64) -> Vec<u64> {
+    let n = n.max(1) as u64;
+    let pages = total.div_ceil(page);
+    (0..n)
+        .map(|i| (pages / n + u64::from(i < pages % n)) * page)
+        .collect()
+}
+
+/// How long a restarted stressor waits, so that an OOM loop does not spin.
+pub const RESTART_DELAY: Duration = Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_exactly_into_pages() {
+        let page = 4096;
+        let shares = split(50 << 20, 4, page);
+        assert_eq!(shares.iter().sum::<u64>(), 50 << 20);
+        assert!(shares.iter().all(|s| s % page == 0));
+        let odd = split(10 * page + 1, 3, page);
+        assert_eq!(odd, vec![4 * page, 4 * page, 3 * page]);
+        assert_eq!(split(1, 1, page), vec![page]);
+        assert_eq!(split(0, 2, page), vec![0, 0]);
+    }
+}
