@@ -5,9 +5,12 @@
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
 use memstress_ebpf::{
-    CGROUP_DEPTH, CgroupPath, KernelLayout, RSS_ANON, RSS_FILE, RSS_SHMEM, RSS_SWAP, TaskFacts,
-    UNKNOWN, valid,
+    CGROUP_DEPTH, CHAIN_DEPTH, CgroupPath, Chain, KernelLayout, RSS_ANON, RSS_FILE, RSS_SHMEM,
+    RSS_SWAP, TaskFacts, UNKNOWN, domain, level, valid,
 };
+
+// Loops over kernel structures run as `bpf_loop` callbacks: the verifier checks a callback
+// once, where an unrolled loop with a few branches per level exceeds its complexity limit.
 
 /// Offsets for the running kernel, written by userspace through `EbpfLoader::set_global`
 /// before the object is loaded. It lives in `.rodata`, so the verifier sees the constants.
@@ -124,46 +127,177 @@ fn mm_facts(mm: u64, out: &mut TaskFacts) {
     }
 }
 
+/// The task's memory css (which is its `struct mem_cgroup`): `task->cgroups->subsys[memory]`.
+#[inline(always)]
+pub fn memcg_css(task: u64) -> Option<u64> {
+    let css_set = read::<u64>(task, layout!(task_cgroups))?;
+    let css = read::<u64>(css_set, layout!(css_set_memory))?;
+    (css != 0).then_some(css)
+}
+
 /// The kernfs node of the task's memory cgroup: `task->cgroups->subsys[memory]->cgroup->kn`.
 #[inline(always)]
 pub fn memcg_kn(task: u64) -> Option<u64> {
-    let css_set = read::<u64>(task, layout!(task_cgroups))?;
-    let css = read::<u64>(css_set, layout!(css_set_memory))?;
-    let cgroup = read::<u64>(css, layout!(css_cgroup))?;
+    let cgroup = read::<u64>(memcg_css(task)?, layout!(css_cgroup))?;
     let kn = read::<u64>(cgroup, layout!(cgroup_kn))?;
     (kn != 0).then_some(kn)
 }
 
-/// Records the path of the cgroup whose kernfs node is `kn`, leaf first, stopping below the
-/// hierarchy root (the root's own name is not part of the path).
+/// `PAGE_COUNTER_MAX` is `LONG_MAX / PAGE_SIZE`; anything this large is "no limit".
+const UNLIMITED_PAGES: u64 = 1 << 50;
+
+/// State of the walk up a victim's memcg chain (one level per `bpf_loop` step).
+#[repr(C)]
+pub struct ChainWalk {
+    /// The next memcg's css (0: done).
+    pub css: u64,
+    /// `struct cgroup *` of each level recorded.
+    pub cgroups: [u64; CHAIN_DEPTH],
+    /// Topmost level with `oom_lock` set so far (`CHAIN_DEPTH`: none).
+    pub locked: u32,
+    /// Lowest level at its limit (`CHAIN_DEPTH`: none).
+    pub near: u32,
+}
+
+impl ChainWalk {
+    /// A walk starting at `css`.
+    pub fn new(css: u64) -> Self {
+        Self {
+            css,
+            cgroups: [0; CHAIN_DEPTH],
+            locked: CHAIN_DEPTH as u32,
+            near: CHAIN_DEPTH as u32,
+        }
+    }
+}
+
+/// Records chain level `i` (the memcg at `walk.css`) and moves to its parent. Returns false
+/// when the root was passed or `i` is out of range.
 #[inline(always)]
-pub fn cgroup_path(mut kn: u64, out: &mut CgroupPath) {
-    out.depth = 0;
-    out.truncated = 0;
-    let name_off = layout!(kn_name);
-    let parent_off = layout!(kn_parent);
-    for i in 0..CGROUP_DEPTH {
-        let Some(parent) = read::<u64>(kn, parent_off) else {
-            return;
-        };
-        if parent == 0 {
-            return;
-        }
-        let Some(name) = read::<u64>(kn, name_off) else {
-            return;
-        };
-        out.ids[i] = read::<u64>(kn, layout!(kn_id)).unwrap_or(0);
-        // SAFETY: reads a NUL-terminated kernel string into a fixed-size array, truncating.
-        if unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut out.names[i]) }.is_err()
+pub fn chain_step(walk: &mut ChainWalk, i: usize, out: &mut Chain) -> bool {
+    let css = walk.css;
+    let (Some(l), Some(slot)) = (out.levels.get_mut(i), walk.cgroups.get_mut(i)) else {
+        return false;
+    };
+    if css == 0 {
+        return false;
+    }
+    l.flags = 0;
+    let cgroup = read::<u64>(css, layout!(css_cgroup)).unwrap_or(0);
+    *slot = cgroup;
+    l.id = read::<u64>(cgroup, layout!(cgroup_kn))
+        .and_then(|kn| read::<u64>(kn, layout!(kn_id)))
+        .unwrap_or(0);
+    l.level = read::<i32>(cgroup, layout!(cgroup_level)).unwrap_or(-1) as u32;
+    let usage = read::<u64>(css, layout!(memcg_usage));
+    let max = read::<u64>(css, layout!(memcg_max));
+    if let (Some(usage), Some(max)) = (usage, max) {
+        l.usage = usage;
+        l.max = max;
+        l.flags |= level::VALID;
+        if walk.near == CHAIN_DEPTH as u32
+            && max < UNLIMITED_PAGES
+            && usage + domain::NEAR_LIMIT_PAGES >= max
         {
-            return;
+            walk.near = i as u32;
         }
-        out.depth = i as u32 + 1;
-        kn = parent;
     }
-    if let Some(parent) = read::<u64>(kn, parent_off)
-        && parent != 0
-    {
+    l.swap_max = read::<u64>(css, layout!(memcg_swap_max)).unwrap_or(0);
+    if read::<u8>(css, layout!(memcg_oom_lock)).unwrap_or(0) != 0 {
+        l.flags |= level::OOM_LOCK;
+        walk.locked = i as u32;
+    }
+    if read::<u8>(css, layout!(memcg_oom_group)).unwrap_or(0) != 0 {
+        l.flags |= level::OOM_GROUP;
+    }
+    out.depth = i as u32 + 1;
+    walk.css = read::<u64>(css, layout!(css_parent)).unwrap_or(0);
+    if walk.css == 0 {
+        l.flags |= level::ROOT;
+    }
+    walk.css != 0
+}
+
+/// After the walk: the OOM domain is the topmost memcg whose `oom_lock` is set (the cgroup
+/// v1 code locks the domain's whole subtree while it handles the OOM), else the lowest
+/// memcg within [`domain::NEAR_LIMIT_PAGES`] of its limit (the first counter
+/// `page_counter_try_charge()` fails on, walking up from the leaf), else none: a global OOM.
+/// Returns the domain's `struct cgroup *` (0 for global) and its level.
+#[inline(always)]
+pub fn chain_domain(walk: &ChainWalk, out: &mut Chain) -> (u64, i32) {
+    out.domain = domain::GLOBAL;
+    out.domain_by = 0;
+    let (found, by) = if walk.locked < CHAIN_DEPTH as u32 {
+        (walk.locked as usize, domain::BY_OOM_LOCK)
+    } else if walk.near < CHAIN_DEPTH as u32 {
+        (walk.near as usize, domain::BY_USAGE)
+    } else {
+        return (0, 0);
+    };
+    let (Some(l), Some(&cgroup)) = (out.levels.get(found), walk.cgroups.get(found)) else {
+        return (0, 0);
+    };
+    // The root memcg has no limit: a "domain" there is a global OOM.
+    if l.flags & level::ROOT != 0 {
+        return (0, 0);
+    }
+    let level = l.level as i32;
+    out.domain = found as u32;
+    out.domain_by = by;
+    (cgroup, level)
+}
+
+/// Whether the task's memory cgroup is `domain` (at `level`) or below it, the way
+/// `cgroup_is_descendant()` tells: `cgrp->ancestors[ancestor->level] == ancestor`.
+#[inline(always)]
+pub fn in_domain(task: u64, domain: u64, domain_level: i32) -> bool {
+    if domain == 0 {
+        return true;
+    }
+    let Some(cgroup) = memcg_css(task).and_then(|css| read::<u64>(css, layout!(css_cgroup))) else {
+        return false;
+    };
+    let Some(task_level) = read::<i32>(cgroup, layout!(cgroup_level)) else {
+        return false;
+    };
+    if task_level < domain_level || !(0..64).contains(&domain_level) {
+        return false;
+    }
+    let ancestors = layout!(cgroup_ancestors);
+    if ancestors == UNKNOWN {
+        return false;
+    }
+    read::<u64>(cgroup, ancestors + domain_level as u32 * 8) == Some(domain)
+}
+
+/// Records path component `i` (the name of the kernfs node `*kn`) and moves `*kn` to its
+/// parent; the hierarchy root's own name is not part of the path. Returns false when done.
+#[inline(always)]
+pub fn path_step(kn: &mut u64, i: usize, out: &mut CgroupPath) -> bool {
+    let parent_off = layout!(kn_parent);
+    let Some(parent) = read::<u64>(*kn, parent_off) else {
+        return false;
+    };
+    if parent == 0 {
+        return false;
+    }
+    if i >= CGROUP_DEPTH {
+        // Deeper than we record.
         out.truncated = 1;
+        return false;
     }
+    let (Some(name), Some(id)) = (out.names.get_mut(i), out.ids.get_mut(i)) else {
+        return false;
+    };
+    let Some(ptr) = read::<u64>(*kn, layout!(kn_name)) else {
+        return false;
+    };
+    *id = read::<u64>(*kn, layout!(kn_id)).unwrap_or(0);
+    // SAFETY: reads a NUL-terminated kernel string into a fixed-size array, truncating.
+    if unsafe { bpf_probe_read_kernel_str_bytes(ptr as *const u8, name) }.is_err() {
+        return false;
+    }
+    out.depth = i as u32 + 1;
+    *kn = parent;
+    true
 }

@@ -29,6 +29,20 @@ pub mod names {
     pub const PROG_MARK_VICTIM_TP: &str = "mark_victim_tp";
     /// tp_btf program on `signal_generate`.
     pub const PROG_SIGNAL_GENERATE_BTF: &str = "signal_generate_btf";
+    /// tp_btf programs on the OOM reaper's tracepoints.
+    pub const PROG_START_REAPING: &str = "start_task_reaping";
+    /// …
+    pub const PROG_FINISH_REAPING: &str = "finish_task_reaping";
+    /// …
+    pub const PROG_SKIP_REAPING: &str = "skip_task_reaping";
+    /// tp_btf program on `sched_process_exit` (only OOM victims are reported).
+    pub const PROG_PROCESS_EXIT: &str = "victim_exit";
+    /// tp_btf programs on memcg direct reclaim.
+    pub const PROG_RECLAIM_BEGIN: &str = "memcg_reclaim_begin";
+    /// …
+    pub const PROG_RECLAIM_END: &str = "memcg_reclaim_end";
+    /// Per-memcg reclaim pressure (LRU per-CPU hash: memcg id -> [`crate::Pressure`]).
+    pub const PRESSURE: &str = "PRESSURE";
 }
 
 /// Marks an offset the running kernel does not have.
@@ -95,6 +109,30 @@ pub struct KernelLayout {
     pub kn_parent: u32,
     /// `kernfs_node.id`
     pub kn_id: u32,
+    /// `cgroup_subsys_state.parent`
+    pub css_parent: u32,
+    /// `cgroup.level`
+    pub cgroup_level: u32,
+    /// `cgroup.ancestors` (flexible array of `struct cgroup *`)
+    pub cgroup_ancestors: u32,
+    /// `mem_cgroup.memory.usage`, from the css pointer (the css is the memcg's first member)
+    pub memcg_usage: u32,
+    /// `mem_cgroup.memory.max`, from the css pointer
+    pub memcg_max: u32,
+    /// `mem_cgroup.memsw.max` (v1) / `mem_cgroup.swap.max` (v2): they share a union
+    pub memcg_swap_max: u32,
+    /// `mem_cgroup.oom_lock` (cgroup v1 code; set on the OOM domain's whole subtree)
+    pub memcg_oom_lock: u32,
+    /// `mem_cgroup.oom_group` (cgroup v2 `memory.oom.group`)
+    pub memcg_oom_group: u32,
+    /// `task_struct.tasks` (the list of thread-group leaders)
+    pub task_tasks: u32,
+    /// `signal_struct.oom_mm` (set on every OOM victim)
+    pub signal_oom_mm: u32,
+    /// Most tasks visited per OOM when listing candidates (0: do not list).
+    pub scan_limit: u32,
+    /// Most candidate records per OOM.
+    pub candidate_limit: u32,
 
     /// `oom:mark_victim` record: offset of `pid` (classic tracepoint format, from tracefs).
     pub tp_victim_pid: u32,
@@ -145,6 +183,18 @@ impl KernelLayout {
         kn_name: UNKNOWN,
         kn_parent: UNKNOWN,
         kn_id: UNKNOWN,
+        css_parent: UNKNOWN,
+        cgroup_level: UNKNOWN,
+        cgroup_ancestors: UNKNOWN,
+        memcg_usage: UNKNOWN,
+        memcg_max: UNKNOWN,
+        memcg_swap_max: UNKNOWN,
+        memcg_oom_lock: UNKNOWN,
+        memcg_oom_group: UNKNOWN,
+        task_tasks: UNKNOWN,
+        signal_oom_mm: UNKNOWN,
+        scan_limit: 0,
+        candidate_limit: 0,
         tp_victim_pid: UNKNOWN,
         tp_victim_total_vm: UNKNOWN,
         tp_victim_anon_rss: UNKNOWN,
@@ -184,6 +234,10 @@ pub mod counters {
     pub const VICTIMS_SEEN: u32 = 1;
     /// `mark_victim` records whose halves did not match (a half was missing).
     pub const VICTIM_HALVES_UNMATCHED: u32 = 2;
+    /// OOM sequence numbers handed out on this CPU.
+    pub const OOM_SEQ: u32 = 3;
+    /// Candidate records not sent because of `candidate_limit`.
+    pub const CANDIDATES_CAPPED: u32 = 4;
     /// Number of counters.
     pub const LEN: u32 = 8;
 }
@@ -192,6 +246,12 @@ pub mod counters {
 pub mod kind {
     /// An [`crate::OomVictim`].
     pub const OOM_VICTIM: u32 = 1;
+    /// A [`crate::Candidate`] (sent before the victim record of its OOM).
+    pub const CANDIDATE: u32 = 2;
+    /// A [`crate::Collateral`] kill.
+    pub const COLLATERAL: u32 = 3;
+    /// A [`crate::Aftermath`] of a kill (reaper, exit).
+    pub const AFTERMATH: u32 = 4;
 }
 
 /// Bits of [`TaskFacts::valid`]: which fields were read from the kernel.
@@ -293,6 +353,179 @@ pub struct TracepointVictim {
     pub _pad: [u8; 6],
 }
 
+/// Chain entries recorded per OOM (the victim's memcg and its ancestors, root included).
+pub const CHAIN_DEPTH: usize = 12;
+
+/// Bits of [`MemcgLevel::flags`].
+pub mod level {
+    /// The figures were read.
+    pub const VALID: u32 = 1 << 0;
+    /// `oom_lock` is set: this memcg is under an OOM being handled (cgroup v1 code).
+    pub const OOM_LOCK: u32 = 1 << 1;
+    /// `memory.oom.group` is set.
+    pub const OOM_GROUP: u32 = 1 << 2;
+    /// The hierarchy's root.
+    pub const ROOT: u32 = 1 << 3;
+}
+
+/// One memory cgroup's counters, read in the OOM path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemcgLevel {
+    /// Kernfs id (directory inode number).
+    pub id: u64,
+    /// `memory.usage` in pages.
+    pub usage: u64,
+    /// `memory.max` in pages.
+    pub max: u64,
+    /// `memsw.max` (v1) or `swap.max` (v2) in pages.
+    pub swap_max: u64,
+    /// Bits of [`level`].
+    pub flags: u32,
+    /// The cgroup's depth below the root.
+    pub level: u32,
+}
+
+/// Where the OOM domain was found on the victim's chain.
+pub mod domain {
+    /// No memcg on the chain is at its limit: a global (or cpuset/mempolicy) OOM.
+    pub const GLOBAL: u32 = u32::MAX;
+    /// How the domain was recognised: the v1 `oom_lock` on its subtree.
+    pub const BY_OOM_LOCK: u32 = 1;
+    /// … the lowest memcg whose usage is within [`NEAR_LIMIT_PAGES`] of its max.
+    pub const BY_USAGE: u32 = 2;
+    /// Pages of headroom under which a memcg counts as at its limit when the OOM killer
+    /// runs (the failed charge was at most 8 pages; the charge stock was drained).
+    pub const NEAR_LIMIT_PAGES: u64 = 64;
+}
+
+/// The victim's memory cgroup and its ancestors, leaf first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Chain {
+    /// Levels recorded.
+    pub depth: u32,
+    /// Index of the OOM domain in `levels`, or [`domain::GLOBAL`].
+    pub domain: u32,
+    /// How it was recognised ([`domain::BY_OOM_LOCK`], [`domain::BY_USAGE`]).
+    pub domain_by: u32,
+    /// Padding.
+    pub _pad: u32,
+    /// Leaf first.
+    pub levels: [MemcgLevel; CHAIN_DEPTH],
+}
+
+/// What the candidate scan saw.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScanStats {
+    /// Thread-group leaders visited.
+    pub visited: u32,
+    /// Candidate records sent (eligible or skipped).
+    pub sent: u32,
+    /// Candidates not sent (limit reached or ring buffer full).
+    pub dropped: u32,
+    /// 1 when the scan stopped at `scan_limit` before coming round to the victim.
+    pub truncated: u32,
+}
+
+/// Why a task in the domain could not be chosen (`Candidate::skip`).
+pub mod skip {
+    /// Eligible: it was ranked.
+    pub const ELIGIBLE: u32 = 0;
+    /// The init process.
+    pub const INIT: u32 = 1;
+    /// No memory: it has already released its mm (exiting).
+    pub const NO_MM: u32 = 2;
+    /// `oom_score_adj` -1000.
+    pub const ADJ_MIN: u32 = 3;
+    /// An earlier OOM victim, already reaped (`MMF_OOM_SKIP`).
+    pub const EARLIER_VICTIM: u32 = 4;
+}
+
+/// A task the OOM killer considered (kind [`kind::CANDIDATE`]): every thread-group leader in
+/// the OOM domain, read by the `mark_victim` program right after the kernel chose.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate {
+    /// [`kind::CANDIDATE`].
+    pub kind: u32,
+    /// Bits of [`skip`] (0: eligible).
+    pub skip: u32,
+    /// The OOM it belongs to ([`OomVictim::seq`]).
+    pub seq: u64,
+    /// Its facts.
+    pub task: TaskFacts,
+}
+
+/// Why a process died with the victim (`Collateral::reason`).
+pub mod collateral {
+    /// It shares the victim's mm (`CLONE_VM` without `CLONE_THREAD`).
+    pub const SHARES_MM: u32 = 1;
+}
+
+/// A process the OOM killer SIGKILLed along with the victim (kind [`kind::COLLATERAL`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Collateral {
+    /// [`kind::COLLATERAL`].
+    pub kind: u32,
+    /// Bits of [`collateral`].
+    pub reason: u32,
+    /// The OOM it belongs to.
+    pub seq: u64,
+    /// `bpf_ktime_get_ns()`.
+    pub ts_ns: u64,
+    /// The victim's thread id.
+    pub victim_tid: u32,
+    /// Padding.
+    pub _pad: u32,
+    /// The process killed with it.
+    pub task: TaskFacts,
+}
+
+/// What happened to a victim after the kill (`Aftermath::what`).
+pub mod aftermath {
+    /// It exited (`sched_process_exit`): its memory is being freed.
+    pub const EXITED: u32 = 1;
+    /// The OOM reaper started on it (it did not exit within ~2 s).
+    pub const REAP_START: u32 = 2;
+    /// The OOM reaper finished: its anonymous memory is freed.
+    pub const REAP_FINISH: u32 = 3;
+    /// The OOM reaper skipped it (nothing to reap, or it could not).
+    pub const REAP_SKIP: u32 = 4;
+}
+
+/// A victim's aftermath (kind [`kind::AFTERMATH`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Aftermath {
+    /// [`kind::AFTERMATH`].
+    pub kind: u32,
+    /// Bits of [`aftermath`].
+    pub what: u32,
+    /// `bpf_ktime_get_ns()`.
+    pub ts_ns: u64,
+    /// The victim's thread id.
+    pub tid: u32,
+    /// Padding.
+    pub _pad: u32,
+    /// The OOM that killed it.
+    pub seq: u64,
+}
+
+/// Direct reclaim done by the tasks of one memcg (value of [`names::PRESSURE`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pressure {
+    /// `mm_vmscan_memcg_reclaim_begin` count.
+    pub runs: u64,
+    /// Pages `mm_vmscan_memcg_reclaim_end` reported reclaimed.
+    pub reclaimed: u64,
+    /// Time spent between begin and end, in ns.
+    pub ns: u64,
+}
+
 /// One OOM victim, as `mark_victim` saw it (kind [`kind::OOM_VICTIM`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -318,6 +551,17 @@ pub struct OomVictim {
     pub victim_cgroup: CgroupPath,
     /// The tracepoint's figures (valid when `sources` has [`source::TRACEPOINT`]).
     pub tp: TracepointVictim,
+    /// Sequence number of this OOM (candidates and collateral carry it).
+    pub seq: u64,
+    /// 1 when an earlier kill of the same OOM (same trigger, just before, `memory.oom.group`
+    /// set on the domain) preceded this one: a group kill.
+    pub group_kill: u32,
+    /// Padding.
+    pub _pad: u32,
+    /// The victim's memcg and ancestors, with the OOM domain.
+    pub chain: Chain,
+    /// The candidate scan.
+    pub scan: ScanStats,
 }
 
 /// Kill confirmation states of [`OomVictim::killed`].
@@ -339,6 +583,14 @@ mod pod {
     unsafe impl aya::Pod for super::RuntimeConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OomVictim {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Candidate {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Collateral {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Aftermath {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Pressure {}
 }
 
 #[cfg(test)]
@@ -358,5 +610,9 @@ mod tests {
             8 + CGROUP_DEPTH * (8 + CGROUP_NAME_LEN)
         );
         assert_eq!(align_of::<OomVictim>(), 8);
+        assert_eq!(size_of::<MemcgLevel>(), 40);
+        assert_eq!(size_of::<Chain>(), 16 + CHAIN_DEPTH * 40);
+        assert_eq!(size_of::<OomVictim>() % 8, 0);
+        assert_eq!(size_of::<Candidate>(), 16 + size_of::<TaskFacts>());
     }
 }

@@ -1,9 +1,11 @@
 //! memstress's BPF programs.
 //!
 //! One module per hook family: [`oom`] (`mark_victim`, both as a BTF tracepoint and as the
-//! classic `oom:mark_victim` tracepoint) and [`signal`] (`signal_generate`, to confirm that
-//! the OOM killer really sent the SIGKILL). [`kernel`] reads kernel structures through the
-//! offsets userspace resolved from BTF; [`maps`] holds every map.
+//! classic `oom:mark_victim` tracepoint: the victim, the OOM domain, the candidates),
+//! [`signal`] (`signal_generate`: confirms the OOM killer's SIGKILL, and finds the processes
+//! killed with the victim), [`aftermath`] (the victim's exit and the OOM reaper) and
+//! [`pressure`] (direct memcg reclaim, aggregated in the kernel). [`kernel`] reads kernel
+//! structures through the offsets userspace resolved from BTF; [`maps`] holds every map.
 //!
 //! Each program is a thin entry point that calls a `try_*` function returning `Result`, and
 //! never unwraps: a failed read leaves a field marked unknown rather than aborting the record.
@@ -15,11 +17,15 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod aftermath;
+#[cfg(target_arch = "bpf")]
 mod kernel;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod oom;
+#[cfg(target_arch = "bpf")]
+mod pressure;
 #[cfg(target_arch = "bpf")]
 mod signal;
 

@@ -2,15 +2,15 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
-use memstress_ebpf::{OomVictim, RuntimeConfig, counters};
+use memstress_ebpf::{Candidate, OomVictim, Pressure, RuntimeConfig, ScanStats, counters};
 
-/// Every record for userspace. 1 MiB holds ~750 `OomVictim` records; userspace drains it as
-/// soon as it is readable, and a record that does not fit is counted in
-/// [`counters::RINGBUF_DROPS`], never lost silently.
+/// Every record for userspace. 4 MiB hold ~2000 `OomVictim` records, or an OOM with
+/// ~30 000 candidates; userspace drains it as soon as it is readable, and a record that does
+/// not fit is counted in [`counters::RINGBUF_DROPS`], never lost silently.
 #[map(name = "EVENTS")]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 /// Per-CPU counters, indexed by `memstress_ebpf::counters`.
 #[map(name = "COUNTERS")]
@@ -30,6 +30,83 @@ pub static PENDING_VICTIM: PerCpuArray<OomVictim> = PerCpuArray::with_max_entrie
 /// `__oom_kill_process()` sends the victim SIGKILL and then marks it, in the same task.
 #[map(name = "LAST_SIGKILL")]
 pub static LAST_SIGKILL: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// An OOM in progress, by the tid of the task running the OOM killer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InOom {
+    /// The OOM's sequence number.
+    pub seq: u64,
+    /// When its (latest) victim was marked.
+    pub ts_ns: u64,
+    /// The (latest) victim.
+    pub victim_tid: u32,
+    /// `memory.oom.group` on the domain.
+    pub oom_group: u32,
+}
+
+/// A candidate record being filled: filled here and copied into the ring buffer, so that
+/// no ring-buffer reservation is held across the many branches of reading a task (the
+/// verifier's jump-history limit would reject that).
+#[map(name = "SCRATCH_CANDIDATE")]
+pub static SCRATCH_CANDIDATE: PerCpuArray<Candidate> = PerCpuArray::with_max_entries(1, 0);
+
+/// State of the candidate scan of the OOM being handled on this CPU.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ScanState {
+    /// The victim: where the walk starts and ends.
+    pub start: u64,
+    /// The last task visited.
+    pub cur: u64,
+    /// The domain's `struct cgroup *` (0: global).
+    pub domain: u64,
+    /// The domain's level.
+    pub level: i32,
+    /// Candidate records still allowed.
+    pub budget: u32,
+    /// The OOM's sequence number.
+    pub seq: u64,
+    /// What was seen.
+    pub stats: ScanStats,
+    /// 1 once the walk came round to the victim.
+    pub done: u32,
+    /// Padding.
+    pub _pad: u32,
+}
+
+/// The candidate scan's state (per CPU: one OOM is handled at a time on a CPU).
+#[map(name = "SCAN")]
+pub static SCAN: PerCpuArray<ScanState> = PerCpuArray::with_max_entries(1, 0);
+
+/// OOMs in progress: trigger tid -> the latest victim it marked.
+#[map(name = "IN_OOM")]
+pub static IN_OOM: LruHashMap<u32, InOom> = LruHashMap::with_max_entries(1024, 0);
+
+/// Victims whose aftermath (exit, reaper) is still to be reported: tid -> OOM sequence.
+#[map(name = "VICTIMS")]
+pub static VICTIMS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Direct memcg reclaim by the tasks of each memcg: memcg id -> counters (per CPU).
+#[map(name = "PRESSURE")]
+pub static PRESSURE: LruPerCpuHashMap<u64, Pressure> = LruPerCpuHashMap::with_max_entries(4096, 0);
+
+/// Start of the direct reclaim a task is in: tid -> ns.
+#[map(name = "RECLAIM_START")]
+pub static RECLAIM_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Adds one to a counter and returns the new value.
+#[inline(always)]
+pub fn bump(index: u32) -> u64 {
+    match COUNTERS.get_ptr_mut(index) {
+        // SAFETY: this CPU's slot of a live map value.
+        Some(counter) => unsafe {
+            *counter += 1;
+            *counter
+        },
+        None => 0,
+    }
+}
 
 /// Adds one to a counter.
 #[inline(always)]

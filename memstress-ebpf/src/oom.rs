@@ -7,17 +7,30 @@
 //! When only one of them is attached, userspace says so in `RUNTIME` and each record is
 //! submitted by the one that ran.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_loop},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use memstress_ebpf::{OomVictim, UNKNOWN, counters, killed, kind, source, valid};
+use memstress_ebpf::{
+    CGROUP_DEPTH, CHAIN_DEPTH, Candidate, OomVictim, ScanStats, UNKNOWN, counters, domain, killed,
+    kind, level, skip, source, valid,
+};
 
 use crate::{
     kernel::{self, layout},
-    maps::{self, EVENTS, LAST_SIGKILL, PENDING_VICTIM},
+    maps::{
+        self, EVENTS, IN_OOM, InOom, LAST_SIGKILL, PENDING_VICTIM, SCAN, SCRATCH_CANDIDATE,
+        ScanState, VICTIMS,
+    },
 };
+
+/// `PF_KTHREAD`: kernel threads are never OOM candidates.
+const PF_KTHREAD: u32 = 0x0020_0000;
+/// Two kills by one trigger closer than this belong to one `out_of_memory()` call.
+const SAME_OOM_NS: u64 = 2_000_000;
 
 #[btf_tracepoint(function = "mark_victim")]
 pub fn mark_victim_btf(ctx: BtfTracePointContext) -> i32 {
@@ -39,12 +52,202 @@ fn try_mark_victim_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
         let tid = kernel::read::<i32>(task, layout!(task_pid)).ok_or(())? as u32;
         begin(slot, tid, source::BTF);
         kernel::task_facts(task, &mut slot.victim);
-        if let Some(kn) = kernel::memcg_kn(task) {
-            kernel::cgroup_path(kn, &mut slot.victim_cgroup);
+        if let Some(mut kn) = kernel::memcg_kn(task) {
+            // SAFETY: bpf_loop calls the step with our stack context; see `path_step`.
+            unsafe {
+                bpf_loop(
+                    CGROUP_DEPTH as u32 + 1,
+                    path_step as *mut c_void,
+                    (&raw mut kn).cast::<c_void>(),
+                    0,
+                )
+            };
+        }
+        let mut walk = kernel::ChainWalk::new(kernel::memcg_css(task).unwrap_or(0));
+        // SAFETY: as above; see `chain_step`.
+        unsafe {
+            bpf_loop(
+                CHAIN_DEPTH as u32,
+                chain_step as *mut c_void,
+                (&raw mut walk).cast::<c_void>(),
+                0,
+            )
+        };
+        let (domain_cgroup, domain_level) = kernel::chain_domain(&walk, &mut slot.chain);
+        remember(slot, tid);
+        // A memory.oom.group kill was not chosen: the first victim's scan explains it.
+        if slot.group_kill == 0 {
+            slot.scan = scan(task, domain_cgroup, domain_level, slot.seq);
         }
     }
     finish(slot, source::BTF);
     Ok(())
+}
+
+extern "C" fn path_step(index: u32, ctx: *mut c_void) -> i64 {
+    let Ok(slot) = pending() else { return 1 };
+    // SAFETY: `ctx` is the kernfs node pointer on the caller's stack, alive for the loop.
+    let kn = unsafe { &mut *ctx.cast::<u64>() };
+    // The mask gives the verifier a bound for the index (bpf_loop passes an unbounded
+    // scalar); path_step checks the real one.
+    i64::from(!kernel::path_step(
+        kn,
+        (index & 15) as usize,
+        &mut slot.victim_cgroup,
+    ))
+}
+
+extern "C" fn chain_step(index: u32, ctx: *mut c_void) -> i64 {
+    let Ok(slot) = pending() else { return 1 };
+    // SAFETY: `ctx` is the ChainWalk on the caller's stack, alive for the loop.
+    let walk = unsafe { &mut *ctx.cast::<kernel::ChainWalk>() };
+    i64::from(!kernel::chain_step(
+        walk,
+        (index & 15) as usize,
+        &mut slot.chain,
+    ))
+}
+
+/// Notes this kill for what follows it: a second kill by the same trigger within the same
+/// OOM is a `memory.oom.group` kill; SIGKILLs the trigger sends next are collateral; the
+/// victim's exit and reaping are reported.
+#[inline(always)]
+fn remember(slot: &mut OomVictim, tid: u32) {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let trigger = slot.trigger.pid;
+    let oom_group = slot.chain.domain != domain::GLOBAL
+        && (slot.chain.domain as usize) < slot.chain.levels.len()
+        && slot.chain.levels[slot.chain.domain as usize].flags & level::OOM_GROUP != 0;
+    // SAFETY: copying a plain value out of the map.
+    if let Some(previous) = unsafe { IN_OOM.get(trigger) }.copied()
+        && previous.oom_group != 0
+        && previous.victim_tid != tid
+        && now.saturating_sub(previous.ts_ns) < SAME_OOM_NS
+    {
+        slot.group_kill = 1;
+        slot.seq = previous.seq;
+    }
+    let entry = InOom {
+        seq: slot.seq,
+        ts_ns: now,
+        victim_tid: tid,
+        oom_group: u32::from(oom_group),
+    };
+    let _ = IN_OOM.insert(trigger, entry, 0);
+    let _ = VICTIMS.insert(tid, slot.seq, 0);
+}
+
+/// Lists the tasks the OOM killer chose among: every thread-group leader in the domain,
+/// visited through `task->tasks` (the list `for_each_process()` walks), starting and ending
+/// at the victim. Kernel threads are left out; tasks the kernel would skip are sent with the
+/// reason.
+#[inline(always)]
+fn scan(victim: u64, domain: u64, level: i32, seq: u64) -> ScanStats {
+    let limit = layout!(scan_limit);
+    let Some(state) = SCAN.get_ptr_mut(0) else {
+        return ScanStats::default();
+    };
+    // SAFETY: this CPU's slot; only this program (and its callback) uses it.
+    let state = unsafe { &mut *state };
+    state.start = victim;
+    state.cur = victim;
+    state.domain = domain;
+    state.level = level;
+    state.seq = seq;
+    state.stats = ScanStats::default();
+    state.budget = layout!(candidate_limit);
+    state.done = 0;
+    if limit == 0 || layout!(task_tasks) == UNKNOWN {
+        return state.stats;
+    }
+    consider(state, victim);
+    // SAFETY: bpf_loop calls `scan_step` at most `limit` times; the callback keeps its state
+    // in the SCAN map (state on the stack would change at every step and keep the verifier
+    // from converging) and reads kernel memory only through bpf_probe_read_kernel.
+    unsafe { bpf_loop(limit, scan_step as *mut c_void, core::ptr::null_mut(), 0) };
+    let Some(state) = SCAN.get_ptr_mut(0) else {
+        return ScanStats::default();
+    };
+    // SAFETY: as above.
+    let state = unsafe { &mut *state };
+    if state.done == 0 {
+        state.stats.truncated = 1;
+    }
+    state.stats
+}
+
+extern "C" fn scan_step(_index: u32, _ctx: *mut c_void) -> i64 {
+    let Some(state) = SCAN.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's slot of the SCAN map, used only by this program.
+    let state = unsafe { &mut *state };
+    let off = layout!(task_tasks);
+    let Some(next) = kernel::read::<u64>(state.cur, off) else {
+        state.done = 1;
+        return 1;
+    };
+    let task = next.wrapping_sub(u64::from(off));
+    if task == state.start || next == 0 {
+        state.done = 1;
+        return 1;
+    }
+    state.cur = task;
+    state.stats.visited += 1;
+    consider(state, task);
+    0
+}
+
+#[inline(always)]
+fn consider(state: &mut ScanState, task: u64) {
+    let flags = kernel::read::<u32>(task, layout!(task_flags)).unwrap_or(0);
+    if flags & PF_KTHREAD != 0 || !kernel::in_domain(task, state.domain, state.level) {
+        return;
+    }
+    if state.budget == 0 {
+        state.stats.dropped += 1;
+        maps::count(counters::CANDIDATES_CAPPED);
+        return;
+    }
+    let Some(ptr) = SCRATCH_CANDIDATE.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch slot; nothing else uses it during this program.
+    let c = unsafe { &mut *ptr };
+    c.kind = kind::CANDIDATE;
+    c.seq = state.seq;
+    kernel::task_facts(task, &mut c.task);
+    c.skip = candidate_skip(task, state.start, c);
+    if EVENTS.output::<Candidate>(&*c, 0).is_err() {
+        state.stats.dropped += 1;
+        maps::count(counters::RINGBUF_DROPS);
+        return;
+    }
+    state.budget -= 1;
+    state.stats.sent += 1;
+}
+
+/// Why `oom_evaluate_task()` / `oom_badness()` would pass over this task, or 0.
+#[inline(always)]
+fn candidate_skip(task: u64, victim: u64, c: &Candidate) -> u32 {
+    if c.task.valid & valid::IDS != 0 && c.task.tgid == 1 {
+        return skip::INIT;
+    }
+    if kernel::read::<u64>(task, layout!(task_mm)).unwrap_or(0) == 0 {
+        return skip::NO_MM;
+    }
+    if c.task.valid & valid::OOM_SCORE_ADJ != 0 && c.task.oom_score_adj == -1000 {
+        return skip::ADJ_MIN;
+    }
+    if task != victim
+        && let Some(signal) = kernel::read::<u64>(task, layout!(task_signal))
+        && kernel::read::<u64>(signal, layout!(signal_oom_mm)).unwrap_or(0) != 0
+    {
+        // A marked victim that is not reaped would have aborted this OOM; this one is.
+        return skip::EARLIER_VICTIM;
+    }
+    skip::ELIGIBLE
 }
 
 #[tracepoint]
@@ -115,6 +318,12 @@ fn begin(slot: &mut OomVictim, tid: u32, me: u32) {
     slot.kind = kind::OOM_VICTIM;
     // SAFETY: helpers without preconditions.
     slot.cpu = unsafe { bpf_get_smp_processor_id() };
+    // Unique across CPUs: this CPU's count, and the CPU.
+    slot.seq = (maps::bump(counters::OOM_SEQ) << 10) | u64::from(slot.cpu & 0x3ff);
+    slot.group_kill = 0;
+    slot.chain.depth = 0;
+    slot.chain.domain = domain::GLOBAL;
+    slot.scan = ScanStats::default();
     // SAFETY: as above.
     slot.ts_ns = unsafe { bpf_ktime_get_ns() };
     slot.victim.valid = 0;

@@ -3,13 +3,20 @@
 //! it was already exiting (`task_will_free_mem()`), which dmesg never reports as a kill.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
 };
+use memstress_ebpf::{Collateral, collateral, counters, kind};
 
 use crate::{
     kernel::{self, layout},
-    maps::LAST_SIGKILL,
+    maps::{self, EVENTS, IN_OOM, LAST_SIGKILL},
 };
+
+/// `__oom_kill_process()` SIGKILLs the processes sharing the victim's mm right after marking
+/// the victim; later SIGKILLs from the same task are something else.
+const COLLATERAL_WINDOW_NS: u64 = 2_000_000;
 
 const SIGKILL: i32 = 9;
 /// `SEND_SIG_PRIV` is `(struct kernel_siginfo *) 1`.
@@ -35,5 +42,29 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let task: u64 = ctx.arg(2);
     let target = kernel::read::<i32>(task, layout!(task_pid)).ok_or(())? as u32;
     let sender = bpf_get_current_pid_tgid() as u32;
-    LAST_SIGKILL.insert(sender, target, 0).map_err(|_| ())
+    LAST_SIGKILL.insert(sender, target, 0).map_err(|_| ())?;
+    // SAFETY: copying a plain value out of the map.
+    let Some(oom) = (unsafe { IN_OOM.get(sender) }).copied() else {
+        return Ok(());
+    };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if oom.victim_tid == target || now.saturating_sub(oom.ts_ns) > COLLATERAL_WINDOW_NS {
+        return Ok(());
+    }
+    let Some(mut entry) = EVENTS.reserve::<Collateral>(0) else {
+        maps::count(counters::RINGBUF_DROPS);
+        return Ok(());
+    };
+    // SAFETY: the reservation is one Collateral; every field is written before submitting.
+    let c = unsafe { &mut *entry.as_mut_ptr() };
+    c.kind = kind::COLLATERAL;
+    c.reason = collateral::SHARES_MM;
+    c.seq = oom.seq;
+    c.ts_ns = now;
+    c.victim_tid = oom.victim_tid;
+    c._pad = 0;
+    kernel::task_facts(task, &mut c.task);
+    entry.submit(0);
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! Records from the BPF ring buffer, decoded into the events memstress reports.
+//! Records from the BPF ring buffer, decoded into what memstress reports.
 //!
 //! The JSON form of every event is documented in docs/events.md; fields are only ever added.
 //! A figure the kernel did not give (a BTF member this kernel lacks, a probe that did not
@@ -7,8 +7,8 @@
 use std::{mem::size_of, ptr};
 
 use memstress_ebpf::{
-    CgroupPath, OomVictim, RSS_ANON, RSS_FILE, RSS_SHMEM, RSS_SWAP, TaskFacts, killed, kind,
-    source, valid,
+    Aftermath, CgroupPath, Chain, Collateral, OomVictim, RSS_ANON, RSS_FILE, RSS_SHMEM, RSS_SWAP,
+    TaskFacts, aftermath, domain, killed, kind, level, skip, source, valid,
 };
 use serde::Serialize;
 
@@ -33,27 +33,67 @@ pub enum DecodeError {
 pub enum Record {
     /// `mark_victim` fired.
     Victim(Box<OomKill>),
+    /// A task the OOM killer considered (sent before its OOM's victim).
+    Candidate(Candidate),
+    /// A process SIGKILLed with the victim.
+    Collateral(CollateralKill),
+    /// A victim exited or was reaped.
+    Aftermath(VictimAftermath),
+}
+
+/// Reads a `T` from the front of `bytes`.
+fn pod<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: at least size_of::<T>() bytes are there; T is one of the ABI's plain types
+    // (integers and arrays only), for which any bit pattern is valid; read_unaligned copes
+    // with any alignment.
+    Ok(unsafe { ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
-    if bytes.len() < 4 {
-        return Err(DecodeError::Short(bytes.len()));
-    }
-    let kind = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let kind: u32 = pod(bytes)?;
+    let page = page_size();
     match kind {
-        kind::OOM_VICTIM => {
-            if bytes.len() < size_of::<OomVictim>() {
-                return Err(DecodeError::Short(bytes.len()));
-            }
-            // SAFETY: the buffer holds at least size_of::<OomVictim>() bytes written by the
-            // BPF program from the same type; every bit pattern is a valid OomVictim (only
-            // integers), and read_unaligned copes with any alignment.
-            let raw = unsafe { ptr::read_unaligned(bytes.as_ptr().cast::<OomVictim>()) };
-            Ok(Record::Victim(Box::new(OomKill::from_raw(
-                &raw,
-                page_size(),
-            ))))
+        kind::OOM_VICTIM => Ok(Record::Victim(Box::new(OomKill::from_raw(
+            &pod::<OomVictim>(bytes)?,
+            page,
+        )))),
+        kind::CANDIDATE => {
+            let raw: memstress_ebpf::Candidate = pod(bytes)?;
+            Ok(Record::Candidate(Candidate {
+                seq: raw.seq,
+                skip: raw.skip,
+                task: task(&raw.task),
+                memory: memory(&raw.task, page),
+            }))
+        }
+        kind::COLLATERAL => {
+            let raw: Collateral = pod(bytes)?;
+            Ok(Record::Collateral(CollateralKill {
+                seq: raw.seq,
+                ts_ns: raw.ts_ns,
+                victim_tid: raw.victim_tid,
+                task: task(&raw.task),
+                reason: "shares the victim's memory (mm)",
+            }))
+        }
+        kind::AFTERMATH => {
+            let raw: Aftermath = pod(bytes)?;
+            Ok(Record::Aftermath(VictimAftermath {
+                seq: raw.seq,
+                ts_ns: raw.ts_ns,
+                tid: raw.tid,
+                what: match raw.what {
+                    aftermath::EXITED => "exited",
+                    aftermath::REAP_START => "reaper_started",
+                    aftermath::REAP_FINISH => "reaper_finished",
+                    aftermath::REAP_SKIP => "reaper_skipped",
+                    _ => "unknown",
+                },
+            }))
         }
         other => Err(DecodeError::Kind(other)),
     }
@@ -76,7 +116,7 @@ pub struct Task {
     pub cgroup_id: Option<u64>,
 }
 
-/// A victim's memory as the kernel counted it when it was chosen.
+/// A task's memory as the kernel counted it in the OOM path.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Memory {
     /// Resident anonymous memory.
@@ -91,24 +131,130 @@ pub struct Memory {
     pub pgtables_kib: Option<u64>,
     /// Virtual size.
     pub total_vm_kib: Option<u64>,
+    /// The raw counters (pages, and page-table bytes), for the points formula.
+    #[serde(skip)]
+    pub raw: Option<RawCounters>,
 }
 
-/// One OOM victim as `mark_victim` reported it.
+/// The counters `oom_badness()` adds up, as the kernel holds them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawCounters {
+    /// MM_FILEPAGES + MM_ANONPAGES + MM_SHMEMPAGES.
+    pub rss_pages: u64,
+    /// MM_SWAPENTS.
+    pub swap_pages: u64,
+    /// `mm_pgtables_bytes()`.
+    pub pgtables_bytes: u64,
+}
+
+/// A candidate of an OOM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    /// The OOM.
+    pub seq: u64,
+    /// `memstress_ebpf::skip` reason (0: eligible).
+    pub skip: u32,
+    /// Who.
+    pub task: Task,
+    /// Its memory.
+    pub memory: Memory,
+}
+
+impl Candidate {
+    /// Why the kernel passed over it, in words (`None`: eligible).
+    pub fn skip_reason(&self) -> Option<&'static str> {
+        match self.skip {
+            skip::ELIGIBLE => None,
+            skip::INIT => Some("init"),
+            skip::NO_MM => Some("no mm (exiting)"),
+            skip::ADJ_MIN => Some("oom_score_adj -1000"),
+            skip::EARLIER_VICTIM => Some("earlier OOM victim, already reaped"),
+            _ => Some("unknown"),
+        }
+    }
+}
+
+/// A process killed along with a victim.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CollateralKill {
+    /// The OOM.
+    #[serde(skip)]
+    pub seq: u64,
+    /// When.
+    #[serde(skip)]
+    pub ts_ns: u64,
+    /// The victim it died with.
+    #[serde(skip)]
+    pub victim_tid: u32,
+    /// Who.
+    #[serde(flatten)]
+    pub task: Task,
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// A victim's exit or reaping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VictimAftermath {
+    /// The OOM.
+    pub seq: u64,
+    /// When.
+    pub ts_ns: u64,
+    /// The victim's tid.
+    pub tid: u32,
+    /// `exited`, `reaper_started`, `reaper_finished`, `reaper_skipped`.
+    pub what: &'static str,
+}
+
+/// One memcg of the victim's chain, as read in the OOM path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Level {
+    /// Kernfs id.
+    pub id: u64,
+    /// Usage in pages.
+    pub usage_pages: u64,
+    /// Limit in pages.
+    pub max_pages: u64,
+    /// Swap (v2) or memory+swap (v1) limit in pages.
+    pub swap_max_pages: u64,
+    /// `oom_lock` set.
+    pub oom_lock: bool,
+    /// `memory.oom.group` set.
+    pub oom_group: bool,
+    /// The hierarchy's root.
+    pub root: bool,
+    /// Depth below the root.
+    pub level: u32,
+}
+
+/// One OOM victim as `mark_victim` reported it, with what the BPF side saw around it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OomKill {
     /// CLOCK_MONOTONIC nanoseconds at `mark_victim`.
     pub ts_ns: u64,
     /// CPU the OOM killer ran on.
     pub cpu: u32,
+    /// The OOM's sequence number.
+    pub seq: u64,
     /// The victim.
     pub victim: Victim,
     /// The task whose allocation started the OOM (the OOM killer runs in its context).
     pub trigger: Task,
     /// `true`: the OOM killer SIGKILLed it; `false`: it was only marked, being already
-    /// exiting; `null`: the signal probe is not attached, so this cannot be told.
+    /// exiting; `None`: the signal probe is not attached, so this cannot be told.
     pub kill_confirmed: Option<bool>,
     /// Which programs contributed: `tp_btf` and/or `tracepoint`.
     pub sources: Vec<&'static str>,
+    /// The victim's memcg chain, leaf first (empty without the BTF program).
+    pub chain: Vec<Level>,
+    /// Index of the OOM domain in `chain` (`None`: global).
+    pub domain: Option<usize>,
+    /// How the domain was recognised.
+    pub domain_by: Option<&'static str>,
+    /// A `memory.oom.group` kill following the chosen victim.
+    pub group_kill: bool,
+    /// The candidate scan: (visited, sent, dropped, truncated).
+    pub scan: (u32, u32, u32, bool),
 }
 
 /// The victim: a task, its memory and its cgroup.
@@ -122,9 +268,15 @@ pub struct Victim {
     pub memory: Memory,
     /// Its memory cgroup's path from the hierarchy root (`null` if unknown).
     pub cgroup: Option<String>,
+    /// Path components, leaf first (not in JSON; the domain's path is cut from them).
+    #[serde(skip)]
+    pub cgroup_names: Vec<String>,
     /// Kernfs ids of the cgroup and its ancestors, leaf first (not in JSON).
     #[serde(skip)]
     pub cgroup_chain: Vec<u64>,
+    /// Whether the path was cut short (deeper than the BPF side records).
+    #[serde(skip)]
+    pub cgroup_truncated: bool,
 }
 
 fn cstr(bytes: &[u8]) -> String {
@@ -144,18 +296,64 @@ fn task(facts: &TaskFacts) -> Task {
     }
 }
 
-fn cgroup_path(path: &CgroupPath) -> (Option<String>, Vec<u64>) {
+fn memory(facts: &TaskFacts, page: u64) -> Memory {
+    let has = |bit| facts.valid & bit != 0;
+    let pages = |i: usize| facts.rss[i].max(0) as u64;
+    let kib = |p: u64| p * page / 1024;
+    let rss = has(valid::RSS);
+    Memory {
+        anon_rss_kib: rss.then(|| kib(pages(RSS_ANON))),
+        file_rss_kib: rss.then(|| kib(pages(RSS_FILE))),
+        shmem_rss_kib: rss.then(|| kib(pages(RSS_SHMEM))),
+        swap_kib: rss.then(|| kib(pages(RSS_SWAP))),
+        pgtables_kib: has(valid::PGTABLES).then_some(facts.pgtables_bytes / 1024),
+        total_vm_kib: has(valid::TOTAL_VM).then(|| kib(facts.total_vm)),
+        raw: (rss && has(valid::PGTABLES)).then(|| RawCounters {
+            rss_pages: pages(RSS_FILE) + pages(RSS_ANON) + pages(RSS_SHMEM),
+            swap_pages: pages(RSS_SWAP),
+            pgtables_bytes: facts.pgtables_bytes,
+        }),
+    }
+}
+
+fn cgroup_path(path: &CgroupPath) -> (Option<String>, Vec<String>, Vec<u64>) {
     let depth = (path.depth as usize).min(path.names.len());
     if depth == 0 {
-        return (None, Vec::new());
+        return (None, Vec::new(), Vec::new());
     }
-    let mut parts: Vec<String> = path.names[..depth].iter().map(|n| cstr(n)).collect();
-    parts.reverse();
+    let names: Vec<String> = path.names[..depth].iter().map(|n| cstr(n)).collect();
     let prefix = if path.truncated != 0 { "/…" } else { "" };
+    let mut parts = names.clone();
+    parts.reverse();
     (
         Some(format!("{prefix}/{}", parts.join("/"))),
+        names,
         path.ids[..depth].to_vec(),
     )
+}
+
+fn chain(raw: &Chain) -> (Vec<Level>, Option<usize>, Option<&'static str>) {
+    let depth = (raw.depth as usize).min(raw.levels.len());
+    let levels: Vec<Level> = raw.levels[..depth]
+        .iter()
+        .map(|l| Level {
+            id: l.id,
+            usage_pages: l.usage,
+            max_pages: l.max,
+            swap_max_pages: l.swap_max,
+            oom_lock: l.flags & level::OOM_LOCK != 0,
+            oom_group: l.flags & level::OOM_GROUP != 0,
+            root: l.flags & level::ROOT != 0,
+            level: l.level,
+        })
+        .collect();
+    let found = (raw.domain != domain::GLOBAL && (raw.domain as usize) < depth)
+        .then_some(raw.domain as usize);
+    let by = found.map(|_| match raw.domain_by {
+        domain::BY_OOM_LOCK => "oom_lock",
+        _ => "usage_at_limit",
+    });
+    (levels, found, by)
 }
 
 impl OomKill {
@@ -163,23 +361,34 @@ impl OomKill {
     pub fn from_raw(raw: &OomVictim, page: u64) -> Self {
         let btf = raw.sources & source::BTF != 0;
         let tp = raw.sources & source::TRACEPOINT != 0;
-        let v = &raw.victim;
-        let kib = |pages: i64| (pages.max(0) as u64) * page / 1024;
-        let has_rss = btf && v.valid & valid::RSS != 0;
-        // The tracepoint's figures are the kernel's own kB numbers (what dmesg prints): prefer
-        // them; fall back to the counters the BTF program read.
-        let tp_kib = |value: u64| (tp && value != u64::MAX).then_some(value);
-        let memory = Memory {
-            anon_rss_kib: tp_kib(raw.tp.anon_rss_kb).or(has_rss.then(|| kib(v.rss[RSS_ANON]))),
-            file_rss_kib: tp_kib(raw.tp.file_rss_kb).or(has_rss.then(|| kib(v.rss[RSS_FILE]))),
-            shmem_rss_kib: tp_kib(raw.tp.shmem_rss_kb).or(has_rss.then(|| kib(v.rss[RSS_SHMEM]))),
-            swap_kib: has_rss.then(|| kib(v.rss[RSS_SWAP])),
-            pgtables_kib: tp_kib(raw.tp.pgtables_kb)
-                .or((btf && v.valid & valid::PGTABLES != 0).then_some(v.pgtables_bytes / 1024)),
-            total_vm_kib: tp_kib(raw.tp.total_vm_kb)
-                .or((btf && v.valid & valid::TOTAL_VM != 0).then(|| v.total_vm * page / 1024)),
+        let mut mem = if btf {
+            memory(&raw.victim, page)
+        } else {
+            Memory::default()
         };
-        let mut victim_task = if btf { task(v) } else { Task::default() };
+        // The tracepoint's figures are the kernel's own kB numbers (what dmesg prints):
+        // prefer them; keep the BTF ones where the tracepoint has none.
+        let tp_kib = |value: u64| (tp && value != u64::MAX).then_some(value);
+        if let Some(v) = tp_kib(raw.tp.anon_rss_kb) {
+            mem.anon_rss_kib = Some(v);
+        }
+        if let Some(v) = tp_kib(raw.tp.file_rss_kb) {
+            mem.file_rss_kib = Some(v);
+        }
+        if let Some(v) = tp_kib(raw.tp.shmem_rss_kb) {
+            mem.shmem_rss_kib = Some(v);
+        }
+        if let Some(v) = tp_kib(raw.tp.pgtables_kb) {
+            mem.pgtables_kib = Some(v);
+        }
+        if let Some(v) = tp_kib(raw.tp.total_vm_kb) {
+            mem.total_vm_kib = Some(v);
+        }
+        let mut victim_task = if btf {
+            task(&raw.victim)
+        } else {
+            Task::default()
+        };
         if tp {
             let tid = raw.tp.pid as u32;
             victim_task.tid.get_or_insert(tid);
@@ -190,10 +399,15 @@ impl OomKill {
                 victim_task.uid = Some(raw.tp.uid);
             }
         }
-        let (cgroup, cgroup_chain) = if btf {
+        let (cgroup, cgroup_names, cgroup_chain) = if btf {
             cgroup_path(&raw.victim_cgroup)
         } else {
-            (None, Vec::new())
+            (None, Vec::new(), Vec::new())
+        };
+        let (levels, domain, domain_by) = if btf {
+            chain(&raw.chain)
+        } else {
+            (Vec::new(), None, None)
         };
         let mut sources = Vec::new();
         if btf {
@@ -205,11 +419,14 @@ impl OomKill {
         Self {
             ts_ns: raw.ts_ns,
             cpu: raw.cpu,
+            seq: raw.seq,
             victim: Victim {
                 task: victim_task,
-                memory,
+                memory: mem,
                 cgroup,
+                cgroup_names,
                 cgroup_chain,
+                cgroup_truncated: raw.victim_cgroup.truncated != 0,
             },
             trigger: task(&raw.trigger),
             kill_confirmed: match raw.killed {
@@ -218,13 +435,23 @@ impl OomKill {
                 _ => None,
             },
             sources,
+            chain: levels,
+            domain,
+            domain_by,
+            group_kill: raw.group_kill != 0,
+            scan: (
+                raw.scan.visited,
+                raw.scan.sent,
+                raw.scan.dropped,
+                raw.scan.truncated != 0,
+            ),
         }
     }
 
     /// Whether the victim's cgroup is the cgroup with kernfs id `id` (or below it), or,
     /// when ids are not known, whether its path is `path` or below it.
     pub fn in_cgroup(&self, id: u64, path: &str) -> bool {
-        if self.victim.cgroup_chain.contains(&id) {
+        if self.victim.cgroup_chain.contains(&id) || self.chain.iter().any(|l| l.id == id) {
             return true;
         }
         match &self.victim.cgroup {
@@ -238,11 +465,25 @@ impl OomKill {
             None => false,
         }
     }
+
+    /// The cgroup path of chain level `index` (0: the victim's own cgroup), cut from the
+    /// victim's path.
+    pub fn path_of_level(&self, index: usize) -> Option<String> {
+        let names = &self.victim.cgroup_names;
+        if self.victim.cgroup_truncated || index > names.len() {
+            return None;
+        }
+        let mut parts: Vec<&str> = names[index..].iter().map(String::as_str).collect();
+        parts.reverse();
+        Some(format!("/{}", parts.join("/")))
+    }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use memstress_ebpf::{CGROUP_DEPTH, CGROUP_NAME_LEN, TracepointVictim};
+    use memstress_ebpf::{
+        CGROUP_DEPTH, CGROUP_NAME_LEN, CHAIN_DEPTH, MemcgLevel, ScanStats, TracepointVictim,
+    };
 
     use super::*;
 
@@ -252,20 +493,19 @@ pub(crate) mod tests {
         out
     }
 
-    fn comm(s: &str) -> [u8; 16] {
+    pub(crate) fn comm(s: &str) -> [u8; 16] {
         let mut out = [0; 16];
         out[..s.len()].copy_from_slice(s.as_bytes());
         out
     }
 
-    /// A record as the BPF side writes it for a stress-ng worker killed in /pod/ctr.
-    pub(crate) fn sample_raw() -> OomVictim {
-        let facts = TaskFacts {
-            pid: 4211,
-            tgid: 4211,
-            comm: comm("stress-ng-vm"),
+    pub(crate) fn facts(pid: u32, name: &str, adj: i16, anon_pages: i64) -> TaskFacts {
+        TaskFacts {
+            pid,
+            tgid: pid,
+            comm: comm(name),
             uid: 0,
-            oom_score_adj: 1000,
+            oom_score_adj: adj,
             _pad: 0,
             flags: 0,
             valid: valid::IDS
@@ -276,30 +516,57 @@ pub(crate) mod tests {
                 | valid::PGTABLES
                 | valid::TOTAL_VM
                 | valid::MEMCG,
-            rss: [10, 15_000, 0, 2],
+            rss: [10, anon_pages, 0, 2],
             pgtables_bytes: 65536,
             total_vm: 20_000,
             memcg_id: 77,
-        };
+        }
+    }
+
+    /// A record as the BPF side writes it for a stress-ng worker killed in /pod/ctr, whose
+    /// parent /pod (limit 16384 pages) hit its limit.
+    pub(crate) fn sample_raw() -> OomVictim {
+        let victim = facts(4211, "stress-ng-vm", 1000, 15_000);
         let mut names = [[0; CGROUP_NAME_LEN]; CGROUP_DEPTH];
         names[0] = name("ctr");
         names[1] = name("pod");
         let mut ids = [0; CGROUP_DEPTH];
         ids[0] = 77;
         ids[1] = 70;
+        let mut levels = [MemcgLevel::default(); CHAIN_DEPTH];
+        let unlimited = 1 << 51;
+        levels[0] = MemcgLevel {
+            id: 77,
+            usage: 16_000,
+            max: unlimited,
+            swap_max: unlimited,
+            flags: level::VALID | level::OOM_LOCK,
+            level: 2,
+        };
+        levels[1] = MemcgLevel {
+            id: 70,
+            usage: 16_380,
+            max: 16_384,
+            swap_max: unlimited,
+            flags: level::VALID | level::OOM_LOCK,
+            level: 1,
+        };
+        levels[2] = MemcgLevel {
+            id: 1,
+            usage: 900_000,
+            max: unlimited,
+            swap_max: unlimited,
+            flags: level::VALID | level::ROOT,
+            level: 0,
+        };
         OomVictim {
             kind: kind::OOM_VICTIM,
             cpu: 1,
             ts_ns: 123,
             sources: source::BTF | source::TRACEPOINT,
             killed: killed::YES,
-            victim: facts,
-            trigger: TaskFacts {
-                pid: 4190,
-                tgid: 4190,
-                comm: comm("node"),
-                ..facts
-            },
+            victim,
+            trigger: facts(4190, "node", 0, 100),
             victim_cgroup: CgroupPath {
                 depth: 2,
                 truncated: 0,
@@ -317,33 +584,100 @@ pub(crate) mod tests {
                 oom_score_adj: 1000,
                 _pad: [0; 6],
             },
+            seq: 5 << 10,
+            group_kill: 0,
+            _pad: 0,
+            chain: Chain {
+                depth: 3,
+                domain: 1,
+                domain_by: domain::BY_OOM_LOCK,
+                _pad: 0,
+                levels,
+            },
+            scan: ScanStats {
+                visited: 40,
+                sent: 3,
+                dropped: 0,
+                truncated: 0,
+            },
         }
+    }
+
+    fn bytes_of<T>(value: &T) -> &[u8] {
+        // SAFETY: viewing a plain-old-data struct as bytes.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
     }
 
     #[test]
     fn decodes_a_joined_record() {
         let raw = sample_raw();
-        // SAFETY: viewing a plain-old-data struct as bytes.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&raw as *const OomVictim).cast::<u8>(),
-                size_of::<OomVictim>(),
-            )
+        let Ok(Record::Victim(kill)) = decode(bytes_of(&raw)) else {
+            panic!("not a victim record");
         };
-        let Record::Victim(kill) = decode(bytes).unwrap();
         assert_eq!(kill.victim.task.pid, Some(4211));
         assert_eq!(kill.victim.task.comm.as_deref(), Some("stress-ng-vm"));
         assert_eq!(kill.victim.cgroup.as_deref(), Some("/pod/ctr"));
         // The tracepoint's kB figures win over pages × 4 KiB from the BTF counters.
         assert_eq!(kill.victim.memory.anon_rss_kib, Some(60_000));
         assert_eq!(kill.victim.memory.swap_kib, Some(0));
+        assert_eq!(
+            kill.victim.memory.raw.unwrap().rss_pages,
+            10 + 15_000 + 2,
+            "points use the kernel's page counters"
+        );
         assert_eq!(kill.trigger.comm.as_deref(), Some("node"));
         assert_eq!(kill.kill_confirmed, Some(true));
         assert_eq!(kill.sources, ["tp_btf", "tracepoint"]);
+        assert_eq!(kill.domain, Some(1));
+        assert_eq!(kill.domain_by, Some("oom_lock"));
+        assert_eq!(kill.path_of_level(1).as_deref(), Some("/pod"));
+        assert_eq!(kill.path_of_level(2).as_deref(), Some("/"));
+        assert_eq!(kill.chain[1].max_pages, 16_384);
         assert!(kill.in_cgroup(70, "/x"));
         assert!(kill.in_cgroup(1, "/pod"));
-        assert!(!kill.in_cgroup(1, "/po"));
-        assert!(decode(&bytes[..10]).is_err());
+        assert!(!kill.in_cgroup(2, "/po"));
+        assert!(decode(&bytes_of(&raw)[..10]).is_err());
+    }
+
+    #[test]
+    fn decodes_candidates_collateral_and_aftermath() {
+        let c = memstress_ebpf::Candidate {
+            kind: kind::CANDIDATE,
+            skip: skip::ADJ_MIN,
+            seq: 9,
+            task: facts(7, "db", -1000, 500),
+        };
+        let Ok(Record::Candidate(c)) = decode(bytes_of(&c)) else {
+            panic!("not a candidate");
+        };
+        assert_eq!(c.skip_reason(), Some("oom_score_adj -1000"));
+        assert_eq!(c.task.comm.as_deref(), Some("db"));
+        let a = Aftermath {
+            kind: kind::AFTERMATH,
+            what: aftermath::REAP_FINISH,
+            ts_ns: 5,
+            tid: 7,
+            _pad: 0,
+            seq: 9,
+        };
+        let Ok(Record::Aftermath(a)) = decode(bytes_of(&a)) else {
+            panic!("not an aftermath");
+        };
+        assert_eq!(a.what, "reaper_finished");
+        let col = Collateral {
+            kind: kind::COLLATERAL,
+            reason: 1,
+            seq: 9,
+            ts_ns: 1,
+            victim_tid: 7,
+            _pad: 0,
+            task: facts(8, "child", 0, 1),
+        };
+        let Ok(Record::Collateral(col)) = decode(bytes_of(&col)) else {
+            panic!("not collateral");
+        };
+        assert_eq!(col.task.pid, Some(8));
+        assert!(matches!(decode(&[9, 0, 0, 0]), Err(DecodeError::Kind(9))));
     }
 
     #[test]
@@ -354,10 +688,11 @@ pub(crate) mod tests {
         raw.killed = killed::UNCONFIRMED;
         let kill = OomKill::from_raw(&raw, 4096);
         assert_eq!(kill.victim.memory.anon_rss_kib, None);
+        assert_eq!(kill.victim.memory.raw, None);
         assert_eq!(kill.victim.task.oom_score_adj, None);
         assert_eq!(kill.kill_confirmed, None);
-        let json = serde_json::to_value(&kill).unwrap();
-        assert!(json["victim"]["anon_rss_kib"].is_null());
-        assert_eq!(json["victim"]["pid"], 4211);
+        let json = serde_json::to_value(&kill.victim).unwrap();
+        assert!(json["anon_rss_kib"].is_null());
+        assert_eq!(json["pid"], 4211);
     }
 }

@@ -41,6 +41,32 @@ impl Resolver<'_> {
         }
     }
 
+    /// Offset of `ty.member` where the member is optional (absent on some kernel builds, and
+    /// the programs cope): not listed as missing.
+    fn optional(&self, ty: &str, member: &str) -> u32 {
+        self.btf
+            .struct_member(ty, member)
+            .map_or(UNKNOWN, |m| m.offset)
+    }
+
+    /// Offset of a `struct page_counter` field inside `struct mem_cgroup`, counted from the
+    /// memcg's css (its first member), trying each historical name of the counter.
+    fn memcg_counter(&mut self, counters: &[&str], field: &str) -> u32 {
+        let found = (|| {
+            let css = self.btf.struct_member("mem_cgroup", "css").ok()?;
+            let counter = counters
+                .iter()
+                .find_map(|c| self.btf.struct_member("mem_cgroup", c).ok())?;
+            let inner = self.btf.struct_member("page_counter", field).ok()?;
+            (counter.offset + inner.offset).checked_sub(css.offset)
+        })();
+        found.unwrap_or_else(|| {
+            self.missing
+                .push(format!("mem_cgroup.{}.{field}", counters.join("|")));
+            UNKNOWN
+        })
+    }
+
     /// The first of several historical names of a member.
     fn offset_any(&mut self, ty: &str, members: &[&str]) -> u32 {
         for member in members {
@@ -130,6 +156,11 @@ impl Resolver<'_> {
     }
 }
 
+/// Most tasks the `mark_victim` program visits to list an OOM's candidates.
+pub const SCAN_LIMIT: u32 = 32_768;
+/// Most candidates it reports per OOM.
+pub const CANDIDATE_LIMIT: u32 = 4_096;
+
 /// Resolves every offset the programs use from `btf`, and the classic `oom:mark_victim`
 /// record layout from `mark_victim` when tracefs is available.
 pub fn resolve(btf: &Btf, mark_victim: Option<&Format>) -> Resolved {
@@ -165,6 +196,20 @@ pub fn resolve(btf: &Btf, mark_victim: Option<&Format>) -> Resolved {
         // Renamed to `__parent` in 6.15 when it became RCU-protected.
         kn_parent: r.offset_any("kernfs_node", &["__parent", "parent"]),
         kn_id: r.offset("kernfs_node", "id"),
+        css_parent: r.offset("cgroup_subsys_state", "parent"),
+        cgroup_level: r.offset("cgroup", "level"),
+        cgroup_ancestors: r.offset("cgroup", "ancestors"),
+        memcg_usage: r.memcg_counter(&["memory"], "usage"),
+        memcg_max: r.memcg_counter(&["memory"], "max"),
+        memcg_swap_max: r.memcg_counter(&["memsw", "swap"], "max"),
+        // cgroup v1 code (CONFIG_MEMCG_V1) and v2's memory.oom.group: the programs work
+        // without them.
+        memcg_oom_lock: r.optional("mem_cgroup", "oom_lock"),
+        memcg_oom_group: r.optional("mem_cgroup", "oom_group"),
+        task_tasks: r.offset("task_struct", "tasks"),
+        signal_oom_mm: r.offset("signal_struct", "oom_mm"),
+        scan_limit: SCAN_LIMIT,
+        candidate_limit: CANDIDATE_LIMIT,
         mark_victim_has_task: r.mark_victim_has_task(),
         ..KernelLayout::UNSET
     };
@@ -228,6 +273,12 @@ mod tests {
         // kernfs_node.id is a u64 and `name` a pointer: both 8-byte aligned.
         assert_eq!(l.kn_id % 8, 0);
         assert_eq!(l.kn_name % 8, 0);
+        // The page counters sit after the css, with max after usage; this kernel has the
+        // cgroup v1 code (its memory controller is on v1), so oom_lock is known.
+        assert!(l.memcg_usage > 0 && l.memcg_max > l.memcg_usage);
+        assert_ne!(l.memcg_swap_max, UNKNOWN);
+        assert_ne!(l.memcg_oom_lock, UNKNOWN);
+        assert_ne!(l.memcg_oom_group, UNKNOWN);
     }
 
     /// `mm_struct` wraps its members in an anonymous struct (with `__randomize_layout`), so

@@ -4,7 +4,7 @@
 //! [`cgroup`] (memory cgroups v1/v2), [`size`] (sizes as users write them), [`btf`] and
 //! [`layout`] (kernel struct offsets from BTF), [`tracefs`] (tracepoint formats), [`probe`]
 //! (loading and attaching the BPF programs), [`event`] (decoding what they report),
-//! [`report`] (text and JSON output), [`stressor`] (the worker that holds memory),
+//! [`points`] and [`explain`] (why this victim), [`report`] (text and JSON output), [`stressor`] (the worker that holds memory),
 //! [`spawn`] (starting workers inside a cgroup), [`janitor`] (cleanup that survives
 //! SIGKILL), [`target`] and [`run`] (the injector), [`watch`] (the observer).
 
@@ -13,8 +13,10 @@ pub mod cgroup;
 pub mod cli;
 pub mod event;
 pub mod exit;
+pub mod explain;
 pub mod janitor;
 pub mod layout;
+pub mod points;
 pub mod privilege;
 pub mod probe;
 pub mod report;

@@ -10,10 +10,10 @@ use std::{io, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader, Endianness,
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, TracePoint},
 };
-use memstress_ebpf::{RuntimeConfig, counters, names, source};
+use memstress_ebpf::{Pressure, RuntimeConfig, counters, names, source};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
@@ -86,6 +86,40 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
+
+/// BTF tracepoints that add to the report and are not needed to see kills.
+const OPTIONAL_BTF: [(&str, &str, &str); 6] = [
+    (
+        names::PROG_PROCESS_EXIT,
+        "sched_process_exit",
+        "when each victim exited (its memory was being freed)",
+    ),
+    (
+        names::PROG_START_REAPING,
+        "start_task_reaping",
+        "the OOM reaper starting on a victim that did not exit",
+    ),
+    (
+        names::PROG_FINISH_REAPING,
+        "finish_task_reaping",
+        "the OOM reaper having freed a victim's memory",
+    ),
+    (
+        names::PROG_SKIP_REAPING,
+        "skip_task_reaping",
+        "the OOM reaper skipping a victim",
+    ),
+    (
+        names::PROG_RECLAIM_BEGIN,
+        "mm_vmscan_memcg_reclaim_begin",
+        "direct reclaim before the OOM (runs, time), per memcg",
+    ),
+    (
+        names::PROG_RECLAIM_END,
+        "mm_vmscan_memcg_reclaim_end",
+        "direct reclaim before the OOM (pages freed), per memcg",
+    ),
+];
 
 /// The `attached` line.
 #[derive(Serialize)]
@@ -204,6 +238,18 @@ impl Probes {
             error: result.err(),
         });
 
+        for (program, hook, purpose) in OPTIONAL_BTF {
+            let result = attach_btf(&mut ebpf, &aya_btf, program, hook);
+            status.push(Status {
+                program,
+                kind: "tp_btf",
+                hook,
+                purpose,
+                attached: result.is_ok(),
+                error: result.err(),
+            });
+        }
+
         let attached = |program: &str| status.iter().any(|s| s.program == program && s.attached);
         let mut victim_sources = 0;
         if attached(names::PROG_MARK_VICTIM_BTF) {
@@ -314,6 +360,18 @@ impl Probes {
     pub fn drops(&self) -> u64 {
         self.counter(counters::RINGBUF_DROPS)
     }
+
+    /// Direct reclaim done so far by the tasks of memcg `id` (summed over CPUs).
+    pub fn pressure(&self, id: u64) -> Option<Pressure> {
+        let map = self.ebpf.map(names::PRESSURE)?;
+        let map = PerCpuHashMap::<_, u64, Pressure>::try_from(map).ok()?;
+        let values = map.get(&id, 0).ok()?;
+        Some(values.iter().fold(Pressure::default(), |a, p| Pressure {
+            runs: a.runs + p.runs,
+            reclaimed: a.reclaimed + p.reclaimed,
+            ns: a.ns + p.ns,
+        }))
+    }
 }
 
 fn attach_btf(ebpf: &mut Ebpf, btf: &aya::Btf, program: &str, hook: &str) -> Result<(), String> {
@@ -344,12 +402,16 @@ fn attach_tracepoint(
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    // Verifier logs are long; the first line says enough for a status line.
-    crate::error_chain(e)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+    let full = crate::error_chain(e);
+    // Verifier logs are long: the whole log at debug level (MEMSTRESS_LOG=debug), its
+    // first and last lines in the status.
+    tracing::debug!("{full}");
+    let mut lines = full.lines().filter(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or_default().to_owned();
+    match lines.next_back() {
+        Some(last) if last != first => format!("{first} … {last}"),
+        _ => first,
+    }
 }
 
 /// The ring buffer, readable from async code.

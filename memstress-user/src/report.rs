@@ -8,7 +8,11 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{event::OomKill, size::Bytes};
+use crate::{
+    event::CollateralKill,
+    explain::{self, Explained, Output, Reaped},
+    size::Bytes,
+};
 
 /// Output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -126,9 +130,19 @@ pub struct KillContext {
 struct OomKillLine<'a> {
     time: String,
     #[serde(flatten)]
-    kill: &'a OomKill,
+    kill: &'a Explained,
     #[serde(flatten)]
     context: &'a KillContext,
+}
+
+#[derive(Serialize)]
+struct CollateralLine<'a> {
+    time: String,
+    ts_ns: u64,
+    seq: u64,
+    victim_tid: u32,
+    #[serde(flatten)]
+    task: &'a CollateralKill,
 }
 
 /// Writes events in the chosen format.
@@ -175,8 +189,17 @@ impl Reporter {
         }
     }
 
+    /// Reports one output of the explainer.
+    pub fn output(&self, output: &Output, context: &KillContext) {
+        match output {
+            Output::Kill(kill) => self.oom_kill(kill, context),
+            Output::LateCollateral(c) => self.collateral(c),
+            Output::Reaped(r) => self.reaped(r),
+        }
+    }
+
     /// Reports an OOM kill (or an OOM victim that was only marked, being already exiting).
-    pub fn oom_kill(&self, kill: &OomKill, context: &KillContext) {
+    pub fn oom_kill(&self, kill: &Explained, context: &KillContext) {
         let kind = if kill.kill_confirmed == Some(false) {
             "oom_victim_exiting"
         } else {
@@ -199,6 +222,44 @@ impl Reporter {
             )),
         }
     }
+
+    fn collateral(&self, c: &CollateralKill) {
+        let unix = self.clock.unix_ns(c.ts_ns);
+        self.json(
+            "oom_collateral",
+            &CollateralLine {
+                time: rfc3339(unix),
+                ts_ns: c.ts_ns,
+                seq: c.seq,
+                victim_tid: c.victim_tid,
+                task: c,
+            },
+        );
+        self.text(&format!(
+            "{} OOM KILL {} with victim {}: {}",
+            time_of_day(unix),
+            who(c.task.pid, c.task.comm.as_deref()),
+            c.victim_tid,
+            c.reason
+        ));
+    }
+
+    fn reaped(&self, r: &Reaped) {
+        self.json("oom_reaped", r);
+        // A victim that simply exits is the normal case; the reaper stepping in is news.
+        if r.what != "exited" {
+            let what = match r.what {
+                "reaper_started" => "the OOM reaper started on",
+                "reaper_finished" => "the OOM reaper freed the memory of",
+                _ => "the OOM reaper skipped",
+            };
+            self.text(&format!(
+                "             {what} {} {:.0} ms after the kill",
+                who(r.pid, r.comm.as_deref()),
+                r.after_ms
+            ));
+        }
+    }
 }
 
 fn emit(line: &str) {
@@ -213,7 +274,8 @@ fn kib(value: Option<u64>) -> String {
     value.map_or_else(|| "?".to_owned(), |k| Bytes(k * 1024).to_string())
 }
 
-fn who(pid: Option<u32>, comm: Option<&str>) -> String {
+/// "4211 (stress-ng-vm)", or what is known of it.
+pub(crate) fn who(pid: Option<u32>, comm: Option<&str>) -> String {
     match (pid, comm) {
         (Some(pid), Some(comm)) => format!("{pid} ({comm})"),
         (Some(pid), None) => pid.to_string(),
@@ -222,11 +284,11 @@ fn who(pid: Option<u32>, comm: Option<&str>) -> String {
     }
 }
 
-/// One line describing an OOM kill.
-pub fn describe_kill(kill: &OomKill, context: &KillContext) -> String {
-    let v = &kill.victim;
+/// One line describing an OOM kill: who, where, what memory, then why.
+pub fn describe_kill(kill: &Explained, context: &KillContext) -> String {
+    let v = &kill.victim.victim;
     let what = match kill.kill_confirmed {
-        Some(false) => "OOM VICTIM (already exiting, not killed)",
+        Some(false) => "OOM VICTIM",
         _ => "OOM KILL",
     };
     let mine = match context.stressor {
@@ -234,7 +296,7 @@ pub fn describe_kill(kill: &OomKill, context: &KillContext) -> String {
         _ => "",
     };
     let mut line = format!(
-        "{what} {}{mine} in {}: anon {}, file {}, shmem {}, oom_score_adj {}",
+        "{what} {}{mine} in {} [anon {}, file {}, shmem {}, oom_score_adj {}]: {}",
         who(v.task.pid.or(v.task.tid), v.task.comm.as_deref()),
         v.cgroup.as_deref().unwrap_or("an unknown cgroup"),
         kib(v.memory.anon_rss_kib),
@@ -243,18 +305,33 @@ pub fn describe_kill(kill: &OomKill, context: &KillContext) -> String {
         v.task
             .oom_score_adj
             .map_or_else(|| "?".to_owned(), |a| a.to_string()),
+        kill.reason,
     );
-    line.push_str(&format!(
-        "; allocation by {}",
-        who(kill.trigger.pid, kill.trigger.comm.as_deref())
-    ));
+    if !kill.collateral.is_empty() {
+        let names: Vec<String> = kill
+            .collateral
+            .iter()
+            .map(|c| who(c.task.pid, c.task.comm.as_deref()))
+            .collect();
+        line.push_str(&format!(
+            "; also killed, sharing its memory: {}",
+            names.join(", ")
+        ));
+    }
+    if let Some(pressure) = kill.pressure.as_ref().and_then(explain::describe_pressure) {
+        line.push_str(&format!(
+            ". {}{}",
+            pressure[..1].to_uppercase(),
+            &pressure[1..]
+        ));
+    }
     line
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{OomKill, tests::sample_raw};
+    use crate::event::tests::sample_raw;
 
     #[test]
     fn formats_utc_times() {
@@ -270,16 +347,29 @@ mod tests {
 
     #[test]
     fn describes_a_kill_in_one_line() {
-        let kill = OomKill::from_raw(&sample_raw(), 4096);
-        let line = describe_kill(&kill, &KillContext::default());
-        assert_eq!(
-            line,
-            "OOM KILL 4211 (stress-ng-vm) in /pod/ctr: anon 58.6 MiB, file 40 KiB, shmem 8 KiB, \
-             oom_score_adj 1000; allocation by 4190 (node)"
+        let raw = sample_raw();
+        let kill = crate::event::OomKill::from_raw(&raw, 4096);
+        let mut explainer = crate::explain::Explainer::new(None, 0);
+        let out = explainer.batch(vec![crate::event::Record::Victim(Box::new(kill))], &|_| {
+            None
+        });
+        let Output::Kill(e) = &out[0] else { panic!() };
+        let line = describe_kill(e, &KillContext::default());
+        assert!(
+            line.starts_with(
+                "OOM KILL 4211 (stress-ng-vm) in /pod/ctr [anon 58.6 MiB, file 40 KiB, shmem 8 KiB, \
+                 oom_score_adj 1000]: "
+            ),
+            "{line}"
         );
+        assert!(
+            line.contains("in /pod (limit 64 MiB hit by 4190 (node))"),
+            "{line}"
+        );
+        assert_eq!(line.lines().count(), 1);
         let json = serde_json::to_value(OomKillLine {
             time: "t".into(),
-            kill: &kill,
+            kill: e,
             context: &KillContext {
                 stressor: Some(true),
             },
@@ -287,7 +377,17 @@ mod tests {
         .unwrap();
         assert_eq!(json["victim"]["oom_score_adj"], 1000);
         assert_eq!(json["victim"]["cgroup"], "/pod/ctr");
+        assert!(json["victim"]["points"].as_i64().is_some());
+        assert_eq!(json["victim"]["source"], "kernel");
         assert_eq!(json["trigger"]["pid"], 4190);
+        assert_eq!(json["domain"]["cgroup"], "/pod");
+        assert_eq!(json["constraint"], "memcg");
         assert_eq!(json["stressor"], true);
+        assert!(
+            json["why"]
+                .as_str()
+                .unwrap()
+                .starts_with("killed 4211 (stress-ng-vm): ")
+        );
     }
 }

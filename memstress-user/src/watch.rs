@@ -9,8 +9,9 @@ use serde::Serialize;
 use crate::{
     cgroup::{Cgroup, Hierarchy},
     event::{self, Record},
+    explain::{Explainer, Output},
     probe::{self, Probes},
-    report::{KillContext, Reporter},
+    report::{KillContext, Reporter, monotonic_ns},
     signals,
 };
 
@@ -80,63 +81,73 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<()> {
     let mut shutdown = signals::Shutdown::new()?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
-    let mut kills = 0;
-    let mut exiting = 0;
-    loop {
+    let mut explainer = Explainer::new(Hierarchy::discover().ok(), monotonic_ns());
+    if let Some((cgroup, id)) = &filter {
+        explainer = explainer.only_in(*id, &cgroup.path);
+    }
+    let mut counts = Counts::default();
+    let mut done = false;
+    while !done {
         let mut records = Vec::new();
         tokio::select! {
             biased;
-            _ = shutdown.recv() => break,
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => break,
+            _ = shutdown.recv() => done = true,
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => done = true,
             res = ring.drain(|bytes| records.push(event::decode(bytes))) => {
                 res.context("reading the BPF ring buffer")?;
             }
         }
-        for record in records {
-            let Record::Victim(kill) = match record {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!("undecodable record: {e}");
-                    continue;
-                }
-            };
-            if let Some((cgroup, id)) = &filter
-                && !kill.in_cgroup(*id, &cgroup.path)
-            {
-                continue;
-            }
-            if kill.kill_confirmed == Some(false) {
-                exiting += 1;
-            } else {
-                kills += 1;
-            }
-            reporter.oom_kill(&kill, &KillContext::default());
+        if done {
+            // Anything already in the ring buffer when the watch ends is still reported.
+            ring.drain_now(|bytes| records.push(event::decode(bytes)));
         }
-    }
-    // Anything already in the ring buffer when the watch ends is still reported.
-    let mut records = Vec::new();
-    ring.drain_now(|bytes| records.push(event::decode(bytes)));
-    for Record::Victim(kill) in records.into_iter().flatten() {
-        if filter
-            .as_ref()
-            .is_none_or(|(cgroup, id)| kill.in_cgroup(*id, &cgroup.path))
-        {
-            kills += u64::from(kill.kill_confirmed != Some(false));
-            reporter.oom_kill(&kill, &KillContext::default());
+        let records = decoded(records);
+        for output in explainer.batch(records, &|id| probes.pressure(id)) {
+            counts.add(&output);
+            reporter.output(&output, &KillContext::default());
         }
     }
     let drops = probes.drops();
     reporter.json(
         "end",
         &EndLine {
-            oom_kills: kills,
-            victims_exiting: exiting,
+            oom_kills: counts.kills,
+            victims_exiting: counts.exiting,
             dropped_records: drops,
         },
     );
     if drops > 0 {
         tracing::warn!("{drops} records were dropped: the ring buffer overflowed");
     }
-    tracing::info!("{kills} OOM kill(s) seen");
+    tracing::info!("{} OOM kill(s) seen", counts.kills);
     Ok(())
+}
+
+#[derive(Default)]
+struct Counts {
+    kills: u64,
+    exiting: u64,
+}
+
+impl Counts {
+    fn add(&mut self, output: &Output) {
+        if let Output::Kill(kill) = output {
+            if kill.kill_confirmed == Some(false) {
+                self.exiting += 1;
+            } else {
+                self.kills += 1;
+            }
+        }
+    }
+}
+
+/// Drops undecodable records, with a warning.
+fn decoded(records: Vec<Result<Record, event::DecodeError>>) -> Vec<Record> {
+    records
+        .into_iter()
+        .filter_map(|r| {
+            r.map_err(|e| tracing::warn!("undecodable record: {e}"))
+                .ok()
+        })
+        .collect()
 }

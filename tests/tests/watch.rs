@@ -213,8 +213,12 @@ fn watch_text_mode_is_one_line_per_kill() {
         )),
         "{text}"
     );
-    assert!(text.contains("oom_score_adj 0"), "{text}");
-    assert!(text.contains("allocation by"), "{text}");
+    assert!(text.contains("oom_score_adj 0]"), "{text}");
+    assert!(
+        text.contains(&format!("in {} (limit 32 MiB hit by {} (tail))", target.path(), kills[0].pid)),
+        "{text}"
+    );
+    assert!(text.contains("points"), "{text}");
 }
 
 #[test]

@@ -19,8 +19,9 @@ use crate::{
     cgroup::{Cgroup, CgroupError, Counters},
     event::{self, Record},
     exit,
+    explain::{Explainer, Output},
     probe::{self, Probes},
-    report::{Format, KillContext, Reporter},
+    report::{Format, KillContext, Reporter, monotonic_ns},
     signals,
     size::Bytes,
     spawn::Exit,
@@ -336,7 +337,19 @@ pub(super) async fn engine(
         acked_at: Instant::now(),
         at_goal: false,
     };
-    let outcome = drive(opts, &mut state, &mut ring, &tx, &mut rx, reporter).await;
+    let mut explainer = Explainer::new(Some(cgroup.hierarchy.clone()), monotonic_ns())
+        .only_in(state.target_id, &cgroup.path);
+    let outcome = drive(
+        opts,
+        &mut state,
+        &mut explainer,
+        &mut ring,
+        probes,
+        &tx,
+        &mut rx,
+        reporter,
+    )
+    .await;
     state.clear_status();
 
     // Stop every worker and wait for it, so the cgroup can be emptied and removed.
@@ -359,9 +372,7 @@ pub(super) async fn engine(
     // Kills that happened while stopping are still reported.
     let mut late = Vec::new();
     ring.drain_now(|bytes| late.push(event::decode(bytes)));
-    for record in late.into_iter().flatten() {
-        handle_record(&mut state, record, reporter);
-    }
+    handle_records(&mut state, &mut explainer, probes, late, reporter);
     let outcome = outcome?;
     let now = Instant::now();
     let held = state.stressors().map(|m| m.held).sum();
@@ -440,39 +451,60 @@ fn print_summary(s: &Summary, reporter: &Reporter) {
     ));
 }
 
-/// Reports one ring-buffer record if it concerns the target; returns the index of the
-/// stressor it OOM-killed, if any.
-fn handle_record(state: &mut State, record: Record, reporter: &Reporter) -> Option<usize> {
-    let Record::Victim(kill) = record;
-    if !kill.in_cgroup(state.target_id, &state.target.path) {
-        return None;
+/// Explains and reports a batch of ring-buffer records; returns the indexes of the
+/// stressors the kernel OOM-killed in it.
+fn handle_records(
+    state: &mut State,
+    explainer: &mut Explainer,
+    probes: &Probes,
+    records: Vec<Result<Record, event::DecodeError>>,
+    reporter: &Reporter,
+) -> Vec<usize> {
+    let records: Vec<Record> = records
+        .into_iter()
+        .filter_map(|r| {
+            r.map_err(|e| tracing::warn!("undecodable record: {e}"))
+                .ok()
+        })
+        .collect();
+    let mut killed = Vec::new();
+    for output in explainer.batch(records, &|id| probes.pressure(id)) {
+        let Output::Kill(kill) = &output else {
+            state.clear_status();
+            reporter.output(&output, &KillContext::default());
+            continue;
+        };
+        let member = kill.victim.victim.task.pid.and_then(|pid| {
+            state
+                .members
+                .iter()
+                .position(|m| m.pid == Some(pid) && (m.alive || m.exited_at.is_some()))
+        });
+        let is_stressor = member.is_some_and(|i| state.members[i].role == Role::Stressor);
+        state.clear_status();
+        reporter.output(
+            &output,
+            &KillContext {
+                stressor: Some(is_stressor),
+            },
+        );
+        if kill.kill_confirmed == Some(false) {
+            continue;
+        }
+        state.kills_total += 1;
+        if is_stressor {
+            state.kills_stressors += 1;
+        } else {
+            state.kills_others += 1;
+        }
+        if let Some(i) = member {
+            state.members[i].oom_killed = true;
+            if is_stressor {
+                killed.push(i);
+            }
+        }
     }
-    let member = kill.victim.task.pid.and_then(|pid| {
-        state
-            .members
-            .iter()
-            .position(|m| m.pid == Some(pid) && (m.alive || m.exited_at.is_some()))
-    });
-    let is_stressor = member.is_some_and(|i| state.members[i].role == Role::Stressor);
-    state.clear_status();
-    reporter.oom_kill(
-        &kill,
-        &KillContext {
-            stressor: Some(is_stressor),
-        },
-    );
-    if kill.kill_confirmed == Some(false) {
-        return None;
-    }
-    state.kills_total += 1;
-    if is_stressor {
-        state.kills_stressors += 1;
-    } else {
-        state.kills_others += 1;
-    }
-    let i = member?;
-    state.members[i].oom_killed = true;
-    is_stressor.then_some(i)
+    killed
 }
 
 fn schedule_restart(opts: &Options, m: &mut Member) {
@@ -481,10 +513,13 @@ fn schedule_restart(opts: &Options, m: &mut Member) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     opts: &Options,
     state: &mut State,
+    explainer: &mut Explainer,
     ring: &mut probe::EventStream,
+    probes: &Probes,
     tx: &mpsc::UnboundedSender<MemberEvent>,
     rx: &mut mpsc::UnboundedReceiver<MemberEvent>,
     reporter: &Reporter,
@@ -589,18 +624,11 @@ async fn drive(
                 return Ok(Outcome::TimedOut);
             }
         }
-        for record in records {
-            match record {
-                Ok(record) => {
-                    if let Some(i) = handle_record(state, record, reporter) {
-                        if opts.on_oom == OnOom::Stop {
-                            return Ok(Outcome::StoppedByOom);
-                        }
-                        schedule_restart(opts, &mut state.members[i]);
-                    }
-                }
-                Err(e) => tracing::warn!("undecodable record: {e}"),
+        for i in handle_records(state, explainer, probes, records, reporter) {
+            if opts.on_oom == OnOom::Stop {
+                return Ok(Outcome::StoppedByOom);
             }
+            schedule_restart(opts, &mut state.members[i]);
         }
         if let Some(n) = opts.stop_after_kills
             && state.kills_total >= n

@@ -1,0 +1,66 @@
+//! What happens to a victim after the kill: it exits (`sched_process_exit`), or the OOM
+//! reaper frees its memory (`oom:start_task_reaping`, `finish_task_reaping`,
+//! `skip_task_reaping`). Only tasks `mark_victim` recorded are reported.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
+use memstress_ebpf::{Aftermath, aftermath, counters, kind};
+
+use crate::{
+    kernel::{self, layout},
+    maps::{self, EVENTS, VICTIMS},
+};
+
+fn report(tid: u32, what: u32, forget: bool) -> Result<(), ()> {
+    // SAFETY: copying a plain value out of the map.
+    let seq = unsafe { VICTIMS.get(tid) }.copied().ok_or(())?;
+    if forget {
+        let _ = VICTIMS.remove(tid);
+    }
+    let Some(mut entry) = EVENTS.reserve::<Aftermath>(0) else {
+        maps::count(counters::RINGBUF_DROPS);
+        return Err(());
+    };
+    // SAFETY: the reservation is one Aftermath; every field is written before submitting.
+    let a = unsafe { &mut *entry.as_mut_ptr() };
+    a.kind = kind::AFTERMATH;
+    a.what = what;
+    // SAFETY: helper without preconditions.
+    a.ts_ns = unsafe { bpf_ktime_get_ns() };
+    a.tid = tid;
+    a._pad = 0;
+    a.seq = seq;
+    entry.submit(0);
+    Ok(())
+}
+
+/// `sched_process_exit(struct task_struct *p, bool group_dead)`: most exits are not OOM
+/// victims and cost one hash lookup.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn victim_exit(ctx: BtfTracePointContext) -> i32 {
+    let task: u64 = ctx.arg(0);
+    if let Some(tid) = kernel::read::<i32>(task, layout!(task_pid)) {
+        let _ = report(tid as u32, aftermath::EXITED, false);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "start_task_reaping")]
+pub fn start_task_reaping(ctx: BtfTracePointContext) -> i32 {
+    let pid: i32 = ctx.arg(0);
+    let _ = report(pid as u32, aftermath::REAP_START, false);
+    0
+}
+
+#[btf_tracepoint(function = "finish_task_reaping")]
+pub fn finish_task_reaping(ctx: BtfTracePointContext) -> i32 {
+    let pid: i32 = ctx.arg(0);
+    let _ = report(pid as u32, aftermath::REAP_FINISH, true);
+    0
+}
+
+#[btf_tracepoint(function = "skip_task_reaping")]
+pub fn skip_task_reaping(ctx: BtfTracePointContext) -> i32 {
+    let pid: i32 = ctx.arg(0);
+    let _ = report(pid as u32, aftermath::REAP_SKIP, true);
+    0
+}

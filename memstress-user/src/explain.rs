@@ -1,0 +1,718 @@
+//! Why this victim: each OOM kill with its domain, `totalpages`, badness points, the ranked
+//! candidates it beat, those the kernel passed over, the processes killed with it, the
+//! pressure that led to it, and one sentence that says it.
+//!
+//! Everything marked `"source":"kernel"` was read by a BPF program in the OOM path (at
+//! `mark_victim`, right after the kernel chose): the points are the kernel's own formula
+//! applied to those numbers. `"source":"predicted"` (the `--dry-run` ranking) is computed
+//! from /proc samples. The two are never mixed in one list.
+
+use std::collections::HashMap;
+
+use memstress_ebpf::Pressure;
+use serde::Serialize;
+
+use crate::{
+    cgroup::{Cgroup, Hierarchy, Version},
+    event::{Candidate, CollateralKill, Memory, OomKill, Record, Task, Victim, VictimAftermath},
+    points::{self, group},
+    report::who,
+    size::Bytes,
+};
+
+/// A ranked candidate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Ranked {
+    /// Process id.
+    pub pid: Option<u32>,
+    /// Command name.
+    pub comm: Option<String>,
+    /// Badness points.
+    pub points: i64,
+    /// `oom_score_adj`.
+    pub oom_score_adj: Option<i16>,
+    /// RSS (anon + file + shmem).
+    pub rss_kib: Option<u64>,
+    /// Swap.
+    pub swap_kib: Option<u64>,
+    /// Page tables.
+    pub pgtables_kib: Option<u64>,
+    /// Its memory cgroup's kernel id.
+    pub cgroup_id: Option<u64>,
+    /// `kernel` (read in the OOM path) or `predicted` (from samples).
+    pub source: &'static str,
+}
+
+/// A task the kernel passed over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    /// Process id.
+    pub pid: Option<u32>,
+    /// Command name.
+    pub comm: Option<String>,
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// The cgroup whose limit was hit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Domain {
+    /// Its path (`null` if the victim's path was too deep to cut it from).
+    pub cgroup: Option<String>,
+    /// Its kernel id.
+    pub cgroup_id: u64,
+    /// Its limit.
+    pub limit_bytes: u64,
+    /// Its usage when the victim was chosen.
+    pub usage_bytes: u64,
+    /// `oom_lock` (the kernel locked its subtree for this OOM) or `usage_at_limit`.
+    pub found_by: &'static str,
+    /// Always `kernel`.
+    pub source: &'static str,
+}
+
+/// What led to the kill, since the previous kill in the same domain (or since memstress
+/// started).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PressureReport {
+    /// Over this long.
+    pub since_ms: u64,
+    /// Times a charge hit the domain's limit (v1 `memory.failcnt`, v2 `memory.events` max).
+    pub limit_hits: Option<u64>,
+    /// Direct reclaim runs by tasks of the trigger's cgroup (BPF, in-kernel aggregated).
+    pub reclaim_runs: Option<u64>,
+    /// Pages those runs reclaimed, in KiB.
+    pub reclaimed_kib: Option<u64>,
+    /// Time spent in them.
+    pub reclaim_ms: Option<f64>,
+}
+
+/// The victim, with its points.
+#[derive(Clone, Debug, Serialize)]
+pub struct VictimReport {
+    /// Who, what memory, which cgroup.
+    #[serde(flatten)]
+    pub victim: Victim,
+    /// Its badness points (`null` without the BTF program's counters).
+    pub points: Option<i64>,
+    /// `kernel`.
+    pub source: &'static str,
+}
+
+/// One OOM kill, explained.
+#[derive(Clone, Debug, Serialize)]
+pub struct Explained {
+    /// CLOCK_MONOTONIC ns at `mark_victim`.
+    pub ts_ns: u64,
+    /// CPU.
+    pub cpu: u32,
+    /// The OOM's sequence number (kills of one `memory.oom.group` OOM share it).
+    pub seq: u64,
+    /// The victim.
+    pub victim: VictimReport,
+    /// The task whose allocation started the OOM.
+    pub trigger: Task,
+    /// What `oom_score_adj` is scaled by (`null`: unknown).
+    pub totalpages: Option<u64>,
+    /// `memcg` or `global`.
+    pub constraint: &'static str,
+    /// The cgroup whose limit was hit (`null` for a global OOM).
+    pub domain: Option<Domain>,
+    /// Eligible tasks in the domain, highest points first.
+    pub candidates: Vec<Ranked>,
+    /// Tasks in the domain the kernel passed over.
+    pub skipped: Vec<Skipped>,
+    /// Whether the candidate list is incomplete (scan limit, ring buffer).
+    pub candidates_complete: bool,
+    /// Processes SIGKILLed with the victim.
+    pub collateral: Vec<CollateralKill>,
+    /// A `memory.oom.group` kill that followed the chosen victim.
+    pub group_kill: bool,
+    /// What led to it.
+    pub pressure: Option<PressureReport>,
+    /// One sentence.
+    pub why: String,
+    /// The sentence without its subject ("highest points … "), for the text line.
+    #[serde(skip)]
+    pub reason: String,
+    /// `true`: SIGKILL seen; `false`: only marked (already exiting); `null`: unknown.
+    pub kill_confirmed: Option<bool>,
+    /// Which programs filled the record.
+    pub sources: Vec<&'static str>,
+}
+
+/// A victim's aftermath, reported after its kill.
+#[derive(Clone, Debug, Serialize)]
+pub struct Reaped {
+    /// Process id.
+    pub pid: Option<u32>,
+    /// Thread id.
+    pub tid: u32,
+    /// Command name.
+    pub comm: Option<String>,
+    /// `exited`, `reaper_started`, `reaper_finished`, `reaper_skipped`.
+    pub what: &'static str,
+    /// Since the kill.
+    pub after_ms: f64,
+    /// The OOM.
+    pub seq: u64,
+}
+
+/// What a batch of records amounts to.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// A kill, explained.
+    Kill(Box<Explained>),
+    /// A collateral kill whose victim was reported in an earlier batch.
+    LateCollateral(CollateralKill),
+    /// A victim exited or was reaped.
+    Reaped(Reaped),
+}
+
+#[derive(Clone, Debug)]
+struct KillNote {
+    ts_ns: u64,
+    pid: Option<u32>,
+    comm: Option<String>,
+}
+
+/// Joins records into explanations. Candidates arrive before their OOM's victim record;
+/// collateral kills and aftermath after it.
+#[derive(Debug)]
+pub struct Explainer {
+    page: u64,
+    version: Option<Version>,
+    hierarchy: Option<Hierarchy>,
+    started_ns: u64,
+    pending: HashMap<u64, Vec<Candidate>>,
+    kills: HashMap<u32, KillNote>,
+    chosen: HashMap<u64, (Option<u32>, Option<String>)>,
+    pressure_seen: HashMap<u64, Pressure>,
+    domain_seen: HashMap<String, (u64, u64)>,
+    /// Only victims in this cgroup (kernel id, path) or below it.
+    filter: Option<(u64, String)>,
+}
+
+const MAX_REMEMBERED: usize = 16_384;
+
+impl Explainer {
+    /// An explainer for kills on `hierarchy` (used to read the domain's limit hits).
+    pub fn new(hierarchy: Option<Hierarchy>, started_ns: u64) -> Self {
+        Self {
+            page: crate::event::page_size(),
+            version: hierarchy.as_ref().map(|h| h.version),
+            hierarchy,
+            started_ns,
+            pending: HashMap::new(),
+            kills: HashMap::new(),
+            chosen: HashMap::new(),
+            pressure_seen: HashMap::new(),
+            domain_seen: HashMap::new(),
+            filter: None,
+        }
+    }
+
+    /// Reports only victims in the cgroup with kernel id `id` and path `path`, or below it
+    /// (their collateral and aftermath follow them).
+    pub fn only_in(mut self, id: u64, path: &str) -> Self {
+        self.filter = Some((id, path.to_owned()));
+        self
+    }
+
+    /// Turns a batch of records (in ring-buffer order) into outputs. `pressure` reads the
+    /// in-kernel reclaim counters of a memcg id.
+    pub fn batch(
+        &mut self,
+        records: Vec<Record>,
+        pressure: &dyn Fn(u64) -> Option<Pressure>,
+    ) -> Vec<Output> {
+        let mut victims = Vec::new();
+        let mut collateral = Vec::new();
+        let mut aftermath = Vec::new();
+        for record in records {
+            match record {
+                Record::Candidate(c) => self.pending.entry(c.seq).or_default().push(c),
+                Record::Victim(v) => victims.push(v),
+                Record::Collateral(c) => collateral.push(c),
+                Record::Aftermath(a) => aftermath.push(a),
+            }
+        }
+        // A "collateral" SIGKILL of a task that is itself marked as a victim is a
+        // memory.oom.group kill; it is reported as a victim, not twice.
+        let victim_tids: Vec<u32> = victims.iter().filter_map(|v| v.victim.task.tid).collect();
+        collateral.retain(|c| !c.task.tid.is_some_and(|t| victim_tids.contains(&t)));
+        let mut out = Vec::new();
+        for kill in victims {
+            if let Some((id, path)) = &self.filter
+                && !kill.in_cgroup(*id, path)
+            {
+                self.pending.remove(&kill.seq);
+                collateral.retain(|c| Some(c.victim_tid) != kill.victim.task.tid);
+                continue;
+            }
+            let mine: Vec<CollateralKill> = collateral
+                .iter()
+                .filter(|c| Some(c.victim_tid) == kill.victim.task.tid)
+                .cloned()
+                .collect();
+            collateral.retain(|c| Some(c.victim_tid) != kill.victim.task.tid);
+            out.push(Output::Kill(Box::new(self.explain(*kill, mine, pressure))));
+        }
+        // Late collateral and aftermath are reported for victims this explainer reported.
+        out.extend(
+            collateral
+                .into_iter()
+                .filter(|c| self.kills.contains_key(&c.victim_tid))
+                .map(Output::LateCollateral),
+        );
+        for a in aftermath {
+            if let Some(reaped) = self.aftermath(&a) {
+                out.push(Output::Reaped(reaped));
+            }
+        }
+        if self.pending.len() > 64 {
+            // Candidates whose victim never came (a dropped record): keep the newest few.
+            let mut seqs: Vec<u64> = self.pending.keys().copied().collect();
+            seqs.sort_unstable();
+            for seq in &seqs[..seqs.len() - 16] {
+                self.pending.remove(seq);
+            }
+        }
+        out
+    }
+
+    fn aftermath(&mut self, a: &VictimAftermath) -> Option<Reaped> {
+        let note = self.kills.get(&a.tid).cloned()?;
+        if matches!(a.what, "reaper_finished" | "reaper_skipped") {
+            self.kills.remove(&a.tid);
+        }
+        Some(Reaped {
+            pid: note.pid,
+            tid: a.tid,
+            comm: note.comm,
+            what: a.what,
+            after_ms: a.ts_ns.saturating_sub(note.ts_ns) as f64 / 1e6,
+            seq: a.seq,
+        })
+    }
+
+    fn totalpages(&self, kill: &OomKill) -> Option<u64> {
+        let (mem_total, swap_total) = points::node_pages(self.page);
+        match kill.domain {
+            Some(i) => {
+                let level = kill.chain.get(i)?;
+                Some(points::totalpages_memcg(
+                    self.version.unwrap_or(Version::V2),
+                    level.max_pages,
+                    level.swap_max_pages,
+                    swap_total,
+                    60,
+                ))
+            }
+            None if mem_total > 0 => Some(points::totalpages_global(mem_total, swap_total)),
+            None => None,
+        }
+    }
+
+    fn pressure_report(
+        &mut self,
+        kill: &OomKill,
+        domain_path: Option<&str>,
+        pressure: &dyn Fn(u64) -> Option<Pressure>,
+    ) -> Option<PressureReport> {
+        let mut report = PressureReport::default();
+        let key = domain_path.unwrap_or("/").to_owned();
+        let now = kill.ts_ns;
+        let previous = self.domain_seen.get(&key).copied();
+        report.since_ms = now.saturating_sub(previous.map_or(self.started_ns, |p| p.1)) / 1_000_000;
+        if let (Some(hierarchy), Some(path)) = (&self.hierarchy, domain_path)
+            && let Ok(cgroup) = Cgroup::locate(hierarchy, path)
+            && let Ok(counters) = cgroup.counters()
+        {
+            let hits = counters.limit_hits;
+            // The first kill seen in a domain counts from memstress's start only if we know
+            // the count then; otherwise from the previous kill.
+            report.limit_hits = previous.map(|p| hits.saturating_sub(p.0));
+            self.domain_seen.insert(key, (hits, now));
+        }
+        if let Some(id) = kill.trigger.cgroup_id
+            && let Some(p) = pressure(id)
+        {
+            let before = self.pressure_seen.get(&id).copied().unwrap_or_default();
+            report.reclaim_runs = Some(p.runs.saturating_sub(before.runs));
+            report.reclaimed_kib =
+                Some(p.reclaimed.saturating_sub(before.reclaimed) * self.page / 1024);
+            report.reclaim_ms = Some(p.ns.saturating_sub(before.ns) as f64 / 1e6);
+            self.pressure_seen.insert(id, p);
+        }
+        Some(report)
+    }
+
+    fn explain(
+        &mut self,
+        kill: OomKill,
+        collateral: Vec<CollateralKill>,
+        pressure: &dyn Fn(u64) -> Option<Pressure>,
+    ) -> Explained {
+        let page = self.page;
+        let totalpages = self.totalpages(&kill);
+        let points_of = |memory: &Memory, adj: Option<i16>| -> Option<i64> {
+            Some(points::badness(memory.raw?, adj?, totalpages?, page))
+        };
+        let victim_points = points_of(&kill.victim.memory, kill.victim.task.oom_score_adj);
+        let candidates = self.pending.remove(&kill.seq).unwrap_or_default();
+        let mut ranked = Vec::new();
+        let mut skipped = Vec::new();
+        for c in &candidates {
+            match c.skip_reason() {
+                Some(reason) => skipped.push(Skipped {
+                    pid: c.task.pid,
+                    comm: c.task.comm.clone(),
+                    reason,
+                }),
+                None => {
+                    let Some(points) = points_of(&c.memory, c.task.oom_score_adj) else {
+                        continue;
+                    };
+                    let rss = c.memory.raw.map(|r| r.rss_pages * page / 1024);
+                    ranked.push(Ranked {
+                        pid: c.task.pid,
+                        comm: c.task.comm.clone(),
+                        points,
+                        oom_score_adj: c.task.oom_score_adj,
+                        rss_kib: rss,
+                        swap_kib: c.memory.swap_kib,
+                        pgtables_kib: c.memory.pgtables_kib,
+                        cgroup_id: c.task.cgroup_id,
+                        source: "kernel",
+                    });
+                }
+            }
+        }
+        // Highest first; among equals the victim first (the kernel took the later task in its
+        // own scan order, which was this one).
+        let victim_pid = kill.victim.task.pid;
+        ranked.sort_by(|a, b| {
+            b.points
+                .cmp(&a.points)
+                .then_with(|| (b.pid == victim_pid).cmp(&(a.pid == victim_pid)))
+        });
+        let domain_path = kill.domain.and_then(|i| kill.path_of_level(i));
+        let domain = kill.domain.and_then(|i| {
+            let l = kill.chain.get(i)?;
+            Some(Domain {
+                cgroup: domain_path.clone(),
+                cgroup_id: l.id,
+                limit_bytes: l.max_pages * page,
+                usage_bytes: l.usage_pages * page,
+                found_by: kill.domain_by.unwrap_or("usage_at_limit"),
+                source: "kernel",
+            })
+        });
+        let (_visited, _sent, dropped, truncated) = kill.scan;
+        let candidates_complete =
+            !kill.group_kill && dropped == 0 && !truncated && !ranked.is_empty();
+        let pressure_report = if kill.group_kill {
+            None
+        } else {
+            self.pressure_report(&kill, domain_path.as_deref(), pressure)
+        };
+        if !kill.group_kill {
+            self.chosen.insert(
+                kill.seq,
+                (kill.victim.task.pid, kill.victim.task.comm.clone()),
+            );
+        }
+        if self.kills.len() > MAX_REMEMBERED {
+            self.kills.clear();
+        }
+        if self.chosen.len() > MAX_REMEMBERED {
+            self.chosen.clear();
+        }
+        if let Some(tid) = kill.victim.task.tid {
+            self.kills.insert(
+                tid,
+                KillNote {
+                    ts_ns: kill.ts_ns,
+                    pid: kill.victim.task.pid,
+                    comm: kill.victim.task.comm.clone(),
+                },
+            );
+        }
+        let mut explained = Explained {
+            ts_ns: kill.ts_ns,
+            cpu: kill.cpu,
+            seq: kill.seq,
+            victim: VictimReport {
+                victim: kill.victim.clone(),
+                points: victim_points,
+                source: "kernel",
+            },
+            trigger: kill.trigger.clone(),
+            totalpages,
+            constraint: match (kill.chain.is_empty(), kill.domain) {
+                // Without the BTF program there is no chain: the constraint is unknown.
+                (true, _) => "unknown",
+                (false, Some(_)) => "memcg",
+                (false, None) => "global",
+            },
+            domain,
+            candidates: ranked,
+            skipped,
+            candidates_complete,
+            collateral,
+            group_kill: kill.group_kill,
+            pressure: pressure_report,
+            why: String::new(),
+            reason: String::new(),
+            kill_confirmed: kill.kill_confirmed,
+            sources: kill.sources.clone(),
+        };
+        let (why, reason) = self.why(&explained);
+        explained.why = why;
+        explained.reason = reason;
+        explained
+    }
+
+    /// The sentence, and the part of it after "killed WHO: ".
+    fn why(&self, e: &Explained) -> (String, String) {
+        let v = &e.victim.victim.task;
+        let subject = who(v.pid.or(v.tid), v.comm.as_deref());
+        if e.kill_confirmed == Some(false) {
+            let reason = "marked as the OOM victim without a kill: it was already exiting";
+            return (format!("{subject} was {reason}"), reason.to_owned());
+        }
+        let place = match &e.domain {
+            Some(d) => format!(
+                "in {} (limit {} hit by {})",
+                d.cgroup.as_deref().unwrap_or("its cgroup"),
+                Bytes(d.limit_bytes),
+                who(e.trigger.pid, e.trigger.comm.as_deref())
+            ),
+            None if e.constraint == "global" => format!(
+                "on the node (global OOM, allocation by {})",
+                who(e.trigger.pid, e.trigger.comm.as_deref())
+            ),
+            None => format!(
+                "(allocation by {})",
+                who(e.trigger.pid, e.trigger.comm.as_deref())
+            ),
+        };
+        let reason = if e.group_kill {
+            let chosen = self
+                .chosen
+                .get(&e.seq)
+                .map(|(pid, comm)| who(*pid, comm.as_deref()))
+                .unwrap_or_else(|| "the chosen victim".to_owned());
+            format!(
+                "killed with {chosen}: memory.oom.group is set {place}, so the OOM killer kills \
+                 the whole group"
+            )
+        } else if let Some(points) = e.victim.points {
+            self.ranking(e, points, &place)
+        } else {
+            format!("chosen {place}")
+        };
+        let full = if e.group_kill {
+            format!("killed {subject} {}", reason.trim_start_matches("killed "))
+        } else {
+            format!("killed {subject}: {reason}")
+        };
+        (full, reason)
+    }
+
+    fn ranking(&self, e: &Explained, points: i64, place: &str) -> String {
+        let v = &e.victim.victim.task;
+        let mut text = if e.candidates.is_empty() {
+            format!("{} points {place}", group(points))
+        } else {
+            let n = e.candidates.len();
+            let top = e.candidates[0].points;
+            format!(
+                "{} {} of {n} candidate{} {place}",
+                if points >= top {
+                    "highest points"
+                } else {
+                    "points"
+                },
+                group(points),
+                if n == 1 { "" } else { "s" }
+            )
+        };
+        if let (Some(adj), Some(totalpages)) = (v.oom_score_adj, e.totalpages)
+            && adj != 0
+        {
+            let added = points::adj_points(adj, totalpages);
+            let verb = if added >= 0 { "added" } else { "took away" };
+            text.push_str(&format!(
+                "; oom_score_adj {adj} {verb} {}",
+                group(added.abs())
+            ));
+        }
+        if let Some(next) = e.candidates.iter().find(|c| c.pid != v.pid) {
+            text.push_str(&format!(
+                "; next: {} with {}",
+                who(next.pid, next.comm.as_deref()),
+                group(next.points)
+            ));
+        }
+        if let Some(top) = e.candidates.first()
+            && top.pid != v.pid
+            && top.points > points
+        {
+            text.push_str(&format!(
+                " (the counters moved between the kernel's choice and mark_victim: {} ranks \
+                 higher now)",
+                who(top.pid, top.comm.as_deref())
+            ));
+        }
+        text
+    }
+}
+
+/// "limit hit 312× in 1.4 s, direct reclaim ran 40× (12 ms) and freed 2 MiB, then OOM".
+pub fn describe_pressure(p: &PressureReport) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(hits) = p.limit_hits {
+        parts.push(format!(
+            "limit hit {hits}× in {:.1} s",
+            p.since_ms as f64 / 1000.0
+        ));
+    }
+    if let (Some(runs), Some(kib), Some(ms)) = (p.reclaim_runs, p.reclaimed_kib, p.reclaim_ms)
+        && runs > 0
+    {
+        parts.push(format!(
+            "direct reclaim ran {runs}× ({ms:.1} ms) and freed {}",
+            Bytes(kib * 1024)
+        ));
+    }
+    (!parts.is_empty()).then(|| format!("{}, then OOM", parts.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use memstress_ebpf::{kind, skip};
+
+    use super::*;
+    use crate::event::{
+        self, OomKill,
+        tests::{facts, sample_raw},
+    };
+
+    fn candidate(seq: u64, pid: u32, name: &str, adj: i16, anon: i64, why: u32) -> Record {
+        let raw = memstress_ebpf::Candidate {
+            kind: kind::CANDIDATE,
+            skip: why,
+            seq,
+            task: facts(pid, name, adj, anon),
+        };
+        // SAFETY: viewing a plain-old-data struct as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&raw as *const memstress_ebpf::Candidate).cast::<u8>(),
+                size_of::<memstress_ebpf::Candidate>(),
+            )
+        };
+        event::decode(bytes).unwrap()
+    }
+
+    /// The issue's example: three tasks in /pod, whose 64 MiB limit was hit by `node`.
+    #[test]
+    fn explains_a_memcg_kill() {
+        let raw = sample_raw();
+        let seq = raw.seq;
+        let kill = OomKill::from_raw(&raw, 4096);
+        let mut ex = Explainer::new(None, 0);
+        let records = vec![
+            candidate(seq, 4190, "node", 0, 8_000, skip::ELIGIBLE),
+            candidate(seq, 4211, "stress-ng-vm", 1000, 15_000, skip::ELIGIBLE),
+            candidate(seq, 4300, "db", -1000, 30_000, skip::ADJ_MIN),
+            Record::Victim(Box::new(kill)),
+        ];
+        let out = ex.batch(records, &|_| None);
+        let [Output::Kill(e)] = out.as_slice() else {
+            panic!("{out:?}");
+        };
+        // totalpages: the domain /pod's limit, 16384 pages (no swap on this test's node or
+        // swap does not matter for it); adj 1000 adds 1000 × 16 = 16000.
+        assert_eq!(e.constraint, "memcg");
+        let d = e.domain.as_ref().unwrap();
+        assert_eq!(d.cgroup.as_deref(), Some("/pod"));
+        assert_eq!(d.limit_bytes, 64 << 20);
+        assert_eq!(d.found_by, "oom_lock");
+        let tp = e.totalpages.unwrap();
+        assert!(tp >= 16_384);
+        let expected = (10 + 15_000 + 2) + 65536 / 4096 + 1000 * (tp / 1000) as i64;
+        assert_eq!(e.victim.points, Some(expected));
+        assert_eq!(e.candidates.len(), 2);
+        assert_eq!(e.candidates[0].pid, Some(4211));
+        assert_eq!(e.candidates[0].points, expected);
+        assert_eq!(e.candidates[1].pid, Some(4190));
+        assert_eq!(e.skipped.len(), 1);
+        assert_eq!(e.skipped[0].reason, "oom_score_adj -1000");
+        assert!(
+            e.why.starts_with(&format!(
+                "killed 4211 (stress-ng-vm): highest points {} of 2 candidates in /pod (limit 64 MiB hit by 4190 (node)); oom_score_adj 1000 added {}",
+                group(expected),
+                group(1000 * (tp / 1000) as i64)
+            )),
+            "{}",
+            e.why
+        );
+        assert!(e.why.contains("next: 4190 (node)"), "{}", e.why);
+    }
+
+    #[test]
+    fn explains_global_and_group_kills() {
+        let mut raw = sample_raw();
+        raw.chain.domain = memstress_ebpf::domain::GLOBAL;
+        let kill = OomKill::from_raw(&raw, 4096);
+        let mut ex = Explainer::new(None, 0);
+        let out = ex.batch(vec![Record::Victim(Box::new(kill))], &|_| None);
+        let Output::Kill(e) = &out[0] else { panic!() };
+        assert_eq!(e.constraint, "global");
+        assert!(e.domain.is_none());
+        assert!(e.why.contains("on the node (global OOM"), "{}", e.why);
+
+        let raw = sample_raw();
+        let first = OomKill::from_raw(&raw, 4096);
+        let mut second = raw;
+        second.victim = facts(4212, "sidecar", 0, 10);
+        second.tp.pid = 4212;
+        second.group_kill = 1;
+        let second = OomKill::from_raw(&second, 4096);
+        let mut ex = Explainer::new(None, 0);
+        let out = ex.batch(
+            vec![
+                Record::Victim(Box::new(first)),
+                Record::Victim(Box::new(second)),
+            ],
+            &|_| None,
+        );
+        let Output::Kill(e) = &out[1] else { panic!() };
+        assert!(e.group_kill);
+        assert!(
+            e.why
+                .starts_with("killed 4212 (sidecar) with 4211 (stress-ng-vm): memory.oom.group"),
+            "{}",
+            e.why
+        );
+    }
+
+    #[test]
+    fn describes_pressure() {
+        let p = PressureReport {
+            since_ms: 1_400,
+            limit_hits: Some(312),
+            reclaim_runs: Some(40),
+            reclaimed_kib: Some(2048),
+            reclaim_ms: Some(12.0),
+        };
+        assert_eq!(
+            describe_pressure(&p).unwrap(),
+            "limit hit 312× in 1.4 s, direct reclaim ran 40× (12.0 ms) and freed 2 MiB, then OOM"
+        );
+        assert_eq!(describe_pressure(&PressureReport::default()), None);
+    }
+}
