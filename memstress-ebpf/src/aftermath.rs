@@ -7,12 +7,30 @@ use memstress_ebpf::{Aftermath, aftermath, counters, kind};
 
 use crate::{
     kernel::{self, layout},
-    maps::{self, EVENTS, VICTIMS},
+    maps::{self, EVENTS, KILLED, VICTIMS},
 };
+
+/// Exits within this long of a kernel SIGKILL are reported even before the victim is
+/// marked.
+const EARLY_EXIT_NS: u64 = 50_000_000;
 
 fn report(tid: u32, what: u32, forget: bool) -> Result<(), ()> {
     // SAFETY: copying a plain value out of the map.
-    let seq = unsafe { VICTIMS.get(tid) }.copied().ok_or(())?;
+    let seq = match unsafe { VICTIMS.get(tid) }.copied() {
+        Some(seq) => seq,
+        // An exit that raced ahead of mark_victim: sequence 0, joined in userspace.
+        None if what == aftermath::EXITED => {
+            // SAFETY: as above.
+            let killed = unsafe { KILLED.get(tid) }.copied().ok_or(())?;
+            // SAFETY: helper without preconditions.
+            if unsafe { bpf_ktime_get_ns() }.saturating_sub(killed) > EARLY_EXIT_NS {
+                return Err(());
+            }
+            let _ = KILLED.remove(tid);
+            0
+        }
+        None => return Err(()),
+    };
     if forget {
         let _ = VICTIMS.remove(tid);
     }

@@ -83,6 +83,12 @@ pub static SCAN: PerCpuArray<ScanState> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "IN_OOM")]
 pub static IN_OOM: LruHashMap<u32, InOom> = LruHashMap::with_max_entries(1024, 0);
 
+/// Tasks the kernel just SIGKILLed (`SEND_SIG_PRIV`): tid -> ns. The OOM killer sends the
+/// SIGKILL before it marks the victim, and the victim can reach `sched_process_exit` in
+/// between; its exit is then reported without an OOM sequence and joined in userspace.
+#[map(name = "KILLED")]
+pub static KILLED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
 /// Victims whose aftermath (exit, reaper) is still to be reported: tid -> OOM sequence.
 #[map(name = "VICTIMS")]
 pub static VICTIMS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);

@@ -29,8 +29,11 @@ use crate::{
 
 /// `PF_KTHREAD`: kernel threads are never OOM candidates.
 const PF_KTHREAD: u32 = 0x0020_0000;
-/// Two kills by one trigger closer than this belong to one `out_of_memory()` call.
-const SAME_OOM_NS: u64 = 2_000_000;
+/// With `memory.oom.group` set on the domain, kills by one trigger closer than this belong to
+/// one `out_of_memory()` call (each group member's kill prints to the console in between,
+/// which can take milliseconds; a new OOM in that domain cannot follow so soon, as the whole
+/// group, trigger included, is being killed).
+const SAME_OOM_NS: u64 = 250_000_000;
 
 #[btf_tracepoint(function = "mark_victim")]
 pub fn mark_victim_btf(ctx: BtfTracePointContext) -> i32 {

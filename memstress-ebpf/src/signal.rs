@@ -11,12 +11,14 @@ use memstress_ebpf::{Collateral, collateral, counters, kind};
 
 use crate::{
     kernel::{self, layout},
-    maps::{self, EVENTS, IN_OOM, LAST_SIGKILL},
+    maps::{self, EVENTS, IN_OOM, KILLED, LAST_SIGKILL},
 };
 
 /// `__oom_kill_process()` SIGKILLs the processes sharing the victim's mm right after marking
-/// the victim; later SIGKILLs from the same task are something else.
-const COLLATERAL_WINDOW_NS: u64 = 2_000_000;
+/// the victim and printing its `Killed process` line, which on a slow console takes
+/// milliseconds. A kernel SIGKILL from the same task within this window, to another
+/// process, is such a collateral kill (the entry is replaced at the task's next kill).
+const COLLATERAL_WINDOW_NS: u64 = 250_000_000;
 
 const SIGKILL: i32 = 9;
 /// `SEND_SIG_PRIV` is `(struct kernel_siginfo *) 1`.
@@ -43,12 +45,13 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let target = kernel::read::<i32>(task, layout!(task_pid)).ok_or(())? as u32;
     let sender = bpf_get_current_pid_tgid() as u32;
     LAST_SIGKILL.insert(sender, target, 0).map_err(|_| ())?;
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = KILLED.insert(target, now, 0);
     // SAFETY: copying a plain value out of the map.
     let Some(oom) = (unsafe { IN_OOM.get(sender) }).copied() else {
         return Ok(());
     };
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     if oom.victim_tid == target || now.saturating_sub(oom.ts_ns) > COLLATERAL_WINDOW_NS {
         return Ok(());
     }

@@ -456,6 +456,24 @@ impl Cgroup {
         }
     }
 
+    /// The swap limit: v2 `memory.swap.max`, v1 `memory.memsw.limit_in_bytes` (memory plus
+    /// swap). `None`: unlimited, or no swap accounting.
+    pub fn swap_limit(&self) -> Result<Option<u64>, CgroupError> {
+        let file = match self.hierarchy.version {
+            Version::V1 => "memory.memsw.limit_in_bytes",
+            Version::V2 => "memory.swap.max",
+        };
+        if !self.file(file).exists() {
+            return Ok(None);
+        }
+        let text = self.read(file)?;
+        Ok(text
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|&v| v < V1_UNLIMITED))
+    }
+
     /// The nearest limit that applies: this cgroup's own, or the nearest limited ancestor's.
     pub fn effective_limit(&self) -> Result<Option<(u64, Self)>, CgroupError> {
         let mut at = Some(self.clone());

@@ -171,6 +171,7 @@ pub enum Output {
 
 #[derive(Clone, Debug)]
 struct KillNote {
+    seq: u64,
     ts_ns: u64,
     pid: Option<u32>,
     comm: Option<String>,
@@ -191,6 +192,8 @@ pub struct Explainer {
     domain_seen: HashMap<String, (u64, u64)>,
     /// Only victims in this cgroup (kernel id, path) or below it.
     filter: Option<(u64, String)>,
+    /// Exits seen before their victim record (the SIGKILL races ahead of `mark_victim`).
+    early_exits: HashMap<u32, VictimAftermath>,
 }
 
 const MAX_REMEMBERED: usize = 16_384;
@@ -209,6 +212,20 @@ impl Explainer {
             pressure_seen: HashMap::new(),
             domain_seen: HashMap::new(),
             filter: None,
+            early_exits: HashMap::new(),
+        }
+    }
+
+    /// Records `cgroup`'s limit-hit count now, and its ancestors', so that the first kill in
+    /// any of them reports how often the limit was hit since this moment.
+    pub fn seed(&mut self, cgroup: &Cgroup, now_ns: u64) {
+        let mut at = Some(cgroup.clone());
+        while let Some(c) = at {
+            if let Ok(counters) = c.counters() {
+                self.domain_seen
+                    .insert(c.path.clone(), (counters.limit_hits, now_ns));
+            }
+            at = c.parent().filter(|p| !p.is_root());
         }
     }
 
@@ -237,6 +254,16 @@ impl Explainer {
                 Record::Aftermath(a) => aftermath.push(a),
             }
         }
+        // Exits without an OOM sequence raced ahead of their victim record: hold them until it
+        // arrives (this batch or a later one).
+        let (early, aftermath): (Vec<_>, Vec<_>) = aftermath
+            .into_iter()
+            .partition(|a| a.seq == 0 && !self.kills.contains_key(&a.tid));
+        if self.early_exits.len() > MAX_REMEMBERED {
+            self.early_exits.clear();
+        }
+        self.early_exits
+            .extend(early.into_iter().map(|a| (a.tid, a)));
         // A "collateral" SIGKILL of a task that is itself marked as a victim is a
         // memory.oom.group kill; it is reported as a victim, not twice.
         let victim_tids: Vec<u32> = victims.iter().filter_map(|v| v.victim.task.tid).collect();
@@ -256,7 +283,17 @@ impl Explainer {
                 .cloned()
                 .collect();
             collateral.retain(|c| Some(c.victim_tid) != kill.victim.task.tid);
+            let early = kill
+                .victim
+                .task
+                .tid
+                .and_then(|t| self.early_exits.remove(&t));
             out.push(Output::Kill(Box::new(self.explain(*kill, mine, pressure))));
+            if let Some(exit) = early
+                && let Some(reaped) = self.aftermath(&exit)
+            {
+                out.push(Output::Reaped(reaped));
+            }
         }
         // Late collateral and aftermath are reported for victims this explainer reported.
         out.extend(
@@ -291,9 +328,19 @@ impl Explainer {
             tid: a.tid,
             comm: note.comm,
             what: a.what,
+            // An exit can start a few microseconds before the victim is marked (it was
+            // SIGKILLed first): that reads as 0.
             after_ms: a.ts_ns.saturating_sub(note.ts_ns) as f64 / 1e6,
-            seq: a.seq,
+            seq: if a.seq == 0 {
+                self.kill_seq(a.tid)
+            } else {
+                a.seq
+            },
         })
+    }
+
+    fn kill_seq(&self, tid: u32) -> u64 {
+        self.kills.get(&tid).map_or(0, |n| n.seq)
     }
 
     fn totalpages(&self, kill: &OomKill) -> Option<u64> {
@@ -433,6 +480,7 @@ impl Explainer {
             self.kills.insert(
                 tid,
                 KillNote {
+                    seq: kill.seq,
                     ts_ns: kill.ts_ns,
                     pid: kill.victim.task.pid,
                     comm: kill.victim.task.comm.clone(),

@@ -17,6 +17,7 @@ pub mod explain;
 pub mod janitor;
 pub mod layout;
 pub mod points;
+pub mod predict;
 pub mod privilege;
 pub mod probe;
 pub mod report;

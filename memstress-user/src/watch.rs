@@ -84,6 +84,7 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<()> {
     let mut explainer = Explainer::new(Hierarchy::discover().ok(), monotonic_ns());
     if let Some((cgroup, id)) = &filter {
         explainer = explainer.only_in(*id, &cgroup.path);
+        explainer.seed(cgroup, monotonic_ns());
     }
     let mut counts = Counts::default();
     let mut done = false;

@@ -7,7 +7,7 @@
 //! panics with the reason: a test never passes by skipping.
 
 use std::{
-    fs::{self, File},
+    fs,
     io::{BufRead as _, BufReader, Read as _},
     os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
@@ -192,52 +192,204 @@ pub fn parse_kill(line: &str) -> Option<DmesgKill> {
     })
 }
 
-/// The kernel log from the moment it was opened.
+/// The kernel log from the moment it was opened, read continuously by a thread: the
+/// kernel's log buffer wraps during an OOM storm, and a reader that falls behind loses lines.
 pub struct Kmsg {
-    file: File,
+    lines: Arc<Mutex<Vec<String>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+    lost: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Kmsg {
     /// Opens /dev/kmsg positioned at its end: only messages logged from now on are read.
     pub fn open() -> Self {
-        let file = fs::OpenOptions::new()
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let mut file = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
             .open("/dev/kmsg")
             .expect("open /dev/kmsg (needs root)");
         // SAFETY: lseek on an fd we own.
         unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_END) };
-        Self { file }
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(AtomicU64::new(0));
+        let (sink, stopping, lost_count) = (lines.clone(), stop.clone(), lost.clone());
+        let reader = thread::spawn(move || {
+            let mut buf = vec![0u8; 8192];
+            loop {
+                match file.read(&mut buf) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        let record = String::from_utf8_lossy(&buf[..n]);
+                        if let Some((_, msg)) = record.split_once(';') {
+                            let msg = msg.lines().next().unwrap_or_default().to_owned();
+                            sink.lock().unwrap().push(msg);
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if stopping.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let mut pfd = libc::pollfd {
+                            fd: file.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: poll on one pollfd we own.
+                        unsafe { libc::poll(&mut pfd, 1, 20) };
+                    }
+                    // EPIPE: records were overwritten before we read them.
+                    Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
+                        lost_count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => panic!("reading /dev/kmsg: {e}"),
+                }
+            }
+        });
+        Self {
+            lines,
+            stop,
+            reader: Some(reader),
+            lost,
+        }
     }
 
-    /// Every message logged since the last call.
+    /// Every message logged since the last call (after letting the reader catch up).
     pub fn messages(&mut self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 8192];
-        loop {
-            match self.file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    let record = String::from_utf8_lossy(&buf[..n]);
-                    if let Some((_, msg)) = record.split_once(';') {
-                        out.push(msg.lines().next().unwrap_or_default().to_owned());
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                // EPIPE: records were overwritten before we read them; keep reading.
-                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
-                Err(e) => panic!("reading /dev/kmsg: {e}"),
-            }
-        }
-        out
+        thread::sleep(Duration::from_millis(100));
+        let lost = self.lost.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            lost, 0,
+            "the kernel log wrapped before it was read: lines were lost"
+        );
+        std::mem::take(&mut *self.lines.lock().unwrap())
     }
 
     /// Every `Killed process` line logged since the last call.
     pub fn kills(&mut self) -> Vec<DmesgKill> {
-        self.messages()
-            .iter()
-            .filter_map(|m| parse_kill(m))
-            .collect()
+        kills_in(&self.messages())
+    }
+}
+
+impl Drop for Kmsg {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// The `Killed process` lines among `messages`.
+pub fn kills_in(messages: &[String]) -> Vec<DmesgKill> {
+    messages.iter().filter_map(|m| parse_kill(m)).collect()
+}
+
+/// dmesg's `oom-kill:constraint=…` summary line (printed with the kill unless the OOM
+/// report is rate-limited).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DmesgOom {
+    /// `CONSTRAINT_MEMCG`, `CONSTRAINT_NONE`, …
+    pub constraint: String,
+    /// The memcg whose limit was hit.
+    pub oom_memcg: Option<String>,
+    /// The victim's memcg.
+    pub task_memcg: Option<String>,
+    /// The victim's pid.
+    pub pid: u32,
+}
+
+/// Parses `oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,
+/// oom_memcg=/a,task_memcg=/a/b,task=tail,pid=123,uid=0`.
+pub fn parse_oom_summary(line: &str) -> Option<DmesgOom> {
+    let rest = &line[line.find("oom-kill:")? + "oom-kill:".len()..];
+    let field = |key: &str| -> Option<String> {
+        rest.split(',')
+            .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            .map(str::to_owned)
+    };
+    Some(DmesgOom {
+        constraint: field("constraint")?,
+        oom_memcg: field("oom_memcg"),
+        task_memcg: field("task_memcg"),
+        pid: field("pid")?.parse().ok()?,
+    })
+}
+
+/// A memstress worker standing in for an application: it holds what the test tells it, in
+/// the cgroup it was started in.
+pub struct App {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+    seq: u64,
+}
+
+impl App {
+    /// Starts `name` in `cgroup` with `oom_score_adj` `adj`, holding `bytes`.
+    pub fn start(cgroup: &Cgroup, name: &str, bytes: u64, adj: Option<i32>) -> Self {
+        let mut child = command_in(cgroup, memstress_bin().to_str().expect("UTF-8 path"), adj)
+            .args(["__stressor", "--name", name, "--size", &bytes.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start app {name}: {e}"));
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut app = Self {
+            child,
+            stdin,
+            stdout,
+            seq: 0,
+        };
+        app.wait_held();
+        app
+    }
+
+    fn wait_held(&mut self) {
+        loop {
+            let mut line = String::new();
+            let n = self.stdout.read_line(&mut line).expect("read app");
+            assert!(n > 0, "app {} exited", self.child.id());
+            if line.starts_with("held ") || line.starts_with("error ") {
+                assert!(line.starts_with("held "), "app failed: {line}");
+                return;
+            }
+        }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Tells it to hold `bytes`, without waiting (it may be OOM-killed on the way).
+    pub fn grow(&mut self, bytes: u64) {
+        use std::io::Write as _;
+        self.seq += 1;
+        let _ = writeln!(self.stdin, "size {bytes} {}", self.seq);
+    }
+
+    /// Tells it to hold `bytes` and waits until it does.
+    pub fn resize(&mut self, bytes: u64) {
+        self.grow(bytes);
+        self.wait_held();
+    }
+
+    /// Waits for it to exit; returns the signal that killed it, if any.
+    pub fn wait_signal(&mut self) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt as _;
+        self.child.wait().expect("wait app").signal()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -437,6 +589,19 @@ pub fn assert_one_line_error(stderr: &str, must_contain: &[&str]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_dmesg_oom_summaries() {
+        let o = parse_oom_summary(
+            "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,\
+             oom_memcg=/pod,task_memcg=/pod/ctr,task=tail,pid=123,uid=0",
+        )
+        .unwrap();
+        assert_eq!(o.constraint, "CONSTRAINT_MEMCG");
+        assert_eq!(o.oom_memcg.as_deref(), Some("/pod"));
+        assert_eq!(o.task_memcg.as_deref(), Some("/pod/ctr"));
+        assert_eq!(o.pid, 123);
+    }
 
     #[test]
     fn parses_dmesg_kill_lines() {

@@ -215,7 +215,11 @@ fn watch_text_mode_is_one_line_per_kill() {
     );
     assert!(text.contains("oom_score_adj 0]"), "{text}");
     assert!(
-        text.contains(&format!("in {} (limit 32 MiB hit by {} (tail))", target.path(), kills[0].pid)),
+        text.contains(&format!(
+            "in {} (limit 32 MiB hit by {} (tail))",
+            target.path(),
+            kills[0].pid
+        )),
         "{text}"
     );
     assert!(text.contains("points"), "{text}");

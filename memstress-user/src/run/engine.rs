@@ -474,7 +474,8 @@ fn handle_records(
             reporter.output(&output, &KillContext::default());
             continue;
         };
-        let member = kill.victim.victim.task.pid.and_then(|pid| {
+        let task = &kill.victim.victim.task;
+        let member = task.pid.or(task.tid).and_then(|pid| {
             state
                 .members
                 .iter()

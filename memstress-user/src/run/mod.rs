@@ -21,6 +21,7 @@ use crate::{
     cgroup::{self, Counters, Hierarchy},
     event,
     janitor::{Entry, Janitor},
+    predict::{self, Prediction},
     privilege,
     probe::{self, Probes},
     report::Reporter,
@@ -186,6 +187,8 @@ pub struct Plan {
     pub oom_score_adj: Option<i32>,
     /// Whether the plan pushes the cgroup past its limit.
     pub crosses_limit: bool,
+    /// When it does: who the OOM killer would choose, predicted from /proc now.
+    pub predicted_oom: Option<Prediction>,
 }
 
 /// The target as planned.
@@ -326,7 +329,47 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
         on_oom: opts.on_oom,
         oom_score_adj: opts.oom_score_adj,
         crosses_limit,
+        predicted_oom: None,
     };
+    let mut plan = plan;
+    if crosses_limit && let Some((limit, domain)) = &limit {
+        let own_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or(0);
+        let stressor_adj = opts.oom_score_adj.map_or(own_adj, |a| a as i16);
+        let mut workers: Vec<(String, u64, i16)> = opts
+            .apps
+            .iter()
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    a.bytes,
+                    a.oom_score_adj.map_or(own_adj, |x| x as i16),
+                )
+            })
+            .collect();
+        // The limit is hit before the stressors are full: they grow together, so at the
+        // OOM each holds about an even share of what the domain had left.
+        let domain_usage = if target.create.is_some() {
+            0
+        } else {
+            domain.usage().unwrap_or(counters.usage_bytes)
+        };
+        let left = limit.saturating_sub(domain_usage + app_bytes);
+        let at_oom = left / plan.bytes_per_worker.len().max(1) as u64;
+        workers.extend(
+            plan.bytes_per_worker
+                .iter()
+                .map(|&b| ("memstress-vm".to_owned(), b.min(at_oom), stressor_adj)),
+        );
+        plan.predicted_oom = Some(predict::predict(
+            domain,
+            *limit,
+            &workers,
+            target.create.is_none(),
+        ));
+    }
     Ok((plan, target))
 }
 
@@ -396,6 +439,36 @@ pub fn print_plan(plan: &Plan, reporter: &Reporter) {
             ""
         }
     ));
+    if let Some(p) = &plan.predicted_oom {
+        let top: Vec<String> = p
+            .ranking
+            .iter()
+            .take(5)
+            .enumerate()
+            .map(|(i, r)| {
+                let who = match r.pid {
+                    Some(pid) => format!("{pid} ({})", r.comm.as_deref().unwrap_or("?")),
+                    None => format!("a planned {}", r.comm.as_deref().unwrap_or("worker")),
+                };
+                format!(
+                    "{}. {who}: {} points",
+                    i + 1,
+                    crate::points::group(r.points)
+                )
+            })
+            .collect();
+        reporter.text(&format!(
+            "predicted OOM ranking in {} (totalpages {}, from /proc now): {}{}",
+            p.domain,
+            crate::points::group(p.totalpages as i64),
+            top.join("; "),
+            if p.exempt.is_empty() {
+                String::new()
+            } else {
+                format!("; exempt (oom_score_adj -1000): {}", p.exempt.join(", "))
+            }
+        ));
+    }
 }
 
 /// Fails before the run if the stressors cannot be given `adj`: lowering oom_score_adj below

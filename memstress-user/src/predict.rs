@@ -1,0 +1,134 @@
+//! The OOM ranking predicted before a run (`--dry-run`): the points `oom_badness()` would give
+//! every process in the OOM domain and each planned stressor, from /proc as it is now. Marked
+//! `"source":"predicted"`: the kernel's own figures come only from the OOM path.
+
+use std::fs;
+
+use serde::Serialize;
+
+use crate::{cgroup::Cgroup, event::RawCounters, explain::Ranked, points};
+
+/// A prediction of who the OOM killer would choose, highest points first.
+#[derive(Clone, Debug, Serialize)]
+pub struct Prediction {
+    /// The cgroup whose limit would be hit.
+    pub domain: String,
+    /// What `oom_score_adj` is scaled by there.
+    pub totalpages: u64,
+    /// Processes and planned stressors, highest points first.
+    pub ranking: Vec<Ranked>,
+    /// Processes the kernel would pass over (oom_score_adj -1000).
+    pub exempt: Vec<String>,
+}
+
+/// One process's counters from /proc/PID/status (as `oom_badness()` adds them up), its
+/// oom_score_adj and comm.
+fn process(pid: u32, page: u64) -> Option<(RawCounters, i16, String)> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // Kernel threads and zombies have no mm: no VmRSS line.
+    if !status.lines().any(|l| l.starts_with("VmRSS:")) {
+        return None;
+    }
+    let pages = |k: u64| k * 1024 / page;
+    let raw = RawCounters {
+        rss_pages: pages(kib("RssAnon:") + kib("RssFile:") + kib("RssShmem:")),
+        swap_pages: pages(kib("VmSwap:")),
+        pgtables_bytes: kib("VmPTE:") * 1024,
+    };
+    let adj = fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    Some((raw, adj, comm))
+}
+
+fn procs_below(cgroup: &Cgroup, out: &mut Vec<u32>) {
+    out.extend(cgroup.procs().unwrap_or_default());
+    for child in cgroup.children().unwrap_or_default() {
+        procs_below(&child, out);
+    }
+}
+
+/// Predicts the ranking in `domain` (limit `limit` bytes) once the planned stressors (bytes
+/// each, and their oom_score_adj) hold their memory.
+pub fn predict(
+    domain: &Cgroup,
+    limit: u64,
+    stressors: &[(String, u64, i16)],
+    exists: bool,
+) -> Prediction {
+    let page = crate::event::page_size();
+    let (_, swap_total) = points::node_pages(page);
+    let swap_limit = domain.swap_limit().ok().flatten().unwrap_or(u64::MAX);
+    let totalpages = points::totalpages_memcg(
+        domain.hierarchy.version,
+        limit / page,
+        swap_limit / page,
+        swap_total,
+        60,
+    );
+    let mut pids = Vec::new();
+    if exists {
+        procs_below(domain, &mut pids);
+    }
+    let mut ranking = Vec::new();
+    let mut exempt = Vec::new();
+    for pid in pids {
+        let Some((raw, adj, comm)) = process(pid, page) else {
+            continue;
+        };
+        if adj == -1000 {
+            exempt.push(format!("{pid} ({comm})"));
+            continue;
+        }
+        ranking.push(Ranked {
+            pid: Some(pid),
+            comm: Some(comm),
+            points: points::badness(raw, adj, totalpages, page),
+            oom_score_adj: Some(adj),
+            rss_kib: Some(raw.rss_pages * page / 1024),
+            swap_kib: Some(raw.swap_pages * page / 1024),
+            pgtables_kib: Some(raw.pgtables_bytes / 1024),
+            cgroup_id: None,
+            source: "predicted",
+        });
+    }
+    for (name, bytes, adj) in stressors {
+        // A worker's charge is nearly all resident anonymous memory.
+        let raw = RawCounters {
+            rss_pages: bytes / page,
+            swap_pages: 0,
+            pgtables_bytes: 0,
+        };
+        ranking.push(Ranked {
+            pid: None,
+            comm: Some(name.clone()),
+            points: points::badness(raw, *adj, totalpages, page),
+            oom_score_adj: Some(*adj),
+            rss_kib: Some(bytes / 1024),
+            swap_kib: Some(0),
+            pgtables_kib: None,
+            cgroup_id: None,
+            source: "predicted",
+        });
+    }
+    ranking.sort_by_key(|r| std::cmp::Reverse(r.points));
+    Prediction {
+        domain: domain.path.clone(),
+        totalpages,
+        ranking,
+        exempt,
+    }
+}
