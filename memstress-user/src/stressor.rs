@@ -337,8 +337,11 @@ impl Command {
     }
 }
 
-/// This process's footprint as its cgroup is charged for it, from /proc/self/status:
-/// anonymous and shmem RSS, page tables, plus [`KERNEL_OVERHEAD`].
+/// This process's anonymous footprint as its cgroup is charged for it, from
+/// /proc/self/status: anonymous RSS, page tables, plus [`KERNEL_OVERHEAD`]. Shared and file
+/// pages are not counted: the mapped executable's pages were charged to whoever read them
+/// first (on a tmpfs root they even show as RssShmem), and a shmem or file payload is
+/// counted exactly by the worker itself.
 pub fn own_charge() -> io::Result<u64> {
     let status = fs::read_to_string("/proc/self/status")?;
     Ok(charge_from_status(&status))
@@ -354,7 +357,7 @@ pub fn charge_from_status(status: &str) -> u64 {
             .unwrap_or(0)
             * 1024
     };
-    kib("RssAnon:") + kib("RssShmem:") + kib("VmPTE:") + KERNEL_OVERHEAD
+    kib("RssAnon:") + kib("VmPTE:") + KERNEL_OVERHEAD
 }
 
 /// The default directory for page-cache stress: a disk-backed one (page cache on tmpfs is
@@ -461,8 +464,8 @@ struct Holding {
 }
 
 fn measure_own(kind: Kind, payload: u64) -> io::Result<u64> {
-    // Page cache that is not mapped is not in RSS: count it on top.
-    Ok(own_charge()? + if kind == Kind::File { payload } else { 0 })
+    // An anonymous payload is in RssAnon; a shmem or page-cache payload is counted here.
+    Ok(own_charge()? + if kind == Kind::Anon { 0 } else { payload })
 }
 
 fn pwrite_all(fd: &OwnedFd, mut offset: u64, mut len: usize) -> io::Result<()> {

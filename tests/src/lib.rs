@@ -18,6 +18,8 @@ use std::{
 };
 
 use memstress::cgroup::{Cgroup, Hierarchy};
+
+pub mod lab;
 use serde_json::Value;
 
 /// The memstress binary under test (`MEMSTRESS_BIN`, set by `cargo xtask test`).
@@ -195,7 +197,7 @@ pub fn parse_kill(line: &str) -> Option<DmesgKill> {
 /// The kernel log from the moment it was opened, read continuously by a thread: the
 /// kernel's log buffer wraps during an OOM storm, and a reader that falls behind loses lines.
 pub struct Kmsg {
-    lines: Arc<Mutex<Vec<String>>>,
+    lines: Arc<Mutex<Vec<(u64, String)>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     reader: Option<JoinHandle<()>>,
     lost: Arc<std::sync::atomic::AtomicU64>,
@@ -223,9 +225,15 @@ impl Kmsg {
                     Ok(0) => {}
                     Ok(n) => {
                         let record = String::from_utf8_lossy(&buf[..n]);
-                        if let Some((_, msg)) = record.split_once(';') {
+                        // "prio,seq,usec,flags;message"
+                        if let Some((head, msg)) = record.split_once(';') {
+                            let ts = head
+                                .split(',')
+                                .nth(2)
+                                .and_then(|t| t.parse().ok())
+                                .unwrap_or(0);
                             let msg = msg.lines().next().unwrap_or_default().to_owned();
-                            sink.lock().unwrap().push(msg);
+                            sink.lock().unwrap().push((ts, msg));
                         }
                         continue;
                     }
@@ -259,12 +267,18 @@ impl Kmsg {
 
     /// Every message logged since the last call (after letting the reader catch up).
     pub fn messages(&mut self) -> Vec<String> {
-        thread::sleep(Duration::from_millis(100));
+        let entries = self.entries();
         let lost = self.lost.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(
             lost, 0,
             "the kernel log wrapped before it was read: lines were lost"
         );
+        entries.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// Every message logged since the last call, with its timestamp (µs of CLOCK_MONOTONIC).
+    pub fn entries(&mut self) -> Vec<(u64, String)> {
+        thread::sleep(Duration::from_millis(100));
         std::mem::take(&mut *self.lines.lock().unwrap())
     }
 

@@ -5,6 +5,7 @@
 //! * `demo`: the main job on its built-in default (setup and build included).
 //! * `test`: formatting, lints, unit tests, then the privileged integration tests as root.
 
+mod lab;
 mod setup;
 
 use std::{
@@ -35,7 +36,24 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run the whole test suite: fmt, clippy, unit tests, privileged integration tests.
+    /// Run lab scenarios end to end on real kernels (this machine's; Debian's under qemu) and
+    /// write reports to target/lab/ (index.md, and per kernel and scenario: events.jsonl,
+    /// report.md, timeline.svg).
+    Lab {
+        /// One scenario (a name from xtask/scenarios/, or a file); default: all.
+        scenario: Option<String>,
+        /// Kernel: `host`, `6.12` or `6.1` (repeatable; default: host).
+        #[arg(long = "kernel", value_name = "K")]
+        kernels: Vec<String>,
+        /// Every scenario on every kernel.
+        #[arg(long)]
+        all: bool,
+        /// Bound on one guest boot, in seconds.
+        #[arg(long, default_value_t = 900)]
+        boot_timeout: u64,
+    },
+    /// Run the whole test suite: fmt, clippy, unit tests, privileged integration tests, and
+    /// the lab on every kernel.
     Test {
         /// Only the unit tests (no root needed).
         #[arg(long)]
@@ -46,6 +64,9 @@ enum Cmd {
         /// Skip fmt and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the lab.
+        #[arg(long)]
+        no_lab: bool,
         /// Only integration tests whose name contains this.
         filter: Option<String>,
     },
@@ -91,7 +112,8 @@ pub fn run_quiet(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn cargo() -> Command {
+/// cargo, in the workspace root.
+pub fn cargo() -> Command {
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
     cmd
@@ -239,15 +261,36 @@ fn main() -> Result<()> {
             let bin = build()?;
             run(Command::new(bin).arg("demo").args(args))
         }
+        Cmd::Lab {
+            scenario,
+            kernels,
+            all,
+            boot_timeout,
+        } => {
+            need_root("the lab")?;
+            let kernels = if all {
+                vec!["host".to_owned(), "6.12".to_owned(), "6.1".to_owned()]
+            } else if kernels.is_empty() {
+                vec!["host".to_owned()]
+            } else {
+                kernels
+            };
+            lab::lab(&lab::Args {
+                scenario,
+                kernels,
+                boot_timeout: std::time::Duration::from_secs(boot_timeout),
+            })
+        }
         Cmd::Test {
             unit,
             privileged,
             no_lint,
+            no_lab,
             filter,
         } => {
             let all = !unit && !privileged;
             setup::setup(if all || privileged {
-                setup::PACKAGES_TEST
+                lab::PACKAGES
             } else {
                 &[]
             })?;
@@ -259,6 +302,13 @@ fn main() -> Result<()> {
             }
             if all || privileged {
                 privileged_tests(filter.as_deref())?;
+            }
+            if all && !no_lab && filter.is_none() {
+                lab::lab(&lab::Args {
+                    scenario: None,
+                    kernels: vec!["host".to_owned(), "6.12".to_owned(), "6.1".to_owned()],
+                    boot_timeout: std::time::Duration::from_secs(900),
+                })?;
             }
             eprintln!("xtask: all tests passed");
             Ok(())

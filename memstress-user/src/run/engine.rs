@@ -584,14 +584,26 @@ async fn drive(
                 }
             }
             _ = tick.tick() => {
+                // The target can vanish (a container restart removes its cgroup), and come
+                // back at the same path as a new cgroup: the inode tells them apart.
+                let same = state.target.id().is_ok_and(|id| id == state.target_id);
                 match state.sample(reporter) {
-                    Ok(()) => {}
-                    Err(_) if !state.target.dir.exists() => {
+                    Ok(()) if same => {}
+                    Err(e) if same && state.target.dir.exists() => return Err(e.into()),
+                    _ => {
                         state.clear_status();
-                        tracing::error!("the target cgroup {} disappeared; stopping", state.target.path);
+                        let how = if state.target.dir.exists() {
+                            "was removed and created again (a container restart?)"
+                        } else {
+                            "was removed"
+                        };
+                        tracing::error!("the target cgroup {} {how}; stopping", state.target.path);
+                        reporter.json(
+                            "target_gone",
+                            &serde_json::json!({"cgroup": state.target.path, "recreated": state.target.dir.exists()}),
+                        );
                         return Ok(Outcome::TargetGone);
                     }
-                    Err(e) => return Err(e.into()),
                 }
                 // A SIGKILL nobody explained within a second was not the OOM killer's.
                 for m in state.members.iter_mut() {

@@ -301,9 +301,14 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
     let page = event::page_size();
     let bytes_per_worker = split(total_bytes, opts.workers as usize, page);
     let app_bytes: u64 = opts.apps.iter().map(|a| a.bytes).sum();
+    // The limit may be an ancestor's: what counts against it is the whole domain's usage.
+    let domain_usage = match (&limit, target.create) {
+        (Some((_, domain)), None) => domain.usage().unwrap_or(counters.usage_bytes),
+        _ => counters.usage_bytes,
+    };
     let crosses_limit = limit
         .as_ref()
-        .is_some_and(|(l, _)| counters.usage_bytes + app_bytes + total_bytes > *l);
+        .is_some_and(|(l, _)| domain_usage + app_bytes + total_bytes > *l);
     let plan = Plan {
         target: PlanTarget {
             path: target.cgroup.path.clone(),
@@ -351,11 +356,6 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
             .collect();
         // The limit is hit before the stressors are full: they grow together, so at the
         // OOM each holds about an even share of what the domain had left.
-        let domain_usage = if target.create.is_some() {
-            0
-        } else {
-            domain.usage().unwrap_or(counters.usage_bytes)
-        };
         let left = limit.saturating_sub(domain_usage + app_bytes);
         let at_oom = left / plan.bytes_per_worker.len().max(1) as u64;
         workers.extend(

@@ -1,0 +1,183 @@
+//! The lab agent: runs scenarios on the kernel it runs on (this machine's, or one booted
+//! under qemu by `cargo xtask lab`), and renders their reports.
+//!
+//! ```text
+//! memstress-lab run --memstress BIN --out DIR --kernel-label LABEL [--root-name NAME]
+//!                   [--file-dir DIR] FILE...
+//! memstress-lab validate FILE...
+//! memstress-lab report DIR
+//! ```
+//! `run` exits 0 when every scenario passed (or was skipped with a reason), 1 otherwise,
+//! 2 for bad input; it writes `<out>/<scenario>/{events.jsonl,report.md,timeline.svg}` and
+//! `<out>/results.json`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Instant,
+};
+
+use memstress_tests::lab::{
+    report,
+    runner::{self, Options},
+    scenario::Scenario,
+};
+use serde_json::{Value, json};
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: memstress-lab run --memstress BIN --out DIR --kernel-label LABEL [--root-name NAME] [--file-dir DIR] FILE...\n\
+         \x20      memstress-lab validate FILE...\n\
+         \x20      memstress-lab report DIR"
+    );
+    ExitCode::from(2)
+}
+
+fn load_all(files: &[PathBuf]) -> Result<Vec<Scenario>, String> {
+    files
+        .iter()
+        .map(|f| Scenario::load(f).map_err(|e| e.to_string()))
+        .collect()
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("validate") => {
+            let files: Vec<PathBuf> = args[1..].iter().map(PathBuf::from).collect();
+            match load_all(&files) {
+                Ok(s) => {
+                    for s in s {
+                        println!("{}: ok", s.name);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("memstress-lab: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some("report") => {
+            let Some(dir) = args.get(1) else {
+                return usage();
+            };
+            let dir = Path::new(dir);
+            let text = match std::fs::read_to_string(dir.join("events.jsonl")) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("memstress-lab: {}: {e}", dir.join("events.jsonl").display());
+                    return ExitCode::from(2);
+                }
+            };
+            let events: Vec<Value> = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            match report::write_report(dir, &events) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("memstress-lab: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("run") => run(&args[1..]),
+        _ => usage(),
+    }
+}
+
+fn run(args: &[String]) -> ExitCode {
+    let mut memstress = None;
+    let mut out = None;
+    let mut label = None;
+    let mut root = format!("memstress-lab-{}", std::process::id());
+    let mut file_dir = memstress::stressor::default_file_dir();
+    let mut files = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--memstress" => memstress = it.next().map(PathBuf::from),
+            "--out" => out = it.next().map(PathBuf::from),
+            "--kernel-label" => label = it.next().cloned(),
+            "--root-name" => {
+                if let Some(r) = it.next() {
+                    root = r.clone();
+                }
+            }
+            "--file-dir" => {
+                if let Some(d) = it.next() {
+                    file_dir = PathBuf::from(d);
+                }
+            }
+            f if !f.starts_with("--") => files.push(PathBuf::from(f)),
+            _ => return usage(),
+        }
+    }
+    let (Some(memstress), Some(out), Some(label)) = (memstress, out, label) else {
+        return usage();
+    };
+    let scenarios = match load_all(&files) {
+        Ok(s) if !s.is_empty() => s,
+        Ok(_) => return usage(),
+        Err(e) => {
+            eprintln!("memstress-lab: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = Options {
+        memstress,
+        kernel_label: label,
+        root_name: root,
+        out: out.clone(),
+        file_dir,
+    };
+    let mut results = Vec::new();
+    let mut all_passed = true;
+    for scenario in &scenarios {
+        let started = Instant::now();
+        eprintln!(
+            "memstress-lab: {} on {} …",
+            scenario.name, opts.kernel_label
+        );
+        let (passed, skipped, error) = match runner::run(scenario, &opts) {
+            Ok(o) => (o.passed, o.skipped, None),
+            Err(e) => (false, None, Some(format!("{e:#}"))),
+        };
+        all_passed &= passed;
+        let verdict = match (&skipped, passed) {
+            (Some(_), _) => "SKIP",
+            (None, true) => "PASS",
+            (None, false) => "FAIL",
+        };
+        eprintln!(
+            "memstress-lab: {verdict} {} on {} ({:.1} s){}",
+            scenario.name,
+            opts.kernel_label,
+            started.elapsed().as_secs_f64(),
+            skipped
+                .as_deref()
+                .or(error.as_deref())
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+        results.push(
+            json!({"scenario": scenario.name, "kernel": opts.kernel_label,
+            "passed": passed, "skipped": skipped, "error": error,
+            "seconds": started.elapsed().as_secs_f64()}),
+        );
+    }
+    let _ = std::fs::create_dir_all(&out);
+    if let Err(e) = std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&results).unwrap_or_default(),
+    ) {
+        eprintln!("memstress-lab: {}: {e}", out.join("results.json").display());
+        return ExitCode::FAILURE;
+    }
+    if all_passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,388 @@
+//! Checking a scenario's expectations against what was recorded.
+
+use memstress::size::{Bytes, SizeSpec};
+use serde_json::Value;
+
+use super::scenario::{Expect, Scenario};
+
+/// OOM kills `memstress watch` reported, in order.
+pub fn kills(events: &[Value]) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "memstress" && e["source"] == "watch")
+        .map(|e| &e["event"])
+        .filter(|e| e["type"] == "oom_kill")
+        .collect()
+}
+
+/// The times the kills were recorded at (ms since the scenario's start), in order.
+fn kill_times(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| {
+            e["type"] == "memstress" && e["source"] == "watch" && e["event"]["type"] == "oom_kill"
+        })
+        .filter_map(|e| e["t_ms"].as_u64())
+        .collect()
+}
+
+/// (start, end) of step `index` in ms; end is the scenario's last event when it never ended.
+fn step_window(events: &[Value], index: usize) -> Option<(u64, u64)> {
+    let of = |phase: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == "step" && e["index"] == index && e["phase"] == phase)
+            .and_then(|e| e["t_ms"].as_u64())
+    };
+    let last = events.iter().filter_map(|e| e["t_ms"].as_u64()).max()?;
+    Some((of("start")?, of("end").unwrap_or(last)))
+}
+
+fn samples<'a>(events: &'a [Value], cgroup: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    events
+        .iter()
+        .filter(move |e| e["type"] == "sample" && e["cgroup"] == cgroup)
+}
+
+fn comm(kill: &Value) -> String {
+    kill["victim"]["comm"].as_str().unwrap_or("?").to_owned()
+}
+
+/// Whether the first occurrences of `wanted` (items of `seen` that are in `wanted`) come in
+/// the order of `wanted`, all of them present.
+fn in_order(seen: &[String], wanted: &[String]) -> bool {
+    let mut firsts: Vec<&String> = Vec::new();
+    for s in seen {
+        if wanted.contains(s) && !firsts.contains(&s) {
+            firsts.push(s);
+        }
+    }
+    firsts.len() == wanted.len() && firsts.iter().zip(wanted).all(|(a, b)| *a == b)
+}
+
+/// Checks one expectation: (what, expected, actual, passed).
+pub fn check(
+    expect: &Expect,
+    events: &[Value],
+    scenario: &Scenario,
+) -> (String, String, String, bool) {
+    let kills = kills(events);
+    match expect {
+        Expect::UsageRise {
+            cgroup,
+            step,
+            size,
+            tolerance_pct,
+        } => {
+            let want = SizeSpec::parse_bytes(size).unwrap_or(0);
+            let name = format!("{cgroup}'s usage rises by {size} during step {step}");
+            let expected = format!("{} ± {tolerance_pct}%", Bytes(want));
+            let Some((start, end)) = step_window(events, *step) else {
+                return (name, expected, "step did not run".into(), false);
+            };
+            let all: Vec<&Value> = samples(events, cgroup).collect();
+            let base = all
+                .iter()
+                .rfind(|s| s["t_ms"].as_u64() <= Some(start))
+                .or(all.first())
+                .and_then(|s| s["usage_bytes"].as_u64());
+            let peak = all
+                .iter()
+                .filter(|s| s["t_ms"].as_u64().is_some_and(|t| t >= start && t <= end))
+                .filter_map(|s| s["usage_bytes"].as_u64())
+                .max();
+            match (base, peak) {
+                (Some(base), Some(peak)) => {
+                    let rise = peak.saturating_sub(base);
+                    let ok =
+                        (rise as f64 - want as f64).abs() <= want as f64 * tolerance_pct / 100.0;
+                    let actual = format!(
+                        "{} ({:+.2}%)",
+                        Bytes(rise),
+                        (rise as f64 / want.max(1) as f64 - 1.0) * 100.0
+                    );
+                    (name, expected, actual, ok)
+                }
+                _ => (name, expected, "no samples".into(), false),
+            }
+        }
+        Expect::Kills { min, max, step } => {
+            let times = kill_times(events);
+            let (n, name) = match step {
+                Some(s) => {
+                    let window = step_window(events, *s);
+                    let n = times
+                        .iter()
+                        .filter(|t| window.is_some_and(|(a, b)| **t >= a && **t <= b))
+                        .count();
+                    (n, format!("OOM kills during step {s}"))
+                }
+                None => (kills.len(), "OOM kills".to_owned()),
+            };
+            let expected = match (min, max) {
+                (Some(a), Some(b)) if a == b => format!("{a}"),
+                (Some(a), Some(b)) => format!("{a} to {b}"),
+                (Some(a), None) => format!("at least {a}"),
+                (None, Some(b)) => format!("at most {b}"),
+                (None, None) => "any".into(),
+            };
+            let ok = min.is_none_or(|m| n >= m as usize) && max.is_none_or(|m| n <= m as usize);
+            (name, expected, n.to_string(), ok)
+        }
+        Expect::Victims { comms } => {
+            let seen: Vec<String> = kills.iter().map(|k| comm(k)).collect();
+            let ok = !seen.is_empty() && seen.iter().all(|c| comms.contains(c));
+            (
+                "every victim is one of".into(),
+                comms.join(", "),
+                dedup(&seen).join(", "),
+                ok,
+            )
+        }
+        Expect::KillOrder { comms } => {
+            let seen: Vec<String> = kills.iter().map(|k| comm(k)).collect();
+            (
+                "victims die in this order".into(),
+                comms.join(" → "),
+                dedup(&seen).join(" → "),
+                in_order(&seen, comms),
+            )
+        }
+        Expect::NeverKilled { comms } => {
+            let hit: Vec<String> = kills
+                .iter()
+                .map(|k| comm(k))
+                .filter(|c| comms.contains(c))
+                .collect();
+            (
+                "never killed".into(),
+                comms.join(", "),
+                if hit.is_empty() {
+                    "none of them killed".into()
+                } else {
+                    format!("killed: {}", dedup(&hit).join(", "))
+                },
+                hit.is_empty(),
+            )
+        }
+        Expect::PredictedOrder { step, comms } => {
+            let ranking: Vec<String> = events
+                .iter()
+                .filter(|e| {
+                    e["type"] == "memstress" && e["step"] == *step && e["event"]["type"] == "plan"
+                })
+                .flat_map(|e| {
+                    e["event"]["predicted_oom"]["ranking"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .map(|r| r["comm"].as_str().unwrap_or("?").to_owned())
+                .collect();
+            (
+                format!("step {step}'s plan predicts this order"),
+                comms.join(" → "),
+                if ranking.is_empty() {
+                    "no prediction".into()
+                } else {
+                    ranking.join(" → ")
+                },
+                in_order(&ranking, comms),
+            )
+        }
+        Expect::ExplainedKills => {
+            let dmesg: Vec<(u64, String)> = events
+                .iter()
+                .filter(|e| e["type"] == "dmesg_kill")
+                .map(|e| {
+                    (
+                        e["pid"].as_u64().unwrap_or(0),
+                        e["comm"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect();
+            let mut problems = Vec::new();
+            for k in &kills {
+                let tid = k["victim"]["tid"].as_u64().unwrap_or(0);
+                if !dmesg.iter().any(|(p, c)| *p == tid && *c == comm(k)) {
+                    problems.push(format!("{tid} not in dmesg"));
+                }
+                if k["why"].as_str().is_none_or(str::is_empty) {
+                    problems.push(format!("{tid} has no why"));
+                }
+                let kernel_ranked = k["candidates"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["source"] == "kernel"));
+                if k["group_kill"] != true && !kernel_ranked {
+                    problems.push(format!("{tid} has no kernel-sourced candidates"));
+                }
+            }
+            if dmesg.len() != kills.len() {
+                problems.push(format!(
+                    "{} dmesg kills, {} reported",
+                    dmesg.len(),
+                    kills.len()
+                ));
+            }
+            (
+                "every kill is in dmesg, and explained".into(),
+                format!(
+                    "{} kill(s), each with a why and kernel-read candidates",
+                    dmesg.len()
+                ),
+                if problems.is_empty() {
+                    "yes".into()
+                } else {
+                    problems.join("; ")
+                },
+                problems.is_empty() && !kills.is_empty(),
+            )
+        }
+        Expect::AppRestarts { app, min } => {
+            let n = events
+                .iter()
+                .filter(|e| {
+                    e["type"] == "app" && e["name"] == app.as_str() && e["event"] == "restarted"
+                })
+                .count();
+            (
+                format!("{app} is restarted"),
+                format!("at least {min} time(s)"),
+                n.to_string(),
+                n >= *min as usize,
+            )
+        }
+        Expect::StepOutcome { step, outcome } => {
+            let summary = events.iter().find(|e| {
+                e["type"] == "memstress" && e["step"] == *step && e["event"]["type"] == "summary"
+            });
+            let exit = events
+                .iter()
+                .find(|e| e["type"] == "step" && e["index"] == *step && e["phase"] == "end")
+                .map(|e| e["exit_code"].to_string());
+            let actual = summary
+                .and_then(|s| s["event"]["outcome"].as_str().map(str::to_owned))
+                .or(exit)
+                .unwrap_or_else(|| "no outcome".into());
+            (
+                format!("step {step}'s run ends"),
+                outcome.clone(),
+                actual.clone(),
+                actual == *outcome,
+            )
+        }
+        Expect::WorkingSetFraction { cgroup, step, max } => {
+            let name = format!("{cgroup}'s working set at the end of step {step}");
+            let Some((_, end)) = step_window(events, *step) else {
+                return (
+                    name,
+                    format!("≤ {max} of usage"),
+                    "step did not run".into(),
+                    false,
+                );
+            };
+            let last = samples(events, cgroup)
+                .filter(|s| s["t_ms"].as_u64() <= Some(end))
+                .last();
+            match last {
+                Some(s) => {
+                    let usage = s["usage_bytes"].as_u64().unwrap_or(0);
+                    let ws = s["working_set_bytes"].as_u64().unwrap_or(0);
+                    let frac = ws as f64 / usage.max(1) as f64;
+                    (
+                        name,
+                        format!("≤ {:.0}% of usage", max * 100.0),
+                        format!("{} of {} ({:.0}%)", Bytes(ws), Bytes(usage), frac * 100.0),
+                        frac <= *max,
+                    )
+                }
+                None => (name, format!("≤ {max}"), "no samples".into(), false),
+            }
+        }
+        Expect::GroupKilled { cgroup } => {
+            let apps: Vec<u64> = events
+                .iter()
+                .filter(|e| {
+                    e["type"] == "app" && e["event"] == "started" && e["cgroup"] == cgroup.as_str()
+                })
+                .filter_map(|e| e["pid"].as_u64())
+                .collect();
+            let killed: Vec<u64> = kills
+                .iter()
+                .filter_map(|k| k["victim"]["pid"].as_u64())
+                .collect();
+            let missing: Vec<u64> = apps
+                .iter()
+                .copied()
+                .filter(|p| !killed.contains(p))
+                .collect();
+            let group = kills.iter().filter(|k| k["group_kill"] == true).count();
+            let members = scenario.apps.iter().filter(|a| &a.cgroup == cgroup).count();
+            (
+                format!("one OOM kills everything in {cgroup} (memory.oom.group)"),
+                format!("all {members} app(s) killed and reported, group kills reported"),
+                format!(
+                    "{} of {} apps reported killed; {group} group kill(s)",
+                    apps.len() - missing.len(),
+                    apps.len()
+                ),
+                missing.is_empty() && !apps.is_empty() && group >= 1,
+            )
+        }
+    }
+}
+
+fn dedup(items: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for i in items {
+        if out.last() != Some(i) {
+            out.push(i.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn order_ignores_others_and_repeats() {
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert!(in_order(
+            &s(&["vm", "be", "vm", "bu", "vm"]),
+            &s(&["be", "bu"])
+        ));
+        assert!(!in_order(&s(&["bu", "be"]), &s(&["be", "bu"])));
+        assert!(!in_order(&s(&["be"]), &s(&["be", "bu"])));
+        assert_eq!(dedup(&s(&["a", "a", "b", "a"])), s(&["a", "b", "a"]));
+    }
+
+    #[test]
+    fn checks_usage_rise_against_samples() {
+        let events = vec![
+            json!({"type":"sample","t_ms":0,"cgroup":"pod","usage_bytes":1_000_000u64}),
+            json!({"type":"step","t_ms":10,"index":0,"phase":"start"}),
+            json!({"type":"sample","t_ms":100,"cgroup":"pod","usage_bytes":1_000_000u64 + 52_428_800}),
+            json!({"type":"step","t_ms":200,"index":0,"phase":"end"}),
+        ];
+        let scenario: Scenario = toml::from_str("name = \"t\"\ndescription = \"\"").unwrap();
+        let e = Expect::UsageRise {
+            cgroup: "pod".into(),
+            step: 0,
+            size: "50Mi".into(),
+            tolerance_pct: 2.0,
+        };
+        let (_, _, actual, ok) = check(&e, &events, &scenario);
+        assert!(ok, "{actual}");
+        let e = Expect::UsageRise {
+            cgroup: "pod".into(),
+            step: 0,
+            size: "200Mi".into(),
+            tolerance_pct: 2.0,
+        };
+        assert!(!check(&e, &events, &scenario).3);
+    }
+}

@@ -1,0 +1,1923 @@
+//! Renders a lab scenario's recorded events (its `events.jsonl`) into what a person would
+//! rather look at than read: `report.md` (verdict, facts, expectations, every OOM kill with the
+//! candidates it beat, predicted against actual) and `timeline.svg` (memory over time, with
+//! the steps and the kills marked).
+//!
+//! Both renderers take the events as recorded and tolerate anything: unknown types, missing or
+//! mistyped fields, an empty list. A report is needed most when a scenario went wrong, so
+//! rendering one never panics and never gives up on odd input: what it cannot read, it leaves
+//! out.
+
+use std::{fmt::Write as _, fs, io, path::Path};
+
+use serde_json::Value;
+
+/// `write!` into a `String`, which cannot fail.
+macro_rules! put {
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = write!($out, $($arg)*);
+    }};
+}
+
+/// `writeln!` into a `String`, which cannot fail.
+macro_rules! putln {
+    ($out:expr) => {
+        $out.push('\n')
+    };
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Writes `report.md` and `timeline.svg` into `dir` from the scenario's events
+/// (the parsed lines of its events.jsonl, in order).
+pub fn write_report(dir: &Path, events: &[Value]) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fs::write(dir.join("timeline.svg"), timeline_svg(events))?;
+    fs::write(dir.join("report.md"), report_markdown(events))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the events
+// ---------------------------------------------------------------------------------------------
+
+/// The value at `path` under `v`, if there is one and it is not `null`.
+fn field<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter()
+        .try_fold(v, |v, key| v.get(*key))
+        .filter(|v| !v.is_null())
+}
+
+/// A scalar at `path` as text (numbers and booleans as JSON writes them).
+fn text(v: &Value, path: &[&str]) -> Option<String> {
+    match field(v, path)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A finite number at `path`.
+fn number(v: &Value, path: &[&str]) -> Option<f64> {
+    field(v, path)?.as_f64().filter(|n| n.is_finite())
+}
+
+/// Whether the value at `path` is `true`.
+fn flag(v: &Value, path: &[&str]) -> bool {
+    field(v, path).and_then(Value::as_bool) == Some(true)
+}
+
+/// The event's time in seconds since the scenario started.
+fn seconds(v: &Value) -> Option<f64> {
+    number(v, &["t_ms"]).map(|ms| ms / 1000.0)
+}
+
+/// A domain is an object with a `cgroup` in kill reports, and may be a bare path elsewhere.
+fn domain_text(v: &Value, path: &[&str]) -> Option<String> {
+    let d = field(v, path)?;
+    if d.is_object() {
+        text(d, &["cgroup"])
+    } else {
+        text(d, &[])
+    }
+}
+
+/// One sample of a scenario cgroup, in bytes.
+struct Sample {
+    t: f64,
+    usage: Option<f64>,
+    working_set: Option<f64>,
+    limit: Option<f64>,
+}
+
+/// A scenario cgroup's samples, in order.
+struct Series {
+    name: String,
+    samples: Vec<Sample>,
+}
+
+struct Step {
+    index: Option<String>,
+    what: Option<String>,
+    start: Option<f64>,
+    end: Option<f64>,
+    /// Whether its `end` line was seen (which may lack a time).
+    ended: bool,
+    exit_code: Option<String>,
+}
+
+/// A candidate in a kill report or a predicted ranking.
+struct Candidate {
+    pid: Option<String>,
+    comm: Option<String>,
+    points: Option<String>,
+    oom_score_adj: Option<String>,
+    source: Option<String>,
+}
+
+impl Candidate {
+    fn from(v: &Value) -> Self {
+        Self {
+            pid: text(v, &["pid"]),
+            comm: text(v, &["comm"]),
+            points: text(v, &["points"]),
+            oom_score_adj: text(v, &["oom_score_adj"]),
+            source: text(v, &["source"]),
+        }
+    }
+}
+
+/// An OOM kill, from memstress's watch or from the kernel's own `Killed process` line.
+#[derive(Default)]
+struct Kill {
+    t: Option<f64>,
+    pid: Option<String>,
+    comm: Option<String>,
+    points: Option<String>,
+    cgroup: Option<String>,
+    domain: Option<String>,
+    constraint: Option<String>,
+    totalpages: Option<String>,
+    why: Option<String>,
+    group_kill: bool,
+    stressor: bool,
+    pressure: Option<String>,
+    candidates: Vec<Candidate>,
+    anon_rss_kb: Option<String>,
+    oom_score_adj: Option<String>,
+}
+
+impl Kill {
+    fn from_watch(t: Option<f64>, e: &Value) -> Self {
+        Self {
+            t,
+            pid: text(e, &["victim", "pid"]),
+            comm: text(e, &["victim", "comm"]),
+            points: text(e, &["victim", "points"]),
+            cgroup: text(e, &["victim", "cgroup"]),
+            domain: domain_text(e, &["domain"]),
+            constraint: text(e, &["constraint"]),
+            totalpages: text(e, &["totalpages"]),
+            why: text(e, &["why"]),
+            group_kill: flag(e, &["group_kill"]),
+            stressor: flag(e, &["stressor"]),
+            pressure: field(e, &["pressure"]).and_then(describe_pressure),
+            candidates: list(e, &["candidates"]),
+            ..Self::default()
+        }
+    }
+
+    fn from_dmesg(ev: &Value) -> Self {
+        Self {
+            t: seconds(ev),
+            pid: text(ev, &["pid"]),
+            comm: text(ev, &["comm"]),
+            anon_rss_kb: text(ev, &["anon_rss_kb"]),
+            oom_score_adj: text(ev, &["oom_score_adj"]),
+            ..Self::default()
+        }
+    }
+
+    /// `pid (comm)`, or whichever of the two is known.
+    fn who(&self) -> String {
+        who(self.pid.as_deref(), self.comm.as_deref())
+    }
+}
+
+fn who(pid: Option<&str>, comm: Option<&str>) -> String {
+    match (pid, comm) {
+        (Some(pid), Some(comm)) => format!("{pid} ({comm})"),
+        (Some(pid), None) => pid.to_owned(),
+        (None, Some(comm)) => comm.to_owned(),
+        (None, None) => "unknown".to_owned(),
+    }
+}
+
+fn list(v: &Value, path: &[&str]) -> Vec<Candidate> {
+    field(v, path)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(Candidate::from).collect())
+        .unwrap_or_default()
+}
+
+/// One line from a kill's `pressure` object, with whichever counters it has.
+fn describe_pressure(p: &Value) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(hits) = text(p, &["limit_hits"]) {
+        parts.push(format!("limit hit {hits}×"));
+    }
+    if let Some(runs) = text(p, &["reclaim_runs"]) {
+        parts.push(format!("{runs} direct reclaim runs"));
+    }
+    if let Some(kib) = text(p, &["reclaimed_kib"]) {
+        parts.push(format!("{kib} KiB reclaimed"));
+    }
+    if let Some(ms) = number(p, &["reclaim_ms"]) {
+        parts.push(format!("{ms:.1} ms in direct reclaim"));
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let mut line = parts.join(", ");
+    if let Some(ms) = number(p, &["since_ms"]) {
+        put!(line, " (over {:.1} s)", ms / 1000.0);
+    }
+    Some(line)
+}
+
+/// A `memstress run` plan's predicted OOM.
+struct Plan {
+    t: Option<f64>,
+    domain: Option<String>,
+    totalpages: Option<String>,
+    ranking: Vec<Candidate>,
+}
+
+/// A `memstress run` summary.
+struct Summary {
+    outcome: Option<String>,
+    requested: Option<f64>,
+    charged: Option<f64>,
+    peak: Option<f64>,
+    kills_stressors: Option<String>,
+    kills_others: Option<String>,
+}
+
+struct Expectation {
+    name: Option<String>,
+    expected: Option<String>,
+    actual: Option<String>,
+    passed: Option<bool>,
+}
+
+/// The `result` event.
+struct Outcome {
+    passed: Option<bool>,
+    skipped: Option<String>,
+    error: Option<String>,
+    duration_ms: Option<f64>,
+}
+
+enum Verdict {
+    Pass,
+    Fail,
+    Skipped,
+    /// No `result` event (the scenario did not finish), or one without `passed`.
+    Unknown,
+}
+
+impl Verdict {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Pass => "PASS",
+            Self::Fail => "FAIL",
+            Self::Skipped => "SKIPPED",
+            Self::Unknown => "NO RESULT",
+        }
+    }
+
+    fn colour(&self) -> &'static str {
+        match self {
+            Self::Pass => "#1a7f37",
+            Self::Fail => "#cf222e",
+            Self::Skipped | Self::Unknown => "#9a6700",
+        }
+    }
+}
+
+/// Everything both renderers need, gathered from the events in one pass.
+#[derive(Default)]
+struct Scenario {
+    name: Option<String>,
+    description: Option<String>,
+    kernel: Option<String>,
+    kernel_label: Option<String>,
+    cgroup_version: Option<String>,
+    started: Option<String>,
+    cgroups: Vec<Series>,
+    /// Stressor-held bytes over time, one segment per `memstress run`.
+    held: Vec<Vec<(f64, f64)>>,
+    steps: Vec<Step>,
+    /// Kills memstress's watch reported, in time order.
+    kills: Vec<Kill>,
+    /// The kernel's `Killed process` lines, in time order.
+    dmesg: Vec<Kill>,
+    plans: Vec<Plan>,
+    summaries: Vec<Summary>,
+    expectations: Vec<Expectation>,
+    notes: Vec<String>,
+    result: Option<Outcome>,
+    /// The latest time any event mentions, in seconds.
+    end: f64,
+}
+
+impl Scenario {
+    fn parse(events: &[Value]) -> Self {
+        let mut s = Self::default();
+        // The run (and step) each stressor sample belongs to, so each run's curve starts afresh.
+        let mut held_run: Option<(usize, Option<String>)> = None;
+        let mut runs = 0usize;
+        for ev in events {
+            let t = seconds(ev);
+            if let Some(t) = t {
+                s.end = s.end.max(t);
+            }
+            match ev.get("type").and_then(Value::as_str) {
+                Some("scenario") => {
+                    s.name = text(ev, &["name"]);
+                    s.description = text(ev, &["description"]);
+                    s.kernel = text(ev, &["kernel"]);
+                    s.kernel_label = text(ev, &["kernel_label"]);
+                    s.cgroup_version = text(ev, &["cgroup_version"]);
+                    s.started = text(ev, &["started"]);
+                }
+                Some("sample") => s.sample(ev, t),
+                Some("step") => s.step(ev, t),
+                Some("memstress") => {
+                    let e = field(ev, &["event"]).unwrap_or(&Value::Null);
+                    let source = ev.get("source").and_then(Value::as_str);
+                    match (e.get("type").and_then(Value::as_str), source) {
+                        (Some("sample"), Some("run")) => {
+                            let (Some(t), Some(held)) = (t, number(e, &["stressors_held_bytes"]))
+                            else {
+                                continue;
+                            };
+                            let run = (runs, text(ev, &["step"]));
+                            if held_run.as_ref() != Some(&run) || s.held.is_empty() {
+                                s.held.push(Vec::new());
+                                held_run = Some(run);
+                            }
+                            if let Some(segment) = s.held.last_mut() {
+                                segment.push((t, held));
+                            }
+                        }
+                        (Some("plan"), _) => {
+                            runs += 1;
+                            if let Some(p) = field(e, &["predicted_oom"]) {
+                                s.plans.push(Plan {
+                                    t,
+                                    domain: domain_text(p, &["domain"]),
+                                    totalpages: text(p, &["totalpages"]),
+                                    ranking: list(p, &["ranking"]),
+                                });
+                            }
+                        }
+                        (Some("summary"), _) => {
+                            runs += 1;
+                            s.summaries.push(Summary {
+                                outcome: text(e, &["outcome"]),
+                                requested: number(e, &["requested_bytes"]),
+                                charged: number(e, &["charged_bytes"]),
+                                peak: number(e, &["peak_usage_bytes"]),
+                                kills_stressors: text(e, &["oom_kills_stressors"]),
+                                kills_others: text(e, &["oom_kills_others"]),
+                            });
+                        }
+                        // `run` reports its own stressors' kills too; the watch sees every kill
+                        // once, so it alone is counted.
+                        (Some("oom_kill"), Some("watch")) => s.kills.push(Kill::from_watch(t, e)),
+                        _ => {}
+                    }
+                }
+                Some("dmesg_kill") => s.dmesg.push(Kill::from_dmesg(ev)),
+                Some("expectation") => s.expectations.push(Expectation {
+                    name: text(ev, &["name"]),
+                    expected: text(ev, &["expected"]),
+                    actual: text(ev, &["actual"]),
+                    passed: field(ev, &["passed"]).and_then(Value::as_bool),
+                }),
+                Some("note") => s.notes.extend(text(ev, &["text"])),
+                Some("result") => {
+                    let duration_ms = number(ev, &["duration_ms"]);
+                    if let Some(ms) = duration_ms {
+                        s.end = s.end.max(ms / 1000.0);
+                    }
+                    s.result = Some(Outcome {
+                        passed: field(ev, &["passed"]).and_then(Value::as_bool),
+                        // Only `null` (or absence) means "not skipped"; any reason counts.
+                        skipped: field(ev, &["skipped"])
+                            .map(|v| text(v, &[]).unwrap_or_else(|| "no reason given".to_owned())),
+                        error: text(ev, &["error"]),
+                        duration_ms,
+                    });
+                }
+                _ => {}
+            }
+        }
+        // The recorder appends dmesg's kills after the scenario: put them in time order.
+        let by_time = |a: &Kill, b: &Kill| {
+            a.t.unwrap_or(f64::INFINITY)
+                .total_cmp(&b.t.unwrap_or(f64::INFINITY))
+        };
+        s.kills.sort_by(by_time);
+        s.dmesg.sort_by(by_time);
+        s
+    }
+
+    fn sample(&mut self, ev: &Value, t: Option<f64>) {
+        let Some(t) = t else { return };
+        let name = text(ev, &["cgroup"]).unwrap_or_else(|| "?".to_owned());
+        let sample = Sample {
+            t,
+            usage: number(ev, &["usage_bytes"]),
+            working_set: number(ev, &["working_set_bytes"]),
+            limit: number(ev, &["limit_bytes"]),
+        };
+        match self.cgroups.iter_mut().find(|c| c.name == name) {
+            Some(series) => series.samples.push(sample),
+            None => self.cgroups.push(Series {
+                name,
+                samples: vec![sample],
+            }),
+        }
+    }
+
+    fn step(&mut self, ev: &Value, t: Option<f64>) {
+        let index = text(ev, &["index"]);
+        if ev.get("phase").and_then(Value::as_str) == Some("end") {
+            let open = self
+                .steps
+                .iter_mut()
+                .rev()
+                .find(|s| !s.ended && (index.is_none() || s.index == index));
+            let exit_code = text(ev, &["exit_code"]);
+            match open {
+                Some(step) => {
+                    step.end = t;
+                    step.ended = true;
+                    step.exit_code = exit_code;
+                }
+                None => self.steps.push(Step {
+                    index,
+                    what: text(ev, &["what"]),
+                    start: None,
+                    end: t,
+                    ended: true,
+                    exit_code,
+                }),
+            }
+        } else {
+            self.steps.push(Step {
+                index,
+                what: text(ev, &["what"]),
+                start: t,
+                end: None,
+                ended: false,
+                exit_code: None,
+            });
+        }
+    }
+
+    fn verdict(&self) -> Verdict {
+        match &self.result {
+            Some(Outcome {
+                skipped: Some(_), ..
+            }) => Verdict::Skipped,
+            Some(Outcome {
+                passed: Some(true), ..
+            }) => Verdict::Pass,
+            Some(Outcome {
+                passed: Some(false),
+                ..
+            }) => Verdict::Fail,
+            _ => Verdict::Unknown,
+        }
+    }
+
+    /// The kills to mark and list as "actual": memstress's when it saw any, else dmesg's.
+    fn actual_kills(&self) -> (&[Kill], bool) {
+        if self.kills.is_empty() {
+            (&self.dmesg, true)
+        } else {
+            (&self.kills, false)
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("(unnamed scenario)")
+    }
+
+    fn kernel_label(&self) -> &str {
+        self.kernel_label
+            .as_deref()
+            .or(self.kernel.as_deref())
+            .unwrap_or("unknown kernel")
+    }
+
+    /// The duration the result reports, else the latest event's time.
+    fn duration(&self) -> f64 {
+        self.result
+            .as_ref()
+            .and_then(|r| r.duration_ms)
+            .map_or(self.end, |ms| ms / 1000.0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text helpers
+// ---------------------------------------------------------------------------------------------
+
+/// At most `max` characters of `s`, with `…` when cut.
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// Text for XML content and attribute values: the five specials escaped, and characters XML
+/// 1.0 forbids (control characters a `comm` may carry) replaced.
+fn xml(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(' '),
+            c if c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Plain text for Markdown prose and table cells: what Markdown (or a GFM table) would
+/// interpret is backslash-escaped, and line breaks are flattened so a cell stays one row.
+fn md(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '|' | '&' | '~' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' | '\r' | '\t' => out.push(' '),
+            c if c.is_control() => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The scenario's description, which its author wrote as Markdown (the scenario files put
+/// names like `memory.oom.group` in backticks): kept as written, except that raw HTML is
+/// neutralised (a `<` outside code spans becomes `&lt;`). Should a code span be left open, the
+/// text is escaped as plain text instead, since then there is no telling what is code.
+fn md_authored(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    // The length of the backtick run that opened the current code span.
+    let mut fence: Option<usize> = None;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '`' => {
+                let mut run = 1;
+                while chars.next_if_eq(&'`').is_some() {
+                    run += 1;
+                }
+                out.extend(std::iter::repeat_n('`', run));
+                fence = match fence {
+                    None => Some(run),
+                    Some(open) if open == run => None,
+                    open => open,
+                };
+            }
+            '<' if fence.is_none() => out.push_str("&lt;"),
+            '\n' | '\t' => out.push(c),
+            '\r' => {}
+            c if c.is_control() => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    if fence.is_some() {
+        return s.lines().map(md).collect::<Vec<_>>().join("\n");
+    }
+    out
+}
+
+/// An inline code span. In a table cell a `|` must still be escaped (GFM splits cells first).
+fn code(s: &str, in_table: bool) -> String {
+    let mut body: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if body.trim().is_empty() {
+        return "(empty)".to_owned();
+    }
+    if in_table {
+        body = body.replace('|', "\\|");
+    }
+    // The fence must be longer than any run of backticks inside.
+    let longest = body.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest + 1);
+    let pad = if body.starts_with('`') || body.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{body}{pad}{fence}")
+}
+
+/// A table cell: escaped text, or `—` when unknown.
+fn cell(s: Option<&str>) -> String {
+    s.map_or_else(|| "—".to_owned(), md)
+}
+
+fn mib(bytes: Option<f64>) -> String {
+    bytes.map_or_else(|| "n/a".to_owned(), |b| format!("{:.1} MiB", b / MIB))
+}
+
+fn secs(t: Option<f64>) -> String {
+    t.map_or_else(|| "?".to_owned(), |t| format!("{t:.1} s"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// report.md
+// ---------------------------------------------------------------------------------------------
+
+/// The Markdown report as a string.
+pub fn report_markdown(events: &[Value]) -> String {
+    let s = Scenario::parse(events);
+    let mut out = String::new();
+    let verdict = s.verdict();
+    putln!(
+        out,
+        "# {} — {} — {}",
+        md(s.name()),
+        md(s.kernel_label()),
+        verdict.label()
+    );
+    putln!(out);
+    if let Some(result) = &s.result {
+        if let Some(reason) = &result.skipped {
+            putln!(out, "> **⚠️ SKIPPED:** {}", md(reason));
+            putln!(out);
+        }
+        if let Some(error) = &result.error {
+            putln!(out, "> **❌ Error:** {}", md(error));
+            putln!(out);
+        }
+    } else {
+        putln!(
+            out,
+            "> **⚠️ No result:** the events end without a `result` line; the scenario did not \
+             finish."
+        );
+        putln!(out);
+    }
+    if let Some(description) = s.description.as_deref().filter(|d| !d.trim().is_empty()) {
+        putln!(out, "{}", md_authored(description));
+        putln!(out);
+    }
+    facts(&mut out, &s);
+    expectations(&mut out, &s);
+    kills(&mut out, &s);
+    predicted_vs_actual(&mut out, &s);
+    steps(&mut out, &s);
+    if !s.notes.is_empty() {
+        putln!(out, "## Notes");
+        putln!(out);
+        for note in &s.notes {
+            putln!(out, "- {}", md(note));
+        }
+        putln!(out);
+    }
+    putln!(out, "## Timeline");
+    putln!(out);
+    putln!(out, "![timeline](timeline.svg)");
+    putln!(out);
+    putln!(out, "Every recorded event: [events.jsonl](events.jsonl).");
+    out
+}
+
+fn facts(out: &mut String, s: &Scenario) {
+    match (&s.kernel, &s.kernel_label) {
+        (Some(kernel), Some(label)) => {
+            putln!(out, "- **Kernel:** {} ({})", code(kernel, false), md(label));
+        }
+        (Some(kernel), None) => putln!(out, "- **Kernel:** {}", code(kernel, false)),
+        (None, Some(label)) => putln!(out, "- **Kernel:** {}", md(label)),
+        (None, None) => putln!(out, "- **Kernel:** unknown"),
+    }
+    putln!(
+        out,
+        "- **cgroup version:** {}",
+        s.cgroup_version.as_deref().map_or("unknown".to_owned(), md)
+    );
+    if let Some(started) = &s.started {
+        putln!(out, "- **Started:** {}", md(started));
+    }
+    putln!(out, "- **Duration:** {}", secs(Some(s.duration())));
+    putln!(
+        out,
+        "- **OOM kills:** {} reported by memstress, {} in dmesg",
+        s.kills.len(),
+        s.dmesg.len()
+    );
+    let several = s.summaries.len() > 1;
+    for (i, summary) in s.summaries.iter().enumerate() {
+        let label = if several {
+            format!("Stressors (run {})", i + 1)
+        } else {
+            "Stressors".to_owned()
+        };
+        put!(
+            out,
+            "- **{label}:** requested {}, charged {}, peak usage {}",
+            mib(summary.requested),
+            mib(summary.charged),
+            mib(summary.peak)
+        );
+        if let Some(outcome) = &summary.outcome {
+            put!(out, "; outcome {}", code(outcome, false));
+        }
+        if summary.kills_stressors.is_some() || summary.kills_others.is_some() {
+            put!(
+                out,
+                "; OOM kills of stressors {}, of others {}",
+                summary
+                    .kills_stressors
+                    .as_deref()
+                    .map_or("?".to_owned(), md),
+                summary.kills_others.as_deref().map_or("?".to_owned(), md)
+            );
+        }
+        putln!(out);
+    }
+    putln!(out);
+}
+
+fn expectations(out: &mut String, s: &Scenario) {
+    putln!(out, "## Expectations");
+    putln!(out);
+    if s.expectations.is_empty() {
+        putln!(out, "None recorded.");
+        putln!(out);
+        return;
+    }
+    putln!(out, "| expectation | expected | actual | result |");
+    putln!(out, "|---|---|---|:---:|");
+    for e in &s.expectations {
+        let result = match e.passed {
+            Some(true) => "✅",
+            Some(false) => "❌",
+            None => "—",
+        };
+        putln!(
+            out,
+            "| {} | {} | {} | {result} |",
+            cell(e.name.as_deref()),
+            cell(e.expected.as_deref()),
+            cell(e.actual.as_deref())
+        );
+    }
+    putln!(out);
+}
+
+fn kills(out: &mut String, s: &Scenario) {
+    putln!(out, "## OOM kills");
+    putln!(out);
+    if s.kills.is_empty() && s.dmesg.is_empty() {
+        putln!(out, "None: neither memstress nor dmesg saw one.");
+        putln!(out);
+        return;
+    }
+    if s.kills.is_empty() {
+        putln!(
+            out,
+            "memstress reported none; the kernel logged {} (below).",
+            s.dmesg.len()
+        );
+        putln!(out);
+    }
+    for (i, k) in s.kills.iter().enumerate() {
+        put!(out, "### {}. {} — {}", i + 1, secs(k.t), md(&k.who()));
+        if k.group_kill {
+            put!(out, " — group kill");
+        }
+        putln!(out);
+        putln!(out);
+        put!(
+            out,
+            "- **Victim:** {}, {} points",
+            md(&k.who()),
+            k.points.as_deref().map_or("?".to_owned(), md)
+        );
+        if k.stressor {
+            put!(out, " (a memstress stressor)");
+        }
+        putln!(out);
+        putln!(
+            out,
+            "- **cgroup:** {}",
+            k.cgroup
+                .as_deref()
+                .map_or("unknown".to_owned(), |c| code(c, false))
+        );
+        put!(
+            out,
+            "- **Domain:** {}",
+            match (&k.domain, k.constraint.as_deref()) {
+                (Some(d), _) => code(d, false),
+                (None, Some("global")) => "the whole machine".to_owned(),
+                (None, _) => "unknown".to_owned(),
+            }
+        );
+        if let Some(c) = &k.constraint {
+            put!(out, " ({}", md(c));
+            if let Some(pages) = &k.totalpages {
+                put!(out, ", totalpages {}", md(pages));
+            }
+            put!(out, ")");
+        }
+        putln!(out);
+        if k.group_kill {
+            putln!(
+                out,
+                "- **Group kill:** killed with the rest of its `memory.oom.group` cgroup, not \
+                 chosen on its own"
+            );
+        }
+        if let Some(p) = &k.pressure {
+            putln!(out, "- **Pressure:** {}", md(p));
+        }
+        putln!(out);
+        if let Some(why) = &k.why {
+            putln!(out, "> {}", md(why));
+            putln!(out);
+        }
+        if !k.candidates.is_empty() {
+            candidates_table(out, &k.candidates, 5);
+            if k.candidates.len() > 5 {
+                putln!(out, "_Top 5 of {} candidates._", k.candidates.len());
+            }
+            putln!(out);
+        }
+    }
+    if !s.dmesg.is_empty() {
+        putln!(out, "### dmesg");
+        putln!(out);
+        putln!(out, "The kernel's own `Killed process` lines:");
+        putln!(out);
+        putln!(out, "| time | pid | comm | anon RSS | oom_score_adj |");
+        putln!(out, "|---:|---:|---|---:|---:|");
+        for k in &s.dmesg {
+            putln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                secs(k.t),
+                cell(k.pid.as_deref()),
+                k.comm.as_deref().map_or("—".to_owned(), |c| code(c, true)),
+                k.anon_rss_kb
+                    .as_deref()
+                    .map_or("—".to_owned(), |kb| format!("{} kB", md(kb))),
+                cell(k.oom_score_adj.as_deref())
+            );
+        }
+        putln!(out);
+    }
+}
+
+fn candidates_table(out: &mut String, candidates: &[Candidate], max: usize) {
+    putln!(out, "| pid | comm | points | oom_score_adj | source |");
+    putln!(out, "|---:|---|---:|---:|---|");
+    for c in candidates.iter().take(max) {
+        putln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            cell(c.pid.as_deref()),
+            c.comm.as_deref().map_or("—".to_owned(), |c| code(c, true)),
+            cell(c.points.as_deref()),
+            cell(c.oom_score_adj.as_deref()),
+            cell(c.source.as_deref())
+        );
+    }
+}
+
+/// Rows of the predicted ranking shown beside the actual kills (beyond those, a ranking of a
+/// big domain would only repeat processes that were never in danger).
+const RANKING_ROWS: usize = 10;
+
+fn predicted_vs_actual(out: &mut String, s: &Scenario) {
+    if s.plans.is_empty() {
+        return;
+    }
+    putln!(out, "## Predicted vs actual");
+    putln!(out);
+    let (actual, from_dmesg) = s.actual_kills();
+    if from_dmesg && !actual.is_empty() {
+        putln!(
+            out,
+            "The actual kills are dmesg's (memstress reported none)."
+        );
+        putln!(out);
+    }
+    for (i, plan) in s.plans.iter().enumerate() {
+        // The kills a plan predicted are those before the next plan.
+        let next = s.plans.get(i + 1).and_then(|p| p.t);
+        let kills: Vec<&Kill> = actual
+            .iter()
+            .filter(|k| match k.t {
+                Some(t) => plan.t.is_none_or(|p| t >= p) && next.is_none_or(|n| t < n),
+                None => true,
+            })
+            .collect();
+        if s.plans.len() > 1 {
+            putln!(out, "### Plan {} (at {})", i + 1, secs(plan.t));
+            putln!(out);
+        }
+        let mut about = Vec::new();
+        if let Some(d) = &plan.domain {
+            about.push(format!("domain {}", code(d, false)));
+        }
+        if let Some(p) = &plan.totalpages {
+            about.push(format!("totalpages {}", md(p)));
+        }
+        if !about.is_empty() {
+            putln!(out, "Predicted for {}.", about.join(", "));
+            putln!(out);
+        }
+        putln!(
+            out,
+            "| # | predicted: comm (points) | actual kill: comm (pid) | same |"
+        );
+        putln!(out, "|---:|---|---|:---:|");
+        let shown = plan.ranking.len().min(RANKING_ROWS);
+        for row in 0..shown.max(kills.len()) {
+            let predicted = plan.ranking.get(row).filter(|_| row < shown);
+            let kill = kills.get(row);
+            let left = predicted.map_or(String::new(), |c| {
+                format!(
+                    "{} ({})",
+                    c.comm.as_deref().map_or("?".to_owned(), |c| code(c, true)),
+                    c.points.as_deref().map_or("?".to_owned(), md)
+                )
+            });
+            let right = kill.map_or(String::new(), |k| {
+                format!(
+                    "{} ({})",
+                    k.comm.as_deref().map_or("?".to_owned(), |c| code(c, true)),
+                    k.pid.as_deref().map_or("?".to_owned(), md)
+                )
+            });
+            let same = match (predicted, kill) {
+                (Some(p), Some(k)) => {
+                    // A prediction may name no pid (a stressor not yet started): then the comm
+                    // decides.
+                    let same = match (&p.pid, &k.pid) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => p.comm.is_some() && p.comm == k.comm,
+                    };
+                    if same { "✅" } else { "❌" }
+                }
+                _ => "",
+            };
+            putln!(out, "| {} | {left} | {right} | {same} |", row + 1);
+        }
+        if plan.ranking.len() > shown {
+            putln!(
+                out,
+                "\n_Predicted ranking: top {shown} of {}._",
+                plan.ranking.len()
+            );
+        }
+        putln!(out);
+    }
+}
+
+fn steps(out: &mut String, s: &Scenario) {
+    if s.steps.is_empty() {
+        return;
+    }
+    putln!(out, "## Steps");
+    putln!(out);
+    putln!(out, "| # | start | end | exit | step |");
+    putln!(out, "|---:|---:|---:|---:|---|");
+    for step in &s.steps {
+        putln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            cell(step.index.as_deref()),
+            secs(step.start),
+            secs(step.end),
+            cell(step.exit_code.as_deref()),
+            step.what
+                .as_deref()
+                .map_or("—".to_owned(), |w| code(w, true))
+        );
+    }
+    putln!(out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// timeline.svg
+// ---------------------------------------------------------------------------------------------
+
+const WIDTH: f64 = 960.0;
+const HEIGHT: f64 = 480.0;
+const PLOT_LEFT: f64 = 72.0;
+const PLOT_RIGHT: f64 = 756.0;
+const PLOT_BOTTOM: f64 = 428.0;
+const LEGEND_LEFT: f64 = 770.0;
+/// Where the step labels' band starts (below the title and subtitle).
+const BAND_TOP: f64 = 58.0;
+const BAND_ROW: f64 = 13.0;
+const BAND_ROWS: usize = 3;
+const FONT: &str = "DejaVu Sans, Helvetica, Arial, sans-serif";
+/// Average glyph width per pixel of font size, to fit labels without measuring text.
+const GLYPH: f64 = 0.6;
+/// Cgroup colours: distinct, and none of them the stressors' orange or the kills' red.
+const PALETTE: [&str; 8] = [
+    "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22",
+];
+const HELD: &str = "#ff7f0e";
+const KILL: &str = "#d62728";
+const GROUP_KILL: &str = "#8b0000";
+const STEP: &str = "#b8b8b8";
+/// A limit more than this many times the highest usage would flatten every curve to the axis:
+/// it is left off the chart (and the legend says so).
+const LIMIT_ZOOM: f64 = 4.0;
+const LEGEND_CGROUPS: usize = 8;
+
+/// A step of 1, 2 or 5 × 10ⁿ that cuts `range` into about `target` parts.
+fn nice_step(range: f64, target: f64) -> f64 {
+    let raw = range / target;
+    if !(raw.is_finite() && raw > 0.0) {
+        return 1.0;
+    }
+    let magnitude = 10f64.powf(raw.log10().floor());
+    let norm = raw / magnitude;
+    let nice = if norm <= 1.0 {
+        1.0
+    } else if norm <= 2.0 {
+        2.0
+    } else if norm <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    nice * magnitude
+}
+
+/// Multiples of `step` from 0 to `max` (bounded, whatever the input).
+fn ticks(max: f64, step: f64) -> Vec<f64> {
+    let n = (max / step + 1e-9).floor().clamp(0.0, 100.0) as usize;
+    (0..=n).map(|i| i as f64 * step).collect()
+}
+
+/// Decimals that tell ticks `step` apart.
+fn decimals(step: f64) -> usize {
+    if step >= 1.0 || !step.is_finite() || step <= 0.0 {
+        0
+    } else {
+        (-step.log10().floor()).clamp(0.0, 6.0) as usize
+    }
+}
+
+/// A linear map from `[0, max]` onto `[from, to]`, clamped to that range.
+struct Axis {
+    max: f64,
+    from: f64,
+    to: f64,
+}
+
+impl Axis {
+    fn at(&self, v: f64) -> f64 {
+        let f = (v / self.max).clamp(0.0, 1.0);
+        let f = if f.is_finite() { f } else { 0.0 };
+        self.from + f * (self.to - self.from)
+    }
+}
+
+/// Path data through the points, starting a new subpath after each gap (`None`).
+fn path_data(points: impl IntoIterator<Item = Option<(f64, f64)>>) -> String {
+    let mut d = String::new();
+    let mut run = 0usize;
+    let end_run = |d: &mut String, run: usize| {
+        // A lone point draws nothing: give it a stub so it shows.
+        if run == 1 {
+            d.push_str(" h1");
+        }
+    };
+    for p in points {
+        match p {
+            Some((x, y)) => {
+                put!(d, "{}{x:.1},{y:.1}", if run == 0 { " M" } else { " L" });
+                run += 1;
+            }
+            None => {
+                end_run(&mut d, run);
+                run = 0;
+            }
+        }
+    }
+    end_run(&mut d, run);
+    d.trim_start().to_owned()
+}
+
+/// A step label placed in the band above the plot.
+struct Placed {
+    x: f64,
+    row: usize,
+    text: String,
+}
+
+/// Places step labels left to right in the band's rows, each in the first row where it does
+/// not overprint its predecessor. When every row is taken, it goes where the earlier label
+/// ends soonest, and that label is cut short (down to its step's index) to make room.
+fn place_step_labels(steps: &[(f64, String, String)]) -> Vec<Placed> {
+    const GAP: f64 = 6.0;
+    let char_w = 10.0 * GLYPH;
+    let end = |p: &Placed| p.x + p.text.chars().count() as f64 * char_w;
+    let mut placed: Vec<Placed> = Vec::new();
+    // Per row: the latest label in it (an index into `placed` and `steps`).
+    let mut last: [Option<usize>; BAND_ROWS] = [None; BAND_ROWS];
+    for (x, _, full) in steps {
+        let x = x + 2.0;
+        let ends = last.map(|l| l.map_or(f64::NEG_INFINITY, |i| end(&placed[i])));
+        let row = (0..BAND_ROWS)
+            .find(|&r| ends[r] + GAP <= x)
+            .or_else(|| (0..BAND_ROWS).min_by(|&a, &b| ends[a].total_cmp(&ends[b])))
+            .unwrap_or(0);
+        if let Some(i) = last[row]
+            && ends[row] + GAP > x
+        {
+            let (_, index, full) = &steps[i];
+            let fit = ((x - GAP - placed[i].x) / char_w).floor().max(0.0) as usize;
+            // Less than a few characters of the command says nothing: the index alone then.
+            placed[i].text = if fit >= index.chars().count() + 6 {
+                truncate(full, fit)
+            } else {
+                index.clone()
+            };
+        }
+        let room = ((WIDTH - 6.0 - x) / char_w).floor().max(1.0) as usize;
+        placed.push(Placed {
+            x,
+            row,
+            text: truncate(full, room.min(48)),
+        });
+        last[row] = Some(placed.len() - 1);
+    }
+    placed
+}
+
+/// The SVG timeline as a string (write_report writes it to timeline.svg).
+pub fn timeline_svg(events: &[Value]) -> String {
+    let s = Scenario::parse(events);
+    let mut out = String::new();
+    putln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="{FONT}" font-size="11">"#
+    );
+    putln!(
+        out,
+        r#"<rect x="0" y="0" width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
+    );
+
+    // Scales. The y axis fits the usage, working sets and stressors, and the limits unless one
+    // is so far above them that it would squash everything else.
+    let data_max = s
+        .cgroups
+        .iter()
+        .flat_map(|c| c.samples.iter())
+        .flat_map(|p| [p.usage, p.working_set])
+        .flatten()
+        .chain(s.held.iter().flatten().map(|&(_, b)| b))
+        .fold(0.0, f64::max);
+    let fits = |limit: f64| data_max <= 0.0 || limit <= data_max * LIMIT_ZOOM;
+    let scale_max = s
+        .cgroups
+        .iter()
+        .flat_map(|c| c.samples.iter())
+        .filter_map(|p| p.limit)
+        .filter(|&l| fits(l))
+        .fold(data_max, f64::max);
+    let top_mib = if scale_max > 0.0 {
+        scale_max / MIB * 1.08
+    } else {
+        100.0
+    };
+    let y_step = nice_step(top_mib, 6.0);
+    let y_max = ((top_mib / y_step).ceil() * y_step).min(f64::MAX);
+    let t_max = if s.end > 0.0 { s.end } else { 1.0 };
+    let x_step = nice_step(t_max, 9.0);
+    let x = Axis {
+        max: t_max,
+        from: PLOT_LEFT,
+        to: PLOT_RIGHT,
+    };
+
+    // The step labels decide how far down the plot starts.
+    let step_marks: Vec<(f64, String, String)> = s
+        .steps
+        .iter()
+        .filter_map(|st| {
+            let t = st.start?;
+            let index = st.index.clone().unwrap_or_else(|| "?".to_owned());
+            let full = match &st.what {
+                Some(what) => format!("{index}: {what}"),
+                None => index.clone(),
+            };
+            Some((x.at(t), index, full))
+        })
+        .collect();
+    let labels = place_step_labels(&step_marks);
+    let rows = labels.iter().map(|l| l.row + 1).max().unwrap_or(0);
+    let plot_top = BAND_TOP + rows as f64 * BAND_ROW + if rows > 0 { 8.0 } else { 4.0 };
+    let y = Axis {
+        max: y_max,
+        from: PLOT_BOTTOM,
+        to: plot_top,
+    };
+    let yb = |bytes: f64| y.at(bytes / MIB);
+
+    // Grid and tick labels.
+    for v in ticks(y_max, y_step) {
+        let py = y.at(v);
+        putln!(
+            out,
+            r##"<line x1="{PLOT_LEFT}" y1="{py:.1}" x2="{PLOT_RIGHT}" y2="{py:.1}" stroke="#e6e6e6"/>"##
+        );
+        putln!(
+            out,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#333">{v:.*}</text>"##,
+            PLOT_LEFT - 7.0,
+            py + 4.0,
+            decimals(y_step)
+        );
+    }
+    for v in ticks(t_max, x_step) {
+        let px = x.at(v);
+        putln!(
+            out,
+            r##"<line x1="{px:.1}" y1="{plot_top:.1}" x2="{px:.1}" y2="{PLOT_BOTTOM}" stroke="#f0f0f0"/>"##
+        );
+        putln!(
+            out,
+            r##"<line x1="{px:.1}" y1="{PLOT_BOTTOM}" x2="{px:.1}" y2="{:.1}" stroke="#333"/>"##,
+            PLOT_BOTTOM + 5.0
+        );
+        putln!(
+            out,
+            r##"<text x="{px:.1}" y="{:.1}" text-anchor="middle" fill="#333">{v:.*}</text>"##,
+            PLOT_BOTTOM + 18.0,
+            decimals(x_step)
+        );
+    }
+
+    // Steps: a grey line from each label down through the plot.
+    for l in &labels {
+        let top = BAND_TOP + l.row as f64 * BAND_ROW + 2.0;
+        putln!(
+            out,
+            r#"<line x1="{:.1}" y1="{top:.1}" x2="{:.1}" y2="{PLOT_BOTTOM}" stroke="{STEP}" stroke-width="1"/>"#,
+            l.x - 2.0,
+            l.x - 2.0
+        );
+    }
+
+    // Stressors' held bytes, under the cgroup lines.
+    for segment in &s.held {
+        let (Some(first), Some(last)) = (segment.first(), segment.last()) else {
+            continue;
+        };
+        let line = path_data(segment.iter().map(|&(t, b)| Some((x.at(t), yb(b)))));
+        putln!(
+            out,
+            r#"<path d="M{:.1},{PLOT_BOTTOM} L{} L{:.1},{PLOT_BOTTOM} Z" fill="{HELD}" fill-opacity="0.18" stroke="none"/>"#,
+            x.at(first.0),
+            line.trim_start_matches('M').replace(" M", " L"),
+            x.at(last.0)
+        );
+        putln!(
+            out,
+            r#"<path d="{line}" fill="none" stroke="{HELD}" stroke-width="2.5" stroke-linejoin="round"/>"#
+        );
+    }
+
+    // Cgroups: limit (dotted, stepwise), working set (dashed), usage (solid).
+    let mut off_chart = vec![false; s.cgroups.len()];
+    for (i, c) in s.cgroups.iter().enumerate() {
+        let colour = PALETTE[i % PALETTE.len()];
+        let mut limit = String::new();
+        let mut open = false;
+        for p in &c.samples {
+            match p.limit {
+                Some(l) if fits(l) => {
+                    let (px, py) = (x.at(p.t), yb(l));
+                    if open {
+                        put!(limit, " H{px:.1} V{py:.1}");
+                    } else {
+                        put!(limit, " M{px:.1},{py:.1}");
+                        open = true;
+                    }
+                }
+                Some(_) => {
+                    off_chart[i] = true;
+                    open = false;
+                }
+                None => open = false,
+            }
+        }
+        if !limit.is_empty() {
+            putln!(
+                out,
+                r#"<path d="{}" fill="none" stroke="{colour}" stroke-width="1.2" stroke-dasharray="1.5 3"/>"#,
+                limit.trim_start()
+            );
+        }
+        let ws = path_data(
+            c.samples
+                .iter()
+                .map(|p| p.working_set.map(|b| (x.at(p.t), yb(b)))),
+        );
+        if !ws.is_empty() {
+            putln!(
+                out,
+                r#"<path d="{ws}" fill="none" stroke="{colour}" stroke-width="1.5" stroke-dasharray="6 4"/>"#
+            );
+        }
+        let usage = path_data(
+            c.samples
+                .iter()
+                .map(|p| p.usage.map(|b| (x.at(p.t), yb(b)))),
+        );
+        if !usage.is_empty() {
+            putln!(
+                out,
+                r#"<path d="{usage}" fill="none" stroke="{colour}" stroke-width="2" stroke-linejoin="round"/>"#
+            );
+        }
+    }
+    if s.cgroups.is_empty() && s.held.is_empty() {
+        putln!(
+            out,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#888" font-size="14">no samples recorded</text>"##,
+            (PLOT_LEFT + PLOT_RIGHT) / 2.0,
+            (plot_top + PLOT_BOTTOM) / 2.0
+        );
+    }
+
+    // Axes.
+    putln!(
+        out,
+        r##"<path d="M{PLOT_LEFT},{plot_top:.1} V{PLOT_BOTTOM} H{PLOT_RIGHT}" fill="none" stroke="#333"/>"##
+    );
+    putln!(
+        out,
+        r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#333" font-size="12">time (s)</text>"##,
+        (PLOT_LEFT + PLOT_RIGHT) / 2.0,
+        HEIGHT - 14.0
+    );
+    putln!(
+        out,
+        r##"<text transform="translate(20,{:.1}) rotate(-90)" text-anchor="middle" fill="#333" font-size="12">MiB</text>"##,
+        (plot_top + PLOT_BOTTOM) / 2.0
+    );
+
+    let (kills, from_dmesg) = s.actual_kills();
+    kill_markers(&mut out, kills, &x, plot_top);
+
+    // Step labels last among the plot's texts, over everything, with a white halo.
+    for l in &labels {
+        putln!(
+            out,
+            r##"<text x="{:.1}" y="{:.1}" font-size="10" fill="#555" stroke="white" stroke-width="3" paint-order="stroke">{}</text>"##,
+            l.x,
+            BAND_TOP + l.row as f64 * BAND_ROW + 10.0,
+            xml(&l.text)
+        );
+    }
+
+    legend(&mut out, &s, &off_chart, kills, from_dmesg, plot_top);
+
+    // Title and subtitle.
+    let verdict = s.verdict();
+    putln!(
+        out,
+        r##"<text x="16" y="28" font-size="18" font-weight="bold" fill="#222">{} — {} — <tspan fill="{}">{}</tspan></text>"##,
+        xml(&truncate(s.name(), 48)),
+        xml(&truncate(s.kernel_label(), 24)),
+        verdict.colour(),
+        verdict.label()
+    );
+    let mut sub = Vec::new();
+    if let Some(k) = &s.kernel {
+        sub.push(format!("kernel {k}"));
+    }
+    if let Some(v) = &s.cgroup_version {
+        sub.push(format!("cgroup v{v}"));
+    }
+    if let Some(started) = &s.started {
+        sub.push(format!("started {started}"));
+    }
+    sub.push(format!("{:.1} s", s.duration()));
+    if let Some(reason) = s.result.as_ref().and_then(|r| r.skipped.as_ref()) {
+        sub.push(format!("skipped: {reason}"));
+    }
+    if let Some(error) = s.result.as_ref().and_then(|r| r.error.as_ref()) {
+        sub.push(format!("error: {error}"));
+    }
+    let room = ((WIDTH - 32.0) / (11.0 * GLYPH)) as usize;
+    putln!(
+        out,
+        r##"<text x="16" y="46" fill="#555">{}</text>"##,
+        xml(&truncate(&sub.join(" · "), room))
+    );
+    out.push_str("</svg>\n");
+    out
+}
+
+/// Red lines at the kills, labelled with the victims. Kills a few pixels apart (a group kill's
+/// victims die together) share one label, and labels that would overprint move right.
+fn kill_markers(out: &mut String, kills: &[Kill], x: &Axis, plot_top: f64) {
+    let placed: Vec<(f64, &Kill)> = kills.iter().filter_map(|k| Some((x.at(k.t?), k))).collect();
+    // Group kills first, so a chosen victim's solid line at the same moment stays on top.
+    let (group, chosen): (Vec<_>, Vec<_>) = placed.iter().partition(|(_, k)| k.group_kill);
+    for &(px, k) in group.into_iter().chain(chosen) {
+        let (colour, dash, mark) = if k.group_kill {
+            // A diamond for a group kill, a downward triangle for a chosen victim.
+            (
+                GROUP_KILL,
+                r#" stroke-dasharray="5 3""#,
+                format!("M{:.1},{:.1} l4,4 l-4,4 l-4,-4 Z", px, plot_top - 4.0),
+            )
+        } else {
+            (
+                KILL,
+                "",
+                format!("M{:.1},{plot_top:.1} l8,0 l-4,7 Z", px - 4.0),
+            )
+        };
+        let mut tip = format!("OOM kill at {}: {}", secs(k.t), k.who());
+        if let Some(why) = &k.why {
+            put!(tip, " — {why}");
+        }
+        putln!(out, "<g><title>{}</title>", xml(&tip));
+        putln!(
+            out,
+            r#"<line x1="{px:.1}" y1="{plot_top:.1}" x2="{px:.1}" y2="{PLOT_BOTTOM}" stroke="{colour}" stroke-width="1.5"{dash}/>"#
+        );
+        putln!(out, r#"<path d="{mark}" fill="{colour}"/></g>"#);
+    }
+    let mut last_label = f64::NEG_INFINITY;
+    let mut i = 0;
+    while i < placed.len() {
+        let (px, first) = placed[i];
+        let together = placed[i..]
+            .iter()
+            .take_while(|(qx, _)| qx - px < 4.0)
+            .count()
+            .max(1);
+        // Comm first: it is what a reader recognises.
+        let who = match (&first.comm, &first.pid) {
+            (Some(comm), Some(pid)) => format!("{comm} ({pid})"),
+            _ => first.who(),
+        };
+        let mut label = truncate(&who, 26);
+        if together > 1 {
+            put!(label, " +{}", together - 1);
+        }
+        if placed[i..i + together].iter().any(|(_, k)| k.group_kill) {
+            label.push_str(", group kill");
+        }
+        let lx = (px + 3.0).max(last_label + 12.0);
+        last_label = lx;
+        putln!(
+            out,
+            r#"<text transform="translate({lx:.1},{:.1}) rotate(90)" font-size="10" font-weight="bold" fill="{KILL}" stroke="white" stroke-width="3" paint-order="stroke">{}</text>"#,
+            plot_top + 10.0,
+            xml(&label)
+        );
+        i += together;
+    }
+}
+
+/// The key, right of the plot: one colour per cgroup, then what each line style means.
+fn legend(
+    out: &mut String,
+    s: &Scenario,
+    off_chart: &[bool],
+    kills: &[Kill],
+    from_dmesg: bool,
+    top: f64,
+) {
+    const ROW: f64 = 18.0;
+    let width = WIDTH - LEGEND_LEFT - 8.0;
+    let room = ((width - 40.0) / (11.0 * GLYPH)) as usize;
+    // Each entry: swatch (stroke colour, width, dash, filled area) and text.
+    struct Entry {
+        colour: &'static str,
+        width: f64,
+        dash: &'static str,
+        area: bool,
+        text: String,
+        note: Option<&'static str>,
+    }
+    let line = |colour, width, dash, text: &str| Entry {
+        colour,
+        width,
+        dash,
+        area: false,
+        text: truncate(text, room),
+        note: None,
+    };
+    let mut entries = Vec::new();
+    for (i, c) in s.cgroups.iter().enumerate().take(LEGEND_CGROUPS) {
+        let mut e = line(PALETTE[i % PALETTE.len()], 3.0, "", &c.name);
+        if off_chart.get(i) == Some(&true) {
+            e.note = Some("limit above the chart");
+        }
+        entries.push(e);
+    }
+    if s.cgroups.len() > LEGEND_CGROUPS {
+        let more = format!("+{} more cgroups", s.cgroups.len() - LEGEND_CGROUPS);
+        entries.push(line("none", 0.0, "", &more));
+    }
+    if !s.cgroups.is_empty() {
+        entries.push(line("#555", 2.0, "", "usage"));
+        entries.push(line("#555", 1.5, "6 4", "working set"));
+        entries.push(line("#555", 1.2, "1.5 3", "limit"));
+    }
+    if !s.held.is_empty() {
+        let mut e = line(HELD, 2.5, "", "held by stressors");
+        e.area = true;
+        entries.push(e);
+    }
+    if kills.iter().any(|k| !k.group_kill) {
+        let text = if from_dmesg {
+            "OOM kill (dmesg)"
+        } else {
+            "OOM kill"
+        };
+        entries.push(line(KILL, 1.5, "", text));
+    }
+    if kills.iter().any(|k| k.group_kill) {
+        entries.push(line(GROUP_KILL, 1.5, "5 3", "group OOM kill"));
+    }
+    if !s.steps.is_empty() {
+        entries.push(line(STEP, 1.0, "", "step"));
+    }
+    if entries.is_empty() {
+        return;
+    }
+    let rows = entries.len() + entries.iter().filter(|e| e.note.is_some()).count();
+    putln!(
+        out,
+        r##"<rect x="{LEGEND_LEFT}" y="{top:.1}" width="{width}" height="{:.1}" fill="white" stroke="#ccc" rx="3"/>"##,
+        rows as f64 * ROW + 8.0
+    );
+    let mut y = top + 4.0 + ROW / 2.0;
+    for e in &entries {
+        let (x0, x1) = (LEGEND_LEFT + 8.0, LEGEND_LEFT + 30.0);
+        if e.area {
+            putln!(
+                out,
+                r#"<rect x="{x0}" y="{:.1}" width="22" height="8" fill="{}" fill-opacity="0.18"/>"#,
+                y - 4.0,
+                e.colour
+            );
+        }
+        if e.width > 0.0 {
+            let dash = if e.dash.is_empty() {
+                String::new()
+            } else {
+                format!(r#" stroke-dasharray="{}""#, e.dash)
+            };
+            putln!(
+                out,
+                r#"<line x1="{x0}" y1="{y:.1}" x2="{x1}" y2="{y:.1}" stroke="{}" stroke-width="{}"{dash}/>"#,
+                e.colour,
+                e.width
+            );
+        }
+        putln!(
+            out,
+            r##"<text x="{:.1}" y="{:.1}" fill="#222">{}</text>"##,
+            x1 + 6.0,
+            y + 4.0,
+            xml(&e.text)
+        );
+        y += ROW;
+        if let Some(note) = e.note {
+            putln!(
+                out,
+                r##"<text x="{:.1}" y="{:.1}" fill="#777" font-size="10">{note}</text>"##,
+                x1 + 6.0,
+                y + 1.0
+            );
+            y += ROW;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const MIB_U: u64 = 1024 * 1024;
+
+    /// A `qos`-like scenario: two cgroups filling up under a limit, a run with a prediction,
+    /// two kills (the second a group kill of a process with an awkward name), expectations.
+    fn scenario() -> Vec<Value> {
+        let mut ev = vec![json!({
+            "type": "scenario", "name": "qos", "description": "Burstable dies before guaranteed.",
+            "kernel": "6.12.117+deb12-cloud-amd64", "kernel_label": "6.12", "cgroup_version": 2,
+            "started": "2026-11-28T01:02:50.662Z", "t_ms": 0
+        })];
+        ev.push(json!({"type": "app", "t_ms": 50, "name": "web", "event": "started", "pid": 77}));
+        ev.push(json!({"type": "step", "t_ms": 1000, "index": 0,
+            "what": "memstress run --cgroup pod --size 300Mi", "phase": "start"}));
+        ev.push(json!({"type": "memstress", "t_ms": 1100, "source": "run", "step": 0, "event": {
+            "type": "plan", "predicted_oom": {"domain": "/lab/pod", "totalpages": 65536, "ranking": [
+                {"pid": null, "comm": "memstress", "points": 812, "oom_score_adj": 0, "source": "predicted"},
+                {"pid": 77, "comm": "a<b&c", "points": 300, "oom_score_adj": 0, "source": "predicted"},
+                {"pid": 78, "comm": "db", "points": 10, "oom_score_adj": -900, "source": "predicted"}
+            ]}}}));
+        for i in 0..=80u64 {
+            let t = i * 100;
+            let pod = (i.min(50) * 5 + 20) * MIB_U;
+            ev.push(
+                json!({"type": "sample", "t_ms": t, "cgroup": "pod", "usage_bytes": pod,
+                "working_set_bytes": pod - 8 * MIB_U, "limit_bytes": 256 * MIB_U}),
+            );
+            ev.push(json!({"type": "sample", "t_ms": t, "cgroup": "besteffort",
+                "usage_bytes": 40 * MIB_U + i * MIB_U / 4, "working_set_bytes": 30 * MIB_U,
+                "limit_bytes": null}));
+            if (11..60).contains(&i) {
+                ev.push(
+                    json!({"type": "memstress", "t_ms": t, "source": "run", "step": 0,
+                    "event": {"type": "sample", "stressors_held_bytes": (i - 10) * 5 * MIB_U,
+                        "usage_bytes": pod, "limit_bytes": 256 * MIB_U}}),
+                );
+            }
+        }
+        let candidates: Vec<Value> = (0..7)
+            .map(|n| {
+                json!({"pid": 4242 + n, "comm": format!("memstress-{n}"),
+                "points": 800 - n * 10, "oom_score_adj": 0, "source": "kernel"})
+            })
+            .collect();
+        ev.push(
+            json!({"type": "memstress", "t_ms": 5300, "source": "watch", "event": {
+            "type": "oom_kill", "victim": {"pid": 4242, "comm": "memstress", "points": 812,
+                "cgroup": "/lab/pod"},
+            "why": "memstress was chosen: highest points (812) in /lab/pod.",
+            "candidates": candidates, "domain": {"cgroup": "/lab/pod"}, "totalpages": 65536,
+            "constraint": "memcg", "group_kill": false,
+            "pressure": {"since_ms": 1400, "limit_hits": 312, "reclaim_runs": 40,
+                "reclaimed_kib": 2048, "reclaim_ms": 12.0}}}),
+        );
+        ev.push(
+            json!({"type": "memstress", "t_ms": 5310, "source": "watch", "event": {
+            "type": "oom_kill", "victim": {"pid": 77, "comm": "a<b&c", "points": 300,
+                "cgroup": "/lab/pod"},
+            "why": "a<b&c died with its memory.oom.group cgroup.",
+            "candidates": [], "domain": {"cgroup": "/lab/pod"}, "totalpages": 65536,
+            "constraint": "memcg", "group_kill": true, "pressure": null}}),
+        );
+        ev.push(
+            json!({"type": "memstress", "t_ms": 6000, "source": "run", "event": {
+            "type": "summary", "outcome": "oom_killed", "requested_bytes": 300 * MIB_U,
+            "charged_bytes": 251 * MIB_U, "peak_usage_bytes": 256 * MIB_U,
+            "oom_kills_stressors": 1, "oom_kills_others": 1}}),
+        );
+        ev.push(json!({"type": "step", "t_ms": 6000, "index": 0, "phase": "end", "exit_code": 3}));
+        ev.push(
+            json!({"type": "step", "t_ms": 6000, "index": 1, "what": "sleep 2s",
+            "phase": "start"}),
+        );
+        ev.push(json!({"type": "step", "t_ms": 8000, "index": 1, "phase": "end"}));
+        ev.push(
+            json!({"type": "dmesg_kill", "t_ms": 5301, "pid": 4242, "comm": "memstress",
+            "anon_rss_kb": 240000, "oom_score_adj": 0}),
+        );
+        ev.push(
+            json!({"type": "dmesg_kill", "t_ms": 5311, "pid": 77, "comm": "a<b&c",
+            "anon_rss_kb": 1200, "oom_score_adj": 0}),
+        );
+        ev.push(
+            json!({"type": "expectation", "name": "usage rises by 50 MiB ± 2%",
+            "expected": "50 MiB ± 2%", "actual": "50.2 MiB", "passed": true}),
+        );
+        ev.push(
+            json!({"type": "expectation", "name": "first victim is the stressor",
+            "expected": "memstress", "actual": "memstress", "passed": true}),
+        );
+        ev.push(
+            json!({"type": "result", "t_ms": 8100, "passed": true, "skipped": null,
+            "duration_ms": 8100}),
+        );
+        ev
+    }
+
+    /// Checks that `svg` is well-formed as far as this renderer's output goes: tags balance,
+    /// attributes are quoted, and no text or attribute holds a raw `<` or a stray `&`.
+    fn assert_well_formed(svg: &str) {
+        let mut stack: Vec<&str> = Vec::new();
+        let mut rest = svg;
+        while let Some(open) = rest.find('<') {
+            assert_entities(&rest[..open]);
+            let close = rest[open..].find('>').expect("unclosed tag") + open;
+            let tag = &rest[open + 1..close];
+            assert_eq!(
+                tag.matches('"').count() % 2,
+                0,
+                "unbalanced quotes in <{tag}>"
+            );
+            assert!(!tag.contains('<'), "raw < inside <{tag}>");
+            assert_entities(tag);
+            if let Some(name) = tag.strip_prefix('/') {
+                assert_eq!(stack.pop(), Some(name.trim()), "mismatched </{name}>");
+            } else if !tag.ends_with('/') {
+                let name = tag.split_whitespace().next().expect("tag name");
+                stack.push(name);
+            }
+            rest = &rest[close + 1..];
+        }
+        assert!(stack.is_empty(), "unclosed elements: {stack:?}");
+    }
+
+    fn assert_entities(s: &str) {
+        for (i, _) in s.match_indices('&') {
+            let entity = &s[i..];
+            assert!(
+                ["&amp;", "&lt;", "&gt;", "&quot;", "&apos;"]
+                    .iter()
+                    .any(|e| entity.starts_with(e)),
+                "stray & in {s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn renders_a_realistic_scenario() {
+        let events = scenario();
+        let svg = timeline_svg(&events);
+        assert!(svg.starts_with("<svg"), "{svg}");
+        assert!(svg.trim_end().ends_with("</svg>"));
+        assert_well_formed(&svg);
+        assert!(svg.contains("<path d=\"M"), "a plotted line");
+        assert!(svg.contains("memstress"));
+        assert!(svg.contains("a&lt;b&amp;c"), "comm escaped");
+        assert!(!svg.contains("a<b&c"));
+        assert!(svg.contains("qos — 6.12 — "));
+        assert!(svg.contains(">PASS</tspan>"));
+        assert!(svg.contains("besteffort") && svg.contains("pod"));
+        assert!(svg.contains("group kill"));
+
+        let md = report_markdown(&events);
+        assert!(md.starts_with("# qos — 6.12 — PASS\n"), "{md}");
+        assert!(md.contains("Burstable dies before guaranteed."));
+        assert!(
+            md.contains("| usage rises by 50 MiB ± 2% | 50 MiB ± 2% | 50.2 MiB | ✅ |"),
+            "{md}"
+        );
+        assert!(md.contains("| first victim is the stressor | memstress | memstress | ✅ |"));
+        assert!(md.contains("- **OOM kills:** 2 reported by memstress, 2 in dmesg"));
+        assert!(md.contains(
+            "requested 300.0 MiB, charged 251.0 MiB, peak usage 256.0 MiB; outcome `oom_killed`"
+        ));
+        assert!(md.contains("### 1. 5.3 s — 4242 (memstress)\n"), "{md}");
+        assert!(
+            md.contains("### 2. 5.3 s — 77 (a\\<b\\&c) — group kill\n"),
+            "{md}"
+        );
+        assert!(md.contains("> memstress was chosen: highest points (812) in /lab/pod."));
+        assert!(md.contains("> a\\<b\\&c died with its memory.oom.group cgroup."));
+        assert!(md.contains(
+            "- **Pressure:** limit hit 312×, 40 direct reclaim runs, 2048 KiB reclaimed, 12.0 ms \
+             in direct reclaim (over 1.4 s)"
+        ));
+        assert!(md.contains("| 4242 | `memstress-0` | 800 | 0 | kernel |"));
+        assert!(md.contains("| 4246 | `memstress-4` | 760 | 0 | kernel |"));
+        assert!(!md.contains("memstress-5"), "only the top 5 candidates");
+        assert!(md.contains("_Top 5 of 7 candidates._"));
+        assert!(md.contains("## Predicted vs actual"));
+        assert!(
+            md.contains("| 1 | `memstress` (812) | `memstress` (4242) | ✅ |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 2 | `a<b&c` (300) | `a<b&c` (77) | ✅ |"),
+            "{md}"
+        );
+        assert!(md.contains("| 3 | `db` (10) |  |  |"), "{md}");
+        assert!(md.contains("| 0 | 1.0 s | 6.0 s | 3 | `memstress run --cgroup pod"));
+        assert!(md.contains("![timeline](timeline.svg)"));
+        assert!(md.contains("[events.jsonl](events.jsonl)"));
+    }
+
+    #[test]
+    fn falls_back_to_dmesg_and_says_why_a_scenario_was_skipped() {
+        let events = vec![
+            json!({"type": "scenario", "name": "group", "kernel_label": "5.10", "t_ms": 0}),
+            json!({"type": "dmesg_kill", "t_ms": 2000, "pid": 9, "comm": "x|y"}),
+            json!({"type": "dmesg_kill", "t_ms": 1000, "pid": 8, "comm": "first"}),
+            json!({"type": "result", "passed": true, "skipped": "needs cgroup v2",
+                "duration_ms": 3000}),
+        ];
+        let md = report_markdown(&events);
+        assert!(md.starts_with("# group — 5.10 — SKIPPED\n"), "{md}");
+        assert!(md.contains("> **⚠️ SKIPPED:** needs cgroup v2"));
+        assert!(md.contains("memstress reported none; the kernel logged 2"));
+        let first = md.find("`first`").expect("first kill listed");
+        let second = md.find("`x\\|y`").expect("pipe escaped in a cell");
+        assert!(first < second, "dmesg kills in time order");
+        let svg = timeline_svg(&events);
+        assert_well_formed(&svg);
+        assert!(svg.contains("first (8)") && svg.contains("OOM kill (dmesg)"));
+        assert!(svg.contains("skipped: needs cgroup v2"));
+    }
+
+    #[test]
+    fn empty_input_still_renders() {
+        let svg = timeline_svg(&[]);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_well_formed(&svg);
+        assert!(svg.contains("NO RESULT"));
+        let md = report_markdown(&[]);
+        assert!(md.starts_with("# (unnamed scenario) — unknown kernel — NO RESULT"));
+        assert!(md.contains("## Expectations") && md.contains("## Timeline"));
+    }
+
+    #[test]
+    fn garbage_input_does_not_panic() {
+        let events = vec![
+            json!(null),
+            json!(42),
+            json!("sample"),
+            json!([1, 2, 3]),
+            json!({}),
+            json!({"type": 7}),
+            json!({"type": "scenario", "name": ["x"], "kernel_label": {"a": 1}, "description": 3}),
+            json!({"type": "sample", "t_ms": "soon", "cgroup": 5, "usage_bytes": "lots"}),
+            json!({"type": "sample", "t_ms": -50, "cgroup": null, "usage_bytes": -1}),
+            json!({"type": "sample", "t_ms": 1e300, "cgroup": "huge", "usage_bytes": 1.7e308,
+                "limit_bytes": 1.7e308}),
+            json!({"type": "sample", "t_ms": 100, "cgroup": "huge", "usage_bytes": u64::MAX}),
+            json!({"type": "step", "phase": "end"}),
+            json!({"type": "step", "t_ms": 5, "index": {"i": 1}, "what": ["w"], "phase": 3}),
+            json!({"type": "memstress", "source": "watch", "event": "oom_kill"}),
+            json!({"type": "memstress", "source": "watch", "t_ms": 10,
+                "event": {"type": "oom_kill", "victim": 5, "candidates": {"pid": 1},
+                    "domain": [1], "group_kill": "yes", "pressure": "high"}}),
+            json!({"type": "memstress", "source": "run", "event": {"type": "plan",
+                "predicted_oom": {"ranking": "none"}}}),
+            json!({"type": "memstress", "source": "run", "event": {"type": "plan",
+                "predicted_oom": 1}}),
+            json!({"type": "memstress", "source": "run", "t_ms": 20, "event": {"type": "sample",
+                "stressors_held_bytes": "many"}}),
+            json!({"type": "memstress", "source": "run", "event": {"type": "summary",
+                "requested_bytes": "x", "outcome": {"nested": true}}}),
+            json!({"type": "dmesg_kill", "pid": "p", "comm": "\u{1}\u{0}<>"}),
+            json!({"type": "expectation", "passed": "yes", "name": "a|b\nc"}),
+            json!({"type": "note", "text": 5}),
+            json!({"type": "result", "passed": "true", "skipped": false, "duration_ms": "1"}),
+        ];
+        let svg = timeline_svg(&events);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_well_formed(&svg);
+        assert!(!svg.contains('\u{0}') && !svg.contains('\u{1}'));
+        let md = report_markdown(&events);
+        assert!(md.starts_with('#'));
+        assert!(md.contains("a\\|b c"), "{md}");
+    }
+
+    #[test]
+    fn writes_both_files() {
+        let dir = std::env::temp_dir().join(format!("memstress-report-{}", std::process::id()));
+        write_report(&dir, &scenario()).expect("write_report");
+        let md = fs::read_to_string(dir.join("report.md")).expect("report.md");
+        let svg = fs::read_to_string(dir.join("timeline.svg")).expect("timeline.svg");
+        let _ = fs::remove_dir_all(&dir);
+        assert!(md.starts_with("# qos"));
+        assert!(svg.starts_with("<svg"));
+    }
+
+    #[test]
+    fn markdown_and_xml_escaping() {
+        assert_eq!(xml(r#"a<b&c>"'"#), "a&lt;b&amp;c&gt;&quot;&apos;");
+        assert_eq!(md("x|y*z_"), "x\\|y\\*z\\_");
+        assert_eq!(code("a`b", false), "``a`b``");
+        assert_eq!(code("`a", false), "`` `a ``");
+        assert_eq!(code("a|b", true), "`a\\|b`");
+        assert_eq!(
+            md_authored("uses `a<b` and <b>bold</b>\nline two"),
+            "uses `a<b` and &lt;b>bold&lt;/b>\nline two"
+        );
+        assert_eq!(md_authored("open `a<b"), "open \\`a\\<b");
+        assert_eq!(truncate("abcdef", 4), "abc…");
+    }
+}

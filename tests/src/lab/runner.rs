@@ -1,0 +1,666 @@
+//! Runs a scenario: creates its cgroups under a lab root, starts its applications under a
+//! supervisor that checks their liveness, runs its steps (memstress runs, resizes, waits)
+//! while `memstress watch` reports every OOM kill and a sampler records the cgroups' own
+//! counters every 100 ms, then checks the expectations and writes `events.jsonl`,
+//! `report.md` and `timeline.svg`.
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        mpsc,
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use memstress::{
+    cgroup::{Cgroup, Hierarchy, Version},
+    size::SizeSpec,
+};
+use serde_json::{Value, json};
+
+use super::{
+    report,
+    scenario::{AppSpec, CgroupSpec, Liveness, Scenario},
+};
+use crate::{Kmsg, command_in, parse_kill};
+
+/// Where and how to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The memstress binary.
+    pub memstress: PathBuf,
+    /// `host`, `6.12`, `6.1`: how the report names the kernel.
+    pub kernel_label: String,
+    /// Name of the lab root cgroup, under the memory hierarchy's root.
+    pub root_name: String,
+    /// Output: `<out>/<scenario name>/`.
+    pub out: PathBuf,
+    /// What `{filedir}` stands for: a directory on a disk (page cache on tmpfs is shmem).
+    pub file_dir: PathBuf,
+}
+
+/// How a scenario ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Every expectation held.
+    pub passed: bool,
+    /// Why it was not run (then `passed` is true).
+    pub skipped: Option<String>,
+}
+
+/// The events of one scenario, timestamped from its start.
+#[derive(Clone)]
+struct Recorder {
+    start: Instant,
+    /// CLOCK_MONOTONIC at `start`, in µs: kmsg timestamps are on that clock.
+    start_us: u64,
+    events: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            start_us: memstress::report::monotonic_ns() / 1000,
+            events: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    fn t_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    fn push(&self, mut event: Value) {
+        if let Value::Object(map) = &mut event
+            && !map.contains_key("t_ms")
+        {
+            map.insert("t_ms".into(), json!(self.t_ms()));
+        }
+        self.events.lock().expect("recorder lock").push(event);
+    }
+
+    fn snapshot(&self) -> Vec<Value> {
+        self.events.lock().expect("recorder lock").clone()
+    }
+}
+
+/// A memstress process whose JSON lines are recorded.
+struct Recorded {
+    child: Child,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Recorded {
+    fn start(
+        rec: &Recorder,
+        memstress: &Path,
+        args: &[String],
+        source: &'static str,
+        step: Option<usize>,
+        kills: Option<Arc<AtomicU32>>,
+    ) -> Result<Self> {
+        let mut child = Command::new(memstress)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start {} {}", memstress.display(), args.join(" ")))?;
+        let out = child.stdout.take().context("memstress stdout")?;
+        let rec = rec.clone();
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                    rec.push(json!({"type": "note", "text": format!("{source}: {line}")}));
+                    continue;
+                };
+                if event["type"] == "oom_kill"
+                    && let Some(k) = &kills
+                {
+                    k.fetch_add(1, Ordering::SeqCst);
+                }
+                rec.push(
+                    json!({"type": "memstress", "source": source, "step": step, "event": event}),
+                );
+            }
+        });
+        Ok(Self {
+            child,
+            reader: Some(reader),
+        })
+    }
+
+    fn interrupt(&self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+    }
+
+    /// Waits until `deadline`; kills it past that. Returns the exit code (None: signal).
+    fn wait(mut self, deadline: Instant) -> Option<i32> {
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                break self.child.wait().ok();
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        status.and_then(|s| s.code())
+    }
+}
+
+/// A supervised application.
+struct AppHandle {
+    name: String,
+    resize: mpsc::Sender<u64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// One incarnation of an application process.
+struct AppProcess {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    seq: u64,
+}
+
+impl AppProcess {
+    fn start(
+        memstress: &Path,
+        cgroup: &Cgroup,
+        name: &str,
+        bytes: u64,
+        adj: Option<i32>,
+    ) -> Result<Self> {
+        let mut child = command_in(cgroup, memstress.to_str().context("memstress path")?, adj)
+            .args(["__stressor", "--name", name, "--size", &bytes.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start app {name}"))?;
+        let stdin = child.stdin.take().context("app stdin")?;
+        let stdout = child.stdout.take().context("app stdout")?;
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut app = Self {
+            child,
+            stdin,
+            lines,
+            seq: 0,
+        };
+        if !app.answers(Duration::from_secs(20), 0) {
+            let _ = app.child.kill();
+            bail!("app {name} did not come up");
+        }
+        Ok(app)
+    }
+
+    /// Waits for the `held … seq` answer to command `seq`.
+    fn answers(&mut self, timeout: Duration, seq: u64) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("held ") && line.ends_with(&format!(" {seq}")) => {
+                    return true;
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// The liveness check: holding `bytes`, it must answer a command within a second.
+    fn live(&mut self, bytes: u64) -> bool {
+        self.seq += 1;
+        if writeln!(self.stdin, "size {bytes} {}", self.seq).is_err() {
+            return false;
+        }
+        self.answers(Duration::from_secs(1), self.seq)
+    }
+
+    fn exit_signal(&mut self) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt as _;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.signal();
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the supervisor needs to restart a container.
+struct Container {
+    cgroup: Cgroup,
+    spec: CgroupSpec,
+}
+
+fn apply_cgroup_settings(cgroup: &Cgroup, spec: &CgroupSpec) -> Result<()> {
+    if let Some(limit) = &spec.limit {
+        cgroup.set_limit(SizeSpec::parse_bytes(limit)?)?;
+    }
+    if spec.oom_group {
+        fs::write(cgroup.dir.join("memory.oom.group"), "1")
+            .with_context(|| format!("memory.oom.group on {}", cgroup.path))?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn supervise(
+    rec: Recorder,
+    memstress: PathBuf,
+    spec: AppSpec,
+    container: Container,
+    mut process: AppProcess,
+    mut bytes: u64,
+    adj: Option<i32>,
+    resize: mpsc::Receiver<u64>,
+    stop: Arc<AtomicBool>,
+) {
+    let name = spec.name.clone();
+    let mut alive = true;
+    while !stop.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(200));
+        if !alive {
+            continue;
+        }
+        while let Ok(new) = resize.try_recv() {
+            bytes = new;
+        }
+        if process.live(bytes) || stop.load(Ordering::SeqCst) {
+            continue;
+        }
+        let pid = process.child.id();
+        rec.push(json!({"type": "app", "name": name, "event": "liveness_failed", "pid": pid}));
+        let signal = process.exit_signal();
+        rec.push(
+            json!({"type": "app", "name": name, "event": "killed", "pid": pid, "signal": signal}),
+        );
+        let restart = match spec.liveness {
+            Liveness::None => {
+                alive = false;
+                continue;
+            }
+            Liveness::Restart => Ok(()),
+            Liveness::RestartCgroup => {
+                // A container restart: everything in the cgroup dies with the app, and the
+                // cgroup is made anew.
+                let removed = container.cgroup.remove(Duration::from_secs(10));
+                removed.map_err(anyhow::Error::from).and_then(|()| {
+                    let parent = container.cgroup.parent().context("container parent")?;
+                    let leaf = container
+                        .cgroup
+                        .path
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let fresh = parent.create_child(&leaf)?;
+                    apply_cgroup_settings(&fresh, &container.spec)
+                })
+            }
+        };
+        if let Err(e) = restart {
+            rec.push(json!({"type": "note", "text": format!("cannot restart {name}: {e:#}")}));
+            alive = false;
+            continue;
+        }
+        match AppProcess::start(&memstress, &container.cgroup, &name, bytes, adj) {
+            Ok(p) => {
+                rec.push(json!({
+                    "type": "app", "name": name, "event": "restarted", "pid": p.child.id(),
+                    "container_restart": spec.liveness == Liveness::RestartCgroup,
+                }));
+                process = p;
+            }
+            Err(e) => {
+                rec.push(json!({"type": "note", "text": format!("cannot restart {name}: {e:#}")}));
+                alive = false;
+            }
+        }
+    }
+    let pid = process.child.id();
+    process.kill();
+    rec.push(json!({"type": "app", "name": name, "event": "stopped", "pid": pid}));
+}
+
+fn start_app(
+    rec: &Recorder,
+    opts: &Options,
+    spec: &AppSpec,
+    cgroups: &HashMap<String, (Cgroup, CgroupSpec)>,
+) -> Result<AppHandle> {
+    let (cgroup, cgroup_spec) = cgroups
+        .get(&spec.cgroup)
+        .with_context(|| format!("no cgroup {}", spec.cgroup))?;
+    let bytes = SizeSpec::parse_bytes(&spec.size)?;
+    let mut adj = spec.oom_score_adj;
+    let process = match AppProcess::start(&opts.memstress, cgroup, &spec.name, bytes, adj) {
+        Ok(p) => p,
+        Err(e) if spec.fallback_oom_score_adj.is_some() => {
+            adj = spec.fallback_oom_score_adj;
+            let show = |a: Option<i32>| a.map_or_else(|| "inherited".to_owned(), |a| a.to_string());
+            rec.push(json!({"type": "note", "text": format!(
+                "{}: oom_score_adj {} could not be set ({e:#}; lowering it needs CAP_SYS_RESOURCE): using {}",
+                spec.name, show(spec.oom_score_adj), show(adj)
+            )}));
+            AppProcess::start(&opts.memstress, cgroup, &spec.name, bytes, adj)?
+        }
+        Err(e) => return Err(e),
+    };
+    rec.push(
+        json!({"type": "app", "name": spec.name, "event": "started", "pid": process.child.id(),
+        "oom_score_adj": adj, "bytes": bytes, "cgroup": spec.cgroup}),
+    );
+    let (tx, rx) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let container = Container {
+        cgroup: cgroup.clone(),
+        spec: cgroup_spec.clone(),
+    };
+    let thread = {
+        let (rec, memstress, spec, stop) = (
+            rec.clone(),
+            opts.memstress.clone(),
+            spec.clone(),
+            stop.clone(),
+        );
+        thread::spawn(move || {
+            supervise(
+                rec, memstress, spec, container, process, bytes, adj, rx, stop,
+            )
+        })
+    };
+    Ok(AppHandle {
+        name: spec.name.clone(),
+        resize: tx,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn sampler(rec: Recorder, cgroups: Vec<(String, Cgroup)>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            for (name, cgroup) in &cgroups {
+                let Ok(c) = cgroup.counters() else { continue };
+                let limit = cgroup.limit().ok().flatten();
+                rec.push(
+                    json!({"type": "sample", "cgroup": name, "usage_bytes": c.usage_bytes,
+                    "working_set_bytes": c.working_set_bytes, "limit_bytes": limit,
+                    "limit_hits": c.limit_hits, "oom_kills": c.oom_kills}),
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+/// Creates the scenario's cgroups under `root` (parents first, implicit ones too).
+fn create_cgroups(
+    root: &Cgroup,
+    specs: &[CgroupSpec],
+) -> Result<HashMap<String, (Cgroup, CgroupSpec)>> {
+    let mut made: HashMap<String, (Cgroup, CgroupSpec)> = HashMap::new();
+    let mut sorted: Vec<&CgroupSpec> = specs.iter().collect();
+    sorted.sort_by_key(|s| s.name.matches('/').count());
+    for spec in sorted {
+        let mut parent = root.clone();
+        let mut prefix = String::new();
+        for part in spec.name.split('/') {
+            prefix = if prefix.is_empty() {
+                part.to_owned()
+            } else {
+                format!("{prefix}/{part}")
+            };
+            if let Some((c, _)) = made.get(&prefix) {
+                parent = c.clone();
+                continue;
+            }
+            enable_memory(&parent)?;
+            let child = parent.create_child(part)?;
+            let implicit = CgroupSpec {
+                name: prefix.clone(),
+                limit: None,
+                oom_group: false,
+            };
+            made.insert(prefix.clone(), (child.clone(), implicit));
+            parent = child;
+        }
+        apply_cgroup_settings(&parent, spec)?;
+        made.insert(spec.name.clone(), (parent, spec.clone()));
+    }
+    Ok(made)
+}
+
+/// On v2, children of `cgroup` get the memory controller only if it is enabled in its
+/// `cgroup.subtree_control`.
+fn enable_memory(cgroup: &Cgroup) -> Result<()> {
+    if cgroup.hierarchy.version == Version::V2 {
+        fs::write(cgroup.dir.join("cgroup.subtree_control"), "+memory")
+            .with_context(|| format!("enabling memory in {}", cgroup.path))?;
+    }
+    Ok(())
+}
+
+fn expand(
+    run: &str,
+    cgroups: &HashMap<String, (Cgroup, CgroupSpec)>,
+    file_dir: &Path,
+) -> Vec<String> {
+    run.split_whitespace()
+        .map(
+            |word| match word.strip_prefix('{').and_then(|w| w.strip_suffix('}')) {
+                Some("filedir") => file_dir.display().to_string(),
+                Some(name) => cgroups
+                    .get(name)
+                    .map_or_else(|| word.to_owned(), |(c, _)| c.path.clone()),
+                None => word.to_owned(),
+            },
+        )
+        .collect()
+}
+
+/// Runs `scenario` and writes its files to `opts.out/<name>/`.
+pub fn run(scenario: &Scenario, opts: &Options) -> Result<Outcome> {
+    let dir = opts.out.join(&scenario.name);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let rec = Recorder::new();
+    let hierarchy = Hierarchy::discover()?;
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    rec.push(json!({"type": "scenario", "name": scenario.name, "description": scenario.description,
+        "kernel": kernel, "kernel_label": opts.kernel_label, "cgroup_version": hierarchy.version.number(),
+        "started": memstress::report::now_rfc3339()}));
+    let outcome = if scenario.requires.as_deref() == Some("cgroup-v2")
+        && hierarchy.version != Version::V2
+    {
+        let reason =
+            "needs the memory controller on cgroup v2 (memory.oom.group); this kernel has it on v1"
+                .to_owned();
+        rec.push(
+            json!({"type": "result", "passed": true, "skipped": reason, "duration_ms": rec.t_ms()}),
+        );
+        Outcome {
+            passed: true,
+            skipped: Some(reason),
+        }
+    } else {
+        let root = hierarchy.root().create_child(&opts.root_name)?;
+        let result = run_in(scenario, opts, &rec, &root);
+        if let Err(e) = root.remove(Duration::from_secs(15)) {
+            rec.push(json!({"type": "note", "text": format!("cleanup: {e}")}));
+        }
+        let (passed, error) = match result {
+            Ok(passed) => (passed, None),
+            Err(e) => (false, Some(format!("{e:#}"))),
+        };
+        rec.push(json!({"type": "result", "passed": passed, "skipped": null, "error": error, "duration_ms": rec.t_ms()}));
+        Outcome {
+            passed,
+            skipped: None,
+        }
+    };
+    let events = rec.snapshot();
+    let mut file = fs::File::create(dir.join("events.jsonl"))?;
+    for e in &events {
+        writeln!(file, "{e}")?;
+    }
+    report::write_report(&dir, &events)?;
+    Ok(outcome)
+}
+
+fn run_in(scenario: &Scenario, opts: &Options, rec: &Recorder, root: &Cgroup) -> Result<bool> {
+    let deadline = Instant::now() + scenario.timeout;
+    let mut kmsg = Kmsg::open();
+    let cgroups = create_cgroups(root, &scenario.cgroups)?;
+    let kills = Arc::new(AtomicU32::new(0));
+    let watch = Recorded::start(
+        rec,
+        &opts.memstress,
+        &[
+            "watch".into(),
+            "-o".into(),
+            "json".into(),
+            "--cgroup".into(),
+            root.path.clone(),
+        ],
+        "watch",
+        None,
+        Some(kills.clone()),
+    )?;
+    let attached = Instant::now() + Duration::from_secs(20);
+    while !rec
+        .snapshot()
+        .iter()
+        .any(|e| e["event"]["type"] == "attached")
+    {
+        if Instant::now() > attached {
+            bail!("memstress watch did not attach");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut names: Vec<(String, Cgroup)> = cgroups
+        .iter()
+        .filter(|(name, _)| scenario.cgroups.iter().any(|c| &c.name == *name))
+        .map(|(n, (c, _))| (n.clone(), c.clone()))
+        .collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    let sampler = sampler(rec.clone(), names, stop.clone());
+    let mut apps = Vec::new();
+    for spec in &scenario.apps {
+        apps.push(start_app(rec, opts, spec, &cgroups)?);
+    }
+    let mut background = Vec::new();
+    let mut failure = None;
+    for (i, step) in scenario.steps.iter().enumerate() {
+        if Instant::now() >= deadline {
+            failure = Some(format!(
+                "the scenario's timeout ({:?}) passed at step {i}",
+                scenario.timeout
+            ));
+            break;
+        }
+        if let Some(run) = &step.run {
+            let mut args = vec!["run".to_owned(), "-o".to_owned(), "json".to_owned()];
+            args.extend(expand(run, &cgroups, &opts.file_dir));
+            rec.push(json!({"type": "step", "index": i, "what": format!("memstress {}", args.join(" ")), "phase": "start"}));
+            let child = Recorded::start(rec, &opts.memstress, &args, "run", Some(i), None)?;
+            if step.background {
+                background.push((i, child));
+            } else {
+                let code = child.wait(deadline);
+                rec.push(json!({"type": "step", "index": i, "phase": "end", "exit_code": code}));
+            }
+        } else if let Some(d) = step.sleep {
+            rec.push(json!({"type": "step", "index": i, "what": format!("sleep {}", humantime::format_duration(d)), "phase": "start"}));
+            thread::sleep(d.min(deadline.saturating_duration_since(Instant::now())));
+            rec.push(json!({"type": "step", "index": i, "phase": "end"}));
+        } else if let Some(app) = &step.resize {
+            let size = step.size.as_deref().unwrap_or("0");
+            rec.push(json!({"type": "step", "index": i, "what": format!("{app} holds {size}"), "phase": "start"}));
+            let bytes = SizeSpec::parse_bytes(size)?;
+            if let Some(a) = apps.iter().find(|a: &&AppHandle| &a.name == app) {
+                let _ = a.resize.send(bytes);
+            }
+            rec.push(json!({"type": "step", "index": i, "phase": "end"}));
+        } else if let Some(n) = step.wait_kills {
+            rec.push(json!({"type": "step", "index": i, "what": format!("wait for {n} OOM kills"), "phase": "start"}));
+            while kills.load(Ordering::SeqCst) < n && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
+            rec.push(json!({"type": "step", "index": i, "phase": "end", "kills": kills.load(Ordering::SeqCst)}));
+        }
+    }
+    for (i, child) in background {
+        child.interrupt();
+        let code = child.wait(Instant::now() + Duration::from_secs(15));
+        rec.push(json!({"type": "step", "index": i, "phase": "end", "exit_code": code}));
+    }
+    for app in &apps {
+        app.stop.store(true, Ordering::SeqCst);
+    }
+    for mut app in apps {
+        if let Some(t) = app.thread.take() {
+            let _ = t.join();
+        }
+    }
+    thread::sleep(Duration::from_millis(300));
+    watch.interrupt();
+    watch.wait(Instant::now() + Duration::from_secs(15));
+    stop.store(true, Ordering::SeqCst);
+    let _ = sampler.join();
+    for (ts_us, message) in kmsg.entries() {
+        if let Some(k) = parse_kill(&message) {
+            let t_ms = ts_us.saturating_sub(rec.start_us) / 1000;
+            rec.push(json!({"type": "dmesg_kill", "t_ms": t_ms, "pid": k.pid, "comm": k.comm,
+                "anon_rss_kb": k.anon_rss_kb, "file_rss_kb": k.file_rss_kb, "shmem_rss_kb": k.shmem_rss_kb,
+                "pgtables_kb": k.pgtables_kb, "oom_score_adj": k.oom_score_adj}));
+        }
+    }
+    if let Some(f) = failure {
+        rec.push(json!({"type": "note", "text": f}));
+    }
+    let events = rec.snapshot();
+    let mut passed = true;
+    for expect in &scenario.expects {
+        let (name, expected, actual, ok) = super::expect::check(expect, &events, scenario);
+        passed &= ok;
+        rec.push(json!({"type": "expectation", "name": name, "expected": expected, "actual": actual, "passed": ok}));
+    }
+    Ok(passed)
+}

@@ -1,0 +1,463 @@
+//! Lab scenarios: TOML files declaring cgroups, applications, the stress, and the outcome
+//! expected. See xtask/scenarios/README.md for the format.
+
+use std::{fs, path::Path, time::Duration};
+
+use memstress::size::SizeSpec;
+use serde::Deserialize;
+
+/// Largest scenario file accepted (a scenario is a few dozen lines).
+pub const MAX_FILE: u64 = 64 << 10;
+
+/// A scenario.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name (also the output directory).
+    pub name: String,
+    /// What it shows.
+    pub description: String,
+    /// `cgroup-v2`: only where the memory controller is on cgroup v2.
+    #[serde(default)]
+    pub requires: Option<String>,
+    /// Bound on the whole scenario.
+    #[serde(default = "default_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Cgroups to create under the lab root.
+    #[serde(default, rename = "cgroup")]
+    pub cgroups: Vec<CgroupSpec>,
+    /// Applications to start first.
+    #[serde(default, rename = "app")]
+    pub apps: Vec<AppSpec>,
+    /// What happens, in order.
+    #[serde(default, rename = "step")]
+    pub steps: Vec<Step>,
+    /// What must be true afterwards.
+    #[serde(default, rename = "expect")]
+    pub expects: Vec<Expect>,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// A cgroup of the scenario.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CgroupSpec {
+    /// Path under the lab root (`pod`, `pods/web`).
+    pub name: String,
+    /// Memory limit.
+    #[serde(default)]
+    pub limit: Option<String>,
+    /// `memory.oom.group` (cgroup v2).
+    #[serde(default)]
+    pub oom_group: bool,
+}
+
+/// What to do when an application fails its liveness check.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Liveness {
+    /// Nothing: it stays dead.
+    #[default]
+    None,
+    /// Start the application again.
+    Restart,
+    /// Restart its container: kill everything in its cgroup, recreate the cgroup, start the
+    /// application again (what a kubelet does).
+    RestartCgroup,
+}
+
+/// An application: a process holding memory that answers a liveness check.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    /// Its name (and comm).
+    pub name: String,
+    /// The cgroup it runs in.
+    pub cgroup: String,
+    /// Memory it holds.
+    pub size: String,
+    /// Its oom_score_adj.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
+    /// Used instead when `oom_score_adj` cannot be set (lowering it needs
+    /// CAP_SYS_RESOURCE); the report says so.
+    #[serde(default)]
+    pub fallback_oom_score_adj: Option<i32>,
+    /// What its supervisor does when it fails the liveness check.
+    #[serde(default)]
+    pub liveness: Liveness,
+}
+
+/// One step.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// `memstress run` arguments; `{cgroup-name}` becomes that cgroup's path.
+    #[serde(default)]
+    pub run: Option<String>,
+    /// Do not wait for the run to end (it is interrupted when the scenario ends).
+    #[serde(default)]
+    pub background: bool,
+    /// Wait this long.
+    #[serde(default, with = "opt_duration")]
+    pub sleep: Option<Duration>,
+    /// Tell application `resize` to hold `size`.
+    #[serde(default)]
+    pub resize: Option<String>,
+    /// With `resize`.
+    #[serde(default)]
+    pub size: Option<String>,
+    /// Wait until this many OOM kills were reported in total (bounded by the timeout).
+    #[serde(default)]
+    pub wait_kills: Option<u32>,
+}
+
+/// An expectation, checked against what was recorded.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum Expect {
+    /// During step `step`, the cgroup's usage rose by `size` ± `tolerance_pct` (from the
+    /// step's start to the highest sample).
+    UsageRise {
+        /// Cgroup name.
+        cgroup: String,
+        /// Step index.
+        step: usize,
+        /// Expected rise.
+        size: String,
+        /// Tolerance in percent.
+        tolerance_pct: f64,
+    },
+    /// OOM kills reported by memstress, within `[min, max]` (during `step`, if given).
+    Kills {
+        /// At least.
+        #[serde(default)]
+        min: Option<u32>,
+        /// At most.
+        #[serde(default)]
+        max: Option<u32>,
+        /// Only during this step.
+        #[serde(default)]
+        step: Option<usize>,
+    },
+    /// Every victim's comm is one of these.
+    Victims {
+        /// Allowed comms.
+        comms: Vec<String>,
+    },
+    /// The first victims, in order, are these (comms).
+    KillOrder {
+        /// Expected order.
+        comms: Vec<String>,
+    },
+    /// These were never killed.
+    NeverKilled {
+        /// Comms.
+        comms: Vec<String>,
+    },
+    /// The `--dry-run` prediction ranked these (comms) in this order.
+    PredictedOrder {
+        /// Step whose plan holds the prediction.
+        step: usize,
+        /// Expected order (others may come between).
+        comms: Vec<String>,
+    },
+    /// Every kill memstress reported matches a dmesg `Killed process` line and vice versa,
+    /// and each is explained (a why, kernel-sourced candidates).
+    ExplainedKills,
+    /// Application `app` was restarted at least `min` times.
+    AppRestarts {
+        /// App name.
+        app: String,
+        /// At least.
+        min: u32,
+    },
+    /// The run of step `step` ended with this outcome (its summary, or its exit code).
+    StepOutcome {
+        /// Step index.
+        step: usize,
+        /// `completed`, `target_gone`, `stopped_by_oom`, … or an exit code.
+        outcome: String,
+    },
+    /// At the end of step `step`, the cgroup's working set was at most `max` of its usage.
+    WorkingSetFraction {
+        /// Cgroup name.
+        cgroup: String,
+        /// Step index.
+        step: usize,
+        /// Largest working set / usage.
+        max: f64,
+    },
+    /// Every process in the cgroup was killed by one OOM (`memory.oom.group`), and each
+    /// kill was reported.
+    GroupKilled {
+        /// Cgroup name.
+        cgroup: String,
+    },
+}
+
+/// Why a scenario file was refused: one line naming the file and the problem.
+#[derive(Debug)]
+pub struct ScenarioError(pub String);
+
+impl std::fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let err = |what: String| ScenarioError(format!("{}: {what}", path.display()));
+        let meta = fs::metadata(path).map_err(|e| err(e.to_string()))?;
+        if meta.len() > MAX_FILE {
+            return Err(err(format!(
+                "{} bytes is too large for a scenario (at most {MAX_FILE})",
+                meta.len()
+            )));
+        }
+        let text = fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let scenario: Self = toml::from_str(&text).map_err(|e| err(e.message().to_owned()))?;
+        scenario.check().map_err(err)?;
+        Ok(scenario)
+    }
+
+    /// Checks references and sizes.
+    pub fn check(&self) -> Result<(), String> {
+        let valid_name = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !valid_name(&self.name) {
+            return Err(format!(
+                "name `{}` must be 1-64 of [A-Za-z0-9_-]",
+                self.name
+            ));
+        }
+        if let Some(r) = &self.requires
+            && r != "cgroup-v2"
+        {
+            return Err(format!("requires `{r}`: only `cgroup-v2` is known"));
+        }
+        for c in &self.cgroups {
+            if c.name.split('/').any(|p| !valid_name(p)) {
+                return Err(format!(
+                    "cgroup `{}`: path parts must be [A-Za-z0-9_-]",
+                    c.name
+                ));
+            }
+            if let Some(limit) = &c.limit {
+                SizeSpec::parse_bytes(limit).map_err(|e| format!("cgroup `{}`: {e}", c.name))?;
+            }
+        }
+        let cgroup = |name: &str| self.cgroups.iter().any(|c| c.name == name);
+        for a in &self.apps {
+            if !valid_name(&a.name) || a.name.len() > 15 {
+                return Err(format!(
+                    "app `{}`: name must be 1-15 of [A-Za-z0-9_-]",
+                    a.name
+                ));
+            }
+            if !cgroup(&a.cgroup) {
+                return Err(format!("app `{}`: no cgroup `{}`", a.name, a.cgroup));
+            }
+            SizeSpec::parse_bytes(&a.size).map_err(|e| format!("app `{}`: {e}", a.name))?;
+            for adj in [a.oom_score_adj, a.fallback_oom_score_adj]
+                .into_iter()
+                .flatten()
+            {
+                if !(-1000..=1000).contains(&adj) {
+                    return Err(format!(
+                        "app `{}`: oom_score_adj {adj} out of -1000..1000",
+                        a.name
+                    ));
+                }
+            }
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            let kinds = usize::from(s.run.is_some())
+                + usize::from(s.sleep.is_some())
+                + usize::from(s.resize.is_some())
+                + usize::from(s.wait_kills.is_some());
+            if kinds != 1 {
+                return Err(format!(
+                    "step {i}: give exactly one of run, sleep, resize, wait_kills"
+                ));
+            }
+            if let Some(app) = &s.resize {
+                if !self.apps.iter().any(|a| &a.name == app) {
+                    return Err(format!("step {i}: no app `{app}`"));
+                }
+                let size = s
+                    .size
+                    .as_deref()
+                    .ok_or(format!("step {i}: resize needs size"))?;
+                SizeSpec::parse_bytes(size).map_err(|e| format!("step {i}: {e}"))?;
+            }
+            if let Some(run) = &s.run {
+                for word in run.split_whitespace() {
+                    if let Some(name) = word.strip_prefix('{').and_then(|w| w.strip_suffix('}'))
+                        && name != "filedir"
+                        && !cgroup(name)
+                    {
+                        return Err(format!("step {i}: no cgroup `{name}`"));
+                    }
+                }
+            }
+        }
+        let step = |i: usize| -> Result<(), String> {
+            (i < self.steps.len())
+                .then_some(())
+                .ok_or(format!("expect: no step {i}"))
+        };
+        for e in &self.expects {
+            match e {
+                Expect::UsageRise {
+                    cgroup: c,
+                    step: s,
+                    size,
+                    ..
+                } => {
+                    step(*s)?;
+                    if !cgroup(c) {
+                        return Err(format!("expect: no cgroup `{c}`"));
+                    }
+                    SizeSpec::parse_bytes(size).map_err(|e| format!("expect: {e}"))?;
+                }
+                Expect::Kills { step: Some(s), .. }
+                | Expect::PredictedOrder { step: s, .. }
+                | Expect::StepOutcome { step: s, .. } => step(*s)?,
+                Expect::WorkingSetFraction {
+                    cgroup: c, step: s, ..
+                } => {
+                    step(*s)?;
+                    if !cgroup(c) {
+                        return Err(format!("expect: no cgroup `{c}`"));
+                    }
+                }
+                Expect::GroupKilled { cgroup: c } if !cgroup(c) => {
+                    return Err(format!("expect: no cgroup `{c}`"));
+                }
+                Expect::AppRestarts { app, .. } if !self.apps.iter().any(|a| &a.name == app) => {
+                    return Err(format!("expect: no app `{app}`"));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Scenario, String> {
+        let s: Scenario = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        s.check()?;
+        Ok(s)
+    }
+
+    #[test]
+    fn parses_a_scenario() {
+        let s = parse(
+            r#"
+name = "t"
+description = "d"
+timeout = "30s"
+[[cgroup]]
+name = "pod"
+limit = "64Mi"
+[[app]]
+name = "web"
+cgroup = "pod"
+size = "8Mi"
+liveness = "restart-cgroup"
+[[step]]
+run = "--cgroup {pod} --size 10Mi"
+[[step]]
+sleep = "1s"
+[[expect]]
+kind = "kills"
+min = 1
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.timeout, Duration::from_secs(30));
+        assert_eq!(s.apps[0].liveness, Liveness::RestartCgroup);
+        assert!(matches!(s.expects[0], Expect::Kills { min: Some(1), .. }));
+    }
+
+    #[test]
+    fn refuses_bad_scenarios_with_the_reason() {
+        for (text, needle) in [
+            ("name = \"a b\"\ndescription = \"\"", "name"),
+            (
+                "name = \"a\"\ndescription = \"\"\nbogus = 1",
+                "unknown field",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[cgroup]]\nname = \"../x\"",
+                "path parts",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[cgroup]]\nname = \"x\"\nlimit = \"12Qi\"",
+                "12Qi",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[step]]\nrun = \"--cgroup {nope}\"",
+                "no cgroup",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[step]]\nsleep = \"1s\"\nrun = \"x\"",
+                "exactly one",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[expect]]\nkind = \"kills\"\nstep = 3",
+                "no step 3",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[expect]]\nkind = \"telepathy\"",
+                "unknown variant",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\ntimeout = \"soon\"",
+                "soon",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains(needle), "`{text}` gave `{e}`");
+        }
+    }
+}
