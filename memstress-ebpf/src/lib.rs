@@ -43,6 +43,14 @@ pub mod names {
     pub const PROG_RECLAIM_END: &str = "memcg_reclaim_end";
     /// Per-memcg reclaim pressure (LRU per-CPU hash: memcg id -> [`crate::Pressure`]).
     pub const PRESSURE: &str = "PRESSURE";
+    /// fentry on `out_of_memory()`: an OOM begins in this task.
+    pub const PROG_OUT_OF_MEMORY: &str = "out_of_memory_entry";
+    /// fentry on `oom_kill_process()`: the kernel's `struct oom_control` after selection.
+    pub const PROG_OOM_KILL_PROCESS: &str = "oom_kill_process_entry";
+    /// fexit on `oom_badness()`: every candidate's points, as the kernel computed them.
+    pub const PROG_OOM_BADNESS: &str = "oom_badness_exit";
+    /// fentry on `try_to_free_mem_cgroup_pages()`: the pages direct reclaim was asked for.
+    pub const PROG_MEMCG_RECLAIM_ASK: &str = "memcg_reclaim_ask";
 }
 
 /// Marks an offset the running kernel does not have.
@@ -129,6 +137,20 @@ pub struct KernelLayout {
     pub task_tasks: u32,
     /// `signal_struct.oom_mm` (set on every OOM victim)
     pub signal_oom_mm: u32,
+    /// `oom_control.memcg`
+    pub oc_memcg: u32,
+    /// `oom_control.totalpages`
+    pub oc_totalpages: u32,
+    /// `oom_control.chosen`
+    pub oc_chosen: u32,
+    /// `oom_control.chosen_points`
+    pub oc_chosen_points: u32,
+    /// `oom_control.constraint`
+    pub oc_constraint: u32,
+    /// `oom_control.gfp_mask`
+    pub oc_gfp_mask: u32,
+    /// `oom_control.order`
+    pub oc_order: u32,
     /// Most tasks visited per OOM when listing candidates (0: do not list).
     pub scan_limit: u32,
     /// Most candidate records per OOM.
@@ -193,6 +215,13 @@ impl KernelLayout {
         memcg_oom_group: UNKNOWN,
         task_tasks: UNKNOWN,
         signal_oom_mm: UNKNOWN,
+        oc_memcg: UNKNOWN,
+        oc_totalpages: UNKNOWN,
+        oc_chosen: UNKNOWN,
+        oc_chosen_points: UNKNOWN,
+        oc_constraint: UNKNOWN,
+        oc_gfp_mask: UNKNOWN,
+        oc_order: UNKNOWN,
         scan_limit: 0,
         candidate_limit: 0,
         tp_victim_pid: UNKNOWN,
@@ -274,6 +303,8 @@ pub mod valid {
     pub const MEMCG: u32 = 1 << 7;
     /// `flags`
     pub const FLAGS: u32 = 1 << 8;
+    /// `kernel_points`: `oom_badness()`'s own result for this OOM (fexit).
+    pub const KERNEL_POINTS: u32 = 1 << 9;
 }
 
 /// A task's facts as the kernel holds them, read in the OOM path.
@@ -304,6 +335,8 @@ pub struct TaskFacts {
     pub total_vm: u64,
     /// Kernfs id (= inode number) of the task's memory cgroup.
     pub memcg_id: u64,
+    /// `oom_badness()`'s result for this task in this OOM, when the fexit probe saw it.
+    pub kernel_points: i64,
 }
 
 /// Index of the file pages in [`TaskFacts::rss`].
@@ -524,6 +557,36 @@ pub struct Pressure {
     pub reclaimed: u64,
     /// Time spent between begin and end, in ns.
     pub ns: u64,
+    /// Pages direct reclaim was asked for (`try_to_free_mem_cgroup_pages()`'s `nr_pages`;
+    /// needs fentry).
+    pub asked: u64,
+}
+
+/// The kernel's `struct oom_control` for an OOM, read by an fentry program on
+/// `oom_kill_process()` (after the victim was selected, before it is killed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OomControlFacts {
+    /// 1 when read (the fentry program is attached and saw this OOM).
+    pub valid: u32,
+    /// `enum oom_constraint` (values resolved from BTF by userspace).
+    pub constraint: u32,
+    /// `totalpages`: what `oom_score_adj` is scaled by.
+    pub totalpages: u64,
+    /// `chosen_points`: the victim's points.
+    pub chosen_points: i64,
+    /// The chosen task's tid.
+    pub chosen_tid: u32,
+    /// `order` of the failed allocation.
+    pub order: i32,
+    /// `gfp_mask` of the failed allocation.
+    pub gfp_mask: u32,
+    /// Padding.
+    pub _pad: u32,
+    /// Kernfs id of `memcg` (0: not a memcg OOM).
+    pub memcg_id: u64,
+    /// When it was read.
+    pub ts_ns: u64,
 }
 
 /// One OOM victim, as `mark_victim` saw it (kind [`kind::OOM_VICTIM`]).
@@ -562,6 +625,8 @@ pub struct OomVictim {
     pub chain: Chain,
     /// The candidate scan.
     pub scan: ScanStats,
+    /// The kernel's `struct oom_control` (where fentry loads).
+    pub oc: OomControlFacts,
 }
 
 /// Kill confirmation states of [`OomVictim::killed`].
@@ -604,6 +669,7 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<TaskFacts>() % 8, 0);
+        assert_eq!(size_of::<OomControlFacts>(), 56);
         assert_eq!(size_of::<TracepointVictim>(), 56);
         assert_eq!(
             size_of::<CgroupPath>(),

@@ -4,7 +4,8 @@
 //! classic `oom:mark_victim` tracepoint: the victim, the OOM domain, the candidates),
 //! [`signal`] (`signal_generate`: confirms the OOM killer's SIGKILL, and finds the processes
 //! killed with the victim), [`aftermath`] (the victim's exit and the OOM reaper) and
-//! [`pressure`] (direct memcg reclaim, aggregated in the kernel). [`kernel`] reads kernel
+//! [`pressure`] (direct memcg reclaim, aggregated in the kernel) and, where fentry/fexit
+//! load, [`control`] (the OOM killer's own `struct oom_control` and points). [`kernel`] reads kernel
 //! structures through the offsets userspace resolved from BTF; [`maps`] holds every map.
 //!
 //! Each program is a thin entry point that calls a `try_*` function returning `Result`, and
@@ -18,6 +19,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod aftermath;
+#[cfg(target_arch = "bpf")]
+mod control;
 #[cfg(target_arch = "bpf")]
 mod kernel;
 #[cfg(target_arch = "bpf")]

@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
-use memstress_ebpf::{Candidate, OomVictim, Pressure, RuntimeConfig, ScanStats, counters};
+use memstress_ebpf::{
+    Candidate, OomControlFacts, OomVictim, Pressure, RuntimeConfig, ScanStats, counters,
+};
 
 /// Every record for userspace. 4 MiB hold ~2000 `OomVictim` records, or an OOM with
 /// ~30 000 candidates; userspace drains it as soon as it is readable, and a record that does
@@ -100,6 +102,29 @@ pub static PRESSURE: LruPerCpuHashMap<u64, Pressure> = LruPerCpuHashMap::with_ma
 /// Start of the direct reclaim a task is in: tid -> ns.
 #[map(name = "RECLAIM_START")]
 pub static RECLAIM_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// OOMs in progress (fentry on `out_of_memory()`): tid -> when it began.
+#[map(name = "IN_PROGRESS")]
+pub static IN_PROGRESS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
+
+/// `oom_badness()` results during an OOM.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Badness {
+    /// Its return value.
+    pub points: i64,
+    /// When.
+    pub ts_ns: u64,
+}
+
+/// Points per tgid, from `fexit:oom_badness`.
+#[map(name = "BADNESS")]
+pub static BADNESS: LruHashMap<u32, Badness> = LruHashMap::with_max_entries(32768, 0);
+
+/// The kernel's `struct oom_control` of each task's latest OOM (fentry on
+/// `oom_kill_process()`): tid -> facts.
+#[map(name = "OOM_CONTROL")]
+pub static OOM_CONTROL: LruHashMap<u32, OomControlFacts> = LruHashMap::with_max_entries(1024, 0);
 
 /// Adds one to a counter and returns the new value.
 #[inline(always)]

@@ -22,8 +22,8 @@ use memstress_ebpf::{
 use crate::{
     kernel::{self, layout},
     maps::{
-        self, EVENTS, IN_OOM, InOom, LAST_SIGKILL, PENDING_VICTIM, SCAN, SCRATCH_CANDIDATE,
-        ScanState, VICTIMS,
+        self, BADNESS, EVENTS, IN_OOM, IN_PROGRESS, InOom, LAST_SIGKILL, OOM_CONTROL,
+        PENDING_VICTIM, SCAN, SCRATCH_CANDIDATE, ScanState, VICTIMS,
     },
 };
 
@@ -78,6 +78,7 @@ fn try_mark_victim_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
         };
         let (domain_cgroup, domain_level) = kernel::chain_domain(&walk, &mut slot.chain);
         remember(slot, tid);
+        slot.oc = oom_control(tid);
         // A memory.oom.group kill was not chosen: the first victim's scan explains it.
         if slot.group_kill == 0 {
             slot.scan = scan(task, domain_cgroup, domain_level, slot.seq);
@@ -139,6 +140,23 @@ fn remember(slot: &mut OomVictim, tid: u32) {
     };
     let _ = IN_OOM.insert(trigger, entry, 0);
     let _ = VICTIMS.insert(tid, slot.seq, 0);
+}
+
+/// The `struct oom_control` that `fentry:oom_kill_process` read for this victim, if any.
+#[inline(always)]
+fn oom_control(victim_tid: u32) -> memstress_ebpf::OomControlFacts {
+    let current = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    // SAFETY: copying plain values out of the maps.
+    let (facts, began) = unsafe {
+        (
+            OOM_CONTROL.get(current).copied(),
+            IN_PROGRESS.get(current).copied(),
+        )
+    };
+    match (facts, began) {
+        (Some(f), Some(began)) if f.ts_ns >= began && f.chosen_tid == victim_tid => f,
+        _ => memstress_ebpf::OomControlFacts::default(),
+    }
 }
 
 /// Lists the tasks the OOM killer chose among: every thread-group leader in the domain,
@@ -221,6 +239,20 @@ fn consider(state: &mut ScanState, task: u64) {
     c.kind = kind::CANDIDATE;
     c.seq = state.seq;
     kernel::task_facts(task, &mut c.task);
+    c.task.kernel_points = 0;
+    // The kernel's own points for this task in this OOM (fexit:oom_badness), if seen.
+    let current = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    // SAFETY: copying plain values out of the maps.
+    if let (Some(b), Some(began)) = unsafe {
+        (
+            BADNESS.get(c.task.tgid).copied(),
+            IN_PROGRESS.get(current).copied(),
+        )
+    } && b.ts_ns >= began
+    {
+        c.task.kernel_points = b.points;
+        c.task.valid |= valid::KERNEL_POINTS;
+    }
     c.skip = candidate_skip(task, state.start, c);
     if EVENTS.output::<Candidate>(&*c, 0).is_err() {
         state.stats.dropped += 1;
@@ -324,6 +356,7 @@ fn begin(slot: &mut OomVictim, tid: u32, me: u32) {
     // Unique across CPUs: this CPU's count, and the CPU.
     slot.seq = (maps::bump(counters::OOM_SEQ) << 10) | u64::from(slot.cpu & 0x3ff);
     slot.group_kill = 0;
+    slot.oc.valid = 0;
     slot.chain.depth = 0;
     slot.chain.domain = domain::GLOBAL;
     slot.scan = ScanStats::default();

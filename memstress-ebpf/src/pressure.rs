@@ -58,6 +58,7 @@ fn try_reclaim_end(ctx: &BtfTracePointContext) -> Result<(), ()> {
                 runs: 1,
                 reclaimed,
                 ns: elapsed,
+                asked: 0,
             };
             let _ = PRESSURE.insert(id, first, 0);
         }

@@ -68,6 +68,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 skip: raw.skip,
                 task: task(&raw.task),
                 memory: memory(&raw.task, page),
+                kernel_points: (raw.task.valid & valid::KERNEL_POINTS != 0)
+                    .then_some(raw.task.kernel_points),
             }))
         }
         kind::COLLATERAL => {
@@ -158,6 +160,27 @@ pub struct Candidate {
     pub task: Task,
     /// Its memory.
     pub memory: Memory,
+    /// `oom_badness()`'s own result in this OOM (where fexit loads).
+    pub kernel_points: Option<i64>,
+}
+
+/// The kernel's `struct oom_control` for an OOM (where fentry loads).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OomControl {
+    /// `enum oom_constraint` value.
+    pub constraint: u32,
+    /// `totalpages`.
+    pub totalpages: u64,
+    /// The chosen task's points.
+    pub chosen_points: i64,
+    /// The chosen task's tid.
+    pub chosen_tid: u32,
+    /// Allocation order.
+    pub order: i32,
+    /// Allocation gfp mask.
+    pub gfp_mask: u32,
+    /// The domain memcg's kernel id (0: none).
+    pub memcg_id: u64,
 }
 
 impl Candidate {
@@ -255,6 +278,8 @@ pub struct OomKill {
     pub group_kill: bool,
     /// The candidate scan: (visited, sent, dropped, truncated).
     pub scan: (u32, u32, u32, bool),
+    /// The kernel's `struct oom_control` (where fentry loads).
+    pub oc: Option<OomControl>,
 }
 
 /// The victim: a task, its memory and its cgroup.
@@ -445,6 +470,15 @@ impl OomKill {
                 raw.scan.dropped,
                 raw.scan.truncated != 0,
             ),
+            oc: (btf && raw.oc.valid != 0).then_some(OomControl {
+                constraint: raw.oc.constraint,
+                totalpages: raw.oc.totalpages,
+                chosen_points: raw.oc.chosen_points,
+                chosen_tid: raw.oc.chosen_tid,
+                order: raw.oc.order,
+                gfp_mask: raw.oc.gfp_mask,
+                memcg_id: raw.oc.memcg_id,
+            }),
         }
     }
 
@@ -482,7 +516,8 @@ impl OomKill {
 #[cfg(test)]
 pub(crate) mod tests {
     use memstress_ebpf::{
-        CGROUP_DEPTH, CGROUP_NAME_LEN, CHAIN_DEPTH, MemcgLevel, ScanStats, TracepointVictim,
+        CGROUP_DEPTH, CGROUP_NAME_LEN, CHAIN_DEPTH, MemcgLevel, OomControlFacts, ScanStats,
+        TracepointVictim,
     };
 
     use super::*;
@@ -520,6 +555,7 @@ pub(crate) mod tests {
             pgtables_bytes: 65536,
             total_vm: 20_000,
             memcg_id: 77,
+            kernel_points: 0,
         }
     }
 
@@ -600,6 +636,7 @@ pub(crate) mod tests {
                 dropped: 0,
                 truncated: 0,
             },
+            oc: OomControlFacts::default(),
         }
     }
 

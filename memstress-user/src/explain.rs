@@ -41,6 +41,14 @@ pub struct Ranked {
     pub cgroup_id: Option<u64>,
     /// `kernel` (read in the OOM path) or `predicted` (from samples).
     pub source: &'static str,
+    /// `oom_badness` (the kernel's own result, where fexit loads) or `formula` (the kernel's
+    /// formula applied to the counters read at `mark_victim`).
+    pub points_from: &'static str,
+    /// The formula's result on the counters read at `mark_victim`, shown beside the kernel's
+    /// own `oom_badness` result so the two can be compared (absent when `points_from` is
+    /// already `formula`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub formula_points: Option<i64>,
 }
 
 /// A task the kernel passed over.
@@ -85,6 +93,23 @@ pub struct PressureReport {
     pub reclaimed_kib: Option<u64>,
     /// Time spent in them.
     pub reclaim_ms: Option<f64>,
+    /// Pages they were asked for, in KiB (where fentry loads).
+    pub reclaim_asked_kib: Option<u64>,
+}
+
+/// The kernel's `struct oom_control` (where fentry loads).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OomControlReport {
+    /// The kernel's name for the constraint (`CONSTRAINT_MEMCG`, …).
+    pub constraint: String,
+    /// `totalpages`.
+    pub totalpages: u64,
+    /// The chosen task's points.
+    pub chosen_points: i64,
+    /// The failed allocation's order.
+    pub order: i32,
+    /// The failed allocation's gfp mask.
+    pub gfp_mask: String,
 }
 
 /// The victim, with its points.
@@ -97,6 +122,8 @@ pub struct VictimReport {
     pub points: Option<i64>,
     /// `kernel`.
     pub source: &'static str,
+    /// `oom_control` (the kernel's `chosen_points`) or `formula`.
+    pub points_from: &'static str,
 }
 
 /// One OOM kill, explained.
@@ -130,6 +157,8 @@ pub struct Explained {
     pub group_kill: bool,
     /// What led to it.
     pub pressure: Option<PressureReport>,
+    /// The kernel's own `struct oom_control`, where fentry loads (`null` elsewhere).
+    pub oom_control: Option<OomControlReport>,
     /// One sentence.
     pub why: String,
     /// The sentence without its subject ("highest points … "), for the text line.
@@ -194,6 +223,8 @@ pub struct Explainer {
     filter: Option<(u64, String)>,
     /// Exits seen before their victim record (the SIGKILL races ahead of `mark_victim`).
     early_exits: HashMap<u32, VictimAftermath>,
+    /// `enum oom_constraint`: value -> name, from the kernel's BTF.
+    constraints: Vec<(u32, String)>,
 }
 
 const MAX_REMEMBERED: usize = 16_384;
@@ -213,7 +244,21 @@ impl Explainer {
             domain_seen: HashMap::new(),
             filter: None,
             early_exits: HashMap::new(),
+            constraints: Vec::new(),
         }
+    }
+
+    /// Names `enum oom_constraint` values as this kernel does.
+    pub fn with_constraints(mut self, constraints: Vec<(u32, String)>) -> Self {
+        self.constraints = constraints;
+        self
+    }
+
+    fn constraint_name(&self, value: u32) -> Option<&str> {
+        self.constraints
+            .iter()
+            .find(|(v, _)| *v == value)
+            .map(|(_, n)| n.as_str())
     }
 
     /// Records `cgroup`'s limit-hit count now, and its ancestors', so that the first kill in
@@ -344,6 +389,9 @@ impl Explainer {
     }
 
     fn totalpages(&self, kill: &OomKill) -> Option<u64> {
+        if let Some(oc) = &kill.oc {
+            return Some(oc.totalpages);
+        }
         let (mem_total, swap_total) = points::node_pages(self.page);
         match kill.domain {
             Some(i) => {
@@ -390,6 +438,8 @@ impl Explainer {
             report.reclaimed_kib =
                 Some(p.reclaimed.saturating_sub(before.reclaimed) * self.page / 1024);
             report.reclaim_ms = Some(p.ns.saturating_sub(before.ns) as f64 / 1e6);
+            report.reclaim_asked_kib = (kill.oc.is_some() || p.asked > 0)
+                .then(|| p.asked.saturating_sub(before.asked) * self.page / 1024);
             self.pressure_seen.insert(id, p);
         }
         Some(report)
@@ -406,7 +456,20 @@ impl Explainer {
         let points_of = |memory: &Memory, adj: Option<i16>| -> Option<i64> {
             Some(points::badness(memory.raw?, adj?, totalpages?, page))
         };
-        let victim_points = points_of(&kill.victim.memory, kill.victim.task.oom_score_adj);
+        // The kernel's own figures where fentry/fexit loaded; else its formula applied to
+        // what mark_victim read.
+        let chosen = kill
+            .oc
+            .as_ref()
+            .filter(|oc| Some(oc.chosen_tid) == kill.victim.task.tid)
+            .map(|oc| oc.chosen_points);
+        let (victim_points, victim_points_from) = match chosen {
+            Some(p) => (Some(p), "oom_control"),
+            None => (
+                points_of(&kill.victim.memory, kill.victim.task.oom_score_adj),
+                "formula",
+            ),
+        };
         let candidates = self.pending.remove(&kill.seq).unwrap_or_default();
         let mut ranked = Vec::new();
         let mut skipped = Vec::new();
@@ -418,8 +481,11 @@ impl Explainer {
                     reason,
                 }),
                 None => {
-                    let Some(points) = points_of(&c.memory, c.task.oom_score_adj) else {
-                        continue;
+                    let formula = points_of(&c.memory, c.task.oom_score_adj);
+                    let (points, points_from, formula_points) = match (c.kernel_points, formula) {
+                        (Some(p), f) => (p, "oom_badness", f),
+                        (None, Some(f)) => (f, "formula", None),
+                        (None, None) => continue,
                     };
                     let rss = c.memory.raw.map(|r| r.rss_pages * page / 1024);
                     ranked.push(Ranked {
@@ -432,6 +498,8 @@ impl Explainer {
                         pgtables_kib: c.memory.pgtables_kib,
                         cgroup_id: c.task.cgroup_id,
                         source: "kernel",
+                        points_from,
+                        formula_points,
                     });
                 }
             }
@@ -444,17 +512,50 @@ impl Explainer {
                 .cmp(&a.points)
                 .then_with(|| (b.pid == victim_pid).cmp(&(a.pid == victim_pid)))
         });
-        let domain_path = kill.domain.and_then(|i| kill.path_of_level(i));
-        let domain = kill.domain.and_then(|i| {
+        // The domain: oom_control's memcg where fentry loaded; else what the chain shows.
+        let (domain_index, found_by) = match &kill.oc {
+            Some(oc) if oc.memcg_id != 0 => (
+                kill.chain.iter().position(|l| l.id == oc.memcg_id),
+                "oom_control",
+            ),
+            Some(_) => (None, "oom_control"),
+            None => (kill.domain, kill.domain_by.unwrap_or("usage_at_limit")),
+        };
+        let domain_path = domain_index.and_then(|i| kill.path_of_level(i));
+        let domain = domain_index.and_then(|i| {
             let l = kill.chain.get(i)?;
             Some(Domain {
                 cgroup: domain_path.clone(),
                 cgroup_id: l.id,
                 limit_bytes: l.max_pages * page,
                 usage_bytes: l.usage_pages * page,
-                found_by: kill.domain_by.unwrap_or("usage_at_limit"),
+                found_by,
                 source: "kernel",
             })
+        });
+        let constraint = match &kill.oc {
+            Some(oc) => match self.constraint_name(oc.constraint) {
+                Some("CONSTRAINT_MEMCG") => "memcg",
+                Some("CONSTRAINT_NONE") => "global",
+                Some("CONSTRAINT_CPUSET") => "cpuset",
+                Some("CONSTRAINT_MEMORY_POLICY") => "mempolicy",
+                _ => "unknown",
+            },
+            None => match (kill.chain.is_empty(), domain_index) {
+                // Without the BTF program there is no chain: the constraint is unknown.
+                (true, _) => "unknown",
+                (false, Some(_)) => "memcg",
+                (false, None) => "global",
+            },
+        };
+        let oom_control = kill.oc.as_ref().map(|oc| OomControlReport {
+            constraint: self
+                .constraint_name(oc.constraint)
+                .map_or_else(|| oc.constraint.to_string(), str::to_owned),
+            totalpages: oc.totalpages,
+            chosen_points: oc.chosen_points,
+            order: oc.order,
+            gfp_mask: format!("{:#x}", oc.gfp_mask),
         });
         let (_visited, _sent, dropped, truncated) = kill.scan;
         let candidates_complete =
@@ -495,15 +596,11 @@ impl Explainer {
                 victim: kill.victim.clone(),
                 points: victim_points,
                 source: "kernel",
+                points_from: victim_points_from,
             },
             trigger: kill.trigger.clone(),
             totalpages,
-            constraint: match (kill.chain.is_empty(), kill.domain) {
-                // Without the BTF program there is no chain: the constraint is unknown.
-                (true, _) => "unknown",
-                (false, Some(_)) => "memcg",
-                (false, None) => "global",
-            },
+            constraint,
             domain,
             candidates: ranked,
             skipped,
@@ -511,6 +608,7 @@ impl Explainer {
             collateral,
             group_kill: kill.group_kill,
             pressure: pressure_report,
+            oom_control,
             why: String::new(),
             reason: String::new(),
             kill_confirmed: kill.kill_confirmed,
@@ -756,6 +854,7 @@ mod tests {
             reclaim_runs: Some(40),
             reclaimed_kib: Some(2048),
             reclaim_ms: Some(12.0),
+            reclaim_asked_kib: None,
         };
         assert_eq!(
             describe_pressure(&p).unwrap(),

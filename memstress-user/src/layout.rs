@@ -161,6 +161,22 @@ pub const SCAN_LIMIT: u32 = 32_768;
 /// Most candidates it reports per OOM.
 pub const CANDIDATE_LIMIT: u32 = 4_096;
 
+/// `enum oom_constraint` as this kernel defines it: value -> name.
+pub fn oom_constraints(btf: &Btf) -> Vec<(u32, String)> {
+    [
+        "CONSTRAINT_NONE",
+        "CONSTRAINT_CPUSET",
+        "CONSTRAINT_MEMORY_POLICY",
+        "CONSTRAINT_MEMCG",
+    ]
+    .iter()
+    .filter_map(|name| {
+        let value = u32::try_from(btf.enum_value(name).ok()?).ok()?;
+        Some((value, (*name).to_owned()))
+    })
+    .collect()
+}
+
 /// Resolves every offset the programs use from `btf`, and the classic `oom:mark_victim`
 /// record layout from `mark_victim` when tracefs is available.
 pub fn resolve(btf: &Btf, mark_victim: Option<&Format>) -> Resolved {
@@ -208,6 +224,13 @@ pub fn resolve(btf: &Btf, mark_victim: Option<&Format>) -> Resolved {
         memcg_oom_group: r.optional("mem_cgroup", "oom_group"),
         task_tasks: r.offset("task_struct", "tasks"),
         signal_oom_mm: r.offset("signal_struct", "oom_mm"),
+        oc_memcg: r.offset("oom_control", "memcg"),
+        oc_totalpages: r.offset("oom_control", "totalpages"),
+        oc_chosen: r.offset("oom_control", "chosen"),
+        oc_chosen_points: r.offset("oom_control", "chosen_points"),
+        oc_constraint: r.offset("oom_control", "constraint"),
+        oc_gfp_mask: r.offset("oom_control", "gfp_mask"),
+        oc_order: r.offset("oom_control", "order"),
         scan_limit: SCAN_LIMIT,
         candidate_limit: CANDIDATE_LIMIT,
         mark_victim_has_task: r.mark_victim_has_task(),

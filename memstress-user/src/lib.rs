@@ -6,7 +6,10 @@
 //! (loading and attaching the BPF programs), [`event`] (decoding what they report),
 //! [`points`] and [`explain`] (why this victim), [`report`] (text and JSON output), [`stressor`] (the worker that holds memory),
 //! [`spawn`] (starting workers inside a cgroup), [`janitor`] (cleanup that survives
-//! SIGKILL), [`target`] and [`run`] (the injector), [`watch`] (the observer).
+//! SIGKILL), [`target`] and [`run`] (the injector), [`watch`] (the observer). [`abi`] is the
+//! `#[repr(C)]` record layout shared with the BPF programs, and the programs' names.
+
+pub use memstress_ebpf as abi;
 
 pub mod btf;
 pub mod cgroup;
@@ -32,12 +35,56 @@ pub mod watch;
 
 /// An error and all its causes on one line: "outer: cause: root cause".
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        // aya's load errors end in "Verifier output: " and the log, which can be empty.
+        let text = text.trim_end();
+        let text = text
+            .strip_suffix("Verifier output:")
+            .map_or(text, |t| t.trim_end().trim_end_matches('.'));
+        // Many errors repeat their source in their own message: say each part once.
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(text)) {
+            parts.push(text.to_owned());
+        }
+        next = err.source();
     }
-    text
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{error::Error, fmt, io};
+
+    #[derive(Debug)]
+    struct Wrap(&'static str, io::Error);
+    impl fmt::Display for Wrap {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl Error for Wrap {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&self.1)
+        }
+    }
+
+    #[test]
+    fn error_chain_says_each_part_once() {
+        let denied = || io::Error::from_raw_os_error(1);
+        let e = Wrap(
+            "the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1). Verifier output: ",
+            denied(),
+        );
+        assert_eq!(
+            super::error_chain(&e),
+            "the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1)"
+        );
+        let e = Wrap("cannot open memory.max", denied());
+        assert_eq!(
+            super::error_chain(&e),
+            "cannot open memory.max: Operation not permitted (os error 1)"
+        );
+    }
 }

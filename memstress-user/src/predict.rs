@@ -103,6 +103,8 @@ pub fn predict(
             pgtables_kib: Some(raw.pgtables_bytes / 1024),
             cgroup_id: None,
             source: "predicted",
+            points_from: "formula",
+            formula_points: None,
         });
     }
     for (name, bytes, adj) in stressors {
@@ -122,6 +124,8 @@ pub fn predict(
             pgtables_kib: None,
             cgroup_id: None,
             source: "predicted",
+            points_from: "formula",
+            formula_points: None,
         });
     }
     ranking.sort_by_key(|r| std::cmp::Reverse(r.points));

@@ -11,7 +11,7 @@ use std::{io, path::PathBuf};
 use aya::{
     Ebpf, EbpfLoader, Endianness,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, TracePoint},
 };
 use memstress_ebpf::{Pressure, RuntimeConfig, counters, names, source};
 use serde::Serialize;
@@ -87,6 +87,36 @@ pub struct Status {
     pub error: Option<String>,
 }
 
+/// fentry/fexit programs: the OOM killer's own state, exact. They load on most production
+/// kernels; where they do not (no trampolines, or a kernel that refuses them), the
+/// explanation uses what `mark_victim` reads, and says so.
+const FENTRY_FEXIT: [(&str, &str, &str, &str); 4] = [
+    (
+        names::PROG_OUT_OF_MEMORY,
+        "fentry",
+        "out_of_memory",
+        "marks an OOM in progress (so oom_score reads are not taken for candidates)",
+    ),
+    (
+        names::PROG_OOM_BADNESS,
+        "fexit",
+        "oom_badness",
+        "every candidate's points exactly as the kernel computed them",
+    ),
+    (
+        names::PROG_OOM_KILL_PROCESS,
+        "fentry",
+        "oom_kill_process",
+        "struct oom_control: constraint, totalpages, the domain memcg, the chosen points",
+    ),
+    (
+        names::PROG_MEMCG_RECLAIM_ASK,
+        "fentry",
+        "try_to_free_mem_cgroup_pages",
+        "the pages direct reclaim was asked for",
+    ),
+];
+
 /// BTF tracepoints that add to the report and are not needed to see kills.
 const OPTIONAL_BTF: [(&str, &str, &str); 6] = [
     (
@@ -136,6 +166,8 @@ pub struct Probes {
     pub status: Vec<Status>,
     /// Kernel facts this kernel does not have (reported as unknown).
     pub missing: Vec<String>,
+    /// `enum oom_constraint`: value -> name, from this kernel's BTF.
+    pub constraints: Vec<(u32, String)>,
 }
 
 impl std::fmt::Debug for Probes {
@@ -180,6 +212,7 @@ impl Probes {
         let (btf, tracefs) = preflight(opts)?;
         let mark_victim_format = tracefs.format("oom", "mark_victim").ok();
         let resolved = layout::resolve(&btf, mark_victim_format.as_ref());
+        let constraints = layout::oom_constraints(&btf);
         drop(btf);
         let aya_btf = aya::Btf::parse_file(&opts.btf, Endianness::default()).map_err(|e| {
             ProbeError::Load(format!("aya cannot parse {}: {e}", opts.btf.display()))
@@ -238,6 +271,17 @@ impl Probes {
             error: result.err(),
         });
 
+        for (program, kind, hook, purpose) in FENTRY_FEXIT {
+            let result = attach_trampoline(&mut ebpf, &aya_btf, program, kind, hook);
+            status.push(Status {
+                program,
+                kind,
+                hook,
+                purpose,
+                attached: result.is_ok(),
+                error: result.err(),
+            });
+        }
         for (program, hook, purpose) in OPTIONAL_BTF {
             let result = attach_btf(&mut ebpf, &aya_btf, program, hook);
             status.push(Status {
@@ -283,6 +327,7 @@ impl Probes {
             ebpf,
             status,
             missing: resolved.missing,
+            constraints,
         })
     }
 
@@ -302,13 +347,32 @@ impl Probes {
 
     /// Warns once on stderr for each program that did not attach and each unknown fact.
     pub fn warn_degraded(&self) {
-        for s in self.status.iter().filter(|s| !s.attached) {
+        let trampoline = |s: &&Status| s.kind == "fentry" || s.kind == "fexit";
+        for s in self.status.iter().filter(|s| !s.attached && !trampoline(s)) {
             tracing::warn!(
                 "probe {} {} not attached ({}); without it: {}",
                 s.kind,
                 s.hook,
                 s.error.as_deref().unwrap_or("unknown error"),
                 s.purpose
+            );
+        }
+        // A kernel without fentry/fexit refuses all of them for one reason: say it once.
+        let refused: Vec<&Status> = self
+            .status
+            .iter()
+            .filter(|s| !s.attached && trampoline(s))
+            .collect();
+        if let Some(first) = refused.first() {
+            let hooks: Vec<String> = refused
+                .iter()
+                .map(|s| format!("{} {}", s.kind, s.hook))
+                .collect();
+            tracing::info!(
+                "{} not available on this kernel ({}): points come from the kernel's formula \
+                 applied to what mark_victim reads, and the domain from the memcg counters",
+                hooks.join(", "),
+                first.error.as_deref().unwrap_or("unknown error")
             );
         }
         if !self.missing.is_empty() {
@@ -370,6 +434,7 @@ impl Probes {
             runs: a.runs + p.runs,
             reclaimed: a.reclaimed + p.reclaimed,
             ns: a.ns + p.ns,
+            asked: a.asked + p.asked,
         }))
     }
 }
@@ -382,6 +447,28 @@ fn attach_btf(ebpf: &mut Ebpf, btf: &aya::Btf, program: &str, hook: &str) -> Res
         .map_err(|e| format!("{e}"))?;
     prog.load(hook, btf).map_err(|e| error_chain(&e))?;
     prog.attach().map_err(|e| error_chain(&e))?;
+    Ok(())
+}
+
+fn attach_trampoline(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    program: &str,
+    kind: &str,
+    function: &str,
+) -> Result<(), String> {
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?;
+    if kind == "fexit" {
+        let prog: &mut FExit = prog.try_into().map_err(|e| format!("{e}"))?;
+        prog.load(function, btf).map_err(|e| error_chain(&e))?;
+        prog.attach().map_err(|e| error_chain(&e))?;
+    } else {
+        let prog: &mut FEntry = prog.try_into().map_err(|e| format!("{e}"))?;
+        prog.load(function, btf).map_err(|e| error_chain(&e))?;
+        prog.attach().map_err(|e| error_chain(&e))?;
+    }
     Ok(())
 }
 

@@ -81,7 +81,8 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<()> {
     let mut shutdown = signals::Shutdown::new()?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
-    let mut explainer = Explainer::new(Hierarchy::discover().ok(), monotonic_ns());
+    let mut explainer = Explainer::new(Hierarchy::discover().ok(), monotonic_ns())
+        .with_constraints(probes.constraints.clone());
     if let Some((cgroup, id)) = &filter {
         explainer = explainer.only_in(*id, &cgroup.path);
         explainer.seed(cgroup, monotonic_ns());

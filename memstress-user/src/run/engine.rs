@@ -338,7 +338,8 @@ pub(super) async fn engine(
         at_goal: false,
     };
     let mut explainer = Explainer::new(Some(cgroup.hierarchy.clone()), monotonic_ns())
-        .only_in(state.target_id, &cgroup.path);
+        .only_in(state.target_id, &cgroup.path)
+        .with_constraints(probes.constraints.clone());
     let outcome = drive(
         opts,
         &mut state,

@@ -299,6 +299,7 @@ pub fn check(
                 None => (name, format!("≤ {max}"), "no samples".into(), false),
             }
         }
+        Expect::KernelPoints { tolerance_pct } => kernel_points(events, &kills, *tolerance_pct),
         Expect::GroupKilled { cgroup } => {
             let apps: Vec<u64> = events
                 .iter()
@@ -330,6 +331,96 @@ pub fn check(
             )
         }
     }
+}
+
+/// Whether the watcher reported `program` as attached.
+fn probe_attached(events: &[Value], program: &str) -> Option<bool> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "memstress" && e["source"] == "watch")
+        .map(|e| &e["event"])
+        .find(|e| e["type"] == "attached")
+        .map(|e| {
+            e["probes"].as_array().is_some_and(|p| {
+                p.iter()
+                    .any(|s| s["program"] == program && s["attached"] == true)
+            })
+        })
+}
+
+fn kernel_points(
+    events: &[Value],
+    kills: &[&Value],
+    tolerance_pct: f64,
+) -> (String, String, String, bool) {
+    let what = "candidates' points are the kernel's own (oom_badness), and the formula agrees";
+    let Some(fexit) = probe_attached(events, memstress::abi::names::PROG_OOM_BADNESS) else {
+        return (
+            what.into(),
+            "an `attached` report".into(),
+            "the watcher never reported its probes".into(),
+            false,
+        );
+    };
+    let mut problems = Vec::new();
+    let (mut read, mut compared, mut worst) = (0usize, 0usize, 0f64);
+    for k in kills.iter().filter(|k| k["group_kill"] != true) {
+        let tid = k["victim"]["tid"].as_u64().unwrap_or(0);
+        let ranked = k["candidates"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+        let want = if fexit { "oom_badness" } else { "formula" };
+        for c in ranked.iter().filter(|c| c["source"] == "kernel") {
+            if c["points_from"] != want {
+                problems.push(format!(
+                    "kill of {tid}: candidate {} points_from {}",
+                    c["pid"], c["points_from"]
+                ));
+                continue;
+            }
+            read += 1;
+            if let (Some(kernel), Some(formula)) =
+                (c["points"].as_i64(), c["formula_points"].as_i64())
+            {
+                compared += 1;
+                let off = (kernel - formula).unsigned_abs() as f64;
+                let pct = 100.0 * off / kernel.unsigned_abs().max(1) as f64;
+                // A few pages of slack: the counters are read a moment after oom_badness.
+                if pct > tolerance_pct && off > 16.0 {
+                    problems.push(format!(
+                        "{}: kernel {kernel} vs formula {formula}",
+                        c["pid"]
+                    ));
+                }
+                worst = worst.max(pct);
+            }
+        }
+        if fexit && k["victim"]["points_from"] != "oom_control" {
+            problems.push(format!(
+                "victim {tid} points_from {}",
+                k["victim"]["points_from"]
+            ));
+        }
+    }
+    if fexit && compared == 0 {
+        problems.push("no candidate carried both the kernel's and the formula's points".into());
+    }
+    let expected = if fexit {
+        format!(
+            "fexit oom_badness attached: kernel points on every candidate, formula within {tolerance_pct}%"
+        )
+    } else {
+        "fexit refused here: every candidate's points from the formula".into()
+    };
+    let actual = if problems.is_empty() {
+        format!("{read} candidate(s); {compared} compared, worst {worst:.2}% apart")
+    } else {
+        problems.join("; ")
+    };
+    (
+        what.into(),
+        expected,
+        actual,
+        problems.is_empty() && read > 0,
+    )
 }
 
 fn dedup(items: &[String]) -> Vec<String> {
@@ -384,5 +475,41 @@ mod tests {
             tolerance_pct: 2.0,
         };
         assert!(!check(&e, &events, &scenario).3);
+    }
+
+    #[test]
+    fn kernel_points_follow_what_attached() {
+        let attached = |on: bool| {
+            json!({"type":"memstress","source":"watch","event":{"type":"attached","probes":[
+                {"program":"oom_badness_exit","attached":on}]}})
+        };
+        let kill = |from: &str, points: i64, formula: Option<i64>, victim_from: &str| {
+            let mut c = json!({"pid":7,"source":"kernel","points":points,"points_from":from});
+            if let Some(f) = formula {
+                c["formula_points"] = json!(f);
+            }
+            json!({"type":"memstress","source":"watch","event":{"type":"oom_kill",
+                "victim":{"tid":7,"points_from":victim_from},"candidates":[c]}})
+        };
+        let e = Expect::KernelPoints { tolerance_pct: 2.0 };
+        let scenario: Scenario = toml::from_str("name = \"t\"\ndescription = \"\"").unwrap();
+        let ok = |events: Vec<Value>| check(&e, &events, &scenario).3;
+        assert!(ok(vec![
+            attached(true),
+            kill("oom_badness", 10_000, Some(10_010), "oom_control")
+        ]));
+        assert!(!ok(vec![
+            attached(true),
+            kill("oom_badness", 10_000, Some(12_000), "oom_control")
+        ]));
+        assert!(!ok(vec![
+            attached(true),
+            kill("formula", 10_000, None, "formula")
+        ]));
+        assert!(ok(vec![
+            attached(false),
+            kill("formula", 10_000, None, "formula")
+        ]));
+        assert!(!ok(vec![kill("formula", 10_000, None, "formula")]));
     }
 }

@@ -224,6 +224,14 @@ pub enum Expect {
         /// Cgroup name.
         cgroup: String,
     },
+    /// Where the kernel's own `oom_badness` result could be read (fexit attached), every
+    /// ranked candidate carries it (`points_from = "oom_badness"`), the victim's points are
+    /// the kernel's `chosen_points`, and memstress's formula agrees with the kernel within
+    /// `tolerance_pct`. Where fexit is refused, every candidate is marked `formula`.
+    KernelPoints {
+        /// Largest disagreement between the formula and the kernel, in percent.
+        tolerance_pct: f64,
+    },
 }
 
 /// Why a scenario file was refused: one line naming the file and the problem.
