@@ -43,6 +43,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE", default_value = crate::btf::VMLINUX)]
     pub btf: PathBuf,
 
+    /// Size of the BPF ring buffer that carries OOM records to memstress (rounded up to a
+    /// power of two, at least one page). Records that find it full are counted and reported
+    /// as dropped, never lost silently; a bigger buffer rides out longer stalls of the reader.
+    #[arg(long, global = true, value_name = "SIZE", default_value = "4Mi", value_parser = parse_ring_size)]
+    pub ring_buffer: u32,
+
     /// More diagnostics on stderr (-v: info, -vv: debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -110,6 +116,20 @@ fn parse_size(s: &str) -> Result<SizeSpec, String> {
 
 fn parse_limit(s: &str) -> Result<u64, String> {
     SizeSpec::parse_bytes(s).map_err(|e| e.to_string())
+}
+
+fn parse_ring_size(s: &str) -> Result<u32, String> {
+    let bytes = SizeSpec::parse_bytes(s).map_err(|e| e.to_string())?;
+    let rounded = bytes.max(4096).checked_next_power_of_two();
+    match rounded
+        .and_then(|b| u32::try_from(b).ok())
+        .filter(|&b| b <= 1 << 30)
+    {
+        Some(b) => Ok(b),
+        None => Err(format!(
+            "ring buffer size `{s}` is too large; give at most 1Gi (e.g. 4Mi, 64Mi)"
+        )),
+    }
 }
 
 fn parse_adj(s: &str) -> Result<i32, String> {
@@ -245,6 +265,12 @@ pub struct RunArgs {
     /// Allow the root cgroup as a target (pressure on the whole node).
     #[arg(long)]
     pub allow_root_cgroup: bool,
+
+    /// Run the stressors as this user: a name, a uid, or uid:gid (default: nobody, when
+    /// memstress may switch users; else its own uid). Stressors drop every capability and set
+    /// no_new_privs before they exec, whatever the user.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
 
     /// Print the resolved plan (target, version, limit, usage, bytes per worker) and exit.
     #[arg(long)]

@@ -19,6 +19,7 @@ pub mod exit;
 pub mod explain;
 pub mod janitor;
 pub mod layout;
+pub mod lock;
 pub mod points;
 pub mod predict;
 pub mod privilege;

@@ -71,6 +71,10 @@ fn main() -> ExitCode {
     {
         return code(stressor::worker_entry(std::env::args().skip(2)));
     }
+    if let Err(e) = memstress::privilege::refuse_setuid() {
+        eprintln!("memstress: {e}");
+        return code(exit::FAILURE);
+    }
     let cli = Cli::parse();
     // The hidden worker subcommands run without logging or an async runtime: they must stay
     // small (their memory is charged to the target).
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
     let reporter = Reporter::new(cli.output);
     let mut probe_opts = probe::Options {
         btf: cli.btf.clone(),
+        ring_bytes: cli.ring_buffer,
         ..probe::Options::default()
     };
     let result = runtime.block_on(async {
@@ -132,6 +137,7 @@ fn main() -> ExitCode {
                 };
                 let mut opts = run::Options::new(target, amount, probe_opts);
                 opts.allow_root = args.allow_root_cgroup;
+                opts.user = args.user;
                 opts.of_node = args.of_node;
                 opts.workers = args.workers;
                 opts.ramp = args.ramp;
@@ -164,7 +170,13 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line, the whole chain of causes, no backtrace.
             tracing::error!("{e:#}");
-            code(exit::FAILURE)
+            let busy = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<memstress::lock::LockError>(),
+                    Some(memstress::lock::LockError::Busy(_))
+                )
+            });
+            code(if busy { exit::BUSY } else { exit::FAILURE })
         }
     }
 }

@@ -58,13 +58,19 @@ pub struct Options {
     pub btf: PathBuf,
     /// The subcommand, for error messages.
     pub command: &'static str,
+    /// Size of the `EVENTS` ring buffer in bytes (a power of two, at least a page).
+    pub ring_bytes: u32,
 }
+
+/// The ring buffer's default size: 4 MiB holds thousands of kills' records.
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             btf: PathBuf::from(btf::VMLINUX),
             command: "watch",
+            ring_bytes: DEFAULT_RING_BYTES,
         }
     }
 }
@@ -168,6 +174,15 @@ pub struct Probes {
     pub missing: Vec<String>,
     /// `enum oom_constraint`: value -> name, from this kernel's BTF.
     pub constraints: Vec<(u32, String)>,
+    /// Dropped records already reported.
+    drops_reported: std::cell::Cell<u64>,
+}
+
+/// The `dropped` line: records the BPF side could not queue since the last such line.
+#[derive(Serialize)]
+struct Dropped {
+    records: u64,
+    total: u64,
 }
 
 impl std::fmt::Debug for Probes {
@@ -221,6 +236,11 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&aya_btf))
             .override_global(names::LAYOUT_GLOBAL, &resolved.layout, true)
+            .map_max_entries(
+                names::EVENTS,
+                opts.ring_bytes
+                    .max(u32::try_from(crate::event::page_size()).unwrap_or(4096)),
+            )
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(e.to_string()))?;
 
@@ -328,6 +348,7 @@ impl Probes {
             status,
             missing: resolved.missing,
             constraints,
+            drops_reported: std::cell::Cell::new(0),
         })
     }
 
@@ -423,6 +444,28 @@ impl Probes {
     /// Records the BPF side could not put in the ring buffer.
     pub fn drops(&self) -> u64 {
         self.counter(counters::RINGBUF_DROPS)
+    }
+
+    /// Reports records dropped since the last call (a `dropped` line and a warning), as soon
+    /// as the reader catches up: a full ring buffer is never silent.
+    pub fn report_new_drops(&self, reporter: &crate::report::Reporter) {
+        let total = self.drops();
+        let new = total.saturating_sub(self.drops_reported.get());
+        if new == 0 {
+            return;
+        }
+        self.drops_reported.set(total);
+        reporter.json(
+            "dropped",
+            &Dropped {
+                records: new,
+                total,
+            },
+        );
+        tracing::warn!(
+            "{new} OOM record(s) dropped: the BPF ring buffer was full (reader stalled?); \
+             {total} in all; --ring-buffer sets its size"
+        );
     }
 
     /// Direct reclaim done so far by the tasks of memcg `id` (summed over CPUs).

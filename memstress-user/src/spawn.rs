@@ -52,6 +52,13 @@ pub struct Spec<'a> {
     pub new_session: bool,
     /// `oom_score_adj` to set before exec.
     pub oom_score_adj: Option<i32>,
+    /// Switch to this user and group (supplementary groups cleared) before exec.
+    pub credentials: Option<crate::privilege::Credentials>,
+    /// Drop every capability (bounding, ambient, inheritable, permitted, effective) and set
+    /// `no_new_privs` before exec, after joining the cgroup and setting `oom_score_adj`.
+    pub drop_privileges: bool,
+    /// Raise RLIMIT_MEMLOCK to unlimited first (for `--mlock` after the drop; best effort).
+    pub unlimited_memlock: bool,
     /// Standard input.
     pub stdin: Stdio,
     /// Standard output.
@@ -71,6 +78,9 @@ impl<'a> Spec<'a> {
             new_process_group: true,
             new_session: false,
             oom_score_adj: None,
+            credentials: None,
+            drop_privileges: false,
+            unlimited_memlock: false,
             stdin: Stdio::Inherit,
             stdout: Stdio::Inherit,
             stderr: Stdio::Inherit,
@@ -291,6 +301,8 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
                 STAGE_CGROUP => "join the cgroup",
                 STAGE_ADJ => "set oom_score_adj",
                 STAGE_EXEC => "exec",
+                STAGE_USER => "switch user",
+                STAGE_CAPS => "drop capabilities",
                 _ => "start",
             };
             let os = io::Error::from_raw_os_error(errno);
@@ -317,6 +329,91 @@ const STAGE_CGROUP: i32 = 1;
 const STAGE_ADJ: i32 = 2;
 const STAGE_EXEC: i32 = 3;
 const STAGE_SETUP: i32 = 4;
+const STAGE_USER: i32 = 5;
+const STAGE_CAPS: i32 = 6;
+
+/// `struct __user_cap_header_struct`
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+/// `struct __user_cap_data_struct`
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Drops every capability and switches credentials. Raw system calls only (it runs between
+/// clone and exec). Order matters: the bounding set can only be emptied while CAP_SETPCAP is
+/// held, and the user switched while CAP_SETUID is; `no_new_privs` keeps exec from granting
+/// anything back, and an empty bounding set keeps a uid-0 exec from regaining capabilities.
+///
+/// # Safety
+/// Only in the child of a fork-like clone (see [`child_main`]). On error, errno is left as
+/// the failing call set it, and the stage is returned.
+unsafe fn drop_privileges(credentials: Option<crate::privilege::Credentials>) -> Result<(), i32> {
+    // SAFETY: raw system calls with valid arguments.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(STAGE_CAPS);
+        }
+        for cap in 0..64 {
+            // EPERM without CAP_SETPCAP, EINVAL past the kernel's last capability: what is
+            // left is checked below.
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
+                && *libc::__errno_location() == libc::EINVAL
+            {
+                break;
+            }
+        }
+        let bounding_left =
+            (0..64).any(|cap| libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) == 1);
+        if libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        ) != 0
+            && *libc::__errno_location() != libc::EINVAL
+        {
+            return Err(STAGE_CAPS);
+        }
+        if let Some(c) = credentials
+            && (libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(c.gid, c.gid, c.gid) != 0
+                || libc::setresuid(c.uid, c.uid, c.uid) != 0)
+        {
+            return Err(STAGE_USER);
+        }
+        let header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        if libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) != 0 {
+            return Err(STAGE_CAPS);
+        }
+        // As uid 0 with a bounding set we could not empty, exec would grant capabilities
+        // back: refuse rather than run a stressor with privileges.
+        if bounding_left && libc::geteuid() == 0 {
+            *libc::__errno_location() = libc::EPERM;
+            return Err(STAGE_CAPS);
+        }
+    }
+    Ok(())
+}
 
 /// The child's side. Never returns.
 ///
@@ -371,6 +468,29 @@ unsafe fn child_main(
                 fail(STAGE_ADJ);
             }
             libc::close(fd);
+        }
+        if spec.unlimited_memlock {
+            let unlimited = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // Best effort: without CAP_SYS_RESOURCE, mlock reports its own error later.
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited);
+        }
+        if spec.drop_privileges || spec.credentials.is_some() {
+            if let Err(stage) = drop_privileges(spec.credentials) {
+                fail(stage);
+            }
+            // Changing credentials clears the parent-death signal (commit_creds): set it
+            // again, and check the parent did not die in between.
+            if spec.die_with_parent {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    fail(STAGE_SETUP);
+                }
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+            }
         }
         for (target, (stdio, end)) in [spec.stdin, spec.stdout, spec.stderr]
             .iter()

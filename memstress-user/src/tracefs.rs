@@ -21,6 +21,11 @@ pub enum TracefsError {
          mount it with: mount -t tracefs nodev /sys/kernel/tracing"
     )]
     NotMounted,
+    #[error(
+        "cannot read tracefs at {0}: permission denied; a non-root user needs \
+         CAP_DAC_READ_SEARCH as well, or run memstress as uid 0 with CAP_BPF and CAP_PERFMON"
+    )]
+    Denied(String),
     #[error("this kernel has no tracepoint {0} (looked in {1})")]
     NoEvent(String, String),
     #[error("cannot read {path}")]
@@ -128,14 +133,21 @@ impl Format {
 impl Tracefs {
     /// Finds a mounted tracefs in the usual places.
     pub fn find() -> Result<Self, TracefsError> {
-        CANDIDATES
-            .iter()
-            .map(Path::new)
-            .find(|root| root.join("events").is_dir())
-            .map(|root| Self {
-                root: root.to_owned(),
-            })
-            .ok_or(TracefsError::NotMounted)
+        let mut denied = None;
+        for root in CANDIDATES.iter().map(Path::new) {
+            match std::fs::metadata(root.join("events")) {
+                Ok(m) if m.is_dir() => {
+                    return Ok(Self {
+                        root: root.to_owned(),
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    denied.get_or_insert_with(|| root.display().to_string());
+                }
+                _ => {}
+            }
+        }
+        Err(denied.map_or(TracefsError::NotMounted, TracefsError::Denied))
     }
 
     /// A tracefs at `root` (tests).

@@ -108,6 +108,7 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<()> {
             counts.add(&output);
             reporter.output(&output, &KillContext::default());
         }
+        probes.report_new_drops(reporter);
     }
     let drops = probes.drops();
     reporter.json(

@@ -292,7 +292,7 @@ echo +memory > /sys/fs/cgroup/cgroup.subtree_control
 # Only emergencies on the console: it carries the results.
 echo 1 > /proc/sys/kernel/printk
 # A RAM disk with ext2, for page cache that is page cache (on tmpfs it would be shmem).
-insmod /lib/brd.ko rd_nr=1 rd_size=524288 && mke2fs -q /dev/ram0 && mount /dev/ram0 /mnt/cache
+insmod /lib/brd.ko rd_nr=1 rd_size=524288 && mke2fs -q /dev/ram0 && mount /dev/ram0 /mnt/cache && chmod 1777 /mnt/cache
 echo "@@LAB:BEGIN $(uname -r)"
 /bin/memstress-lab run --memstress /bin/memstress --out /out --kernel-label @LABEL@ \
     --root-name lab --file-dir /mnt/cache /scenarios/*.toml > /tmp/agent.log 2>&1

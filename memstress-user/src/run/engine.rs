@@ -311,6 +311,7 @@ pub(super) async fn engine(
     }
     for m in &mut members {
         m.join = join;
+        m.credentials = plan.credentials;
     }
     let baseline = cgroup.usage()?;
     let page = event::page_size();
@@ -506,6 +507,7 @@ fn handle_records(
             }
         }
     }
+    probes.report_new_drops(reporter);
     killed
 }
 

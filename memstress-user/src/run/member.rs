@@ -74,6 +74,8 @@ pub struct Member {
     pub oom_score_adj: Option<i32>,
     /// Join the target before exec (false when the target is the controller's own cgroup).
     pub join: bool,
+    /// Switch to these credentials before exec (`None`: keep the controller's).
+    pub credentials: Option<crate::privilege::Credentials>,
     /// Current pid.
     pub pid: Option<u32>,
     /// Incarnation (restarts increment it; stale events are ignored).
@@ -111,6 +113,7 @@ impl Member {
             share,
             oom_score_adj: adj,
             join: true,
+            credentials: None,
             pid: None,
             generation: 0,
             alive: false,
@@ -149,6 +152,10 @@ impl Member {
         let mut spec = Spec::new(Path::new(spawn::SELF_EXE), args);
         spec.cgroup = self.join.then_some(cgroup);
         spec.oom_score_adj = self.oom_score_adj;
+        // Workers hold memory and nothing else: no capabilities, the run's stressor user.
+        spec.credentials = self.credentials;
+        spec.drop_privileges = true;
+        spec.unlimited_memlock = self.worker.mlock;
         spec.stdin = Stdio::Pipe;
         spec.stdout = Stdio::Pipe;
         spec.stderr = Stdio::Inherit;
@@ -275,11 +282,12 @@ async fn supervise(
     index: usize,
     generation: u32,
     child: spawn::Child,
-    mut stdin: std::fs::File,
+    stdin: std::fs::File,
     stdout: pipe::Receiver,
     mut ctl: mpsc::UnboundedReceiver<Ctl>,
     events: mpsc::UnboundedSender<MemberEvent>,
 ) {
+    let mut stdin = Some(stdin);
     let mut lines = BufReader::new(stdout).lines();
     let mut reading = true;
     let mut listening = true;
@@ -302,10 +310,15 @@ async fn supervise(
                 // Commands are a few dozen bytes and the worker reads them promptly: the
                 // pipe never fills, so this write does not block the event loop.
                 Some(Ctl::Send(command)) => {
-                    let _ = stdin.write_all(command.line().as_bytes());
+                    if let Some(stdin) = &mut stdin {
+                        let _ = stdin.write_all(command.line().as_bytes());
+                    }
                 }
-                Some(Ctl::Kill) => { let _ = child.kill(); }
-                None => { listening = false; let _ = child.kill(); }
+                // Closing its stdin ends a worker by itself (it exits on EOF), which needs no
+                // permission: a worker running as another user cannot be signalled without
+                // CAP_KILL. SIGKILL too, for a worker stuck in a page fault.
+                Some(Ctl::Kill) => { stdin = None; let _ = child.kill(); }
+                None => { listening = false; stdin = None; let _ = child.kill(); }
             },
         }
     }

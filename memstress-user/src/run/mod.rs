@@ -118,6 +118,8 @@ pub struct Options {
     pub stop_after_kills: Option<u32>,
     /// Give up after this long (the demo).
     pub deadline: Option<Duration>,
+    /// Who stressors run as (`--user`; `None`: nobody where this process can switch).
+    pub user: Option<String>,
     /// Probe options.
     pub probe: probe::Options,
 }
@@ -128,6 +130,7 @@ impl Options {
         Self {
             target,
             allow_root: false,
+            user: None,
             amount,
             of_node: false,
             workers: 1,
@@ -189,6 +192,11 @@ pub struct Plan {
     pub crosses_limit: bool,
     /// When it does: who the OOM killer would choose, predicted from /proc now.
     pub predicted_oom: Option<Prediction>,
+    /// Who the stressors run as; they hold no capabilities.
+    pub stressor_user: privilege::StressorUser,
+    /// The credentials to switch to (`None`: keep this process's own).
+    #[serde(skip)]
+    pub credentials: Option<privilege::Credentials>,
 }
 
 /// The target as planned.
@@ -240,6 +248,34 @@ fn resolve_amount(
     })
 }
 
+/// Fails unless `who` can create files in `dir` (page-cache stressors write there after
+/// dropping to their user): by the mode bits, as the kernel's permission check would.
+fn check_writable(dir: &std::path::Path, who: privilege::Credentials) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("--file-dir {}: cannot use it", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("--file-dir {}: not a directory", dir.display());
+    }
+    let mode = meta.mode();
+    let writable = who.uid == 0
+        || (meta.uid() == who.uid && mode & 0o300 == 0o300)
+        || (meta.uid() != who.uid && meta.gid() == who.gid && mode & 0o030 == 0o030)
+        || (meta.uid() != who.uid && meta.gid() != who.gid && mode & 0o003 == 0o003);
+    if !writable {
+        bail!(
+            "--file-dir {}: stressors run as uid {} and cannot write there (mode {:o}, owner \
+             {}:{}); give a directory they can write to (e.g. /var/tmp) or choose --user",
+            dir.display(),
+            who.uid,
+            mode & 0o7777,
+            meta.uid(),
+            meta.gid()
+        );
+    }
+    Ok(())
+}
+
 /// Resolves the plan without creating anything.
 pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
     if opts.workers == 0 {
@@ -253,6 +289,15 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
             "--fill-to with --kind file cannot work: page cache that is not recently used is \
              not in the working set (usage − inactive_file); use --kind anon or shmem"
         );
+    }
+    let (credentials, stressor_user) =
+        privilege::stressor_user(opts.user.as_deref()).map_err(anyhow::Error::msg)?;
+    if opts.kind == Kind::File {
+        let dir = opts
+            .file_dir
+            .clone()
+            .unwrap_or_else(crate::stressor::default_file_dir);
+        check_writable(&dir, credentials.unwrap_or_else(privilege::own))?;
     }
     let target = Target::resolve(hierarchy, &opts.target, opts.allow_root)?;
     let limit = target.effective_limit()?;
@@ -335,6 +380,8 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
         oom_score_adj: opts.oom_score_adj,
         crosses_limit,
         predicted_oom: None,
+        stressor_user,
+        credentials,
     };
     let mut plan = plan;
     if crosses_limit && let Some((limit, domain)) = &limit {
@@ -438,6 +485,11 @@ pub fn print_plan(plan: &Plan, reporter: &Reporter) {
         } else {
             ""
         }
+    ));
+    let u = &plan.stressor_user;
+    reporter.text(&format!(
+        "stressors run as uid {} gid {} ({}), with no capabilities",
+        u.uid, u.gid, u.from
     ));
     if let Some(p) = &plan.predicted_oom {
         let top: Vec<String> = p
@@ -557,6 +609,11 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
     if let Some(adj) = opts.oom_score_adj {
         check_oom_score_adj(adj)?;
     }
+    // One run per target: refuse before anything is created (exit code 5).
+    let mut _lock = match target.create {
+        None => Some(crate::lock::lock(&target.cgroup.dir, &target.cgroup.path)?),
+        Some(_) => None,
+    };
     let own = cgroup::own_cgroup(&hierarchy).ok();
     let in_own = own.as_ref().is_some_and(|o| *o == target.cgroup);
     if in_own {
@@ -583,6 +640,7 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
                 .to_owned();
             let cgroup = parent.create_child(&name)?;
             created = Some(cgroup.clone());
+            _lock = Some(crate::lock::lock(&cgroup.dir, &cgroup.path)?);
             cgroup.set_limit(limit)?;
         }
         let mut probes = Probes::load(&opts.probe)?;
