@@ -19,6 +19,7 @@ use std::{
 
 use memstress::cgroup::{Cgroup, Hierarchy};
 
+pub mod bpf;
 pub mod lab;
 use serde_json::Value;
 
