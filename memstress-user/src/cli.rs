@@ -118,6 +118,29 @@ fn parse_limit(s: &str) -> Result<u64, String> {
     SizeSpec::parse_bytes(s).map_err(|e| e.to_string())
 }
 
+fn parse_pid(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(pid) if pid > 0 => Ok(pid),
+        _ => Err(format!(
+            "`{s}` is not a pid; give the number of a running process"
+        )),
+    }
+}
+
+/// Clap's error text as one line: its message (with the lines that continue it), without the
+/// usage block; e.g. `the following required arguments were not provided: --limit <SIZE>`.
+pub fn one_line_usage_error(rendered: &str) -> String {
+    let message = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    format!("memstress: error: {message} (see --help)")
+}
+
 fn parse_ring_size(s: &str) -> Result<u32, String> {
     let bytes = SizeSpec::parse_bytes(s).map_err(|e| e.to_string())?;
     let rounded = bytes.max(4096).checked_next_power_of_two();
@@ -182,7 +205,7 @@ pub struct RunArgs {
     pub cgroup: Option<String>,
 
     /// Stress the memory cgroup process PID is in (a container's process, seen from the node).
-    #[arg(long, value_name = "PID")]
+    #[arg(long, value_name = "PID", value_parser = parse_pid)]
     pub pid: Option<u32>,
 
     /// Stress the cgroup memstress itself runs in (a sidecar in the pod it stresses).
@@ -287,4 +310,40 @@ pub struct DemoArgs {
     /// Give up if no OOM kill was seen after this long.
     #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "60s")]
     pub timeout: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        for args in [
+            &["memstress", "run", "--new", "x", "--size", "1Mi"][..],
+            &[
+                "memstress",
+                "run",
+                "--new",
+                "x",
+                "--limit",
+                "0",
+                "--size",
+                "1Mi",
+            ],
+            &["memstress", "run", "--pid", "abc", "--size", "1Mi"],
+            &["memstress", "run", "--pid", "-1", "--size", "1Mi"],
+            &["memstress", "frobnicate"],
+        ] {
+            let e = Cli::try_parse_from(args).unwrap_err();
+            let line = one_line_usage_error(&e.render().to_string());
+            assert!(!line.contains('\n'), "{line}");
+            assert!(line.starts_with("memstress: error: "), "{line}");
+            assert!(!line.contains("Usage:"), "{line}");
+        }
+        let e =
+            Cli::try_parse_from(["memstress", "run", "--new", "x", "--size", "1Mi"]).unwrap_err();
+        assert!(one_line_usage_error(&e.render().to_string()).contains("--limit <SIZE>"));
+    }
 }

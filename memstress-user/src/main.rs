@@ -75,7 +75,25 @@ fn main() -> ExitCode {
         eprintln!("memstress: {e}");
         return code(exit::FAILURE);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            eprintln!(
+                "{}",
+                memstress::cli::one_line_usage_error(&e.render().to_string())
+            );
+            return code(exit::USAGE);
+        }
+    };
     // The hidden worker subcommands run without logging or an async runtime: they must stay
     // small (their memory is charged to the target).
     match cli.command {
