@@ -321,6 +321,13 @@ impl Btf {
 
     /// Size in bytes of type `id`.
     pub fn size_of(&self, id: u32) -> Result<u64, BtfError> {
+        self.size_within(id, 32)
+    }
+
+    fn size_within(&self, id: u32, depth: u32) -> Result<u64, BtfError> {
+        if depth == 0 {
+            return Err(BtfError::Corrupt("array nesting too deep"));
+        }
         let id = self.resolve(id)?;
         let entry = self.entry(id)?;
         match entry.kind {
@@ -334,7 +341,9 @@ impl Btf {
             Kind::Ptr => Ok(8),
             Kind::Array => {
                 let array = self.array(id)?;
-                Ok(self.size_of(array.elem_type)? * u64::from(array.len))
+                self.size_within(array.elem_type, depth - 1)?
+                    .checked_mul(u64::from(array.len))
+                    .ok_or(BtfError::Corrupt("array size overflows"))
             }
             _ => Err(BtfError::Corrupt("type has no size")),
         }
@@ -485,17 +494,27 @@ impl Btf {
 
     /// A C-like description of type `id`, for messages ("struct task_struct *").
     pub fn describe(&self, id: u32) -> String {
+        self.describe_within(id, 32)
+    }
+
+    /// [`Self::describe`], giving up after `depth` levels: a corrupt (or hostile) BTF can
+    /// make types refer to themselves.
+    fn describe_within(&self, id: u32, depth: u32) -> String {
         let Ok(entry) = self.entry(id) else {
             return format!("<type {id}>");
         };
+        if depth == 0 {
+            return "…".to_owned();
+        }
+        let inner = |id| self.describe_within(id, depth - 1);
         let name = self.string(entry.name_off).unwrap_or("?");
         match entry.kind {
             Kind::Void => "void".to_owned(),
-            Kind::Ptr => format!("{} *", self.describe(entry.size_or_type)),
-            Kind::Const => format!("const {}", self.describe(entry.size_or_type)),
-            Kind::Volatile => format!("volatile {}", self.describe(entry.size_or_type)),
+            Kind::Ptr => format!("{} *", inner(entry.size_or_type)),
+            Kind::Const => format!("const {}", inner(entry.size_or_type)),
+            Kind::Volatile => format!("volatile {}", inner(entry.size_or_type)),
             Kind::Array => match self.array(id) {
-                Ok(a) => format!("{}[{}]", self.describe(a.elem_type), a.len),
+                Ok(a) => format!("{}[{}]", inner(a.elem_type), a.len),
                 Err(_) => "<array>".to_owned(),
             },
             Kind::Struct | Kind::Union | Kind::Enum | Kind::Enum64 => {

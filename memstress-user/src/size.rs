@@ -40,6 +40,12 @@ pub enum SizeError {
     PercentNotAllowed(String),
 }
 
+/// The input as an error message shows it: control characters escaped, so the message stays
+/// one line whatever was typed.
+fn shown(input: &str) -> String {
+    input.escape_debug().to_string()
+}
+
 impl SizeSpec {
     /// Parses `200Mi`, `1.5Gi`, `500M`, `4096`, `80%`.
     pub fn parse(input: &str) -> Result<Self, SizeError> {
@@ -48,16 +54,15 @@ impl SizeSpec {
             return Err(SizeError::Empty);
         }
         if s.starts_with('-') {
-            return Err(SizeError::Negative(input.to_owned()));
+            return Err(SizeError::Negative(shown(input)));
         }
         if let Some(number) = s.strip_suffix('%') {
-            let p =
-                parse_number(number.trim()).ok_or_else(|| SizeError::Invalid(input.to_owned()))?;
+            let p = parse_number(number.trim()).ok_or_else(|| SizeError::Invalid(shown(input)))?;
             if p <= 0.0 {
-                return Err(SizeError::Zero(input.to_owned()));
+                return Err(SizeError::Zero(shown(input)));
             }
             if p > 10_000.0 {
-                return Err(SizeError::Overflow(input.to_owned()));
+                return Err(SizeError::Overflow(shown(input)));
             }
             return Ok(Self::Percent(p));
         }
@@ -65,7 +70,7 @@ impl SizeSpec {
             .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
             .unwrap_or(s.len());
         let (number, unit) = s.split_at(split);
-        let value = parse_number(number).ok_or_else(|| SizeError::Invalid(input.to_owned()))?;
+        let value = parse_number(number).ok_or_else(|| SizeError::Invalid(shown(input)))?;
         let multiplier: u64 = match unit.trim() {
             "" | "B" => 1,
             "Ki" | "KiB" => 1 << 10,
@@ -78,18 +83,18 @@ impl SizeSpec {
             "T" | "TB" => 1_000_000_000_000,
             other => {
                 return Err(SizeError::Unit {
-                    input: input.to_owned(),
-                    unit: other.to_owned(),
+                    input: shown(input),
+                    unit: shown(other),
                 });
             }
         };
         let bytes = value * multiplier as f64;
         if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-            return Err(SizeError::Overflow(input.to_owned()));
+            return Err(SizeError::Overflow(shown(input)));
         }
         let bytes = bytes.round() as u64;
         if bytes == 0 {
-            return Err(SizeError::Zero(input.to_owned()));
+            return Err(SizeError::Zero(shown(input)));
         }
         Ok(Self::Bytes(bytes))
     }
@@ -98,7 +103,7 @@ impl SizeSpec {
     pub fn parse_bytes(input: &str) -> Result<u64, SizeError> {
         match Self::parse(input)? {
             Self::Bytes(b) => Ok(b),
-            Self::Percent(_) => Err(SizeError::PercentNotAllowed(input.to_owned())),
+            Self::Percent(_) => Err(SizeError::PercentNotAllowed(shown(input))),
         }
     }
 

@@ -5,6 +5,7 @@
 //! * `demo`: the main job on its built-in default (setup and build included).
 //! * `test`: formatting, lints, unit tests, then the privileged integration tests as root.
 
+mod fuzz;
 mod lab;
 mod setup;
 
@@ -52,8 +53,17 @@ enum Cmd {
         #[arg(long, default_value_t = 900)]
         boot_timeout: u64,
     },
-    /// Run the whole test suite: fmt, clippy, unit tests, privileged integration tests, and
-    /// the lab on every kernel.
+    /// Fuzz memstress's parsers (sizes, /proc and cgroup files, tracefs formats, BTF,
+    /// mountinfo, ring-buffer records) with cargo-fuzz, each target for --time seconds.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
+    /// Run the whole test suite: fmt, clippy, unit tests, privileged integration tests, a
+    /// short fuzzing pass, and the lab on every kernel.
     Test {
         /// Only the unit tests (no root needed).
         #[arg(long)]
@@ -67,6 +77,9 @@ enum Cmd {
         /// Skip the lab.
         #[arg(long)]
         no_lab: bool,
+        /// Skip the fuzzing pass.
+        #[arg(long)]
+        no_fuzz: bool,
         /// Only integration tests whose name contains this.
         filter: Option<String>,
     },
@@ -281,11 +294,13 @@ fn main() -> Result<()> {
                 boot_timeout: std::time::Duration::from_secs(boot_timeout),
             })
         }
+        Cmd::Fuzz { time, targets } => fuzz::fuzz(&targets, time),
         Cmd::Test {
             unit,
             privileged,
             no_lint,
             no_lab,
+            no_fuzz,
             filter,
         } => {
             let all = !unit && !privileged;
@@ -302,6 +317,9 @@ fn main() -> Result<()> {
             }
             if all || privileged {
                 privileged_tests(filter.as_deref())?;
+            }
+            if all && !no_fuzz && filter.is_none() {
+                fuzz::fuzz(&[], 5)?;
             }
             if all && !no_lab && filter.is_none() {
                 lab::lab(&lab::Args {

@@ -17,7 +17,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages, by what needs them.
 pub const PACKAGES_TEST: &[&str] = &["stress-ng"];
 
-fn say(step: &str, what: &str) {
+pub fn say(step: &str, what: &str) {
     eprintln!("setup: {step:<26} {what}");
 }
 
