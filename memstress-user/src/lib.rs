@@ -7,7 +7,7 @@
 //! [`points`] and [`explain`] (why this victim), [`report`] (text and JSON output), [`stressor`] (the worker that holds memory),
 //! [`spawn`] (starting workers inside a cgroup), [`janitor`] (cleanup that survives
 //! SIGKILL), [`target`] and [`run`] (the injector), [`kube`] (Kubernetes pods and containers
-//! in the cgroup tree), [`watch`]
+//! in the cgroup tree), [`stresschaos`] (Chaos Mesh's StressChaos read as a run), [`watch`]
 //! (the observer). [`abi`] is the
 //! `#[repr(C)]` record layout shared with the BPF programs, and the programs' names.
 
@@ -33,6 +33,7 @@ pub mod run;
 pub mod signals;
 pub mod size;
 pub mod spawn;
+pub mod stresschaos;
 pub mod stressor;
 pub mod target;
 pub mod tracefs;
