@@ -143,8 +143,13 @@ async fn run_command(
 ) -> anyhow::Result<i32> {
     use clap::CommandFactory as _;
     let usage = |msg: &str| -> ! {
-        Cli::command()
-            .error(clap::error::ErrorKind::MissingRequiredArgument, msg)
+        let mut cli = Cli::command();
+        cli.build();
+        let mut run = cli
+            .find_subcommand_mut("run")
+            .expect("the run subcommand")
+            .clone();
+        run.error(clap::error::ErrorKind::MissingRequiredArgument, msg)
             .exit()
     };
     let stresschaos = args
