@@ -801,13 +801,21 @@ pub fn follow(
     known: &[String],
 ) -> Result<Option<Resolved>, KubeError> {
     let node = match Node::scan(hierarchy) {
-        Ok(node) => node.with_meta(state),
+        Ok(node) => node,
         Err(KubeError::NoKubepods(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let Some(pod) = node.pods.iter().find(|p| p.uid == was.pod_uid) else {
+    let Some(mut pod) = node.pods.into_iter().find(|p| p.uid == was.pod_uid) else {
         return Ok(None);
     };
+    // Only this pod's state files: this runs every 250 ms while the target is gone.
+    for c in &mut pod.containers {
+        c.meta = state.lookup(&c.id);
+        if c.runtime.is_none() {
+            c.runtime = c.meta.as_ref().and_then(|m| m.runtime);
+        }
+    }
+    let pod = &pod;
     let Some(old_id) = &was.container_id else {
         return resolved(hierarchy, pod, None).map(Some);
     };
