@@ -60,6 +60,14 @@ pub enum CgroupError {
     },
     #[error("cgroup `{0}` still has processes after {1:?}; it was left in place")]
     Busy(String, Duration),
+    #[error(
+        "--cgroup-root {0} is not shaped like /sys/fs/cgroup: it has neither a `memory` directory (cgroup v1) nor a cgroup.controllers file listing `memory` (cgroup v2)"
+    )]
+    NotARoot(String),
+    #[error(
+        "{0} is not on a cgroup filesystem (a copy or a fixture under --cgroup-root?): processes cannot join it; only --dry-run works there"
+    )]
+    NotCgroupfs(String),
 }
 
 fn io_err<'a>(
@@ -157,6 +165,35 @@ impl Hierarchy {
             }
         }
         v2.ok_or(CgroupError::NoMemoryController)
+    }
+
+    /// The memory hierarchy under `root`, a directory shaped like /sys/fs/cgroup
+    /// (`--cgroup-root`): cgroup v1 when it has a `memory` directory (the v1 memory
+    /// controller's own tree, as on hybrid systems), cgroup v2 when its `cgroup.controllers`
+    /// lists `memory`; a v1 memory mount given directly (it has `memory.limit_in_bytes`) is
+    /// taken as it is. Decided from the tree at run time, never assumed.
+    pub fn at_root(root: &Path) -> Result<Self, CgroupError> {
+        let memory = root.join("memory");
+        if memory.is_dir() {
+            return Ok(Self::at(Version::V1, memory));
+        }
+        let lists_memory = fs::read_to_string(root.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
+        if lists_memory {
+            return Ok(Self::at(Version::V2, root));
+        }
+        if root.join("memory.limit_in_bytes").is_file() {
+            return Ok(Self::at(Version::V1, root));
+        }
+        Err(CgroupError::NotARoot(root.display().to_string()))
+    }
+
+    /// The memory hierarchy under `root` (`--cgroup-root`), or the real one from the mounts.
+    pub fn locate(root: Option<&Path>) -> Result<Self, CgroupError> {
+        match root {
+            Some(root) => Self::at_root(root),
+            None => Self::discover(),
+        }
     }
 
     /// A hierarchy at an explicit directory (used with `--cgroup-root` and in tests).
@@ -342,7 +379,8 @@ impl Cgroup {
         })
     }
 
-    fn check_exists(&self) -> Result<(), CgroupError> {
+    /// Fails unless the cgroup exists and has the memory controller's files.
+    pub fn check_exists(&self) -> Result<(), CgroupError> {
         if !self.dir.is_dir() {
             return Err(CgroupError::NotFound {
                 path: self.path.clone(),
@@ -366,6 +404,32 @@ impl Cgroup {
         let path = memcg_path_from_proc(&text, hierarchy.version)
             .ok_or(CgroupError::PidWithoutMemcg(pid))?;
         Self::resolve(hierarchy, &path)
+    }
+
+    /// Fails unless the directory is on a cgroup filesystem (cgroup v1 or cgroup2): a tree
+    /// under `--cgroup-root` may be a copy, where writing a pid to `cgroup.procs` would
+    /// silently do nothing and the stressors would run, and charge, elsewhere.
+    pub fn check_cgroupfs(&self) -> Result<(), CgroupError> {
+        const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+        const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+        let path = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| CgroupError::NotCgroupfs(self.dir.display().to_string()))?;
+        // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
+        let (rc, magic) = unsafe {
+            let mut buf: libc::statfs = std::mem::zeroed();
+            let rc = libc::statfs(path.as_ptr(), &mut buf);
+            (rc, buf.f_type as i64)
+        };
+        if rc != 0 {
+            return Err(io_err("cannot statfs", &self.dir)(
+                io::Error::last_os_error(),
+            ));
+        }
+        if magic == CGROUP_SUPER_MAGIC || magic == CGROUP2_SUPER_MAGIC {
+            Ok(())
+        } else {
+            Err(CgroupError::NotCgroupfs(self.dir.display().to_string()))
+        }
     }
 
     /// Whether this is the hierarchy's root.

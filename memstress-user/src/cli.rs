@@ -57,12 +57,24 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
+    /// Resolve cgroups under DIR instead of the real mounts: a tree shaped like /sys/fs/cgroup
+    /// (cgroup v1 when it has a `memory` directory, v2 when its cgroup.controllers lists
+    /// `memory`). Every target (--cgroup, --pid, --self, --new, --pod, --container) and
+    /// watch's --cgroup is resolved there, a /proc/PID/cgroup path mapped under it. On a copy
+    /// of a node's tree, `run --dry-run` needs neither BPF nor privileges.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cgroup_root: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing would only move it"
+)]
 pub enum Command {
     /// Report every OOM kill on this node (or under one cgroup) as the kernel makes it.
     #[command(after_long_help = "\
@@ -85,7 +97,30 @@ EXAMPLES:
   # Keep a pod's working set at 90% of its limit while the app's own use moves:
   sudo memstress run --cgroup /kubepods/pod1234 --fill-to 90%
   # A leak: 1 GiB of page cache over 5 minutes:
-  sudo memstress run --new leak --limit 2Gi --size 1Gi --kind file --ramp 5m")]
+  sudo memstress run --new leak --limit 2Gi --size 1Gi --kind file --ramp 5m
+  # A Kubernetes pod's container, by name (systemd or cgroupfs driver, cgroup v1 or v2):
+  sudo memstress run --pod 7c9e6679-7425-40de-944b-e07fc1f90ae7 --container app --size 200Mi
+  # A container by id, as the pod's status shows it (a unique prefix of 4+ digits is enough):
+  sudo memstress run --container containerd://4f1c2ab8 --size 80% --hold 5m
+  # Keep at it across container restarts: its new cgroup is found and re-injected:
+  sudo memstress run --pod 7c9e6679 --container app --size 200Mi --follow
+  # A Chaos Mesh StressChaos, run on one pod of this node; the plan states the differences:
+  sudo memstress run --from-stresschaos memory-stress.yaml --pod 7c9e6679 --dry-run
+  # The plan against a copy of a node's cgroup tree, without privileges:
+  memstress run --cgroup-root ./node-tree --pod 7c9e6679 --container app --size 50% \\
+    --dry-run -o json
+
+CONTAINER NAMES:
+  A cgroup tree holds container ids only. A name (--pod UID --container NAME, a
+  StressChaos's containerNames or selector.pods) is read from the container runtime's own
+  state files on the node, under --runtime-root: containerd's
+  run/containerd/io.containerd.runtime.v2.task/k8s.io/ID/config.json, CRI-O's
+  {run,var/lib}/containers/storage/overlay-containers/ID/userdata/config.json, Docker's
+  var/lib/docker/containers/ID/config.v2.json. memstress reads them as files (no runtime
+  socket, no cluster API): run it on the node, as root. Where none is readable (another
+  runtime, a different state directory, a container without them), names are refused with
+  the ids listed: give the id. Label, namespace and field selectors need the cluster API
+  and are never evaluated.")]
     Run(RunArgs),
 
     /// A self-contained demonstration: a sandbox cgroup, an app, stressors past the limit, and
@@ -187,8 +222,8 @@ pub struct WatchArgs {
 
 /// `memstress run`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["new", "cgroup", "pid", "self_"])))]
-#[command(group(clap::ArgGroup::new("amount").required(true).args(["size", "fill_to"])))]
+#[command(group(clap::ArgGroup::new("target").args(["new", "cgroup", "pid", "self_"])))]
+#[command(group(clap::ArgGroup::new("amount").args(["size", "fill_to"])))]
 pub struct RunArgs {
     /// Create a sandbox cgroup NAME (under the memory hierarchy's root, or an absolute cgroup
     /// path whose parent exists) for this run, with --limit; it is removed afterwards.
@@ -211,6 +246,41 @@ pub struct RunArgs {
     /// Stress the cgroup memstress itself runs in (a sidecar in the pod it stresses).
     #[arg(long = "self")]
     pub self_: bool,
+
+    /// Stress a Kubernetes pod, found in the node's cgroup tree (systemd or cgroupfs
+    /// driver, cgroup v1 or v2, any QoS class): its metadata.uid, with dashes or
+    /// underscores, or a unique prefix of at least 4 characters. Alone, the target is the
+    /// pod's own cgroup (cgroup v1 only: on v2 a pod's cgroup cannot hold processes; add
+    /// --container).
+    #[arg(long, value_name = "UID", conflicts_with = "target")]
+    pub pod: Option<String>,
+
+    /// Stress one container: its id as the runtime has it (containerd, CRI-O, Docker;
+    /// `containerd://…` as the pod's status shows it is accepted), in full or a unique
+    /// prefix of at least 4 hex digits. With --pod, also its name (see CONTAINER NAMES
+    /// below). Ambiguous or missing ids are refused with the candidates listed.
+    #[arg(long, value_name = "ID|NAME", conflicts_with = "target")]
+    pub container: Option<String>,
+
+    /// With --pod/--container: when the target's cgroup disappears (the container
+    /// restarted), wait for its replacement (the container of the same name in the same
+    /// pod; without names, the one new container cgroup in that pod) and start the stressors
+    /// again there, reporting both. Without it, the run stops its stressors and ends with
+    /// exit code 4.
+    #[arg(long)]
+    pub follow: bool,
+
+    /// Where container runtimes' state files are read for container and pod names.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub runtime_root: PathBuf,
+
+    /// Run a Chaos Mesh StressChaos's memory stressor (workers, size, time, oomScoreAdj,
+    /// duration) as memstress runs things; the plan lists every difference from what Chaos
+    /// Mesh would do (its size is the total across workers, MB is 1000², …). The target comes
+    /// from --pod/--container/--cgroup/… when given, else from the file's selector.pods on
+    /// this node. --size, --workers, --ramp, --hold and --oom-score-adj replace the file's.
+    #[arg(long, value_name = "FILE")]
+    pub from_stresschaos: Option<PathBuf>,
 
     /// Total memory to hold, across all workers: bytes (256Mi, 1.5Gi, 500M) or a percent of
     /// the target's memory limit (80%; the nearest limited ancestor's if the target has none).
@@ -253,9 +323,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub of_node: bool,
 
-    /// Number of stressor processes; --size is split evenly between them (to the page).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub workers: u32,
+    /// Number of stressor processes (default 1); --size is split evenly between them (to
+    /// the page).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<u32>,
 
     /// Once all stressors are full, hold for this long (e.g. 30s, 10m). Default: until
     /// Ctrl-C or SIGTERM.

@@ -281,6 +281,13 @@ impl Explainer {
         self
     }
 
+    /// Moves the filter to another cgroup (`--follow` found the target's replacement).
+    pub fn retarget(&mut self, id: u64, path: &str) {
+        if self.filter.is_some() {
+            self.filter = Some((id, path.to_owned()));
+        }
+    }
+
     /// Turns a batch of records (in ring-buffer order) into outputs. `pressure` reads the
     /// in-kernel reclaim counters of a memcg id.
     pub fn batch(

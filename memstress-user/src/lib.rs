@@ -6,7 +6,9 @@
 //! (loading and attaching the BPF programs), [`event`] (decoding what they report),
 //! [`points`] and [`explain`] (why this victim), [`report`] (text and JSON output), [`stressor`] (the worker that holds memory),
 //! [`spawn`] (starting workers inside a cgroup), [`janitor`] (cleanup that survives
-//! SIGKILL), [`target`] and [`run`] (the injector), [`watch`] (the observer). [`abi`] is the
+//! SIGKILL), [`target`] and [`run`] (the injector), [`kube`] (Kubernetes pods and containers
+//! in the cgroup tree), [`stresschaos`] (Chaos Mesh's StressChaos read as a run), [`watch`]
+//! (the observer). [`abi`] is the
 //! `#[repr(C)]` record layout shared with the BPF programs, and the programs' names.
 
 pub use memstress_ebpf as abi;
@@ -17,7 +19,10 @@ pub mod cli;
 pub mod event;
 pub mod exit;
 pub mod explain;
+#[cfg(any(test, feature = "fixture"))]
+pub mod fixture;
 pub mod janitor;
+pub mod kube;
 pub mod layout;
 pub mod lock;
 pub mod points;
@@ -29,6 +34,7 @@ pub mod run;
 pub mod signals;
 pub mod size;
 pub mod spawn;
+pub mod stresschaos;
 pub mod stressor;
 pub mod target;
 pub mod tracefs;

@@ -9,6 +9,7 @@ use memstress::{
     report::Reporter,
     run::{self, App},
     size::SizeSpec,
+    stresschaos,
     stressor::{self, Fill},
     target, watch,
 };
@@ -124,6 +125,7 @@ fn main() -> ExitCode {
                 probe_opts.command = "watch";
                 watch::watch(
                     watch::Options {
+                        cgroup_root: cli.cgroup_root,
                         cgroup: args.cgroup,
                         duration: args.duration,
                         explain_probes: args.explain_probes,
@@ -136,45 +138,7 @@ fn main() -> ExitCode {
             }
             Command::Run(args) => {
                 probe_opts.command = "run";
-                let target = if let Some(name) = args.new {
-                    target::Spec::New {
-                        name,
-                        limit: args.limit.unwrap_or_default(),
-                    }
-                } else if let Some(path) = args.cgroup {
-                    target::Spec::Cgroup(path)
-                } else if let Some(pid) = args.pid {
-                    target::Spec::Pid(pid)
-                } else {
-                    target::Spec::SelfCgroup
-                };
-                let amount = match (args.size, args.fill_to) {
-                    (_, Some(goal)) => run::Amount::FillTo(goal),
-                    (Some(size), None) => run::Amount::Size(size),
-                    (None, None) => unreachable!("clap requires one"),
-                };
-                let mut opts = run::Options::new(target, amount, probe_opts);
-                opts.allow_root = args.allow_root_cgroup;
-                opts.user = args.user;
-                opts.of_node = args.of_node;
-                opts.workers = args.workers;
-                opts.ramp = args.ramp;
-                opts.hold = args.hold;
-                opts.on_oom = args.on_oom;
-                opts.oom_score_adj = args.oom_score_adj;
-                opts.kind = args.kind;
-                opts.pattern = args.pattern;
-                opts.rewrite_every = args.rewrite_every;
-                opts.file_dir = args.file_dir;
-                opts.fill = if args.populate {
-                    Fill::Populate
-                } else {
-                    Fill::Touch
-                };
-                opts.thp = args.thp;
-                opts.mlock = args.mlock;
-                opts.dry_run = args.dry_run;
-                run::run(opts, &reporter).await.map(|o| o.exit_code())
+                run_command(args, cli.cgroup_root, probe_opts, &reporter).await
             }
             Command::Demo(args) => {
                 probe_opts.command = "demo";
@@ -197,6 +161,127 @@ fn main() -> ExitCode {
             code(if busy { exit::BUSY } else { exit::FAILURE })
         }
     }
+}
+
+/// `memstress run`: the flags (and a StressChaos file) turned into run options.
+async fn run_command(
+    args: memstress::cli::RunArgs,
+    cgroup_root: Option<std::path::PathBuf>,
+    probe: probe::Options,
+    reporter: &Reporter,
+) -> anyhow::Result<i32> {
+    use clap::CommandFactory as _;
+    let usage = |msg: &str| -> ! {
+        let mut cli = Cli::command();
+        cli.build();
+        let mut run = cli
+            .find_subcommand_mut("run")
+            .expect("the run subcommand")
+            .clone();
+        let e = run.error(clap::error::ErrorKind::MissingRequiredArgument, msg);
+        eprintln!(
+            "{}",
+            memstress::cli::one_line_usage_error(&e.render().to_string())
+        );
+        std::process::exit(exit::USAGE)
+    };
+    let stresschaos = args
+        .from_stresschaos
+        .as_deref()
+        .map(stresschaos::load)
+        .transpose()?;
+    let target = if let Some(name) = args.new {
+        target::Spec::New {
+            name,
+            limit: args.limit.unwrap_or_default(),
+        }
+    } else if let Some(path) = args.cgroup {
+        target::Spec::Cgroup(path)
+    } else if let Some(pid) = args.pid {
+        target::Spec::Pid(pid)
+    } else if args.self_ {
+        target::Spec::SelfCgroup
+    } else if args.pod.is_some() || args.container.is_some() {
+        target::Spec::Kube {
+            pod: args.pod,
+            container: args.container,
+        }
+    } else if stresschaos.is_some() {
+        target::Spec::FromSelector
+    } else {
+        usage(
+            "a target is required: one of --new NAME, --cgroup PATH, --pid PID, --self, --pod UID, --container ID (or --from-stresschaos FILE with a selector.pods)",
+        )
+    };
+    let given = match (&args.size, &args.fill_to) {
+        (_, Some(goal)) => Some(run::Amount::FillTo(*goal)),
+        (Some(size), None) => Some(run::Amount::Size(*size)),
+        (None, None) => None,
+    };
+    let mut notes = Vec::new();
+    let mut workers = args.workers;
+    let mut ramp = args.ramp;
+    let mut hold = args.hold;
+    let mut oom_score_adj = args.oom_score_adj;
+    let amount = match &stresschaos {
+        Some(sc) => {
+            let settings = sc.settings(
+                &stresschaos::Overrides {
+                    amount: given.map(|a| match a {
+                        run::Amount::Size(s) => format!("--size {s}"),
+                        run::Amount::FillTo(s) => format!("--fill-to {s}"),
+                    }),
+                    workers: args.workers,
+                    ramp: args.ramp,
+                    hold: args.hold,
+                    oom_score_adj: args.oom_score_adj,
+                },
+                args.on_oom,
+            );
+            workers = Some(settings.workers);
+            ramp = settings.ramp;
+            hold = settings.hold;
+            oom_score_adj = settings.oom_score_adj;
+            notes = settings.notes;
+            match (given, settings.size) {
+                (Some(a), _) => a,
+                (None, Some(size)) => run::Amount::Size(size),
+                (None, None) => unreachable!("the file's size is used unless one is given"),
+            }
+        }
+        None => given.unwrap_or_else(|| {
+            usage(
+                "an amount is required: --size SIZE or --fill-to SIZE (or --from-stresschaos FILE)",
+            )
+        }),
+    };
+    let mut opts = run::Options::new(target, amount, probe);
+    opts.allow_root = args.allow_root_cgroup;
+    opts.user = args.user;
+    opts.of_node = args.of_node;
+    opts.workers = workers.unwrap_or(1);
+    opts.ramp = ramp;
+    opts.hold = hold;
+    opts.on_oom = args.on_oom;
+    opts.oom_score_adj = oom_score_adj;
+    opts.kind = args.kind;
+    opts.pattern = args.pattern;
+    opts.rewrite_every = args.rewrite_every;
+    opts.file_dir = args.file_dir;
+    opts.fill = if args.populate {
+        Fill::Populate
+    } else {
+        Fill::Touch
+    };
+    opts.thp = args.thp;
+    opts.mlock = args.mlock;
+    opts.dry_run = args.dry_run;
+    opts.cgroup_root = cgroup_root;
+    opts.runtime_state = memstress::kube::RuntimeState::new(args.runtime_root);
+    opts.follow = args.follow;
+    opts.stresschaos = stresschaos;
+    opts.notes = notes;
+    Ok(run::run(opts, reporter).await?.exit_code())
 }
 
 async fn demo(

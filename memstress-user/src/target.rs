@@ -1,8 +1,9 @@
-//! Which cgroup a run stresses: one that exists (`--cgroup`, `--pid`, `--self`), or a sandbox
-//! created for the run (`--new`).
+//! Which cgroup a run stresses: one that exists (`--cgroup`, `--pid`, `--self`, a Kubernetes
+//! `--pod`/`--container`), or a sandbox created for the run (`--new`).
 
 use crate::{
     cgroup::{self, Cgroup, CgroupError, Hierarchy},
+    kube::{self, Identity, KubeError, RuntimeState},
     size::Bytes,
 };
 
@@ -22,6 +23,24 @@ pub enum Spec {
     Pid(u32),
     /// The cgroup memstress itself runs in.
     SelfCgroup,
+    /// A Kubernetes pod (its cgroup) or one of its containers: `--pod UID`, `--container
+    /// ID`, or both (the container then may be a name).
+    Kube {
+        /// Pod UID (or a unique prefix).
+        pod: Option<String>,
+        /// Container id (or a unique prefix), or a name within `pod`.
+        container: Option<String>,
+    },
+    /// The target the `--from-stresschaos` file's selector names on this node (replaced by a
+    /// [`Spec::Kube`] before resolving).
+    FromSelector,
+}
+
+impl Spec {
+    /// Whether `--follow` can find this target again after it disappears.
+    pub fn followable(&self) -> bool {
+        matches!(self, Self::Kube { .. })
+    }
 }
 
 /// Why a target was refused.
@@ -29,6 +48,8 @@ pub enum Spec {
 pub enum TargetError {
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
     #[error(
         "refusing to target the root cgroup: pressure there reaches every process on the node; \
          pass --allow-root-cgroup (and a size below the node's available memory) to do it anyway"
@@ -43,6 +64,10 @@ pub enum TargetError {
         own: String,
         name: String,
     },
+    #[error(
+        "no target: give one of --new, --cgroup, --pid, --self, --pod, --container (or --from-stresschaos with a selector.pods)"
+    )]
+    NoTarget,
     #[error("--new needs a name such as `memstress-sandbox` or `/parent/sandbox`, not `{0}`")]
     BadName(String),
     #[error("--limit {0} is too small to run anything in; give at least 8Mi")]
@@ -56,17 +81,21 @@ pub struct Target {
     pub cgroup: Cgroup,
     /// Limit to set on creation (`Some` only for `--new`).
     pub create: Option<u64>,
+    /// The pod or container it is (`--pod`, `--container`).
+    pub kube: Option<Identity>,
 }
 
 /// The smallest limit a sandbox can have and still run a stressor.
 pub const MIN_LIMIT: u64 = 8 << 20;
 
 impl Target {
-    /// Resolves `spec` on `hierarchy` without creating anything.
+    /// Resolves `spec` on `hierarchy` without creating anything; container names are read
+    /// from the runtimes' files under `state`.
     pub fn resolve(
         hierarchy: &Hierarchy,
         spec: &Spec,
         allow_root: bool,
+        state: &RuntimeState,
     ) -> Result<Self, TargetError> {
         let target = match spec {
             Spec::New { name, limit } => {
@@ -116,25 +145,34 @@ impl Target {
                 Self {
                     cgroup,
                     create: Some(*limit),
+                    kube: None,
                 }
             }
-            Spec::Cgroup(path) => Self {
-                cgroup: Cgroup::resolve(hierarchy, path)?,
-                create: None,
-            },
-            Spec::Pid(pid) => Self {
-                cgroup: Cgroup::of_pid(hierarchy, *pid)?,
-                create: None,
-            },
-            Spec::SelfCgroup => Self {
-                cgroup: cgroup::own_cgroup(hierarchy)?,
-                create: None,
-            },
+            Spec::Cgroup(path) => Self::existing(Cgroup::resolve(hierarchy, path)?),
+            Spec::Pid(pid) => Self::existing(Cgroup::of_pid(hierarchy, *pid)?),
+            Spec::SelfCgroup => Self::existing(cgroup::own_cgroup(hierarchy)?),
+            Spec::FromSelector => return Err(TargetError::NoTarget),
+            Spec::Kube { pod, container } => {
+                let found = kube::resolve(hierarchy, state, pod.as_deref(), container.as_deref())?;
+                let mut target = Self::existing(found.cgroup);
+                target.cgroup.check_exists()?;
+                target.kube = Some(found.identity);
+                target
+            }
         };
         if target.cgroup.is_root() && !allow_root {
             return Err(TargetError::Root);
         }
         Ok(target)
+    }
+
+    /// An existing cgroup, not a pod's or a container's.
+    pub fn existing(cgroup: Cgroup) -> Self {
+        Self {
+            cgroup,
+            create: None,
+            kube: None,
+        }
     }
 
     /// The limit that applies to the target and the cgroup that sets it (for a new cgroup:

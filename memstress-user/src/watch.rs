@@ -26,6 +26,8 @@ pub struct Options {
     pub explain_probes: bool,
     /// Probe options.
     pub probe: probe::Options,
+    /// `--cgroup-root`: resolve `cgroup` under this tree instead of the real mounts.
+    pub cgroup_root: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -40,7 +42,7 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<()> {
     // Resolve the filter first: a typo should not need root to be reported.
     let filter = match &opts.cgroup {
         Some(path) => {
-            let hierarchy = Hierarchy::discover()?;
+            let hierarchy = Hierarchy::locate(opts.cgroup_root.as_deref())?;
             let cgroup = Cgroup::resolve(&hierarchy, path)?;
             let id = cgroup.id()?;
             Some((cgroup, id))

@@ -16,10 +16,11 @@ use super::{
     member::{Member, MemberEvent, RESTART_DELAY, Role, split},
 };
 use crate::{
-    cgroup::{Cgroup, CgroupError, Counters},
+    cgroup::{Cgroup, CgroupError, Counters, Hierarchy},
     event::{self, Record},
     exit,
     explain::{Explainer, Output},
+    kube::{self, Identity, RuntimeState},
     probe::{self, Probes},
     report::{Format, KillContext, Reporter, monotonic_ns},
     signals,
@@ -94,6 +95,8 @@ pub struct Summary {
     pub restarts: u32,
     /// Records the BPF side could not deliver (0 unless the ring buffer overflowed).
     pub dropped_records: u64,
+    /// Times `--follow` found the target again after it disappeared and re-injected.
+    pub follows: u32,
     /// Time to fill, in ms (`null` if never full).
     pub fill_ms: Option<u64>,
     /// Time held full, in ms.
@@ -111,6 +114,37 @@ struct SampleLine<'a> {
     stressors_held_bytes: u64,
     stressors_charge_bytes: u64,
     stressors_alive: usize,
+}
+
+/// `--follow`: how to find a pod/container target again.
+#[derive(Clone, Debug)]
+pub struct Follow {
+    /// The hierarchy it is on.
+    pub hierarchy: Hierarchy,
+    /// Where the runtimes' state files are.
+    pub state: RuntimeState,
+    /// Who it was when the run started.
+    pub identity: Identity,
+}
+
+/// What the engine needs besides the plan.
+#[derive(Clone, Debug, Default)]
+pub struct Context {
+    /// The real memory hierarchy (kernel-reported cgroup paths are on it), if known.
+    pub real: Option<Hierarchy>,
+    /// `--follow`.
+    pub follow: Option<Follow>,
+}
+
+struct Following {
+    cfg: Follow,
+    /// Container ids seen in the pod so far (a new one is the replacement).
+    known: Vec<String>,
+    /// Since when the target is gone (`None`: it is there).
+    gone_since: Option<Instant>,
+    /// When the tree was last searched.
+    searched_at: Option<Instant>,
+    follows: u32,
 }
 
 struct State {
@@ -141,6 +175,8 @@ struct State {
     acked_at: Instant,
     /// `fill_to`: the working set was within the deadband at the last settled sample.
     at_goal: bool,
+    /// `--follow`.
+    following: Option<Following>,
 }
 
 impl State {
@@ -272,6 +308,7 @@ pub(super) async fn engine(
     join: bool,
     probes: &mut Probes,
     reporter: &Reporter,
+    context: Context,
 ) -> Result<Outcome> {
     let mut ring = probes.events()?;
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -337,8 +374,15 @@ pub(super) async fn engine(
         sampled_at: Instant::now(),
         acked_at: Instant::now(),
         at_goal: false,
+        following: context.follow.map(|cfg| Following {
+            known: kube::container_ids(&cfg.hierarchy, &cfg.identity.pod_uid),
+            cfg,
+            gone_since: None,
+            searched_at: None,
+            follows: 0,
+        }),
     };
-    let mut explainer = Explainer::new(Some(cgroup.hierarchy.clone()), monotonic_ns())
+    let mut explainer = Explainer::new(context.real, monotonic_ns())
         .only_in(state.target_id, &cgroup.path)
         .with_constraints(probes.constraints.clone());
     let outcome = drive(
@@ -379,10 +423,11 @@ pub(super) async fn engine(
     let now = Instant::now();
     let held = state.stressors().map(|m| m.held).sum();
     let charge = state.stressors().map(|m| m.charge).sum();
-    let kernel_peak = cgroup.kernel_peak().ok().flatten();
+    let kernel_peak = state.target.kernel_peak().ok().flatten();
+    let follows = state.following.as_ref().map_or(0, |f| f.follows);
     let summary = Summary {
         outcome,
-        target: cgroup.path.clone(),
+        target: state.target.path.clone(),
         requested_bytes: if plan.fill_to_bytes.is_some() {
             charge
         } else {
@@ -405,6 +450,7 @@ pub(super) async fn engine(
         oom_kills_others: state.kills_others,
         restarts: state.members.iter().map(|m| m.restarts).sum(),
         dropped_records: probes.drops(),
+        follows,
         fill_ms: state
             .full_at
             .map(|t| t.duration_since(state.started).as_millis() as u64),
@@ -414,6 +460,27 @@ pub(super) async fn engine(
         total_ms: now.duration_since(state.started).as_millis() as u64,
     };
     print_summary(&summary, reporter);
+    if let Some(sc) = &plan.stresschaos
+        && plan.fill_to_bytes.is_none()
+        && plan.size == sc.size.to_string()
+    {
+        let per = plan.bytes_per_worker.first().copied().unwrap_or(0);
+        reporter.text(&format!(
+            "{}: size {} = {} bytes ({}) held in total by {} workers ({} each), not {} × {}; {}",
+            sc.label(),
+            sc.size_text,
+            crate::stresschaos::spaced(plan.total_bytes),
+            Bytes(plan.total_bytes),
+            plan.workers,
+            Bytes(per),
+            plan.workers,
+            sc.size_text,
+            summary.charged_bytes.map_or_else(
+                || "the stressors were never all full".to_owned(),
+                |c| format!("the cgroup was charged {} for them", Bytes(c))
+            )
+        ));
+    }
     Ok(outcome)
 }
 
@@ -451,6 +518,12 @@ fn print_summary(s: &Summary, reporter: &Reporter) {
             String::new()
         }
     ));
+    if s.follows > 0 {
+        reporter.text(&format!(
+            "followed the target {} time(s) after it disappeared; it ended in {}",
+            s.follows, s.target
+        ));
+    }
 }
 
 /// Explains and reports a batch of ring-buffer records; returns the indexes of the
@@ -509,6 +582,91 @@ fn handle_records(
     }
     probes.report_new_drops(reporter);
     killed
+}
+
+/// While a followed target is gone: looks for its replacement (every 250 ms) and, once found,
+/// moves the run there. `Some(outcome)` ends the run.
+fn seek(
+    state: &mut State,
+    explainer: &mut Explainer,
+    tx: &mpsc::UnboundedSender<MemberEvent>,
+    reporter: &Reporter,
+) -> Result<Option<Outcome>> {
+    let Some(f) = &mut state.following else {
+        return Ok(None);
+    };
+    if f.searched_at
+        .is_some_and(|t| t.elapsed() < Duration::from_millis(250))
+    {
+        return Ok(None);
+    }
+    f.searched_at = Some(Instant::now());
+    let found = match kube::follow(&f.cfg.hierarchy, &f.cfg.state, &f.cfg.identity, &f.known) {
+        Ok(Some(found)) => found,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            tracing::error!("--follow: {}; stopping", crate::error_chain(&e));
+            return Ok(Some(Outcome::TargetGone));
+        }
+    };
+    let gone_ms = f.gone_since.map_or(0, |t| t.elapsed().as_millis() as u64);
+    let previous = std::mem::replace(&mut state.target, found.cgroup.clone());
+    let previous_id = f.cfg.identity.container_id.clone();
+    f.known.extend(found.identity.container_id.clone());
+    f.cfg.identity = found.identity.clone();
+    f.gone_since = None;
+    f.follows += 1;
+    state.target_id = state.target.id()?;
+    state.baseline = state.target.usage()?;
+    state.last = state.target.counters()?;
+    state.limit = state
+        .target
+        .effective_limit()
+        .ok()
+        .flatten()
+        .map(|(l, _)| l)
+        .or(state.limit);
+    state.full_at = None;
+    state.charged = None;
+    state.at_goal = false;
+    explainer.retarget(state.target_id, &state.target.path);
+    reporter.json(
+        "target_followed",
+        &serde_json::json!({
+            "previous": previous.path,
+            "previous_container_id": previous_id,
+            "cgroup": state.target.path,
+            "container_id": found.identity.container_id,
+            "container_name": found.identity.container_name,
+            "pod_uid": found.identity.pod_uid,
+            "gone_ms": gone_ms,
+            "t_ms": state.started.elapsed().as_millis() as u64,
+        }),
+    );
+    let who = match (&found.identity.container_name, &found.identity.container_id) {
+        (Some(name), Some(id)) => format!("container {name} ({})", &id[..id.len().min(12)]),
+        (None, Some(id)) => format!("container {}", &id[..id.len().min(12)]),
+        _ => format!("pod {}", found.identity.pod_uid),
+    };
+    tracing::warn!(
+        "--follow: {who} is back as {} after {:.1}s; re-injecting {} stressor(s)",
+        state.target.path,
+        gone_ms as f64 / 1000.0,
+        state.stressors().count()
+    );
+    let ramping = state.ramp.is_some();
+    for i in 0..state.members.len() {
+        let m = &mut state.members[i];
+        m.restart_at = None;
+        let initial = if m.role == Role::Stressor && ramping {
+            0
+        } else {
+            m.share
+        };
+        m.start(&state.target, initial, tx)?;
+        reporter.json("started", &state.members[i].line(None));
+    }
+    Ok(None)
 }
 
 fn schedule_restart(opts: &Options, m: &mut Member) {
@@ -587,6 +745,12 @@ async fn drive(
                 }
             }
             _ = tick.tick() => {
+                if state.following.as_ref().is_some_and(|f| f.gone_since.is_some()) {
+                    if let Some(outcome) = seek(state, explainer, tx, reporter)? {
+                        return Ok(outcome);
+                    }
+                    continue;
+                }
                 // The target can vanish (a container restart removes its cgroup), and come
                 // back at the same path as a new cgroup: the inode tells them apart.
                 let same = state.target.id().is_ok_and(|id| id == state.target_id);
@@ -595,17 +759,45 @@ async fn drive(
                     Err(e) if same && state.target.dir.exists() => return Err(e.into()),
                     _ => {
                         state.clear_status();
-                        let how = if state.target.dir.exists() {
+                        let recreated = state.target.dir.exists();
+                        let how = if recreated {
                             "was removed and created again (a container restart?)"
                         } else {
-                            "was removed"
+                            "was removed (a container restart?)"
                         };
-                        tracing::error!("the target cgroup {} {how}; stopping", state.target.path);
+                        let following = state.following.is_some();
                         reporter.json(
                             "target_gone",
-                            &serde_json::json!({"cgroup": state.target.path, "recreated": state.target.dir.exists()}),
+                            &serde_json::json!({
+                                "cgroup": state.target.path,
+                                "recreated": recreated,
+                                "following": following,
+                                "t_ms": state.started.elapsed().as_millis() as u64,
+                            }),
                         );
-                        return Ok(Outcome::TargetGone);
+                        // Whatever the runtime left of the stressors goes now.
+                        for m in state.members.iter().filter(|m| m.alive) {
+                            m.kill();
+                        }
+                        let Some(f) = &mut state.following else {
+                            tracing::error!(
+                                "the target cgroup {} {how}; its stressors are stopped",
+                                state.target.path
+                            );
+                            return Ok(Outcome::TargetGone);
+                        };
+                        let what = match (&f.cfg.identity.container_name, &f.cfg.identity.container_id) {
+                            (Some(name), _) => format!("container {name} of pod {}", f.cfg.identity.pod_uid),
+                            (None, Some(_)) => format!("a new container in pod {}", f.cfg.identity.pod_uid),
+                            (None, None) => format!("pod {}", f.cfg.identity.pod_uid),
+                        };
+                        tracing::warn!(
+                            "the target cgroup {} {how}; its stressors are stopped; --follow: waiting for {what}",
+                            state.target.path
+                        );
+                        f.gone_since = Some(Instant::now());
+                        f.searched_at = None;
+                        continue;
                     }
                 }
                 // A SIGKILL nobody explained within a second was not the OOM killer's.

@@ -21,12 +21,14 @@ use crate::{
     cgroup::{self, Counters, Hierarchy},
     event,
     janitor::{Entry, Janitor},
+    kube::{Identity, RuntimeState},
     predict::{self, Prediction},
     privilege,
     probe::{self, Probes},
     report::Reporter,
     size::{Bytes, SizeSpec},
     spawn::{self, Spec, Stdio},
+    stresschaos::StressChaos,
     stressor::{self, Fill, Kind, Pattern},
     target::{self, Target},
 };
@@ -122,6 +124,16 @@ pub struct Options {
     pub user: Option<String>,
     /// Probe options.
     pub probe: probe::Options,
+    /// `--cgroup-root`: resolve everything under this tree instead of the real mounts.
+    pub cgroup_root: Option<PathBuf>,
+    /// Where the container runtimes' state files are read (container and pod names).
+    pub runtime_state: RuntimeState,
+    /// `--follow`: when a pod/container target disappears, find its replacement and go on.
+    pub follow: bool,
+    /// `--from-stresschaos`: the file the run comes from (its selector may name the target).
+    pub stresschaos: Option<StressChaos>,
+    /// What differs from what the source (a StressChaos) would do, for the plan.
+    pub notes: Vec<String>,
 }
 
 impl Options {
@@ -150,6 +162,11 @@ impl Options {
             stop_after_kills: None,
             deadline: None,
             probe,
+            cgroup_root: None,
+            runtime_state: RuntimeState::default(),
+            follow: false,
+            stresschaos: None,
+            notes: Vec::new(),
         }
     }
 }
@@ -197,13 +214,21 @@ pub struct Plan {
     /// The credentials to switch to (`None`: keep this process's own).
     #[serde(skip)]
     pub credentials: Option<privilege::Credentials>,
+    /// `--follow`: a pod/container target that disappears is found again and re-injected.
+    pub follow: bool,
+    /// The StressChaos the run comes from (`null`: flags only).
+    pub stresschaos: Option<StressChaos>,
+    /// How this run differs from what its source (a StressChaos) would do, one sentence each.
+    pub notes: Vec<String>,
 }
 
 /// The target as planned.
 #[derive(Clone, Debug, Serialize)]
 pub struct PlanTarget {
-    /// Cgroup path.
+    /// Cgroup path (from the hierarchy's root: /proc/PID/cgroup's form).
     pub path: String,
+    /// Its directory (under `--cgroup-root` when given).
+    pub dir: String,
     /// 1 or 2.
     pub version: u8,
     /// Created for this run (and removed after it).
@@ -216,6 +241,8 @@ pub struct PlanTarget {
     pub usage_bytes: u64,
     /// Working set now (usage − inactive_file).
     pub working_set_bytes: u64,
+    /// The Kubernetes pod or container it is (`--pod`, `--container`; `null` otherwise).
+    pub kubernetes: Option<Identity>,
 }
 
 fn resolve_amount(
@@ -290,6 +317,25 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
              not in the working set (usage − inactive_file); use --kind anon or shmem"
         );
     }
+    if opts.follow && !opts.target.followable() && opts.stresschaos.is_none() {
+        bail!(
+            "--follow re-resolves a --pod/--container target after it disappears; with --new, --cgroup, --pid or --self there is nothing to look for"
+        );
+    }
+    let mut notes = opts.notes.clone();
+    let spec = match &opts.stresschaos {
+        Some(sc) => {
+            let (spec, more) = sc.target(&opts.target, hierarchy, &opts.runtime_state)?;
+            notes.extend(more);
+            spec
+        }
+        None => opts.target.clone(),
+    };
+    if opts.follow && !spec.followable() {
+        bail!(
+            "--follow re-resolves a --pod/--container target after it disappears; with --new, --cgroup, --pid or --self there is nothing to look for"
+        );
+    }
     let (credentials, stressor_user) =
         privilege::stressor_user(opts.user.as_deref()).map_err(anyhow::Error::msg)?;
     if opts.kind == Kind::File {
@@ -299,7 +345,7 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
             .unwrap_or_else(crate::stressor::default_file_dir);
         check_writable(&dir, credentials.unwrap_or_else(privilege::own))?;
     }
-    let target = Target::resolve(hierarchy, &opts.target, opts.allow_root)?;
+    let target = Target::resolve(hierarchy, &spec, opts.allow_root, &opts.runtime_state)?;
     let limit = target.effective_limit()?;
     let counters = if target.create.is_some() {
         Counters::default()
@@ -357,12 +403,14 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
     let plan = Plan {
         target: PlanTarget {
             path: target.cgroup.path.clone(),
+            dir: target.cgroup.dir.display().to_string(),
             version: hierarchy.version.number(),
             created: target.create.is_some(),
             limit_bytes: limit.as_ref().map(|(l, _)| *l),
             limit_from: limit.as_ref().map(|(_, c)| c.path.clone()),
             usage_bytes: counters.usage_bytes,
             working_set_bytes: counters.working_set_bytes,
+            kubernetes: target.kube.clone(),
         },
         mode,
         size: spec.to_string(),
@@ -382,6 +430,9 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
         predicted_oom: None,
         stressor_user,
         credentials,
+        follow: opts.follow,
+        stresschaos: opts.stresschaos.clone(),
+        notes,
     };
     let mut plan = plan;
     if crosses_limit && let Some((limit, domain)) = &limit {
@@ -434,13 +485,44 @@ pub fn print_plan(plan: &Plan, reporter: &Reporter) {
     } else {
         ""
     };
+    let who = t.kubernetes.as_ref().map_or_else(String::new, |k| {
+        let pod = match (&k.namespace, &k.pod_name) {
+            (Some(ns), Some(name)) => format!("pod {ns}/{name} ({})", k.pod_uid),
+            _ => format!("pod {}", k.pod_uid),
+        };
+        let container = match (&k.container_id, &k.container_name) {
+            (Some(id), Some(name)) => format!(", container {name} ({})", &id[..id.len().min(12)]),
+            (Some(id), None) => format!(", container {}", &id[..id.len().min(12)]),
+            _ => String::new(),
+        };
+        format!(
+            "{pod}{container}, {:?}, {} driver: ",
+            k.qos,
+            match k.driver {
+                crate::kube::Driver::Systemd => "systemd",
+                crate::kube::Driver::Cgroupfs => "cgroupfs",
+            }
+        )
+    });
     reporter.text(&format!(
-        "target {} (cgroup v{}, {limit}{created}); usage {}, working set {}",
+        "target {who}{} (cgroup v{}, {limit}{created}); usage {}, working set {}",
         t.path,
         t.version,
         Bytes(t.usage_bytes),
         Bytes(t.working_set_bytes)
     ));
+    if let Some(sc) = &plan.stresschaos {
+        reporter.text(&format!(
+            "from {} ({}): memory stressor, {} workers, size {}",
+            sc.label(),
+            sc.file.display(),
+            sc.workers,
+            sc.size_text
+        ));
+    }
+    for note in &plan.notes {
+        reporter.text(&format!("note: {note}"));
+    }
     let per = if plan.bytes_per_worker.windows(2).all(|w| w[0] == w[1]) {
         format!("{} × {}", plan.workers, Bytes(plan.bytes_per_worker[0]))
     } else {
@@ -470,10 +552,14 @@ pub fn print_plan(plan: &Plan, reporter: &Reporter) {
             Bytes(plan.total_bytes),
         ),
         None => format!(
-            "stress {per} = {} of {kind} (--size {}: {}; it is the cgroup's charge, stressors' \
-             own footprint included)",
+            "stress {per} = {} of {kind} ({}: {}; it is the cgroup's charge, stressors' own \
+             footprint included)",
             Bytes(plan.total_bytes),
-            plan.size,
+            match &plan.stresschaos {
+                Some(sc) if plan.size == sc.size.to_string() =>
+                    format!("size {} of the StressChaos", sc.size_text),
+                _ => format!("--size {}", plan.size),
+            },
             plan.size_from
         ),
     };
@@ -585,7 +671,7 @@ fn protect_controller() {
 
 /// Runs the whole thing. Returns the outcome; every path cleans up.
 pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
-    let hierarchy = Hierarchy::discover()?;
+    let hierarchy = Hierarchy::locate(opts.cgroup_root.as_deref())?;
     let (plan, target) = plan(&opts, &hierarchy)?;
     if opts.kind == Kind::File {
         let dir = opts
@@ -603,6 +689,12 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
     print_plan(&plan, reporter);
     if opts.dry_run {
         return Ok(Outcome::Completed);
+    }
+    // A tree under --cgroup-root may be a copy: processes could not join it.
+    if target.create.is_none() {
+        target.cgroup.check_cgroupfs()?;
+    } else if let Some(parent) = target.cgroup.parent() {
+        parent.check_cgroupfs()?;
     }
     // Fail on missing privileges, kernel support or permissions before creating anything.
     probe::preflight(&opts.probe)?;
@@ -645,7 +737,30 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
         }
         let mut probes = Probes::load(&opts.probe)?;
         probes.announce(reporter, Some(&target.cgroup.path));
-        engine::engine(&opts, &plan, &target.cgroup, !in_own, &mut probes, reporter).await
+        let follow = match (&target.kube, opts.follow) {
+            (Some(identity), true) => Some(engine::Follow {
+                hierarchy: hierarchy.clone(),
+                state: opts.runtime_state.clone(),
+                identity: identity.clone(),
+            }),
+            _ => None,
+        };
+        // Kernel-reported paths are on the real hierarchy, whatever --cgroup-root says.
+        let real = if opts.cgroup_root.is_some() {
+            Hierarchy::discover().ok()
+        } else {
+            Some(hierarchy.clone())
+        };
+        engine::engine(
+            &opts,
+            &plan,
+            &target.cgroup,
+            !in_own,
+            &mut probes,
+            reporter,
+            engine::Context { real, follow },
+        )
+        .await
     }
     .await;
     if let Some(cgroup) = created
@@ -657,4 +772,282 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
         j.dismiss();
     }
     result
+}
+
+/// Plans against fixture trees (`--cgroup-root`): what `run --dry-run -o json` prints.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        cgroup::Version,
+        fixture::{Tree, container_id},
+        kube::{Driver, Qos, Runtime},
+        stresschaos,
+    };
+
+    const MIB: u64 = 1 << 20;
+    const UID: &str = "5b1d4c7e-1f2a-4b3c-9d8e-7f6a5b4c3d2e";
+
+    fn options(tree: &Tree, target: target::Spec, amount: Amount) -> Options {
+        let mut opts = Options::new(target, amount, probe::Options::default());
+        opts.cgroup_root = Some(tree.root().to_owned());
+        opts.runtime_state = RuntimeState::new(tree.state_root());
+        opts
+    }
+
+    fn pod_tree(version: Version, driver: Driver) -> (Tree, String, String) {
+        let tree = Tree::new(version);
+        let pod = tree.pod(driver, Qos::Burstable, UID, Some(512 * MIB));
+        let id = container_id(1);
+        let ctr = tree.container(
+            &pod,
+            driver,
+            Runtime::Containerd,
+            &id,
+            Some(256 * MIB),
+            40 * MIB,
+        );
+        tree.state(Runtime::Containerd, &id, UID, "shop", "web-0", Some("app"));
+        (tree, ctr, id)
+    }
+
+    #[test]
+    fn plans_pod_and_container_targets() {
+        for version in [Version::V1, Version::V2] {
+            for driver in [Driver::Systemd, Driver::Cgroupfs] {
+                let (tree, ctr, id) = pod_tree(version, driver);
+                let hierarchy = Hierarchy::locate(Some(tree.root())).unwrap();
+                let opts = options(
+                    &tree,
+                    target::Spec::Kube {
+                        pod: Some(UID.to_owned()),
+                        container: Some("app".to_owned()),
+                    },
+                    Amount::Size(SizeSpec::Percent(50.0)),
+                );
+                let (planned, target) = super::plan(&opts, &hierarchy).unwrap();
+                assert_eq!(target.cgroup.path, ctr);
+                let json = serde_json::to_value(&planned).unwrap();
+                let t = &json["target"];
+                assert_eq!(t["path"], ctr.as_str());
+                assert_eq!(t["dir"], tree.dir(&ctr).display().to_string());
+                assert_eq!(t["version"], version.number());
+                assert_eq!(t["limit_bytes"], 256 * MIB);
+                assert_eq!(t["limit_from"], ctr.as_str());
+                assert_eq!(t["usage_bytes"], 40 * MIB);
+                assert_eq!(t["working_set_bytes"], 35 * MIB);
+                let k = &t["kubernetes"];
+                assert_eq!(k["pod_uid"], UID);
+                assert_eq!(k["qos"], "Burstable");
+                assert_eq!(k["driver"], serde_json::to_value(driver).unwrap());
+                assert_eq!(k["container_id"], id.as_str());
+                assert_eq!(k["container_name"], "app");
+                assert_eq!(k["pod_name"], "web-0");
+                assert_eq!(k["namespace"], "shop");
+                assert_eq!(k["runtime"], "containerd");
+                assert_eq!(json["total_bytes"], 128 * MIB);
+                assert_eq!(json["notes"], serde_json::json!([]));
+                // The pod's own cgroup: its limit on v1; refused on v2.
+                let pod_only = options(
+                    &tree,
+                    target::Spec::Kube {
+                        pod: Some(UID[..6].to_owned()),
+                        container: None,
+                    },
+                    Amount::Size(SizeSpec::Percent(50.0)),
+                );
+                match (version, super::plan(&pod_only, &hierarchy)) {
+                    (Version::V1, Ok((p, _))) => {
+                        assert_eq!(p.target.limit_bytes, Some(512 * MIB));
+                        assert_eq!(p.total_bytes, 256 * MIB);
+                        assert_eq!(p.target.kubernetes.unwrap().container_id, None);
+                    }
+                    (Version::V2, Err(e)) => assert!(e.to_string().contains("add --container")),
+                    (_, other) => panic!("{version:?} --pod alone: {:?}", other.map(|p| p.0)),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn plans_the_docs_stresschaos_with_its_real_total() {
+        let (tree, ctr, _) = pod_tree(Version::V1, Driver::Systemd);
+        let hierarchy = tree.hierarchy();
+        let sc = stresschaos::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/memory-stress.yaml"
+        )))
+        .unwrap();
+        let settings = sc.settings(&stresschaos::Overrides::default(), OnOom::Report);
+        let mut opts = options(
+            &tree,
+            target::Spec::Kube {
+                pod: Some(UID.to_owned()),
+                container: Some("app".to_owned()),
+            },
+            Amount::Size(settings.size.unwrap()),
+        );
+        opts.workers = settings.workers;
+        opts.notes = settings.notes;
+        opts.stresschaos = Some(sc);
+        let (planned, _) = super::plan(&opts, &hierarchy).unwrap();
+        let json = serde_json::to_value(&planned).unwrap();
+        assert_eq!(json["total_bytes"], 256_000_000);
+        assert_eq!(json["workers"], 4);
+        assert_eq!(json["target"]["path"], ctr.as_str());
+        assert_eq!(json["stresschaos"]["name"], "memory-stress-example");
+        assert_eq!(json["stresschaos"]["size_text"], "256MB");
+        let notes: Vec<&str> = json["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        assert!(notes[0].contains("total across 4 workers"), "{notes:?}");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("labelSelectors") && n.contains("not used")),
+            "{notes:?}"
+        );
+        // Without a target flag, its labelSelectors need the cluster API.
+        opts.target = target::Spec::FromSelector;
+        let e = plan_err(&opts, &hierarchy);
+        assert!(
+            e.contains("labelSelectors") && e.contains("cluster API") && e.contains("--pod"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_selector_by_pod_name_is_found_on_the_node() {
+        let (tree, ctr, _) = pod_tree(Version::V2, Driver::Systemd);
+        let file = tree.root().join("sc.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: chaos-mesh.org/v1alpha1\nkind: StressChaos\nmetadata: {name: s}\nspec:\n  mode: one\n  selector:\n    pods:\n      shop: [web-0]\n  containerNames: [app]\n  stressors:\n    memory: {workers: 2, size: 10%}\n",
+        )
+        .unwrap();
+        let sc = stresschaos::load(&file).unwrap();
+        let settings = sc.settings(&stresschaos::Overrides::default(), OnOom::Report);
+        let mut opts = options(
+            &tree,
+            target::Spec::FromSelector,
+            Amount::Size(settings.size.unwrap()),
+        );
+        opts.stresschaos = Some(sc);
+        let (plan, _) = super::plan(&opts, &tree.hierarchy()).unwrap();
+        assert_eq!(plan.target.path, ctr);
+        assert_eq!(plan.total_bytes, (256 * MIB) / 10 + 1);
+        assert!(
+            plan.notes.iter().any(|n| n.contains("pod shop/web-0")),
+            "{:?}",
+            plan.notes
+        );
+    }
+
+    #[test]
+    fn every_other_target_resolves_under_the_root() {
+        let tree = Tree::new(Version::V1);
+        let hierarchy = tree.hierarchy();
+        // --cgroup, by cgroup path and by directory.
+        tree.cgroup("/sandbox/app", Some(64 * MIB), 8 * MIB);
+        for given in [
+            "/sandbox/app".to_owned(),
+            tree.dir("/sandbox/app").display().to_string(),
+        ] {
+            let opts = options(
+                &tree,
+                target::Spec::Cgroup(given),
+                Amount::Size(SizeSpec::Percent(25.0)),
+            );
+            let (plan, _) = super::plan(&opts, &hierarchy).unwrap();
+            assert_eq!(plan.target.path, "/sandbox/app");
+            assert_eq!(plan.total_bytes, 16 * MIB);
+        }
+        // --pid and --self: /proc/PID/cgroup's path, mapped under the root.
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let own = cgroup::memcg_path_from_proc(&own, Version::V1).unwrap_or_else(|| "/".to_owned());
+        if own != "/" {
+            tree.cgroup(&own, Some(32 * MIB), 0);
+            for spec in [
+                target::Spec::SelfCgroup,
+                target::Spec::Pid(std::process::id()),
+            ] {
+                let opts = options(&tree, spec, Amount::Size(SizeSpec::Percent(50.0)));
+                let (plan, _) = super::plan(&opts, &hierarchy).unwrap();
+                assert_eq!(plan.target.path, own);
+                assert_eq!(plan.target.limit_bytes, Some(32 * MIB));
+            }
+        }
+        // --new: planned under the root, created nowhere.
+        let opts = options(
+            &tree,
+            target::Spec::New {
+                name: "/sandbox/new".to_owned(),
+                limit: 64 * MIB,
+            },
+            Amount::Size(SizeSpec::Bytes(MIB)),
+        );
+        let (plan, _) = super::plan(&opts, &hierarchy).unwrap();
+        assert_eq!(
+            plan.target.dir,
+            tree.dir("/sandbox/new").display().to_string()
+        );
+        assert!(plan.target.created);
+        assert!(!tree.dir("/sandbox/new").exists());
+        // --follow only for pods and containers.
+        let mut opts = options(
+            &tree,
+            target::Spec::Cgroup("/sandbox".into()),
+            Amount::Size(SizeSpec::Bytes(MIB)),
+        );
+        opts.follow = true;
+        assert!(plan_err(&opts, &hierarchy).contains("--follow"));
+        // A fixture is no cgroup filesystem: nothing can join it.
+        let e = Cgroup::resolve(&hierarchy, "/sandbox")
+            .unwrap()
+            .check_cgroupfs()
+            .unwrap_err();
+        assert!(e.to_string().contains("--dry-run"), "{e}");
+    }
+
+    fn plan_err(opts: &Options, hierarchy: &Hierarchy) -> String {
+        super::plan(opts, hierarchy)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn roots_are_recognised_by_their_shape() {
+        assert_eq!(
+            Hierarchy::at_root(Tree::new(Version::V1).root())
+                .unwrap()
+                .version,
+            Version::V1
+        );
+        assert_eq!(
+            Hierarchy::at_root(Tree::new(Version::V2).root())
+                .unwrap()
+                .version,
+            Version::V2
+        );
+        let empty = crate::fixture::temp_dir("empty");
+        let e = Hierarchy::at_root(&empty).unwrap_err().to_string();
+        std::fs::remove_dir_all(&empty).unwrap();
+        assert!(e.contains("not shaped like /sys/fs/cgroup"), "{e}");
+        // This machine's own hierarchy: --cgroup-root /sys/fs/cgroup finds what the mounts say.
+        if let Ok(real) = Hierarchy::discover()
+            && real.mount_root == "/"
+            && real.mount.starts_with("/sys/fs/cgroup")
+        {
+            let at = Hierarchy::at_root(Path::new("/sys/fs/cgroup")).unwrap();
+            assert_eq!((at.version, at.mount), (real.version, real.mount));
+        }
+    }
+
+    use std::path::Path;
+
+    use crate::cgroup::Cgroup;
 }
