@@ -4,7 +4,7 @@
 //! [`cgroup`] (memory cgroups v1/v2), [`size`] (sizes as users write them), [`btf`] and
 //! [`layout`] (kernel struct offsets from BTF), [`tracefs`] (tracepoint formats), [`probe`]
 //! (loading and attaching the BPF programs), [`event`] (decoding what they report),
-//! [`points`] and [`explain`] (why this victim), [`report`] (text and JSON output), [`stressor`] (the worker that holds memory),
+//! [`points`] and [`explain`] (why this victim), [`report`] (text and JSON output), [`metrics`] (the Prometheus endpoint of `watch`), [`stressor`] (the worker that holds memory),
 //! [`spawn`] (starting workers inside a cgroup), [`janitor`] (cleanup that survives
 //! SIGKILL), [`target`] and [`run`] (the injector), [`watch`] (the observer). [`abi`] is the
 //! `#[repr(C)]` record layout shared with the BPF programs, and the programs' names.
@@ -19,6 +19,7 @@ pub mod exit;
 pub mod explain;
 pub mod janitor;
 pub mod layout;
+pub mod metrics;
 pub mod points;
 pub mod predict;
 pub mod privilege;
