@@ -5,6 +5,10 @@
 //! `Killed process` lines (read from /dev/kmsg) and the cgroup's own files. They need root and
 //! run one at a time (`cargo xtask test` arranges both). A helper that cannot do its job
 //! panics with the reason: a test never passes by skipping.
+//!
+//! Every JSON line memstress prints through these helpers is checked against
+//! docs/events.schema.json ([`schema`]): a line that does not match fails the test with the
+//! line and what is wrong with it.
 
 use std::{
     fs,
@@ -20,6 +24,7 @@ use std::{
 use memstress::cgroup::{Cgroup, Hierarchy};
 
 pub mod lab;
+pub mod schema;
 use serde_json::Value;
 
 /// The memstress binary under test (`MEMSTRESS_BIN`, set by `cargo xtask test`).
@@ -413,6 +418,8 @@ use std::os::unix::fs::OpenOptionsExt as _;
 pub struct Memstress {
     child: Child,
     lines: Arc<Mutex<Vec<Value>>>,
+    /// Lines that are not JSON or do not match the schema, with why.
+    bad_lines: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
 }
@@ -449,15 +456,30 @@ impl Memstress {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let bad_lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let out = child.stdout.take().expect("stdout piped");
         let err = child.stderr.take().expect("stderr piped");
-        let sink = lines.clone();
+        let (sink, bad) = (lines.clone(), bad_lines.clone());
         let stdout_reader = thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
-                let value: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("memstress printed a non-JSON line `{line}`: {e}"));
+                // A panic here would only end this thread: the test reports it instead.
+                let value: Value = match serde_json::from_str(&line) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        bad.lock()
+                            .unwrap()
+                            .push(format!("memstress printed a non-JSON line ({e}): {line}"));
+                        continue;
+                    }
+                };
+                if let Err(e) = schema::check(&value) {
+                    bad.lock().unwrap().push(format!(
+                        "memstress printed a line that docs/events.schema.json rejects: {e}\n  \
+                         line: {line}"
+                    ));
+                }
                 sink.lock().unwrap().push(value);
             }
         });
@@ -470,9 +492,16 @@ impl Memstress {
         Self {
             child,
             lines,
+            bad_lines,
             stderr,
             readers: vec![stdout_reader, stderr_reader],
         }
+    }
+
+    /// Panics if memstress printed a line that is not JSON or does not match the schema.
+    pub fn assert_lines_valid(&self) {
+        let bad = self.bad_lines.lock().unwrap();
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
     }
 
     /// Its pid.
@@ -489,6 +518,7 @@ impl Memstress {
     ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
+            self.assert_lines_valid();
             if let Some(v) = self.lines.lock().unwrap().iter().find(|v| pred(v)) {
                 return v.clone();
             }
@@ -541,6 +571,7 @@ impl Memstress {
         for reader in self.readers.drain(..) {
             reader.join().expect("reader thread");
         }
+        self.assert_lines_valid();
         Finished {
             status,
             lines: std::mem::take(&mut *self.lines.lock().unwrap()),
@@ -565,11 +596,27 @@ impl Drop for Memstress {
 }
 
 /// Runs memstress to completion with `args` and returns what it printed (stdout as text).
+/// With `-o json` every stdout line is checked against the schema.
 pub fn memstress_output(args: &[&str]) -> std::process::Output {
-    Command::new(memstress_bin())
+    let out = Command::new(memstress_bin())
         .args(args)
         .output()
-        .expect("run memstress")
+        .expect("run memstress");
+    if json_output(args) {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            schema::parse_line(line);
+        }
+    }
+    out
+}
+
+/// Whether `args` ask for JSON output.
+pub fn json_output(args: &[&str]) -> bool {
+    args.windows(2)
+        .any(|w| matches!(w[0], "-o" | "--output") && w[1] == "json")
+        || args
+            .iter()
+            .any(|a| matches!(*a, "-ojson" | "--output=json"))
 }
 
 /// Whether process `pid` exists (and is not a zombie).
