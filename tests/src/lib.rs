@@ -680,3 +680,53 @@ mod tests {
         assert_eq!(parse_kill("Killed process x"), None);
     }
 }
+
+/// The Python of the test tools' virtualenv (`MEMSTRESS_TOOLS_VENV`, set by `cargo xtask
+/// test`; else where `cargo xtask setup` puts it).
+pub fn tools_python() -> PathBuf {
+    let venv = std::env::var_os("MEMSTRESS_TOOLS_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(|| PathBuf::from("/root/.cache"))
+                .join("memstress/venv")
+        });
+    let python = venv.join("bin/python");
+    assert!(
+        python.is_file(),
+        "no test tools at {}: run `cargo xtask setup` (it installs kubernetes-validate and \
+         prometheus-client there)",
+        venv.display()
+    );
+    python
+}
+
+/// Runs the tools' Python with `script` (a `-c` program) and `args`; returns its output.
+pub fn tools_python_run(script: &str, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new(tools_python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the tools' python");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(data) = stdin {
+        input.write_all(data).expect("write to python");
+    }
+    drop(input);
+    child.wait_with_output().expect("wait for python")
+}
+
+/// The workspace root (deploy/, docs/ are read from there).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_owned()
+}
