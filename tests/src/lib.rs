@@ -500,7 +500,8 @@ impl Memstress {
 
     /// Panics if memstress printed a line that is not JSON or does not match the schema.
     pub fn assert_lines_valid(&self) {
-        let bad = self.bad_lines.lock().unwrap();
+        // Copied out: a panic while holding the lock would poison it for the reader thread.
+        let bad = self.bad_lines.lock().unwrap().clone();
         assert!(bad.is_empty(), "{}", bad.join("\n"));
     }
 
@@ -647,40 +648,6 @@ pub fn assert_one_line_error(stderr: &str, must_contain: &[&str]) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_dmesg_oom_summaries() {
-        let o = parse_oom_summary(
-            "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,\
-             oom_memcg=/pod,task_memcg=/pod/ctr,task=tail,pid=123,uid=0",
-        )
-        .unwrap();
-        assert_eq!(o.constraint, "CONSTRAINT_MEMCG");
-        assert_eq!(o.oom_memcg.as_deref(), Some("/pod"));
-        assert_eq!(o.task_memcg.as_deref(), Some("/pod/ctr"));
-        assert_eq!(o.pid, 123);
-    }
-
-    #[test]
-    fn parses_dmesg_kill_lines() {
-        let k = parse_kill(
-            "Memory cgroup out of memory: Killed process 10090 (stress-ng-vm) total-vm:132356kB, \
-             anon-rss:31492kB, file-rss:392kB, shmem-rss:0kB, UID:0 pgtables:176kB oom_score_adj:-1000",
-        )
-        .unwrap();
-        assert_eq!(k.pid, 10090);
-        assert_eq!(k.comm, "stress-ng-vm");
-        assert_eq!(k.anon_rss_kb, 31492);
-        assert_eq!(k.oom_score_adj, -1000);
-        let odd = parse_kill("Out of memory: Killed process 7 (a (b) c) total-vm:1kB, anon-rss:2kB, file-rss:3kB, shmem-rss:4kB, UID:5 pgtables:6kB oom_score_adj:7").unwrap();
-        assert_eq!(odd.comm, "a (b) c");
-        assert_eq!(parse_kill("Killed process x"), None);
-    }
-}
-
 /// The Python of the test tools' virtualenv (`MEMSTRESS_TOOLS_VENV`, set by `cargo xtask
 /// test`; else where `cargo xtask setup` puts it).
 pub fn tools_python() -> PathBuf {
@@ -729,4 +696,38 @@ pub fn workspace() -> PathBuf {
         .parent()
         .expect("tests/ is in the workspace")
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_dmesg_oom_summaries() {
+        let o = parse_oom_summary(
+            "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,\
+             oom_memcg=/pod,task_memcg=/pod/ctr,task=tail,pid=123,uid=0",
+        )
+        .unwrap();
+        assert_eq!(o.constraint, "CONSTRAINT_MEMCG");
+        assert_eq!(o.oom_memcg.as_deref(), Some("/pod"));
+        assert_eq!(o.task_memcg.as_deref(), Some("/pod/ctr"));
+        assert_eq!(o.pid, 123);
+    }
+
+    #[test]
+    fn parses_dmesg_kill_lines() {
+        let k = parse_kill(
+            "Memory cgroup out of memory: Killed process 10090 (stress-ng-vm) total-vm:132356kB, \
+             anon-rss:31492kB, file-rss:392kB, shmem-rss:0kB, UID:0 pgtables:176kB oom_score_adj:-1000",
+        )
+        .unwrap();
+        assert_eq!(k.pid, 10090);
+        assert_eq!(k.comm, "stress-ng-vm");
+        assert_eq!(k.anon_rss_kb, 31492);
+        assert_eq!(k.oom_score_adj, -1000);
+        let odd = parse_kill("Out of memory: Killed process 7 (a (b) c) total-vm:1kB, anon-rss:2kB, file-rss:3kB, shmem-rss:4kB, UID:5 pgtables:6kB oom_score_adj:7").unwrap();
+        assert_eq!(odd.comm, "a (b) c");
+        assert_eq!(parse_kill("Killed process x"), None);
+    }
 }

@@ -29,7 +29,10 @@ fn validator() -> &'static jsonschema::Validator {
 pub fn check(line: &Value) -> Result<(), String> {
     let errors: Vec<String> = validator()
         .iter_errors(line)
-        .map(|e| format!("at {}: {e}", e.instance_path()))
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            format!("at {}: {e}", if at.is_empty() { "/" } else { &at })
+        })
         .collect();
     if errors.is_empty() {
         Ok(())
