@@ -1,7 +1,7 @@
 //! The command line. Every flag's help reads like a man page; `memstress <cmd> --help` has
 //! examples.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -82,7 +82,11 @@ EXAMPLES:
   sudo memstress watch
   sudo memstress watch --cgroup /kubepods/burstable -o json
   sudo memstress watch --cgroup /sys/fs/cgroup/memory/my-sandbox --duration 60s
-  sudo memstress watch --explain-probes")]
+  sudo memstress watch --explain-probes
+  # A Prometheus/OpenMetrics endpoint at http://127.0.0.1:9464/metrics:
+  sudo memstress watch --metrics 127.0.0.1:9464
+  # The same for one pod, with its memory gauges (port 0: any free port, printed at start):
+  sudo memstress watch --cgroup /kubepods/burstable/pod1234 --metrics 127.0.0.1:0")]
     Watch(WatchArgs),
 
     /// Hold exactly sized memory inside a cgroup and report the OOM kills that follow.
@@ -125,7 +129,30 @@ CONTAINER NAMES:
 
     /// A self-contained demonstration: a sandbox cgroup, an app, stressors past the limit, and
     /// the OOM kill reported live; everything is removed afterwards.
+    #[command(after_long_help = "\
+EXAMPLES:
+  sudo memstress demo
+  # A bigger sandbox, as JSON lines (docs/events.md):
+  sudo memstress demo --limit 512Mi -o json
+  # Give up sooner if no OOM kill comes:
+  sudo memstress demo --timeout 20s")]
     Demo(DemoArgs),
+
+    /// Print a shell completion script for memstress on stdout.
+    #[command(after_long_help = "\
+EXAMPLES:
+  memstress completions bash > /etc/bash_completion.d/memstress
+  memstress completions zsh > \"${fpath[1]}/_memstress\"
+  memstress completions fish > ~/.config/fish/completions/memstress.fish")]
+    Completions(CompletionsArgs),
+
+    /// Print memstress's man page (roff) on stdout, or write one page per command to a
+    /// directory.
+    #[command(after_long_help = "\
+EXAMPLES:
+  memstress man | man -l -
+  memstress man --dir /usr/local/share/man/man1")]
+    Man(ManArgs),
 
     /// (internal) a stressor worker.
     #[command(name = "__stressor", hide = true)]
@@ -218,6 +245,30 @@ pub struct WatchArgs {
     /// Print which probes this kernel accepted and what each contributes, then exit.
     #[arg(long)]
     pub explain_probes: bool,
+
+    /// Serve Prometheus/OpenMetrics metrics at http://ADDR/metrics: OOM kills by cgroup,
+    /// comm and whether memstress caused them; the --cgroup's memory usage, working set and
+    /// limit; records the probes dropped. Port 0 picks a free port (printed at start).
+    /// docs/metrics.md lists every metric.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+}
+
+/// `memstress completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `memstress man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write memstress.1 and one page per subcommand (memstress-run.1, …) into this
+    /// directory instead of printing memstress.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `memstress run`.
@@ -383,9 +434,35 @@ pub struct DemoArgs {
     pub timeout: Duration,
 }
 
+/// Writes the completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cmd, "memstress", out);
+}
+
+/// The man pages: `memstress.1`, then `memstress-<sub>.1` for every visible subcommand, as
+/// (file name, roff).
+pub fn man_pages() -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut pages = Vec::new();
+    let mut top = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut top)?;
+    pages.push(("memstress.1".to_owned(), top));
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("memstress-{}", sub.get_name());
+        // clap names are `&'static str` (without its `string` feature): a few bytes, once.
+        let static_name: &'static str = name.clone().leak();
+        let sub = sub.clone().name(static_name).bin_name(static_name);
+        let mut page = Vec::new();
+        clap_mangen::Man::new(sub).render(&mut page)?;
+        pages.push((format!("{name}.1"), page));
+    }
+    Ok(pages)
+}
+
 #[cfg(test)]
 mod tests {
-    use clap::Parser as _;
+    use clap::{CommandFactory as _, Parser as _};
 
     use super::*;
 
@@ -416,5 +493,76 @@ mod tests {
         let e =
             Cli::try_parse_from(["memstress", "run", "--new", "x", "--size", "1Mi"]).unwrap_err();
         assert!(one_line_usage_error(&e.render().to_string()).contains("--limit <SIZE>"));
+    }
+
+    #[test]
+    fn the_cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// `memstress <cmd> --help` shows examples for every command a user can run.
+    #[test]
+    fn every_subcommand_has_examples() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        for sub in cmd
+            .get_subcommands_mut()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            let help = sub.render_long_help().to_string();
+            assert!(
+                help.contains("EXAMPLES:\n  "),
+                "`memstress {} --help` has no examples:\n{help}",
+                sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn exit_codes_are_in_the_help() {
+        let help = Cli::command().render_long_help().to_string();
+        for code in [
+            crate::exit::SUCCESS,
+            crate::exit::FAILURE,
+            crate::exit::USAGE,
+            crate::exit::OOM_STOP,
+            crate::exit::TARGET_GONE,
+            crate::exit::BUSY,
+        ] {
+            assert!(
+                help.lines().any(|l| l.starts_with(&format!("  {code}  "))),
+                "exit code {code} is not documented in --help:\n{help}"
+            );
+        }
+    }
+
+    #[test]
+    fn man_pages_cover_every_command() {
+        let pages = man_pages().unwrap();
+        let names: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
+        for want in [
+            "memstress.1",
+            "memstress-watch.1",
+            "memstress-run.1",
+            "memstress-demo.1",
+        ] {
+            assert!(names.contains(&want), "{names:?}");
+        }
+        assert!(!names.iter().any(|n| n.contains("__")), "{names:?}");
+        let top = String::from_utf8(pages[0].1.clone()).unwrap();
+        assert!(top.starts_with(".ie"), "{top}");
+        assert!(top.contains(".TH memstress 1"), "{top}");
+        let run = String::from_utf8(pages[2].1.clone()).unwrap();
+        assert!(run.contains("\\-\\-size"), "run's page documents --size");
+    }
+
+    #[test]
+    fn completions_know_the_subcommands() {
+        let mut out = Vec::new();
+        completions(clap_complete::Shell::Bash, &mut out);
+        let script = String::from_utf8(out).unwrap();
+        for word in ["watch", "run", "demo", "--fill-to", "--metrics"] {
+            assert!(script.contains(word), "bash completion lacks {word}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! [`cgroup`] (memory cgroups v1/v2), [`size`] (sizes as users write them), [`btf`] and
 //! [`layout`] (kernel struct offsets from BTF), [`tracefs`] (tracepoint formats), [`probe`]
 //! (loading and attaching the BPF programs), [`event`] (decoding what they report),
-//! [`points`] and [`explain`] (why this victim), [`report`] (text and JSON output), [`stressor`] (the worker that holds memory),
+//! [`points`] and [`explain`] (why this victim), [`report`] (text and JSON output), [`metrics`] (the Prometheus endpoint of `watch`), [`stressor`] (the worker that holds memory),
 //! [`spawn`] (starting workers inside a cgroup), [`janitor`] (cleanup that survives
 //! SIGKILL), [`target`] and [`run`] (the injector), [`kube`] (Kubernetes pods and containers
 //! in the cgroup tree), [`stresschaos`] (Chaos Mesh's StressChaos read as a run), [`watch`]
@@ -25,6 +25,7 @@ pub mod janitor;
 pub mod kube;
 pub mod layout;
 pub mod lock;
+pub mod metrics;
 pub mod points;
 pub mod predict;
 pub mod privilege;

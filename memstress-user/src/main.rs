@@ -1,10 +1,10 @@
 //! The `memstress` binary: parses the command line and hands over to the library.
 
-use std::{fmt, process::ExitCode};
+use std::{ffi::OsString, fmt, io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
 use memstress::{
-    cli::{Cli, Command},
+    cli::{self, Cli, Command},
     exit, janitor, probe,
     report::Reporter,
     run::{self, App},
@@ -20,8 +20,14 @@ use tracing_subscriber::{
     registry::LookupSpan,
 };
 
-/// `memstress: warning: …` lines on stderr.
+/// `memstress: warning: …` lines on stderr; the level in colour only when [`color_wanted`].
 struct Plain;
+
+/// Colour on stderr: only on a terminal, and never when `NO_COLOR` is set to anything but
+/// the empty string (https://no-color.org).
+fn color_wanted(stderr_is_terminal: bool, no_color: Option<OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
 
 impl<S, N> FormatEvent<S, N> for Plain
 where
@@ -34,14 +40,19 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let level = match *event.metadata().level() {
-            Level::ERROR => "error: ",
-            Level::WARN => "warning: ",
-            Level::INFO => "",
-            Level::DEBUG => "debug: ",
-            Level::TRACE => "trace: ",
+        // Bold red / bold yellow, as cargo and rustc show them.
+        let (level, style) = match *event.metadata().level() {
+            Level::ERROR => ("error: ", "\x1b[1;31m"),
+            Level::WARN => ("warning: ", "\x1b[1;33m"),
+            Level::INFO => ("", ""),
+            Level::DEBUG => ("debug: ", "\x1b[2m"),
+            Level::TRACE => ("trace: ", "\x1b[2m"),
         };
-        write!(writer, "memstress: {level}")?;
+        if writer.has_ansi_escapes() && !style.is_empty() {
+            write!(writer, "memstress: {style}{level}\x1b[0m")?;
+        } else {
+            write!(writer, "memstress: {level}")?;
+        }
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }
@@ -56,8 +67,13 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter =
         EnvFilter::try_from_env("MEMSTRESS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let color = color_wanted(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    );
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(color)
         .with_writer(std::io::stderr)
         .event_format(Plain)
         .init();
@@ -100,6 +116,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Stressor => unreachable!("handled before clap"),
         Command::Janitor => return code(janitor::janitor_main()),
+        // Neither needs privileges, logging or the event loop.
+        Command::Completions(args) => {
+            cli::completions(args.shell, &mut std::io::stdout());
+            return code(exit::SUCCESS);
+        }
+        Command::Man(args) => return code(man(args.dir.as_deref())),
         _ => {}
     }
     init_logging(cli.verbose, cli.quiet);
@@ -129,6 +151,7 @@ fn main() -> ExitCode {
                         cgroup: args.cgroup,
                         duration: args.duration,
                         explain_probes: args.explain_probes,
+                        metrics: args.metrics,
                         probe: probe_opts,
                     },
                     &reporter,
@@ -144,7 +167,9 @@ fn main() -> ExitCode {
                 probe_opts.command = "demo";
                 demo(args, probe_opts, &reporter).await
             }
-            Command::Stressor | Command::Janitor => unreachable!("handled above"),
+            Command::Stressor | Command::Janitor | Command::Completions(_) | Command::Man(_) => {
+                unreachable!("handled above")
+            }
         }
     });
     match result {
@@ -323,6 +348,47 @@ async fn demo(
     }
 }
 
+/// `memstress man`: memstress.1 on stdout, or every page into `dir`.
+fn man(dir: Option<&std::path::Path>) -> i32 {
+    use std::io::Write as _;
+    let pages = match cli::man_pages() {
+        Ok(pages) => pages,
+        Err(e) => {
+            eprintln!("memstress: error: cannot render the man pages: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let Some(dir) = dir else {
+        let _ = std::io::stdout().write_all(&pages[0].1);
+        return exit::SUCCESS;
+    };
+    for (name, roff) in &pages {
+        let path = dir.join(name);
+        if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, roff)) {
+            eprintln!("memstress: error: cannot write {}: {e}", path.display());
+            return exit::FAILURE;
+        }
+    }
+    exit::SUCCESS
+}
+
 fn code(c: i32) -> ExitCode {
     ExitCode::from(u8::try_from(c).unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::color_wanted;
+
+    #[test]
+    fn no_color_and_pipes_turn_colour_off() {
+        assert!(color_wanted(true, None));
+        assert!(
+            color_wanted(true, Some("".into())),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!color_wanted(true, Some("1".into())));
+        assert!(!color_wanted(true, Some("0".into())), "any value counts");
+        assert!(!color_wanted(false, None));
+    }
 }

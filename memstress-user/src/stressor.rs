@@ -108,10 +108,14 @@ pub struct WorkerArgs {
     pub initial: Option<Command>,
 }
 
+/// The comm of every stressor (and of nothing else memstress starts): `watch --metrics` knows
+/// memstress's stressors by it.
+pub const STRESSOR_COMM: &str = "memstress-vm";
+
 impl Default for WorkerArgs {
     fn default() -> Self {
         Self {
-            name: "memstress-vm".to_owned(),
+            name: STRESSOR_COMM.to_owned(),
             kind: Kind::Anon,
             fill: Fill::Touch,
             pattern: Pattern::Hold,

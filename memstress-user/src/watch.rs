@@ -1,7 +1,7 @@
 //! `memstress watch`: every OOM kill on the node (or under one cgroup), the moment the kernel
 //! makes it.
 
-use std::time::Duration;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
@@ -10,6 +10,7 @@ use crate::{
     cgroup::{Cgroup, Hierarchy},
     event::{self, Record},
     explain::{Explainer, Output},
+    metrics::{self, Metrics},
     probe::{self, Probes},
     report::{KillContext, Reporter, monotonic_ns},
     signals,
@@ -24,10 +25,20 @@ pub struct Options {
     pub duration: Option<Duration>,
     /// Print which probes attached and exit.
     pub explain_probes: bool,
+    /// Serve Prometheus/OpenMetrics metrics at this address.
+    pub metrics: Option<SocketAddr>,
     /// Probe options.
     pub probe: probe::Options,
     /// `--cgroup-root`: resolve `cgroup` under this tree instead of the real mounts.
     pub cgroup_root: Option<std::path::PathBuf>,
+}
+
+#[derive(Serialize)]
+struct MetricsLine {
+    /// The address the endpoint listens on (the port the kernel picked for port 0).
+    address: String,
+    /// The URL to scrape.
+    url: String,
 }
 
 #[derive(Serialize)]
@@ -47,6 +58,11 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<()> {
             let id = cgroup.id()?;
             Some((cgroup, id))
         }
+        None => None,
+    };
+    // Bound before the probes load, so a port in use fails before anything is attached.
+    let listener = match opts.metrics.filter(|_| !opts.explain_probes) {
+        Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
     let mut probes = Probes::load(&opts.probe)?;
@@ -78,6 +94,29 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<()> {
         |(c, _)| format!("in {}", c.path),
     );
     tracing::info!("watching OOM kills {scope} ({})", probes.summary());
+    let metrics = match listener {
+        Some(listener) => {
+            let metrics = Arc::new(Metrics::new(
+                &probes.status,
+                filter.as_ref().map(|(c, _)| c.clone()),
+            ));
+            let address = listener.local_addr()?;
+            let url = format!("http://{address}/metrics");
+            reporter.json(
+                "metrics",
+                &MetricsLine {
+                    address: address.to_string(),
+                    url: url.clone(),
+                },
+            );
+            tracing::info!("serving metrics at {url}");
+            let server = tokio::spawn(metrics::serve(listener, metrics.clone()));
+            Some((metrics, server))
+        }
+        None => None,
+    };
+    // The drop counter is read from the BPF side every second for the endpoint.
+    let mut refresh = tokio::time::interval(Duration::from_secs(1));
 
     let mut ring = probes.events()?;
     let mut shutdown = signals::Shutdown::new()?;
@@ -97,6 +136,7 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<()> {
             biased;
             _ = shutdown.recv() => done = true,
             _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => done = true,
+            _ = refresh.tick(), if metrics.is_some() => {}
             res = ring.drain(|bytes| records.push(event::decode(bytes))) => {
                 res.context("reading the BPF ring buffer")?;
             }
@@ -108,9 +148,18 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<()> {
         let records = decoded(records);
         for output in explainer.batch(records, &|id| probes.pressure(id)) {
             counts.add(&output);
+            if let (Some((m, _)), Output::Kill(kill)) = (&metrics, &output) {
+                m.kill(kill);
+            }
             reporter.output(&output, &KillContext::default());
         }
         probes.report_new_drops(reporter);
+        if let Some((m, _)) = &metrics {
+            m.set_drops(probes.drops());
+        }
+    }
+    if let Some((_, server)) = metrics {
+        server.abort();
     }
     let drops = probes.drops();
     reporter.json(

@@ -5,6 +5,10 @@
 //! `Killed process` lines (read from /dev/kmsg) and the cgroup's own files. They need root and
 //! run one at a time (`cargo xtask test` arranges both). A helper that cannot do its job
 //! panics with the reason: a test never passes by skipping.
+//!
+//! Every JSON line memstress prints through these helpers is checked against
+//! docs/events.schema.json ([`schema`]): a line that does not match fails the test with the
+//! line and what is wrong with it.
 
 use std::{
     fs,
@@ -21,6 +25,7 @@ use memstress::cgroup::{Cgroup, Hierarchy};
 
 pub mod bpf;
 pub mod lab;
+pub mod schema;
 use serde_json::Value;
 
 /// The memstress binary under test (`MEMSTRESS_BIN`, set by `cargo xtask test`).
@@ -414,6 +419,8 @@ use std::os::unix::fs::OpenOptionsExt as _;
 pub struct Memstress {
     child: Child,
     lines: Arc<Mutex<Vec<Value>>>,
+    /// Lines that are not JSON or do not match the schema, with why.
+    bad_lines: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
 }
@@ -450,15 +457,30 @@ impl Memstress {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let bad_lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let out = child.stdout.take().expect("stdout piped");
         let err = child.stderr.take().expect("stderr piped");
-        let sink = lines.clone();
+        let (sink, bad) = (lines.clone(), bad_lines.clone());
         let stdout_reader = thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
-                let value: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("memstress printed a non-JSON line `{line}`: {e}"));
+                // A panic here would only end this thread: the test reports it instead.
+                let value: Value = match serde_json::from_str(&line) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        bad.lock()
+                            .unwrap()
+                            .push(format!("memstress printed a non-JSON line ({e}): {line}"));
+                        continue;
+                    }
+                };
+                if let Err(e) = schema::check(&value) {
+                    bad.lock().unwrap().push(format!(
+                        "memstress printed a line that docs/events.schema.json rejects: {e}\n  \
+                         line: {line}"
+                    ));
+                }
                 sink.lock().unwrap().push(value);
             }
         });
@@ -471,9 +493,17 @@ impl Memstress {
         Self {
             child,
             lines,
+            bad_lines,
             stderr,
             readers: vec![stdout_reader, stderr_reader],
         }
+    }
+
+    /// Panics if memstress printed a line that is not JSON or does not match the schema.
+    pub fn assert_lines_valid(&self) {
+        // Copied out: a panic while holding the lock would poison it for the reader thread.
+        let bad = self.bad_lines.lock().unwrap().clone();
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
     }
 
     /// Its pid.
@@ -490,6 +520,7 @@ impl Memstress {
     ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
+            self.assert_lines_valid();
             if let Some(v) = self.lines.lock().unwrap().iter().find(|v| pred(v)) {
                 return v.clone();
             }
@@ -542,6 +573,7 @@ impl Memstress {
         for reader in self.readers.drain(..) {
             reader.join().expect("reader thread");
         }
+        self.assert_lines_valid();
         Finished {
             status,
             lines: std::mem::take(&mut *self.lines.lock().unwrap()),
@@ -566,11 +598,27 @@ impl Drop for Memstress {
 }
 
 /// Runs memstress to completion with `args` and returns what it printed (stdout as text).
+/// With `-o json` every stdout line is checked against the schema.
 pub fn memstress_output(args: &[&str]) -> std::process::Output {
-    Command::new(memstress_bin())
+    let out = Command::new(memstress_bin())
         .args(args)
         .output()
-        .expect("run memstress")
+        .expect("run memstress");
+    if json_output(args) {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            schema::parse_line(line);
+        }
+    }
+    out
+}
+
+/// Whether `args` ask for JSON output.
+pub fn json_output(args: &[&str]) -> bool {
+    args.windows(2)
+        .any(|w| matches!(w[0], "-o" | "--output") && w[1] == "json")
+        || args
+            .iter()
+            .any(|a| matches!(*a, "-ojson" | "--output=json"))
 }
 
 /// Whether process `pid` exists (and is not a zombie).
@@ -599,6 +647,56 @@ pub fn assert_one_line_error(stderr: &str, must_contain: &[&str]) {
             lines[0]
         );
     }
+}
+
+/// The Python of the test tools' virtualenv (`MEMSTRESS_TOOLS_VENV`, set by `cargo xtask
+/// test`; else where `cargo xtask setup` puts it).
+pub fn tools_python() -> PathBuf {
+    let venv = std::env::var_os("MEMSTRESS_TOOLS_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(|| PathBuf::from("/root/.cache"))
+                .join("memstress/venv")
+        });
+    let python = venv.join("bin/python");
+    assert!(
+        python.is_file(),
+        "no test tools at {}: run `cargo xtask setup` (it installs kubernetes-validate and \
+         prometheus-client there)",
+        venv.display()
+    );
+    python
+}
+
+/// Runs the tools' Python with `script` (a `-c` program) and `args`; returns its output.
+pub fn tools_python_run(script: &str, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new(tools_python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the tools' python");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(data) = stdin {
+        input.write_all(data).expect("write to python");
+    }
+    drop(input);
+    child.wait_with_output().expect("wait for python")
+}
+
+/// The workspace root (deploy/, docs/ are read from there).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_owned()
 }
 
 #[cfg(test)]

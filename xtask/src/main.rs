@@ -3,7 +3,9 @@
 //! * `setup`: toolchain pieces, bpf-linker, Debian packages, mounts (idempotent).
 //! * `build`: the release binary.
 //! * `demo`: the main job on its built-in default (setup and build included).
-//! * `test`: formatting, lints, unit tests, then the privileged integration tests as root.
+//! * `test`: formatting, lints, unit tests, then the privileged integration tests as root
+//!   (with the manifest validation and metrics parsing tools of `setup::python_tools`).
+//! * `assets`: man pages and shell completions, generated from the CLI, in target/assets/.
 
 mod fuzz;
 mod lab;
@@ -31,6 +33,9 @@ enum Cmd {
     Setup,
     /// Build the release `memstress` binary (target/release/memstress).
     Build,
+    /// Write man pages (target/assets/man/) and shell completions (target/assets/completions/),
+    /// generated from the CLI by the release binary.
+    Assets,
     /// Run `memstress demo` (a sandbox cgroup, an app, stressors, a reported OOM kill).
     Demo {
         /// Extra arguments for `memstress demo`.
@@ -206,6 +211,7 @@ fn privileged_tests(filter: Option<&str>) -> Result<()> {
     eprintln!("xtask: privileged integration tests (one at a time: they share dmesg and memory)");
     let mut cmd = cargo();
     cmd.env("MEMSTRESS_BIN", &bin)
+        .env("MEMSTRESS_TOOLS_VENV", setup::tools_venv())
         .args(["test", "--release", "-p", "memstress-tests", "--"])
         .args(["--test-threads=1"]);
     if let Some(f) = filter {
@@ -263,11 +269,43 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
     std::fs::remove_dir(dir)
 }
 
+/// Man pages and completion scripts, from the binary's own CLI definition.
+fn assets(bin: &Path) -> Result<()> {
+    let dir = root().join("target/assets");
+    let man = dir.join("man");
+    run(Command::new(bin).arg("man").arg("--dir").arg(&man))?;
+    let completions = dir.join("completions");
+    std::fs::create_dir_all(&completions)?;
+    for (shell, file) in [
+        ("bash", "memstress.bash"),
+        ("zsh", "_memstress"),
+        ("fish", "memstress.fish"),
+        ("elvish", "memstress.elv"),
+        ("powershell", "_memstress.ps1"),
+    ] {
+        let script = run_quiet(Command::new(bin).args(["completions", shell]))?;
+        std::fs::write(completions.join(file), script)?;
+    }
+    eprintln!(
+        "xtask: man pages in {}, completions in {}",
+        man.display(),
+        completions.display()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Setup => setup::setup(setup::PACKAGES_TEST),
+        Cmd::Setup => {
+            setup::setup(setup::PACKAGES_TEST)?;
+            setup::python_tools()
+        }
         Cmd::Build => setup::setup(&[]).and_then(|()| build().map(drop)),
+        Cmd::Assets => {
+            setup::setup(&[])?;
+            assets(&build()?)
+        }
         Cmd::Demo { args } => {
             need_root("the demo")?;
             setup::setup(&[])?;
@@ -316,6 +354,7 @@ fn main() -> Result<()> {
                 unit_tests()?;
             }
             if all || privileged {
+                setup::python_tools()?;
                 privileged_tests(filter.as_deref())?;
             }
             if all && !no_fuzz && filter.is_none() {

@@ -17,6 +17,88 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages, by what needs them.
 pub const PACKAGES_TEST: &[&str] = &["stress-ng"];
 
+/// PyPI packages the tests run, pinned: `kubernetes-validate` checks deploy/*.yaml against the
+/// Kubernetes API schemas it bundles (offline); `prometheus-client` holds the reference
+/// parsers of the Prometheus text and OpenMetrics formats the metrics test scrapes with.
+pub const PYTHON_TOOLS: &[(&str, &str)] = &[
+    ("kubernetes-validate", "1.37.0"),
+    ("prometheus-client", "0.26.0"),
+];
+
+/// The virtualenv holding [`PYTHON_TOOLS`]: under the user's cache, not the system and not
+/// target/ (it is 150 MB of schemas, kept across `cargo clean` and fresh clones).
+pub fn tools_venv() -> PathBuf {
+    env::var_os("MEMSTRESS_TOOLS_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(|| PathBuf::from("/root/.cache"))
+                .join("memstress/venv")
+        })
+}
+
+fn python_tools_ok(venv: &Path) -> bool {
+    let check = PYTHON_TOOLS
+        .iter()
+        .map(|(name, version)| format!("v('{name}') == '{version}'"))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            &format!(
+                "import sys; from importlib.metadata import version as v; sys.exit(0 if {check} else 1)"
+            ),
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The test tools' virtualenv (idempotent: nothing is fetched when the pinned versions are
+/// there).
+pub fn python_tools() -> Result<()> {
+    let venv = tools_venv();
+    let pins: Vec<String> = PYTHON_TOOLS
+        .iter()
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect();
+    if python_tools_ok(&venv) {
+        say(
+            "Python test tools",
+            &format!("present ({})", venv.display()),
+        );
+        return Ok(());
+    }
+    say(
+        "Python test tools",
+        &format!("installing {} into {}", pins.join(" "), venv.display()),
+    );
+    if !venv.join("bin/python").exists() {
+        if let Some(parent) = venv.parent() {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        if run_quiet(Command::new("python3").args(["-m", "venv"]).arg(&venv)).is_err() {
+            // Debian's python3 keeps venv (and ensurepip) in a package of its own.
+            debian(&["python3-venv"])?;
+            run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+        }
+    }
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(&pins))?;
+    if !python_tools_ok(&venv) {
+        bail!(
+            "{} does not have {} after pip install",
+            venv.display(),
+            pins.join(" ")
+        );
+    }
+    Ok(())
+}
+
 pub fn say(step: &str, what: &str) {
     eprintln!("setup: {step:<26} {what}");
 }

@@ -328,7 +328,7 @@ pub(super) async fn engine(
     }
     for &share in &plan.bytes_per_worker {
         let worker = WorkerArgs {
-            name: "memstress-vm".to_owned(),
+            name: crate::stressor::STRESSOR_COMM.to_owned(),
             kind: opts.kind,
             fill: opts.fill,
             pattern: opts.pattern,

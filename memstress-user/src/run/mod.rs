@@ -456,11 +456,13 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
         // OOM each holds about an even share of what the domain had left.
         let left = limit.saturating_sub(domain_usage + app_bytes);
         let at_oom = left / plan.bytes_per_worker.len().max(1) as u64;
-        workers.extend(
-            plan.bytes_per_worker
-                .iter()
-                .map(|&b| ("memstress-vm".to_owned(), b.min(at_oom), stressor_adj)),
-        );
+        workers.extend(plan.bytes_per_worker.iter().map(|&b| {
+            (
+                stressor::STRESSOR_COMM.to_owned(),
+                b.min(at_oom),
+                stressor_adj,
+            )
+        }));
         plan.predicted_oom = Some(predict::predict(
             domain,
             *limit,

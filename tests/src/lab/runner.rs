@@ -662,5 +662,30 @@ fn run_in(scenario: &Scenario, opts: &Options, rec: &Recorder, root: &Cgroup) ->
         passed &= ok;
         rec.push(json!({"type": "expectation", "name": name, "expected": expected, "actual": actual, "passed": ok}));
     }
+    // On every kernel the lab boots, memstress's output must keep to its documented schema
+    // (fentry kernels fill fields this machine leaves null).
+    let lines: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "memstress")
+        .map(|e| &e["event"])
+        .collect();
+    let invalid: Vec<String> = lines
+        .iter()
+        .filter_map(|line| {
+            crate::schema::check(line)
+                .err()
+                .map(|e| format!("{}: {e}", line["type"]))
+        })
+        .collect();
+    passed &= invalid.is_empty();
+    rec.push(json!({"type": "expectation",
+        "name": "memstress's JSON lines match docs/events.schema.json",
+        "expected": format!("{} valid lines", lines.len()),
+        "actual": if invalid.is_empty() {
+            format!("{} valid lines", lines.len())
+        } else {
+            format!("{} invalid, first: {}", invalid.len(), invalid[0])
+        },
+        "passed": invalid.is_empty()}));
     Ok(passed)
 }

@@ -1,0 +1,521 @@
+//! `memstress watch --metrics ADDR`: a Prometheus/OpenMetrics endpoint at
+//! `http://ADDR/metrics`.
+//!
+//! What it serves (docs/metrics.md has the reference):
+//!
+//! * `memstress_oom_kills_total{cgroup, comm, memstress}`: OOM kills seen by this watch (the
+//!   victims the kernel SIGKILLed, as `end`'s `oom_kills` counts them). `memstress` says
+//!   whether memstress caused the kill, from what the kernel read in the OOM path: `stressor`
+//!   (the victim was a memstress stressor), `domain` (a memstress stressor was in the OOM
+//!   domain, among the tasks the kernel ranked or passed over, and something else was
+//!   killed: the injection's collateral damage) or `no`.
+//! * `memstress_memcg_*{cgroup}` for the watched cgroup (`--cgroup`), read from its own files
+//!   at each scrape: usage, working set (usage − inactive_file, as the kubelet computes it),
+//!   the limit that applies, limit hits and the cgroup's own OOM-kill count.
+//! * `memstress_probe_dropped_records_total`: records the BPF programs could not deliver.
+//! * `memstress_probe_attached{program, kind, hook}`: 1 for each probe this kernel accepted.
+//!
+//! Label cardinality is bounded: `cgroup` × `comm` pairs of the kill counter are capped at
+//! [`MAX_KILL_SERIES`] (further kills count under `(other)`); `memstress` has three values;
+//! the memcg gauges cover the one watched cgroup; the probe labels are fixed by the binary.
+//!
+//! The endpoint is a small HTTP/1.1 responder on tokio (one request per connection, then
+//! `Connection: close`): scrapes need nothing more, and the tree already has tokio.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+    },
+    registry::{Registry, Unit},
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+
+use crate::{cgroup::Cgroup, explain::Explained, probe::Status, stressor};
+
+/// At most this many `cgroup` × `comm` pairs get their own kill series; kills beyond them
+/// count under `cgroup="(other)",comm="(other)"`, so a long-running watch on a node whose
+/// pods come and go keeps a bounded number of series.
+pub const MAX_KILL_SERIES: usize = 1000;
+
+/// The label value for kills past [`MAX_KILL_SERIES`], and for a figure the kernel did not
+/// give.
+const OTHER: &str = "(other)";
+const UNKNOWN: &str = "(unknown)";
+
+/// OpenMetrics text 1.0.0 (what Prometheus asks for first).
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The labels of one OOM-kill series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KillLabels {
+    /// The victim's memory cgroup (as /proc/PID/cgroup shows it on the node).
+    cgroup: String,
+    /// The victim's comm.
+    comm: String,
+    /// `stressor`, `domain` or `no`.
+    memstress: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CgroupLabel {
+    cgroup: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabels {
+    program: String,
+    kind: String,
+    hook: String,
+}
+
+/// Whether memstress caused an OOM kill, from the kernel's own view of it: `stressor` (the
+/// victim is a memstress stressor), `domain` (a stressor was in the OOM domain: among the
+/// candidates the kernel ranked or the tasks it passed over) or `no`. A stressor is known by
+/// its comm, `memstress-vm`, which memstress gives every stressor and nothing else (the
+/// demo's app is `demo-app`).
+pub fn caused_by_memstress(kill: &Explained) -> &'static str {
+    let is_stressor = |comm: Option<&str>| comm == Some(stressor::STRESSOR_COMM);
+    if is_stressor(kill.victim.victim.task.comm.as_deref()) {
+        "stressor"
+    } else if kill
+        .candidates
+        .iter()
+        .any(|c| is_stressor(c.comm.as_deref()))
+        || kill.skipped.iter().any(|s| is_stressor(s.comm.as_deref()))
+    {
+        "domain"
+    } else {
+        "no"
+    }
+}
+
+/// What the scrape reads live: the watched cgroup's files, the drop count, the probes.
+#[derive(Debug)]
+struct Live {
+    cgroup: Option<Cgroup>,
+    drops: Arc<AtomicU64>,
+    probes: Vec<ProbeLabels>,
+    attached: Vec<bool>,
+}
+
+impl Collector for Live {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let drops = ConstCounter::new(self.drops.load(Ordering::Relaxed));
+        let metric = encoder.encode_descriptor(
+            "memstress_probe_dropped_records",
+            "Records the BPF programs could not put in their ring buffer (never silent: also in the end line)",
+            None,
+            drops.metric_type(),
+        )?;
+        drops.encode(metric)?;
+
+        let mut metric = encoder.encode_descriptor(
+            "memstress_probe_attached",
+            "1 for each probe this kernel accepted, 0 for one it refused",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (labels, attached) in self.probes.iter().zip(&self.attached) {
+            ConstGauge::new(i64::from(*attached)).encode(metric.encode_family(labels)?)?;
+        }
+
+        let Some(cgroup) = &self.cgroup else {
+            return Ok(());
+        };
+        // Read at each scrape: the figures are the cgroup's own files at that moment. A
+        // cgroup that is gone (a pod deleted) has no series.
+        let counters = match cgroup.counters() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("metrics: cannot read {}: {e}", cgroup.path);
+                return Ok(());
+            }
+        };
+        let limit = cgroup.effective_limit().ok().flatten().map(|(l, _)| l);
+        let labels = CgroupLabel {
+            cgroup: cgroup.path.clone(),
+        };
+        let gauges: [(&str, &str, Option<u64>); 4] = [
+            (
+                "memstress_memcg_usage",
+                "Memory charged to the watched cgroup (v1 memory.usage_in_bytes, v2 memory.current)",
+                Some(counters.usage_bytes),
+            ),
+            (
+                "memstress_memcg_working_set",
+                "Working set of the watched cgroup: usage - inactive_file, as the kubelet computes it",
+                Some(counters.working_set_bytes),
+            ),
+            (
+                "memstress_memcg_inactive_file",
+                "Page cache of the watched cgroup that is not recently used (reclaimed first)",
+                Some(counters.inactive_file_bytes),
+            ),
+            (
+                "memstress_memcg_limit",
+                "The memory limit that applies to the watched cgroup: its own, or its nearest limited ancestor's (no series: unlimited)",
+                limit,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let Some(value) = value else { continue };
+            let gauge = ConstGauge::new(value as i64);
+            let mut metric =
+                encoder.encode_descriptor(name, help, Some(&Unit::Bytes), gauge.metric_type())?;
+            gauge.encode(metric.encode_family(&labels)?)?;
+        }
+        let counters_: [(&str, &str, u64); 2] = [
+            (
+                "memstress_memcg_limit_hits",
+                "Times a charge hit the watched cgroup's limit (v1 memory.failcnt, v2 memory.events max)",
+                counters.limit_hits,
+            ),
+            (
+                "memstress_memcg_oom_kills",
+                "OOM kills the kernel counted in the watched cgroup (v1 memory.oom_control oom_kill, v2 memory.events oom_kill), whoever watched",
+                counters.oom_kills,
+            ),
+        ];
+        for (name, help, value) in counters_ {
+            let counter = ConstCounter::new(value);
+            let mut metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The metrics of one watch.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    kills: Family<KillLabels, Counter>,
+    series: Mutex<HashSet<(String, String)>>,
+    drops: Arc<AtomicU64>,
+}
+
+impl Metrics {
+    /// Metrics for a watch with these probes, of `cgroup` if one is watched.
+    pub fn new(probes: &[Status], cgroup: Option<Cgroup>) -> Self {
+        let mut registry = Registry::default();
+        let kills = Family::<KillLabels, Counter>::default();
+        registry.register(
+            "memstress_oom_kills",
+            "OOM kills seen by memstress watch, by the victim's cgroup and comm; memstress=stressor: the victim was a memstress stressor, domain: a stressor was in the OOM domain, no: neither",
+            kills.clone(),
+        );
+        let drops = Arc::new(AtomicU64::new(0));
+        registry.register_collector(Box::new(Live {
+            cgroup,
+            drops: drops.clone(),
+            probes: probes
+                .iter()
+                .map(|s| ProbeLabels {
+                    program: s.program.to_owned(),
+                    kind: s.kind.to_owned(),
+                    hook: s.hook.to_owned(),
+                })
+                .collect(),
+            attached: probes.iter().map(|s| s.attached).collect(),
+        }));
+        Self {
+            registry,
+            kills,
+            series: Mutex::new(HashSet::new()),
+            drops,
+        }
+    }
+
+    /// Counts one OOM kill (a victim that was only marked, being already exiting, is not a
+    /// kill).
+    pub fn kill(&self, kill: &Explained) {
+        if kill.kill_confirmed == Some(false) {
+            return;
+        }
+        let v = &kill.victim.victim;
+        let mut cgroup = v.cgroup.clone().unwrap_or_else(|| UNKNOWN.to_owned());
+        let mut comm = v.task.comm.clone().unwrap_or_else(|| UNKNOWN.to_owned());
+        {
+            let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+            let pair = (cgroup.clone(), comm.clone());
+            if !series.contains(&pair) {
+                if series.len() >= MAX_KILL_SERIES {
+                    cgroup = OTHER.to_owned();
+                    comm = OTHER.to_owned();
+                } else {
+                    series.insert(pair);
+                }
+            }
+        }
+        self.kills
+            .get_or_create(&KillLabels {
+                cgroup,
+                comm,
+                memstress: caused_by_memstress(kill),
+            })
+            .inc();
+    }
+
+    /// Sets the BPF side's drop count (read from its counters by the watch loop).
+    pub fn set_drops(&self, drops: u64) {
+        self.drops.store(drops, Ordering::Relaxed);
+    }
+
+    /// The exposition: OpenMetrics text when `openmetrics`, else Prometheus text 0.0.4.
+    pub fn render(&self, openmetrics: bool) -> (String, &'static str) {
+        let mut body = String::new();
+        let result = if openmetrics {
+            prometheus_client::encoding::text::encode(&mut body, &self.registry)
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut body, &self.registry)
+        };
+        if let Err(e) = result {
+            tracing::warn!("metrics: cannot encode: {e}");
+        }
+        let content_type = if openmetrics {
+            OPENMETRICS
+        } else {
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE
+        };
+        (body, content_type)
+    }
+}
+
+/// Binds the endpoint's socket (before anything else starts, so a taken port fails early).
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot serve metrics on {addr}: {e}; give another --metrics address")
+    })
+}
+
+/// Serves `metrics` on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and the like: wait a little rather than spin.
+                tracing::warn!("metrics: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            // A client that sends nothing does not hold a connection for long.
+            match tokio::time::timeout(Duration::from_secs(10), respond(stream, &metrics)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!("metrics: {peer}: {e}"),
+                Err(_) => tracing::debug!("metrics: {peer}: timed out"),
+            }
+        });
+    }
+}
+
+/// The parts of a request the endpoint looks at.
+#[derive(Debug, PartialEq, Eq)]
+struct Request {
+    method: String,
+    path: String,
+    openmetrics: bool,
+}
+
+/// Parses the request head (up to the blank line). `None`: not HTTP.
+fn parse_request(head: &str) -> Option<Request> {
+    let mut lines = head.split("\r\n");
+    let mut parts = lines.next()?.split(' ');
+    let method = parts.next()?.to_owned();
+    let target = parts.next()?;
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let path = target.split('?').next().unwrap_or(target).to_owned();
+    let openmetrics = lines.any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("accept") && v.contains("application/openmetrics-text")
+        })
+    });
+    Some(Request {
+        method,
+        path,
+        openmetrics,
+    })
+}
+
+async fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.len() > 16 * 1024 {
+            return write(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "",
+            )
+            .await;
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let Some(request) = parse_request(&head) else {
+        return write(&mut stream, "400 Bad Request", "text/plain", "not HTTP\n").await;
+    };
+    match (request.method.as_str(), request.path.as_str()) {
+        ("GET" | "HEAD", "/metrics") => {
+            let (body, content_type) = metrics.render(request.openmetrics);
+            let body = if request.method == "HEAD" { "" } else { &body };
+            write(&mut stream, "200 OK", content_type, body).await
+        }
+        ("GET" | "HEAD", "/") => {
+            write(
+                &mut stream,
+                "200 OK",
+                "text/plain; charset=utf-8",
+                "memstress watch: metrics at /metrics\n",
+            )
+            .await
+        }
+        ("GET" | "HEAD", _) => {
+            write(
+                &mut stream,
+                "404 Not Found",
+                "text/plain",
+                "not found: the metrics are at /metrics\n",
+            )
+            .await
+        }
+        _ => {
+            write(
+                &mut stream,
+                "405 Method Not Allowed",
+                "text/plain",
+                "GET /metrics\n",
+            )
+            .await
+        }
+    }
+}
+
+async fn write(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        event::{OomKill, Record, tests::sample_raw},
+        explain::{Explainer, Output},
+    };
+
+    fn explained(comm: &str) -> Explained {
+        let mut raw = sample_raw();
+        raw.victim.comm = crate::event::tests::comm(comm);
+        let kill = OomKill::from_raw(&raw, 4096);
+        let mut ex = Explainer::new(None, 0);
+        let out = ex.batch(vec![Record::Victim(Box::new(kill))], &|_| None);
+        let Output::Kill(e) = out.into_iter().next().unwrap() else {
+            panic!()
+        };
+        *e
+    }
+
+    #[test]
+    fn parses_requests() {
+        let r = parse_request(
+            "GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.path, "/metrics");
+        assert!(r.openmetrics);
+        let r = parse_request("GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        assert!(!r.openmetrics);
+        assert_eq!(parse_request("hello\r\n\r\n"), None);
+        assert_eq!(parse_request("GET /metrics SPDY/3\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn says_whether_memstress_caused_a_kill() {
+        assert_eq!(caused_by_memstress(&explained("memstress-vm")), "stressor");
+        let mut app = explained("postgres");
+        assert_eq!(caused_by_memstress(&app), "no");
+        app.skipped.push(crate::explain::Skipped {
+            pid: Some(9),
+            comm: Some("memstress-vm".to_owned()),
+            reason: "oom_score_adj -1000",
+        });
+        assert_eq!(caused_by_memstress(&app), "domain");
+    }
+
+    #[test]
+    fn counts_kills_with_bounded_labels() {
+        let metrics = Metrics::new(&[], None);
+        metrics.kill(&explained("memstress-vm"));
+        metrics.kill(&explained("memstress-vm"));
+        let mut exiting = explained("memstress-vm");
+        exiting.kill_confirmed = Some(false);
+        metrics.kill(&exiting);
+        let (text, content_type) = metrics.render(true);
+        assert_eq!(content_type, OPENMETRICS);
+        assert!(
+            text.contains(
+                "memstress_oom_kills_total{cgroup=\"/pod/ctr\",comm=\"memstress-vm\",memstress=\"stressor\"} 2\n"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        // Past the cap, new pairs share one series.
+        for i in 0..MAX_KILL_SERIES + 5 {
+            let mut k = explained("app");
+            k.victim.victim.cgroup = Some(format!("/pod{i}"));
+            metrics.kill(&k);
+        }
+        let (text, _) = metrics.render(false);
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("memstress_oom_kills_total{"))
+            .count();
+        assert_eq!(series, MAX_KILL_SERIES + 1, "the cap plus (other)");
+        assert!(
+            text.contains(
+                "memstress_oom_kills_total{cgroup=\"(other)\",comm=\"(other)\",memstress=\"no\"} 6\n"
+            ),
+            "{}",
+            text.lines().last().unwrap_or_default()
+        );
+    }
+}
