@@ -11,6 +11,8 @@ pub const CAP_SETGID: u32 = 6;
 pub const CAP_SETUID: u32 = 7;
 /// `CAP_SETPCAP` (needed to drop capabilities from the bounding set).
 pub const CAP_SETPCAP: u32 = 8;
+/// `CAP_IPC_LOCK` (mlock beyond RLIMIT_MEMLOCK).
+pub const CAP_IPC_LOCK: u32 = 14;
 /// `CAP_SYS_ADMIN`
 pub const CAP_SYS_ADMIN: u32 = 21;
 /// `CAP_SYS_RESOURCE` (needed to lower `oom_score_adj` below its current value).
@@ -68,7 +70,8 @@ pub struct StressorUser {
     /// Where it came from: `--user NAME`, `default (nobody)`, or `own (…)` when this process
     /// cannot switch users.
     pub from: String,
-    /// Stressors hold no capabilities (always true: they are dropped before exec).
+    /// What stressors keep: `none`, or `CAP_IPC_LOCK` with `--mlock` (dropped before exec,
+    /// everything else).
     pub capabilities: &'static str,
 }
 
@@ -142,8 +145,15 @@ pub fn own() -> Credentials {
 /// an error.
 pub fn stressor_user(
     requested: Option<&str>,
+    mlock: bool,
 ) -> Result<(Option<Credentials>, StressorUser), String> {
     let caps = effective();
+    if mlock && !has(caps, CAP_IPC_LOCK) {
+        return Err(
+            "--mlock needs CAP_IPC_LOCK (stressors keep it, and only it, to lock their memory)"
+                .to_owned(),
+        );
+    }
     let can_switch = has(caps, CAP_SETUID) && has(caps, CAP_SETGID);
     let own = own();
     let (wanted, from) = match requested {
@@ -160,7 +170,7 @@ pub fn stressor_user(
         uid: c.uid,
         gid: c.gid,
         from,
-        capabilities: "none",
+        capabilities: if mlock { "CAP_IPC_LOCK" } else { "none" },
     };
     // A uid-0 stressor regains its bounding set at exec unless the set can be emptied,
     // which needs CAP_SETPCAP.

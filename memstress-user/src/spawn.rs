@@ -57,8 +57,9 @@ pub struct Spec<'a> {
     /// Drop every capability (bounding, ambient, inheritable, permitted, effective) and set
     /// `no_new_privs` before exec, after joining the cgroup and setting `oom_score_adj`.
     pub drop_privileges: bool,
-    /// Raise RLIMIT_MEMLOCK to unlimited first (for `--mlock` after the drop; best effort).
-    pub unlimited_memlock: bool,
+    /// Capabilities kept through the drop (a mask of `1 << CAP_*`): `--mlock` keeps
+    /// CAP_IPC_LOCK, nothing else keeps anything.
+    pub keep_capabilities: u64,
     /// Standard input.
     pub stdin: Stdio,
     /// Standard output.
@@ -80,7 +81,7 @@ impl<'a> Spec<'a> {
             oom_score_adj: None,
             credentials: None,
             drop_privileges: false,
-            unlimited_memlock: false,
+            keep_capabilities: 0,
             stdin: Stdio::Inherit,
             stdout: Stdio::Inherit,
             stderr: Stdio::Inherit,
@@ -350,21 +351,30 @@ struct CapData {
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-/// Drops every capability and switches credentials. Raw system calls only (it runs between
-/// clone and exec). Order matters: the bounding set can only be emptied while CAP_SETPCAP is
-/// held, and the user switched while CAP_SETUID is; `no_new_privs` keeps exec from granting
-/// anything back, and an empty bounding set keeps a uid-0 exec from regaining capabilities.
+/// Drops every capability but those in `keep` (a mask; only `--mlock`'s CAP_IPC_LOCK is
+/// ever kept) and switches credentials. Raw system calls only (it runs between clone and
+/// exec). Order matters: the bounding set can only be shrunk while CAP_SETPCAP is held, and
+/// the user switched while CAP_SETUID is (with `PR_SET_KEEPCAPS` so that `keep` survives the
+/// switch); `no_new_privs` keeps exec from granting anything back, a bounding set reduced to
+/// `keep` keeps a uid-0 exec from regaining the rest, and `keep` is raised as ambient so a
+/// non-root exec holds it.
 ///
 /// # Safety
 /// Only in the child of a fork-like clone (see [`child_main`]). On error, errno is left as
 /// the failing call set it, and the stage is returned.
-unsafe fn drop_privileges(credentials: Option<crate::privilege::Credentials>) -> Result<(), i32> {
+unsafe fn drop_privileges(
+    credentials: Option<crate::privilege::Credentials>,
+    keep: u64,
+) -> Result<(), i32> {
     // SAFETY: raw system calls with valid arguments.
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(STAGE_CAPS);
         }
-        for cap in 0..64 {
+        for cap in 0..64u64 {
+            if keep & (1 << cap) != 0 {
+                continue;
+            }
             // EPERM without CAP_SETPCAP, EINVAL past the kernel's last capability: what is
             // left is checked below.
             if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0
@@ -373,8 +383,9 @@ unsafe fn drop_privileges(credentials: Option<crate::privilege::Credentials>) ->
                 break;
             }
         }
-        let bounding_left =
-            (0..64).any(|cap| libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) == 1);
+        let bounding_left = (0..64u64).any(|cap| {
+            keep & (1 << cap) == 0 && libc::prctl(libc::PR_CAPBSET_READ, cap, 0, 0, 0) == 1
+        });
         if libc::prctl(
             libc::PR_CAP_AMBIENT,
             libc::PR_CAP_AMBIENT_CLEAR_ALL,
@@ -386,26 +397,43 @@ unsafe fn drop_privileges(credentials: Option<crate::privilege::Credentials>) ->
         {
             return Err(STAGE_CAPS);
         }
-        if let Some(c) = credentials
-            && (libc::setgroups(0, std::ptr::null()) != 0
+        if let Some(c) = credentials {
+            if keep != 0 && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
+                return Err(STAGE_CAPS);
+            }
+            if libc::setgroups(0, std::ptr::null()) != 0
                 || libc::setresgid(c.gid, c.gid, c.gid) != 0
-                || libc::setresuid(c.uid, c.uid, c.uid) != 0)
-        {
-            return Err(STAGE_USER);
+                || libc::setresuid(c.uid, c.uid, c.uid) != 0
+            {
+                return Err(STAGE_USER);
+            }
         }
         let header = CapHeader {
             version: LINUX_CAPABILITY_VERSION_3,
             pid: 0,
         };
-        let data = [CapData {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        }; 2];
+        let (low, high) = (keep as u32, (keep >> 32) as u32);
+        let data = [
+            CapData {
+                effective: low,
+                permitted: low,
+                inheritable: low,
+            },
+            CapData {
+                effective: high,
+                permitted: high,
+                inheritable: high,
+            },
+        ];
         if libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) != 0 {
             return Err(STAGE_CAPS);
         }
-        // As uid 0 with a bounding set we could not empty, exec would grant capabilities
+        for cap in (0..64u64).filter(|c| keep & (1 << c) != 0) {
+            if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0 {
+                return Err(STAGE_CAPS);
+            }
+        }
+        // As uid 0 with a bounding set we could not reduce, exec would grant capabilities
         // back: refuse rather than run a stressor with privileges.
         if bounding_left && libc::geteuid() == 0 {
             *libc::__errno_location() = libc::EPERM;
@@ -469,16 +497,8 @@ unsafe fn child_main(
             }
             libc::close(fd);
         }
-        if spec.unlimited_memlock {
-            let unlimited = libc::rlimit {
-                rlim_cur: libc::RLIM_INFINITY,
-                rlim_max: libc::RLIM_INFINITY,
-            };
-            // Best effort: without CAP_SYS_RESOURCE, mlock reports its own error later.
-            libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited);
-        }
         if spec.drop_privileges || spec.credentials.is_some() {
-            if let Err(stage) = drop_privileges(spec.credentials) {
+            if let Err(stage) = drop_privileges(spec.credentials, spec.keep_capabilities) {
                 fail(stage);
             }
             // Changing credentials clears the parent-death signal (commit_creds): set it

@@ -120,6 +120,46 @@ fn stressors_hold_no_privileges() {
     }
 }
 
+/// With `--mlock`, stressors keep CAP_IPC_LOCK and nothing else, and their memory is locked.
+#[test]
+fn mlock_keeps_only_ipc_lock() {
+    require_root();
+    let target = TestCgroup::new("mlock", Some(128 * MIB));
+    let mut run = Memstress::start(&[
+        "run",
+        "-o",
+        "json",
+        "--cgroup",
+        target.path(),
+        "--size",
+        "16Mi",
+        "--mlock",
+    ]);
+    let plan = run.wait_type("plan", Duration::from_secs(10));
+    assert_eq!(plan["stressor_user"]["capabilities"], "CAP_IPC_LOCK");
+    let pid = run.wait_type("started", Duration::from_secs(30))["pid"]
+        .as_u64()
+        .unwrap();
+    run.wait_type("full", Duration::from_secs(30));
+    let status = status_of(pid);
+    let ipc_lock = 1u64 << 14;
+    for set in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(
+            parse_cap(&status, set),
+            Some(ipc_lock),
+            "{set} in\n{status}"
+        );
+    }
+    let locked_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(locked_kib >= 15 * 1024, "VmLck {locked_kib} kB");
+    let finished = run.interrupt(Duration::from_secs(20));
+    assert!(finished.status.success(), "{}", finished.stderr);
+}
+
 /// `watch` works as uid 0 with CAP_BPF and CAP_PERFMON and nothing else (and reports a real
 /// kill); without CAP_PERFMON it says what is missing. As a non-root user it also needs
 /// CAP_DAC_READ_SEARCH (tracefs is root's), and says so without it.

@@ -155,7 +155,11 @@ impl Member {
         // Workers hold memory and nothing else: no capabilities, the run's stressor user.
         spec.credentials = self.credentials;
         spec.drop_privileges = true;
-        spec.unlimited_memlock = self.worker.mlock;
+        // mlock beyond RLIMIT_MEMLOCK needs CAP_IPC_LOCK: the one capability a stressor may
+        // keep, and only with --mlock.
+        if self.worker.mlock {
+            spec.keep_capabilities = 1 << crate::privilege::CAP_IPC_LOCK;
+        }
         spec.stdin = Stdio::Pipe;
         spec.stdout = Stdio::Pipe;
         spec.stderr = Stdio::Inherit;
