@@ -572,6 +572,27 @@ fn self_targets_its_own_cgroup() {
     assert!(summary["charged_bytes"].as_u64().unwrap() >= 31 * MIB);
 }
 
+/// `--self` past the limit: the controller protects itself (oom_score_adj -1000), but its
+/// stressors keep the value it had, so the OOM killer takes a stressor, not nothing.
+#[test]
+fn self_past_the_limit_kills_a_stressor() {
+    require_root();
+    let target = TestCgroup::new("self-oom", Some(64 * MIB));
+    let mut cmd = command_in(&target.cgroup, memstress_bin().to_str().unwrap(), None);
+    cmd.args([
+        "run", "-o", "json", "--self", "--size", "128Mi", "--on-oom", "stop",
+    ]);
+    let finished = Memstress::start_command(&mut cmd).wait(Duration::from_secs(60));
+    assert_eq!(finished.status.code(), Some(3), "{}", finished.stderr);
+    let kills = finished.of_type("oom_kill");
+    assert_eq!(kills[0]["victim"]["comm"], "memstress-vm", "{kills:?}");
+    assert_eq!(
+        kills[0]["victim"]["oom_score_adj"], 0,
+        "the stressor inherited -1000?"
+    );
+    assert_eq!(finished.of_type("summary")[0]["outcome"], "stopped_by_oom");
+}
+
 /// `--pattern keep-dirty` keeps rewriting: page cache held that way stays dirty, while the
 /// default pattern leaves it clean (written back).
 #[test]

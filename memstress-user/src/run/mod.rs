@@ -337,7 +337,7 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
         );
     }
     let (credentials, stressor_user) =
-        privilege::stressor_user(opts.user.as_deref()).map_err(anyhow::Error::msg)?;
+        privilege::stressor_user(opts.user.as_deref(), opts.mlock).map_err(anyhow::Error::msg)?;
     if opts.kind == Kind::File {
         let dir = opts
             .file_dir
@@ -576,8 +576,15 @@ pub fn print_plan(plan: &Plan, reporter: &Reporter) {
     ));
     let u = &plan.stressor_user;
     reporter.text(&format!(
-        "stressors run as uid {} gid {} ({}), with no capabilities",
-        u.uid, u.gid, u.from
+        "stressors run as uid {} gid {} ({}), with {}",
+        u.uid,
+        u.gid,
+        u.from,
+        if u.capabilities == "none" {
+            "no capabilities".to_owned()
+        } else {
+            format!("only {}", u.capabilities)
+        }
     ));
     if let Some(p) = &plan.predicted_oom {
         let top: Vec<String> = p
@@ -649,9 +656,17 @@ pub fn check_oom_score_adj(adj: i32) -> Result<()> {
 
 /// In `--self` mode the controller shares the target: it tries to keep the OOM killer off
 /// itself, and says what it could not do.
-fn protect_controller() {
+/// Sets the controller's own oom_score_adj to -1000; returns the value it had (`None` when it
+/// could not be changed).
+fn protect_controller() -> Option<i32> {
+    let previous = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|a| a.trim().parse().ok())?;
     match std::fs::write("/proc/self/oom_score_adj", "-1000") {
-        Ok(()) => tracing::info!("controller protected from the OOM killer (oom_score_adj -1000)"),
+        Ok(()) => {
+            tracing::info!("controller protected from the OOM killer (oom_score_adj -1000)");
+            Some(previous)
+        }
         Err(_) => {
             let rss = std::fs::read_to_string("/proc/self/status")
                 .ok()
@@ -667,6 +682,7 @@ fn protect_controller() {
                  instead of a stressor",
                 std::process::id()
             );
+            None
         }
     }
 }
@@ -710,8 +726,14 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
     };
     let own = cgroup::own_cgroup(&hierarchy).ok();
     let in_own = own.as_ref().is_some_and(|o| *o == target.cgroup);
-    if in_own {
-        protect_controller();
+    // The controller protects itself in its own cgroup; its children would inherit that
+    // -1000 and be exempt from the OOM killer, so they get the value it had before.
+    let mut opts = opts;
+    if in_own && let Some(previous) = protect_controller() {
+        opts.oom_score_adj.get_or_insert(previous);
+        for app in &mut opts.apps {
+            app.oom_score_adj.get_or_insert(previous);
+        }
     }
 
     let mut janitor = None;
