@@ -218,7 +218,7 @@ fn run_works_with_the_jobs_capabilities() {
         .into_iter()
         .filter(|c| c != "sys_admin")
         .collect();
-    assert_eq!(caps, ["bpf", "perfmon"]);
+    assert_eq!(caps, ["bpf", "perfmon", "setuid", "setgid"]);
     assert_eq!(container["command"][0], "nsenter");
     let target = TestCgroup::new("deploy-run", Some(256 * MIB));
     let before = target.usage();
