@@ -553,7 +553,7 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
         return Ok(Outcome::Completed);
     }
     // Fail on missing privileges, kernel support or permissions before creating anything.
-    probe::preflight(&opts.probe)?;
+    let checked = probe::check(&opts.probe)?;
     if let Some(adj) = opts.oom_score_adj {
         check_oom_score_adj(adj)?;
     }
@@ -585,7 +585,7 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
             created = Some(cgroup.clone());
             cgroup.set_limit(limit)?;
         }
-        let mut probes = Probes::load(&opts.probe)?;
+        let mut probes = Probes::load_checked(&opts.probe, checked)?;
         probes.announce(reporter, Some(&target.cgroup.path));
         engine::engine(&opts, &plan, &target.cgroup, !in_own, &mut probes, reporter).await
     }
