@@ -187,6 +187,10 @@ pub struct Plan {
     pub oom_score_adj: Option<i32>,
     /// Whether the plan pushes the cgroup past its limit.
     pub crosses_limit: bool,
+    /// What the domain could still be charged before its limit, apps included (`None`: no
+    /// limit).
+    #[serde(skip)]
+    pub headroom_bytes: Option<u64>,
     /// When it does: who the OOM killer would choose, predicted from /proc now.
     pub predicted_oom: Option<Prediction>,
 }
@@ -334,6 +338,9 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
         on_oom: opts.on_oom,
         oom_score_adj: opts.oom_score_adj,
         crosses_limit,
+        headroom_bytes: limit
+            .as_ref()
+            .map(|(l, _)| l.saturating_sub(domain_usage + app_bytes)),
         predicted_oom: None,
     };
     let mut plan = plan;
@@ -585,9 +592,11 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
             created = Some(cgroup.clone());
             cgroup.set_limit(limit)?;
         }
-        let mut probes = Probes::load_checked(&opts.probe, checked)?;
-        probes.announce(reporter, Some(&target.cgroup.path));
-        engine::engine(&opts, &plan, &target.cgroup, !in_own, &mut probes, reporter).await
+        // The probes load on a thread of their own while the engine starts the stressors.
+        let probe_opts = opts.probe.clone();
+        let loading =
+            tokio::task::spawn_blocking(move || Probes::load_checked(&probe_opts, checked));
+        engine::engine(&opts, &plan, &target.cgroup, !in_own, loading, reporter).await
     }
     .await;
     if let Some(cgroup) = created
