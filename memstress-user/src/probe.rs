@@ -269,12 +269,8 @@ impl Probes {
             .map_err(|e| ProbeError::Load(e.to_string()))?;
         tracing::debug!("start-up: object loaded at {:?}", started.elapsed());
 
-        let (status, heavy_ms) = attach_all(
-            &mut ebpf,
-            &aya_btf,
-            mark_victim_format.is_some(),
-            &tracefs,
-        );
+        let (status, heavy_ms) =
+            attach_all(&mut ebpf, &aya_btf, mark_victim_format.is_some(), &tracefs);
         tracing::debug!(
             "start-up: mark_victim_btf verified in {heavy_ms:?} (beside the other programs)"
         );
@@ -484,7 +480,12 @@ fn attach_all(
             "tp_btf",
             "signal_generate",
             "confirms the OOM killer's SIGKILL (a victim that was only marked is not a kill)",
-            attach_btf(signal, names::PROG_SIGNAL_GENERATE_BTF, btf, "signal_generate"),
+            attach_btf(
+                signal,
+                names::PROG_SIGNAL_GENERATE_BTF,
+                btf,
+                "signal_generate",
+            ),
         ));
         // A kernel that refuses trampolines (EPERM) refuses them all: the first refusal
         // stands for the rest instead of four more loads of the same answer.

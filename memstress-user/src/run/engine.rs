@@ -398,7 +398,11 @@ pub(super) async fn engine(
     }
     // Probes attached: every stressor may now go to its full share.
     if opts.ramp.is_none() {
-        for m in state.members.iter_mut().filter(|m| m.role == Role::Stressor) {
+        for m in state
+            .members
+            .iter_mut()
+            .filter(|m| m.role == Role::Stressor)
+        {
             m.set_target(m.share);
         }
     }
@@ -532,7 +536,10 @@ mod tests {
     fn stressors_stay_below_the_limit_until_the_probes_are_attached() {
         let node = Some(16 << 30);
         // Plenty of room: no cap.
-        assert_eq!(pre_probe_cap(Some(2304 * MIB), node, &[2048 * MIB], 4096), None);
+        assert_eq!(
+            pre_probe_cap(Some(2304 * MIB), node, &[2048 * MIB], 4096),
+            None
+        );
         assert_eq!(pre_probe_cap(None, node, &[2048 * MIB], 4096), None);
         assert_eq!(pre_probe_cap(None, None, &[2048 * MIB], 4096), None);
         // Past the limit (an OOM on purpose): the headroom less a tenth, split by share.
@@ -541,8 +548,14 @@ mod tests {
         let caps = pre_probe_cap(Some(1000 * MIB), node, &[1000 * MIB, 500 * MIB], 4096).unwrap();
         assert!(caps.iter().sum::<u64>() <= 900 * MIB && caps.iter().all(|c| c % 4096 == 0));
         // A small limit keeps 16 MiB free; no headroom at all holds nothing.
-        assert_eq!(pre_probe_cap(Some(64 * MIB), node, &[128 * MIB], 4096), Some(vec![48 * MIB]));
-        assert_eq!(pre_probe_cap(Some(0), node, &[128 * MIB], 4096), Some(vec![0]));
+        assert_eq!(
+            pre_probe_cap(Some(64 * MIB), node, &[128 * MIB], 4096),
+            Some(vec![48 * MIB])
+        );
+        assert_eq!(
+            pre_probe_cap(Some(0), node, &[128 * MIB], 4096),
+            Some(vec![0])
+        );
         // No limit anywhere: the node's available memory bounds it.
         let caps = pre_probe_cap(None, Some(1 << 30), &[2 << 30], 4096).unwrap();
         assert!(caps[0] <= (1 << 30) / 10 * 9 && caps[0] > 900 * MIB);
