@@ -15,7 +15,7 @@ use crate::{is_root, run, run_quiet};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages, by what needs them.
-pub const PACKAGES_TEST: &[&str] = &["stress-ng"];
+pub const PACKAGES_TEST: &[&str] = &["stress-ng", "bpftrace"];
 
 fn say(step: &str, what: &str) {
     eprintln!("setup: {step:<26} {what}");
