@@ -181,18 +181,26 @@ impl std::fmt::Debug for Probes {
 /// Checks everything the probes need before touching the kernel, in the order a user would
 /// fix them: privileges, BTF, tracefs.
 pub fn preflight(opts: &Options) -> Result<(Btf, Tracefs), ProbeError> {
+    let tracefs = access(opts)?;
+    Ok((parse_btf(opts)?, tracefs))
+}
+
+/// The checks of [`preflight`] that read nothing large: privileges, a BTF file, tracefs.
+fn access(opts: &Options) -> Result<Tracefs, ProbeError> {
     if !privilege::can_trace(privilege::effective()) {
         return Err(ProbeError::Privileges(opts.command));
     }
     if !opts.btf.is_file() {
         return Err(ProbeError::NoBtf(opts.btf.display().to_string()));
     }
-    let btf = Btf::from_file(&opts.btf).map_err(|source| ProbeError::Btf {
+    Ok(Tracefs::find()?)
+}
+
+fn parse_btf(opts: &Options) -> Result<Btf, ProbeError> {
+    Btf::from_file(&opts.btf).map_err(|source| ProbeError::Btf {
         path: opts.btf.display().to_string(),
         source,
-    })?;
-    let tracefs = Tracefs::find()?;
-    Ok((btf, tracefs))
+    })
 }
 
 /// Raises RLIMIT_MEMLOCK for kernels before 5.11, which charge BPF maps against it.
@@ -209,14 +217,28 @@ fn raise_memlock() {
 /// What [`preflight`] checked and read, handed to [`Probes::load_checked`] so that the
 /// kernel's BTF is parsed once.
 pub struct Checked {
-    btf: Btf,
+    /// Parsed already, or to be parsed by the loader.
+    btf: Option<Btf>,
     tracefs: Tracefs,
 }
 
 /// [`preflight`], keeping what it read for [`Probes::load_checked`].
 pub fn check(opts: &Options) -> Result<Checked, ProbeError> {
     let (btf, tracefs) = preflight(opts)?;
-    Ok(Checked { btf, tracefs })
+    Ok(Checked {
+        btf: Some(btf),
+        tracefs,
+    })
+}
+
+/// [`check`] without parsing the BTF (left to [`Probes::load_checked`]): for `run`, which
+/// loads the probes on a thread of its own while its stressors start, and has nothing to
+/// parse on the way to its first stressor.
+pub fn check_access(opts: &Options) -> Result<Checked, ProbeError> {
+    Ok(Checked {
+        btf: None,
+        tracefs: access(opts)?,
+    })
 }
 
 impl std::fmt::Debug for Checked {
@@ -246,6 +268,10 @@ impl Probes {
     pub fn load_checked(opts: &Options, checked: Checked) -> Result<Self, ProbeError> {
         let started = std::time::Instant::now();
         let Checked { btf, tracefs } = checked;
+        let btf = match btf {
+            Some(btf) => btf,
+            None => parse_btf(opts)?,
+        };
         let mark_victim_format = tracefs.format("oom", "mark_victim").ok();
         let resolved = layout::resolve(&btf, mark_victim_format.as_ref());
         let constraints = layout::oom_constraints(&btf);

@@ -560,7 +560,7 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
         return Ok(Outcome::Completed);
     }
     // Fail on missing privileges, kernel support or permissions before creating anything.
-    let checked = probe::check(&opts.probe)?;
+    let checked = probe::check_access(&opts.probe)?;
     if let Some(adj) = opts.oom_score_adj {
         check_oom_score_adj(adj)?;
     }
