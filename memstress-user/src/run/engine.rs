@@ -526,42 +526,6 @@ pub(super) fn pre_probe_cap(
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::pre_probe_cap;
-
-    const MIB: u64 = 1 << 20;
-
-    #[test]
-    fn stressors_stay_below_the_limit_until_the_probes_are_attached() {
-        let node = Some(16 << 30);
-        // Plenty of room: no cap.
-        assert_eq!(
-            pre_probe_cap(Some(2304 * MIB), node, &[2048 * MIB], 4096),
-            None
-        );
-        assert_eq!(pre_probe_cap(None, node, &[2048 * MIB], 4096), None);
-        assert_eq!(pre_probe_cap(None, None, &[2048 * MIB], 4096), None);
-        // Past the limit (an OOM on purpose): the headroom less a tenth, split by share.
-        let caps = pre_probe_cap(Some(100 * MIB), node, &[100 * MIB, 50 * MIB], 4096).unwrap();
-        assert_eq!(caps, vec![56 * MIB, 28 * MIB]);
-        let caps = pre_probe_cap(Some(1000 * MIB), node, &[1000 * MIB, 500 * MIB], 4096).unwrap();
-        assert!(caps.iter().sum::<u64>() <= 900 * MIB && caps.iter().all(|c| c % 4096 == 0));
-        // A small limit keeps 16 MiB free; no headroom at all holds nothing.
-        assert_eq!(
-            pre_probe_cap(Some(64 * MIB), node, &[128 * MIB], 4096),
-            Some(vec![48 * MIB])
-        );
-        assert_eq!(
-            pre_probe_cap(Some(0), node, &[128 * MIB], 4096),
-            Some(vec![0])
-        );
-        // No limit anywhere: the node's available memory bounds it.
-        let caps = pre_probe_cap(None, Some(1 << 30), &[2 << 30], 4096).unwrap();
-        assert!(caps[0] <= (1 << 30) / 10 * 9 && caps[0] > 900 * MIB);
-    }
-}
-
 fn print_summary(s: &Summary, reporter: &Reporter) {
     reporter.json("summary", s);
     let secs = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
@@ -830,5 +794,41 @@ async fn drive(
         if !any_left && state.stressors().all(|m| m.oom_killed) {
             return Ok(Outcome::AllStressorsKilled);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pre_probe_cap;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn stressors_stay_below_the_limit_until_the_probes_are_attached() {
+        let node = Some(16 << 30);
+        // Plenty of room: no cap.
+        assert_eq!(
+            pre_probe_cap(Some(2304 * MIB), node, &[2048 * MIB], 4096),
+            None
+        );
+        assert_eq!(pre_probe_cap(None, node, &[2048 * MIB], 4096), None);
+        assert_eq!(pre_probe_cap(None, None, &[2048 * MIB], 4096), None);
+        // Past the limit (an OOM on purpose): the headroom less a tenth, split by share.
+        let caps = pre_probe_cap(Some(100 * MIB), node, &[100 * MIB, 50 * MIB], 4096).unwrap();
+        assert_eq!(caps, vec![56 * MIB, 28 * MIB]);
+        let caps = pre_probe_cap(Some(1000 * MIB), node, &[1000 * MIB, 500 * MIB], 4096).unwrap();
+        assert!(caps.iter().sum::<u64>() <= 900 * MIB && caps.iter().all(|c| c % 4096 == 0));
+        // A small limit keeps 16 MiB free; no headroom at all holds nothing.
+        assert_eq!(
+            pre_probe_cap(Some(64 * MIB), node, &[128 * MIB], 4096),
+            Some(vec![48 * MIB])
+        );
+        assert_eq!(
+            pre_probe_cap(Some(0), node, &[128 * MIB], 4096),
+            Some(vec![0])
+        );
+        // No limit anywhere: the node's available memory bounds it.
+        let caps = pre_probe_cap(None, Some(1 << 30), &[2 << 30], 4096).unwrap();
+        assert!(caps[0] <= (1 << 30) / 10 * 9 && caps[0] > 900 * MIB);
     }
 }
