@@ -88,10 +88,10 @@ impl Plan {
                 fault_reps: 2,
                 fill_bytes: 256 * MIB,
                 hold_bytes: 256 * MIB,
-                hold: Duration::from_secs(5),
+                hold: Duration::from_secs(3),
                 tell_kills: 50usize.div_ceil(runs),
                 storm_cgroups: 4,
-                storm_for: Duration::from_secs(3),
+                storm_for: Duration::from_secs(2),
                 oom_limit: 8 * MIB,
                 oom_touch: 16 * MIB,
             }

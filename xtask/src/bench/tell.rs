@@ -135,6 +135,8 @@ pub fn measure_tell(ctx: &Ctx) -> Result<Vec<Row>> {
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();
     let (mut all_m, mut all_k) = (Vec::new(), Vec::new());
+    // mark_victim → the printk stamp of the same kill's `Killed process` line.
+    let mut printk_gap = Vec::new();
     let mut unreported = 0;
     for run in 0..ctx.plan.runs {
         let from = s.watch.line_count();
@@ -171,9 +173,11 @@ pub fn measure_tell(ctx: &Ctx) -> Result<Vec<Row>> {
                 }
                 // From the same kill's mark_victim when memstress saw it; else from the
                 // record's own stamp (printed right after mark_victim).
-                let from = kills
-                    .get(&pid)
-                    .map_or_else(|| (rec.ts_ns as i64 - s.kmsg.offset_ns) as u64, |r| r.ts_ns);
+                let stamped = (rec.ts_ns as i64 - s.kmsg.offset_ns) as u64;
+                let from = kills.get(&pid).map_or(stamped, |r| {
+                    printk_gap.push((stamped as f64 - r.ts_ns as f64) / 1e6);
+                    r.ts_ns
+                });
                 Some(rec.at_ns.saturating_sub(from) as f64 / 1e6)
             })
             .collect();
@@ -215,7 +219,9 @@ pub fn measure_tell(ctx: &Ctx) -> Result<Vec<Row>> {
     let note = format!(
         "over all {n} kills of all runs (runs' spread in brackets); memstress missed {unreported} \
          kills, dropped {drops} records; its controller's peak RSS after them {hwm:.1} MiB; the \
-         kmsg reader lost {lost} records"
+         kmsg reader lost {lost} records; the kernel stamped each `Killed process` line {:.2} ms \
+         (median) after mark_victim",
+        median(printk_gap.into_iter())
     );
     Ok(vec![
         pooled(
