@@ -60,7 +60,7 @@ pub struct Args {
 pub struct Plan {
     /// Runs of each figure.
     pub runs: usize,
-    /// Fault throughput: bytes touched per mapping, and mappings per configuration and run.
+    /// Fault throughput: bytes touched per mapping, and mappings per measurement.
     pub fault_bytes: u64,
     pub fault_reps: u32,
     /// Fill: bytes the cgroup must be charged.
@@ -99,7 +99,7 @@ impl Plan {
             Self {
                 runs,
                 fault_bytes: 2 * GIB,
-                fault_reps: 2,
+                fault_reps: 1,
                 fill_bytes: 2 * GIB,
                 hold_bytes: GIB,
                 hold: Duration::from_secs(30),

@@ -2,8 +2,11 @@
 //! memory inside a memcg, one page fault per page, a few times per configuration: with no
 //! probes, with everything `memstress watch` attaches (the same set `memstress run`
 //! attaches, charge-path probes included), and with the equivalent bpftrace script. The
-//! configurations alternate within each run, so that each run's ratio compares
-//! throughputs measured seconds apart.
+//! configurations alternate within each run ([`CYCLES`] times, in an order that rotates),
+//! so that each run's ratio compares throughputs measured seconds apart; each measurement
+//! starts after the same pause ([`SETTLE`]), since the kernel's deferred work after a tool
+//! detaches its programs (freeing them, their maps, a 4 MiB ring buffer) slows the next
+//! second or so of page faults whichever configuration comes next.
 //!
 //! Throughput is bytes faulted per second of the toucher's own CPU time: page faults, and
 //! every probe they could trigger, run on the faulting thread, so its CPU clock counts them
@@ -17,6 +20,12 @@ use anyhow::{Context as _, Result, bail};
 use super::{Ctx, GIB, MIB, Row, Sample, median, sys};
 
 const CONFIGS: [&str; 3] = ["no probes", "memstress", "bpftrace"];
+
+/// Passes over the three configurations per run; a run's figure for each is the median.
+const CYCLES: usize = 3;
+
+/// Pause before each measurement, whatever ran before it.
+const SETTLE: Duration = Duration::from_millis(700);
 
 /// Runs the toucher in `cg`; returns its median throughput in GiB per CPU-second and per
 /// wall-clock second.
@@ -66,9 +75,9 @@ pub fn measure(ctx: &Ctx) -> Result<Vec<Row>> {
     let mut vs_bpftrace = Vec::new();
     let mut bpftrace_vs_none = Vec::new();
     for run in 0..ctx.plan.runs {
-        let mut got = [0.0; 3];
-        let mut wall = [0.0; 3];
-        for which in Ctx::order(3, run) {
+        let mut cpu_rates = [Vec::new(), Vec::new(), Vec::new()];
+        let mut wall_rates = [Vec::new(), Vec::new(), Vec::new()];
+        for which in (0..CYCLES).flat_map(|c| Ctx::order(3, run + c)) {
             let probe = match which {
                 0 => None,
                 1 => {
@@ -87,8 +96,11 @@ pub fn measure(ctx: &Ctx) -> Result<Vec<Row>> {
                     Some(p)
                 }
             };
-            (got[which], wall[which]) =
+            sys::sleep(SETTLE)?;
+            let (cpu, wall) =
                 touch(ctx, &cg).with_context(|| format!("with {}", CONFIGS[which]))?;
+            cpu_rates[which].push(cpu);
+            wall_rates[which].push(wall);
             if let Some(mut p) = probe {
                 if p.exited() {
                     bail!(
@@ -97,9 +109,11 @@ pub fn measure(ctx: &Ctx) -> Result<Vec<Row>> {
                         p.stderr()
                     );
                 }
-                p.finish(Some(libc::SIGINT), Duration::from_secs(10))?;
+                p.finish(Some(libc::SIGINT), Duration::from_secs(30))?;
             }
         }
+        let got = cpu_rates.map(|r| median(r.into_iter()));
+        let wall = wall_rates.map(|r| median(r.into_iter()));
         eprintln!(
             "bench:   run {}: GiB per CPU-second {:.3} without probes, {:.3} with memstress's \
              ({:.3}), {:.3} with bpftrace's ({:.3}); per wall second {:.3}, {:.3}, {:.3}",

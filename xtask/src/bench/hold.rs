@@ -4,7 +4,10 @@
 //! every process of each (memstress: controller and stressors) is taken over the hold
 //! period, from the scheduler's nanosecond counters.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Result, bail};
 
@@ -12,8 +15,21 @@ use super::{Ctx, MIB, Row, Sample, sys};
 
 const SLACK: u64 = MIB;
 
-fn cpu(pids: &[u32]) -> u64 {
-    pids.iter().map(|&p| sys::cpu_ns(p)).sum()
+/// Each process's CPU time so far: its threads, and the children it reaped.
+fn snapshot(pids: &[u32]) -> HashMap<u32, u64> {
+    pids.iter()
+        .map(|&p| (p, sys::cpu_ns(p) + sys::children_cpu_ns(p)))
+        .collect()
+}
+
+/// CPU used between two snapshots: a process that started in between counts whole; one
+/// that ended in between was reaped by a parent in the set, whose children's time holds
+/// it (stress-ng restarts its workers).
+fn used(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> u64 {
+    after
+        .iter()
+        .map(|(pid, a)| a.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+        .sum()
 }
 
 /// Measures figure 3.
@@ -60,12 +76,20 @@ pub fn measure(ctx: &Ctx) -> Result<Vec<Row>> {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let mut m_pids = cg_m.procs();
-        m_pids.push(m.pid());
-        let s_pids = cg_s.procs();
-        let (m0, s0, t0) = (cpu(&m_pids), cpu(&s_pids), sys::monotonic_ns());
+        let pids = |cg: &sys::BenchCgroup, also: Option<u32>| {
+            let mut p = cg.procs();
+            p.extend(also);
+            p
+        };
+        let m_pids = pids(&cg_m, Some(m.pid()));
+        let s_pids = pids(&cg_s, None);
+        let (m0, s0, t0) = (snapshot(&m_pids), snapshot(&s_pids), sys::monotonic_ns());
         sys::sleep(ctx.plan.hold)?;
-        let (m1, s1, t1) = (cpu(&m_pids), cpu(&s_pids), sys::monotonic_ns());
+        let (m1, s1, t1) = (
+            snapshot(&pids(&cg_m, Some(m.pid()))),
+            snapshot(&pids(&cg_s, None)),
+            sys::monotonic_ns(),
+        );
         if m.exited() || s.exited() {
             bail!(
                 "a holder exited during the hold: {} {}",
@@ -75,8 +99,8 @@ pub fn measure(ctx: &Ctx) -> Result<Vec<Row>> {
         }
         let wall = (t1 - t0) as f64;
         let (mp, sp) = (
-            (m1 - m0) as f64 / wall * 100.0,
-            (s1 - s0) as f64 / wall * 100.0,
+            used(&m0, &m1) as f64 / wall * 100.0,
+            used(&s0, &s1) as f64 / wall * 100.0,
         );
         let hwm = sys::status_kib(m.pid(), "VmHWM").unwrap_or(0) as f64 / 1024.0;
         eprintln!(

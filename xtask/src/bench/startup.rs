@@ -17,7 +17,7 @@ fn start(name: &str, mut cmd: std::process::Command, ready: &str) -> Result<(f64
     // Let it settle into its event loop, as it would when watching.
     sys::sleep(Duration::from_millis(200))?;
     let hwm = sys::status_kib(p.pid(), "VmHWM").unwrap_or(0) as f64 / 1024.0;
-    p.finish(Some(libc::SIGINT), Duration::from_secs(10))?;
+    p.finish(Some(libc::SIGINT), Duration::from_secs(30))?;
     Ok((ms, hwm))
 }
 
