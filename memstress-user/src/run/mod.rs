@@ -538,6 +538,30 @@ fn protect_controller() {
     }
 }
 
+/// How much nicer than the controller the probe-loading thread runs.
+const LOADER_NICE: i32 = 5;
+
+/// Makes the calling thread `by` nicer (negative: less nice), within what this process may
+/// set; returns the change made, to undo it. Linux keeps a nice value per thread.
+fn nice_this_thread(by: i32) -> i32 {
+    // SAFETY: gettid and getpriority/setpriority on this thread have no preconditions;
+    // getpriority can return -1 legitimately, so errno is cleared first.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        *libc::__errno_location() = 0;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if now == -1 && *libc::__errno_location() != 0 {
+            return 0;
+        }
+        let want = (now + by).clamp(-20, 19);
+        if libc::setpriority(libc::PRIO_PROCESS, tid, want) == 0 {
+            want - now
+        } else {
+            0
+        }
+    }
+}
+
 /// Runs the whole thing. Returns the outcome; every path cleans up.
 pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
     let hierarchy = Hierarchy::discover()?;
@@ -592,10 +616,17 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
             created = Some(cgroup.clone());
             cgroup.set_limit(limit)?;
         }
-        // The probes load on a thread of their own while the engine starts the stressors.
+        // The probes load on a thread of their own while the engine starts the stressors,
+        // yielding the CPU to them: until the probes are attached the stressors stay below
+        // the limit (see engine::pre_probe_cap), so loading a little later costs nothing,
+        // while a stressor that waits for the CPU is pressure that arrives late.
         let probe_opts = opts.probe.clone();
-        let loading =
-            tokio::task::spawn_blocking(move || Probes::load_checked(&probe_opts, checked));
+        let loading = tokio::task::spawn_blocking(move || {
+            let niced = nice_this_thread(LOADER_NICE);
+            let probes = Probes::load_checked(&probe_opts, checked);
+            nice_this_thread(-niced);
+            probes
+        });
         engine::engine(&opts, &plan, &target.cgroup, !in_own, loading, reporter).await
     }
     .await;
