@@ -21,7 +21,9 @@ use super::{Ctx, GIB, MIB, Row, Sample, median, sys};
 
 const CONFIGS: [&str; 3] = ["no probes", "memstress", "bpftrace"];
 
-/// Passes over the three configurations per run; a run's figure for each is the median.
+/// Passes over the three configurations per run; a run's figure for each is the best.
+/// Interference only ever slows a fault down (a neighbour's cache footprint, the host
+/// taking the vCPU away): the fastest pass is the cleanest view of what the probes cost.
 const CYCLES: usize = 3;
 
 /// Pause before each measurement, whatever ran before it.
@@ -112,8 +114,9 @@ pub fn measure(ctx: &Ctx) -> Result<Vec<Row>> {
                 p.finish(Some(libc::SIGINT), Duration::from_secs(30))?;
             }
         }
-        let got = cpu_rates.map(|r| median(r.into_iter()));
-        let wall = wall_rates.map(|r| median(r.into_iter()));
+        let best = |r: Vec<f64>| r.into_iter().fold(0.0, f64::max);
+        let got = cpu_rates.map(best);
+        let wall = wall_rates.map(best);
         eprintln!(
             "bench:   run {}: GiB per CPU-second {:.3} without probes, {:.3} with memstress's \
              ({:.3}), {:.3} with bpftrace's ({:.3}); per wall second {:.3}, {:.3}, {:.3}",

@@ -2,7 +2,7 @@
 //! stressor sleeps) and stress-ng `--vm-keep` (which re-dirties its memory in a loop) hold
 //! the same amount in two cgroups at the same time; once both are full, the CPU time of
 //! every process of each (memstress: controller and stressors) is taken over the hold
-//! period, from the scheduler's nanosecond counters.
+//! period, from each process's CPU-time clock (nanoseconds, all threads).
 
 use std::{
     collections::HashMap,
@@ -15,10 +15,11 @@ use super::{Ctx, MIB, Row, Sample, sys};
 
 const SLACK: u64 = MIB;
 
-/// Each process's CPU time so far: its threads, and the children it reaped.
+/// Each process's CPU time so far: all its threads (exited ones too: memstress's probe
+/// loader thread ends during the hold), and the children it reaped.
 fn snapshot(pids: &[u32]) -> HashMap<u32, u64> {
     pids.iter()
-        .map(|&p| (p, sys::cpu_ns(p) + sys::children_cpu_ns(p)))
+        .map(|&p| (p, sys::process_cpu_ns(p) + sys::children_cpu_ns(p)))
         .collect()
 }
 

@@ -511,21 +511,25 @@ impl Drop for Proc {
     }
 }
 
-/// CPU time a process's threads have used, in ns (`/proc/PID/task/*/schedstat`, first
-/// field: nanosecond-exact, unlike the 10 ms ticks of /proc/PID/stat).
-pub fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+/// CPU time a whole process has used, its exited threads included, in ns: the process's
+/// CPU-time clock (`clock_getcpuclockid`), nanosecond-exact like the scheduler's counters
+/// and, unlike a sum over /proc/PID/task, not lowered when a thread exits. 0 when the
+/// process is gone.
+pub fn process_cpu_ns(pid: u32) -> u64 {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: clock_getcpuclockid writes the clock id into the variable we own.
+    if unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) } != 0 {
         return 0;
+    }
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    tasks
-        .flatten()
-        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum()
+    // SAFETY: clock_gettime writes into the timespec we own.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// CPU time a process's reaped children used (`cutime` + `cstime` of /proc/PID/stat), in
@@ -648,6 +652,11 @@ impl Kmsg {
     /// Every record since the last call.
     pub fn take(&self) -> Vec<KmsgRecord> {
         std::mem::take(&mut *self.records.lock().unwrap())
+    }
+
+    /// Whether a record not yet taken satisfies `pred`.
+    pub fn seen(&self, pred: impl Fn(&KmsgRecord) -> bool) -> bool {
+        self.records.lock().unwrap().iter().any(pred)
     }
 
     /// Records overwritten before they were read (the log wrapped).

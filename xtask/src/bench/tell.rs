@@ -6,7 +6,7 @@
 //! (CLOCK_MONOTONIC) minus its `ts_ns` (CLOCK_MONOTONIC at `mark_victim`, taken in BPF) is
 //! memstress's time to tell. Beside it, a /dev/kmsg reader (how cAdvisor learns of OOM
 //! kills): the arrival of each `Killed process` record minus the same kill's `mark_victim`
-//! time.
+//! time. Kills come one at a time: each is timed alone.
 //!
 //! The storm runs one OOMing process after another in every memcg at once, as fast as the
 //! machine allows, and compares the kills memstress reported with the kills the kernel
@@ -149,6 +149,17 @@ pub fn measure_tell(ctx: &Ctx) -> Result<Vec<Row>> {
                 bail!("process {pid} was not OOM-killed: is the memcg limit set?");
             }
             pids.insert(pid);
+            // One kill at a time: the next starts once both readers were told (or after a
+            // second), so that each is timed alone, not queued behind the next one's work.
+            let end = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < end
+                && !(s.kmsg.seen(|r| sys::killed_pid(&r.text) == Some(pid))
+                    && reported(&s.watch.lines()[from..])
+                        .iter()
+                        .any(|r| r.pid == pid))
+            {
+                std::thread::sleep(Duration::from_micros(500));
+            }
         }
         let lines = wait_reported(&s.watch, from, &pids, Duration::from_secs(10))?;
         sys::sleep(Duration::from_millis(200))?;
