@@ -21,10 +21,12 @@ use super::{Ctx, GIB, MIB, Row, Sample, median, sys};
 
 const CONFIGS: [&str; 3] = ["no probes", "memstress", "bpftrace"];
 
-/// Passes over the three configurations per run; a run's figure for each is the best.
-/// Interference only ever slows a fault down (a neighbour's cache footprint, the host
-/// taking the vCPU away): the fastest pass is the cleanest view of what the probes cost.
-const CYCLES: usize = 3;
+/// Passes over the three configurations per run. Each pass gives one ratio of throughputs
+/// measured a few seconds apart; a run's ratio is the median of its passes', and the
+/// headline the median of every pass of every run: on a shared machine throughput swings
+/// by a third over tens of seconds, so only ratios of neighbouring measurements are
+/// comparable.
+const CYCLES: usize = 4;
 
 /// Pause before each measurement, whatever ran before it.
 const SETTLE: Duration = Duration::from_millis(700);
@@ -75,11 +77,13 @@ pub fn measure(ctx: &Ctx) -> Result<Vec<Row>> {
     )?;
     let mut vs_none = Vec::new();
     let mut vs_bpftrace = Vec::new();
-    let mut bpftrace_vs_none = Vec::new();
+    // Every pass's ratios: memstress ÷ none, memstress ÷ bpftrace, bpftrace ÷ none.
+    let mut passes: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for run in 0..ctx.plan.runs {
         let mut cpu_rates = [Vec::new(), Vec::new(), Vec::new()];
         let mut wall_rates = [Vec::new(), Vec::new(), Vec::new()];
-        for which in (0..CYCLES).flat_map(|c| Ctx::order(3, run + c)) {
+        let mut ratios: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for (step, which) in (0..CYCLES).flat_map(|c| Ctx::order(3, run + c)).enumerate() {
             let probe = match which {
                 0 => None,
                 1 => {
@@ -113,49 +117,74 @@ pub fn measure(ctx: &Ctx) -> Result<Vec<Row>> {
                 }
                 p.finish(Some(libc::SIGINT), Duration::from_secs(30))?;
             }
+            if step % 3 == 2 {
+                let last = |c: usize| *cpu_rates[c].last().expect("one per pass");
+                ratios[0].push(last(1) / last(0));
+                ratios[1].push(last(1) / last(2));
+                ratios[2].push(last(2) / last(0));
+            }
         }
-        let best = |r: Vec<f64>| r.into_iter().fold(0.0, f64::max);
-        let got = cpu_rates.map(best);
-        let wall = wall_rates.map(best);
+        let got = cpu_rates.map(|r| median(r.into_iter()));
+        let wall = wall_rates.map(|r| median(r.into_iter()));
+        let ratio = ratios.clone().map(|r| median(r.into_iter()));
+        for (all, these) in passes.iter_mut().zip(ratios) {
+            all.extend(these);
+        }
         eprintln!(
             "bench:   run {}: GiB per CPU-second {:.3} without probes, {:.3} with memstress's \
              ({:.3}), {:.3} with bpftrace's ({:.3}); per wall second {:.3}, {:.3}, {:.3}",
             run + 1,
             got[0],
             got[1],
-            got[1] / got[0],
+            ratio[0],
             got[2],
-            got[2] / got[0],
+            ratio[2],
             wall[0],
             wall[1],
             wall[2]
         );
-        vs_none.push(Sample::over(got[1], got[0]));
-        vs_bpftrace.push(Sample::over(got[1], got[2]));
-        bpftrace_vs_none.push(Sample::over(got[2], got[0]));
+        let sample = |memstress: f64, peer: f64, ratio: f64| Sample {
+            memstress,
+            peer,
+            ratio,
+        };
+        vs_none.push(sample(got[1], got[0], ratio[0]));
+        vs_bpftrace.push(sample(got[1], got[2], ratio[1]));
     }
-    let bpftrace_ratio = median(bpftrace_vs_none.iter().map(|s| s.ratio));
+    let pooled = |mut row: Row, i: usize| {
+        row.ratio = median(passes[i].iter().copied());
+        row
+    };
+    let n = passes[0].len();
     let mib = ctx.plan.fault_bytes / MIB;
     Ok(vec![
-        Row::from_runs(
-            "fault_throughput_probed",
-            &format!("1. page-fault throughput, {mib} MiB in a memcg, memstress's probes on"),
-            "no probes",
-            "GiB/CPU-s",
-            vs_none,
+        pooled(
+            Row::from_runs(
+                "fault_throughput_probed",
+                &format!("1. page-fault throughput, {mib} MiB in a memcg, memstress's probes on"),
+                "no probes",
+                "GiB/CPU-s",
+                vs_none,
+            ),
+            0,
         )
-        .ratio_at_least(0.98),
-        Row::from_runs(
-            "fault_throughput_vs_bpftrace",
-            &format!("1. page-fault throughput, {mib} MiB in a memcg, memstress's probes on"),
-            "bpftrace equivalent's probes on",
-            "GiB/CPU-s",
-            vs_bpftrace,
-        )
-        .context()
+        .ratio_at_least(0.98)
         .note(format!(
-            "the bpftrace script's own throughput ratio against no probes: {bpftrace_ratio:.3} \
-             (median of runs)"
+            "throughput per CPU-second of the faulting thread; ratio: median of all {n} passes \
+             (each pass measures the configurations seconds apart), runs' medians in brackets; \
+             the bpftrace script's ratio against no probes: {:.3}",
+            median(passes[2].iter().copied())
         )),
+        pooled(
+            Row::from_runs(
+                "fault_throughput_vs_bpftrace",
+                &format!("1. page-fault throughput, {mib} MiB in a memcg, memstress's probes on"),
+                "bpftrace equivalent's probes on",
+                "GiB/CPU-s",
+                vs_bpftrace,
+            ),
+            1,
+        )
+        .context(),
     ])
 }
