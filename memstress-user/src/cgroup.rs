@@ -584,6 +584,19 @@ impl Cgroup {
         Ok(parse_flat_keyed(&self.read("memory.stat")?))
     }
 
+    /// How often a charge hit the limit: v1 `memory.failcnt`, v2 `max` of `memory.events`.
+    /// One small file, unlike [`Self::counters`], which also reads `memory.stat` (the
+    /// kernel flushes per-CPU statistics to produce it).
+    pub fn limit_hits(&self) -> Result<u64, CgroupError> {
+        match self.hierarchy.version {
+            Version::V1 => self.read_u64("memory.failcnt"),
+            Version::V2 => Ok(parse_flat_keyed(&self.read("memory.events")?)
+                .get("max")
+                .copied()
+                .unwrap_or(0)),
+        }
+    }
+
     /// Usage, working set and the limit and OOM counters, read together.
     pub fn counters(&self) -> Result<Counters, CgroupError> {
         let usage_bytes = self.usage()?;

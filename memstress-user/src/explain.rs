@@ -266,9 +266,8 @@ impl Explainer {
     pub fn seed(&mut self, cgroup: &Cgroup, now_ns: u64) {
         let mut at = Some(cgroup.clone());
         while let Some(c) = at {
-            if let Ok(counters) = c.counters() {
-                self.domain_seen
-                    .insert(c.path.clone(), (counters.limit_hits, now_ns));
+            if let Ok(hits) = c.limit_hits() {
+                self.domain_seen.insert(c.path.clone(), (hits, now_ns));
             }
             at = c.parent().filter(|p| !p.is_root());
         }
@@ -427,11 +426,12 @@ impl Explainer {
         let now = kill.ts_ns;
         let previous = self.domain_seen.get(&key).copied();
         report.since_ms = now.saturating_sub(previous.map_or(self.started_ns, |p| p.1)) / 1_000_000;
+        // Only the limit hits are needed, read from their own small file: this runs between
+        // the kernel's kill and the line that reports it.
         if let (Some(hierarchy), Some(path)) = (&self.hierarchy, domain_path)
             && let Ok(cgroup) = Cgroup::locate(hierarchy, path)
-            && let Ok(counters) = cgroup.counters()
+            && let Ok(hits) = cgroup.limit_hits()
         {
-            let hits = counters.limit_hits;
             // The first kill seen in a domain counts from memstress's start only if we know
             // the count then; otherwise from the previous kill.
             report.limit_hits = previous.map(|p| hits.saturating_sub(p.0));

@@ -11,7 +11,7 @@ use std::{io, path::PathBuf};
 use aya::{
     Ebpf, EbpfLoader, Endianness,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, FEntry, FExit, TracePoint},
+    programs::{BtfTracePoint, FEntry, FExit, Program, TracePoint},
 };
 use memstress_ebpf::{Pressure, RuntimeConfig, counters, names, source};
 use serde::Serialize;
@@ -196,18 +196,26 @@ impl std::fmt::Debug for Probes {
 /// Checks everything the probes need before touching the kernel, in the order a user would
 /// fix them: privileges, BTF, tracefs.
 pub fn preflight(opts: &Options) -> Result<(Btf, Tracefs), ProbeError> {
+    let tracefs = access(opts)?;
+    Ok((parse_btf(opts)?, tracefs))
+}
+
+/// The checks of [`preflight`] that read nothing large: privileges, a BTF file, tracefs.
+fn access(opts: &Options) -> Result<Tracefs, ProbeError> {
     if !privilege::can_trace(privilege::effective()) {
         return Err(ProbeError::Privileges(opts.command));
     }
     if !opts.btf.is_file() {
         return Err(ProbeError::NoBtf(opts.btf.display().to_string()));
     }
-    let btf = Btf::from_file(&opts.btf).map_err(|source| ProbeError::Btf {
+    Ok(Tracefs::find()?)
+}
+
+fn parse_btf(opts: &Options) -> Result<Btf, ProbeError> {
+    Btf::from_file(&opts.btf).map_err(|source| ProbeError::Btf {
         path: opts.btf.display().to_string(),
         source,
-    })?;
-    let tracefs = Tracefs::find()?;
-    Ok((btf, tracefs))
+    })
 }
 
 /// Raises RLIMIT_MEMLOCK for kernels before 5.11, which charge BPF maps against it.
@@ -221,19 +229,81 @@ fn raise_memlock() {
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 }
 
+/// What [`preflight`] checked and read, handed to [`Probes::load_checked`] so that the
+/// kernel's BTF is parsed once.
+pub struct Checked {
+    /// Parsed already, or to be parsed by the loader.
+    btf: Option<Btf>,
+    tracefs: Tracefs,
+}
+
+/// [`preflight`], keeping what it read for [`Probes::load_checked`].
+pub fn check(opts: &Options) -> Result<Checked, ProbeError> {
+    let (btf, tracefs) = preflight(opts)?;
+    Ok(Checked {
+        btf: Some(btf),
+        tracefs,
+    })
+}
+
+/// [`check`] without parsing the BTF (left to [`Probes::load_checked`]): for `run`, which
+/// loads the probes on a thread of its own while its stressors start, and has nothing to
+/// parse on the way to its first stressor.
+pub fn check_access(opts: &Options) -> Result<Checked, ProbeError> {
+    Ok(Checked {
+        btf: None,
+        tracefs: access(opts)?,
+    })
+}
+
+impl std::fmt::Debug for Checked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checked").field("btf", &self.btf).finish()
+    }
+}
+
+/// Returns the heap's free pages to the kernel (glibc keeps them otherwise): loading parses
+/// the kernel's BTF (~6 MB) into ~20 MB of short-lived structures, which would stay in the
+/// controller's RSS for the whole run.
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 impl Probes {
     /// Loads the object and attaches every program this kernel accepts.
     pub fn load(opts: &Options) -> Result<Self, ProbeError> {
-        let (btf, tracefs) = preflight(opts)?;
+        Self::load_checked(opts, check(opts)?)
+    }
+
+    /// [`Self::load`] with what [`check`] already read.
+    pub fn load_checked(opts: &Options, checked: Checked) -> Result<Self, ProbeError> {
+        let started = std::time::Instant::now();
+        let Checked { btf, tracefs } = checked;
+        let btf = match btf {
+            Some(btf) => btf,
+            None => parse_btf(opts)?,
+        };
         let mark_victim_format = tracefs.format("oom", "mark_victim").ok();
         let resolved = layout::resolve(&btf, mark_victim_format.as_ref());
         let constraints = layout::oom_constraints(&btf);
         drop(btf);
+        tracing::debug!("start-up: layout resolved at {:?}", started.elapsed());
+        // aya's loader always parses the kernel's BTF itself when it is made; only one of
+        // those large parses is alive at a time: the loader's is dropped before ours (which
+        // attaching BTF programs needs) is made.
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
+        tracing::debug!("start-up: loader made at {:?}", started.elapsed());
         let aya_btf = aya::Btf::parse_file(&opts.btf, Endianness::default()).map_err(|e| {
             ProbeError::Load(format!("aya cannot parse {}: {e}", opts.btf.display()))
         })?;
+        tracing::debug!("start-up: BTF parsed for aya at {:?}", started.elapsed());
         raise_memlock();
-        let mut ebpf = EbpfLoader::new()
+        let mut ebpf = loader
             .btf(Some(&aya_btf))
             .override_global(names::LAYOUT_GLOBAL, &resolved.layout, true)
             .map_max_entries(
@@ -243,76 +313,13 @@ impl Probes {
             )
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(e.to_string()))?;
+        tracing::debug!("start-up: object loaded at {:?}", started.elapsed());
 
-        let mut status = Vec::new();
-        let result = attach_btf(
-            &mut ebpf,
-            &aya_btf,
-            names::PROG_MARK_VICTIM_BTF,
-            "mark_victim",
+        let (status, heavy_ms) =
+            attach_all(&mut ebpf, &aya_btf, mark_victim_format.is_some(), &tracefs);
+        tracing::debug!(
+            "start-up: mark_victim_btf verified in {heavy_ms:?} (beside the other programs)"
         );
-        status.push(Status {
-            program: names::PROG_MARK_VICTIM_BTF,
-            kind: "tp_btf",
-            hook: "mark_victim",
-            purpose: "the victim's task_struct: ids, cgroup, memory counters; the trigger",
-            attached: result.is_ok(),
-            error: result.err(),
-        });
-        let result = match &mark_victim_format {
-            Some(_) => {
-                attach_tracepoint(&mut ebpf, names::PROG_MARK_VICTIM_TP, "oom", "mark_victim")
-            }
-            None => Err(format!(
-                "no oom:mark_victim tracepoint under {}",
-                tracefs.root().display()
-            )),
-        };
-        status.push(Status {
-            program: names::PROG_MARK_VICTIM_TP,
-            kind: "tracepoint",
-            hook: "oom:mark_victim",
-            purpose: "the kernel's own rss/pgtables figures for the victim (as dmesg prints them)",
-            attached: result.is_ok(),
-            error: result.err(),
-        });
-        let result = attach_btf(
-            &mut ebpf,
-            &aya_btf,
-            names::PROG_SIGNAL_GENERATE_BTF,
-            "signal_generate",
-        );
-        status.push(Status {
-            program: names::PROG_SIGNAL_GENERATE_BTF,
-            kind: "tp_btf",
-            hook: "signal_generate",
-            purpose: "confirms the OOM killer's SIGKILL (a victim that was only marked is not a kill)",
-            attached: result.is_ok(),
-            error: result.err(),
-        });
-
-        for (program, kind, hook, purpose) in FENTRY_FEXIT {
-            let result = attach_trampoline(&mut ebpf, &aya_btf, program, kind, hook);
-            status.push(Status {
-                program,
-                kind,
-                hook,
-                purpose,
-                attached: result.is_ok(),
-                error: result.err(),
-            });
-        }
-        for (program, hook, purpose) in OPTIONAL_BTF {
-            let result = attach_btf(&mut ebpf, &aya_btf, program, hook);
-            status.push(Status {
-                program,
-                kind: "tp_btf",
-                hook,
-                purpose,
-                attached: result.is_ok(),
-                error: result.err(),
-            });
-        }
 
         let attached = |program: &str| status.iter().any(|s| s.program == program && s.attached);
         let mut victim_sources = 0;
@@ -342,6 +349,9 @@ impl Probes {
         config
             .set(0, runtime, 0)
             .map_err(|e| ProbeError::Load(e.to_string()))?;
+        drop(aya_btf);
+        trim_heap();
+        tracing::debug!("start-up: every probe attached at {:?}", started.elapsed());
 
         Ok(Self {
             ebpf,
@@ -482,9 +492,119 @@ impl Probes {
     }
 }
 
-fn attach_btf(ebpf: &mut Ebpf, btf: &aya::Btf, program: &str, hook: &str) -> Result<(), String> {
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut(program)
+/// Loads and attaches every program, in the order of the `attached` line. The kernel's
+/// verifier takes most of start-up on `mark_victim_btf` (the largest program: it walks the
+/// OOM domain's tasks); it is verified on a thread of its own while the others load beside
+/// it. Returns each program's status and how long that one took.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    have_mark_victim_format: bool,
+    tracefs: &Tracefs,
+) -> (Vec<Status>, std::time::Duration) {
+    let mut programs: Vec<(&str, &mut Program)> = ebpf.programs_mut().collect();
+    let mut take = |name: &str| {
+        programs
+            .iter()
+            .position(|(n, _)| *n == name)
+            .map(|i| programs.swap_remove(i).1)
+    };
+    let heavy = take(names::PROG_MARK_VICTIM_BTF);
+    let tracepoint = take(names::PROG_MARK_VICTIM_TP);
+    let signal = take(names::PROG_SIGNAL_GENERATE_BTF);
+    let trampolines: Vec<_> = FENTRY_FEXIT.iter().map(|t| take(t.0)).collect();
+    let optional: Vec<_> = OPTIONAL_BTF.iter().map(|t| take(t.0)).collect();
+    let status = |program, kind, hook, purpose, result: Result<(), String>| Status {
+        program,
+        kind,
+        hook,
+        purpose,
+        attached: result.is_ok(),
+        error: result.err(),
+    };
+    std::thread::scope(|scope| {
+        let heavy = scope.spawn(move || {
+            let t = std::time::Instant::now();
+            let result = attach_btf(heavy, names::PROG_MARK_VICTIM_BTF, btf, "mark_victim");
+            (result, t.elapsed())
+        });
+        let mut rest = Vec::new();
+        let result = if have_mark_victim_format {
+            attach_tracepoint(tracepoint, names::PROG_MARK_VICTIM_TP, "oom", "mark_victim")
+        } else {
+            Err(format!(
+                "no oom:mark_victim tracepoint under {}",
+                tracefs.root().display()
+            ))
+        };
+        rest.push(status(
+            names::PROG_MARK_VICTIM_TP,
+            "tracepoint",
+            "oom:mark_victim",
+            "the kernel's own rss/pgtables figures for the victim (as dmesg prints them)",
+            result,
+        ));
+        rest.push(status(
+            names::PROG_SIGNAL_GENERATE_BTF,
+            "tp_btf",
+            "signal_generate",
+            "confirms the OOM killer's SIGKILL (a victim that was only marked is not a kill)",
+            attach_btf(
+                signal,
+                names::PROG_SIGNAL_GENERATE_BTF,
+                btf,
+                "signal_generate",
+            ),
+        ));
+        // A kernel that refuses trampolines (EPERM) refuses them all: the first refusal
+        // stands for the rest instead of four more loads of the same answer.
+        let mut refused: Option<String> = None;
+        for ((program, kind, hook, purpose), prog) in FENTRY_FEXIT.into_iter().zip(trampolines) {
+            let result = match &refused {
+                Some(e) => Err(e.clone()),
+                None => attach_trampoline(prog, program, btf, kind, hook),
+            };
+            if let Err(e) = &result
+                && e.contains("Operation not permitted")
+            {
+                refused = Some(e.clone());
+            }
+            rest.push(status(program, kind, hook, purpose, result));
+        }
+        for ((program, hook, purpose), prog) in OPTIONAL_BTF.into_iter().zip(optional) {
+            rest.push(status(
+                program,
+                "tp_btf",
+                hook,
+                purpose,
+                attach_btf(prog, program, btf, hook),
+            ));
+        }
+        let (result, took) = heavy.join().unwrap_or_else(|_| {
+            (
+                Err("loading panicked".to_owned()),
+                std::time::Duration::ZERO,
+            )
+        });
+        let mut all = vec![status(
+            names::PROG_MARK_VICTIM_BTF,
+            "tp_btf",
+            "mark_victim",
+            "the victim's task_struct: ids, cgroup, memory counters; the trigger",
+            result,
+        )];
+        all.append(&mut rest);
+        (all, took)
+    })
+}
+
+fn attach_btf(
+    prog: Option<&mut Program>,
+    program: &str,
+    btf: &aya::Btf,
+    hook: &str,
+) -> Result<(), String> {
+    let prog: &mut BtfTracePoint = prog
         .ok_or_else(|| format!("program {program} missing from the object"))?
         .try_into()
         .map_err(|e| format!("{e}"))?;
@@ -494,15 +614,13 @@ fn attach_btf(ebpf: &mut Ebpf, btf: &aya::Btf, program: &str, hook: &str) -> Res
 }
 
 fn attach_trampoline(
-    ebpf: &mut Ebpf,
-    btf: &aya::Btf,
+    prog: Option<&mut Program>,
     program: &str,
+    btf: &aya::Btf,
     kind: &str,
     function: &str,
 ) -> Result<(), String> {
-    let prog = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("program {program} missing from the object"))?;
+    let prog = prog.ok_or_else(|| format!("program {program} missing from the object"))?;
     if kind == "fexit" {
         let prog: &mut FExit = prog.try_into().map_err(|e| format!("{e}"))?;
         prog.load(function, btf).map_err(|e| error_chain(&e))?;
@@ -516,13 +634,12 @@ fn attach_trampoline(
 }
 
 fn attach_tracepoint(
-    ebpf: &mut Ebpf,
+    prog: Option<&mut Program>,
     program: &str,
     group: &str,
     event: &str,
 ) -> Result<(), String> {
-    let prog: &mut TracePoint = ebpf
-        .program_mut(program)
+    let prog: &mut TracePoint = prog
         .ok_or_else(|| format!("program {program} missing from the object"))?
         .try_into()
         .map_err(|e| format!("{e}"))?;

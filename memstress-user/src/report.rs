@@ -263,10 +263,16 @@ impl Reporter {
 }
 
 fn emit(line: &str) {
+    // One write(2) per line, newline included, flushed at once: `writeln!` on the
+    // line-buffered stdout wrote a long line and its newline in two system calls, so a
+    // reader of a pipe (jq, the bench) could wake to half a line.
+    let mut text = String::with_capacity(line.len() + 1);
+    text.push_str(line);
+    text.push('\n');
     let mut out = io::stdout().lock();
     // A closed stdout (a pipe whose reader left) must not kill the controller before it
     // cleans up; the error is ignored and the run ends through its own paths.
-    let _ = writeln!(out, "{line}");
+    let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
 }
 

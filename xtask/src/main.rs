@@ -6,7 +6,12 @@
 //! * `test`: formatting, lints, unit tests, then the privileged integration tests as root
 //!   (with the manifest validation and metrics parsing tools of `setup::python_tools`).
 //! * `assets`: man pages and shell completions, generated from the CLI, in target/assets/.
+//! * `lab`: scenarios end to end on real kernels.
+//! * `fuzz`: the parsers under cargo-fuzz.
+//! * `bench`: the six figures of docs/benchmarks.md, each against a peer or the machine's
+//!   limit.
 
+mod bench;
 mod fuzz;
 mod lab;
 mod setup;
@@ -67,8 +72,24 @@ enum Cmd {
         /// Only these targets (default: all).
         targets: Vec<String>,
     },
+    /// Measure memstress against its peers and the machine's own limits, side by side:
+    /// probe overhead, fill rate, cost of holding, time to tell, a kill storm, start-up and
+    /// footprint. Prints a table (stdout) and writes target/bench/results.json; a missed
+    /// goal is reported, not an error.
+    Bench {
+        /// Fewer runs and smaller sizes (every figure present, about 2 minutes; what CI runs).
+        #[arg(long)]
+        quick: bool,
+        /// Runs per figure (default 5, or 3 with --quick).
+        #[arg(long, value_name = "N")]
+        runs: Option<usize>,
+        /// Only these figures (startup, fault, fill, hold, tell, storm; repeatable or
+        /// comma-separated).
+        #[arg(long, value_name = "FIGURE", value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Run the whole test suite: fmt, clippy, unit tests, privileged integration tests, a
-    /// short fuzzing pass, and the lab on every kernel.
+    /// short fuzzing pass, the quick bench, and the lab on every kernel.
     Test {
         /// Only the unit tests (no root needed).
         #[arg(long)]
@@ -85,6 +106,9 @@ enum Cmd {
         /// Skip the fuzzing pass.
         #[arg(long)]
         no_fuzz: bool,
+        /// Skip the quick bench.
+        #[arg(long)]
+        no_bench: bool,
         /// Only integration tests whose name contains this.
         filter: Option<String>,
     },
@@ -333,20 +357,33 @@ fn main() -> Result<()> {
             })
         }
         Cmd::Fuzz { time, targets } => fuzz::fuzz(&targets, time),
+        Cmd::Bench { quick, runs, only } => {
+            need_root("the bench")?;
+            setup::setup(bench::PACKAGES)?;
+            bench::bench(&bench::Args { quick, runs, only })
+        }
         Cmd::Test {
             unit,
             privileged,
             no_lint,
             no_lab,
             no_fuzz,
+            no_bench,
             filter,
         } => {
             let all = !unit && !privileged;
-            setup::setup(if all || privileged {
-                lab::PACKAGES
+            let packages: Vec<&str> = if all || privileged {
+                let mut p = lab::PACKAGES.to_vec();
+                for b in bench::PACKAGES {
+                    if !p.contains(b) {
+                        p.push(b);
+                    }
+                }
+                p
             } else {
-                &[]
-            })?;
+                Vec::new()
+            };
+            setup::setup(&packages)?;
             if (all || unit) && !no_lint {
                 lint()?;
             }
@@ -359,6 +396,14 @@ fn main() -> Result<()> {
             }
             if all && !no_fuzz && filter.is_none() {
                 fuzz::fuzz(&[], 5)?;
+            }
+            // Not a speed test: it fails only when it cannot measure, so that it cannot rot.
+            if all && !no_bench && filter.is_none() {
+                bench::bench(&bench::Args {
+                    quick: true,
+                    runs: None,
+                    only: Vec::new(),
+                })?;
             }
             if all && !no_lab && filter.is_none() {
                 lab::lab(&lab::Args {

@@ -15,7 +15,7 @@ use crate::{is_root, run, run_quiet};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages, by what needs them.
-pub const PACKAGES_TEST: &[&str] = &["stress-ng"];
+pub const PACKAGES_TEST: &[&str] = &["stress-ng", "bpftrace"];
 
 /// PyPI packages the tests run, pinned: `kubernetes-validate` checks deploy/*.yaml against the
 /// Kubernetes API schemas it bundles (offline); `prometheus-client` holds the reference

@@ -301,16 +301,23 @@ impl State {
 }
 
 /// Runs the workers until the run ends; then stops them and summarises.
+///
+/// The stressors start while `loading` (the probes) is still running: loading takes a few
+/// hundred milliseconds (most of it the kernel's verifier), and filling meanwhile is how
+/// memstress reaches its pressure as fast as a bare `mmap(MAP_POPULATE)` does. Until the
+/// probes are attached the stressors together fill only what keeps the domain clearly below
+/// its limit ([`pre_probe_cap`]), so no OOM kill they cause can go unseen; an OOM kill in
+/// the target in that window (by the application's own growth) is still counted from the
+/// cgroup's own counter and reported as `oom_kills_before_probes`.
 pub(super) async fn engine(
     opts: &Options,
     plan: &Plan,
     cgroup: &Cgroup,
     join: bool,
-    probes: &mut Probes,
+    loading: tokio::task::JoinHandle<Result<Probes, probe::ProbeError>>,
     reporter: &Reporter,
     context: Context,
 ) -> Result<Outcome> {
-    let mut ring = probes.events()?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut members = Vec::new();
     for app in &opts.apps {
@@ -382,6 +389,70 @@ pub(super) async fn engine(
             follows: 0,
         }),
     };
+    let kills_before = cgroup.counters().map(|c| c.oom_kills).ok();
+    let caps = pre_probe_cap(
+        plan.target.limit_bytes.and(plan.headroom_bytes),
+        crate::target::node_available(),
+        &plan.bytes_per_worker,
+        event::page_size(),
+    );
+    let mut stressor = 0;
+    for i in 0..state.members.len() {
+        let m = &mut state.members[i];
+        let mut initial = if m.role == Role::Stressor && opts.ramp.is_some() {
+            0
+        } else {
+            m.share
+        };
+        if m.role == Role::Stressor {
+            if let Some(caps) = &caps {
+                initial = initial.min(caps[stressor]);
+            }
+            stressor += 1;
+        }
+        m.start(&state.target, initial, &tx)?;
+        reporter.json("started", &state.members[i].line(None));
+    }
+    let loaded = match loading.await {
+        Ok(r) => r.map_err(anyhow::Error::from),
+        Err(e) => Err(anyhow::anyhow!("loading the probes failed: {e}")),
+    };
+    let mut probes = match loaded {
+        Ok(p) => p,
+        Err(e) => {
+            stop_members(&mut state, &mut rx).await;
+            return Err(e);
+        }
+    };
+    probes.announce(reporter, Some(&cgroup.path));
+    if let Some(before) = kills_before
+        && let Ok(now) = cgroup.counters()
+        && now.oom_kills > before
+    {
+        let n = now.oom_kills - before;
+        state.clear_status();
+        tracing::warn!(
+            "{n} OOM kill(s) in {} happened while the probes were loading; the cgroup counted \
+             them, but their details are unknown",
+            cgroup.path
+        );
+        reporter.json(
+            "oom_kills_before_probes",
+            &serde_json::json!({"cgroup": cgroup.path, "count": n}),
+        );
+    }
+    // Probes attached: every stressor may now go to its full share.
+    if opts.ramp.is_none() {
+        for m in state
+            .members
+            .iter_mut()
+            .filter(|m| m.role == Role::Stressor)
+        {
+            m.set_target(m.share);
+        }
+    }
+    let probes = &mut probes;
+    let mut ring = probes.events()?;
     let mut explainer = Explainer::new(context.real, monotonic_ns())
         .only_in(state.target_id, &cgroup.path)
         .with_constraints(probes.constraints.clone());
@@ -397,24 +468,7 @@ pub(super) async fn engine(
     )
     .await;
     state.clear_status();
-
-    // Stop every worker and wait for it, so the cgroup can be emptied and removed.
-    for m in state.members.iter().filter(|m| m.alive) {
-        m.kill();
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while state.members.iter().any(|m| m.alive) {
-        tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(MemberEvent::Exited(i, g, _)) if state.members[i].generation == g => {
-                    state.members[i].alive = false;
-                }
-                Some(_) => {}
-                None => break,
-            },
-            _ = sleep_until(deadline) => break,
-        }
-    }
+    stop_members(&mut state, &mut rx).await;
     // Kills that happened while stopping are still reported.
     let mut late = Vec::new();
     ring.drain_now(|bytes| late.push(event::decode(bytes)));
@@ -482,6 +536,62 @@ pub(super) async fn engine(
         ));
     }
     Ok(outcome)
+}
+
+/// Stops every worker and waits for it (up to 5 s), so that the cgroup can be emptied and
+/// removed.
+async fn stop_members(state: &mut State, rx: &mut mpsc::UnboundedReceiver<MemberEvent>) {
+    for m in state.members.iter().filter(|m| m.alive) {
+        m.kill();
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while state.members.iter().any(|m| m.alive) {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(MemberEvent::Exited(i, g, _)) if state.members[i].generation == g => {
+                    state.members[i].alive = false;
+                }
+                Some(_) => {}
+                None => break,
+            },
+            _ = sleep_until(deadline) => break,
+        }
+    }
+}
+
+/// What each stressor may hold before the probes are attached, or `None` for no cap: all
+/// of them together at most the domain's `headroom` below its limit less a tenth of it (at
+/// least 16 MiB), and at most the node's available memory less a tenth of it (at least
+/// 64 MiB), shared in proportion to their `shares`. Staying that far below the limit and the
+/// node's memory, the stressors cannot make the kernel OOM-kill anything while nothing
+/// watches; the rest follows once the probes are attached.
+pub(super) fn pre_probe_cap(
+    headroom: Option<u64>,
+    node_available: Option<u64>,
+    shares: &[u64],
+    page: u64,
+) -> Option<Vec<u64>> {
+    const MIB: u64 = 1 << 20;
+    let memcg = headroom.map(|h| h.saturating_sub((h / 10).max(16 * MIB)));
+    let node = node_available.map(|a| a.saturating_sub((a / 10).max(64 * MIB)));
+    let room = match (memcg, node) {
+        (Some(m), Some(n)) => m.min(n),
+        (Some(r), None) | (None, Some(r)) => r,
+        (None, None) => return None,
+    };
+    let total: u64 = shares.iter().sum();
+    if room >= total {
+        return None;
+    }
+    Some(
+        shares
+            .iter()
+            .map(|&share| {
+                (u128::from(room) * u128::from(share) / u128::from(total.max(1))) as u64 / page
+                    * page
+            })
+            .collect(),
+    )
 }
 
 fn print_summary(s: &Summary, reporter: &Reporter) {
@@ -686,16 +796,6 @@ async fn drive(
     rx: &mut mpsc::UnboundedReceiver<MemberEvent>,
     reporter: &Reporter,
 ) -> Result<Outcome> {
-    for i in 0..state.members.len() {
-        let m = &mut state.members[i];
-        let initial = if m.role == Role::Stressor && opts.ramp.is_some() {
-            0
-        } else {
-            m.share
-        };
-        m.start(&state.target, initial, tx)?;
-        reporter.json("started", &state.members[i].line(None));
-    }
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut shutdown = signals::Shutdown::new()?;
@@ -888,5 +988,41 @@ async fn drive(
         if !any_left && state.stressors().all(|m| m.oom_killed) {
             return Ok(Outcome::AllStressorsKilled);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pre_probe_cap;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn stressors_stay_below_the_limit_until_the_probes_are_attached() {
+        let node = Some(16 << 30);
+        // Plenty of room: no cap.
+        assert_eq!(
+            pre_probe_cap(Some(2304 * MIB), node, &[2048 * MIB], 4096),
+            None
+        );
+        assert_eq!(pre_probe_cap(None, node, &[2048 * MIB], 4096), None);
+        assert_eq!(pre_probe_cap(None, None, &[2048 * MIB], 4096), None);
+        // Past the limit (an OOM on purpose): the headroom less a tenth, split by share.
+        let caps = pre_probe_cap(Some(100 * MIB), node, &[100 * MIB, 50 * MIB], 4096).unwrap();
+        assert_eq!(caps, vec![56 * MIB, 28 * MIB]);
+        let caps = pre_probe_cap(Some(1000 * MIB), node, &[1000 * MIB, 500 * MIB], 4096).unwrap();
+        assert!(caps.iter().sum::<u64>() <= 900 * MIB && caps.iter().all(|c| c % 4096 == 0));
+        // A small limit keeps 16 MiB free; no headroom at all holds nothing.
+        assert_eq!(
+            pre_probe_cap(Some(64 * MIB), node, &[128 * MIB], 4096),
+            Some(vec![48 * MIB])
+        );
+        assert_eq!(
+            pre_probe_cap(Some(0), node, &[128 * MIB], 4096),
+            Some(vec![0])
+        );
+        // No limit anywhere: the node's available memory bounds it.
+        let caps = pre_probe_cap(None, Some(1 << 30), &[2 << 30], 4096).unwrap();
+        assert!(caps[0] <= (1 << 30) / 10 * 9 && caps[0] > 900 * MIB);
     }
 }

@@ -207,6 +207,10 @@ pub struct Plan {
     pub oom_score_adj: Option<i32>,
     /// Whether the plan pushes the cgroup past its limit.
     pub crosses_limit: bool,
+    /// What the domain could still be charged before its limit, apps included (`None`: no
+    /// limit).
+    #[serde(skip)]
+    pub headroom_bytes: Option<u64>,
     /// When it does: who the OOM killer would choose, predicted from /proc now.
     pub predicted_oom: Option<Prediction>,
     /// Who the stressors run as; they hold no capabilities.
@@ -427,6 +431,9 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
         on_oom: opts.on_oom,
         oom_score_adj: opts.oom_score_adj,
         crosses_limit,
+        headroom_bytes: limit
+            .as_ref()
+            .map(|(l, _)| l.saturating_sub(domain_usage + app_bytes)),
         predicted_oom: None,
         stressor_user,
         credentials,
@@ -687,6 +694,30 @@ fn protect_controller() -> Option<i32> {
     }
 }
 
+/// How much nicer than the controller the probe-loading thread runs.
+const LOADER_NICE: i32 = 5;
+
+/// Makes the calling thread `by` nicer (negative: less nice), within what this process may
+/// set; returns the change made, to undo it. Linux keeps a nice value per thread.
+fn nice_this_thread(by: i32) -> i32 {
+    // SAFETY: gettid and getpriority/setpriority on this thread have no preconditions;
+    // getpriority can return -1 legitimately, so errno is cleared first.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        *libc::__errno_location() = 0;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if now == -1 && *libc::__errno_location() != 0 {
+            return 0;
+        }
+        let want = (now + by).clamp(-20, 19);
+        if libc::setpriority(libc::PRIO_PROCESS, tid, want) == 0 {
+            want - now
+        } else {
+            0
+        }
+    }
+}
+
 /// Runs the whole thing. Returns the outcome; every path cleans up.
 pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
     let hierarchy = Hierarchy::locate(opts.cgroup_root.as_deref())?;
@@ -715,7 +746,7 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
         parent.check_cgroupfs()?;
     }
     // Fail on missing privileges, kernel support or permissions before creating anything.
-    probe::preflight(&opts.probe)?;
+    let checked = probe::check_access(&opts.probe)?;
     if let Some(adj) = opts.oom_score_adj {
         check_oom_score_adj(adj)?;
     }
@@ -759,8 +790,6 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
             _lock = Some(crate::lock::lock(&cgroup.dir, &cgroup.path)?);
             cgroup.set_limit(limit)?;
         }
-        let mut probes = Probes::load(&opts.probe)?;
-        probes.announce(reporter, Some(&target.cgroup.path));
         let follow = match (&target.kube, opts.follow) {
             (Some(identity), true) => Some(engine::Follow {
                 hierarchy: hierarchy.clone(),
@@ -775,12 +804,23 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
         } else {
             Some(hierarchy.clone())
         };
+        // The probes load on a thread of their own while the engine starts the stressors,
+        // yielding the CPU to them: until the probes are attached the stressors stay below
+        // the limit (see engine::pre_probe_cap), so loading a little later costs nothing,
+        // while a stressor that waits for the CPU is pressure that arrives late.
+        let probe_opts = opts.probe.clone();
+        let loading = tokio::task::spawn_blocking(move || {
+            let niced = nice_this_thread(LOADER_NICE);
+            let probes = Probes::load_checked(&probe_opts, checked);
+            nice_this_thread(-niced);
+            probes
+        });
         engine::engine(
             &opts,
             &plan,
             &target.cgroup,
             !in_own,
-            &mut probes,
+            loading,
             reporter,
             engine::Context { real, follow },
         )

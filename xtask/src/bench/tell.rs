@@ -1,0 +1,356 @@
+//! Figures 4 and 5: time to tell, and nothing lost under a storm.
+//!
+//! Small memcgs (a few MiB each) under one parent; in each, a process touches twice its
+//! limit and the OOM killer ends it. `memstress watch --cgroup <parent> -o json` runs
+//! throughout, its stdout read through a pipe: each `oom_kill` line's arrival
+//! (CLOCK_MONOTONIC) minus its `ts_ns` (CLOCK_MONOTONIC at `mark_victim`, taken in BPF) is
+//! memstress's time to tell. Beside it, a /dev/kmsg reader (how cAdvisor learns of OOM
+//! kills): the arrival of each `Killed process` record minus the same kill's `mark_victim`
+//! time. Kills come one at a time: each is timed alone.
+//!
+//! The storm runs one OOMing process after another in every memcg at once, as fast as the
+//! machine allows, and compares the kills memstress reported with the kills the kernel
+//! counted (each memcg's `oom_kill` counter), and the ring-buffer drops memstress's `end`
+//! line states.
+
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::process::ExitStatusExt as _,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
+
+use super::{Ctx, Row, Sample, median, quantile, sys};
+
+/// The parent memcg, its small children, a kernel-log reader and `memstress watch`.
+struct Setup {
+    parent: sys::BenchCgroup,
+    kids: Vec<sys::BenchCgroup>,
+    kmsg: sys::Kmsg,
+    watch: sys::Proc,
+}
+
+fn setup(ctx: &Ctx, tag: &str, kids: usize) -> Result<Setup> {
+    let parent = sys::BenchCgroup::new(&ctx.hierarchy, tag, None)?;
+    let kids = (0..kids)
+        .map(|i| parent.child(&format!("oom{i}"), Some(ctx.plan.oom_limit)))
+        .collect::<Result<Vec<_>>>()?;
+    let kmsg = sys::Kmsg::open()?;
+    let mut watch = sys::Proc::spawn(
+        "memstress watch",
+        &mut ctx.memstress(&["watch", "--cgroup", &parent.path])?,
+    )?;
+    watch.wait_line("attached", Duration::from_secs(60), |l| {
+        l.contains("\"type\":\"attached\"")
+    })?;
+    Ok(Setup {
+        parent,
+        kids,
+        kmsg,
+        watch,
+    })
+}
+
+/// Starts one process that touches past its memcg's limit and waits for its end; returns
+/// its pid and whether the OOM killer (SIGKILL) ended it.
+fn oom_once(ctx: &Ctx, cg: &sys::BenchCgroup) -> Result<(u32, bool)> {
+    let mut child = cg
+        .command(&ctx.helper)?
+        .args(["oom", &ctx.plan.oom_touch.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting memstress-bench-helper oom")?;
+    let pid = child.id();
+    let status = child.wait()?;
+    Ok((pid, status.signal() == Some(libc::SIGKILL)))
+}
+
+/// A kill as memstress reported it.
+struct Reported {
+    pid: u32,
+    ts_ns: u64,
+    at_ns: u64,
+}
+
+/// memstress's `oom_kill` lines among `lines`.
+fn reported(lines: &[sys::Line]) -> Vec<Reported> {
+    lines
+        .iter()
+        .filter(|l| l.text.contains("\"type\":\"oom_kill\""))
+        .filter_map(|l| {
+            let v: Value = serde_json::from_str(&l.text).ok()?;
+            Some(Reported {
+                pid: u32::try_from(v["victim"]["pid"].as_u64()?).ok()?,
+                ts_ns: v["ts_ns"].as_u64()?,
+                at_ns: l.at_ns,
+            })
+        })
+        .collect()
+}
+
+/// Waits until memstress reported a kill of every pid in `pids` (or `timeout` passed);
+/// returns the lines printed since line `from`.
+fn wait_reported(
+    watch: &sys::Proc,
+    from: usize,
+    pids: &HashSet<u32>,
+    timeout: Duration,
+) -> Result<Vec<sys::Line>> {
+    let end = Instant::now() + timeout;
+    loop {
+        let lines: Vec<sys::Line> = watch.lines().into_iter().skip(from).collect();
+        let seen = reported(&lines)
+            .iter()
+            .filter(|r| pids.contains(&r.pid))
+            .count();
+        if seen >= pids.len() || Instant::now() > end {
+            return Ok(lines);
+        }
+        sys::sleep(Duration::from_millis(20))?;
+    }
+}
+
+fn end_line(watch: sys::Proc) -> Result<(u64, u64)> {
+    let (_, lines) = watch.finish(Some(libc::SIGINT), Duration::from_secs(30))?;
+    let end = lines
+        .iter()
+        .rev()
+        .find(|l| l.text.contains("\"type\":\"end\""))
+        .context("memstress watch printed no `end` line")?;
+    let v: Value = serde_json::from_str(&end.text)?;
+    Ok((
+        v["dropped_records"].as_u64().unwrap_or(u64::MAX),
+        v["oom_kills"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// Measures figure 4.
+pub fn measure_tell(ctx: &Ctx) -> Result<Vec<Row>> {
+    let s = setup(ctx, "tell", 4)?;
+    let mut p50 = Vec::new();
+    let mut p99 = Vec::new();
+    let (mut all_m, mut all_k) = (Vec::new(), Vec::new());
+    // mark_victim → the printk stamp of the same kill's `Killed process` line.
+    let mut printk_gap = Vec::new();
+    let mut unreported = 0;
+    for run in 0..ctx.plan.runs {
+        let from = s.watch.line_count();
+        s.kmsg.take();
+        let mut pids = HashSet::new();
+        for i in 0..ctx.plan.tell_kills {
+            sys::check_interrupted()?;
+            let (pid, killed) = oom_once(ctx, &s.kids[i % s.kids.len()])?;
+            if !killed {
+                bail!("process {pid} was not OOM-killed: is the memcg limit set?");
+            }
+            pids.insert(pid);
+            // One kill at a time: the next starts once both readers were told (or after a
+            // second), so that each is timed alone, not queued behind the next one's work.
+            let end = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < end
+                && !(s.kmsg.seen(|r| sys::killed_pid(&r.text) == Some(pid))
+                    && reported(&s.watch.lines()[from..])
+                        .iter()
+                        .any(|r| r.pid == pid))
+            {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+        let lines = wait_reported(&s.watch, from, &pids, Duration::from_secs(10))?;
+        sys::sleep(Duration::from_millis(200))?;
+        let kills: HashMap<u32, Reported> = reported(&lines)
+            .into_iter()
+            .filter(|r| pids.contains(&r.pid))
+            .map(|r| (r.pid, r))
+            .collect();
+        unreported += pids.len() - kills.len();
+        let m: Vec<f64> = kills
+            .values()
+            .map(|r| r.at_ns.saturating_sub(r.ts_ns) as f64 / 1e6)
+            .collect();
+        let k: Vec<f64> = s
+            .kmsg
+            .take()
+            .iter()
+            .filter_map(|rec| {
+                let pid = sys::killed_pid(&rec.text)?;
+                if !pids.contains(&pid) {
+                    return None;
+                }
+                // From the same kill's mark_victim when memstress saw it; else from the
+                // record's own stamp (printed right after mark_victim).
+                let stamped = (rec.ts_ns as i64 - s.kmsg.offset_ns) as u64;
+                let from = kills.get(&pid).map_or(stamped, |r| {
+                    printk_gap.push((stamped as f64 - r.ts_ns as f64) / 1e6);
+                    r.ts_ns
+                });
+                Some(rec.at_ns.saturating_sub(from) as f64 / 1e6)
+            })
+            .collect();
+        eprintln!(
+            "bench:   run {}: {} kills; memstress p50 {:.2} ms p99 {:.2} ms; kmsg reader ({} \
+             records) p50 {:.2} ms p99 {:.2} ms",
+            run + 1,
+            pids.len(),
+            quantile(&m, 0.5),
+            quantile(&m, 0.99),
+            k.len(),
+            quantile(&k, 0.5),
+            quantile(&k, 0.99)
+        );
+        p50.push(Sample::over(quantile(&m, 0.5), quantile(&k, 0.5)));
+        p99.push(Sample::over(quantile(&m, 0.99), quantile(&k, 0.99)));
+        all_m.extend(m);
+        all_k.extend(k);
+    }
+    let hwm = sys::status_kib(s.watch.pid(), "VmHWM").unwrap_or(0) as f64 / 1024.0;
+    let Setup {
+        watch,
+        kmsg,
+        kids,
+        parent,
+        ..
+    } = s;
+    let (drops, _) = end_line(watch)?;
+    let lost = kmsg.lost();
+    drop((kmsg, kids, parent));
+    let n = all_m.len();
+    // The headline figures are over every kill of every run, as the goal states them.
+    let pooled = |mut row: Row, q: f64| {
+        row.memstress = quantile(&all_m, q);
+        row.peer = quantile(&all_k, q);
+        row.ratio = row.memstress / row.peer;
+        row
+    };
+    let note = format!(
+        "over all {n} kills of all runs (runs' spread in brackets); memstress missed {unreported} \
+         kills, dropped {drops} records; its controller's peak RSS after them {hwm:.1} MiB; the \
+         kmsg reader lost {lost} records; the kernel stamped each `Killed process` line {:.2} ms \
+         (median) after mark_victim",
+        median(printk_gap.into_iter())
+    );
+    Ok(vec![
+        pooled(
+            Row::from_runs(
+                "time_to_tell_p50_ms",
+                "4. time to tell, mark_victim → line on stdout, p50",
+                "/dev/kmsg reader",
+                "ms",
+                p50,
+            ),
+            0.5,
+        )
+        .context(),
+        pooled(
+            Row::from_runs(
+                "time_to_tell_p99_ms",
+                "4. time to tell, mark_victim → line on stdout, p99",
+                "/dev/kmsg reader",
+                "ms",
+                p99,
+            ),
+            0.99,
+        )
+        .at_most(5.0)
+        .note(note),
+    ])
+}
+
+/// Measures figure 5.
+pub fn measure_storm(ctx: &Ctx) -> Result<Vec<Row>> {
+    let s = setup(ctx, "storm", ctx.plan.storm_cgroups)?;
+    let mut samples = Vec::new();
+    let mut rates = Vec::new();
+    let mut kmsg_seen = Vec::new();
+    for run in 0..ctx.plan.runs {
+        let from = s.watch.line_count();
+        s.kmsg.take();
+        let before: u64 = s.kids.iter().map(sys::BenchCgroup::oom_kills).sum();
+        let start = Instant::now();
+        let deadline = start + ctx.plan.storm_for;
+        // One thread per memcg, each starting its next OOMing process as soon as the last
+        // one died.
+        let pids: Vec<u32> = std::thread::scope(|scope| {
+            let workers: Vec<_> = s
+                .kids
+                .iter()
+                .map(|cg| {
+                    scope.spawn(move || -> Result<Vec<u32>> {
+                        let mut pids = Vec::new();
+                        while Instant::now() < deadline {
+                            sys::check_interrupted()?;
+                            pids.push(oom_once(ctx, cg)?.0);
+                        }
+                        Ok(pids)
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for w in workers {
+                all.extend(w.join().expect("storm thread")?);
+            }
+            Ok::<_, anyhow::Error>(all)
+        })?;
+        let took = start.elapsed().as_secs_f64();
+        let kernel = s.kids.iter().map(sys::BenchCgroup::oom_kills).sum::<u64>() - before;
+        let set: HashSet<u32> = pids.iter().copied().collect();
+        let lines = wait_reported(&s.watch, from, &set, Duration::from_secs(20))?;
+        let reported = reported(&lines)
+            .iter()
+            .filter(|r| set.contains(&r.pid))
+            .count() as u64;
+        let seen = s
+            .kmsg
+            .take()
+            .iter()
+            .filter(|r| sys::killed_pid(&r.text).is_some_and(|p| set.contains(&p)))
+            .count();
+        let rate = kernel as f64 / took;
+        eprintln!(
+            "bench:   run {}: {} memcgs, {kernel} kills in {took:.1} s ({rate:.0}/s); memstress \
+             reported {reported}; a kmsg reader saw {seen}",
+            run + 1,
+            s.kids.len()
+        );
+        samples.push(Sample::over(reported as f64, kernel as f64));
+        rates.push(rate);
+        kmsg_seen.push(seen as f64);
+    }
+    let Setup {
+        watch,
+        kmsg,
+        kids,
+        parent,
+        ..
+    } = s;
+    let (drops, _) = end_line(watch)?;
+    let lost = kmsg.lost();
+    drop((kmsg, kids, parent));
+    let all_reported = samples.iter().all(|s| s.memstress == s.peer);
+    let mut row = Row::from_runs(
+        "storm_kills_reported",
+        &format!(
+            "5. storm: {} memcgs OOMing in parallel, kills reported",
+            ctx.plan.storm_cgroups
+        ),
+        "kernel's oom_kill counters",
+        "kills",
+        samples,
+    )
+    .note(format!(
+        "{:.0} kills/s (median of runs; min {:.0}, max {:.0}); ring-buffer drops: {drops}; a \
+         /dev/kmsg reader saw {:.0} (median) and lost {lost} records",
+        median(rates.iter().copied()),
+        rates.iter().copied().fold(f64::INFINITY, f64::min),
+        rates.iter().copied().fold(0.0, f64::max),
+        median(kmsg_seen.into_iter())
+    ));
+    row.goal = "every kill, 0 drops".to_owned();
+    row.met = all_reported && drops == 0;
+    Ok(vec![row])
+}
