@@ -15,7 +15,7 @@ const MIB: u64 = 1 << 20;
 
 /// Types no command produces on demand. Their examples in docs/events.md are validated by the
 /// tests crate's unit tests instead.
-const NOT_ON_DEMAND: [(&str, &str); 3] = [
+const NOT_ON_DEMAND: [(&str, &str); 4] = [
     (
         "oom_victim_exiting",
         "the OOM killer must pick a task that is already exiting",
@@ -25,6 +25,10 @@ const NOT_ON_DEMAND: [(&str, &str); 3] = [
         "a process sharing the victim's mm whose SIGKILL is read after the victim's line",
     ),
     ("error", "printed only when a line cannot be encoded"),
+    (
+        "oom_kills_before_probes",
+        "something other than the stressors must OOM the target while the probes load",
+    ),
 ];
 
 /// Types that need a whole fault to produce; the named tests produce them and, like every test
