@@ -401,9 +401,14 @@ unsafe fn drop_privileges(
             if keep != 0 && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
                 return Err(STAGE_CAPS);
             }
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setresgid(c.gid, c.gid, c.gid) != 0
-                || libc::setresuid(c.uid, c.uid, c.uid) != 0
+            // Raw system calls, not glibc's wrappers: in a multi-threaded parent those
+            // broadcast the change to every thread glibc knows of (SIGSETXID, then a futex
+            // wait for their answers), and this child of a raw clone3 inherited that thread
+            // list but none of the threads: it waited forever whenever a thread of the
+            // controller was starting or exiting at the moment of the clone.
+            if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
+                || libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid) != 0
+                || libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid) != 0
             {
                 return Err(STAGE_USER);
             }
