@@ -33,7 +33,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{root, run};
+use crate::root;
 
 /// Debian packages the bench runs as peers.
 pub const PACKAGES: &[&str] = &["stress-ng", "bpftrace"];
@@ -448,20 +448,7 @@ fn table(rows: &[Row]) -> String {
 
 fn build() -> Result<(PathBuf, PathBuf)> {
     eprintln!("bench: building memstress and the bench helper (release)");
-    run(crate::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "memstress-user",
-        "-p",
-        "memstress-tests",
-        "--bin",
-        "memstress",
-        "--bin",
-        "memstress-bench-helper",
-    ]))?;
-    let bin = root().join("target/release");
-    Ok((bin.join("memstress"), bin.join("memstress-bench-helper")))
+    crate::build_with_helper("memstress-bench-helper")
 }
 
 /// Runs the bench: builds, measures every figure asked for, prints the table and writes

@@ -135,20 +135,7 @@ pub fn lab(args: &Args) -> Result<()> {
 
 fn build() -> Result<(PathBuf, PathBuf)> {
     eprintln!("xtask: building memstress and the lab agent (release)");
-    run(crate::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "memstress-user",
-        "-p",
-        "memstress-tests",
-        "--bin",
-        "memstress",
-        "--bin",
-        "memstress-lab",
-    ]))?;
-    let bin = root().join("target/release");
-    Ok((bin.join("memstress"), bin.join("memstress-lab")))
+    crate::build_with_helper("memstress-lab")
 }
 
 fn run_host(memstress: &Path, agent: &Path, files: &[PathBuf], dir: &Path) -> Result<()> {

@@ -161,6 +161,25 @@ pub fn cargo() -> Command {
     cmd
 }
 
+/// Builds `memstress` and one program of the tests package (`helper`) in release; returns
+/// their paths.
+pub fn build_with_helper(helper: &str) -> Result<(PathBuf, PathBuf)> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "memstress-user",
+        "-p",
+        "memstress-tests",
+        "--bin",
+        "memstress",
+        "--bin",
+        helper,
+    ]))?;
+    let bin = root().join("target/release");
+    Ok((bin.join("memstress"), bin.join(helper)))
+}
+
 /// cargo of the nightly toolchain (through rustup: `$CARGO` is the stable one, which does
 /// not understand `+nightly`).
 fn nightly_cargo() -> Command {
