@@ -149,6 +149,8 @@ struct Following {
 
 struct State {
     members: Vec<Member>,
+    /// OOM kills the cgroup counted while the probes were loading, and when they attached.
+    unseen_kills: Option<(Instant, u64)>,
     target: Cgroup,
     target_id: u64,
     baseline: u64,
@@ -381,6 +383,7 @@ pub(super) async fn engine(
         sampled_at: Instant::now(),
         acked_at: Instant::now(),
         at_goal: false,
+        unseen_kills: None,
         following: context.follow.map(|cfg| Following {
             known: kube::container_ids(&cfg.hierarchy, &cfg.identity.pod_uid),
             cfg,
@@ -430,6 +433,7 @@ pub(super) async fn engine(
         && now.oom_kills > before
     {
         let n = now.oom_kills - before;
+        state.unseen_kills = Some((Instant::now(), n));
         state.clear_status();
         tracing::warn!(
             "{n} OOM kill(s) in {} happened while the probes were loading; the cgroup counted \
@@ -900,13 +904,20 @@ async fn drive(
                         continue;
                     }
                 }
-                // A SIGKILL nobody explained within a second was not the OOM killer's.
+                // A SIGKILL nobody explained within a second was not the OOM killer's, unless
+                // it came while the probes were loading and the cgroup counted OOM kills then.
                 for m in state.members.iter_mut() {
                     if !m.alive && !m.oom_killed && let Some(t) = m.exited_at
                         && t.elapsed() > Duration::from_secs(1) {
                         m.exited_at = None;
-                        reporter.json("exited", &m.line(Some("SIGKILL (not by the OOM killer)".to_owned())));
-                        tracing::warn!("{} pid {} was SIGKILLed, not by the OOM killer", m.worker.name, m.pid.unwrap_or(0));
+                        let why = match state.unseen_kills {
+                            Some((attached, n)) if t <= attached => format!(
+                                "SIGKILL before the probes attached (the cgroup counted {n} OOM kill(s) then)"
+                            ),
+                            _ => "SIGKILL (not by the OOM killer)".to_owned(),
+                        };
+                        tracing::warn!("{} pid {}: {why}", m.worker.name, m.pid.unwrap_or(0));
+                        reporter.json("exited", &m.line(Some(why)));
                     }
                 }
                 state.ramp_step();

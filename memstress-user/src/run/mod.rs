@@ -721,7 +721,7 @@ fn nice_this_thread(by: i32) -> i32 {
 /// Runs the whole thing. Returns the outcome; every path cleans up.
 pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
     let hierarchy = Hierarchy::locate(opts.cgroup_root.as_deref())?;
-    let (plan, target) = plan(&opts, &hierarchy)?;
+    let (mut plan, target) = plan(&opts, &hierarchy)?;
     if opts.kind == Kind::File {
         let dir = opts
             .file_dir
@@ -757,6 +757,16 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
     };
     let own = cgroup::own_cgroup(&hierarchy).ok();
     let in_own = own.as_ref().is_some_and(|o| *o == target.cgroup);
+    // While the probes load, the controller itself grows by tens of MiB (the kernel's BTF):
+    // when its cgroup is inside the domain, no cap on the stressors can foresee that charge,
+    // so they hold nothing until the probes are attached (an OOM then is always seen).
+    let domain = std::iter::successors(Some(target.cgroup.clone()), cgroup::Cgroup::parent)
+        .find(|c| plan.target.limit_from.as_ref().is_none_or(|p| *p == c.path));
+    if let (Some(own), Some(domain)) = (&own, &domain)
+        && own.is_within(domain)
+    {
+        plan.headroom_bytes = Some(0);
+    }
     // The controller protects itself in its own cgroup; its children would inherit that
     // -1000 and be exempt from the OOM killer, so they get the value it had before.
     let mut opts = opts;
