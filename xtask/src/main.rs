@@ -255,8 +255,14 @@ fn privileged_tests(filter: Option<&str>) -> Result<()> {
     let mut cmd = cargo();
     cmd.env("MEMSTRESS_BIN", &bin)
         .env("MEMSTRESS_TOOLS_VENV", setup::tools_venv())
-        .args(["test", "--release", "-p", "memstress-tests", "--"])
-        .args(["--test-threads=1"]);
+        .args([
+            "test",
+            "--release",
+            "--no-fail-fast",
+            "-p",
+            "memstress-tests",
+        ])
+        .args(["--", "--test-threads=1"]);
     if let Some(f) = filter {
         cmd.arg(f);
     }
