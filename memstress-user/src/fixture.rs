@@ -4,7 +4,8 @@
 //!
 //! The shapes are written out here independently of [`crate::kube`], from the layouts the
 //! kubelet and the runtimes document, so that a test checks the resolver against them rather
-//! than against itself. Built only for tests (`cfg(test)` or the `fixture` feature).
+//! than against itself. Used by the tests (always compiled: a feature for it made the tests
+//! package build the library a second time).
 
 use std::{
     fs,

@@ -19,7 +19,6 @@ pub mod cli;
 pub mod event;
 pub mod exit;
 pub mod explain;
-#[cfg(any(test, feature = "fixture"))]
 pub mod fixture;
 pub mod janitor;
 pub mod kube;
