@@ -36,7 +36,10 @@ fn main() -> anyhow::Result<()> {
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "memstress-ebpf",
-            root_dir: manifest.join("../memstress-ebpf").to_str().context("path")?,
+            root_dir: manifest
+                .join("../memstress-ebpf")
+                .to_str()
+                .context("path")?,
             ..Default::default()
         }],
         aya_build::Toolchain::default(),
