@@ -238,6 +238,8 @@ struct Plan {
 
 /// A `memstress run` summary.
 struct Summary {
+    /// The scenario step that ran it (0-based, as the events carry it).
+    step: Option<u64>,
     outcome: Option<String>,
     requested: Option<f64>,
     charged: Option<f64>,
@@ -368,6 +370,7 @@ impl Scenario {
                         (Some("summary"), _) => {
                             runs += 1;
                             s.summaries.push(Summary {
+                                step: ev.get("step").and_then(Value::as_u64),
                                 outcome: text(e, &["outcome"]),
                                 requested: number(e, &["requested_bytes"]),
                                 charged: number(e, &["charged_bytes"]),
@@ -723,11 +726,15 @@ fn facts(out: &mut String, s: &Scenario) {
         s.dmesg.len()
     );
     let several = s.summaries.len() > 1;
-    for (i, summary) in s.summaries.iter().enumerate() {
-        let label = if several {
-            format!("Stressors (run {})", i + 1)
-        } else {
-            "Stressors".to_owned()
+    // In step order (a background run ends after the ones that followed it), numbered from 0
+    // as the scenario file's expectations number steps.
+    let mut summaries: Vec<&Summary> = s.summaries.iter().collect();
+    summaries.sort_by_key(|summary| summary.step);
+    for (i, summary) in summaries.into_iter().enumerate() {
+        let label = match (several, summary.step) {
+            (false, _) => "Stressors".to_owned(),
+            (true, Some(step)) => format!("Stressors (step {step})"),
+            (true, None) => format!("Stressors (run {})", i + 1),
         };
         put!(
             out,
