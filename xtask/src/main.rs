@@ -381,7 +381,7 @@ fn main() -> Result<()> {
                 boot_timeout: std::time::Duration::from_secs(boot_timeout),
             })
         }
-        Cmd::Fuzz { time, targets } => fuzz::fuzz(&targets, time),
+        Cmd::Fuzz { time, targets } => fuzz::fuzz(&targets, time, fuzz::Build::Optimized),
         Cmd::Bench { quick, runs, only } => {
             need_root("the bench")?;
             setup::setup(bench::PACKAGES)?;
@@ -420,7 +420,8 @@ fn main() -> Result<()> {
                 privileged_tests(filter.as_deref())?;
             }
             if all && !no_fuzz && filter.is_none() {
-                fuzz::fuzz(&[], 5)?;
+                // A smoke pass: the kept corpus replayed and a few seconds of mutation per target.
+                fuzz::fuzz(&[], 5, fuzz::Build::Dev)?;
             }
             // Not a speed test: it fails only when it cannot measure, so that it cannot rot.
             if all && !no_bench && filter.is_none() {
