@@ -324,7 +324,9 @@ fn task(facts: &TaskFacts) -> Task {
 fn memory(facts: &TaskFacts, page: u64) -> Memory {
     let has = |bit| facts.valid & bit != 0;
     let pages = |i: usize| facts.rss[i].max(0) as u64;
-    let kib = |p: u64| p * page / 1024;
+    // Saturating: a record is the kernel's, but a corrupt one must not wrap (or panic in a
+    // build with overflow checks; the ring_record fuzz target found it).
+    let kib = |p: u64| p.saturating_mul(page) / 1024;
     let rss = has(valid::RSS);
     Memory {
         anon_rss_kib: rss.then(|| kib(pages(RSS_ANON))),
@@ -334,7 +336,9 @@ fn memory(facts: &TaskFacts, page: u64) -> Memory {
         pgtables_kib: has(valid::PGTABLES).then_some(facts.pgtables_bytes / 1024),
         total_vm_kib: has(valid::TOTAL_VM).then(|| kib(facts.total_vm)),
         raw: (rss && has(valid::PGTABLES)).then(|| RawCounters {
-            rss_pages: pages(RSS_FILE) + pages(RSS_ANON) + pages(RSS_SHMEM),
+            rss_pages: pages(RSS_FILE)
+                .saturating_add(pages(RSS_ANON))
+                .saturating_add(pages(RSS_SHMEM)),
             swap_pages: pages(RSS_SWAP),
             pgtables_bytes: facts.pgtables_bytes,
         }),

@@ -494,7 +494,10 @@ impl Explainer {
                         (None, Some(f)) => (f, "formula", None),
                         (None, None) => continue,
                     };
-                    let rss = c.memory.raw.map(|r| r.rss_pages * page / 1024);
+                    let rss = c
+                        .memory
+                        .raw
+                        .map(|r| r.rss_pages.saturating_mul(page) / 1024);
                     ranked.push(Ranked {
                         pid: c.task.pid,
                         comm: c.task.comm.clone(),

@@ -15,13 +15,20 @@ use crate::{cgroup::Version, event::RawCounters};
 
 /// `oom_badness()` for a task whose counters are `raw` (pages; page tables in bytes).
 pub fn badness(raw: RawCounters, oom_score_adj: i16, totalpages: u64, page: u64) -> i64 {
-    let base = raw.rss_pages + raw.swap_pages + raw.pgtables_bytes / page.max(1);
-    base as i64 + adj_points(oom_score_adj, totalpages)
+    // Saturating throughout: the counters come from a ring-buffer record, and a corrupt one
+    // must give a nonsense figure, not wrap or panic.
+    let base = raw
+        .rss_pages
+        .saturating_add(raw.swap_pages)
+        .saturating_add(raw.pgtables_bytes / page.max(1));
+    i64::try_from(base)
+        .unwrap_or(i64::MAX)
+        .saturating_add(adj_points(oom_score_adj, totalpages))
 }
 
 /// What `oom_score_adj` adds to the points: `adj * (totalpages / 1000)`.
 pub fn adj_points(oom_score_adj: i16, totalpages: u64) -> i64 {
-    i64::from(oom_score_adj) * (totalpages / 1000) as i64
+    i64::from(oom_score_adj).saturating_mul((totalpages / 1000) as i64)
 }
 
 /// `totalpages` for a memcg OOM: `mem_cgroup_get_max()` of the domain.

@@ -36,11 +36,15 @@ fn process(pid: u32, page: u64) -> Option<(RawCounters, i16, String)> {
     if !status.lines().any(|l| l.starts_with("VmRSS:")) {
         return None;
     }
-    let pages = |k: u64| k * 1024 / page;
+    let pages = |k: u64| k.saturating_mul(1024) / page;
     let raw = RawCounters {
-        rss_pages: pages(kib("RssAnon:") + kib("RssFile:") + kib("RssShmem:")),
+        rss_pages: pages(
+            kib("RssAnon:")
+                .saturating_add(kib("RssFile:"))
+                .saturating_add(kib("RssShmem:")),
+        ),
         swap_pages: pages(kib("VmSwap:")),
-        pgtables_bytes: kib("VmPTE:") * 1024,
+        pgtables_bytes: kib("VmPTE:").saturating_mul(1024),
     };
     let adj = fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
         .ok()?
@@ -98,8 +102,8 @@ pub fn predict(
             comm: Some(comm),
             points: points::badness(raw, adj, totalpages, page),
             oom_score_adj: Some(adj),
-            rss_kib: Some(raw.rss_pages * page / 1024),
-            swap_kib: Some(raw.swap_pages * page / 1024),
+            rss_kib: Some(raw.rss_pages.saturating_mul(page) / 1024),
+            swap_kib: Some(raw.swap_pages.saturating_mul(page) / 1024),
             pgtables_kib: Some(raw.pgtables_bytes / 1024),
             cgroup_id: None,
             source: "predicted",
