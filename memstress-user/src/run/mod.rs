@@ -760,10 +760,8 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
     // While the probes load, the controller itself grows by tens of MiB (the kernel's BTF):
     // when its cgroup is inside the domain, no cap on the stressors can foresee that charge,
     // so they hold nothing until the probes are attached (an OOM then is always seen).
-    let domain = std::iter::successors(Some(target.cgroup.clone()), cgroup::Cgroup::parent)
-        .find(|c| plan.target.limit_from.as_ref().is_none_or(|p| *p == c.path));
-    if let (Some(own), Some(domain)) = (&own, &domain)
-        && own.is_within(domain)
+    if let (Some(own), Ok(Some((_, domain)))) = (&own, target.effective_limit())
+        && own.is_within(&domain)
     {
         plan.headroom_bytes = Some(0);
     }
