@@ -84,18 +84,33 @@ pub fn resolve_user(spec: &str) -> Result<Credentials, String> {
     if spec.is_empty() {
         return Err(bad());
     }
-    if let Some((u, g)) = spec.split_once(':') {
+    let credentials = if let Some((u, g)) = spec.split_once(':') {
         let uid = u.parse().map_err(|_| bad())?;
         let gid = g.parse().map_err(|_| bad())?;
-        return Ok(Credentials { uid, gid });
-    }
-    if let Ok(uid) = spec.parse::<u32>() {
+        Credentials { uid, gid }
+    } else if let Ok(uid) = spec.parse::<u32>() {
         // A numeric uid: its primary group when it has an entry, else the same number.
         let gid = lookup(None, Some(uid)).map_or(uid, |c| c.gid);
-        return Ok(Credentials { uid, gid });
+        Credentials { uid, gid }
+    } else {
+        lookup(Some(spec), None).ok_or_else(bad)?
+    };
+    // setresuid(2) and setresgid(2) read (uid_t)-1 as "leave this id unchanged": a stressor
+    // asked to run as 4294967295 would keep the controller's ids (root).
+    for (what, id) in [("uid", credentials.uid), ("gid", credentials.gid)] {
+        if id == UNCHANGED_ID {
+            return Err(format!(
+                "--user `{spec}`: {what} {id} is (uid_t)-1, which the kernel reads as \
+                 \"leave unchanged\": the stressors would keep this process's own {what}; give \
+                 another id"
+            ));
+        }
     }
-    lookup(Some(spec), None).ok_or_else(bad)
+    Ok(credentials)
 }
+
+/// `(uid_t)-1`: to `setresuid(2)`/`setresgid(2)` (and `chown(2)`), "leave this id as it is".
+pub const UNCHANGED_ID: u32 = u32::MAX;
 
 fn lookup(name: Option<&str>, uid: Option<u32>) -> Option<Credentials> {
     // SAFETY: passwd is a C struct of integers and pointers, for which all-zero is valid.
@@ -259,6 +274,11 @@ mod tests {
         for bad in ["", "no-such-user-here", "1:x", ":", "-1"] {
             let e = resolve_user(bad).unwrap_err();
             assert!(e.contains(&format!("`{bad}`")), "{e}");
+        }
+        // (uid_t)-1 means "unchanged" to setresuid: it would keep root.
+        for special in ["4294967295", "65534:4294967295", "4294967295:65534"] {
+            let e = resolve_user(special).unwrap_err();
+            assert!(e.contains("unchanged"), "{special}: {e}");
         }
     }
 

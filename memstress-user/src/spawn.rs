@@ -304,6 +304,7 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
                 STAGE_EXEC => "exec",
                 STAGE_USER => "switch user",
                 STAGE_CAPS => "drop capabilities",
+                STAGE_IDS => "switch user (getresuid/getresgid show other ids than asked)",
                 _ => "start",
             };
             let os = io::Error::from_raw_os_error(errno);
@@ -332,6 +333,7 @@ const STAGE_EXEC: i32 = 3;
 const STAGE_SETUP: i32 = 4;
 const STAGE_USER: i32 = 5;
 const STAGE_CAPS: i32 = 6;
+const STAGE_IDS: i32 = 7;
 
 /// `struct __user_cap_header_struct`
 #[repr(C)]
@@ -411,6 +413,23 @@ unsafe fn drop_privileges(
                 || libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid) != 0
             {
                 return Err(STAGE_USER);
+            }
+            // Check what the kernel actually gave, not what was asked: an id it reads
+            // specially ((uid_t)-1 is "unchanged") or a security module could leave the child
+            // with other ids than the plan states, and a stressor must never run as someone
+            // else than it says.
+            let (mut r, mut e, mut s) = (0u32, 0u32, 0u32);
+            let uids_ok = libc::syscall(libc::SYS_getresuid, &raw mut r, &raw mut e, &raw mut s)
+                == 0
+                && [r, e, s] == [c.uid; 3];
+            let gids_ok = libc::syscall(libc::SYS_getresgid, &raw mut r, &raw mut e, &raw mut s)
+                == 0
+                && [r, e, s] == [c.gid; 3];
+            let no_groups =
+                libc::syscall(libc::SYS_getgroups, 0, std::ptr::null_mut::<libc::gid_t>()) == 0;
+            if !(uids_ok && gids_ok && no_groups) {
+                *libc::__errno_location() = libc::EPERM;
+                return Err(STAGE_IDS);
             }
         }
         let header = CapHeader {
