@@ -382,40 +382,47 @@ async fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()
     let Some(request) = parse_request(&head) else {
         return write(&mut stream, "400 Bad Request", "text/plain", "not HTTP\n").await;
     };
+    let (status, content_type, body) = answer(&request, metrics);
+    // HEAD: the headers GET would send, Content-Length included (RFC 9110 §9.3.2), no body.
+    let body = if request.method == "HEAD" {
+        Body::HeadOf(body.len())
+    } else {
+        Body::Full(&body)
+    };
+    write_response(&mut stream, status, content_type, body).await
+}
+
+/// The answer to a parsed request: status, content type, body (as GET would send it).
+fn answer(request: &Request, metrics: &Metrics) -> (&'static str, &'static str, String) {
     match (request.method.as_str(), request.path.as_str()) {
         ("GET" | "HEAD", "/metrics") => {
             let (body, content_type) = metrics.render(request.openmetrics);
-            let body = if request.method == "HEAD" { "" } else { &body };
-            write(&mut stream, "200 OK", content_type, body).await
+            ("200 OK", content_type, body)
         }
-        ("GET" | "HEAD", "/") => {
-            write(
-                &mut stream,
-                "200 OK",
-                "text/plain; charset=utf-8",
-                "memstress watch: metrics at /metrics\n",
-            )
-            .await
-        }
-        ("GET" | "HEAD", _) => {
-            write(
-                &mut stream,
-                "404 Not Found",
-                "text/plain",
-                "not found: the metrics are at /metrics\n",
-            )
-            .await
-        }
-        _ => {
-            write(
-                &mut stream,
-                "405 Method Not Allowed",
-                "text/plain",
-                "GET /metrics\n",
-            )
-            .await
-        }
+        ("GET" | "HEAD", "/") => (
+            "200 OK",
+            "text/plain; charset=utf-8",
+            "memstress watch: metrics at /metrics\n".to_owned(),
+        ),
+        ("GET" | "HEAD", _) => (
+            "404 Not Found",
+            "text/plain",
+            "not found: the metrics are at /metrics\n".to_owned(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET /metrics\n".to_owned(),
+        ),
     }
+}
+
+/// What follows the headers.
+enum Body<'a> {
+    /// This body.
+    Full(&'a str),
+    /// No body, but the length GET's would have (a HEAD request).
+    HeadOf(usize),
 }
 
 async fn write(
@@ -424,12 +431,30 @@ async fn write(
     content_type: &str,
     body: &str,
 ) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    write_response(stream, status, content_type, Body::Full(body)).await
+}
+
+/// The response head, for a body of `length` bytes.
+fn response_head(status: &str, content_type: &str, length: usize) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    )
+}
+
+async fn write_response(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: Body<'_>,
+) -> std::io::Result<()> {
+    let (length, bytes) = match body {
+        Body::Full(text) => (text.len(), text.as_bytes()),
+        Body::HeadOf(length) => (length, &b""[..]),
+    };
+    stream
+        .write_all(response_head(status, content_type, length).as_bytes())
+        .await?;
+    stream.write_all(bytes).await?;
     stream.shutdown().await
 }
 
@@ -451,6 +476,43 @@ mod tests {
             panic!()
         };
         *e
+    }
+
+    /// `HEAD /metrics` announces the length `GET /metrics` sends, and sends no body.
+    #[test]
+    fn head_answers_with_gets_length() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let metrics = Arc::new(Metrics::new(&[], None));
+            metrics.kill(&explained("memstress-vm"));
+            let server = tokio::spawn(serve(listener, metrics));
+            let ask = |method: &'static str| async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                s.write_all(format!("{method} /metrics HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                    .await
+                    .unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).await.unwrap();
+                out
+            };
+            let get = ask("GET").await;
+            let head = ask("HEAD").await;
+            server.abort();
+            let (get_head, get_body) = get.split_once("\r\n\r\n").unwrap();
+            let (head_head, head_body) = head.split_once("\r\n\r\n").unwrap();
+            assert!(get_body.contains("memstress_oom_kills_total"), "{get}");
+            assert!(
+                get_head.contains(&format!("Content-Length: {}\r\n", get_body.len())),
+                "{get_head}"
+            );
+            assert_eq!(head_body, "", "HEAD sends no body");
+            assert_eq!(head_head, get_head, "HEAD sends GET's headers");
+        });
     }
 
     #[test]
