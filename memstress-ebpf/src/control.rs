@@ -95,8 +95,8 @@ pub fn memcg_reclaim_ask(ctx: FEntryContext) -> i32 {
         return 0;
     };
     match PRESSURE.get_ptr_mut(id) {
-        // SAFETY: this CPU's value in a per-CPU map.
-        Some(p) => unsafe { (*p).asked += asked },
+        // SAFETY: a live map value, shared by every CPU: added to atomically.
+        Some(p) => unsafe { crate::pressure::add(&raw mut (*p).asked, asked) },
         None => {
             let first = Pressure {
                 asked,

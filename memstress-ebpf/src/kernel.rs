@@ -203,6 +203,16 @@ pub fn chain_step(walk: &mut ChainWalk, i: usize, out: &mut Chain) -> bool {
         }
     }
     l.swap_max = read::<u64>(css, layout!(memcg_swap_max)).unwrap_or(0);
+    // The limit hits as they stand at the kill: a reader that reads the cgroup's file later
+    // would count hits after it.
+    if let Some(failcnt) = read::<u64>(css, layout!(memcg_failcnt)) {
+        l.failcnt = failcnt;
+        l.flags |= level::FAILCNT;
+    }
+    if let Some(max) = read::<u64>(css, layout!(memcg_events_max)) {
+        l.events_max = max;
+        l.flags |= level::EVENTS_MAX;
+    }
     if read::<u8>(css, layout!(memcg_oom_lock)).unwrap_or(0) != 0 {
         l.flags |= level::OOM_LOCK;
         walk.locked = i as u32;

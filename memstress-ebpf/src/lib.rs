@@ -41,7 +41,7 @@ pub mod names {
     pub const PROG_RECLAIM_BEGIN: &str = "memcg_reclaim_begin";
     /// …
     pub const PROG_RECLAIM_END: &str = "memcg_reclaim_end";
-    /// Per-memcg reclaim pressure (LRU per-CPU hash: memcg id -> [`crate::Pressure`]).
+    /// Per-memcg reclaim pressure (LRU hash shared by every CPU: memcg id -> [`crate::Pressure`]).
     pub const PRESSURE: &str = "PRESSURE";
     /// fentry on `out_of_memory()`: an OOM begins in this task.
     pub const PROG_OUT_OF_MEMORY: &str = "out_of_memory_entry";
@@ -133,6 +133,11 @@ pub struct KernelLayout {
     pub memcg_oom_lock: u32,
     /// `mem_cgroup.oom_group` (cgroup v2 `memory.oom.group`)
     pub memcg_oom_group: u32,
+    /// `mem_cgroup.memory.failcnt`, from the css pointer: v1's `memory.failcnt`
+    pub memcg_failcnt: u32,
+    /// `mem_cgroup.memory_events[MEMCG_MAX]`, from the css pointer: v2's `memory.events`
+    /// `max`
+    pub memcg_events_max: u32,
     /// `task_struct.tasks` (the list of thread-group leaders)
     pub task_tasks: u32,
     /// `signal_struct.oom_mm` (set on every OOM victim)
@@ -213,6 +218,8 @@ impl KernelLayout {
         memcg_swap_max: UNKNOWN,
         memcg_oom_lock: UNKNOWN,
         memcg_oom_group: UNKNOWN,
+        memcg_failcnt: UNKNOWN,
+        memcg_events_max: UNKNOWN,
         task_tasks: UNKNOWN,
         signal_oom_mm: UNKNOWN,
         oc_memcg: UNKNOWN,
@@ -399,6 +406,10 @@ pub mod level {
     pub const OOM_GROUP: u32 = 1 << 2;
     /// The hierarchy's root.
     pub const ROOT: u32 = 1 << 3;
+    /// `failcnt` was read.
+    pub const FAILCNT: u32 = 1 << 4;
+    /// `events_max` was read.
+    pub const EVENTS_MAX: u32 = 1 << 5;
 }
 
 /// One memory cgroup's counters, read in the OOM path.
@@ -413,6 +424,11 @@ pub struct MemcgLevel {
     pub max: u64,
     /// `memsw.max` (v1) or `swap.max` (v2) in pages.
     pub swap_max: u64,
+    /// Times a charge hit this memcg's limit, as the kernel counted them at the kill: v1
+    /// `memory.failcnt` ([`level::FAILCNT`] set when read).
+    pub failcnt: u64,
+    /// … v2 `memory.events` `max` ([`level::EVENTS_MAX`] set when read).
+    pub events_max: u64,
     /// Bits of [`level`].
     pub flags: u32,
     /// The cgroup's depth below the root.
@@ -549,7 +565,7 @@ pub struct Aftermath {
 
 /// Direct reclaim done by the tasks of one memcg (value of [`names::PRESSURE`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pressure {
     /// `mm_vmscan_memcg_reclaim_begin` count.
     pub runs: u64,
@@ -619,14 +635,17 @@ pub struct OomVictim {
     /// 1 when an earlier kill of the same OOM (same trigger, just before, `memory.oom.group`
     /// set on the domain) preceded this one: a group kill.
     pub group_kill: u32,
-    /// Padding.
-    pub _pad: u32,
+    /// 1 when `pressure` holds the trigger's memcg counters at the kill.
+    pub pressure_valid: u32,
     /// The victim's memcg and ancestors, with the OOM domain.
     pub chain: Chain,
     /// The candidate scan.
     pub scan: ScanStats,
     /// The kernel's `struct oom_control` (where fentry loads).
     pub oc: OomControlFacts,
+    /// Direct reclaim by the trigger's memcg so far, as [`names::PRESSURE`] held it at the
+    /// kill: every reader sees the same figures, however late it reads the record.
+    pub pressure: Pressure,
 }
 
 /// Kill confirmation states of [`OomVictim::killed`].
@@ -676,8 +695,8 @@ mod tests {
             8 + CGROUP_DEPTH * (8 + CGROUP_NAME_LEN)
         );
         assert_eq!(align_of::<OomVictim>(), 8);
-        assert_eq!(size_of::<MemcgLevel>(), 40);
-        assert_eq!(size_of::<Chain>(), 16 + CHAIN_DEPTH * 40);
+        assert_eq!(size_of::<MemcgLevel>(), 56);
+        assert_eq!(size_of::<Chain>(), 16 + CHAIN_DEPTH * 56);
         assert_eq!(size_of::<OomVictim>() % 8, 0);
         assert_eq!(size_of::<Candidate>(), 16 + size_of::<TaskFacts>());
     }

@@ -16,6 +16,13 @@
 
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The BPF object is built with the nightly toolchain: atomic adds on shared map values need
+// the intrinsic (see `pressure::add`).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(internal_features, reason = "core_intrinsics, for atomic_xadd")
+)]
 
 #[cfg(target_arch = "bpf")]
 mod aftermath;

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use memstress_ebpf::{
     Candidate, OomControlFacts, OomVictim, Pressure, RuntimeConfig, ScanStats, counters,
@@ -95,9 +95,10 @@ pub static KILLED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 #[map(name = "VICTIMS")]
 pub static VICTIMS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
-/// Direct memcg reclaim by the tasks of each memcg: memcg id -> counters (per CPU).
+/// Direct memcg reclaim by the tasks of each memcg: memcg id -> counters, shared by every
+/// CPU and added to atomically (`mark_victim` copies a memcg's totals into its record).
 #[map(name = "PRESSURE")]
-pub static PRESSURE: LruPerCpuHashMap<u64, Pressure> = LruPerCpuHashMap::with_max_entries(4096, 0);
+pub static PRESSURE: LruHashMap<u64, Pressure> = LruHashMap::with_max_entries(4096, 0);
 
 /// Start of the direct reclaim a task is in: tid -> ns.
 #[map(name = "RECLAIM_START")]

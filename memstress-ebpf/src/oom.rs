@@ -23,7 +23,7 @@ use crate::{
     kernel::{self, layout},
     maps::{
         self, BADNESS, EVENTS, IN_OOM, IN_PROGRESS, InOom, LAST_SIGKILL, OOM_CONTROL,
-        PENDING_VICTIM, SCAN, SCRATCH_CANDIDATE, ScanState, VICTIMS,
+        PENDING_VICTIM, PRESSURE, SCAN, SCRATCH_CANDIDATE, ScanState, VICTIMS,
     },
 };
 
@@ -369,6 +369,15 @@ fn begin(slot: &mut OomVictim, tid: u32, me: u32) {
     let current = unsafe { bpf_get_current_task() };
     kernel::task_facts(current, &mut slot.trigger);
     slot.killed = kill_state(slot.trigger.pid, tid);
+    // The reclaim that led here, as it stands at the kill.
+    slot.pressure_valid = 0;
+    if slot.trigger.valid & valid::MEMCG != 0
+        // SAFETY: copying a plain value out of the map.
+        && let Some(p) = unsafe { PRESSURE.get(slot.trigger.memcg_id) }.copied()
+    {
+        slot.pressure = p;
+        slot.pressure_valid = 1;
+    }
 }
 
 /// Whether the task running the OOM killer just SIGKILLed the victim.

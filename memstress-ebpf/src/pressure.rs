@@ -2,6 +2,10 @@
 //! `try_charge_memcg()` runs each time a charge hits a limit, aggregated in the kernel per
 //! memcg of the reclaiming task (the tracepoints carry no memcg: the task charging is the one
 //! reclaiming). Never one ring-buffer record per event.
+//!
+//! The counters are shared by every CPU (not per CPU) and added to atomically, so that
+//! `mark_victim` can copy one memcg's totals into its record: what led to a kill is then
+//! read at the kill, the same for every reader.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns},
@@ -14,6 +18,19 @@ use crate::{
     kernel::{self, layout},
     maps::{PRESSURE, RECLAIM_START},
 };
+
+/// Adds `value` to the counter at `counter` atomically: a BPF atomic add (`lock *(u64 *)`),
+/// which every BPF CPU version has as long as its result is unused. `core`'s atomic types
+/// have no `fetch_add` on this target (it has no compare-and-swap), hence the intrinsic.
+///
+/// # Safety
+/// `counter` points to a live, aligned `u64` in map memory.
+#[inline(always)]
+pub unsafe fn add(counter: *mut u64, value: u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    // SAFETY: as the caller promises; map values are 8-byte aligned.
+    let _ = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, value) };
+}
 
 /// `mm_vmscan_memcg_reclaim_begin(int order, gfp_t gfp_flags)`.
 #[btf_tracepoint(function = "mm_vmscan_memcg_reclaim_begin")]
@@ -47,11 +64,12 @@ fn try_reclaim_end(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let elapsed = now.saturating_sub(start);
     match PRESSURE.get_ptr_mut(id) {
         Some(p) => {
-            // SAFETY: this CPU's value in a per-CPU map; nothing else writes it meanwhile.
-            let p = unsafe { &mut *p };
-            p.runs += 1;
-            p.reclaimed += reclaimed;
-            p.ns += elapsed;
+            // SAFETY: a live map value; the adds are atomic, as every CPU shares it.
+            unsafe {
+                add(&raw mut (*p).runs, 1);
+                add(&raw mut (*p).reclaimed, reclaimed);
+                add(&raw mut (*p).ns, elapsed);
+            }
         }
         None => {
             let first = Pressure {

@@ -7,8 +7,8 @@
 use std::{mem::size_of, ptr};
 
 use memstress_ebpf::{
-    Aftermath, CgroupPath, Chain, Collateral, OomVictim, RSS_ANON, RSS_FILE, RSS_SHMEM, RSS_SWAP,
-    TaskFacts, aftermath, domain, killed, kind, level, skip, source, valid,
+    Aftermath, CgroupPath, Chain, Collateral, OomVictim, Pressure, RSS_ANON, RSS_FILE, RSS_SHMEM,
+    RSS_SWAP, TaskFacts, aftermath, domain, killed, kind, level, skip, source, valid,
 };
 use serde::Serialize;
 
@@ -240,6 +240,10 @@ pub struct Level {
     pub max_pages: u64,
     /// Swap (v2) or memory+swap (v1) limit in pages.
     pub swap_max_pages: u64,
+    /// Limit hits at the kill: v1 `memory.failcnt` (`None`: not read).
+    pub failcnt: Option<u64>,
+    /// … v2 `memory.events` `max`.
+    pub events_max: Option<u64>,
     /// `oom_lock` set.
     pub oom_lock: bool,
     /// `memory.oom.group` set.
@@ -280,6 +284,9 @@ pub struct OomKill {
     pub scan: (u32, u32, u32, bool),
     /// The kernel's `struct oom_control` (where fentry loads).
     pub oc: Option<OomControl>,
+    /// Direct reclaim by the trigger's memcg so far, as the kernel-side counters stood at
+    /// the kill (`None`: not read).
+    pub pressure: Option<Pressure>,
 }
 
 /// The victim: a task, its memory and its cgroup.
@@ -370,6 +377,8 @@ fn chain(raw: &Chain) -> (Vec<Level>, Option<usize>, Option<&'static str>) {
             usage_pages: l.usage,
             max_pages: l.max,
             swap_max_pages: l.swap_max,
+            failcnt: (l.flags & level::FAILCNT != 0).then_some(l.failcnt),
+            events_max: (l.flags & level::EVENTS_MAX != 0).then_some(l.events_max),
             oom_lock: l.flags & level::OOM_LOCK != 0,
             oom_group: l.flags & level::OOM_GROUP != 0,
             root: l.flags & level::ROOT != 0,
@@ -483,6 +492,7 @@ impl OomKill {
                 gfp_mask: raw.oc.gfp_mask,
                 memcg_id: raw.oc.memcg_id,
             }),
+            pressure: (btf && raw.pressure_valid != 0).then_some(raw.pressure),
         }
     }
 
@@ -502,6 +512,20 @@ impl OomKill {
             }
             None => false,
         }
+    }
+
+    /// The OOM domain's kernel id: `Some(Some(id))` for a memcg OOM, `Some(None)` for a
+    /// global one, `None` when the record cannot tell (without the BTF program).
+    pub fn domain_id(&self) -> Option<Option<u64>> {
+        if let Some(oc) = &self.oc
+            && oc.memcg_id != 0
+        {
+            return Some(Some(oc.memcg_id));
+        }
+        if self.chain.is_empty() {
+            return None;
+        }
+        Some(self.domain.and_then(|i| self.chain.get(i)).map(|l| l.id))
     }
 
     /// The cgroup path of chain level `index` (0: the victim's own cgroup), cut from the
@@ -582,14 +606,17 @@ pub(crate) mod tests {
             swap_max: unlimited,
             flags: level::VALID | level::OOM_LOCK,
             level: 2,
+            ..MemcgLevel::default()
         };
         levels[1] = MemcgLevel {
             id: 70,
             usage: 16_380,
             max: 16_384,
             swap_max: unlimited,
-            flags: level::VALID | level::OOM_LOCK,
+            flags: level::VALID | level::OOM_LOCK | level::FAILCNT,
             level: 1,
+            failcnt: 312,
+            ..MemcgLevel::default()
         };
         levels[2] = MemcgLevel {
             id: 1,
@@ -598,6 +625,7 @@ pub(crate) mod tests {
             swap_max: unlimited,
             flags: level::VALID | level::ROOT,
             level: 0,
+            ..MemcgLevel::default()
         };
         OomVictim {
             kind: kind::OOM_VICTIM,
@@ -626,7 +654,13 @@ pub(crate) mod tests {
             },
             seq: 5 << 10,
             group_kill: 0,
-            _pad: 0,
+            pressure_valid: 1,
+            pressure: Pressure {
+                runs: 40,
+                reclaimed: 512,
+                ns: 12_000_000,
+                asked: 0,
+            },
             chain: Chain {
                 depth: 3,
                 domain: 1,

@@ -67,6 +67,29 @@ impl Resolver<'_> {
         })
     }
 
+    /// Offset of `mem_cgroup.memory_events[event]` (an `atomic_long_t` array indexed by
+    /// `enum memcg_memory_event`), counted from the memcg's css; `UNKNOWN` without it.
+    fn memcg_event(&self, event: &str) -> u32 {
+        (|| {
+            let css = self.btf.struct_member("mem_cgroup", "css").ok()?;
+            let events = self.btf.struct_member("mem_cgroup", "memory_events").ok()?;
+            let index = u32::try_from(self.btf.enum_value(event).ok()?).ok()?;
+            (events.offset + index * 8).checked_sub(css.offset)
+        })()
+        .unwrap_or(UNKNOWN)
+    }
+
+    /// [`Self::memcg_counter`] for a field some kernels lack (not listed as missing).
+    fn optional_memcg_counter(&self, counter: &str, field: &str) -> u32 {
+        (|| {
+            let css = self.btf.struct_member("mem_cgroup", "css").ok()?;
+            let c = self.btf.struct_member("mem_cgroup", counter).ok()?;
+            let inner = self.btf.struct_member("page_counter", field).ok()?;
+            (c.offset + inner.offset).checked_sub(css.offset)
+        })()
+        .unwrap_or(UNKNOWN)
+    }
+
     /// The first of several historical names of a member.
     fn offset_any(&mut self, ty: &str, members: &[&str]) -> u32 {
         for member in members {
@@ -222,6 +245,10 @@ pub fn resolve(btf: &Btf, mark_victim: Option<&Format>) -> Resolved {
         // without them.
         memcg_oom_lock: r.optional("mem_cgroup", "oom_lock"),
         memcg_oom_group: r.optional("mem_cgroup", "oom_group"),
+        // Limit hits, read at the kill: v1 shows `memory.failcnt`, v2 `memory.events` max;
+        // the explainer takes the one of the hierarchy in use.
+        memcg_failcnt: r.optional_memcg_counter("memory", "failcnt"),
+        memcg_events_max: r.memcg_event("MEMCG_MAX"),
         task_tasks: r.offset("task_struct", "tasks"),
         signal_oom_mm: r.offset("signal_struct", "oom_mm"),
         oc_memcg: r.offset("oom_control", "memcg"),
@@ -302,6 +329,8 @@ mod tests {
         assert_ne!(l.memcg_swap_max, UNKNOWN);
         assert_ne!(l.memcg_oom_lock, UNKNOWN);
         assert_ne!(l.memcg_oom_group, UNKNOWN);
+        assert_ne!(l.memcg_failcnt, UNKNOWN);
+        assert_ne!(l.memcg_events_max, UNKNOWN);
     }
 
     /// `mm_struct` wraps its members in an anonymous struct (with `__randomize_layout`), so

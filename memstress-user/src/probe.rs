@@ -10,7 +10,7 @@ use std::{io, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader, Endianness,
-    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, FExit, Program, TracePoint},
 };
 use memstress_ebpf::{Pressure, RuntimeConfig, counters, names, source};
@@ -478,17 +478,12 @@ impl Probes {
         );
     }
 
-    /// Direct reclaim done so far by the tasks of memcg `id` (summed over CPUs).
+    /// Direct reclaim done so far by the tasks of memcg `id`, read now (a kill's record
+    /// carries the figures as they stood at the kill; this is for records without them).
     pub fn pressure(&self, id: u64) -> Option<Pressure> {
         let map = self.ebpf.map(names::PRESSURE)?;
-        let map = PerCpuHashMap::<_, u64, Pressure>::try_from(map).ok()?;
-        let values = map.get(&id, 0).ok()?;
-        Some(values.iter().fold(Pressure::default(), |a, p| Pressure {
-            runs: a.runs + p.runs,
-            reclaimed: a.reclaimed + p.reclaimed,
-            ns: a.ns + p.ns,
-            asked: a.asked + p.asked,
-        }))
+        let map = aya::maps::HashMap::<_, u64, Pressure>::try_from(map).ok()?;
+        map.get(&id, 0).ok()
     }
 }
 
