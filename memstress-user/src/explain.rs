@@ -168,6 +168,84 @@ pub struct Explained {
     pub kill_confirmed: Option<bool>,
     /// Which programs filled the record.
     pub sources: Vec<&'static str>,
+    /// With a [`Scope::Domain`]: whether the victim is in the scope's cgroup (or below it),
+    /// rather than elsewhere in the OOM domain that contains it.
+    #[serde(skip)]
+    pub in_target: Option<bool>,
+}
+
+/// Which kills an [`Explainer`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Victims in this cgroup or below it (`watch --cgroup`).
+    Subtree {
+        /// Its kernel id.
+        id: u64,
+        /// Its path.
+        path: String,
+    },
+    /// Every kill this cgroup's memory takes part in: victims in it or below it, and every
+    /// kill whose OOM domain contains it (a limit on an ancestor, shared with siblings; a
+    /// global OOM), wherever the victim is. What a run reports: every kill its stressors'
+    /// pressure could cause.
+    Domain {
+        /// Its kernel id.
+        id: u64,
+        /// Its path.
+        path: String,
+        /// Kernel ids of it and each ancestor.
+        chain: Vec<u64>,
+    },
+}
+
+impl Scope {
+    /// [`Scope::Domain`] of `cgroup`, its ancestors' ids read from the hierarchy.
+    pub fn domain_of(cgroup: &Cgroup) -> Result<Self, crate::cgroup::CgroupError> {
+        let mut chain = Vec::new();
+        let mut at = Some(cgroup.clone());
+        while let Some(c) = at {
+            // The root's id is never a domain's (a root OOM is global); a cgroup whose id
+            // cannot be read (a fixture) is left out.
+            if !c.is_root()
+                && let Ok(id) = c.id()
+            {
+                chain.push(id);
+            }
+            at = c.parent();
+        }
+        Ok(Self::Domain {
+            id: cgroup.id()?,
+            path: cgroup.path.clone(),
+            chain,
+        })
+    }
+
+    /// Whether `kill` is reported: `None` if not, else whether its victim is in the
+    /// scope's cgroup.
+    pub fn admits(&self, kill: &OomKill) -> Option<bool> {
+        match self {
+            Self::Subtree { id, path } => kill.in_cgroup(*id, path).then_some(true),
+            Self::Domain { id, path, chain } => {
+                if kill.in_cgroup(*id, path) {
+                    return Some(true);
+                }
+                let contains = match kill.domain_id() {
+                    Some(Some(domain)) => chain.contains(&domain),
+                    // A global OOM: its domain is the node, which holds everything.
+                    Some(None) => true,
+                    // Unknown (no BTF program): only the victim's place tells.
+                    None => false,
+                };
+                contains.then_some(false)
+            }
+        }
+    }
+
+    fn path(&self) -> &str {
+        match self {
+            Self::Subtree { path, .. } | Self::Domain { path, .. } => path,
+        }
+    }
 }
 
 /// A victim's aftermath, reported after its kill.
@@ -217,10 +295,16 @@ pub struct Explainer {
     pending: HashMap<u64, Vec<Candidate>>,
     kills: HashMap<u32, KillNote>,
     chosen: HashMap<u64, (Option<u32>, Option<String>)>,
+    /// Reclaim counters of each trigger memcg (by id) at the last kill it triggered.
     pressure_seen: HashMap<u64, Pressure>,
-    domain_seen: HashMap<String, (u64, u64)>,
-    /// Only victims in this cgroup (kernel id, path) or below it.
-    filter: Option<(u64, String)>,
+    /// Limit hits of each domain (by id; 0: global) at its last kill or when seeded, and
+    /// when.
+    domain_seen: HashMap<u64, (Option<u64>, u64)>,
+    /// [`Self::seed_tree`] saw every memcg up to this kernel id: one with a higher id was
+    /// created since, its limit hits counted from zero then.
+    seeded_upto: Option<u64>,
+    /// Which kills are reported (`None`: all).
+    filter: Option<Scope>,
     /// Exits seen before their victim record (the SIGKILL races ahead of `mark_victim`).
     early_exits: HashMap<u32, VictimAftermath>,
     /// `enum oom_constraint`: value -> name, from the kernel's BTF.
@@ -242,6 +326,7 @@ impl Explainer {
             chosen: HashMap::new(),
             pressure_seen: HashMap::new(),
             domain_seen: HashMap::new(),
+            seeded_upto: None,
             filter: None,
             early_exits: HashMap::new(),
             constraints: Vec::new(),
@@ -252,6 +337,11 @@ impl Explainer {
     pub fn with_constraints(mut self, constraints: Vec<(u32, String)>) -> Self {
         self.constraints = constraints;
         self
+    }
+
+    /// [`Self::with_constraints`] on an explainer made before the probes loaded.
+    pub fn set_constraints(&mut self, constraints: Vec<(u32, String)>) {
+        self.constraints = constraints;
     }
 
     fn constraint_name(&self, value: u32) -> Option<&str> {
@@ -266,25 +356,66 @@ impl Explainer {
     pub fn seed(&mut self, cgroup: &Cgroup, now_ns: u64) {
         let mut at = Some(cgroup.clone());
         while let Some(c) = at {
-            if let Ok(hits) = c.limit_hits() {
-                self.domain_seen.insert(c.path.clone(), (hits, now_ns));
-            }
+            self.seed_one(&c, now_ns);
             at = c.parent().filter(|p| !p.is_root());
         }
     }
 
-    /// Reports only victims in the cgroup with kernel id `id` and path `path`, or below it
-    /// (their collateral and aftermath follow them).
-    pub fn only_in(mut self, id: u64, path: &str) -> Self {
-        self.filter = Some((id, path.to_owned()));
+    /// Seeds what a kill reported with a filter on `cgroup` can have as domain: `cgroup`,
+    /// its ancestors and its subtree.
+    pub fn seed_scope(&mut self, cgroup: &Cgroup, now_ns: u64) {
+        self.seed(cgroup, now_ns);
+        self.seed_tree(cgroup, now_ns);
+    }
+
+    /// [`Self::seed`] for every memcg in `root`'s subtree (depth-first, bounded), so that a
+    /// kill's limit hits since this moment are known wherever it happens: a node-wide watch
+    /// tells the same figures as one filtered to the kill's cgroup. A memcg created later
+    /// counts from zero.
+    pub fn seed_tree(&mut self, root: &Cgroup, now_ns: u64) {
+        const MAX_SEEDED: usize = 100_000;
+        let mut upto = 0;
+        let mut stack = vec![root.clone()];
+        let mut seen = 0;
+        while let Some(c) = stack.pop() {
+            seen += 1;
+            if seen > MAX_SEEDED {
+                // Not all seen: a higher id may be an old memcg.
+                return;
+            }
+            if !c.is_root() {
+                upto = upto.max(self.seed_one(&c, now_ns).unwrap_or(0));
+            }
+            stack.extend(c.children().unwrap_or_default());
+        }
+        self.seeded_upto = Some(upto);
+    }
+
+    /// Records one memcg's limit hits now; returns its id.
+    fn seed_one(&mut self, c: &Cgroup, now_ns: u64) -> Option<u64> {
+        let id = c.id().ok()?;
+        if let Ok(hits) = c.limit_hits() {
+            self.domain_seen.insert(id, (Some(hits), now_ns));
+        }
+        Some(id)
+    }
+
+    /// Reports only the kills `scope` admits (their collateral and aftermath follow them).
+    pub fn only_in(mut self, scope: Scope) -> Self {
+        self.filter = Some(scope);
         self
     }
 
     /// Moves the filter to another cgroup (`--follow` found the target's replacement).
-    pub fn retarget(&mut self, id: u64, path: &str) {
+    pub fn retarget(&mut self, scope: Scope) {
         if self.filter.is_some() {
-            self.filter = Some((id, path.to_owned()));
+            self.filter = Some(scope);
         }
+    }
+
+    /// The scope's cgroup path, if any.
+    pub fn scope_path(&self) -> Option<&str> {
+        self.filter.as_ref().map(Scope::path)
     }
 
     /// Turns a batch of records (in ring-buffer order) into outputs. `pressure` reads the
@@ -321,13 +452,18 @@ impl Explainer {
         collateral.retain(|c| !c.task.tid.is_some_and(|t| victim_tids.contains(&t)));
         let mut out = Vec::new();
         for kill in victims {
-            if let Some((id, path)) = &self.filter
-                && !kill.in_cgroup(*id, path)
-            {
-                self.pending.remove(&kill.seq);
-                collateral.retain(|c| Some(c.victim_tid) != kill.victim.task.tid);
-                continue;
-            }
+            let in_target = match &self.filter {
+                Some(scope) => match scope.admits(&kill) {
+                    Some(inside) => Some(inside),
+                    None => {
+                        self.pending.remove(&kill.seq);
+                        collateral.retain(|c| Some(c.victim_tid) != kill.victim.task.tid);
+                        self.pass_over(&kill, pressure);
+                        continue;
+                    }
+                },
+                None => None,
+            };
             let mine: Vec<CollateralKill> = collateral
                 .iter()
                 .filter(|c| Some(c.victim_tid) == kill.victim.task.tid)
@@ -339,7 +475,11 @@ impl Explainer {
                 .task
                 .tid
                 .and_then(|t| self.early_exits.remove(&t));
-            out.push(Output::Kill(Box::new(self.explain(*kill, mine, pressure))));
+            let mut explained = self.explain(*kill, mine, pressure);
+            if matches!(self.filter, Some(Scope::Domain { .. })) {
+                explained.in_target = in_target;
+            }
+            out.push(Output::Kill(Box::new(explained)));
             if let Some(exit) = early
                 && let Some(reaped) = self.aftermath(&exit)
             {
@@ -415,30 +555,46 @@ impl Explainer {
         }
     }
 
+    /// What led to `kill`: since the previous kill in its domain (or since memstress
+    /// started), the domain's limit hits and the direct reclaim of the trigger's memcg, from
+    /// the counters as the kernel held them at the kill. Every reader of the same kills
+    /// reports the same figures, whenever it reads them and whatever else it filters out.
     fn pressure_report(
         &mut self,
         kill: &OomKill,
+        domain_index: Option<usize>,
         domain_path: Option<&str>,
         pressure: &dyn Fn(u64) -> Option<Pressure>,
-    ) -> Option<PressureReport> {
+    ) -> PressureReport {
         let mut report = PressureReport::default();
-        let key = domain_path.unwrap_or("/").to_owned();
+        let level = domain_index.and_then(|i| kill.chain.get(i));
+        let key = level.map_or(0, |l| l.id);
         let now = kill.ts_ns;
         let previous = self.domain_seen.get(&key).copied();
         report.since_ms = now.saturating_sub(previous.map_or(self.started_ns, |p| p.1)) / 1_000_000;
-        // Only the limit hits are needed, read from their own small file: this runs between
-        // the kernel's kill and the line that reports it.
-        if let (Some(hierarchy), Some(path)) = (&self.hierarchy, domain_path)
-            && let Ok(cgroup) = Cgroup::locate(hierarchy, path)
-            && let Ok(hits) = cgroup.limit_hits()
-        {
-            // The first kill seen in a domain counts from memstress's start only if we know
-            // the count then; otherwise from the previous kill.
-            report.limit_hits = previous.map(|p| hits.saturating_sub(p.0));
-            self.domain_seen.insert(key, (hits, now));
+        // The count the kernel held at the kill; else its file, read now.
+        let at_kill = level.and_then(|l| match self.version {
+            Some(Version::V1) => l.failcnt,
+            Some(Version::V2) => l.events_max,
+            None => None,
+        });
+        let hits = at_kill.or_else(|| {
+            let (hierarchy, path) = (self.hierarchy.as_ref()?, domain_path?);
+            Cgroup::locate(hierarchy, path).ok()?.limit_hits().ok()
+        });
+        if key != 0 {
+            let before = match previous {
+                Some((before, _)) => before,
+                // Created after the whole tree was seeded: it started from zero.
+                None if self.seeded_upto.is_some_and(|upto| key > upto) => Some(0),
+                None => None,
+            };
+            report.limit_hits = before.zip(hits).map(|(b, h)| h.saturating_sub(b));
         }
-        if let Some(id) = kill.trigger.cgroup_id
-            && let Some(p) = pressure(id)
+        self.domain_seen.insert(key, (hits, now));
+        let id = kill.trigger.cgroup_id;
+        if let Some(p) = kill.pressure.or_else(|| id.and_then(pressure))
+            && let Some(id) = id
         {
             let before = self.pressure_seen.get(&id).copied().unwrap_or_default();
             report.reclaim_runs = Some(p.runs.saturating_sub(before.runs));
@@ -449,7 +605,18 @@ impl Explainer {
                 .then(|| p.asked.saturating_sub(before.asked) * self.page / 1024);
             self.pressure_seen.insert(id, p);
         }
-        Some(report)
+        report
+    }
+
+    /// Moves the pressure bookkeeping past a kill that is not reported (outside the
+    /// filter), so that the next reported kill counts from it, as an unfiltered reader does.
+    fn pass_over(&mut self, kill: &OomKill, pressure: &dyn Fn(u64) -> Option<Pressure>) {
+        if kill.group_kill {
+            return;
+        }
+        let (domain_index, _) = domain_of(kill);
+        let path = domain_index.and_then(|i| kill.path_of_level(i));
+        self.pressure_report(kill, domain_index, path.as_deref(), pressure);
     }
 
     fn explain(
@@ -522,15 +689,7 @@ impl Explainer {
                 .cmp(&a.points)
                 .then_with(|| (b.pid == victim_pid).cmp(&(a.pid == victim_pid)))
         });
-        // The domain: oom_control's memcg where fentry loaded; else what the chain shows.
-        let (domain_index, found_by) = match &kill.oc {
-            Some(oc) if oc.memcg_id != 0 => (
-                kill.chain.iter().position(|l| l.id == oc.memcg_id),
-                "oom_control",
-            ),
-            Some(_) => (None, "oom_control"),
-            None => (kill.domain, kill.domain_by.unwrap_or("usage_at_limit")),
-        };
+        let (domain_index, found_by) = domain_of(&kill);
         let domain_path = domain_index.and_then(|i| kill.path_of_level(i));
         let domain = domain_index.and_then(|i| {
             let l = kill.chain.get(i)?;
@@ -570,11 +729,8 @@ impl Explainer {
         let (_visited, _sent, dropped, truncated) = kill.scan;
         let candidates_complete =
             !kill.group_kill && dropped == 0 && !truncated && !ranked.is_empty();
-        let pressure_report = if kill.group_kill {
-            None
-        } else {
-            self.pressure_report(&kill, domain_path.as_deref(), pressure)
-        };
+        let pressure_report = (!kill.group_kill)
+            .then(|| self.pressure_report(&kill, domain_index, domain_path.as_deref(), pressure));
         if !kill.group_kill {
             self.chosen.insert(
                 kill.seq,
@@ -623,6 +779,7 @@ impl Explainer {
             reason: String::new(),
             kill_confirmed: kill.kill_confirmed,
             sources: kill.sources.clone(),
+            in_target: None,
         };
         let (why, reason) = self.why(&explained);
         explained.why = why;
@@ -723,6 +880,19 @@ impl Explainer {
             ));
         }
         text
+    }
+}
+
+/// The OOM domain's index in the victim's chain (`None`: global or unknown), and how it was
+/// found: `oom_control`'s memcg where fentry loaded; else what the chain shows.
+fn domain_of(kill: &OomKill) -> (Option<usize>, &'static str) {
+    match &kill.oc {
+        Some(oc) if oc.memcg_id != 0 => (
+            kill.chain.iter().position(|l| l.id == oc.memcg_id),
+            "oom_control",
+        ),
+        Some(_) => (None, "oom_control"),
+        None => (kill.domain, kill.domain_by.unwrap_or("usage_at_limit")),
     }
 }
 
@@ -854,6 +1024,68 @@ mod tests {
             "{}",
             e.why
         );
+    }
+
+    /// What led to a kill is the counters as the kernel held them at each kill: a reader
+    /// that reads late, or one that filtered the previous kill out, reports the same figures.
+    #[test]
+    fn pressure_does_not_depend_on_the_reader() {
+        let kill = |seq: u64, victim_cgroup: u64, runs: u64, failcnt: u64| {
+            let mut raw = sample_raw();
+            raw.seq = seq;
+            raw.ts_ns = seq * 1_000_000;
+            raw.victim_cgroup.ids[0] = victim_cgroup;
+            if victim_cgroup != 77 {
+                raw.victim_cgroup.names[0] = [0; memstress_ebpf::CGROUP_NAME_LEN];
+                raw.victim_cgroup.names[0][..5].copy_from_slice(b"other");
+                raw.chain.levels[0].id = victim_cgroup;
+            }
+            raw.chain.levels[1].failcnt = failcnt;
+            raw.pressure.runs = runs;
+            raw.pressure.reclaimed = runs * 10;
+            Record::Victim(Box::new(OomKill::from_raw(&raw, 4096)))
+        };
+        let pressures = |ex: &mut Explainer, late_runs: u64| -> Vec<(Option<u64>, Option<u64>)> {
+            ex.version = Some(Version::V1);
+            // The live map has moved on since: a reader that read it now would see this.
+            let late = |_id| {
+                Some(Pressure {
+                    runs: late_runs,
+                    ..Pressure::default()
+                })
+            };
+            let mut out = Vec::new();
+            for (seq, cgroup, runs, hits) in [(1, 77, 40, 300), (2, 78, 55, 310), (3, 77, 90, 330)]
+            {
+                for o in ex.batch(vec![kill(seq, cgroup, runs, hits)], &late) {
+                    if let Output::Kill(e) = o {
+                        let p = e.pressure.unwrap();
+                        out.push((p.reclaim_runs, p.limit_hits));
+                    }
+                }
+            }
+            out
+        };
+        let mut everything = Explainer::new(None, 0);
+        everything.domain_seen.insert(70, (Some(250), 0));
+        let all = pressures(&mut everything, 1000);
+        assert_eq!(
+            all,
+            vec![
+                (Some(40), Some(50)),
+                (Some(15), Some(10)),
+                (Some(35), Some(20))
+            ]
+        );
+        // Filtered to /pod/ctr (id 77): the second kill (in /pod/other) is not reported, and
+        // the third still counts from it, as the unfiltered reader does.
+        let mut filtered = Explainer::new(None, 0).only_in(Scope::Subtree {
+            id: 77,
+            path: "/pod/ctr".to_owned(),
+        });
+        filtered.domain_seen.insert(70, (Some(250), 0));
+        let some = pressures(&mut filtered, 5000);
+        assert_eq!(some, vec![all[0], all[2]]);
     }
 
     #[test]
