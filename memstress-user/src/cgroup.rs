@@ -326,6 +326,46 @@ pub struct Counters {
     pub under_oom: bool,
 }
 
+/// Reads the kernel's peak usage of a cgroup (see [`Cgroup::peak_reader`]).
+#[derive(Debug)]
+pub struct PeakReader {
+    path: PathBuf,
+    /// A file descriptor whose own view of `memory.peak` was reset.
+    own: Option<fs::File>,
+    run_only: bool,
+}
+
+impl PeakReader {
+    /// The peak, in bytes.
+    pub fn read(&self) -> Result<u64, CgroupError> {
+        use std::os::unix::fs::FileExt as _;
+        let text = match &self.own {
+            Some(file) => {
+                let mut buf = [0u8; 32];
+                let n = file
+                    .read_at(&mut buf, 0)
+                    .map_err(io_err("cannot read", &self.path))?;
+                String::from_utf8_lossy(&buf[..n]).into_owned()
+            }
+            None => fs::read_to_string(&self.path).map_err(io_err("cannot read", &self.path))?,
+        };
+        text.trim().parse().map_err(|_| CgroupError::Io {
+            action: "cannot parse",
+            path: self.path.display().to_string(),
+            source: io::Error::new(ErrorKind::InvalidData, text.trim().to_owned()),
+        })
+    }
+
+    /// Whether the figure covers this run only, or the cgroup's whole life.
+    pub fn scope(&self) -> crate::run::PeakScope {
+        if self.run_only {
+            crate::run::PeakScope::Run
+        } else {
+            crate::run::PeakScope::CgroupLifetime
+        }
+    }
+}
+
 impl Cgroup {
     /// Resolves a user-given path: a cgroup path (`/kubepods/pod1`) or a directory under the
     /// hierarchy's mount point (`/sys/fs/cgroup/memory/kubepods/pod1`). It must exist and
@@ -577,6 +617,39 @@ impl Cgroup {
             return Ok(None);
         }
         self.read_u64(file).map(Some)
+    }
+
+    /// The kernel's peak usage over a run that starts now. v2 kernels with a per-reader
+    /// reset of `memory.peak` (6.12+) give this run's own peak: the reset affects only the
+    /// file descriptor written to, never another reader. Elsewhere the figure is the
+    /// cgroup's lifetime peak (v1's `memory.max_usage_in_bytes` can only be reset for every
+    /// reader at once, which memstress does not do to a cgroup it did not create), exactly
+    /// this run's when the run created the cgroup. `None` where the kernel keeps no peak.
+    pub fn peak_reader(&self, created_for_run: bool) -> Option<PeakReader> {
+        use std::io::Write as _;
+        let name = match self.hierarchy.version {
+            Version::V1 => "memory.max_usage_in_bytes",
+            Version::V2 => "memory.peak",
+        };
+        let path = self.file(name);
+        if !path.exists() {
+            return None;
+        }
+        if self.hierarchy.version == Version::V2
+            && let Ok(mut file) = fs::OpenOptions::new().read(true).write(true).open(&path)
+            && file.write_all(b"reset\n").is_ok()
+        {
+            return Some(PeakReader {
+                path,
+                own: Some(file),
+                run_only: true,
+            });
+        }
+        Some(PeakReader {
+            path,
+            own: None,
+            run_only: created_for_run,
+        })
     }
 
     /// `memory.stat` as name -> value.

@@ -69,6 +69,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The most stressor processes one run starts.
+pub const MAX_WORKERS: u32 = 1024;
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 #[expect(
@@ -172,8 +175,20 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_size(s: &str) -> Result<SizeSpec, String> {
-    SizeSpec::parse(s).map_err(|e| e.to_string())
+fn parse_size(s: &str) -> Result<SizeArg, String> {
+    Ok(SizeArg {
+        spec: SizeSpec::parse(s).map_err(|e| e.to_string())?,
+        given: s.trim().to_owned(),
+    })
+}
+
+/// A size as the user typed it (echoed in the plan as given) and what it means.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SizeArg {
+    /// The parsed size.
+    pub spec: SizeSpec,
+    /// The text given (`64M`, `80%`).
+    pub given: String,
 }
 
 fn parse_limit(s: &str) -> Result<u64, String> {
@@ -338,13 +353,13 @@ pub struct RunArgs {
     /// It is what the cgroup is charged: each stressor's own footprint is included. Above the
     /// limit is allowed: it forces OOM kills on purpose.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
-    pub size: Option<SizeSpec>,
+    pub size: Option<SizeArg>,
 
     /// Instead of a fixed size: top the cgroup's working set (usage − inactive_file, as the
     /// kubelet computes it) up to this (90%, or bytes) and keep it there as the
     /// application's own use moves (stressors shrink when it grows, and grow when it frees).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
-    pub fill_to: Option<SizeSpec>,
+    pub fill_to: Option<SizeArg>,
 
     /// Grow linearly to the size over this long (e.g. 30s), like a leak; default: at once.
     #[arg(long, value_name = "D", value_parser = parse_duration)]
@@ -366,17 +381,19 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = Pattern::Hold, value_name = "PATTERN")]
     pub pattern: Pattern,
 
-    /// With --pattern keep-dirty: rewrite every page once per this period.
-    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "5s")]
-    pub rewrite_every: Duration,
+    /// With --pattern keep-dirty: rewrite every page once per this period (default 5s).
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub rewrite_every: Option<Duration>,
 
     /// A percent --size means a percent of the node's MemTotal instead of a limit.
     #[arg(long)]
     pub of_node: bool,
 
-    /// Number of stressor processes (default 1); --size is split evenly between them (to
-    /// the page).
-    #[arg(long, value_name = "N")]
+    /// Number of stressor processes (1 to 1024, default 1); --size is split evenly between
+    /// them (to the page). Each stressor is a process whose own footprint (~0.5 MiB: its
+    /// runtime, page tables, kernel stack) is part of its share, so a share must be larger
+    /// than that: the plan refuses more workers than the size can feed.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_WORKERS as i64))]
     pub workers: Option<u32>,
 
     /// Once all stressors are full, hold for this long (e.g. 30s, 10m). Default: until
@@ -420,6 +437,64 @@ pub struct RunArgs {
     /// Print the resolved plan (target, version, limit, usage, bytes per worker) and exit.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+impl RunArgs {
+    /// Refuses flags that would be silently ignored in combination (a usage error, exit code
+    /// 2): every flag given must change what the run does.
+    pub fn check(&self) -> Result<(), String> {
+        let file = self.kind == Kind::File;
+        if self.limit.is_some() && self.new.is_none() {
+            return Err(
+                "--limit sets the limit of a --new sandbox; an existing target keeps its own \
+                 limit (a percent --size is of that limit)"
+                    .to_owned(),
+            );
+        }
+        if self.rewrite_every.is_some() && self.pattern != Pattern::KeepDirty {
+            return Err(
+                "--rewrite-every applies to --pattern keep-dirty (the default pattern touches \
+                 each page once)"
+                    .to_owned(),
+            );
+        }
+        if self.file_dir.is_some() && !file {
+            return Err(
+                "--file-dir applies to --kind file (anon and shmem memory has no file)".to_owned(),
+            );
+        }
+        for (given, flag) in [
+            (self.mlock, "--mlock"),
+            (self.populate, "--populate"),
+            (self.thp, "--thp"),
+        ] {
+            if given && file {
+                return Err(format!(
+                    "{flag} applies to mapped memory (--kind anon or shmem); --kind file holds \
+                     page cache written with write(2), which is not mapped"
+                ));
+            }
+        }
+        let percent = |a: &Option<SizeArg>| {
+            a.as_ref()
+                .is_some_and(|a| matches!(a.spec, SizeSpec::Percent(_)))
+        };
+        if self.of_node && !percent(&self.size) && !percent(&self.fill_to) {
+            return Err(
+                "--of-node makes a percent --size or --fill-to a percent of the node's memory; \
+                 with an absolute size it changes nothing"
+                    .to_owned(),
+            );
+        }
+        if self.ramp.is_some() && self.fill_to.is_some() {
+            return Err(
+                "--ramp grows a fixed --size over time; --fill-to follows the working set, \
+                 which has no ramp: give one of them"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `memstress demo`.

@@ -157,7 +157,6 @@ fn main() -> ExitCode {
                     &reporter,
                 )
                 .await
-                .map(|()| exit::SUCCESS)
             }
             Command::Run(args) => {
                 probe_opts.command = "run";
@@ -183,7 +182,16 @@ fn main() -> ExitCode {
                     Some(memstress::lock::LockError::Busy(_))
                 )
             });
-            code(if busy { exit::BUSY } else { exit::FAILURE })
+            let usage = e
+                .chain()
+                .any(|c| c.downcast_ref::<memstress::run::UsageError>().is_some());
+            code(if busy {
+                exit::BUSY
+            } else if usage {
+                exit::USAGE
+            } else {
+                exit::FAILURE
+            })
         }
     }
 }
@@ -210,6 +218,9 @@ async fn run_command(
         );
         std::process::exit(exit::USAGE)
     };
+    if let Err(msg) = args.check() {
+        usage(&msg)
+    }
     let stresschaos = args
         .from_stresschaos
         .as_deref()
@@ -239,10 +250,15 @@ async fn run_command(
         )
     };
     let given = match (&args.size, &args.fill_to) {
-        (_, Some(goal)) => Some(run::Amount::FillTo(*goal)),
-        (Some(size), None) => Some(run::Amount::Size(*size)),
+        (_, Some(goal)) => Some(run::Amount::FillTo(goal.spec)),
+        (Some(size), None) => Some(run::Amount::Size(size.spec)),
         (None, None) => None,
     };
+    let amount_given = args
+        .fill_to
+        .as_ref()
+        .or(args.size.as_ref())
+        .map(|a| a.given.clone());
     let mut notes = Vec::new();
     let mut workers = args.workers;
     let mut ramp = args.ramp;
@@ -291,7 +307,8 @@ async fn run_command(
     opts.oom_score_adj = oom_score_adj;
     opts.kind = args.kind;
     opts.pattern = args.pattern;
-    opts.rewrite_every = args.rewrite_every;
+    opts.rewrite_every = args.rewrite_every.unwrap_or(opts.rewrite_every);
+    opts.amount_given = amount_given;
     opts.file_dir = args.file_dir;
     opts.fill = if args.populate {
         Fill::Populate
@@ -339,12 +356,14 @@ async fn demo(
     }];
     opts.stop_after_kills = Some(1);
     opts.deadline = Some(args.timeout);
-    let outcome = run::run(opts, reporter).await?;
-    if outcome == run::Outcome::Completed {
-        reporter.text("demo done: the kill above came from the kernel's mark_victim tracepoint; the sandbox is gone.");
-        Ok(exit::SUCCESS)
-    } else {
-        anyhow::bail!("the demo ended without an OOM kill ({outcome:?})")
+    let ended = run::run(opts, reporter).await?;
+    match ended.outcome {
+        run::Outcome::Completed => {
+            reporter.text("demo done: the kill above came from the kernel's mark_victim tracepoint; the sandbox is gone.");
+            Ok(exit::SUCCESS)
+        }
+        run::Outcome::Interrupted => Ok(ended.exit_code()),
+        outcome => anyhow::bail!("the demo ended without an OOM kill ({outcome})"),
     }
 }
 

@@ -124,6 +124,10 @@ pub struct KillContext {
     /// Whether the victim was one of this run's stressors (absent in `watch`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stressor: Option<bool>,
+    /// Whether the victim was in the run's target, rather than elsewhere in the OOM domain
+    /// that contains it (absent in `watch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_target: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -351,6 +355,48 @@ mod tests {
         assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
     }
 
+    /// The README shows what `watch` prints: its example line has the shape of a real one.
+    #[test]
+    fn the_readme_shows_the_real_kill_line() {
+        let readme = include_str!("../../README.md");
+        let example = readme
+            .lines()
+            .find(|l| l.get(12..22) == Some(" OOM KILL "))
+            .expect("README has a `watch` example line");
+        let real = {
+            let kill = crate::event::OomKill::from_raw(&sample_raw(), 4096);
+            let mut explainer = crate::explain::Explainer::new(None, 0);
+            let out = explainer.batch(vec![crate::event::Record::Victim(Box::new(kill))], &|_| {
+                None
+            });
+            let Output::Kill(e) = &out[0] else { panic!() };
+            format!("00:00:00.000 {}", describe_kill(e, &KillContext::default()))
+        };
+        // The same words in the same order, whatever the figures.
+        let shape = |line: &str| -> Vec<String> {
+            let head = &line[..line.find("]: ").expect("`]: ` ends the victim's figures") + 3];
+            head.split(|c: char| c.is_ascii_digit() || c == '.' || c == ' ')
+                .filter(|w| w.chars().any(char::is_alphabetic))
+                .filter(|w| !w.starts_with('(') && !w.starts_with('/'))
+                .map(|w| w.trim_end_matches(',').to_owned())
+                .collect()
+        };
+        let (want, got) = (shape(&real), shape(example));
+        // Size units differ with the figures (KiB, MiB): compare the labels.
+        let labels = |words: &[String]| -> Vec<String> {
+            words
+                .iter()
+                .filter(|w| !matches!(w.as_str(), "B" | "KiB" | "MiB" | "GiB"))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            labels(&got),
+            labels(&want),
+            "README: {example}\nreal:   {real}"
+        );
+    }
+
     #[test]
     fn describes_a_kill_in_one_line() {
         let raw = sample_raw();
@@ -378,6 +424,7 @@ mod tests {
             kill: e,
             context: &KillContext {
                 stressor: Some(true),
+                in_target: None,
             },
         })
         .unwrap();

@@ -9,7 +9,8 @@ use serde::Serialize;
 use crate::{
     cgroup::{Cgroup, Hierarchy},
     event::{self, Record},
-    explain::{Explainer, Output},
+    exit,
+    explain::{Explainer, Output, Scope},
     metrics::{self, Metrics},
     probe::{self, Probes},
     report::{KillContext, Reporter, monotonic_ns},
@@ -48,8 +49,9 @@ struct EndLine {
     dropped_records: u64,
 }
 
-/// Runs `watch` until interrupted or `duration` passes.
-pub async fn watch(opts: Options, reporter: &Reporter) -> Result<()> {
+/// Runs `watch` until interrupted or `duration` passes. Returns the exit code: 0, or 128 +
+/// the signal's number when a signal ended a `--duration` early.
+pub async fn watch(opts: Options, reporter: &Reporter) -> Result<i32> {
     // Resolve the filter first: a typo should not need root to be reported.
     let filter = match &opts.cgroup {
         Some(path) => {
@@ -68,26 +70,13 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<()> {
     let mut probes = Probes::load(&opts.probe)?;
     probes.announce(reporter, filter.as_ref().map(|(c, _)| c.path.as_str()));
     if opts.explain_probes {
-        for s in &probes.status {
-            let state = if s.attached {
-                "attached"
-            } else {
-                "NOT attached"
-            };
-            let why = s
-                .error
-                .as_deref()
-                .map(|e| format!(" ({e})"))
-                .unwrap_or_default();
-            reporter.text(&format!(
-                "{:<10} {:<18} {state}{why}: {}",
-                s.kind, s.hook, s.purpose
-            ));
+        for line in explain_probes(&probes.status) {
+            reporter.text(&line);
         }
         for m in &probes.missing {
             reporter.text(&format!("unknown on this kernel: {m}"));
         }
-        return Ok(());
+        return Ok(exit::SUCCESS);
     }
     let scope = filter.as_ref().map_or_else(
         || "on this node".to_owned(),
@@ -122,19 +111,32 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<()> {
     let mut shutdown = signals::Shutdown::new()?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
-    let mut explainer = Explainer::new(Hierarchy::discover().ok(), monotonic_ns())
-        .with_constraints(probes.constraints.clone());
-    if let Some((cgroup, id)) = &filter {
-        explainer = explainer.only_in(*id, &cgroup.path);
-        explainer.seed(cgroup, monotonic_ns());
+    let real = Hierarchy::discover().ok();
+    let mut explainer =
+        Explainer::new(real.clone(), monotonic_ns()).with_constraints(probes.constraints.clone());
+    // Limit hits are counted from now, for every cgroup a reported kill can have as domain.
+    match (&filter, &real) {
+        (Some((cgroup, id)), _) => {
+            explainer = explainer.only_in(Scope::Subtree {
+                id: *id,
+                path: cgroup.path.clone(),
+            });
+            explainer.seed_scope(cgroup, monotonic_ns());
+        }
+        (None, Some(hierarchy)) => explainer.seed_tree(&hierarchy.root(), monotonic_ns()),
+        (None, None) => {}
     }
     let mut counts = Counts::default();
     let mut done = false;
+    let mut stopped_by = None;
     while !done {
         let mut records = Vec::new();
         tokio::select! {
             biased;
-            _ = shutdown.recv() => done = true,
+            stop = shutdown.recv() => {
+                done = true;
+                stopped_by = Some(stop);
+            }
             _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => done = true,
             _ = refresh.tick(), if metrics.is_some() => {}
             res = ring.drain(|bytes| records.push(event::decode(bytes))) => {
@@ -174,7 +176,43 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<()> {
         tracing::warn!("{drops} records were dropped: the ring buffer overflowed");
     }
     tracing::info!("{} OOM kill(s) seen", counts.kills);
-    Ok(())
+    // Without --duration a signal is how a watch ends; with one, a signal cut it short.
+    Ok(match (stopped_by, opts.duration) {
+        (Some(stop), Some(_)) => stop.exit_code(),
+        _ => exit::SUCCESS,
+    })
+}
+
+/// One line per probe, in columns as wide as their widest entry: kind, hook, state, and
+/// what it contributes (with why it did not attach).
+fn explain_probes(status: &[probe::Status]) -> Vec<String> {
+    let state = |s: &probe::Status| {
+        if s.attached {
+            "attached"
+        } else {
+            "NOT attached"
+        }
+    };
+    let kind_w = status.iter().map(|s| s.kind.len()).max().unwrap_or(0);
+    let hook_w = status.iter().map(|s| s.hook.len()).max().unwrap_or(0);
+    let state_w = status.iter().map(|s| state(s).len()).max().unwrap_or(0);
+    status
+        .iter()
+        .map(|s| {
+            let why = s
+                .error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default();
+            format!(
+                "{:<kind_w$}  {:<hook_w$}  {:<state_w$}  {}{why}",
+                s.kind,
+                s.hook,
+                state(s),
+                s.purpose
+            )
+        })
+        .collect()
 }
 
 #[derive(Default)]
@@ -204,4 +242,40 @@ fn decoded(records: Vec<Result<Record, event::DecodeError>>) -> Vec<Record> {
                 .ok()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_columns_line_up() {
+        let status = |kind, hook, attached, error: Option<&str>| probe::Status {
+            program: "p",
+            kind,
+            hook,
+            purpose: "what it gives",
+            attached,
+            error: error.map(str::to_owned),
+        };
+        let lines = explain_probes(&[
+            status("tp_btf", "mark_victim", true, None),
+            status(
+                "fentry",
+                "try_to_free_mem_cgroup_pages",
+                false,
+                Some("Operation not permitted"),
+            ),
+            status("tracepoint", "oom:mark_victim", true, None),
+        ]);
+        let at = |line: usize, needle: &str| lines[line].find(needle).unwrap();
+        let hooks = [
+            at(0, "mark_victim"),
+            at(1, "try_to_free"),
+            at(2, "oom:mark_victim"),
+        ];
+        assert!(hooks.windows(2).all(|w| w[0] == w[1]), "{lines:#?}");
+        let purposes = [0, 1, 2].map(|l| at(l, "what it gives"));
+        assert!(purposes.windows(2).all(|w| w[0] == w[1]), "{lines:#?}");
+    }
 }

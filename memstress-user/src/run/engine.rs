@@ -19,7 +19,7 @@ use crate::{
     cgroup::{Cgroup, CgroupError, Counters, Hierarchy},
     event::{self, Record},
     exit,
-    explain::{Explainer, Output},
+    explain::{Explainer, Output, Scope},
     kube::{self, Identity, RuntimeState},
     probe::{self, Probes},
     report::{Format, KillContext, Reporter, monotonic_ns},
@@ -50,13 +50,50 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// The process exit code for this outcome.
+    /// The process exit code for this outcome (an interruption: see [`Ended::exit_code`]).
     pub fn exit_code(self) -> i32 {
         match self {
             Self::Completed | Self::Interrupted | Self::AllStressorsKilled => exit::SUCCESS,
             Self::StoppedByOom => exit::OOM_STOP,
             Self::TargetGone => exit::TARGET_GONE,
             Self::TimedOut | Self::Failed => exit::FAILURE,
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Completed => "completed",
+            Self::Interrupted => "interrupted",
+            Self::StoppedByOom => "stopped by an OOM kill (--on-oom stop)",
+            Self::AllStressorsKilled => "every stressor OOM-killed",
+            Self::TargetGone => "the target cgroup is gone",
+            Self::TimedOut => "timed out",
+            Self::Failed => "failed",
+        })
+    }
+}
+
+/// How a run ended, with what decides its exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ended {
+    /// The outcome (the summary's).
+    pub outcome: Outcome,
+    /// The signal that stopped it, if one did.
+    pub signal: Option<signals::Stop>,
+    /// Whether what was asked had been done when it stopped: the stressors were full and no
+    /// `--hold` was given (an unbounded hold ends only by a signal: that is its normal end).
+    pub done: bool,
+}
+
+impl Ended {
+    /// The process exit code: the outcome's, or 128 + the signal's number for a run
+    /// interrupted before it did what was asked (mid-fill, mid-ramp, before `--hold` ended).
+    pub fn exit_code(self) -> i32 {
+        match (self.outcome, self.signal) {
+            (Outcome::Interrupted, Some(stop)) if !self.done => stop.exit_code(),
+            (outcome, _) => outcome.exit_code(),
         }
     }
 }
@@ -72,25 +109,39 @@ pub struct Summary {
     pub requested_bytes: u64,
     /// `fill_to`: the working-set goal.
     pub fill_to_bytes: Option<u64>,
-    /// Payload the stressors held at the end.
+    /// Payload the stressors still running held at the end (OOM-killed ones hold nothing).
     pub held_bytes: u64,
-    /// What the stressors cost the cgroup at the end by their own account: payload plus
-    /// their process footprint (runtime, page tables, kernel stack).
+    /// What the stressors still running cost the cgroup at the end by their own account:
+    /// payload plus their process footprint (runtime, page tables, kernel stack).
     pub stressor_charge_bytes: u64,
-    /// Usage increase from before the stressors started to when they were all full
-    /// (`null` if they never all got there).
+    /// What the stressors were charged, by their own account, when they were full (`null`
+    /// if they never were).
+    pub stressors_charged_bytes: Option<u64>,
+    /// Usage increase from before the stressors started to when they were full (`null` if
+    /// they never got there). It differs from `stressors_charged_bytes` when other processes
+    /// in the cgroup allocated or freed meanwhile.
     pub charged_bytes: Option<u64>,
-    /// Highest usage sampled (every 100 ms).
+    /// Highest usage sampled (every 100 ms), or the kernel's peak when it covers this run.
     pub peak_usage_bytes: u64,
     /// The kernel's own high-water mark (v1 `memory.max_usage_in_bytes`, v2 `memory.peak`),
-    /// over the cgroup's lifetime: exact for a cgroup created for the run.
+    /// over `kernel_peak_scope`.
     pub kernel_peak_usage_bytes: Option<u64>,
+    /// `run`: the kernel's peak covers this run only (a cgroup created for it, or v2's
+    /// per-reader reset of `memory.peak`); `cgroup_lifetime`: since the cgroup was created,
+    /// earlier runs and processes included (v1's `memory.max_usage_in_bytes` of an existing
+    /// cgroup, which memstress does not reset).
+    pub kernel_peak_scope: Option<PeakScope>,
     /// The limit that applied.
     pub limit_bytes: Option<u64>,
     /// OOM kills of this run's stressors.
     pub oom_kills_stressors: u32,
-    /// OOM kills of other processes in the target.
+    /// OOM kills of other processes its stressors' pressure caused: in the target, or
+    /// elsewhere in the OOM domain that contains it.
     pub oom_kills_others: u32,
+    /// Of those, kills outside the target (a sibling cgroup under the same limit).
+    pub oom_kills_outside_target: u32,
+    /// The signal that ended the run (`null`: it ended by itself).
+    pub signal: Option<signals::Stop>,
     /// Stressor restarts (`--on-oom restart`).
     pub restarts: u32,
     /// Records the BPF side could not deliver (0 unless the ring buffer overflowed).
@@ -114,6 +165,20 @@ struct SampleLine<'a> {
     stressors_held_bytes: u64,
     stressors_charge_bytes: u64,
     stressors_alive: usize,
+    /// Limit hits of the target since the run started.
+    run_limit_hits: u64,
+    /// OOM kills this run reported so far (and counted before its probes attached).
+    run_oom_kills: u64,
+}
+
+/// What the kernel's peak usage figure covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeakScope {
+    /// This run only.
+    Run,
+    /// The cgroup's whole life.
+    CgroupLifetime,
 }
 
 /// `--follow`: how to find a pod/container target again.
@@ -160,8 +225,15 @@ struct State {
     peak: u64,
     kills_stressors: u32,
     kills_others: u32,
+    kills_outside: u32,
     kills_total: u32,
     last: Counters,
+    /// The target's counters when the run started (what is shown counts from there).
+    start: Counters,
+    /// The run's size (the progress bar's 100 %).
+    total: u64,
+    /// What the stressors were charged when they were full.
+    charged_at_full: Option<u64>,
     status_line: bool,
     limit: Option<u64>,
     /// `fill_to`: the working-set goal.
@@ -198,11 +270,48 @@ impl State {
         self.members.iter().all(Member::settled)
     }
 
+    /// Whether the run got as far as it can: `--fill-to`'s goal reached, or every stressor
+    /// holding its share, except those the OOM killer took (dead, or waiting to restart):
+    /// with a size past the limit the survivors' full shares are the most the run can hold,
+    /// and a hold must start from there.
+    fn full(&self) -> bool {
+        if self.goal.is_some() {
+            return self.at_goal;
+        }
+        let survivors_full = self
+            .stressors()
+            .all(|m| (m.settled() && m.target == m.share) || (!m.alive && m.oom_killed));
+        let apps_settled = self
+            .members
+            .iter()
+            .filter(|m| m.role == Role::App)
+            .all(|m| m.settled() || !m.alive);
+        self.ramp.is_none()
+            && survivors_full
+            && apps_settled
+            && self.stressors().any(|m| m.alive || m.restart_at.is_some())
+    }
+
     fn clear_status(&mut self) {
         if self.status_line {
             eprint!("\r\x1b[2K");
             let _ = std::io::stderr().flush();
         }
+    }
+
+    /// OOM kills this run knows of: reported, and counted before the probes attached.
+    fn run_kills(&self) -> u64 {
+        u64::from(self.kills_total) + self.unseen_kills.map_or(0, |(_, n)| n)
+    }
+
+    /// How far the stressors are towards what was asked, 0 to 1: their charge of the size,
+    /// or the working set of the `--fill-to` goal.
+    fn progress(&self, counters: &Counters) -> Option<f64> {
+        let (done, whole) = match self.goal {
+            Some(goal) => (counters.working_set_bytes, goal),
+            None => (self.charge(), self.total),
+        };
+        (whole > 0).then(|| (done as f64 / whole as f64).clamp(0.0, 1.0))
     }
 
     fn sample(&mut self, reporter: &Reporter) -> Result<(), CgroupError> {
@@ -211,6 +320,7 @@ impl State {
         let held = self.held();
         let charge = self.charge();
         let alive = self.stressors().filter(|m| m.alive).count();
+        let run_limit_hits = counters.limit_hits.saturating_sub(self.start.limit_hits);
         reporter.json(
             "sample",
             &SampleLine {
@@ -220,28 +330,29 @@ impl State {
                 stressors_held_bytes: held,
                 stressors_charge_bytes: charge,
                 stressors_alive: alive,
+                run_limit_hits,
+                run_oom_kills: self.run_kills(),
             },
         );
         if self.status_line {
-            let bar = match self.limit {
-                Some(limit) if limit > 0 => {
-                    let filled = ((counters.usage_bytes as f64 / limit as f64) * 20.0)
-                        .round()
-                        .clamp(0.0, 20.0) as usize;
-                    format!("[{}{}] ", "#".repeat(filled), ".".repeat(20 - filled))
-                }
-                _ => String::new(),
-            };
+            let bar = self.progress(&counters).map_or_else(String::new, |done| {
+                let filled = (done * 20.0).round() as usize;
+                format!(
+                    "[{}{}] {:>3.0}% ",
+                    "#".repeat(filled),
+                    ".".repeat(20 - filled),
+                    done * 100.0
+                )
+            });
             let limit = self
                 .limit
                 .map_or_else(String::new, |l| format!(" / {}", Bytes(l)));
             eprint!(
-                "\r\x1b[2K{bar}usage {}{limit}, working set {}, {alive} stressor(s) holding {}, limit hits {}, OOM kills {}",
+                "\r\x1b[2K{bar}usage {}{limit}, working set {}, {alive} stressor(s) holding {}; since the start: limit hits {run_limit_hits}, OOM kills {}",
                 Bytes(counters.usage_bytes),
                 Bytes(counters.working_set_bytes),
                 Bytes(held),
-                counters.limit_hits,
-                counters.oom_kills
+                self.run_kills()
             );
             let _ = std::io::stderr().flush();
         }
@@ -319,7 +430,7 @@ pub(super) async fn engine(
     loading: tokio::task::JoinHandle<Result<Probes, probe::ProbeError>>,
     reporter: &Reporter,
     context: Context,
-) -> Result<Outcome> {
+) -> Result<Ended> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut members = Vec::new();
     for app in &opts.apps {
@@ -345,6 +456,7 @@ pub(super) async fn engine(
             thp: opts.thp,
             mlock: opts.mlock,
             file_dir: opts.file_dir.clone(),
+            kernel_per_page: plan.kernel_bytes_per_page,
             initial: None,
         };
         members.push(Member::new(
@@ -360,6 +472,11 @@ pub(super) async fn engine(
         m.credentials = plan.credentials;
     }
     let baseline = cgroup.usage()?;
+    let start = cgroup.counters()?;
+    // Made before anything starts, so that a kill's pressure counts from the run's start.
+    let mut explainer =
+        Explainer::new(context.real, monotonic_ns()).only_in(Scope::domain_of(cgroup)?);
+    explainer.seed_scope(cgroup, monotonic_ns());
     let page = event::page_size();
     let mut state = State {
         members,
@@ -372,8 +489,12 @@ pub(super) async fn engine(
         peak: baseline,
         kills_stressors: 0,
         kills_others: 0,
+        kills_outside: 0,
         kills_total: 0,
-        last: cgroup.counters()?,
+        last: start.clone(),
+        start,
+        total: plan.total_bytes,
+        charged_at_full: None,
         status_line: reporter.format() == Format::Text && std::io::stderr().is_terminal(),
         limit: plan.target.limit_bytes,
         goal: plan.fill_to_bytes,
@@ -399,6 +520,8 @@ pub(super) async fn engine(
         &plan.bytes_per_worker,
         event::page_size(),
     );
+    let least = super::min_share(plan.stressor_footprint_bytes, page);
+    let mut deferred = Vec::new();
     let mut stressor = 0;
     for i in 0..state.members.len() {
         let m = &mut state.members[i];
@@ -408,10 +531,15 @@ pub(super) async fn engine(
             m.share
         };
         if m.role == Role::Stressor {
-            if let Some(caps) = &caps {
-                initial = initial.min(caps[stressor]);
-            }
+            let cap = caps.as_ref().map(|c| c[stressor]);
             stressor += 1;
+            // A stressor costs its footprint whatever it is told to hold: one whose cap
+            // cannot even cover that starts once the probes are attached.
+            if cap.is_some_and(|cap| cap < least) {
+                deferred.push(i);
+                continue;
+            }
+            initial = initial.min(cap.unwrap_or(u64::MAX));
         }
         m.start(&state.target, initial, &tx)?;
         reporter.json("started", &state.members[i].line(None));
@@ -455,11 +583,16 @@ pub(super) async fn engine(
             m.set_target(m.share);
         }
     }
+    for i in deferred {
+        let m = &mut state.members[i];
+        let initial = if opts.ramp.is_some() { 0 } else { m.share };
+        m.start(&state.target, initial, &tx)?;
+        reporter.json("started", &state.members[i].line(None));
+    }
+    let peak = cgroup.peak_reader(plan.target.created);
     let probes = &mut probes;
     let mut ring = probes.events()?;
-    let mut explainer = Explainer::new(context.real, monotonic_ns())
-        .only_in(state.target_id, &cgroup.path)
-        .with_constraints(probes.constraints.clone());
+    explainer.set_constraints(probes.constraints.clone());
     let outcome = drive(
         opts,
         &mut state,
@@ -472,16 +605,19 @@ pub(super) async fn engine(
     )
     .await;
     state.clear_status();
+    // What the stressors still running hold now: the OOM-killed ones hold nothing.
+    let (held, charge) = (state.held(), state.charge());
     stop_members(&mut state, &mut rx).await;
     // Kills that happened while stopping are still reported.
     let mut late = Vec::new();
     ring.drain_now(|bytes| late.push(event::decode(bytes)));
     handle_records(&mut state, &mut explainer, probes, late, reporter);
-    let outcome = outcome?;
+    let (outcome, signal) = outcome?;
     let now = Instant::now();
-    let held = state.stressors().map(|m| m.held).sum();
-    let charge = state.stressors().map(|m| m.charge).sum();
-    let kernel_peak = state.target.kernel_peak().ok().flatten();
+    let (kernel_peak, peak_scope) = match peak.as_ref().map(|p| (p.read(), p.scope())) {
+        Some((Ok(bytes), scope)) => (Some(bytes), Some(scope)),
+        _ => (None, None),
+    };
     let follows = state.following.as_ref().map_or(0, |f| f.follows);
     let summary = Summary {
         outcome,
@@ -494,18 +630,21 @@ pub(super) async fn engine(
         fill_to_bytes: plan.fill_to_bytes,
         held_bytes: held,
         stressor_charge_bytes: charge,
+        stressors_charged_bytes: state.charged_at_full,
         charged_bytes: state.charged,
-        // The kernel's high-water mark covers the run exactly when the run created the
-        // cgroup; sampling every 100 ms can miss a peak an OOM kill cut short.
-        peak_usage_bytes: if plan.target.created {
-            state.peak.max(kernel_peak.unwrap_or(0))
-        } else {
-            state.peak
+        // Sampling every 100 ms can miss a peak an OOM kill cut short: the kernel's
+        // high-water mark is used where it covers this run only.
+        peak_usage_bytes: match (kernel_peak, peak_scope) {
+            (Some(bytes), Some(PeakScope::Run)) => state.peak.max(bytes),
+            _ => state.peak,
         },
         kernel_peak_usage_bytes: kernel_peak,
+        kernel_peak_scope: peak_scope,
         limit_bytes: plan.target.limit_bytes,
         oom_kills_stressors: state.kills_stressors,
         oom_kills_others: state.kills_others,
+        oom_kills_outside_target: state.kills_outside,
+        signal,
         restarts: state.members.iter().map(|m| m.restarts).sum(),
         dropped_records: probes.drops(),
         follows,
@@ -533,13 +672,19 @@ pub(super) async fn engine(
             Bytes(per),
             plan.workers,
             sc.size_text,
-            summary.charged_bytes.map_or_else(
-                || "the stressors were never all full".to_owned(),
-                |c| format!("the cgroup was charged {} for them", Bytes(c))
+            summary.stressors_charged_bytes.map_or_else(
+                || "the stressors were never full".to_owned(),
+                |c| format!("the stressors were charged {}", Bytes(c))
             )
         ));
     }
-    Ok(outcome)
+    Ok(Ended {
+        outcome,
+        signal,
+        // An unbounded hold (no --hold, no deadline) has done what was asked once full: a
+        // signal is how it ends.
+        done: state.full_at.is_some() && opts.hold.is_none() && opts.stop_after_kills.is_none(),
+    })
 }
 
 /// Stops every worker and waits for it (up to 5 s), so that the cgroup can be emptied and
@@ -600,25 +745,63 @@ pub(super) fn pre_probe_cap(
 
 fn print_summary(s: &Summary, reporter: &Reporter) {
     reporter.json("summary", s);
+    reporter.text(&summary_text(s));
+    if s.follows > 0 {
+        reporter.text(&format!(
+            "followed the target {} time(s) after it disappeared; it ended in {}",
+            s.follows, s.target
+        ));
+    }
+}
+
+/// The summary as one line of text.
+fn summary_text(s: &Summary) -> String {
     let secs = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
-    let charged = s.charged_bytes.map_or_else(
-        || "never all full".to_owned(),
-        |c| format!("the cgroup was charged {} for them", Bytes(c)),
-    );
+    // What the stressors were charged, by their own account; the cgroup's change beside it
+    // where other processes moved it too (an app that grew or freed, the controller itself
+    // with --self).
+    let charged = match (s.stressors_charged_bytes, s.charged_bytes) {
+        (None, _) => "the stressors were never full".to_owned(),
+        (Some(stressors), Some(cgroup)) if !close(stressors, cgroup) => format!(
+            "the stressors were charged {} (the cgroup's usage rose by {}: other processes in \
+             it allocated or freed meanwhile)",
+            Bytes(stressors),
+            Bytes(cgroup)
+        ),
+        (Some(stressors), _) => format!("the stressors were charged {}", Bytes(stressors)),
+    };
     let limit = s
         .limit_bytes
         .map_or_else(String::new, |l| format!(" of {}", Bytes(l)));
-    let kernel_peak = s.kernel_peak_usage_bytes.map_or_else(String::new, |p| {
-        format!(" (kernel high-water mark {})", Bytes(p))
-    });
+    let kernel_peak = match (s.kernel_peak_usage_bytes, s.kernel_peak_scope) {
+        (Some(p), Some(PeakScope::CgroupLifetime)) => format!(
+            " (the cgroup's lifetime peak, earlier runs included: {})",
+            Bytes(p)
+        ),
+        (Some(p), _) => format!(" (the kernel's peak over this run: {})", Bytes(p)),
+        (None, _) => String::new(),
+    };
     let what = match s.fill_to_bytes {
         Some(goal) => format!("working set kept at {}", Bytes(goal)),
         None => format!("requested {}", Bytes(s.requested_bytes)),
     };
-    reporter.text(&format!(
-        "summary ({:?}): {what}, {charged}; peak usage {}{limit}{kernel_peak}; OOM kills: {} \
-         of stressors, {} of others; restarts {}; fill {}, hold {}, total {}{}",
-        s.outcome,
+    let outcome = match s.signal {
+        Some(stop) if s.outcome == Outcome::Interrupted => {
+            format!("{} by {}", s.outcome, stop.name())
+        }
+        _ => s.outcome.to_string(),
+    };
+    let outside = if s.oom_kills_outside_target > 0 {
+        format!(
+            " ({} outside the target, in its OOM domain)",
+            s.oom_kills_outside_target
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "summary ({outcome}): {what}, {charged}; peak usage {}{limit}{kernel_peak}; OOM kills: {} \
+         of stressors, {} of others{outside}; restarts {}; fill {}, hold {}, total {}{}",
         Bytes(s.peak_usage_bytes),
         s.oom_kills_stressors,
         s.oom_kills_others,
@@ -631,13 +814,20 @@ fn print_summary(s: &Summary, reporter: &Reporter) {
         } else {
             String::new()
         }
-    ));
-    if s.follows > 0 {
-        reporter.text(&format!(
-            "followed the target {} time(s) after it disappeared; it ended in {}",
-            s.follows, s.target
-        ));
-    }
+    )
+}
+
+/// Whether two charges agree within what a run is exact to: 2 %, or one per-CPU charge
+/// batch per CPU (the kernel charges ahead in 64-page batches) for small ones.
+fn close(a: u64, b: u64) -> bool {
+    let slack = (a.max(b) / 50).max(crate::event::page_size() * 64 * nr_cpus());
+    a.abs_diff(b) <= slack
+}
+
+/// Online CPUs (each keeps its own charge stock).
+fn nr_cpus() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).map_or(1, |n| n.max(1))
 }
 
 /// Explains and reports a batch of ring-buffer records; returns the indexes of the
@@ -676,6 +866,7 @@ fn handle_records(
             &output,
             &KillContext {
                 stressor: Some(is_stressor),
+                in_target: kill.in_target,
             },
         );
         if kill.kill_confirmed == Some(false) {
@@ -686,6 +877,9 @@ fn handle_records(
             state.kills_stressors += 1;
         } else {
             state.kills_others += 1;
+            if kill.in_target == Some(false) {
+                state.kills_outside += 1;
+            }
         }
         if let Some(i) = member {
             state.members[i].oom_killed = true;
@@ -743,7 +937,7 @@ fn seek(
     state.full_at = None;
     state.charged = None;
     state.at_goal = false;
-    explainer.retarget(state.target_id, &state.target.path);
+    explainer.retarget(Scope::domain_of(&state.target)?);
     reporter.json(
         "target_followed",
         &serde_json::json!({
@@ -799,7 +993,8 @@ async fn drive(
     tx: &mpsc::UnboundedSender<MemberEvent>,
     rx: &mut mpsc::UnboundedReceiver<MemberEvent>,
     reporter: &Reporter,
-) -> Result<Outcome> {
+) -> Result<(Outcome, Option<signals::Stop>)> {
+    let outcome = |o| Ok((o, None));
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut shutdown = signals::Shutdown::new()?;
@@ -811,7 +1006,7 @@ async fn drive(
         let mut records = Vec::new();
         tokio::select! {
             biased;
-            _ = shutdown.recv() => return Ok(Outcome::Interrupted),
+            stop = shutdown.recv() => return Ok((Outcome::Interrupted, Some(stop))),
             res = ring.drain(|bytes| records.push(event::decode(bytes))) => {
                 res.context("reading the BPF ring buffer")?;
             }
@@ -842,7 +1037,7 @@ async fn drive(
                             reporter.json("exited", &m.line(Some(exit.to_string())));
                             state.clear_status();
                             tracing::error!("{text}");
-                            return Ok(Outcome::Failed);
+                            return outcome(Outcome::Failed);
                         }
                     }
                     _ => {}
@@ -850,8 +1045,8 @@ async fn drive(
             }
             _ = tick.tick() => {
                 if state.following.as_ref().is_some_and(|f| f.gone_since.is_some()) {
-                    if let Some(outcome) = seek(state, explainer, tx, reporter)? {
-                        return Ok(outcome);
+                    if let Some(o) = seek(state, explainer, tx, reporter)? {
+                        return outcome(o);
                     }
                     continue;
                 }
@@ -888,7 +1083,7 @@ async fn drive(
                                 "the target cgroup {} {how}; its stressors are stopped",
                                 state.target.path
                             );
-                            return Ok(Outcome::TargetGone);
+                            return outcome(Outcome::TargetGone);
                         };
                         let what = match (&f.cfg.identity.container_name, &f.cfg.identity.container_id) {
                             (Some(name), _) => format!("container {name} of pod {}", f.cfg.identity.pod_uid),
@@ -933,42 +1128,52 @@ async fn drive(
                         let target = m.target;
                         m.start(&state.target, target, tx)?;
                         reporter.json("restarted", &state.members[i].line(None));
+                        state.clear_status();
+                        let m = &state.members[i];
+                        reporter.text(&format!(
+                            "restarted {} {i} as pid {} after its OOM kill (restart {})",
+                            m.worker.name,
+                            m.pid.unwrap_or(0),
+                            m.restarts
+                        ));
                     }
                 }
             }
             _ = sleep_until(hold_until.unwrap_or(far)), if hold_until.is_some() => {
-                return Ok(Outcome::Completed);
+                return outcome(Outcome::Completed);
             }
             _ = sleep_until(give_up.unwrap_or(far)), if give_up.is_some() => {
-                return Ok(Outcome::TimedOut);
+                return outcome(Outcome::TimedOut);
             }
         }
         for i in handle_records(state, explainer, probes, records, reporter) {
             if opts.on_oom == OnOom::Stop {
-                return Ok(Outcome::StoppedByOom);
+                return outcome(Outcome::StoppedByOom);
             }
             schedule_restart(opts, &mut state.members[i]);
         }
         if let Some(n) = opts.stop_after_kills
             && state.kills_total >= n
         {
-            return Ok(Outcome::Completed);
+            return outcome(Outcome::Completed);
         }
-        let full = if state.goal.is_some() {
-            state.at_goal
-        } else {
-            state.ramp.is_none()
-                && state.all_settled()
-                && state.stressors().all(|m| m.target == m.share)
-        };
-        if state.full_at.is_none() && full {
+        let any_left = state.stressors().any(|m| m.alive || m.restart_at.is_some());
+        if !any_left && state.stressors().all(|m| m.oom_killed) {
+            return outcome(Outcome::AllStressorsKilled);
+        }
+        if state.full_at.is_none() && state.full() {
             state.full_at = Some(Instant::now());
             let usage = state.target.usage()?;
             state.charged = Some(usage.saturating_sub(state.baseline));
+            state.charged_at_full = Some(state.charge());
             state.peak = state.peak.max(usage);
             if let Some(hold) = opts.hold {
                 hold_until = Some(tokio::time::Instant::now() + hold);
             }
+            let killed = state
+                .stressors()
+                .filter(|m| !m.alive || m.oom_killed)
+                .count();
             reporter.json(
                 "full",
                 &serde_json::json!({
@@ -976,6 +1181,7 @@ async fn drive(
                     "stressors_charge_bytes": state.charge(),
                     "charged_bytes": state.charged,
                     "usage_bytes": usage,
+                    "stressors_oom_killed": killed,
                     "t_ms": state.started.elapsed().as_millis() as u64,
                 }),
             );
@@ -989,15 +1195,24 @@ async fn drive(
                 Pattern::KeepDirty => ", rewriting it continuously",
             };
             state.clear_status();
+            let who = if killed == 0 {
+                "stressors hold".to_owned()
+            } else {
+                format!(
+                    "as full as the limit allows ({killed} stressor(s) OOM-killed): the \
+                     survivors hold"
+                )
+            };
             reporter.text(&format!(
-                "full: stressors hold {} of {kind}{pattern}; the cgroup's usage rose by {}",
+                "full: {who} {} of {kind}{pattern}; the stressors were charged {}{}",
                 Bytes(state.held()),
-                Bytes(state.charged.unwrap_or(0))
+                Bytes(state.charge()),
+                match state.charged {
+                    Some(c) if !close(c, state.charge()) =>
+                        format!(" (the cgroup's usage rose by {})", Bytes(c)),
+                    _ => String::new(),
+                }
             ));
-        }
-        let any_left = state.stressors().any(|m| m.alive || m.restart_at.is_some());
-        if !any_left && state.stressors().all(|m| m.oom_killed) {
-            return Ok(Outcome::AllStressorsKilled);
         }
     }
 }

@@ -328,6 +328,34 @@ async fn supervise(
     }
 }
 
+/// What a stressor costs its cgroup while it holds nothing, by its own account (anonymous
+/// RSS, page tables, kernel stack and accounted kernel objects): an idle worker is started
+/// (in this process's cgroup, holding nothing) and asked. A few milliseconds.
+pub fn measure_footprint() -> std::io::Result<u64> {
+    use std::io::Read as _;
+    let args = ["memstress", "__stressor", "--charge", "0"]
+        .map(str::to_owned)
+        .to_vec();
+    let mut spec = Spec::new(Path::new(spawn::SELF_EXE), args);
+    // EOF on stdin: the worker answers its initial command and exits.
+    spec.stdin = Stdio::Null;
+    spec.stdout = Stdio::Pipe;
+    spec.stderr = Stdio::Null;
+    let mut child = spawn::spawn(&spec)?;
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("worker without stdout"))?
+        .read_to_string(&mut out)?;
+    out.lines()
+        .find_map(|l| match Report::parse(l) {
+            Some(Report::Held { charge, .. }) => Some(charge),
+            _ => None,
+        })
+        .ok_or_else(|| std::io::Error::other(format!("an idle worker answered `{}`", out.trim())))
+}
+
 /// Splits `total` bytes into `n` page-multiple shares that add up to `total` rounded up to a
 /// page; the first shares get the extra pages.
 pub fn split(total: u64, n: usize, page: u64) -> Vec<u64> {

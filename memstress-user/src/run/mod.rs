@@ -13,7 +13,7 @@ mod member;
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-pub use engine::{Outcome, Summary};
+pub use engine::{Ended, Outcome, PeakScope, Summary};
 pub use member::split;
 use serde::Serialize;
 
@@ -56,6 +56,22 @@ impl std::fmt::Display for OnOom {
     }
 }
 
+/// A request that cannot work as given: exit code 2, like a command-line usage error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Fails with a [`UsageError`].
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(UsageError(format!($($arg)*)).into())
+    };
+}
+
+/// A stressor's own footprint when `run` could not measure one (an idle worker measured
+/// 508 KiB on x86-64 with glibc).
+pub const DEFAULT_FOOTPRINT: u64 = 512 << 10;
+
 /// How much to hold.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Amount {
@@ -86,6 +102,11 @@ pub struct Options {
     pub allow_root: bool,
     /// How much.
     pub amount: Amount,
+    /// The amount as the user wrote it (`64M`), echoed in the plan; `None`: not from a flag.
+    pub amount_given: Option<String>,
+    /// A stressor's own charge while holding nothing (its runtime, page tables, kernel
+    /// stack), measured by [`stressor::idle_footprint`]; `None`: [`DEFAULT_FOOTPRINT`].
+    pub footprint: Option<u64>,
     /// A percent refers to the node's memory instead of a limit.
     pub of_node: bool,
     /// Number of stressor processes.
@@ -144,6 +165,8 @@ impl Options {
             allow_root: false,
             user: None,
             amount,
+            amount_given: None,
+            footprint: None,
             of_node: false,
             workers: 1,
             ramp: None,
@@ -193,6 +216,13 @@ pub struct Plan {
     pub bytes_per_worker: Vec<u64>,
     /// What the bytes are: the cgroup's charge, stressors' own footprint included.
     pub bytes_are: &'static str,
+    /// A stressor's own charge while it holds nothing (runtime, page tables, kernel stack),
+    /// measured on this machine: part of each share, so every share is larger.
+    pub stressor_footprint_bytes: u64,
+    /// Kernel memory the cgroup is charged per page of a shmem or page-cache payload beside
+    /// the page itself (page-cache tree nodes, buffer heads), counted in each stressor's
+    /// charge.
+    pub kernel_bytes_per_page: u64,
     /// Kind of memory.
     pub kind: Kind,
     /// What stressors do once full.
@@ -307,22 +337,94 @@ fn check_writable(dir: &std::path::Path, who: privilege::Credentials) -> Result<
     Ok(())
 }
 
+/// The smallest share that holds anything: a stressor's own footprint, rounded up to a page,
+/// and one page more.
+pub fn min_share(footprint: u64, page: u64) -> u64 {
+    footprint.div_ceil(page) * page + page
+}
+
+/// Refuses shares a stressor's own footprint would eat (it would hold nothing and still be
+/// charged its footprint: the total would be wrong), and more stressors than the domain can
+/// even start (their footprints alone past its limit, before the probes could see a kill).
+fn check_shares(
+    opts: &Options,
+    shares: &[u64],
+    fill_to: Option<u64>,
+    footprint: u64,
+    headroom: Option<(u64, &str)>,
+) -> Result<()> {
+    let page = event::page_size();
+    let least = min_share(footprint, page);
+    let workers = u64::from(opts.workers);
+    let amount = match &opts.amount_given {
+        Some(given) if fill_to.is_some() => format!("--fill-to {given}"),
+        Some(given) => format!("--size {given}"),
+        None => "the size".to_owned(),
+    };
+    let total = fill_to.unwrap_or_else(|| shares.iter().sum());
+    let smallest = if fill_to.is_some() {
+        total / workers.max(1)
+    } else {
+        shares.iter().copied().min().unwrap_or(0)
+    };
+    if smallest < least {
+        let most = total / least;
+        if most == 0 {
+            usage!(
+                "{amount} is below one stressor's own footprint here ({}: its runtime, page \
+                 tables and kernel stack, charged whatever it holds); give at least {}",
+                Bytes(footprint),
+                Bytes(least)
+            );
+        }
+        usage!(
+            "--workers {workers}: each stressor's share of {amount} would be {}, and a \
+             stressor's own footprint here is {} (its runtime, page tables and kernel stack, \
+             charged whatever it holds): a share must be at least {}; give at most {most} \
+             workers, or a larger size",
+            Bytes(smallest),
+            Bytes(footprint),
+            Bytes(least)
+        );
+    }
+    if let Some((room, domain)) = headroom
+        && workers.saturating_mul(footprint) >= room
+        && workers > 1
+    {
+        usage!(
+            "--workers {workers}: the stressors' own footprints alone ({} × {} = {}) would \
+             take all {} that {domain} can still be charged before its limit, and they would be \
+             OOM-killed before holding anything; give at most {} workers",
+            workers,
+            Bytes(footprint),
+            Bytes(workers.saturating_mul(footprint)),
+            Bytes(room),
+            (room / least).max(1)
+        );
+    }
+    Ok(())
+}
+
 /// Resolves the plan without creating anything.
 pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
     if opts.workers == 0 {
-        bail!("--workers 0: give at least 1 worker");
+        usage!("--workers 0: give at least 1 worker");
     }
-    if opts.workers > 1024 {
-        bail!("--workers {}: at most 1024 workers", opts.workers);
+    if opts.workers > crate::cli::MAX_WORKERS {
+        usage!(
+            "--workers {}: at most {} workers",
+            opts.workers,
+            crate::cli::MAX_WORKERS
+        );
     }
     if matches!(opts.amount, Amount::FillTo(_)) && opts.kind == Kind::File {
-        bail!(
+        usage!(
             "--fill-to with --kind file cannot work: page cache that is not recently used is \
              not in the working set (usage − inactive_file); use --kind anon or shmem"
         );
     }
     if opts.follow && !opts.target.followable() && opts.stresschaos.is_none() {
-        bail!(
+        usage!(
             "--follow re-resolves a --pod/--container target after it disappears; with --new, --cgroup, --pid or --self there is nothing to look for"
         );
     }
@@ -336,7 +438,7 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
         None => opts.target.clone(),
     };
     if opts.follow && !spec.followable() {
-        bail!(
+        usage!(
             "--follow re-resolves a --pod/--container target after it disappears; with --new, --cgroup, --pid or --self there is nothing to look for"
         );
     }
@@ -381,7 +483,7 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
         }
     };
     if total_bytes == 0 && fill_to_bytes.is_none() {
-        bail!("--size {spec} resolves to 0 bytes");
+        usage!("--size {spec} resolves to 0 bytes");
     }
     if target.cgroup.is_root()
         && let Some(available) = target::node_available()
@@ -401,6 +503,27 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
         (Some((_, domain)), None) => domain.usage().unwrap_or(counters.usage_bytes),
         _ => counters.usage_bytes,
     };
+    let footprint = opts.footprint.unwrap_or(DEFAULT_FOOTPRINT);
+    // Room for the stressors' footprints: page cache in the domain would be reclaimed to
+    // make it, so what cannot be reclaimed (the working set) is what counts.
+    let domain_working_set = match (&limit, target.create) {
+        (Some((_, domain)), None) => domain
+            .counters()
+            .map_or(domain_usage, |c| c.working_set_bytes),
+        _ => counters.working_set_bytes,
+    };
+    check_shares(
+        opts,
+        &bytes_per_worker,
+        fill_to_bytes,
+        footprint,
+        limit.as_ref().map(|(l, d)| {
+            (
+                l.saturating_sub(domain_working_set + app_bytes),
+                d.path.as_str(),
+            )
+        }),
+    )?;
     let crosses_limit = limit
         .as_ref()
         .is_some_and(|(l, _)| domain_usage + app_bytes + total_bytes > *l);
@@ -417,13 +540,24 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
             kubernetes: target.kube.clone(),
         },
         mode,
-        size: spec.to_string(),
+        size: opts
+            .amount_given
+            .clone()
+            .unwrap_or_else(|| spec.to_string()),
         size_from,
         total_bytes,
         fill_to_bytes,
         workers: opts.workers,
         bytes_per_worker,
         bytes_are: "cgroup charge, including each stressor's own process footprint",
+        stressor_footprint_bytes: footprint,
+        kernel_bytes_per_page: stressor::kernel_bytes_per_page(
+            opts.kind,
+            &opts
+                .file_dir
+                .clone()
+                .unwrap_or_else(stressor::default_file_dir),
+        ),
         kind: opts.kind,
         pattern: opts.pattern,
         ramp_s: opts.ramp.map(|d| d.as_secs_f64()),
@@ -532,21 +666,14 @@ pub fn print_plan(plan: &Plan, reporter: &Reporter) {
     for note in &plan.notes {
         reporter.text(&format!("note: {note}"));
     }
-    let per = if plan.bytes_per_worker.windows(2).all(|w| w[0] == w[1]) {
-        format!("{} × {}", plan.workers, Bytes(plan.bytes_per_worker[0]))
-    } else {
-        plan.bytes_per_worker
-            .iter()
-            .map(|b| Bytes(*b).to_string())
-            .collect::<Vec<_>>()
-            .join(" + ")
-    };
-    let hold = plan
-        .hold_s
-        .map_or_else(|| "until interrupted".to_owned(), |s| format!("for {s}s"));
-    let ramp = plan
-        .ramp_s
-        .map_or_else(String::new, |s| format!(", ramped over {s}s"));
+    let per = shares_text(&plan.bytes_per_worker);
+    let hold = plan.hold_s.map_or_else(
+        || "until interrupted".to_owned(),
+        |s| format!("for {}", duration_text(s)),
+    );
+    let ramp = plan.ramp_s.map_or_else(String::new, |s| {
+        format!(", ramped over {}", duration_text(s))
+    });
     let kind = match plan.kind {
         Kind::Anon => "anonymous memory",
         Kind::Shmem => "shared memory",
@@ -561,15 +688,21 @@ pub fn print_plan(plan: &Plan, reporter: &Reporter) {
             Bytes(plan.total_bytes),
         ),
         None => format!(
-            "stress {per} = {} of {kind} ({}: {}; it is the cgroup's charge, stressors' own \
-             footprint included)",
+            "stress {per} = {} of {kind} ({}: {}; it is the cgroup's charge, each stressor's \
+             own footprint of {} included)",
             Bytes(plan.total_bytes),
             match &plan.stresschaos {
                 Some(sc) if plan.size == sc.size.to_string() =>
                     format!("size {} of the StressChaos", sc.size_text),
+                _ if plan.size != SizeSpec::Bytes(plan.total_bytes).to_string()
+                    && !plan.size.ends_with('%') =>
+                {
+                    format!("--size {} = {}", plan.size, Bytes(plan.total_bytes))
+                }
                 _ => format!("--size {}", plan.size),
             },
-            plan.size_from
+            plan.size_from,
+            Bytes(plan.stressor_footprint_bytes)
         ),
     };
     reporter.text(&format!(
@@ -583,7 +716,7 @@ pub fn print_plan(plan: &Plan, reporter: &Reporter) {
     ));
     let u = &plan.stressor_user;
     reporter.text(&format!(
-        "stressors run as uid {} gid {} ({}), with {}",
+        "stressors run as uid {} gid {} ({}), with {}, oom_score_adj {}",
         u.uid,
         u.gid,
         u.from,
@@ -591,6 +724,10 @@ pub fn print_plan(plan: &Plan, reporter: &Reporter) {
             "no capabilities".to_owned()
         } else {
             format!("only {}", u.capabilities)
+        },
+        match plan.oom_score_adj {
+            Some(adj) => format!("{adj} (--oom-score-adj)"),
+            None => "inherited".to_owned(),
         }
     ));
     if let Some(p) = &plan.predicted_oom {
@@ -623,6 +760,38 @@ pub fn print_plan(plan: &Plan, reporter: &Reporter) {
             }
         ));
     }
+}
+
+/// "3 × 4 MiB", or "20 × 208 KiB + 80 × 204 KiB": equal neighbours grouped, so that the line
+/// stays short whatever the number of workers.
+fn shares_text(shares: &[u64]) -> String {
+    let mut groups: Vec<(usize, u64)> = Vec::new();
+    for &share in shares {
+        match groups.last_mut() {
+            Some((n, s)) if *s == share => *n += 1,
+            _ => groups.push((1, share)),
+        }
+    }
+    // Shares differ by a page at most, which a rounded size hides: then exact KiB.
+    let rounded: Vec<String> = groups.iter().map(|(_, s)| Bytes(*s).to_string()).collect();
+    let exact = rounded.windows(2).any(|w| w[0] == w[1]);
+    groups
+        .iter()
+        .zip(rounded)
+        .map(|((n, s), r)| {
+            if exact {
+                format!("{n} × {} KiB", s / 1024)
+            } else {
+                format!("{n} × {r}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// A duration as a person writes it: `1h 30m`, `45s`, `500ms`.
+fn duration_text(seconds: f64) -> String {
+    humantime::format_duration(Duration::from_secs_f64(seconds)).to_string()
 }
 
 /// Fails before the run if the stressors cannot be given `adj`: lowering oom_score_adj below
@@ -659,6 +828,35 @@ pub fn check_oom_score_adj(adj: i32) -> Result<()> {
         }
         Err(e) => Err(e).context("cannot check --oom-score-adj"),
     }
+}
+
+/// `--thp` asks; the kernel's THP settings decide. Says so when they refuse.
+fn warn_thp(opts: &Options) {
+    if !opts.thp {
+        return;
+    }
+    let (file, what) = match opts.kind {
+        Kind::Shmem => ("shmem_enabled", "shared memory"),
+        _ => ("enabled", "anonymous memory"),
+    };
+    let path = format!("/sys/kernel/mm/transparent_hugepage/{file}");
+    if let Some(mode) = std::fs::read_to_string(&path)
+        .ok()
+        .as_deref()
+        .and_then(thp_mode)
+        && matches!(mode, "never" | "deny")
+    {
+        tracing::warn!(
+            "--thp: {path} is `{mode}`: the kernel gives {what} no huge pages, whatever \
+             memstress asks"
+        );
+    }
+}
+
+/// The selected mode of a THP sysfs file: `always [madvise] never` → `madvise`.
+fn thp_mode(text: &str) -> Option<&str> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
 }
 
 /// In `--self` mode the controller shares the target: it tries to keep the OOM killer off
@@ -719,9 +917,16 @@ fn nice_this_thread(by: i32) -> i32 {
 }
 
 /// Runs the whole thing. Returns the outcome; every path cleans up.
-pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
+pub async fn run(opts: Options, reporter: &Reporter) -> Result<Ended> {
     let hierarchy = Hierarchy::locate(opts.cgroup_root.as_deref())?;
+    let mut opts = opts;
+    if opts.footprint.is_none() {
+        opts.footprint = member::measure_footprint()
+            .map_err(|e| tracing::debug!("cannot measure a stressor's footprint: {e}"))
+            .ok();
+    }
     let (mut plan, target) = plan(&opts, &hierarchy)?;
+    warn_thp(&opts);
     if opts.kind == Kind::File {
         let dir = opts
             .file_dir
@@ -737,7 +942,11 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
     }
     print_plan(&plan, reporter);
     if opts.dry_run {
-        return Ok(Outcome::Completed);
+        return Ok(Ended {
+            outcome: Outcome::Completed,
+            signal: None,
+            done: true,
+        });
     }
     // A tree under --cgroup-root may be a copy: processes could not join it.
     if target.create.is_none() {
@@ -767,7 +976,6 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Outcome> {
     }
     // The controller protects itself in its own cgroup; its children would inherit that
     // -1000 and be exempt from the OOM killer, so they get the value it had before.
-    let mut opts = opts;
     if in_own && let Some(previous) = protect_controller() {
         opts.oom_score_adj.get_or_insert(previous);
         for app in &mut opts.apps {
