@@ -20,6 +20,9 @@ EXIT CODES:
   3  --on-oom stop: a stressor was OOM-killed and the run ended there
   4  the target cgroup disappeared during the run
   5  another memstress run already targets that cgroup
+  130, 143  interrupted by SIGINT (Ctrl-C) or SIGTERM before the run did what was asked
+     (mid-fill, mid-ramp, before --hold ended; watch: before --duration ended), after
+     cleaning up. Stopping an unbounded hold (no --hold) or watch is its normal end: 0.
 
 SIZES:
   Ki Mi Gi Ti (and KiB MiB …) are powers of 1024; k M G T (and kB MB …) powers of 1000,
@@ -596,6 +599,7 @@ mod tests {
     #[test]
     fn exit_codes_are_in_the_help() {
         let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("  130, 143  interrupted"), "{help}");
         for code in [
             crate::exit::SUCCESS,
             crate::exit::FAILURE,
