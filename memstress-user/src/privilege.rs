@@ -75,12 +75,41 @@ pub struct StressorUser {
     pub capabilities: &'static str,
 }
 
+/// Why stressors cannot run as asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    /// Not a user name, uid or uid:gid (a usage error).
+    #[error("--user `{0}` is not a user; give a name from /etc/passwd, a uid, or uid:gid")]
+    NotAUser(String),
+    /// An id the kernel reads specially (a usage error).
+    #[error(
+        "--user `{spec}`: {what} {id} is (uid_t)-1, which the kernel reads as \"leave \
+         unchanged\": the stressors would keep this process's own {what}; give another id"
+    )]
+    Unchanged {
+        /// The `--user` given.
+        spec: String,
+        /// `uid` or `gid`.
+        what: &'static str,
+        /// The id.
+        id: u32,
+    },
+    /// A privilege this process lacks.
+    #[error("{0}")]
+    Privilege(String),
+}
+
+impl UserError {
+    /// Whether it is the input's fault (exit code 2) rather than missing privileges.
+    pub fn is_usage(&self) -> bool {
+        !matches!(self, Self::Privilege(_))
+    }
+}
+
 /// Resolves `USER`, `UID`, or `UID:GID` (a name is looked up in the user database; its
 /// primary group is used).
-pub fn resolve_user(spec: &str) -> Result<Credentials, String> {
-    let bad = || {
-        format!("--user `{spec}` is not a user; give a name from /etc/passwd, a uid, or uid:gid")
-    };
+pub fn resolve_user(spec: &str) -> Result<Credentials, UserError> {
+    let bad = || UserError::NotAUser(spec.to_owned());
     if spec.is_empty() {
         return Err(bad());
     }
@@ -99,11 +128,11 @@ pub fn resolve_user(spec: &str) -> Result<Credentials, String> {
     // asked to run as 4294967295 would keep the controller's ids (root).
     for (what, id) in [("uid", credentials.uid), ("gid", credentials.gid)] {
         if id == UNCHANGED_ID {
-            return Err(format!(
-                "--user `{spec}`: {what} {id} is (uid_t)-1, which the kernel reads as \
-                 \"leave unchanged\": the stressors would keep this process's own {what}; give \
-                 another id"
-            ));
+            return Err(UserError::Unchanged {
+                spec: spec.to_owned(),
+                what,
+                id,
+            });
         }
     }
     Ok(credentials)
@@ -161,13 +190,13 @@ pub fn own() -> Credentials {
 pub fn stressor_user(
     requested: Option<&str>,
     mlock: bool,
-) -> Result<(Option<Credentials>, StressorUser), String> {
+) -> Result<(Option<Credentials>, StressorUser), UserError> {
     let caps = effective();
     if mlock && !has(caps, CAP_IPC_LOCK) {
-        return Err(
+        return Err(UserError::Privilege(
             "--mlock needs CAP_IPC_LOCK (stressors keep it, and only it, to lock their memory)"
                 .to_owned(),
-        );
+        ));
     }
     let can_switch = has(caps, CAP_SETUID) && has(caps, CAP_SETGID);
     let own = own();
@@ -195,10 +224,10 @@ pub fn stressor_user(
             .and_then(|s| parse_cap(&s, "CapBnd:"))
             .unwrap_or(u64::MAX);
         if c.uid == 0 && bounding != 0 && !has(caps, CAP_SETPCAP) {
-            return Err(format!(
+            return Err(UserError::Privilege(format!(
                 "stressors would run as uid 0 and regain capabilities at exec; give memstress \
                  CAP_SETUID and CAP_SETGID (stressors then run as {DEFAULT_USER}) or CAP_SETPCAP"
-            ));
+            )));
         }
         Ok(())
     };
@@ -212,11 +241,11 @@ pub fn stressor_user(
     }
     check_root(own)?;
     match requested {
-        Some(spec) => Err(format!(
+        Some(spec) => Err(UserError::Privilege(format!(
             "--user {spec} needs CAP_SETUID and CAP_SETGID, which this process lacks; \
              leave --user out to run stressors as uid {} (this process's own)",
             own.uid
-        )),
+        ))),
         None => Ok((
             None,
             user(
@@ -273,12 +302,14 @@ mod tests {
         );
         for bad in ["", "no-such-user-here", "1:x", ":", "-1"] {
             let e = resolve_user(bad).unwrap_err();
-            assert!(e.contains(&format!("`{bad}`")), "{e}");
+            assert!(e.to_string().contains(&format!("`{bad}`")), "{e}");
+            assert!(e.is_usage());
         }
         // (uid_t)-1 means "unchanged" to setresuid: it would keep root.
         for special in ["4294967295", "65534:4294967295", "4294967295:65534"] {
             let e = resolve_user(special).unwrap_err();
-            assert!(e.contains("unchanged"), "{special}: {e}");
+            assert!(e.to_string().contains("unchanged"), "{special}: {e}");
+            assert!(e.is_usage());
         }
     }
 

@@ -82,15 +82,16 @@ fn sizes_above_the_limit_are_accepted() {
 fn bad_options_are_refused() {
     require_root();
     for (args, code, needles) in [
+        // Bad values are usage errors (2), whichever part of memstress sees them.
         (
             vec!["--size", "10Mi", "--workers", "0"],
-            1,
-            vec!["--workers 0"],
+            2,
+            vec!["'0'", "--workers", "1..=1024"],
         ),
         (
             vec!["--size", "10Mi", "--workers", "5000"],
-            1,
-            vec!["--workers 5000"],
+            2,
+            vec!["'5000'", "--workers", "1..=1024"],
         ),
         (
             vec!["--size", "10Mi", "--oom-score-adj", "2000"],
@@ -111,8 +112,60 @@ fn bad_options_are_refused() {
         ),
         (
             vec!["--size", "10Mi", "--user", "no-such-user"],
-            1,
+            2,
             vec!["`no-such-user`", "uid"],
+        ),
+        // (uid_t)-1 is "leave unchanged" to setresuid: the stressors would stay root.
+        (
+            vec!["--size", "10Mi", "--user", "4294967295"],
+            2,
+            vec!["`4294967295`", "uid 4294967295", "unchanged"],
+        ),
+        (
+            vec!["--size", "10Mi", "--user", "65534:4294967295"],
+            2,
+            vec!["gid 4294967295", "unchanged"],
+        ),
+        // Flags that would change nothing in this combination are refused, not ignored.
+        (
+            vec!["--size", "10Mi", "--rewrite-every", "1s"],
+            2,
+            vec!["--rewrite-every", "keep-dirty"],
+        ),
+        (
+            vec!["--size", "10Mi", "--file-dir", "/var/tmp"],
+            2,
+            vec!["--file-dir", "--kind file"],
+        ),
+        (
+            vec!["--size", "10Mi", "--kind", "file", "--mlock"],
+            2,
+            vec!["--mlock", "--kind file"],
+        ),
+        (
+            vec!["--size", "10Mi", "--kind", "file", "--populate"],
+            2,
+            vec!["--populate", "--kind file"],
+        ),
+        (
+            vec!["--size", "10Mi", "--kind", "file", "--thp"],
+            2,
+            vec!["--thp", "--kind file"],
+        ),
+        (
+            vec!["--size", "10Mi", "--of-node"],
+            2,
+            vec!["--of-node", "absolute"],
+        ),
+        (
+            vec!["--fill-to", "50%", "--ramp", "5s"],
+            2,
+            vec!["--ramp", "--fill-to"],
+        ),
+        (
+            vec!["--fill-to", "50%", "--kind", "file"],
+            2,
+            vec!["--fill-to", "--kind file"],
         ),
         (vec!["--size", "10Mi", "--kind", "bogus"], 2, vec!["bogus"]),
         (
@@ -134,6 +187,79 @@ fn bad_options_are_refused() {
         ),
     ] {
         refused_run(&args, code, &needles);
+    }
+    // --limit is the --new sandbox's: on an existing target it would be ignored.
+    let existing = TestCgroup::new("input-limit-existing", Some(256 << 20));
+    refused(
+        &[
+            "run",
+            "--cgroup",
+            existing.path(),
+            "--limit",
+            "64Mi",
+            "--size",
+            "1Mi",
+        ],
+        2,
+        &["--limit", "--new"],
+    );
+    // An inherited hold time and size are echoed as given; so is --oom-score-adj.
+    let out = memstress_output(&[
+        "run",
+        "--cgroup",
+        existing.path(),
+        "--size",
+        "64M",
+        "--hold",
+        "1h30m",
+        "--oom-score-adj",
+        "500",
+        "--dry-run",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("--size 64M = 61 MiB"), "{text}");
+    assert!(text.contains("held for 1h 30m"), "{text}");
+    assert!(
+        text.contains("oom_score_adj 500 (--oom-score-adj)"),
+        "{text}"
+    );
+}
+
+/// `--thp` asks; where the kernel's THP settings refuse, memstress says so (the kernel decides).
+#[test]
+fn thp_the_kernel_refuses_is_warned_about() {
+    require_root();
+    let mode = |file: &str| {
+        std::fs::read_to_string(format!("/sys/kernel/mm/transparent_hugepage/{file}"))
+            .ok()
+            .and_then(|t| {
+                t.split_whitespace()
+                    .find_map(|w| w.strip_prefix('[')?.strip_suffix(']').map(str::to_owned))
+            })
+    };
+    let existing = TestCgroup::new("input-thp", Some(256 << 20));
+    for (kind, file) in [("shmem", "shmem_enabled"), ("anon", "enabled")] {
+        let refused = mode(file).is_some_and(|m| m == "never" || m == "deny");
+        let out = memstress_output(&[
+            "run",
+            "--cgroup",
+            existing.path(),
+            "--size",
+            "8Mi",
+            "--kind",
+            kind,
+            "--thp",
+            "--dry-run",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.contains("--thp:") && stderr.contains(file),
+            refused,
+            "{kind}: THP {file} is {:?}; stderr: {stderr}",
+            mode(file)
+        );
     }
 }
 

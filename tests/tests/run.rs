@@ -600,7 +600,7 @@ fn keep_dirty_keeps_pages_dirty() {
     require_root();
     for (pattern, dirty_expected) in [("hold", false), ("keep-dirty", true)] {
         let target = TestCgroup::new(&format!("dirty-{pattern}"), Some(512 * MIB));
-        let mut run = Memstress::start(&[
+        let mut args = vec![
             "run",
             "-o",
             "json",
@@ -612,9 +612,12 @@ fn keep_dirty_keeps_pages_dirty() {
             "file",
             "--pattern",
             pattern,
-            "--rewrite-every",
-            "1s",
-        ]);
+        ];
+        // --rewrite-every is refused without keep-dirty (it would change nothing).
+        if dirty_expected {
+            args.extend(["--rewrite-every", "1s"]);
+        }
+        let mut run = Memstress::start(&args);
         run.wait_type("full", Duration::from_secs(30));
         std::thread::sleep(Duration::from_millis(1500));
         let dirty = target.cgroup.stat().unwrap()["dirty"];
@@ -625,4 +628,473 @@ fn keep_dirty_keeps_pages_dirty() {
             assert!(dirty < 4 * MIB, "{pattern}: {dirty} bytes dirty");
         }
     }
+}
+
+/// A size past the limit gets a stressor OOM-killed before all are full: the hold starts when
+/// the survivors are full and ends, with `--on-oom report` and with `restart` (it ran until an
+/// outside timeout before). The summary counts what the survivors hold, as the last sample
+/// does, not the dead stressor's share.
+#[test]
+fn a_hold_ends_after_a_stressor_is_killed_before_all_are_full() {
+    require_root();
+    for policy in ["report", "restart"] {
+        let name = test_name(&format!("hold-{policy}"));
+        let started = Instant::now();
+        let run = Memstress::start(&[
+            "run",
+            "-o",
+            "json",
+            "--new",
+            &name,
+            "--limit",
+            "128Mi",
+            "--size",
+            "192Mi",
+            "--workers",
+            "2",
+            "--hold",
+            "3s",
+            "--on-oom",
+            policy,
+        ]);
+        let finished = run.wait(Duration::from_secs(40));
+        assert!(finished.status.success(), "{policy}: {}", finished.stderr);
+        let summary = finished.of_type("summary")[0];
+        assert_eq!(summary["outcome"], "completed", "{policy}: {summary}");
+        assert!(summary["hold_ms"].as_u64() >= Some(3000), "{summary}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{policy}: took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            summary["oom_kills_stressors"].as_u64() >= Some(1),
+            "{summary}"
+        );
+        let full = finished.of_type("full")[0];
+        assert!(full["stressors_oom_killed"].as_u64() >= Some(1), "{full}");
+        if policy == "report" {
+            // One stressor is dead: what is held is the survivor's share, as sampled.
+            let last = finished.of_type("sample").last().copied().unwrap().clone();
+            assert_eq!(last["stressors_alive"], 1, "{last}");
+            assert_eq!(
+                summary["held_bytes"], last["stressors_held_bytes"],
+                "{summary}"
+            );
+            assert!(summary["held_bytes"].as_u64() < Some(97 * MIB), "{summary}");
+            // Every kill the run reported counts, in the samples as in the summary.
+            assert_eq!(
+                last["run_oom_kills"],
+                summary["oom_kills_stressors"].as_u64().unwrap()
+                    + summary["oom_kills_others"].as_u64().unwrap(),
+                "{last}"
+            );
+        } else {
+            assert!(summary["restarts"].as_u64() >= Some(1), "{summary}");
+        }
+        assert!(!hierarchy().mount.join(&name).exists());
+    }
+}
+
+/// A run reports every kill its pressure caused: here the app in a sibling cgroup under the
+/// shared limit of the parent (dmesg: `oom_memcg=/p … task_memcg=/p/c1`), marked as outside
+/// the target.
+#[test]
+fn a_kill_in_the_domain_outside_the_target_is_reported() {
+    require_root();
+    let parent = TestCgroup::new("domain", Some(128 * MIB));
+    let c1 = parent.child("c1", None);
+    let c2 = parent.child("c2", None);
+    let mut kmsg = Kmsg::open();
+    let mut app = memstress_tests::App::start(&c1, "domain-app", 70 * MIB, None);
+    let finished = Memstress::start(&[
+        "run", "-o", "json", "--cgroup", &c2.path, "--size", "50%", "--hold", "2s",
+    ])
+    .wait(Duration::from_secs(60));
+    assert!(finished.status.success(), "{}", finished.stderr);
+    assert_eq!(
+        app.wait_signal(),
+        Some(libc::SIGKILL),
+        "the app was not killed"
+    );
+    let kills = finished.of_type("oom_kill");
+    let app_kill = kills
+        .iter()
+        .find(|k| k["victim"]["pid"] == u64::from(app.pid()))
+        .unwrap_or_else(|| panic!("no oom_kill of the app {}: {kills:?}", app.pid()));
+    assert_eq!(app_kill["in_target"], false, "{app_kill}");
+    assert_eq!(app_kill["stressor"], false, "{app_kill}");
+    assert_eq!(app_kill["domain"]["cgroup"], parent.path(), "{app_kill}");
+    assert_eq!(app_kill["victim"]["cgroup"], c1.path.as_str(), "{app_kill}");
+    let summary = finished.of_type("summary")[0];
+    assert_eq!(summary["oom_kills_others"], 1, "{summary}");
+    assert_eq!(summary["oom_kills_outside_target"], 1, "{summary}");
+    let messages = kmsg.messages();
+    assert!(
+        memstress_tests::kills_in(&messages)
+            .iter()
+            .any(|k| k.pid == app.pid()),
+        "dmesg has no kill of the app {}: {messages:?}",
+        app.pid()
+    );
+    // The report's summary line names the domain, where the kernel printed it (its OOM
+    // report is rate-limited; the `Killed process` line is not).
+    for o in messages
+        .iter()
+        .filter_map(|m| memstress_tests::parse_oom_summary(m))
+        .filter(|o| o.pid == app.pid())
+    {
+        assert_eq!(o.oom_memcg.as_deref(), Some(parent.path()), "{o:?}");
+        assert_eq!(o.task_memcg.as_deref(), Some(c1.path.as_str()), "{o:?}");
+    }
+}
+
+/// A share below a stressor's own footprint would hold nothing and still be charged it: the
+/// plan refuses it, naming the most workers that work, and that many workers charge the
+/// cgroup exactly the size.
+#[test]
+fn shares_below_a_stressors_footprint_are_refused() {
+    require_root();
+    let name = test_name("shares");
+    let out = memstress_output(&[
+        "run",
+        "--new",
+        &name,
+        "--limit",
+        "512Mi",
+        "--size",
+        "20Mi",
+        "--workers",
+        "100",
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_one_line_error(&stderr, &["--workers 100", "footprint", "at most"]);
+    assert!(!hierarchy().mount.join(&name).exists());
+    let most: u32 = stderr
+        .split("at most ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no worker count in `{stderr}`"));
+    assert!((10..100).contains(&most), "{stderr}");
+    // That many workers fit, and charge exactly 20 MiB.
+    let target = TestCgroup::new("shares-fit", Some(512 * MIB));
+    let before = target.usage();
+    let workers = most.to_string();
+    let mut run = Memstress::start(&[
+        "run",
+        "-o",
+        "json",
+        "--cgroup",
+        target.path(),
+        "--size",
+        "20Mi",
+        "--workers",
+        &workers,
+    ]);
+    let plan = run.wait_type("plan", Duration::from_secs(10));
+    let line = plan["bytes_per_worker"].as_array().unwrap();
+    assert_eq!(line.len(), most as usize);
+    run.wait_type("full", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = target.usage() - before;
+    let finished = run.interrupt(Duration::from_secs(15));
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let want = 20 * MIB;
+    assert!(
+        grown.abs_diff(want) <= want / 50,
+        "{most} workers: usage grew by {grown}, want {want} ± 2%"
+    );
+    // The text plan states the shares in at most two terms, whatever the number of workers.
+    let out = memstress_output(&[
+        "run",
+        "--cgroup",
+        target.path(),
+        "--size",
+        "20Mi",
+        "--workers",
+        &workers,
+        "--dry-run",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stress = text.lines().find(|l| l.starts_with("stress ")).unwrap();
+    assert!(stress.matches(" × ").count() <= 2, "{stress}");
+}
+
+/// Every kind of memory is charged exactly: the cgroup's usage rises by the size ± 2 %, and
+/// never went higher on the way (the kernel's peak). Page cache costs its cgroup buffer heads
+/// and tree nodes beside the pages (3 % on ext4), which a stressor must count.
+#[test]
+fn every_kind_is_charged_within_two_percent() {
+    require_root();
+    for kind in ["anon", "shmem", "file"] {
+        let name = test_name(&format!("kind-{kind}"));
+        let mut run = Memstress::start(&[
+            "run", "-o", "json", "--new", &name, "--limit", "1Gi", "--size", "192Mi", "--kind",
+            kind,
+        ]);
+        run.wait_type("full", Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(300));
+        let cgroup = memstress::cgroup::Cgroup::locate(&hierarchy(), &format!("/{name}")).unwrap();
+        let usage = cgroup.usage().unwrap();
+        let finished = run.interrupt(Duration::from_secs(15));
+        assert!(finished.status.success(), "{kind}: {}", finished.stderr);
+        let want = 192 * MIB;
+        assert!(
+            usage.abs_diff(want) <= want / 50,
+            "{kind}: usage {usage}, want {want} ± 2%"
+        );
+        let summary = finished.of_type("summary")[0];
+        assert_eq!(summary["kernel_peak_scope"], "run", "{summary}");
+        let peak = summary["kernel_peak_usage_bytes"].as_u64().unwrap();
+        assert!(
+            peak <= want + want / 50,
+            "{kind}: the cgroup's peak was {peak}: the fill overshot {want} on the way"
+        );
+    }
+}
+
+/// The kernel's high-water mark of an existing v1 cgroup is its lifetime's (memstress does not
+/// reset it for everyone): it is labelled so, not passed off as this run's peak.
+#[test]
+fn the_kernel_peak_says_what_it_covers() {
+    require_root();
+    let target = TestCgroup::new("peak", Some(512 * MIB));
+    // An earlier, bigger user of the cgroup.
+    drop(memstress_tests::App::start(
+        &target.cgroup,
+        "peak-app",
+        200 * MIB,
+        None,
+    ));
+    let finished = Memstress::start(&[
+        "run",
+        "-o",
+        "json",
+        "--cgroup",
+        target.path(),
+        "--size",
+        "96Mi",
+        "--hold",
+        "1s",
+    ])
+    .wait(Duration::from_secs(30));
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let summary = finished.of_type("summary")[0];
+    let peak = summary["kernel_peak_usage_bytes"].as_u64().unwrap();
+    match (hierarchy().version, summary["kernel_peak_scope"].as_str()) {
+        (memstress::cgroup::Version::V1, Some("cgroup_lifetime")) => {
+            assert!(peak >= 200 * MIB, "{summary}");
+        }
+        (memstress::cgroup::Version::V2, Some("run")) => {
+            assert!(
+                peak < 100 * MIB,
+                "a reset peak saw the earlier app: {summary}"
+            );
+        }
+        (memstress::cgroup::Version::V2, Some("cgroup_lifetime")) => {}
+        (version, scope) => panic!("{version:?}: scope {scope:?}: {summary}"),
+    }
+    // The run's own peak does not take the lifetime's.
+    assert!(
+        summary["peak_usage_bytes"].as_u64() < Some(110 * MIB),
+        "{summary}"
+    );
+    let out = memstress_output(&[
+        "run",
+        "--cgroup",
+        target.path(),
+        "--size",
+        "16Mi",
+        "--hold",
+        "1s",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    if hierarchy().version == memstress::cgroup::Version::V1 {
+        assert!(text.contains("lifetime peak"), "{text}");
+    }
+}
+
+/// What a run shows counts from its start: a cgroup with earlier limit hits and an OOM kill
+/// starts the run at 0 of each, and ends with what the run caused.
+#[test]
+fn counters_count_from_the_run_s_start() {
+    require_root();
+    let target = TestCgroup::new("since", Some(64 * MIB));
+    let mut app = memstress_tests::App::start(&target.cgroup, "since-app", 8 * MIB, None);
+    app.grow(96 * MIB);
+    assert_eq!(app.wait_signal(), Some(libc::SIGKILL));
+    let before = target.cgroup.counters().unwrap();
+    assert!(before.oom_kills >= 1 && before.limit_hits > 0, "{before:?}");
+    let finished = Memstress::start(&[
+        "run",
+        "-o",
+        "json",
+        "--cgroup",
+        target.path(),
+        "--size",
+        "16Mi",
+        "--hold",
+        "1s",
+    ])
+    .wait(Duration::from_secs(30));
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let samples = finished.of_type("sample");
+    for s in &samples {
+        assert_eq!(s["run_oom_kills"], 0, "{s}");
+        assert_eq!(s["run_limit_hits"], 0, "{s}");
+        assert!(s["oom_kills"].as_u64() >= Some(before.oom_kills), "{s}");
+    }
+    let summary = finished.of_type("summary")[0];
+    assert_eq!(summary["oom_kills_stressors"], 0);
+    assert_eq!(summary["oom_kills_others"], 0);
+}
+
+/// The summary says what the stressors were charged, and the cgroup's change beside it when
+/// other processes moved it (here an app that freed 64 MiB while the stressors filled).
+#[test]
+fn the_summary_separates_the_stressors_charge_from_the_cgroups_change() {
+    require_root();
+    let target = TestCgroup::new("charged", Some(512 * MIB));
+    let mut app = memstress_tests::App::start(&target.cgroup, "charged-app", 64 * MIB, None);
+    let mut run = Memstress::start(&[
+        "run",
+        "-o",
+        "json",
+        "--cgroup",
+        target.path(),
+        "--size",
+        "32Mi",
+        "--ramp",
+        "2s",
+        "--hold",
+        "1s",
+    ]);
+    run.wait_type("started", Duration::from_secs(10));
+    app.resize(0);
+    let finished = run.wait(Duration::from_secs(30));
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let summary = finished.of_type("summary")[0];
+    let stressors = summary["stressors_charged_bytes"].as_u64().unwrap();
+    assert!(
+        stressors.abs_diff(32 * MIB) <= 32 * MIB / 50,
+        "stressors charged {stressors}: {summary}"
+    );
+    let cgroup = summary["charged_bytes"].as_u64().unwrap();
+    assert!(cgroup < 8 * MIB, "the app freed 64 MiB: {summary}");
+    // In words, both.
+    let out = memstress_output(&[
+        "run",
+        "--cgroup",
+        target.path(),
+        "--size",
+        "16Mi",
+        "--hold",
+        "1s",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("summary (")).unwrap();
+    assert!(line.contains("the stressors were charged 16 MiB"), "{line}");
+}
+
+/// Interrupting a run before it did what was asked exits 128 + the signal's number after
+/// cleaning up; stopping an unbounded hold is its normal end (0). Text output names outcomes
+/// in words.
+#[test]
+fn an_interrupted_run_says_so_in_its_exit_code() {
+    require_root();
+    // During an explicit --hold: SIGINT, 130.
+    let name = test_name("int-hold");
+    let mut run = Memstress::start(&[
+        "run", "-o", "json", "--new", &name, "--limit", "128Mi", "--size", "16Mi", "--hold", "60s",
+    ]);
+    run.wait_type("full", Duration::from_secs(30));
+    let finished = run.interrupt(Duration::from_secs(15));
+    assert_eq!(finished.status.code(), Some(130), "{}", finished.stderr);
+    let summary = finished.of_type("summary")[0];
+    assert_eq!(summary["outcome"], "interrupted");
+    assert_eq!(summary["signal"], "SIGINT");
+    assert!(!hierarchy().mount.join(&name).exists());
+    // Mid-ramp: SIGTERM, 143.
+    let name = test_name("term-ramp");
+    let mut run = Memstress::start(&[
+        "run", "-o", "json", "--new", &name, "--limit", "128Mi", "--size", "64Mi", "--ramp", "60s",
+    ]);
+    run.wait_type("sample", Duration::from_secs(30));
+    run.signal(libc::SIGTERM);
+    let finished = run.wait(Duration::from_secs(15));
+    assert_eq!(finished.status.code(), Some(143), "{}", finished.stderr);
+    assert_eq!(finished.of_type("summary")[0]["signal"], "SIGTERM");
+    assert!(!hierarchy().mount.join(&name).exists());
+    // An unbounded hold, once full: 0.
+    let name = test_name("int-unbounded");
+    let mut run = Memstress::start(&[
+        "run", "-o", "json", "--new", &name, "--limit", "128Mi", "--size", "16Mi",
+    ]);
+    run.wait_type("full", Duration::from_secs(30));
+    let finished = run.interrupt(Duration::from_secs(15));
+    assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
+    // In text, the outcome in words.
+    let name = test_name("words");
+    let out = memstress_output(&[
+        "run", "--new", &name, "--limit", "64Mi", "--size", "128Mi", "--on-oom", "stop",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("summary (stopped by an OOM kill (--on-oom stop)): "),
+        "{text}"
+    );
+    assert!(!text.contains("StoppedByOom"), "{text}");
+}
+
+/// On a terminal, the status line's bar is the stressors' progress towards the size (a full
+/// run shows 100 %, not usage ÷ limit), its counters count from the run's start, and a
+/// restarted stressor gets a line of its own.
+#[test]
+fn the_status_line_shows_progress_and_restarts() {
+    require_root();
+    let name = test_name("tty");
+    let command = format!(
+        "timeout 60 {} run --new {name} --limit 48Mi --size 64Mi --workers 1 --on-oom restart \
+         --hold 2s",
+        memstress_bin().display()
+    );
+    // util-linux script(1) runs it on a pseudo-terminal and copies what it prints.
+    let out = std::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .output()
+        .expect("run script(1)");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("restarted memstress-vm 0 as pid "), "{text}");
+    let statuses: Vec<&str> = text
+        .split(['\r', '\n'])
+        .filter(|l| l.contains(" stressor(s) holding "))
+        .collect();
+    let last = statuses
+        .last()
+        .unwrap_or_else(|| panic!("no status line: {text}"));
+    assert!(last.contains("since the start: limit hits "), "{last}");
+    assert!(!hierarchy().mount.join(&name).exists());
+    // A run that fills completely shows 100 %.
+    let name = test_name("tty-full");
+    let command = format!(
+        "timeout 60 {} run --new {name} --limit 256Mi --size 64Mi --hold 1s",
+        memstress_bin().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .output()
+        .expect("run script(1)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text
+        .split(['\r', '\n'])
+        .filter(|l| l.contains(" stressor(s) holding "))
+        .last()
+        .unwrap_or_else(|| panic!("no status line: {text}"));
+    assert!(last.contains("] 100% "), "{last}");
+    assert!(last.contains("OOM kills 0"), "{last}");
 }

@@ -443,7 +443,11 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
         );
     }
     let (credentials, stressor_user) =
-        privilege::stressor_user(opts.user.as_deref(), opts.mlock).map_err(anyhow::Error::msg)?;
+        match privilege::stressor_user(opts.user.as_deref(), opts.mlock) {
+            Ok(found) => found,
+            Err(e) if e.is_usage() => usage!("{e}"),
+            Err(e) => return Err(e.into()),
+        };
     if opts.kind == Kind::File {
         let dir = opts
             .file_dir
