@@ -1093,7 +1093,7 @@ fn the_status_line_shows_progress_and_restarts() {
     let last = text
         .split(['\r', '\n'])
         .filter(|l| l.contains(" stressor(s) holding "))
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no status line: {text}"));
     assert!(last.contains("] 100% "), "{last}");
     assert!(last.contains("OOM kills 0"), "{last}");
