@@ -1092,8 +1092,7 @@ fn the_status_line_shows_progress_and_restarts() {
     let text = String::from_utf8_lossy(&out.stdout);
     let last = text
         .split(['\r', '\n'])
-        .filter(|l| l.contains(" stressor(s) holding "))
-        .next_back()
+        .rfind(|l| l.contains(" stressor(s) holding "))
         .unwrap_or_else(|| panic!("no status line: {text}"));
     assert!(last.contains("] 100% "), "{last}");
     assert!(last.contains("OOM kills 0"), "{last}");
