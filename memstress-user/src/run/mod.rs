@@ -367,14 +367,17 @@ fn check_shares(
     } else {
         shares.iter().copied().min().unwrap_or(0)
     };
+    // The footprint measured varies by a few pages from one start to the next: what is
+    // suggested keeps a tenth in hand, so that it is accepted next time too.
+    let suggest = (least + least / 10).div_ceil(page) * page;
     if smallest < least {
-        let most = total / least;
+        let most = total / suggest;
         if most == 0 {
             usage!(
                 "{amount} is below one stressor's own footprint here ({}: its runtime, page \
                  tables and kernel stack, charged whatever it holds); give at least {}",
                 Bytes(footprint),
-                Bytes(least)
+                Bytes(suggest)
             );
         }
         usage!(
@@ -384,7 +387,7 @@ fn check_shares(
              workers, or a larger size",
             Bytes(smallest),
             Bytes(footprint),
-            Bytes(least)
+            Bytes(suggest)
         );
     }
     if let Some((room, domain)) = headroom
@@ -399,7 +402,7 @@ fn check_shares(
             Bytes(footprint),
             Bytes(workers.saturating_mul(footprint)),
             Bytes(room),
-            (room / least).max(1)
+            (room / suggest).max(1)
         );
     }
     Ok(())
