@@ -6,10 +6,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    report::Format,
-    run::OnOom,
+    output::Format,
     size::SizeSpec,
-    stressor::{Kind, Pattern},
+    spec::{Kind, MAX_WORKERS, OnOom, Pattern},
 };
 
 const EXIT_CODES: &str = "\
@@ -43,7 +42,7 @@ pub struct Cli {
     pub output: Format,
 
     /// The running kernel's BTF, used to find kernel struct offsets.
-    #[arg(long, global = true, value_name = "FILE", default_value = crate::btf::VMLINUX)]
+    #[arg(long, global = true, value_name = "FILE", default_value = crate::probe::btf::VMLINUX)]
     pub btf: PathBuf,
 
     /// Size of the BPF ring buffer that carries OOM records to memstress (rounded up to a
@@ -71,9 +70,6 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
-
-/// The most stressor processes one run starts.
-pub const MAX_WORKERS: u32 = 1024;
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]

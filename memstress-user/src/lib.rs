@@ -1,43 +1,45 @@
 //! memstress: cgroup-scoped memory pressure, with the kernel's own account of every OOM kill.
 //!
-//! The `memstress` binary is a thin layer over this library. One module per concept:
-//! [`cgroup`] (memory cgroups v1/v2), [`size`] (sizes as users write them), [`btf`] and
-//! [`layout`] (kernel struct offsets from BTF), [`tracefs`] (tracepoint formats), [`probe`]
-//! (loading and attaching the BPF programs), [`event`] (decoding what they report),
-//! [`points`] and [`explain`] (why this victim), [`report`] (text and JSON output), [`metrics`] (the Prometheus endpoint of `watch`), [`stressor`] (the worker that holds memory),
-//! [`spawn`] (starting workers inside a cgroup), [`janitor`] (cleanup that survives
-//! SIGKILL), [`target`] and [`run`] (the injector), [`kube`] (Kubernetes pods and containers
-//! in the cgroup tree), [`stresschaos`] (Chaos Mesh's StressChaos read as a run), [`watch`]
-//! (the observer). [`abi`] is the
-//! `#[repr(C)]` record layout shared with the BPF programs, and the programs' names.
+//! The `memstress` binary is a thin layer over this library, which is a pipeline; each stage
+//! is a folder whose module doc says what enters it and what leaves:
+//!
+//! ```text
+//!  input ──▶ target ──▶ stress ──────────────▶ output
+//!  (flags,    (which     (plan, stressors      (text and JSON lines,
+//!   files)     cgroup)    in the cgroup)        metrics)
+//!                           │                     ▲
+//!                  probe ──▶ explain ─────────────┘
+//!                  (BPF on    (records → why this
+//!                   the OOM    victim)
+//!                   path)
+//! ```
+//!
+//! * [`input`]: the command line and a StressChaos file, lowered into one set of options.
+//! * [`target`]: the memory cgroup to stress: v1/v2 hierarchies, Kubernetes pods and
+//!   containers, a sandbox to create, the lock that keeps one run per target.
+//! * [`stress`]: the plan (exact sizes), the stressor processes, the run's event loop.
+//! * [`probe`]: the BPF programs, loaded with offsets read from the running kernel's BTF.
+//! * [`explain`]: ring-buffer records decoded and joined into explained OOM kills.
+//! * [`output`]: what the user reads: typed lines as text or JSON, and metrics.
+//!
+//! [`observer`] is the loop both commands share (probes → records → explanations);
+//! [`watch`] is the observing command. [`abi`] is the `#[repr(C)]` record layout shared with
+//! the BPF programs, and the programs' names.
 
 pub use memstress_ebpf as abi;
 
-pub mod btf;
-pub mod cgroup;
 pub mod cli;
-pub mod event;
 pub mod exit;
 pub mod explain;
-pub mod fixture;
-pub mod janitor;
-pub mod kube;
-pub mod layout;
-pub mod lock;
-pub mod metrics;
-pub mod points;
-pub mod predict;
-pub mod privilege;
+pub mod input;
+pub mod output;
 pub mod probe;
-pub mod report;
-pub mod run;
+pub mod privilege;
 pub mod signals;
 pub mod size;
-pub mod spawn;
-pub mod stresschaos;
-pub mod stressor;
+pub mod spec;
+pub mod stress;
 pub mod target;
-pub mod tracefs;
 pub mod watch;
 
 /// An error and all its causes on one line: "outer: cause: root cause".

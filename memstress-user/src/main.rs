@@ -5,12 +5,13 @@ use std::{ffi::OsString, fmt, io::IsTerminal as _, process::ExitCode};
 use clap::Parser as _;
 use memstress::{
     cli::{self, Cli, Command},
-    exit, janitor, probe,
-    report::Reporter,
-    run::{self, App},
+    exit, stress::janitor, probe,
+    output::Reporter,
+    stress::{self, App},
     size::SizeSpec,
-    stresschaos,
-    stressor::{self, Fill},
+    input::stresschaos,
+    spec::Fill,
+    stress::stressor,
     target, watch,
 };
 use tracing::{Event, Level, Subscriber};
@@ -178,13 +179,13 @@ fn main() -> ExitCode {
             tracing::error!("{e:#}");
             let busy = e.chain().any(|c| {
                 matches!(
-                    c.downcast_ref::<memstress::lock::LockError>(),
-                    Some(memstress::lock::LockError::Busy(_))
+                    c.downcast_ref::<memstress::target::lock::LockError>(),
+                    Some(memstress::target::lock::LockError::Busy(_))
                 )
             });
             let usage = e
                 .chain()
-                .any(|c| c.downcast_ref::<memstress::run::UsageError>().is_some());
+                .any(|c| c.downcast_ref::<memstress::stress::UsageError>().is_some());
             code(if busy {
                 exit::BUSY
             } else if usage {
@@ -250,8 +251,8 @@ async fn run_command(
         )
     };
     let given = match (&args.size, &args.fill_to) {
-        (_, Some(goal)) => Some(run::Amount::FillTo(goal.spec)),
-        (Some(size), None) => Some(run::Amount::Size(size.spec)),
+        (_, Some(goal)) => Some(stress::Amount::FillTo(goal.spec)),
+        (Some(size), None) => Some(stress::Amount::Size(size.spec)),
         (None, None) => None,
     };
     let amount_given = args
@@ -269,8 +270,8 @@ async fn run_command(
             let settings = sc.settings(
                 &stresschaos::Overrides {
                     amount: given.map(|a| match a {
-                        run::Amount::Size(s) => format!("--size {s}"),
-                        run::Amount::FillTo(s) => format!("--fill-to {s}"),
+                        stress::Amount::Size(s) => format!("--size {s}"),
+                        stress::Amount::FillTo(s) => format!("--fill-to {s}"),
                     }),
                     workers: args.workers,
                     ramp: args.ramp,
@@ -286,7 +287,7 @@ async fn run_command(
             notes = settings.notes;
             match (given, settings.size) {
                 (Some(a), _) => a,
-                (None, Some(size)) => run::Amount::Size(size),
+                (None, Some(size)) => stress::Amount::Size(size),
                 (None, None) => unreachable!("the file's size is used unless one is given"),
             }
         }
@@ -296,7 +297,7 @@ async fn run_command(
             )
         }),
     };
-    let mut opts = run::Options::new(target, amount, probe);
+    let mut opts = stress::Options::new(target, amount, probe);
     opts.allow_root = args.allow_root_cgroup;
     opts.user = args.user;
     opts.of_node = args.of_node;
@@ -319,11 +320,11 @@ async fn run_command(
     opts.mlock = args.mlock;
     opts.dry_run = args.dry_run;
     opts.cgroup_root = cgroup_root;
-    opts.runtime_state = memstress::kube::RuntimeState::new(args.runtime_root);
+    opts.runtime_state = memstress::target::kube::RuntimeState::new(args.runtime_root);
     opts.follow = args.follow;
     opts.stresschaos = stresschaos;
     opts.notes = notes;
-    Ok(run::run(opts, reporter).await?.exit_code())
+    Ok(stress::run(opts, reporter).await?.exit_code())
 }
 
 async fn demo(
@@ -343,9 +344,9 @@ async fn demo(
         name: format!("memstress-demo-{}", std::process::id()),
         limit,
     };
-    let mut opts = run::Options::new(
+    let mut opts = stress::Options::new(
         target,
-        run::Amount::Size(SizeSpec::Bytes(limit * 3 / 2)),
+        stress::Amount::Size(SizeSpec::Bytes(limit * 3 / 2)),
         probe,
     );
     opts.workers = 2;
@@ -356,13 +357,13 @@ async fn demo(
     }];
     opts.stop_after_kills = Some(1);
     opts.deadline = Some(args.timeout);
-    let ended = run::run(opts, reporter).await?;
+    let ended = stress::run(opts, reporter).await?;
     match ended.outcome {
-        run::Outcome::Completed => {
+        stress::Outcome::Completed => {
             reporter.text("demo done: the kill above came from the kernel's mark_victim tracepoint; the sandbox is gone.");
             Ok(exit::SUCCESS)
         }
-        run::Outcome::Interrupted => Ok(ended.exit_code()),
+        stress::Outcome::Interrupted => Ok(ended.exit_code()),
         outcome => anyhow::bail!("the demo ended without an OOM kill ({outcome})"),
     }
 }

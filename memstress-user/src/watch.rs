@@ -7,13 +7,13 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use crate::{
-    cgroup::{Cgroup, Hierarchy},
-    event::{self, Record},
+    target::cgroup::{Cgroup, Hierarchy},
+    explain::record::{self, Record},
     exit,
     explain::{Explainer, Output, Scope},
-    metrics::{self, Metrics},
+    output::metrics::{self, Metrics},
     probe::{self, Probes},
-    report::{KillContext, Reporter, monotonic_ns},
+    output::{KillContext, Reporter, monotonic_ns},
     signals,
 };
 
@@ -139,13 +139,13 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<i32> {
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => done = true,
             _ = refresh.tick(), if metrics.is_some() => {}
-            res = ring.drain(|bytes| records.push(event::decode(bytes))) => {
+            res = ring.drain(|bytes| records.push(record::decode(bytes))) => {
                 res.context("reading the BPF ring buffer")?;
             }
         }
         if done {
             // Anything already in the ring buffer when the watch ends is still reported.
-            ring.drain_now(|bytes| records.push(event::decode(bytes)));
+            ring.drain_now(|bytes| records.push(record::decode(bytes)));
         }
         let records = decoded(records);
         for output in explainer.batch(records, &|id| probes.pressure(id)) {
@@ -234,7 +234,7 @@ impl Counts {
 }
 
 /// Drops undecodable records, with a warning.
-fn decoded(records: Vec<Result<Record, event::DecodeError>>) -> Vec<Record> {
+fn decoded(records: Vec<Result<Record, record::DecodeError>>) -> Vec<Record> {
     records
         .into_iter()
         .filter_map(|r| {

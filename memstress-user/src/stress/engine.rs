@@ -12,21 +12,22 @@ use serde::Serialize;
 use tokio::{sync::mpsc, time::sleep_until};
 
 use super::{
-    OnOom, Options, Plan,
+    Options, Plan,
     member::{Member, MemberEvent, RESTART_DELAY, Role, split},
 };
 use crate::{
-    cgroup::{Cgroup, CgroupError, Counters, Hierarchy},
-    event::{self, Record},
+    target::cgroup::{Cgroup, CgroupError, Counters, Hierarchy},
+    explain::record::{self, Record},
     exit,
     explain::{Explainer, Output, Scope},
-    kube::{self, Identity, RuntimeState},
+    target::kube::{self, Identity, RuntimeState},
     probe::{self, Probes},
-    report::{Format, KillContext, Reporter, monotonic_ns},
+    output::{Format, KillContext, Reporter, monotonic_ns},
     signals,
     size::Bytes,
-    spawn::Exit,
-    stressor::{Kind, Pattern, WorkerArgs},
+    stress::spawn::Exit,
+    spec::{Kind, OnOom, Pattern},
+    stress::stressor::WorkerArgs,
 };
 
 /// How a run ended.
@@ -448,7 +449,7 @@ pub(super) async fn engine(
     }
     for &share in &plan.bytes_per_worker {
         let worker = WorkerArgs {
-            name: crate::stressor::STRESSOR_COMM.to_owned(),
+            name: crate::stress::stressor::STRESSOR_COMM.to_owned(),
             kind: opts.kind,
             fill: opts.fill,
             pattern: opts.pattern,
@@ -477,7 +478,7 @@ pub(super) async fn engine(
     let mut explainer =
         Explainer::new(context.real, monotonic_ns()).only_in(Scope::domain_of(cgroup)?);
     explainer.seed_scope(cgroup, monotonic_ns());
-    let page = event::page_size();
+    let page = record::page_size();
     let mut state = State {
         members,
         target: cgroup.clone(),
@@ -518,7 +519,7 @@ pub(super) async fn engine(
         plan.target.limit_bytes.and(plan.headroom_bytes),
         crate::target::node_available(),
         &plan.bytes_per_worker,
-        event::page_size(),
+        record::page_size(),
     );
     let least = super::min_share(plan.stressor_footprint_bytes, page);
     let mut deferred = Vec::new();
@@ -610,7 +611,7 @@ pub(super) async fn engine(
     stop_members(&mut state, &mut rx).await;
     // Kills that happened while stopping are still reported.
     let mut late = Vec::new();
-    ring.drain_now(|bytes| late.push(event::decode(bytes)));
+    ring.drain_now(|bytes| late.push(record::decode(bytes)));
     handle_records(&mut state, &mut explainer, probes, late, reporter);
     let (outcome, signal) = outcome?;
     let now = Instant::now();
@@ -666,7 +667,7 @@ pub(super) async fn engine(
             "{}: size {} = {} bytes ({}) held in total by {} workers ({} each), not {} × {}; {}",
             sc.label(),
             sc.size_text,
-            crate::stresschaos::spaced(plan.total_bytes),
+            crate::input::stresschaos::spaced(plan.total_bytes),
             Bytes(plan.total_bytes),
             plan.workers,
             Bytes(per),
@@ -820,7 +821,7 @@ fn summary_text(s: &Summary) -> String {
 /// Whether two charges agree within what a run is exact to: 2 %, or one per-CPU charge
 /// batch per CPU (the kernel charges ahead in 64-page batches) for small ones.
 fn close(a: u64, b: u64) -> bool {
-    let slack = (a.max(b) / 50).max(crate::event::page_size() * 64 * nr_cpus());
+    let slack = (a.max(b) / 50).max(crate::explain::record::page_size() * 64 * nr_cpus());
     a.abs_diff(b) <= slack
 }
 
@@ -836,7 +837,7 @@ fn handle_records(
     state: &mut State,
     explainer: &mut Explainer,
     probes: &Probes,
-    records: Vec<Result<Record, event::DecodeError>>,
+    records: Vec<Result<Record, record::DecodeError>>,
     reporter: &Reporter,
 ) -> Vec<usize> {
     let records: Vec<Record> = records
@@ -1007,18 +1008,18 @@ async fn drive(
         tokio::select! {
             biased;
             stop = shutdown.recv() => return Ok((Outcome::Interrupted, Some(stop))),
-            res = ring.drain(|bytes| records.push(event::decode(bytes))) => {
+            res = ring.drain(|bytes| records.push(record::decode(bytes))) => {
                 res.context("reading the BPF ring buffer")?;
             }
             ev = rx.recv() => {
                 let Some(ev) = ev else { bail!("worker channel closed") };
                 match ev {
                     MemberEvent::Report(i, g, report) if state.members[i].generation == g => {
-                        if let crate::stressor::Report::Error(e) = &report {
+                        if let crate::stress::stressor::Report::Error(e) = &report {
                             state.clear_status();
                             tracing::error!("{} {i}: {e}", state.members[i].worker.name);
                         }
-                        if matches!(report, crate::stressor::Report::Held { .. }) {
+                        if matches!(report, crate::stress::stressor::Report::Held { .. }) {
                             state.acked_at = Instant::now();
                         }
                         state.members[i].on_report(&report);

@@ -20,9 +20,9 @@ use std::{
 };
 
 use crate::{
-    cgroup::{Cgroup, Hierarchy, Version},
-    spawn::{self, Spec, Stdio},
-    stressor::set_comm,
+    target::cgroup::{Cgroup, Hierarchy, Version},
+    stress::spawn::{self, Spec, Stdio},
+    stress::stressor::set_comm,
 };
 
 /// A running janitor, fed by the controller.

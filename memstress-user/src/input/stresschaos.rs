@@ -29,9 +29,9 @@ use std::{
 use serde::{Deserialize, Serialize, de::IgnoredAny};
 
 use crate::{
-    cgroup::Hierarchy,
-    kube::{self, KubeError, Node, RuntimeState},
-    run::OnOom,
+    target::cgroup::Hierarchy,
+    target::kube::{self, KubeError, Node, RuntimeState},
+    spec::OnOom,
     size::{Bytes, SizeSpec},
     target,
 };

@@ -8,7 +8,10 @@
 //! SIGKILLed controller is cleaned up by the janitor and the workers' `PR_SET_PDEATHSIG`.
 
 mod engine;
+pub mod janitor;
 mod member;
+pub mod spawn;
+pub mod stressor;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -18,43 +21,20 @@ pub use member::split;
 use serde::Serialize;
 
 use crate::{
-    cgroup::{self, Counters, Hierarchy},
-    event,
-    janitor::{Entry, Janitor},
-    kube::{Identity, RuntimeState},
-    predict::{self, Prediction},
+    target::cgroup::{self, Counters, Hierarchy},
+    explain::record,
+    stress::janitor::{Entry, Janitor},
+    target::kube::{Identity, RuntimeState},
+    explain::predict::{self, Prediction},
     privilege,
     probe::{self, Probes},
-    report::Reporter,
+    output::Reporter,
     size::{Bytes, SizeSpec},
-    spawn::{self, Spec, Stdio},
-    stresschaos::StressChaos,
-    stressor::{self, Fill, Kind, Pattern},
+    stress::spawn::{Spec, Stdio},
+    input::stresschaos::StressChaos,
+    spec::{Fill, Kind, OnOom, Pattern},
     target::{self, Target},
 };
-
-/// What happens when the kernel OOM-kills a stressor.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnOom {
-    /// Report it and keep holding with the stressors that are left.
-    #[default]
-    Report,
-    /// Report it and start the stressor again.
-    Restart,
-    /// Report it and end the run (exit code 3).
-    Stop,
-}
-
-impl std::fmt::Display for OnOom {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Report => "report",
-            Self::Restart => "restart",
-            Self::Stop => "stop",
-        })
-    }
-}
 
 /// A request that cannot work as given: exit code 2, like a command-line usage error.
 #[derive(Debug, thiserror::Error)]
@@ -353,7 +333,7 @@ fn check_shares(
     footprint: u64,
     headroom: Option<(u64, &str)>,
 ) -> Result<()> {
-    let page = event::page_size();
+    let page = record::page_size();
     let least = min_share(footprint, page);
     let workers = u64::from(opts.workers);
     let amount = match &opts.amount_given {
@@ -413,11 +393,11 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
     if opts.workers == 0 {
         usage!("--workers 0: give at least 1 worker");
     }
-    if opts.workers > crate::cli::MAX_WORKERS {
+    if opts.workers > crate::spec::MAX_WORKERS {
         usage!(
             "--workers {}: at most {} workers",
             opts.workers,
-            crate::cli::MAX_WORKERS
+            crate::spec::MAX_WORKERS
         );
     }
     if matches!(opts.amount, Amount::FillTo(_)) && opts.kind == Kind::File {
@@ -455,7 +435,7 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
         let dir = opts
             .file_dir
             .clone()
-            .unwrap_or_else(crate::stressor::default_file_dir);
+            .unwrap_or_else(stressor::default_file_dir);
         check_writable(&dir, credentials.unwrap_or_else(privilege::own))?;
     }
     let target = Target::resolve(hierarchy, &spec, opts.allow_root, &opts.runtime_state)?;
@@ -502,7 +482,7 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
             Bytes(available)
         );
     }
-    let page = event::page_size();
+    let page = record::page_size();
     let bytes_per_worker = split(total_bytes, opts.workers as usize, page);
     let app_bytes: u64 = opts.apps.iter().map(|a| a.bytes).sum();
     // The limit may be an ancestor's: what counts against it is the whole domain's usage.
@@ -649,8 +629,8 @@ pub fn print_plan(plan: &Plan, reporter: &Reporter) {
             "{pod}{container}, {:?}, {} driver: ",
             k.qos,
             match k.driver {
-                crate::kube::Driver::Systemd => "systemd",
-                crate::kube::Driver::Cgroupfs => "cgroupfs",
+                crate::target::kube::Driver::Systemd => "systemd",
+                crate::target::kube::Driver::Cgroupfs => "cgroupfs",
             }
         )
     });
@@ -751,14 +731,14 @@ pub fn print_plan(plan: &Plan, reporter: &Reporter) {
                 format!(
                     "{}. {who}: {} points",
                     i + 1,
-                    crate::points::group(r.points)
+                    crate::explain::points::group(r.points)
                 )
             })
             .collect();
         reporter.text(&format!(
             "predicted OOM ranking in {} (totalpages {}, from /proc now): {}{}",
             p.domain,
-            crate::points::group(p.totalpages as i64),
+            crate::explain::points::group(p.totalpages as i64),
             top.join("; "),
             if p.exempt.is_empty() {
                 String::new()
@@ -968,7 +948,7 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Ended> {
     }
     // One run per target: refuse before anything is created (exit code 5).
     let mut _lock = match target.create {
-        None => Some(crate::lock::lock(&target.cgroup.dir, &target.cgroup.path)?),
+        None => Some(crate::target::lock::lock(&target.cgroup.dir, &target.cgroup.path)?),
         Some(_) => None,
     };
     let own = cgroup::own_cgroup(&hierarchy).ok();
@@ -1010,7 +990,7 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Ended> {
                 .to_owned();
             let cgroup = parent.create_child(&name)?;
             created = Some(cgroup.clone());
-            _lock = Some(crate::lock::lock(&cgroup.dir, &cgroup.path)?);
+            _lock = Some(crate::target::lock::lock(&cgroup.dir, &cgroup.path)?);
             cgroup.set_limit(limit)?;
         }
         let follow = match (&target.kube, opts.follow) {
@@ -1066,10 +1046,10 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Ended> {
 mod tests {
     use super::*;
     use crate::{
-        cgroup::Version,
-        fixture::{Tree, container_id},
-        kube::{Driver, Qos, Runtime},
-        stresschaos,
+        target::cgroup::Version,
+        target::fixture::{Tree, container_id},
+        target::kube::{Driver, Qos, Runtime},
+        input::stresschaos,
     };
 
     const MIB: u64 = 1 << 20;
@@ -1320,7 +1300,7 @@ mod tests {
                 .version,
             Version::V2
         );
-        let empty = crate::fixture::temp_dir("empty");
+        let empty = crate::target::fixture::temp_dir("empty");
         let e = Hierarchy::at_root(&empty).unwrap_err().to_string();
         std::fs::remove_dir_all(&empty).unwrap();
         assert!(e.contains("not shaped like /sys/fs/cgroup"), "{e}");
@@ -1336,5 +1316,5 @@ mod tests {
 
     use std::path::Path;
 
-    use crate::cgroup::Cgroup;
+    use crate::target::cgroup::Cgroup;
 }

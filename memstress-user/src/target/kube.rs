@@ -28,7 +28,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::cgroup::{Cgroup, CgroupError, Hierarchy, Version};
+use crate::target::cgroup::{Cgroup, CgroupError, Hierarchy, Version};
 
 /// The shortest id or UID prefix accepted (as git's shortest abbreviation): long enough not
 /// to match by accident on a busy node, short enough to type. Longer is fine; ambiguity is
@@ -919,7 +919,7 @@ mod tests {
 #[cfg(test)]
 mod shapes {
     use super::*;
-    use crate::fixture::{self, Tree, container_id};
+    use crate::target::fixture::{self, Tree, container_id};
 
     const UID: &str = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
     const MIB: u64 = 1 << 20;

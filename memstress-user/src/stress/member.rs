@@ -18,9 +18,9 @@ use tokio::{
 };
 
 use crate::{
-    cgroup::Cgroup,
-    spawn::{self, Exit, Spec, Stdio},
-    stressor::{Command, Report, WorkerArgs},
+    target::cgroup::Cgroup,
+    stress::spawn::{self, Exit, Spec, Stdio},
+    stress::stressor::{Command, Report, WorkerArgs},
 };
 
 /// A stressor, or a process standing in for an application.

@@ -357,11 +357,11 @@ impl PeakReader {
     }
 
     /// Whether the figure covers this run only, or the cgroup's whole life.
-    pub fn scope(&self) -> crate::run::PeakScope {
+    pub fn scope(&self) -> crate::stress::PeakScope {
         if self.run_only {
-            crate::run::PeakScope::Run
+            crate::stress::PeakScope::Run
         } else {
-            crate::run::PeakScope::CgroupLifetime
+            crate::stress::PeakScope::CgroupLifetime
         }
     }
 }

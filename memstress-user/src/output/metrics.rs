@@ -47,7 +47,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::{cgroup::Cgroup, explain::Explained, probe::Status, stressor};
+use crate::{target::cgroup::Cgroup, explain::Explained, probe::Status, stress::stressor};
 
 /// At most this many `cgroup` × `comm` pairs get their own kill series; kills beyond them
 /// count under `cgroup="(other)",comm="(other)"`, so a long-running watch on a node whose
@@ -462,13 +462,13 @@ async fn write_response(
 mod tests {
     use super::*;
     use crate::{
-        event::{OomKill, Record, tests::sample_raw},
+        explain::record::{OomKill, Record, tests::sample_raw},
         explain::{Explainer, Output},
     };
 
     fn explained(comm: &str) -> Explained {
         let mut raw = sample_raw();
-        raw.victim.comm = crate::event::tests::comm(comm);
+        raw.victim.comm = crate::explain::record::tests::comm(comm);
         let kill = OomKill::from_raw(&raw, 4096);
         let mut ex = Explainer::new(None, 0);
         let out = ex.batch(vec![Record::Victim(Box::new(kill))], &|_| None);

@@ -6,6 +6,11 @@
 //! that cannot attach is reported once and the rest keep working; only when no `mark_victim`
 //! program attaches is there nothing to watch.
 
+pub mod btf;
+pub mod layout;
+pub mod tracefs;
+
+
 use std::{io, path::PathBuf};
 
 use aya::{
@@ -18,9 +23,8 @@ use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    btf::{self, Btf, BtfError},
-    layout, privilege,
-    tracefs::{Tracefs, TracefsError},
+    probe::btf::{Btf, BtfError}, privilege,
+    probe::tracefs::{Tracefs, TracefsError},
 };
 
 /// The BPF object, built by build.rs from memstress-ebpf.
@@ -309,7 +313,7 @@ impl Probes {
             .map_max_entries(
                 names::EVENTS,
                 opts.ring_bytes
-                    .max(u32::try_from(crate::event::page_size()).unwrap_or(4096)),
+                    .max(u32::try_from(crate::explain::record::page_size()).unwrap_or(4096)),
             )
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(e.to_string()))?;
@@ -364,7 +368,7 @@ impl Probes {
 
     /// Reports what attached: the `attached` JSON line, and one warning on stderr for each
     /// program that did not attach and each fact this kernel lacks.
-    pub fn announce(&self, reporter: &crate::report::Reporter, cgroup: Option<&str>) {
+    pub fn announce(&self, reporter: &crate::output::Reporter, cgroup: Option<&str>) {
         reporter.json(
             "attached",
             &Attached {
@@ -458,7 +462,7 @@ impl Probes {
 
     /// Reports records dropped since the last call (a `dropped` line and a warning), as soon
     /// as the reader catches up: a full ring buffer is never silent.
-    pub fn report_new_drops(&self, reporter: &crate::report::Reporter) {
+    pub fn report_new_drops(&self, reporter: &crate::output::Reporter) {
         let total = self.drops();
         let new = total.saturating_sub(self.drops_reported.get());
         if new == 0 {

@@ -1,9 +1,15 @@
 //! Which cgroup a run stresses: one that exists (`--cgroup`, `--pid`, `--self`, a Kubernetes
 //! `--pod`/`--container`), or a sandbox created for the run (`--new`).
 
+pub mod cgroup;
+pub mod fixture;
+pub mod kube;
+pub mod lock;
+
+
 use crate::{
-    cgroup::{self, Cgroup, CgroupError, Hierarchy},
-    kube::{self, Identity, KubeError, RuntimeState},
+    target::cgroup::{Cgroup, CgroupError, Hierarchy},
+    target::kube::{Identity, KubeError, RuntimeState},
     size::Bytes,
 };
 

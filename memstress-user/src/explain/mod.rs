@@ -7,16 +7,21 @@
 //! applied to those numbers. `"source":"predicted"` (the `--dry-run` ranking) is computed
 //! from /proc samples. The two are never mixed in one list.
 
+pub mod points;
+pub mod predict;
+pub mod record;
+
+
 use std::collections::HashMap;
 
 use memstress_ebpf::Pressure;
 use serde::Serialize;
 
 use crate::{
-    cgroup::{Cgroup, Hierarchy, Version},
-    event::{Candidate, CollateralKill, Memory, OomKill, Record, Task, Victim, VictimAftermath},
-    points::{self, group},
-    report::who,
+    target::cgroup::{Cgroup, Hierarchy, Version},
+    explain::record::{Candidate, CollateralKill, Memory, OomKill, Record, Task, Victim, VictimAftermath},
+    explain::points::{group},
+    output::who,
     size::Bytes,
 };
 
@@ -200,7 +205,7 @@ pub enum Scope {
 
 impl Scope {
     /// [`Scope::Domain`] of `cgroup`, its ancestors' ids read from the hierarchy.
-    pub fn domain_of(cgroup: &Cgroup) -> Result<Self, crate::cgroup::CgroupError> {
+    pub fn domain_of(cgroup: &Cgroup) -> Result<Self, crate::target::cgroup::CgroupError> {
         let mut chain = Vec::new();
         let mut at = Some(cgroup.clone());
         while let Some(c) = at {
@@ -317,7 +322,7 @@ impl Explainer {
     /// An explainer for kills on `hierarchy` (used to read the domain's limit hits).
     pub fn new(hierarchy: Option<Hierarchy>, started_ns: u64) -> Self {
         Self {
-            page: crate::event::page_size(),
+            page: crate::explain::record::page_size(),
             version: hierarchy.as_ref().map(|h| h.version),
             hierarchy,
             started_ns,
@@ -921,7 +926,7 @@ mod tests {
     use memstress_ebpf::{kind, skip};
 
     use super::*;
-    use crate::event::{
+    use crate::explain::record::{
         self, OomKill,
         tests::{facts, sample_raw},
     };

@@ -11,7 +11,7 @@
 //! `totalram_pages() + total_swap_pages`. `/proc/PID/oom_score` always uses the global
 //! figure, which is why it does not rank a memcg OOM.
 
-use crate::{cgroup::Version, event::RawCounters};
+use crate::{target::cgroup::Version, explain::record::RawCounters};
 
 /// `oom_badness()` for a task whose counters are `raw` (pages; page tables in bytes).
 pub fn badness(raw: RawCounters, oom_score_adj: i16, totalpages: u64, page: u64) -> i64 {

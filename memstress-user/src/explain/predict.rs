@@ -6,7 +6,7 @@ use std::fs;
 
 use serde::Serialize;
 
-use crate::{cgroup::Cgroup, event::RawCounters, explain::Ranked, points};
+use crate::{target::cgroup::Cgroup, explain::record::RawCounters, explain::Ranked, explain::points};
 
 /// A prediction of who the OOM killer would choose, highest points first.
 #[derive(Clone, Debug, Serialize)]
@@ -73,7 +73,7 @@ pub fn predict(
     stressors: &[(String, u64, i16)],
     exists: bool,
 ) -> Prediction {
-    let page = crate::event::page_size();
+    let page = crate::explain::record::page_size();
     let (_, swap_total) = points::node_pages(page);
     let swap_limit = domain.swap_limit().ok().flatten().unwrap_or(u64::MAX);
     let totalpages = points::totalpages_memcg(

@@ -7,8 +7,8 @@
 use memstress_ebpf::{KernelLayout, UNKNOWN};
 
 use crate::{
-    btf::{Btf, BtfError, Kind},
-    tracefs::Format,
+    probe::btf::{Btf, BtfError, Kind},
+    probe::tracefs::Format,
 };
 
 /// A resolved layout and what could not be resolved.
@@ -289,7 +289,7 @@ pub fn resolve(btf: &Btf, mark_victim: Option<&Format>) -> Resolved {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::btf::VMLINUX;
+    use crate::probe::btf::VMLINUX;
 
     /// The resolver on this machine's own kernel BTF. Every test machine of this project
     /// exposes /sys/kernel/btf/vmlinux; the test fails loudly where it does not.

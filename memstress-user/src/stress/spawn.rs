@@ -22,7 +22,7 @@ use std::{
 
 use tokio::io::unix::AsyncFd;
 
-use crate::cgroup::{Cgroup, Version};
+use crate::target::cgroup::{Cgroup, Version};
 
 /// What to do with a child's standard stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,6 +23,7 @@
 //! it happens. While holding, the worker blocks in `read(2)` on its stdin: ~0% CPU. When the
 //! controller goes away (stdin closes, or `PR_SET_PDEATHSIG`), the worker exits.
 
+use crate::spec::{Fill, Kind, Pattern};
 use std::{
     ffi::CString,
     fs,
@@ -46,44 +47,6 @@ pub const KERNEL_OVERHEAD: u64 = 24 << 10;
 
 /// How often a keep-dirty worker wakes to rewrite a slice of its pages.
 const DIRTY_TICK: Duration = Duration::from_millis(100);
-
-/// How pages are faulted in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Fill {
-    /// Write one byte per page.
-    #[default]
-    Touch,
-    /// `MADV_POPULATE_WRITE` (Linux 5.14): the kernel faults the range in one call.
-    Populate,
-}
-
-/// What kind of memory is held.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// Anonymous memory (`mmap` private): counted in the working set, never reclaimable
-    /// without swap.
-    #[default]
-    Anon,
-    /// Shared memory (a `memfd`): counted as shmem, in the working set, reclaimable only to
-    /// swap.
-    Shmem,
-    /// Page cache (a file written in --file-dir): charged to the cgroup but reclaimable, so
-    /// usage rises while the working set (usage − inactive_file) barely does.
-    File,
-}
-
-/// What a worker does with its memory once it holds it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Pattern {
-    /// Touch each page once, then sleep: ~0% CPU.
-    #[default]
-    Hold,
-    /// Rewrite every page once per --rewrite-every, spread evenly: the pages stay recently
-    /// used (active) and dirty, so LRU aging and writeback cannot make them cheap to reclaim.
-    KeepDirty,
-}
 
 /// Worker options.
 #[derive(Clone, Debug)]

@@ -1,6 +1,9 @@
 //! Writing events: one JSON object per line on stdout (`--output json`), or one readable line
 //! per event (`--output text`). Diagnostics never go to stdout.
 
+pub mod metrics;
+
+
 use std::{
     io::{self, Write as _},
     time::{SystemTime, UNIX_EPOCH},
@@ -9,7 +12,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    event::CollateralKill,
+    explain::record::CollateralKill,
     explain::{self, Explained, Output, Reaped},
     size::Bytes,
 };
@@ -341,7 +344,7 @@ pub fn describe_kill(kill: &Explained, context: &KillContext) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::tests::sample_raw;
+    use crate::explain::record::tests::sample_raw;
 
     #[test]
     fn formats_utc_times() {
@@ -364,9 +367,9 @@ mod tests {
             .find(|l| l.get(12..22) == Some(" OOM KILL "))
             .expect("README has a `watch` example line");
         let real = {
-            let kill = crate::event::OomKill::from_raw(&sample_raw(), 4096);
+            let kill = crate::explain::record::OomKill::from_raw(&sample_raw(), 4096);
             let mut explainer = crate::explain::Explainer::new(None, 0);
-            let out = explainer.batch(vec![crate::event::Record::Victim(Box::new(kill))], &|_| {
+            let out = explainer.batch(vec![crate::explain::record::Record::Victim(Box::new(kill))], &|_| {
                 None
             });
             let Output::Kill(e) = &out[0] else { panic!() };
@@ -400,9 +403,9 @@ mod tests {
     #[test]
     fn describes_a_kill_in_one_line() {
         let raw = sample_raw();
-        let kill = crate::event::OomKill::from_raw(&raw, 4096);
+        let kill = crate::explain::record::OomKill::from_raw(&raw, 4096);
         let mut explainer = crate::explain::Explainer::new(None, 0);
-        let out = explainer.batch(vec![crate::event::Record::Victim(Box::new(kill))], &|_| {
+        let out = explainer.batch(vec![crate::explain::record::Record::Victim(Box::new(kill))], &|_| {
             None
         });
         let Output::Kill(e) = &out[0] else { panic!() };

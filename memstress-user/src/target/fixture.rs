@@ -2,7 +2,7 @@
 //! memory files the kernel would show, Kubernetes pods and containers laid out as the kubelet
 //! and each runtime lay them out, and the runtimes' state files that carry container names.
 //!
-//! The shapes are written out here independently of [`crate::kube`], from the layouts the
+//! The shapes are written out here independently of [`crate::target::kube`], from the layouts the
 //! kubelet and the runtimes document, so that a test checks the resolver against them rather
 //! than against itself. Used by the tests (always compiled: a feature for it made the tests
 //! package build the library a second time).
@@ -14,8 +14,8 @@ use std::{
 };
 
 use crate::{
-    cgroup::{Hierarchy, Version},
-    kube::{Driver, Qos, Runtime},
+    target::cgroup::{Hierarchy, Version},
+    target::kube::{Driver, Qos, Runtime},
 };
 
 /// `memory.limit_in_bytes` of an unlimited v1 cgroup on 4 KiB pages.
