@@ -156,6 +156,15 @@ EXAMPLES:
   memstress man --dir /usr/local/share/man/man1")]
     Man(ManArgs),
 
+    /// Print the JSON Schema (draft 2020-12) of every line `-o json` writes, generated from
+    /// memstress's own types (docs/events.schema.json is this output).
+    #[command(after_long_help = "\
+EXAMPLES:
+  memstress schema > events.schema.json
+  # Whether a file is this version's schema (exit code 1 and the first difference if not):
+  memstress schema --check docs/events.schema.json")]
+    Schema(SchemaArgs),
+
     /// (internal) a stressor worker.
     #[command(name = "__stressor", hide = true)]
     Stressor,
@@ -266,6 +275,14 @@ pub struct WatchArgs {
     /// docs/metrics.md lists every metric.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+}
+
+/// `memstress schema`.
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// Compare FILE with the schema instead of printing it.
+    #[arg(long, value_name = "FILE")]
+    pub check: Option<PathBuf>,
 }
 
 /// `memstress completions`.

@@ -28,10 +28,14 @@
 
 pub use memstress_ebpf as abi;
 
+pub use self::error::{Error, Result};
+
 pub mod cli;
+pub mod error;
 pub mod exit;
 pub mod explain;
 pub mod input;
+pub mod observer;
 pub mod output;
 pub mod probe;
 pub mod privilege;

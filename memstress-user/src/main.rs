@@ -4,15 +4,14 @@ use std::{ffi::OsString, fmt, io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
 use memstress::{
+    Error,
     cli::{self, Cli, Command},
-    exit, stress::janitor, probe,
-    output::Reporter,
-    stress::{self, App},
-    size::SizeSpec,
-    input::stresschaos,
-    spec::Fill,
-    stress::stressor,
-    target, watch,
+    error_chain, exit, input,
+    output::{Reporter, line},
+    probe,
+    size::Bytes,
+    stress::{self, janitor, stressor},
+    watch,
 };
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::{
@@ -105,10 +104,7 @@ fn main() -> ExitCode {
             ) {
                 e.exit();
             }
-            eprintln!(
-                "{}",
-                memstress::cli::one_line_usage_error(&e.render().to_string())
-            );
+            eprintln!("{}", cli::one_line_usage_error(&e.render().to_string()));
             return code(exit::USAGE);
         }
     };
@@ -117,12 +113,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Stressor => unreachable!("handled before clap"),
         Command::Janitor => return code(janitor::janitor_main()),
-        // Neither needs privileges, logging or the event loop.
+        // None of these needs privileges, logging or the event loop.
         Command::Completions(args) => {
             cli::completions(args.shell, &mut std::io::stdout());
             return code(exit::SUCCESS);
         }
         Command::Man(args) => return code(man(args.dir.as_deref())),
+        Command::Schema(args) => return code(schema(args.check.as_deref())),
         _ => {}
     }
     init_logging(cli.verbose, cli.quiet);
@@ -137,234 +134,122 @@ fn main() -> ExitCode {
         }
     };
     let reporter = Reporter::new(cli.output);
-    let mut probe_opts = probe::Options {
-        btf: cli.btf.clone(),
-        ring_bytes: cli.ring_buffer,
-        ..probe::Options::default()
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Watch(args) => {
-                probe_opts.command = "watch";
-                watch::watch(
-                    watch::Options {
-                        cgroup_root: cli.cgroup_root,
-                        cgroup: args.cgroup,
-                        duration: args.duration,
-                        explain_probes: args.explain_probes,
-                        metrics: args.metrics,
-                        probe: probe_opts,
-                    },
-                    &reporter,
-                )
-                .await
-            }
-            Command::Run(args) => {
-                probe_opts.command = "run";
-                run_command(args, cli.cgroup_root, probe_opts, &reporter).await
-            }
-            Command::Demo(args) => {
-                probe_opts.command = "demo";
-                demo(args, probe_opts, &reporter).await
-            }
-            Command::Stressor | Command::Janitor | Command::Completions(_) | Command::Man(_) => {
-                unreachable!("handled above")
-            }
-        }
-    });
-    match result {
+    match runtime.block_on(dispatch(cli, &reporter)) {
         Ok(c) => code(c),
+        Err(Error::Usage(message)) => {
+            eprintln!("memstress: error: {message} (see --help)");
+            code(exit::USAGE)
+        }
         Err(e) => {
             // One line, the whole chain of causes, no backtrace.
-            tracing::error!("{e:#}");
-            let busy = e.chain().any(|c| {
-                matches!(
-                    c.downcast_ref::<memstress::target::lock::LockError>(),
-                    Some(memstress::target::lock::LockError::Busy(_))
-                )
-            });
-            let usage = e
-                .chain()
-                .any(|c| c.downcast_ref::<memstress::stress::UsageError>().is_some());
-            code(if busy {
-                exit::BUSY
-            } else if usage {
-                exit::USAGE
-            } else {
-                exit::FAILURE
-            })
+            tracing::error!("{}", error_chain(&e));
+            code(e.exit_code())
         }
     }
 }
 
-/// `memstress run`: the flags (and a StressChaos file) turned into run options.
-async fn run_command(
-    args: memstress::cli::RunArgs,
-    cgroup_root: Option<std::path::PathBuf>,
-    probe: probe::Options,
-    reporter: &Reporter,
-) -> anyhow::Result<i32> {
-    use clap::CommandFactory as _;
-    let usage = |msg: &str| -> ! {
-        let mut cli = Cli::command();
-        cli.build();
-        let mut run = cli
-            .find_subcommand_mut("run")
-            .expect("the run subcommand")
-            .clone();
-        let e = run.error(clap::error::ErrorKind::MissingRequiredArgument, msg);
-        eprintln!(
-            "{}",
-            memstress::cli::one_line_usage_error(&e.render().to_string())
-        );
-        std::process::exit(exit::USAGE)
+/// Runs the command; returns its exit code.
+async fn dispatch(cli: Cli, reporter: &Reporter) -> Result<i32, Error> {
+    let probe = |command| probe::Options {
+        btf: cli.btf.clone(),
+        ring_bytes: cli.ring_buffer,
+        command,
     };
-    if let Err(msg) = args.check() {
-        usage(&msg)
-    }
-    let stresschaos = args
-        .from_stresschaos
-        .as_deref()
-        .map(stresschaos::load)
-        .transpose()?;
-    let target = if let Some(name) = args.new {
-        target::Spec::New {
-            name,
-            limit: args.limit.unwrap_or_default(),
+    match cli.command {
+        Command::Watch(args) => {
+            let opts = watch::Options {
+                cgroup_root: cli.cgroup_root.clone(),
+                cgroup: args.cgroup,
+                duration: args.duration,
+                explain_probes: args.explain_probes,
+                metrics: args.metrics,
+                probe: probe("watch"),
+            };
+            watch::watch(opts, reporter).await
         }
-    } else if let Some(path) = args.cgroup {
-        target::Spec::Cgroup(path)
-    } else if let Some(pid) = args.pid {
-        target::Spec::Pid(pid)
-    } else if args.self_ {
-        target::Spec::SelfCgroup
-    } else if args.pod.is_some() || args.container.is_some() {
-        target::Spec::Kube {
-            pod: args.pod,
-            container: args.container,
-        }
-    } else if stresschaos.is_some() {
-        target::Spec::FromSelector
-    } else {
-        usage(
-            "a target is required: one of --new NAME, --cgroup PATH, --pid PID, --self, --pod UID, --container ID (or --from-stresschaos FILE with a selector.pods)",
-        )
-    };
-    let given = match (&args.size, &args.fill_to) {
-        (_, Some(goal)) => Some(stress::Amount::FillTo(goal.spec)),
-        (Some(size), None) => Some(stress::Amount::Size(size.spec)),
-        (None, None) => None,
-    };
-    let amount_given = args
-        .fill_to
-        .as_ref()
-        .or(args.size.as_ref())
-        .map(|a| a.given.clone());
-    let mut notes = Vec::new();
-    let mut workers = args.workers;
-    let mut ramp = args.ramp;
-    let mut hold = args.hold;
-    let mut oom_score_adj = args.oom_score_adj;
-    let amount = match &stresschaos {
-        Some(sc) => {
-            let settings = sc.settings(
-                &stresschaos::Overrides {
-                    amount: given.map(|a| match a {
-                        stress::Amount::Size(s) => format!("--size {s}"),
-                        stress::Amount::FillTo(s) => format!("--fill-to {s}"),
-                    }),
-                    workers: args.workers,
-                    ramp: args.ramp,
-                    hold: args.hold,
-                    oom_score_adj: args.oom_score_adj,
-                },
-                args.on_oom,
-            );
-            workers = Some(settings.workers);
-            ramp = settings.ramp;
-            hold = settings.hold;
-            oom_score_adj = settings.oom_score_adj;
-            notes = settings.notes;
-            match (given, settings.size) {
-                (Some(a), _) => a,
-                (None, Some(size)) => stress::Amount::Size(size),
-                (None, None) => unreachable!("the file's size is used unless one is given"),
+        Command::Run(args) => {
+            let (opts, stresschaos) =
+                input::run_options(args, cli.cgroup_root.clone(), probe("run"))?;
+            let ended = stress::run(opts, reporter).await?;
+            if let (Some(sc), Some(summary)) = (&stresschaos, &ended.summary)
+                && let Some(sentence) = sc.closing(&ended.plan, summary)
+            {
+                reporter.text(&sentence);
             }
+            Ok(ended.exit_code())
         }
-        None => given.unwrap_or_else(|| {
-            usage(
-                "an amount is required: --size SIZE or --fill-to SIZE (or --from-stresschaos FILE)",
-            )
-        }),
-    };
-    let mut opts = stress::Options::new(target, amount, probe);
-    opts.allow_root = args.allow_root_cgroup;
-    opts.user = args.user;
-    opts.of_node = args.of_node;
-    opts.workers = workers.unwrap_or(1);
-    opts.ramp = ramp;
-    opts.hold = hold;
-    opts.on_oom = args.on_oom;
-    opts.oom_score_adj = oom_score_adj;
-    opts.kind = args.kind;
-    opts.pattern = args.pattern;
-    opts.rewrite_every = args.rewrite_every.unwrap_or(opts.rewrite_every);
-    opts.amount_given = amount_given;
-    opts.file_dir = args.file_dir;
-    opts.fill = if args.populate {
-        Fill::Populate
-    } else {
-        Fill::Touch
-    };
-    opts.thp = args.thp;
-    opts.mlock = args.mlock;
-    opts.dry_run = args.dry_run;
-    opts.cgroup_root = cgroup_root;
-    opts.runtime_state = memstress::target::kube::RuntimeState::new(args.runtime_root);
-    opts.follow = args.follow;
-    opts.stresschaos = stresschaos;
-    opts.notes = notes;
-    Ok(stress::run(opts, reporter).await?.exit_code())
+        Command::Demo(args) => demo(args, probe("demo"), reporter).await,
+        Command::Stressor
+        | Command::Janitor
+        | Command::Completions(_)
+        | Command::Man(_)
+        | Command::Schema(_) => unreachable!("handled before the event loop"),
+    }
 }
 
 async fn demo(
-    args: memstress::cli::DemoArgs,
+    args: cli::DemoArgs,
     probe: probe::Options,
     reporter: &Reporter,
-) -> anyhow::Result<i32> {
+) -> Result<i32, Error> {
     let limit = args.limit;
     reporter.text(&format!(
         "memstress demo: a sandbox cgroup limited to {}, an app holding {} in it, and 2 stressors \
          asking for {} in total; the kernel must OOM-kill something, and memstress reports what.",
-        memstress::size::Bytes(limit),
-        memstress::size::Bytes(limit / 4),
-        memstress::size::Bytes(limit * 3 / 2),
+        Bytes(limit),
+        Bytes(limit / 4),
+        Bytes(limit * 3 / 2),
     ));
-    let target = target::Spec::New {
-        name: format!("memstress-demo-{}", std::process::id()),
-        limit,
-    };
-    let mut opts = stress::Options::new(
-        target,
-        stress::Amount::Size(SizeSpec::Bytes(limit * 3 / 2)),
-        probe,
-    );
-    opts.workers = 2;
-    opts.apps = vec![App {
-        name: "demo-app".to_owned(),
-        bytes: limit / 4,
-        oom_score_adj: None,
-    }];
-    opts.stop_after_kills = Some(1);
-    opts.deadline = Some(args.timeout);
-    let ended = stress::run(opts, reporter).await?;
+    let ended = stress::run(input::demo_options(limit, args.timeout, probe), reporter).await?;
     match ended.outcome {
-        stress::Outcome::Completed => {
-            reporter.text("demo done: the kill above came from the kernel's mark_victim tracepoint; the sandbox is gone.");
+        line::Outcome::Completed => {
+            reporter.text(
+                "demo done: the kill above came from the kernel's mark_victim tracepoint; the \
+                 sandbox is gone.",
+            );
             Ok(exit::SUCCESS)
         }
-        stress::Outcome::Interrupted => Ok(ended.exit_code()),
-        outcome => anyhow::bail!("the demo ended without an OOM kill ({outcome})"),
+        line::Outcome::Interrupted => Ok(ended.exit_code()),
+        outcome => {
+            tracing::error!("the demo ended without an OOM kill ({outcome})");
+            Ok(exit::FAILURE)
+        }
+    }
+}
+
+/// `memstress schema`: the JSON Schema of every `-o json` line, generated from their types;
+/// with `--check FILE`, whether FILE is that schema (exit code 1, and the first difference,
+/// when it is not).
+fn schema(check: Option<&std::path::Path>) -> i32 {
+    let generated = line::schema_text();
+    let Some(file) = check else {
+        print!("{generated}");
+        return exit::SUCCESS;
+    };
+    match std::fs::read_to_string(file) {
+        Ok(text) if text == generated => exit::SUCCESS,
+        Ok(text) => {
+            let (n, (want, got)) = generated
+                .lines()
+                .chain(std::iter::repeat(""))
+                .zip(text.lines().chain(std::iter::repeat("")))
+                .enumerate()
+                .find(|(_, (a, b))| a != b)
+                .unwrap_or((0, ("", "")));
+            eprintln!(
+                "memstress: error: {} is not the schema memstress's line types generate \
+                 (line {}: `{}`, generated `{}`); run `cargo xtask schema` to regenerate it",
+                file.display(),
+                n + 1,
+                got.trim(),
+                want.trim()
+            );
+            exit::FAILURE
+        }
+        Err(e) => {
+            eprintln!("memstress: error: cannot read {}: {e}", file.display());
+            exit::FAILURE
+        }
     }
 }
 

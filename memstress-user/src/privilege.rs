@@ -3,7 +3,8 @@
 
 use std::{ffi::CString, fs};
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// `CAP_SETGID`
 pub const CAP_SETGID: u32 = 6;
@@ -49,7 +50,7 @@ pub fn can_trace(caps: u64) -> bool {
 }
 
 /// The user and group a child process is switched to before it execs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Credentials {
     /// User id.
     pub uid: u32,
@@ -61,7 +62,7 @@ pub struct Credentials {
 pub const DEFAULT_USER: &str = "nobody";
 
 /// Who stressors run as, as the plan states it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StressorUser {
     /// User id.
     pub uid: u32,
@@ -72,7 +73,7 @@ pub struct StressorUser {
     pub from: String,
     /// What stressors keep: `none`, or `CAP_IPC_LOCK` with `--mlock` (dropped before exec,
     /// everything else).
-    pub capabilities: &'static str,
+    pub capabilities: String,
 }
 
 /// Why stressors cannot run as asked.
@@ -214,7 +215,7 @@ pub fn stressor_user(
         uid: c.uid,
         gid: c.gid,
         from,
-        capabilities: if mlock { "CAP_IPC_LOCK" } else { "none" },
+        capabilities: if mlock { "CAP_IPC_LOCK" } else { "none" }.to_owned(),
     };
     // A uid-0 stressor regains its bounding set at exec unless the set can be emptied,
     // which needs CAP_SETPCAP.

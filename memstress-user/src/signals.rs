@@ -25,38 +25,50 @@ impl Shutdown {
     /// Waits for one of the signals; returns which.
     pub async fn recv(&mut self) -> Stop {
         tokio::select! {
-            _ = self.int.recv() => Stop(libc::SIGINT),
-            _ = self.term.recv() => Stop(libc::SIGTERM),
-            _ = self.hup.recv() => Stop(libc::SIGHUP),
+            _ = self.int.recv() => Stop::Sigint,
+            _ = self.term.recv() => Stop::Sigterm,
+            _ = self.hup.recv() => Stop::Sighup,
         }
     }
 }
 
 /// The signal that stopped memstress.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Stop(pub i32);
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Stop {
+    /// Ctrl-C.
+    Sigint,
+    /// `kill`, a container runtime stopping its container.
+    Sigterm,
+    /// The terminal went away.
+    Sighup,
+}
 
 impl Stop {
+    /// The signal's number.
+    pub fn number(self) -> i32 {
+        match self {
+            Self::Sigint => libc::SIGINT,
+            Self::Sigterm => libc::SIGTERM,
+            Self::Sighup => libc::SIGHUP,
+        }
+    }
+
     /// The exit code of a command interrupted before it did what was asked: 128 + the
     /// signal's number, as a shell reports a process killed by it (130 for SIGINT, 143 for
     /// SIGTERM).
     pub fn exit_code(self) -> i32 {
-        128 + self.0
+        128 + self.number()
     }
 
     /// `SIGINT`, `SIGTERM`, `SIGHUP`.
     pub fn name(self) -> &'static str {
-        match self.0 {
-            libc::SIGINT => "SIGINT",
-            libc::SIGTERM => "SIGTERM",
-            libc::SIGHUP => "SIGHUP",
-            _ => "a signal",
+        match self {
+            Self::Sigint => "SIGINT",
+            Self::Sigterm => "SIGTERM",
+            Self::Sighup => "SIGHUP",
         }
-    }
-}
-
-impl serde::Serialize for Stop {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.name())
     }
 }

@@ -8,6 +8,27 @@
 
 use std::fmt;
 
+/// Page size the kernel counts RSS in.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
+}
+
+/// A count with its thousands apart, as the kernel's figures are written for people:
+/// `28 280`, `-16 000`, `256 000 000`.
+pub fn group(n: i128) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
 /// A size as given: bytes, or a percent of something resolved later.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum SizeSpec {
@@ -173,6 +194,15 @@ impl fmt::Display for Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_thousands() {
+        assert_eq!(group(26_113), "26 113");
+        assert_eq!(group(131_072), "131 072");
+        assert_eq!(group(999), "999");
+        assert_eq!(group(-997_000), "-997 000");
+        assert_eq!(group(0), "0");
+    }
 
     #[test]
     fn parses_units_exactly() {

@@ -2,10 +2,15 @@
 //! it is faulted in and held, what happens on an OOM kill. The command line parses these
 //! (clap value enums), the plan and the stressors act on them, the output echoes them.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The most stressor processes one run starts.
 pub const MAX_WORKERS: u32 = 1024;
+
+/// The comm of every stressor (and of nothing else memstress starts): `watch --metrics` knows
+/// memstress's stressors by it.
+pub const STRESSOR_COMM: &str = "memstress-vm";
 
 /// How pages are faulted in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -18,7 +23,9 @@ pub enum Fill {
 }
 
 /// What kind of memory is held.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// Anonymous memory (`mmap` private): counted in the working set, never reclaimable
@@ -34,7 +41,9 @@ pub enum Kind {
 }
 
 /// What a worker does with its memory once it holds it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Pattern {
     /// Touch each page once, then sleep: ~0% CPU.
@@ -46,7 +55,9 @@ pub enum Pattern {
 }
 
 /// What happens when the kernel OOM-kills a stressor.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OnOom {
     /// Report it and keep holding with the stressors that are left.

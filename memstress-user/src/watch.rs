@@ -1,20 +1,22 @@
 //! `memstress watch`: every OOM kill on the node (or under one cgroup), the moment the kernel
 //! makes it.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
-
-use anyhow::{Context as _, Result};
-use serde::Serialize;
+use std::{borrow::Cow, net::SocketAddr, sync::Arc, time::Duration};
 
 use crate::{
-    target::cgroup::{Cgroup, Hierarchy},
-    explain::record::{self, Record},
-    exit,
+    Error, Result,
     explain::{Explainer, Output, Scope},
-    output::metrics::{self, Metrics},
+    exit,
+    observer::Observer,
+    output::{
+        Reporter,
+        line::{EndLine, KillContext, Line, MetricsLine},
+        metrics::{self, Metrics},
+        monotonic_ns, text,
+    },
     probe::{self, Probes},
-    output::{KillContext, Reporter, monotonic_ns},
     signals,
+    target::cgroup::{Cgroup, Hierarchy},
 };
 
 /// Options of `memstress watch`.
@@ -32,21 +34,6 @@ pub struct Options {
     pub probe: probe::Options,
     /// `--cgroup-root`: resolve `cgroup` under this tree instead of the real mounts.
     pub cgroup_root: Option<std::path::PathBuf>,
-}
-
-#[derive(Serialize)]
-struct MetricsLine {
-    /// The address the endpoint listens on (the port the kernel picked for port 0).
-    address: String,
-    /// The URL to scrape.
-    url: String,
-}
-
-#[derive(Serialize)]
-struct EndLine {
-    oom_kills: u64,
-    victims_exiting: u64,
-    dropped_records: u64,
 }
 
 /// Runs `watch` until interrupted or `duration` passes. Returns the exit code: 0, or 128 +
@@ -67,10 +54,11 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<i32> {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
-    let mut probes = Probes::load(&opts.probe)?;
-    probes.announce(reporter, filter.as_ref().map(|(c, _)| c.path.as_str()));
+    let probes = Probes::load(&opts.probe)?;
+    let scope = filter.as_ref().map(|(c, _)| c.path.as_str());
+    reporter.attached(&probes, scope);
     if opts.explain_probes {
-        for line in explain_probes(&probes.status) {
+        for line in text::explain_probes(&probes.status) {
             reporter.text(&line);
         }
         for m in &probes.missing {
@@ -78,100 +66,32 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<i32> {
         }
         return Ok(exit::SUCCESS);
     }
-    let scope = filter.as_ref().map_or_else(
-        || "on this node".to_owned(),
-        |(c, _)| format!("in {}", c.path),
+    tracing::info!(
+        "watching OOM kills {} ({})",
+        scope.map_or_else(|| "on this node".to_owned(), |c| format!("in {c}")),
+        text::attached(&probes.status)
     );
-    tracing::info!("watching OOM kills {scope} ({})", probes.summary());
     let metrics = match listener {
-        Some(listener) => {
-            let metrics = Arc::new(Metrics::new(
-                &probes.status,
-                filter.as_ref().map(|(c, _)| c.clone()),
-            ));
-            let address = listener.local_addr()?;
-            let url = format!("http://{address}/metrics");
-            reporter.json(
-                "metrics",
-                &MetricsLine {
-                    address: address.to_string(),
-                    url: url.clone(),
-                },
-            );
-            tracing::info!("serving metrics at {url}");
-            let server = tokio::spawn(metrics::serve(listener, metrics.clone()));
-            Some((metrics, server))
-        }
+        Some(listener) => Some(serve_metrics(
+            listener,
+            &probes,
+            filter.as_ref().map(|(c, _)| c.clone()),
+            reporter,
+        )?),
         None => None,
     };
-    // The drop counter is read from the BPF side every second for the endpoint.
-    let mut refresh = tokio::time::interval(Duration::from_secs(1));
-
-    let mut ring = probes.events()?;
-    let mut shutdown = signals::Shutdown::new()?;
-    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
-    let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
-    let real = Hierarchy::discover().ok();
-    let mut explainer =
-        Explainer::new(real.clone(), monotonic_ns()).with_constraints(probes.constraints.clone());
-    // Limit hits are counted from now, for every cgroup a reported kill can have as domain.
-    match (&filter, &real) {
-        (Some((cgroup, id)), _) => {
-            explainer = explainer.only_in(Scope::Subtree {
-                id: *id,
-                path: cgroup.path.clone(),
-            });
-            explainer.seed_scope(cgroup, monotonic_ns());
-        }
-        (None, Some(hierarchy)) => explainer.seed_tree(&hierarchy.root(), monotonic_ns()),
-        (None, None) => {}
-    }
-    let mut counts = Counts::default();
-    let mut done = false;
-    let mut stopped_by = None;
-    while !done {
-        let mut records = Vec::new();
-        tokio::select! {
-            biased;
-            stop = shutdown.recv() => {
-                done = true;
-                stopped_by = Some(stop);
-            }
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => done = true,
-            _ = refresh.tick(), if metrics.is_some() => {}
-            res = ring.drain(|bytes| records.push(record::decode(bytes))) => {
-                res.context("reading the BPF ring buffer")?;
-            }
-        }
-        if done {
-            // Anything already in the ring buffer when the watch ends is still reported.
-            ring.drain_now(|bytes| records.push(record::decode(bytes)));
-        }
-        let records = decoded(records);
-        for output in explainer.batch(records, &|id| probes.pressure(id)) {
-            counts.add(&output);
-            if let (Some((m, _)), Output::Kill(kill)) = (&metrics, &output) {
-                m.kill(kill);
-            }
-            reporter.output(&output, &KillContext::default());
-        }
-        probes.report_new_drops(reporter);
-        if let Some((m, _)) = &metrics {
-            m.set_drops(probes.drops());
-        }
-    }
+    let mut observer = Observer::new(probes, explainer(filter.as_ref()))
+        .map_err(|e| Error::io("reading the BPF ring buffer", e))?;
+    let (counts, stopped_by) = observe(&mut observer, opts.duration, metrics.as_ref(), reporter).await?;
     if let Some((_, server)) = metrics {
         server.abort();
     }
-    let drops = probes.drops();
-    reporter.json(
-        "end",
-        &EndLine {
-            oom_kills: counts.kills,
-            victims_exiting: counts.exiting,
-            dropped_records: drops,
-        },
-    );
+    let drops = observer.probes().drops();
+    reporter.emit(&Line::End(Cow::Owned(EndLine {
+        oom_kills: counts.kills,
+        victims_exiting: counts.exiting,
+        dropped_records: drops,
+    })));
     if drops > 0 {
         tracing::warn!("{drops} records were dropped: the ring buffer overflowed");
     }
@@ -183,36 +103,90 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<i32> {
     })
 }
 
-/// One line per probe, in columns as wide as their widest entry: kind, hook, state, and
-/// what it contributes (with why it did not attach).
-fn explain_probes(status: &[probe::Status]) -> Vec<String> {
-    let state = |s: &probe::Status| {
-        if s.attached {
-            "attached"
-        } else {
-            "NOT attached"
+/// The explainer of a watch: filtered to a cgroup, or the whole node. Limit hits are
+/// counted from now, for every cgroup a reported kill can have as its domain.
+fn explainer(filter: Option<&(Cgroup, u64)>) -> Explainer {
+    let real = Hierarchy::discover().ok();
+    let mut explainer = Explainer::new(real.clone(), monotonic_ns());
+    match (filter, &real) {
+        (Some((cgroup, id)), _) => {
+            explainer = explainer.only_in(Scope::Subtree {
+                id: *id,
+                path: cgroup.path.clone(),
+            });
+            explainer.seed_scope(cgroup, monotonic_ns());
         }
-    };
-    let kind_w = status.iter().map(|s| s.kind.len()).max().unwrap_or(0);
-    let hook_w = status.iter().map(|s| s.hook.len()).max().unwrap_or(0);
-    let state_w = status.iter().map(|s| state(s).len()).max().unwrap_or(0);
-    status
-        .iter()
-        .map(|s| {
-            let why = s
-                .error
-                .as_deref()
-                .map(|e| format!(" ({e})"))
-                .unwrap_or_default();
-            format!(
-                "{:<kind_w$}  {:<hook_w$}  {:<state_w$}  {}{why}",
-                s.kind,
-                s.hook,
-                state(s),
-                s.purpose
-            )
-        })
-        .collect()
+        (None, Some(hierarchy)) => explainer.seed_tree(&hierarchy.root(), monotonic_ns()),
+        (None, None) => {}
+    }
+    explainer
+}
+
+/// Serves the metrics endpoint on `listener`; says where.
+fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    probes: &Probes,
+    cgroup: Option<Cgroup>,
+    reporter: &Reporter,
+) -> Result<(Arc<Metrics>, tokio::task::JoinHandle<()>)> {
+    let metrics = Arc::new(Metrics::new(&probes.status, cgroup));
+    let address = listener
+        .local_addr()
+        .map_err(|e| Error::io("the metrics listener", e))?;
+    let url = format!("http://{address}/metrics");
+    reporter.emit(&Line::Metrics(Cow::Owned(MetricsLine {
+        address: address.to_string(),
+        url: url.clone(),
+    })));
+    tracing::info!("serving metrics at {url}");
+    let server = tokio::spawn(metrics::serve(listener, metrics.clone()));
+    Ok((metrics, server))
+}
+
+/// Reports every batch until a signal or the deadline; what is already in the ring buffer
+/// at the end is still reported.
+async fn observe(
+    observer: &mut Observer,
+    duration: Option<Duration>,
+    metrics: Option<&(Arc<Metrics>, tokio::task::JoinHandle<()>)>,
+    reporter: &Reporter,
+) -> Result<(Counts, Option<signals::Stop>)> {
+    // The drop counter is read from the BPF side every second for the endpoint.
+    let mut refresh = tokio::time::interval(Duration::from_secs(1));
+    let mut shutdown =
+        signals::Shutdown::new().map_err(|e| Error::io("cannot handle signals", e))?;
+    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+    let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+    let mut counts = Counts::default();
+    loop {
+        let (batch, done) = tokio::select! {
+            biased;
+            stop = shutdown.recv() => (observer.drain_now(), Some(Some(stop))),
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                (observer.drain_now(), Some(None))
+            }
+            _ = refresh.tick(), if metrics.is_some() => (Default::default(), None),
+            batch = observer.next() => {
+                (batch.map_err(|e| Error::io("reading the BPF ring buffer", e))?, None)
+            }
+        };
+        for output in &batch.outputs {
+            counts.add(output);
+            if let (Some((m, _)), Output::Kill(kill)) = (metrics, output) {
+                m.kill(kill);
+            }
+            reporter.output(output, &KillContext::default());
+        }
+        if let Some((records, total)) = batch.dropped {
+            reporter.dropped(records, total);
+        }
+        if let Some((m, _)) = metrics {
+            m.set_drops(observer.probes().drops());
+        }
+        if let Some(stopped_by) = done {
+            return Ok((counts, stopped_by));
+        }
+    }
 }
 
 #[derive(Default)]
@@ -233,40 +207,32 @@ impl Counts {
     }
 }
 
-/// Drops undecodable records, with a warning.
-fn decoded(records: Vec<Result<Record, record::DecodeError>>) -> Vec<Record> {
-    records
-        .into_iter()
-        .filter_map(|r| {
-            r.map_err(|e| tracing::warn!("undecodable record: {e}"))
-                .ok()
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::{
+        output::text::explain_probes,
+        probe::{ProbeKind, Status},
+    };
 
     #[test]
     fn probe_columns_line_up() {
-        let status = |kind, hook, attached, error: Option<&str>| probe::Status {
-            program: "p",
+        let status = |kind, hook: &str, attached, error: Option<&str>| Status {
+            program: "p".to_owned(),
             kind,
-            hook,
-            purpose: "what it gives",
+            hook: hook.to_owned(),
+            purpose: "what it gives".to_owned(),
             attached,
             error: error.map(str::to_owned),
         };
         let lines = explain_probes(&[
-            status("tp_btf", "mark_victim", true, None),
+            status(ProbeKind::TpBtf, "mark_victim", true, None),
             status(
-                "fentry",
+                ProbeKind::Fentry,
                 "try_to_free_mem_cgroup_pages",
                 false,
                 Some("Operation not permitted"),
             ),
-            status("tracepoint", "oom:mark_victim", true, None),
+            status(ProbeKind::Tracepoint, "oom:mark_victim", true, None),
         ]);
         let at = |line: usize, needle: &str| lines[line].find(needle).unwrap();
         let hooks = [

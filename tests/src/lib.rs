@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memstress::cgroup::{Cgroup, Hierarchy};
+use memstress::target::cgroup::{Cgroup, Hierarchy};
 
 pub mod bpf;
 pub mod lab;

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memstress::cgroup::Version;
+use memstress::target::cgroup::Version;
 use memstress_tests::{
     App, Memstress, TestCgroup, command_in, hierarchy, require_root, tools_python_run,
 };

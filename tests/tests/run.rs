@@ -335,7 +335,7 @@ fn percent_size_charges_that_share_of_the_limit() {
     );
 }
 
-fn working_set(cgroup: &memstress::cgroup::Cgroup) -> u64 {
+fn working_set(cgroup: &memstress::target::cgroup::Cgroup) -> u64 {
     cgroup.counters().expect("read counters").working_set_bytes
 }
 
@@ -837,7 +837,7 @@ fn every_kind_is_charged_within_two_percent() {
         ]);
         run.wait_type("full", Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(300));
-        let cgroup = memstress::cgroup::Cgroup::locate(&hierarchy(), &format!("/{name}")).unwrap();
+        let cgroup = memstress::target::cgroup::Cgroup::locate(&hierarchy(), &format!("/{name}")).unwrap();
         let usage = cgroup.usage().unwrap();
         let finished = run.interrupt(Duration::from_secs(15));
         assert!(finished.status.success(), "{kind}: {}", finished.stderr);
@@ -885,16 +885,16 @@ fn the_kernel_peak_says_what_it_covers() {
     let summary = finished.of_type("summary")[0];
     let peak = summary["kernel_peak_usage_bytes"].as_u64().unwrap();
     match (hierarchy().version, summary["kernel_peak_scope"].as_str()) {
-        (memstress::cgroup::Version::V1, Some("cgroup_lifetime")) => {
+        (memstress::target::cgroup::Version::V1, Some("cgroup_lifetime")) => {
             assert!(peak >= 200 * MIB, "{summary}");
         }
-        (memstress::cgroup::Version::V2, Some("run")) => {
+        (memstress::target::cgroup::Version::V2, Some("run")) => {
             assert!(
                 peak < 100 * MIB,
                 "a reset peak saw the earlier app: {summary}"
             );
         }
-        (memstress::cgroup::Version::V2, Some("cgroup_lifetime")) => {}
+        (memstress::target::cgroup::Version::V2, Some("cgroup_lifetime")) => {}
         (version, scope) => panic!("{version:?}: scope {scope:?}: {summary}"),
     }
     // The run's own peak does not take the lifetime's.
@@ -912,7 +912,7 @@ fn the_kernel_peak_says_what_it_covers() {
         "1s",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    if hierarchy().version == memstress::cgroup::Version::V1 {
+    if hierarchy().version == memstress::target::cgroup::Version::V1 {
         assert!(text.contains("lifetime peak"), "{text}");
     }
 }

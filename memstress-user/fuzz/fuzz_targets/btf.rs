@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use memstress::btf::Btf;
+use memstress::probe::btf::Btf;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(btf) = Btf::parse(data) else {
@@ -17,5 +17,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = btf.struct_member("task_struct", "pid");
     let _ = btf.enum_value("CONSTRAINT_MEMCG");
     let _ = btf.func_proto_params("btf_trace_mark_victim");
-    let _ = memstress::layout::resolve(&btf, None);
+    let _ = memstress::probe::layout::resolve(&btf, None);
 });

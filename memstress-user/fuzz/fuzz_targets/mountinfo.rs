@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use memstress::cgroup::Hierarchy;
+use memstress::target::cgroup::Hierarchy;
 
 fuzz_target!(|text: &str| {
     let _ = Hierarchy::from_mountinfo(text, |_| true);

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use memstress::{cgroup, janitor, lock, privilege, stressor};
+use memstress::{target::cgroup, stress::janitor, target::lock, privilege, stress::stressor};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = memstress::event::decode(data);
+    let _ = memstress::explain::record::decode(data);
 });

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use memstress::tracefs::Format;
+use memstress::probe::tracefs::Format;
 
 fuzz_target!(|text: &str| {
     if let Ok(format) = Format::parse(text) {

@@ -15,18 +15,58 @@ pub mod record;
 use std::collections::HashMap;
 
 use memstress_ebpf::Pressure;
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
+pub use self::record::{Aftermath, CollateralReason, FoundBy, RecordSource, SkipReason};
+use self::{
+    record::{Candidate, CollateralKill, Memory, OomKill, Record, Task, Victim, VictimAftermath},
+};
 use crate::{
+    size::{Bytes, group as group_i128},
     target::cgroup::{Cgroup, Hierarchy, Version},
-    explain::record::{Candidate, CollateralKill, Memory, OomKill, Record, Task, Victim, VictimAftermath},
-    explain::points::{group},
-    output::who,
-    size::Bytes,
 };
 
+/// Where a figure comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Read by a BPF program in the OOM path.
+    Kernel,
+    /// Computed from /proc samples (`run --dry-run`'s ranking).
+    Predicted,
+}
+
+/// How badness points were obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PointsFrom {
+    /// `oom_badness()`'s own result (fexit).
+    OomBadness,
+    /// The kernel's `struct oom_control` `chosen_points` (fentry).
+    OomControl,
+    /// The kernel's formula applied to the counters read at `mark_victim`.
+    Formula,
+}
+
+/// The OOM's constraint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Constraint {
+    /// A memory cgroup's limit (`CONSTRAINT_MEMCG`).
+    Memcg,
+    /// The node's memory (`CONSTRAINT_NONE`).
+    Global,
+    /// A cpuset's memory nodes (`CONSTRAINT_CPUSET`).
+    Cpuset,
+    /// A memory policy (`CONSTRAINT_MEMORY_POLICY`).
+    Mempolicy,
+    /// Not known (without the BTF program).
+    Unknown,
+}
+
 /// A ranked candidate.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Ranked {
     /// Process id.
     pub pid: Option<u32>,
@@ -45,10 +85,10 @@ pub struct Ranked {
     /// Its memory cgroup's kernel id.
     pub cgroup_id: Option<u64>,
     /// `kernel` (read in the OOM path) or `predicted` (from samples).
-    pub source: &'static str,
+    pub source: Source,
     /// `oom_badness` (the kernel's own result, where fexit loads) or `formula` (the kernel's
     /// formula applied to the counters read at `mark_victim`).
-    pub points_from: &'static str,
+    pub points_from: PointsFrom,
     /// The formula's result on the counters read at `mark_victim`, shown beside the kernel's
     /// own `oom_badness` result so the two can be compared (absent when `points_from` is
     /// already `formula`).
@@ -57,18 +97,18 @@ pub struct Ranked {
 }
 
 /// A task the kernel passed over.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Skipped {
     /// Process id.
     pub pid: Option<u32>,
     /// Command name.
     pub comm: Option<String>,
     /// Why.
-    pub reason: &'static str,
+    pub reason: SkipReason,
 }
 
 /// The cgroup whose limit was hit.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Domain {
     /// Its path (`null` if the victim's path was too deep to cut it from).
     pub cgroup: Option<String>,
@@ -79,14 +119,14 @@ pub struct Domain {
     /// Its usage when the victim was chosen.
     pub usage_bytes: u64,
     /// `oom_lock` (the kernel locked its subtree for this OOM) or `usage_at_limit`.
-    pub found_by: &'static str,
+    pub found_by: FoundBy,
     /// Always `kernel`.
-    pub source: &'static str,
+    pub source: Source,
 }
 
 /// What led to the kill, since the previous kill in the same domain (or since memstress
 /// started).
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PressureReport {
     /// Over this long.
     pub since_ms: u64,
@@ -103,7 +143,7 @@ pub struct PressureReport {
 }
 
 /// The kernel's `struct oom_control` (where fentry loads).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OomControlReport {
     /// The kernel's name for the constraint (`CONSTRAINT_MEMCG`, …).
     pub constraint: String,
@@ -118,7 +158,7 @@ pub struct OomControlReport {
 }
 
 /// The victim, with its points.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct VictimReport {
     /// Who, what memory, which cgroup.
     #[serde(flatten)]
@@ -126,13 +166,13 @@ pub struct VictimReport {
     /// Its badness points (`null` without the BTF program's counters).
     pub points: Option<i64>,
     /// `kernel`.
-    pub source: &'static str,
+    pub source: Source,
     /// `oom_control` (the kernel's `chosen_points`) or `formula`.
-    pub points_from: &'static str,
+    pub points_from: PointsFrom,
 }
 
 /// One OOM kill, explained.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Explained {
     /// CLOCK_MONOTONIC ns at `mark_victim`.
     pub ts_ns: u64,
@@ -147,7 +187,7 @@ pub struct Explained {
     /// What `oom_score_adj` is scaled by (`null`: unknown).
     pub totalpages: Option<u64>,
     /// `memcg` or `global`.
-    pub constraint: &'static str,
+    pub constraint: Constraint,
     /// The cgroup whose limit was hit (`null` for a global OOM).
     pub domain: Option<Domain>,
     /// Eligible tasks in the domain, highest points first.
@@ -172,7 +212,7 @@ pub struct Explained {
     /// `true`: SIGKILL seen; `false`: only marked (already exiting); `null`: unknown.
     pub kill_confirmed: Option<bool>,
     /// Which programs filled the record.
-    pub sources: Vec<&'static str>,
+    pub sources: Vec<RecordSource>,
     /// With a [`Scope::Domain`]: whether the victim is in the scope's cgroup (or below it),
     /// rather than elsewhere in the OOM domain that contains it.
     #[serde(skip)]
@@ -254,7 +294,7 @@ impl Scope {
 }
 
 /// A victim's aftermath, reported after its kill.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Reaped {
     /// Process id.
     pub pid: Option<u32>,
@@ -263,7 +303,7 @@ pub struct Reaped {
     /// Command name.
     pub comm: Option<String>,
     /// `exited`, `reaper_started`, `reaper_finished`, `reaper_skipped`.
-    pub what: &'static str,
+    pub what: Aftermath,
     /// Since the kill.
     pub after_ms: f64,
     /// The OOM.
@@ -322,7 +362,7 @@ impl Explainer {
     /// An explainer for kills on `hierarchy` (used to read the domain's limit hits).
     pub fn new(hierarchy: Option<Hierarchy>, started_ns: u64) -> Self {
         Self {
-            page: crate::explain::record::page_size(),
+            page: crate::size::page_size(),
             version: hierarchy.as_ref().map(|h| h.version),
             hierarchy,
             started_ns,
@@ -516,7 +556,7 @@ impl Explainer {
 
     fn aftermath(&mut self, a: &VictimAftermath) -> Option<Reaped> {
         let note = self.kills.get(&a.tid).cloned()?;
-        if matches!(a.what, "reaper_finished" | "reaper_skipped") {
+        if matches!(a.what, Aftermath::ReaperFinished | Aftermath::ReaperSkipped) {
             self.kills.remove(&a.tid);
         }
         Some(Reaped {
@@ -643,10 +683,10 @@ impl Explainer {
             .filter(|oc| Some(oc.chosen_tid) == kill.victim.task.tid)
             .map(|oc| oc.chosen_points);
         let (victim_points, victim_points_from) = match chosen {
-            Some(p) => (Some(p), "oom_control"),
+            Some(p) => (Some(p), PointsFrom::OomControl),
             None => (
                 points_of(&kill.victim.memory, kill.victim.task.oom_score_adj),
-                "formula",
+                PointsFrom::Formula,
             ),
         };
         let candidates = self.pending.remove(&kill.seq).unwrap_or_default();
@@ -662,8 +702,8 @@ impl Explainer {
                 None => {
                     let formula = points_of(&c.memory, c.task.oom_score_adj);
                     let (points, points_from, formula_points) = match (c.kernel_points, formula) {
-                        (Some(p), f) => (p, "oom_badness", f),
-                        (None, Some(f)) => (f, "formula", None),
+                        (Some(p), f) => (p, PointsFrom::OomBadness, f),
+                        (None, Some(f)) => (f, PointsFrom::Formula, None),
                         (None, None) => continue,
                     };
                     let rss = c
@@ -679,7 +719,7 @@ impl Explainer {
                         swap_kib: c.memory.swap_kib,
                         pgtables_kib: c.memory.pgtables_kib,
                         cgroup_id: c.task.cgroup_id,
-                        source: "kernel",
+                        source: Source::Kernel,
                         points_from,
                         formula_points,
                     });
@@ -704,22 +744,22 @@ impl Explainer {
                 limit_bytes: l.max_pages * page,
                 usage_bytes: l.usage_pages * page,
                 found_by,
-                source: "kernel",
+                source: Source::Kernel,
             })
         });
         let constraint = match &kill.oc {
             Some(oc) => match self.constraint_name(oc.constraint) {
-                Some("CONSTRAINT_MEMCG") => "memcg",
-                Some("CONSTRAINT_NONE") => "global",
-                Some("CONSTRAINT_CPUSET") => "cpuset",
-                Some("CONSTRAINT_MEMORY_POLICY") => "mempolicy",
-                _ => "unknown",
+                Some("CONSTRAINT_MEMCG") => Constraint::Memcg,
+                Some("CONSTRAINT_NONE") => Constraint::Global,
+                Some("CONSTRAINT_CPUSET") => Constraint::Cpuset,
+                Some("CONSTRAINT_MEMORY_POLICY") => Constraint::Mempolicy,
+                _ => Constraint::Unknown,
             },
             None => match (kill.chain.is_empty(), domain_index) {
                 // Without the BTF program there is no chain: the constraint is unknown.
-                (true, _) => "unknown",
-                (false, Some(_)) => "memcg",
-                (false, None) => "global",
+                (true, _) => Constraint::Unknown,
+                (false, Some(_)) => Constraint::Memcg,
+                (false, None) => Constraint::Global,
             },
         };
         let oom_control = kill.oc.as_ref().map(|oc| OomControlReport {
@@ -766,7 +806,7 @@ impl Explainer {
             victim: VictimReport {
                 victim: kill.victim.clone(),
                 points: victim_points,
-                source: "kernel",
+                source: Source::Kernel,
                 points_from: victim_points_from,
             },
             trigger: kill.trigger.clone(),
@@ -807,7 +847,7 @@ impl Explainer {
                 Bytes(d.limit_bytes),
                 who(e.trigger.pid, e.trigger.comm.as_deref())
             ),
-            None if e.constraint == "global" => format!(
+            None if e.constraint == Constraint::Global => format!(
                 "on the node (global OOM, allocation by {})",
                 who(e.trigger.pid, e.trigger.comm.as_deref())
             ),
@@ -890,14 +930,29 @@ impl Explainer {
 
 /// The OOM domain's index in the victim's chain (`None`: global or unknown), and how it was
 /// found: `oom_control`'s memcg where fentry loaded; else what the chain shows.
-fn domain_of(kill: &OomKill) -> (Option<usize>, &'static str) {
+fn domain_of(kill: &OomKill) -> (Option<usize>, FoundBy) {
     match &kill.oc {
         Some(oc) if oc.memcg_id != 0 => (
             kill.chain.iter().position(|l| l.id == oc.memcg_id),
-            "oom_control",
+            FoundBy::OomControl,
         ),
-        Some(_) => (None, "oom_control"),
-        None => (kill.domain, kill.domain_by.unwrap_or("usage_at_limit")),
+        Some(_) => (None, FoundBy::OomControl),
+        None => (kill.domain, kill.domain_by.unwrap_or(FoundBy::UsageAtLimit)),
+    }
+}
+
+/// [`crate::size::group`] for points.
+fn group(n: i64) -> String {
+    group_i128(n.into())
+}
+
+/// "4211 (stress-ng-vm)", or what is known of it.
+pub fn who(pid: Option<u32>, comm: Option<&str>) -> String {
+    match (pid, comm) {
+        (Some(pid), Some(comm)) => format!("{pid} ({comm})"),
+        (Some(pid), None) => pid.to_string(),
+        (None, Some(comm)) => format!("({comm})"),
+        (None, None) => "an unknown task".to_owned(),
     }
 }
 
@@ -945,7 +1000,7 @@ mod tests {
                 size_of::<memstress_ebpf::Candidate>(),
             )
         };
-        event::decode(bytes).unwrap()
+        record::decode(bytes).unwrap()
     }
 
     /// The example: three tasks in /pod, whose 64 MiB limit was hit by `node`.
@@ -967,11 +1022,11 @@ mod tests {
         };
         // totalpages: the domain /pod's limit, 16384 pages (no swap on this test's node or
         // swap does not matter for it); adj 1000 adds 1000 × 16 = 16000.
-        assert_eq!(e.constraint, "memcg");
+        assert_eq!(e.constraint, Constraint::Memcg);
         let d = e.domain.as_ref().unwrap();
         assert_eq!(d.cgroup.as_deref(), Some("/pod"));
         assert_eq!(d.limit_bytes, 64 << 20);
-        assert_eq!(d.found_by, "oom_lock");
+        assert_eq!(d.found_by, FoundBy::OomLock);
         let tp = e.totalpages.unwrap();
         assert!(tp >= 16_384);
         let expected = (10 + 15_000 + 2) + 65536 / 4096 + 1000 * (tp / 1000) as i64;
@@ -981,7 +1036,7 @@ mod tests {
         assert_eq!(e.candidates[0].points, expected);
         assert_eq!(e.candidates[1].pid, Some(4190));
         assert_eq!(e.skipped.len(), 1);
-        assert_eq!(e.skipped[0].reason, "oom_score_adj -1000");
+        assert_eq!(e.skipped[0].reason, SkipReason::AdjMin);
         assert!(
             e.why.starts_with(&format!(
                 "killed 4211 (stress-ng-vm): highest points {} of 2 candidates in /pod (limit 64 MiB hit by 4190 (node)); oom_score_adj 1000 added {}",
@@ -1002,7 +1057,7 @@ mod tests {
         let mut ex = Explainer::new(None, 0);
         let out = ex.batch(vec![Record::Victim(Box::new(kill))], &|_| None);
         let Output::Kill(e) = &out[0] else { panic!() };
-        assert_eq!(e.constraint, "global");
+        assert_eq!(e.constraint, Constraint::Global);
         assert!(e.domain.is_none());
         assert!(e.why.contains("on the node (global OOM"), "{}", e.why);
 

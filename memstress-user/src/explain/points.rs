@@ -73,19 +73,6 @@ pub fn node_pages(page: u64) -> (u64, u64) {
     (pages(kib("MemTotal:")), pages(kib("SwapTotal:")))
 }
 
-/// `26113` → `"26 113"` (thousands grouped by spaces, as the reports print points).
-pub fn group(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(' ');
-        }
-        out.push(c);
-    }
-    if n < 0 { format!("-{out}") } else { out }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,12 +118,4 @@ mod tests {
         assert_eq!(totalpages_global(6_000_000, 0), 6_000_000);
     }
 
-    #[test]
-    fn groups_thousands() {
-        assert_eq!(group(26_113), "26 113");
-        assert_eq!(group(131_072), "131 072");
-        assert_eq!(group(999), "999");
-        assert_eq!(group(-997_000), "-997 000");
-        assert_eq!(group(0), "0");
-    }
 }

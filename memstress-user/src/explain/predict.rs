@@ -4,12 +4,13 @@
 
 use std::fs;
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-use crate::{target::cgroup::Cgroup, explain::record::RawCounters, explain::Ranked, explain::points};
+use crate::{target::cgroup::Cgroup, explain::record::RawCounters, explain::{PointsFrom, Ranked, Source}, explain::points};
 
 /// A prediction of who the OOM killer would choose, highest points first.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Prediction {
     /// The cgroup whose limit would be hit.
     pub domain: String,
@@ -73,7 +74,7 @@ pub fn predict(
     stressors: &[(String, u64, i16)],
     exists: bool,
 ) -> Prediction {
-    let page = crate::explain::record::page_size();
+    let page = crate::size::page_size();
     let (_, swap_total) = points::node_pages(page);
     let swap_limit = domain.swap_limit().ok().flatten().unwrap_or(u64::MAX);
     let totalpages = points::totalpages_memcg(
@@ -106,8 +107,8 @@ pub fn predict(
             swap_kib: Some(raw.swap_pages.saturating_mul(page) / 1024),
             pgtables_kib: Some(raw.pgtables_bytes / 1024),
             cgroup_id: None,
-            source: "predicted",
-            points_from: "formula",
+            source: Source::Predicted,
+            points_from: PointsFrom::Formula,
             formula_points: None,
         });
     }
@@ -127,8 +128,8 @@ pub fn predict(
             swap_kib: Some(0),
             pgtables_kib: None,
             cgroup_id: None,
-            source: "predicted",
-            points_from: "formula",
+            source: Source::Predicted,
+            points_from: PointsFrom::Formula,
             formula_points: None,
         });
     }

@@ -7,16 +7,86 @@
 use std::{mem::size_of, ptr};
 
 use memstress_ebpf::{
-    Aftermath, CgroupPath, Chain, Collateral, OomVictim, Pressure, RSS_ANON, RSS_FILE, RSS_SHMEM,
+    Aftermath as RawAftermath, CgroupPath, Chain, Collateral, OomVictim, Pressure, RSS_ANON, RSS_FILE, RSS_SHMEM,
     RSS_SWAP, TaskFacts, aftermath, domain, killed, kind, level, skip, source, valid,
 };
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-/// Page size the kernel counts RSS in.
-pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(size).unwrap_or(4096)
+
+/// Which program filled a victim record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordSource {
+    /// The BTF tracepoint on `mark_victim` (the victim's `task_struct`).
+    TpBtf,
+    /// The classic `oom:mark_victim` tracepoint (the kernel's own formatted figures).
+    Tracepoint,
+}
+
+/// Why the OOM killer passed over a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SkipReason {
+    /// pid 1.
+    #[serde(rename = "init")]
+    Init,
+    /// No memory left to free (exiting).
+    #[serde(rename = "no mm (exiting)")]
+    NoMm,
+    /// `oom_score_adj` -1000 exempts it.
+    #[serde(rename = "oom_score_adj -1000")]
+    AdjMin,
+    /// A victim of an earlier OOM whose memory the reaper already freed.
+    #[serde(rename = "earlier OOM victim, already reaped")]
+    EarlierVictim,
+    /// A reason this memstress does not know.
+    #[serde(rename = "unknown")]
+    Unknown,
+}
+
+/// What happened to a victim after its kill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Aftermath {
+    /// It exited (its memory is being freed).
+    Exited,
+    /// The OOM reaper started on it (it did not exit in time).
+    ReaperStarted,
+    /// The OOM reaper freed its memory.
+    ReaperFinished,
+    /// The OOM reaper skipped it.
+    ReaperSkipped,
+    /// A state this memstress does not know.
+    Unknown,
+}
+
+/// How the OOM domain was recognised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FoundBy {
+    /// The kernel's `struct oom_control` named it (fentry).
+    OomControl,
+    /// The v1 code locked its subtree for this OOM.
+    OomLock,
+    /// The lowest memcg at its limit on the victim's chain.
+    UsageAtLimit,
+}
+
+/// Why a process was killed along with a victim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CollateralReason {
+    /// It shares the victim's `mm` (`__oom_kill_process` kills every such process).
+    #[serde(rename = "shares the victim's memory (mm)")]
+    SharesMm,
+}
+
+impl CollateralReason {
+    /// In words.
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::SharesMm => "shares the victim's memory (mm)",
+        }
+    }
 }
 
 /// Errors decoding a ring-buffer record.
@@ -55,7 +125,7 @@ fn pod<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
 /// Decodes one ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     let kind: u32 = pod(bytes)?;
-    let page = page_size();
+    let page = crate::size::page_size();
     match kind {
         kind::OOM_VICTIM => Ok(Record::Victim(Box::new(OomKill::from_raw(
             &pod::<OomVictim>(bytes)?,
@@ -79,21 +149,21 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 ts_ns: raw.ts_ns,
                 victim_tid: raw.victim_tid,
                 task: task(&raw.task),
-                reason: "shares the victim's memory (mm)",
+                reason: CollateralReason::SharesMm,
             }))
         }
         kind::AFTERMATH => {
-            let raw: Aftermath = pod(bytes)?;
+            let raw: RawAftermath = pod(bytes)?;
             Ok(Record::Aftermath(VictimAftermath {
                 seq: raw.seq,
                 ts_ns: raw.ts_ns,
                 tid: raw.tid,
                 what: match raw.what {
-                    aftermath::EXITED => "exited",
-                    aftermath::REAP_START => "reaper_started",
-                    aftermath::REAP_FINISH => "reaper_finished",
-                    aftermath::REAP_SKIP => "reaper_skipped",
-                    _ => "unknown",
+                    aftermath::EXITED => Aftermath::Exited,
+                    aftermath::REAP_START => Aftermath::ReaperStarted,
+                    aftermath::REAP_FINISH => Aftermath::ReaperFinished,
+                    aftermath::REAP_SKIP => Aftermath::ReaperSkipped,
+                    _ => Aftermath::Unknown,
                 },
             }))
         }
@@ -102,7 +172,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
 }
 
 /// A process as the report shows it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Task {
     /// Process id (tgid).
     pub pid: Option<u32>,
@@ -113,13 +183,14 @@ pub struct Task {
     /// Real uid.
     pub uid: Option<u32>,
     /// `oom_score_adj`.
+    #[schemars(range(min = -1000, max = 1000))]
     pub oom_score_adj: Option<i16>,
     /// Kernfs id of its memory cgroup.
     pub cgroup_id: Option<u64>,
 }
 
 /// A task's memory as the kernel counted it in the OOM path.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Memory {
     /// Resident anonymous memory.
     pub anon_rss_kib: Option<u64>,
@@ -185,20 +256,20 @@ pub struct OomControl {
 
 impl Candidate {
     /// Why the kernel passed over it, in words (`None`: eligible).
-    pub fn skip_reason(&self) -> Option<&'static str> {
+    pub fn skip_reason(&self) -> Option<SkipReason> {
         match self.skip {
             skip::ELIGIBLE => None,
-            skip::INIT => Some("init"),
-            skip::NO_MM => Some("no mm (exiting)"),
-            skip::ADJ_MIN => Some("oom_score_adj -1000"),
-            skip::EARLIER_VICTIM => Some("earlier OOM victim, already reaped"),
-            _ => Some("unknown"),
+            skip::INIT => Some(SkipReason::Init),
+            skip::NO_MM => Some(SkipReason::NoMm),
+            skip::ADJ_MIN => Some(SkipReason::AdjMin),
+            skip::EARLIER_VICTIM => Some(SkipReason::EarlierVictim),
+            _ => Some(SkipReason::Unknown),
         }
     }
 }
 
 /// A process killed along with a victim.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CollateralKill {
     /// The OOM.
     #[serde(skip)]
@@ -213,7 +284,7 @@ pub struct CollateralKill {
     #[serde(flatten)]
     pub task: Task,
     /// Why.
-    pub reason: &'static str,
+    pub reason: CollateralReason,
 }
 
 /// A victim's exit or reaping.
@@ -226,7 +297,7 @@ pub struct VictimAftermath {
     /// The victim's tid.
     pub tid: u32,
     /// `exited`, `reaper_started`, `reaper_finished`, `reaper_skipped`.
-    pub what: &'static str,
+    pub what: Aftermath,
 }
 
 /// One memcg of the victim's chain, as read in the OOM path.
@@ -271,13 +342,13 @@ pub struct OomKill {
     /// exiting; `None`: the signal probe is not attached, so this cannot be told.
     pub kill_confirmed: Option<bool>,
     /// Which programs contributed: `tp_btf` and/or `tracepoint`.
-    pub sources: Vec<&'static str>,
+    pub sources: Vec<RecordSource>,
     /// The victim's memcg chain, leaf first (empty without the BTF program).
     pub chain: Vec<Level>,
     /// Index of the OOM domain in `chain` (`None`: global).
     pub domain: Option<usize>,
     /// How the domain was recognised.
-    pub domain_by: Option<&'static str>,
+    pub domain_by: Option<FoundBy>,
     /// A `memory.oom.group` kill following the chosen victim.
     pub group_kill: bool,
     /// The candidate scan: (visited, sent, dropped, truncated).
@@ -290,7 +361,7 @@ pub struct OomKill {
 }
 
 /// The victim: a task, its memory and its cgroup.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Victim {
     /// Who.
     #[serde(flatten)]
@@ -368,7 +439,7 @@ fn cgroup_path(path: &CgroupPath) -> (Option<String>, Vec<String>, Vec<u64>) {
     )
 }
 
-fn chain(raw: &Chain) -> (Vec<Level>, Option<usize>, Option<&'static str>) {
+fn chain(raw: &Chain) -> (Vec<Level>, Option<usize>, Option<FoundBy>) {
     let depth = (raw.depth as usize).min(raw.levels.len());
     let levels: Vec<Level> = raw.levels[..depth]
         .iter()
@@ -388,8 +459,8 @@ fn chain(raw: &Chain) -> (Vec<Level>, Option<usize>, Option<&'static str>) {
     let found = (raw.domain != domain::GLOBAL && (raw.domain as usize) < depth)
         .then_some(raw.domain as usize);
     let by = found.map(|_| match raw.domain_by {
-        domain::BY_OOM_LOCK => "oom_lock",
-        _ => "usage_at_limit",
+        domain::BY_OOM_LOCK => FoundBy::OomLock,
+        _ => FoundBy::UsageAtLimit,
     });
     (levels, found, by)
 }
@@ -449,10 +520,10 @@ impl OomKill {
         };
         let mut sources = Vec::new();
         if btf {
-            sources.push("tp_btf");
+            sources.push(RecordSource::TpBtf);
         }
         if tp {
-            sources.push("tracepoint");
+            sources.push(RecordSource::Tracepoint);
         }
         Self {
             ts_ns: raw.ts_ns,
@@ -702,9 +773,12 @@ pub(crate) mod tests {
         );
         assert_eq!(kill.trigger.comm.as_deref(), Some("node"));
         assert_eq!(kill.kill_confirmed, Some(true));
-        assert_eq!(kill.sources, ["tp_btf", "tracepoint"]);
+        assert_eq!(
+            kill.sources,
+            [RecordSource::TpBtf, RecordSource::Tracepoint]
+        );
         assert_eq!(kill.domain, Some(1));
-        assert_eq!(kill.domain_by, Some("oom_lock"));
+        assert_eq!(kill.domain_by, Some(FoundBy::OomLock));
         assert_eq!(kill.path_of_level(1).as_deref(), Some("/pod"));
         assert_eq!(kill.path_of_level(2).as_deref(), Some("/"));
         assert_eq!(kill.chain[1].max_pages, 16_384);
@@ -725,9 +799,9 @@ pub(crate) mod tests {
         let Ok(Record::Candidate(c)) = decode(bytes_of(&c)) else {
             panic!("not a candidate");
         };
-        assert_eq!(c.skip_reason(), Some("oom_score_adj -1000"));
+        assert_eq!(c.skip_reason(), Some(SkipReason::AdjMin));
         assert_eq!(c.task.comm.as_deref(), Some("db"));
-        let a = Aftermath {
+        let a = RawAftermath {
             kind: kind::AFTERMATH,
             what: aftermath::REAP_FINISH,
             ts_ns: 5,
@@ -738,7 +812,7 @@ pub(crate) mod tests {
         let Ok(Record::Aftermath(a)) = decode(bytes_of(&a)) else {
             panic!("not an aftermath");
         };
-        assert_eq!(a.what, "reaper_finished");
+        assert_eq!(a.what, Aftermath::ReaperFinished);
         let col = Collateral {
             kind: kind::COLLATERAL,
             reason: 1,

@@ -22,18 +22,21 @@ use std::{
     collections::BTreeMap,
     fmt, fs,
     io::Read as _,
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize, de::IgnoredAny};
+use serde::{Deserialize, de::IgnoredAny};
 
 use crate::{
-    target::cgroup::Hierarchy,
-    target::kube::{self, KubeError, Node, RuntimeState},
+    output::line::{Plan, SelectorLine, StressChaosLine, Summary},
+    size::{Bytes, SizeSpec, group},
     spec::OnOom,
-    size::{Bytes, SizeSpec},
-    target,
+    target::{
+        self,
+        cgroup::Hierarchy,
+        kube::{self, KubeError, Node, RuntimeState},
+    },
 };
 
 /// A StressChaos file larger than this is refused before it is parsed (real ones are a few
@@ -215,61 +218,22 @@ impl fmt::Display for Scalar {
     }
 }
 
-/// The selector, as far as a node can apply it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Selector {
-    /// `selector.pods`: namespace -> pod names.
-    pub pods: BTreeMap<String, Vec<String>>,
-    /// `containerNames`.
-    pub container_names: Vec<String>,
-    /// Selector keys that only the cluster API can evaluate (`labelSelectors`, …).
-    pub cluster_only: Vec<&'static str>,
-    /// `mode` (`one`, `all`, `fixed`, …) and its `value`.
-    pub mode: Option<String>,
-    /// See `mode`.
-    pub value: Option<String>,
-}
-
 /// A StressChaos's memory stressor, read and checked.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StressChaos {
-    /// The file.
-    pub file: PathBuf,
-    /// `metadata.name`.
-    pub name: Option<String>,
-    /// `metadata.namespace`.
-    pub namespace: Option<String>,
-    /// `workers`.
-    pub workers: u32,
-    /// `size` as written.
-    pub size_text: String,
+    /// What the file says, as the plan echoes it.
+    pub line: StressChaosLine,
     /// `size` as Chaos Mesh reads it.
-    #[serde(skip)]
     pub size: SizeSpec,
     /// `time` (the ramp).
-    pub time: Option<String>,
-    /// See `time`.
-    #[serde(skip)]
     pub ramp: Option<Duration>,
-    /// `oomScoreAdj`.
-    pub oom_score_adj: Option<i32>,
-    /// `options` (memStress flags).
-    pub options: Vec<String>,
     /// `spec.duration`.
-    pub duration: Option<String>,
-    /// See `duration`.
-    #[serde(skip)]
     pub hold: Option<Duration>,
-    /// What can be applied of the selector.
-    pub selector: Selector,
     /// A cpu stressor is there too (not run).
-    #[serde(skip)]
     cpu: bool,
     /// `stressngStressors` is there too (not run).
-    #[serde(skip)]
     stressng: bool,
     /// Parse notes (a duration memStress would refuse, …).
-    #[serde(skip)]
     parse_notes: Vec<String>,
 }
 
@@ -410,29 +374,31 @@ pub fn parse(text: &str, path: &Path) -> Result<StressChaos, StressChaosError> {
         (sel.pod_phase_selectors.is_some(), "podPhaseSelectors"),
     ] {
         if present {
-            cluster_only.push(key);
+            cluster_only.push(key.to_owned());
         }
     }
     Ok(StressChaos {
-        file: path.to_owned(),
-        name: doc.metadata.name,
-        namespace: doc.metadata.namespace,
-        workers,
-        size_text,
-        size,
-        time: memory.time,
-        ramp,
-        oom_score_adj,
-        options: memory.options.unwrap_or_default(),
-        duration: spec.duration,
-        hold,
-        selector: Selector {
-            pods: sel.pods.unwrap_or_default(),
-            container_names: spec.container_names.unwrap_or_default(),
-            cluster_only,
-            mode: spec.mode,
-            value: spec.value.map(|v| v.to_string()),
+        line: StressChaosLine {
+            file: path.to_owned(),
+            name: doc.metadata.name,
+            namespace: doc.metadata.namespace,
+            workers,
+            size_text,
+            time: memory.time,
+            oom_score_adj,
+            options: memory.options.unwrap_or_default(),
+            duration: spec.duration,
+            selector: SelectorLine {
+                pods: sel.pods.unwrap_or_default(),
+                container_names: spec.container_names.unwrap_or_default(),
+                cluster_only,
+                mode: spec.mode,
+                value: spec.value.map(|v| v.to_string()),
+            },
         },
+        size,
+        ramp,
+        hold,
         cpu: stressors.cpu.is_some(),
         stressng: spec
             .stressng_stressors
@@ -547,69 +513,83 @@ pub struct Settings {
     pub notes: Vec<String>,
 }
 
-/// `256000000` -> `256 000 000`: a byte count readable next to binary units.
-pub fn spaced(b: u64) -> String {
-    let digits = b.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(' ');
-        }
-        out.push(c);
+
+impl From<StressChaosError> for crate::Error {
+    fn from(e: StressChaosError) -> Self {
+        Self::Input(Box::new(e))
     }
-    out
 }
 
 impl StressChaos {
-    /// `namespace/name` of the StressChaos, or the file.
+    /// `StressChaos namespace/name`, or the file.
     pub fn label(&self) -> String {
-        match (&self.namespace, &self.name) {
-            (Some(ns), Some(n)) => format!("StressChaos {ns}/{n}"),
-            (None, Some(n)) => format!("StressChaos {n}"),
-            _ => format!("StressChaos {}", self.file.display()),
+        self.line.label()
+    }
+
+    /// The sentence that ends a run of this StressChaos (text mode): its size is the total,
+    /// held by all its workers together (`None` when its size was not the run's).
+    pub fn closing(&self, plan: &Plan, summary: &Summary) -> Option<String> {
+        if plan.fill_to_bytes.is_some() || plan.size != self.line.size_text {
+            return None;
         }
+        let per = plan.bytes_per_worker.first().copied().unwrap_or(0);
+        Some(format!(
+            "{}: size {} = {} bytes ({}) held in total by {} workers ({} each), not {} × {}; {}",
+            self.label(),
+            self.line.size_text,
+            group(plan.total_bytes.into()),
+            Bytes(plan.total_bytes),
+            plan.workers,
+            Bytes(per),
+            plan.workers,
+            self.line.size_text,
+            summary.stressors_charged_bytes.map_or_else(
+                || "the stressors were never full".to_owned(),
+                |c| format!("the stressors were charged {}", Bytes(c))
+            )
+        ))
     }
 
     /// The run's settings with `flags` applied, and the notes that say how it differs from
     /// what Chaos Mesh would run. `on_oom` is the policy the run will use.
     pub fn settings(&self, flags: &Overrides, on_oom: OnOom) -> Settings {
         let mut notes = self.parse_notes.clone();
-        let workers = flags.workers.unwrap_or(self.workers);
+        let workers = flags.workers.unwrap_or(self.line.workers);
         match self.size {
             SizeSpec::Bytes(total) => {
                 let per = total / u64::from(workers.max(1));
-                let si = !self.size_text.to_ascii_lowercase().contains('i')
-                    && self.size_text.trim_end().ends_with(|c: char| c.is_ascii_alphabetic());
+                let si = !self.line.size_text.to_ascii_lowercase().contains('i')
+                    && self.line.size_text.trim_end().ends_with(|c: char| c.is_ascii_alphabetic());
                 notes.push(format!(
                     "size {} is {} bytes ({}){}: the total across {} worker{} ({} each), as memStress splits it between its workers since Chaos Mesh 2.2 (chaos-mesh PR #3186); Chaos Mesh's docs say the sum is workers × size ({}), which is not what it runs",
-                    self.size_text,
-                    spaced(total),
+                    self.line.size_text,
+                    group(total.into()),
                     Bytes(total),
                     if si { ", with MB and GB powers of 1000 as go-humanize reads them" } else { "" },
-                    self.workers,
-                    if self.workers == 1 { "" } else { "s" },
-                    Bytes(total / u64::from(self.workers.max(1))),
-                    Bytes(total.saturating_mul(u64::from(self.workers))),
+                    self.line.workers,
+                    if self.line.workers == 1 { "" } else { "s" },
+                    Bytes(total / u64::from(self.line.workers.max(1))),
+                    Bytes(total.saturating_mul(u64::from(self.line.workers))),
                 ));
-                if flags.workers.is_some_and(|w| w != self.workers) {
+                if flags.workers.is_some_and(|w| w != self.line.workers) {
                     notes.push(format!(
                         "--workers {workers} replaces the file's {}: the same total, {} each",
-                        self.workers,
+                        self.line.workers,
                         Bytes(per)
                     ));
                 }
             }
             SizeSpec::Percent(p) => notes.push(format!(
                 "size {p}% is of the target's memory limit here (the nearest limited ancestor's; --of-node for the node's memory); Chaos Mesh's memStress takes it of the limit it finds at /sys/fs/cgroup in its own mount namespace (chaos-daemon's, as it enters only the target's PID namespace) or of the node's memory, and splits it between its {} worker{}",
-                self.workers,
-                if self.workers == 1 { "" } else { "s" },
+                self.line.workers,
+                if self.line.workers == 1 { "" } else { "s" },
             )),
         }
         let size = match &flags.amount {
             Some(given) => {
                 notes.push(format!(
                     "{given} given: it replaces the file's size {}",
-                    self.size_text
+                    self.line.size_text
                 ));
                 None
             }
@@ -626,7 +606,7 @@ impl StressChaos {
             ),
         });
         let ramp = flags.ramp.or(self.ramp);
-        if let Some(t) = &self.time {
+        if let Some(t) = &self.line.time {
             notes.push(match flags.ramp {
                 Some(r) => format!("--ramp {} replaces the file's time {t}", humantime::format_duration(r)),
                 None => format!(
@@ -635,15 +615,15 @@ impl StressChaos {
             });
         }
         let hold = flags.hold.or(self.hold);
-        notes.push(match (&self.duration, flags.hold) {
+        notes.push(match (&self.line.duration, flags.hold) {
             (_, Some(h)) => format!("--hold {} given: held that long once full", humantime::format_duration(h)),
             (Some(d), None) => format!(
                 "duration {d}: held for {d} once every stressor is full; Chaos Mesh counts it from the injection, the filling included"
             ),
             (None, None) => "no duration: held until interrupted (Chaos Mesh: until the StressChaos is deleted)".to_owned(),
         });
-        let oom_score_adj = flags.oom_score_adj.or(self.oom_score_adj);
-        if let Some(adj) = self.oom_score_adj {
+        let oom_score_adj = flags.oom_score_adj.or(self.line.oom_score_adj);
+        if let Some(adj) = self.line.oom_score_adj {
             notes.push(match flags.oom_score_adj {
                 Some(a) if a != adj => format!("--oom-score-adj {a} replaces the file's oomScoreAdj {adj}"),
                 _ => format!(
@@ -651,10 +631,10 @@ impl StressChaos {
                 ),
             });
         }
-        if !self.options.is_empty() {
+        if !self.line.options.is_empty() {
             notes.push(format!(
                 "options {:?} are not applied: they are memStress command-line flags",
-                self.options
+                self.line.options
             ));
         }
         if self.cpu {
@@ -677,11 +657,11 @@ impl StressChaos {
 
     fn selector_keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = Vec::new();
-        if !self.selector.pods.is_empty() {
+        if !self.line.selector.pods.is_empty() {
             keys.push("pods".to_owned());
         }
-        keys.extend(self.selector.cluster_only.iter().map(|k| (*k).to_owned()));
-        if !self.selector.container_names.is_empty() {
+        keys.extend(self.line.selector.cluster_only.iter().cloned());
+        if !self.line.selector.container_names.is_empty() {
             keys.push("containerNames".to_owned());
         }
         keys
@@ -695,9 +675,9 @@ impl StressChaos {
         hierarchy: &Hierarchy,
         state: &RuntimeState,
     ) -> Result<(target::Spec, Vec<String>), StressChaosError> {
-        let path = self.file.display().to_string();
-        let mode = self.selector.mode.as_deref().unwrap_or("one");
-        let names = &self.selector.container_names;
+        let path = self.line.file.display().to_string();
+        let mode = self.line.selector.mode.as_deref().unwrap_or("one");
+        let names = &self.line.selector.container_names;
         let mut notes = Vec::new();
         if !matches!(given, target::Spec::FromSelector) {
             let mut spec = given.clone();
@@ -722,8 +702,14 @@ impl StressChaos {
             }
             return Ok((spec, notes));
         }
-        if self.selector.pods.is_empty() {
-            let mut keys: Vec<&str> = self.selector.cluster_only.clone();
+        if self.line.selector.pods.is_empty() {
+            let mut keys: Vec<&str> = self
+                .line
+                .selector
+                .cluster_only
+                .iter()
+                .map(String::as_str)
+                .collect();
             if keys.is_empty() {
                 keys.push("(empty selector)");
             }
@@ -734,7 +720,7 @@ impl StressChaos {
         }
         let node = Node::scan(hierarchy)?.with_meta(state);
         let mut targets: Vec<(kube::Pod, Option<String>)> = Vec::new();
-        for (namespace, pods) in &self.selector.pods {
+        for (namespace, pods) in &self.line.selector.pods {
             for name in pods {
                 let found = node.pods_named(namespace, name);
                 if found.is_empty() {
@@ -783,10 +769,10 @@ impl StressChaos {
                 .as_deref()
                 .map_or_else(String::new, |c| format!(", container {c}"))
         ));
-        if !self.selector.cluster_only.is_empty() {
+        if !self.line.selector.cluster_only.is_empty() {
             notes.push(format!(
                 "selector {} not checked: it needs the cluster API",
-                self.selector.cluster_only.join(", ")
+                self.line.selector.cluster_only.join(", ")
             ));
         }
         if mode != "one" && mode != "all" {
@@ -816,7 +802,7 @@ mod tests {
     /// The StressChaos example from Chaos Mesh's own documentation, verbatim:
     /// <https://chaos-mesh.org/docs/simulate-heavy-stress-on-kubernetes/> ("Create experiments
     /// using the YAML file", `memory-stress.yaml`).
-    pub const DOCS_EXAMPLE: &str = include_str!("../tests/fixtures/memory-stress.yaml");
+    pub const DOCS_EXAMPLE: &str = include_str!("../../tests/fixtures/memory-stress.yaml");
 
     fn parse_str(text: &str) -> Result<StressChaos, StressChaosError> {
         parse(text, Path::new("t.yaml"))
@@ -825,12 +811,12 @@ mod tests {
     #[test]
     fn reads_the_docs_example() {
         let sc = parse_str(DOCS_EXAMPLE).unwrap();
-        assert_eq!(sc.name.as_deref(), Some("memory-stress-example"));
-        assert_eq!(sc.namespace.as_deref(), Some("chaos-mesh"));
-        assert_eq!(sc.workers, 4);
+        assert_eq!(sc.line.name.as_deref(), Some("memory-stress-example"));
+        assert_eq!(sc.line.namespace.as_deref(), Some("chaos-mesh"));
+        assert_eq!(sc.line.workers, 4);
         assert_eq!(sc.size, SizeSpec::Bytes(256_000_000));
-        assert_eq!(sc.selector.mode.as_deref(), Some("one"));
-        assert_eq!(sc.selector.cluster_only, vec!["labelSelectors"]);
+        assert_eq!(sc.line.selector.mode.as_deref(), Some("one"));
+        assert_eq!(sc.line.selector.cluster_only, vec!["labelSelectors"]);
         let s = sc.settings(&Overrides::default(), OnOom::Report);
         assert_eq!(s.size, Some(SizeSpec::Bytes(256_000_000)));
         assert_eq!(s.workers, 4);
@@ -876,9 +862,9 @@ mod tests {
         .unwrap();
         assert_eq!(sc.ramp, Some(Duration::from_secs(600)));
         assert_eq!(sc.hold, Some(Duration::from_secs(60)));
-        assert_eq!(sc.oom_score_adj, Some(500));
-        assert_eq!(sc.selector.pods["default"], vec!["web-0"]);
-        assert_eq!(sc.selector.container_names, vec!["app"]);
+        assert_eq!(sc.line.oom_score_adj, Some(500));
+        assert_eq!(sc.line.selector.pods["default"], vec!["web-0"]);
+        assert_eq!(sc.line.selector.container_names, vec!["app"]);
         let s = sc.settings(
             &Overrides {
                 workers: Some(5),

@@ -47,7 +47,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::{target::cgroup::Cgroup, explain::Explained, probe::Status, stress::stressor};
+use crate::{explain::Explained, probe::Status, spec::STRESSOR_COMM, target::cgroup::Cgroup};
 
 /// At most this many `cgroup` × `comm` pairs get their own kill series; kills beyond them
 /// count under `cgroup="(other)",comm="(other)"`, so a long-running watch on a node whose
@@ -91,7 +91,7 @@ struct ProbeLabels {
 /// its comm, `memstress-vm`, which memstress gives every stressor and nothing else (the
 /// demo's app is `demo-app`).
 pub fn caused_by_memstress(kill: &Explained) -> &'static str {
-    let is_stressor = |comm: Option<&str>| comm == Some(stressor::STRESSOR_COMM);
+    let is_stressor = |comm: Option<&str>| comm == Some(STRESSOR_COMM);
     if is_stressor(kill.victim.victim.task.comm.as_deref()) {
         "stressor"
     } else if kill
@@ -229,7 +229,7 @@ impl Metrics {
                 .iter()
                 .map(|s| ProbeLabels {
                     program: s.program.to_owned(),
-                    kind: s.kind.to_owned(),
+                    kind: s.kind.name().to_owned(),
                     hook: s.hook.to_owned(),
                 })
                 .collect(),
@@ -299,9 +299,12 @@ impl Metrics {
 }
 
 /// Binds the endpoint's socket (before anything else starts, so a taken port fails early).
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+pub async fn bind(addr: SocketAddr) -> crate::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
-        anyhow::anyhow!("cannot serve metrics on {addr}: {e}; give another --metrics address")
+        crate::Error::io(
+            format!("cannot serve metrics on {addr}; give another --metrics address"),
+            e,
+        )
     })
 }
 
@@ -538,7 +541,7 @@ mod tests {
         app.skipped.push(crate::explain::Skipped {
             pid: Some(9),
             comm: Some("memstress-vm".to_owned()),
-            reason: "oom_score_adj -1000",
+            reason: crate::explain::SkipReason::AdjMin,
         });
         assert_eq!(caused_by_memstress(&app), "domain");
     }

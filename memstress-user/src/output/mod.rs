@@ -1,20 +1,28 @@
-//! Writing events: one JSON object per line on stdout (`--output json`), or one readable line
-//! per event (`--output text`). Diagnostics never go to stdout.
+//! Output: what the user reads.
+//!
+//! Enters: typed [`line::Line`]s from every stage (the plan and samples of a run, the
+//! explained kills, what the probes attached). Leaves: one JSON object per line on stdout
+//! (`-o json`, docs/events.md, the schema generated from the types), or the text each line
+//! renders to ([`text`]); the status line of a run on a terminal (stderr); the Prometheus
+//! endpoint of `watch` ([`metrics`]). Diagnostics never go to stdout.
 
+pub mod line;
 pub mod metrics;
-
+pub mod text;
 
 use std::{
+    borrow::Cow,
+    cell::{Cell, RefCell},
     io::{self, Write as _},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use serde::Serialize;
+use bytes::{BufMut as _, BytesMut};
 
+use self::line::{Attached, CollateralLine, Dropped, ErrorLine, KillContext, KillLine, Line};
 use crate::{
-    explain::record::CollateralKill,
-    explain::{self, Explained, Output, Reaped},
-    size::Bytes,
+    explain::{Explained, Output},
+    probe::Probes,
 };
 
 /// Output format.
@@ -69,20 +77,11 @@ impl Default for Clock {
     }
 }
 
-/// RFC 3339 UTC with milliseconds: `2026-11-27T23:58:53.123Z`.
+/// RFC 3339 UTC with milliseconds: `2026-11-27T23:58:53.123Z` (times before 1970 read as
+/// 1970).
 pub fn rfc3339(unix_ns: i128) -> String {
-    let ms_total = unix_ns.div_euclid(1_000_000);
-    let secs = ms_total.div_euclid(1000) as i64;
-    let ms = ms_total.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
+    let ns = u64::try_from(unix_ns.max(0)).unwrap_or(u64::MAX);
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
 }
 
 /// `HH:MM:SS.mmm` UTC, for text lines.
@@ -90,73 +89,19 @@ pub fn time_of_day(unix_ns: i128) -> String {
     rfc3339(unix_ns)[11..23].to_owned()
 }
 
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 /// Wall-clock time now as RFC 3339.
 pub fn now_rfc3339() -> String {
-    let ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0);
-    rfc3339(ns)
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
-#[derive(Serialize)]
-struct Line<'a, T: Serialize> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    #[serde(flatten)]
-    body: &'a T,
-}
-
-/// Extra facts about an OOM kill that the caller knows (a `run` knows its own stressors).
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct KillContext {
-    /// Whether the victim was one of this run's stressors (absent in `watch`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stressor: Option<bool>,
-    /// Whether the victim was in the run's target, rather than elsewhere in the OOM domain
-    /// that contains it (absent in `watch`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub in_target: Option<bool>,
-}
-
-#[derive(Serialize)]
-struct OomKillLine<'a> {
-    time: String,
-    #[serde(flatten)]
-    kill: &'a Explained,
-    #[serde(flatten)]
-    context: &'a KillContext,
-}
-
-#[derive(Serialize)]
-struct CollateralLine<'a> {
-    time: String,
-    ts_ns: u64,
-    seq: u64,
-    victim_tid: u32,
-    #[serde(flatten)]
-    task: &'a CollateralKill,
-}
-
-/// Writes events in the chosen format.
+/// Writes lines in the chosen format: one `write(2)` per line, from a buffer reused across
+/// lines. Owns the status line of a run on a terminal (stderr).
 #[derive(Debug)]
 pub struct Reporter {
     format: Format,
     clock: Clock,
+    buf: RefCell<BytesMut>,
+    status_shown: Cell<bool>,
 }
 
 impl Reporter {
@@ -165,6 +110,8 @@ impl Reporter {
         Self {
             format,
             clock: Clock::new(),
+            buf: RefCell::new(BytesMut::with_capacity(4096)),
+            status_shown: Cell::new(false),
         }
     }
 
@@ -178,173 +125,143 @@ impl Reporter {
         self.clock
     }
 
-    /// Writes one JSON line of type `kind` (JSON mode only).
-    pub fn json<T: Serialize>(&self, kind: &str, body: &T) {
-        if self.format != Format::Json {
-            return;
+    /// Writes one line: its JSON object, or the text it renders to.
+    pub fn emit(&self, line: &Line<'_>) {
+        match self.format {
+            Format::Json => self.json(line),
+            Format::Text => {
+                let lines = text::render(line, &self.clock);
+                if !lines.is_empty() {
+                    self.clear_status();
+                }
+                for text in lines {
+                    self.write(text.as_bytes());
+                }
+            }
         }
-        let line = serde_json::to_string(&Line { kind, body }).unwrap_or_else(|e| {
-            format!(r#"{{"type":"error","message":"cannot encode {kind}: {e}"}}"#)
-        });
-        emit(&line);
     }
 
-    /// Writes a text line (text mode only).
+    fn json(&self, line: &Line<'_>) {
+        let mut buf = self.buf.borrow_mut();
+        buf.clear();
+        if let Err(e) = serde_json::to_writer((&mut *buf).writer(), line) {
+            buf.clear();
+            let error = Line::Error(Cow::Owned(ErrorLine {
+                message: format!("cannot encode a line: {e}"),
+            }));
+            let _ = serde_json::to_writer((&mut *buf).writer(), &error);
+        }
+        buf.put_u8(b'\n');
+        emit(&buf);
+    }
+
+    /// Writes a sentence that only text mode shows (prose around the lines).
     pub fn text(&self, line: &str) {
         if self.format == Format::Text {
-            emit(line);
+            self.clear_status();
+            self.write(line.as_bytes());
         }
     }
 
-    /// Reports one output of the explainer.
+    fn write(&self, text: &[u8]) {
+        let mut buf = self.buf.borrow_mut();
+        buf.clear();
+        buf.extend_from_slice(text);
+        buf.put_u8(b'\n');
+        emit(&buf);
+    }
+
+    /// Reports one output of the explainer, with what the caller knows of its victim.
     pub fn output(&self, output: &Output, context: &KillContext) {
         match output {
-            Output::Kill(kill) => self.oom_kill(kill, context),
-            Output::LateCollateral(c) => self.collateral(c),
-            Output::Reaped(r) => self.reaped(r),
+            Output::Kill(kill) => self.kill(kill, context),
+            Output::LateCollateral(c) => self.emit(&Line::OomCollateral(Cow::Owned(
+                CollateralLine {
+                    time: rfc3339(self.clock.unix_ns(c.ts_ns)),
+                    ts_ns: c.ts_ns,
+                    seq: c.seq,
+                    victim_tid: c.victim_tid,
+                    task: c.clone(),
+                },
+            ))),
+            Output::Reaped(r) => self.emit(&Line::OomReaped(Cow::Borrowed(r))),
         }
     }
 
     /// Reports an OOM kill (or an OOM victim that was only marked, being already exiting).
-    pub fn oom_kill(&self, kill: &Explained, context: &KillContext) {
-        let kind = if kill.kill_confirmed == Some(false) {
-            "oom_victim_exiting"
-        } else {
-            "oom_kill"
+    pub fn kill(&self, kill: &Explained, context: &KillContext) {
+        let line = KillLine {
+            time: rfc3339(self.clock.unix_ns(kill.ts_ns)),
+            kill: kill.clone(),
+            context: context.clone(),
         };
-        let unix = self.clock.unix_ns(kill.ts_ns);
-        match self.format {
-            Format::Json => self.json(
-                kind,
-                &OomKillLine {
-                    time: rfc3339(unix),
-                    kill,
-                    context,
-                },
-            ),
-            Format::Text => emit(&format!(
-                "{} {}",
-                time_of_day(unix),
-                describe_kill(kill, context)
-            )),
-        }
+        self.emit(&if kill.kill_confirmed == Some(false) {
+            Line::OomVictimExiting(Cow::Owned(line))
+        } else {
+            Line::OomKill(Cow::Owned(line))
+        });
     }
 
-    fn collateral(&self, c: &CollateralKill) {
-        let unix = self.clock.unix_ns(c.ts_ns);
-        self.json(
-            "oom_collateral",
-            &CollateralLine {
-                time: rfc3339(unix),
-                ts_ns: c.ts_ns,
-                seq: c.seq,
-                victim_tid: c.victim_tid,
-                task: c,
-            },
+    /// What the probes attached: the `attached` line, and one warning on stderr for each
+    /// program that did not attach and each kernel fact this kernel lacks.
+    pub fn attached(&self, probes: &Probes, cgroup: Option<&str>) {
+        self.emit(&Line::Attached(Cow::Owned(Attached {
+            probes: probes.status.clone(),
+            unknown_kernel_facts: probes.missing.clone(),
+            cgroup: cgroup.map(str::to_owned),
+        })));
+        text::warn_degraded(&probes.status, &probes.missing);
+    }
+
+    /// Records the BPF side dropped: a `dropped` line and a warning (never silent).
+    pub fn dropped(&self, records: u64, total: u64) {
+        self.emit(&Line::Dropped(Cow::Owned(Dropped { records, total })));
+        self.clear_status();
+        tracing::warn!(
+            "{records} OOM record(s) dropped: the BPF ring buffer was full (reader stalled?); \
+             {total} in all; --ring-buffer sets its size"
         );
-        self.text(&format!(
-            "{} OOM KILL {} with victim {}: {}",
-            time_of_day(unix),
-            who(c.task.pid, c.task.comm.as_deref()),
-            c.victim_tid,
-            c.reason
-        ));
     }
 
-    fn reaped(&self, r: &Reaped) {
-        self.json("oom_reaped", r);
-        // A victim that simply exits is the normal case; the reaper stepping in is news.
-        if r.what != "exited" {
-            let what = match r.what {
-                "reaper_started" => "the OOM reaper started on",
-                "reaper_finished" => "the OOM reaper freed the memory of",
-                _ => "the OOM reaper skipped",
-            };
-            self.text(&format!(
-                "             {what} {} {:.0} ms after the kill",
-                who(r.pid, r.comm.as_deref()),
-                r.after_ms
-            ));
+    /// Whether a status line can be shown: text mode on a terminal.
+    pub fn status_wanted(&self) -> bool {
+        use std::io::IsTerminal as _;
+        self.format == Format::Text && io::stderr().is_terminal()
+    }
+
+    /// Replaces the status line on stderr with `text`.
+    pub fn status(&self, text: &str) {
+        eprint!("\r\x1b[2K{text}");
+        let _ = io::stderr().flush();
+        self.status_shown.set(true);
+    }
+
+    /// Erases the status line, so that a line can be printed in its place.
+    pub fn clear_status(&self) {
+        if self.status_shown.replace(false) {
+            eprint!("\r\x1b[2K");
+            let _ = io::stderr().flush();
         }
     }
 }
 
-fn emit(line: &str) {
-    // One write(2) per line, newline included, flushed at once: `writeln!` on the
-    // line-buffered stdout wrote a long line and its newline in two system calls, so a
-    // reader of a pipe (jq, the bench) could wake to half a line.
-    let mut text = String::with_capacity(line.len() + 1);
-    text.push_str(line);
-    text.push('\n');
+fn emit(bytes: &[u8]) {
+    // One write(2) per line, newline included, flushed at once: a reader of a pipe (jq, the
+    // bench) never wakes to half a line.
     let mut out = io::stdout().lock();
     // A closed stdout (a pipe whose reader left) must not kill the controller before it
     // cleans up; the error is ignored and the run ends through its own paths.
-    let _ = out.write_all(text.as_bytes());
+    let _ = out.write_all(bytes);
     let _ = out.flush();
-}
-
-fn kib(value: Option<u64>) -> String {
-    value.map_or_else(|| "?".to_owned(), |k| Bytes(k * 1024).to_string())
-}
-
-/// "4211 (stress-ng-vm)", or what is known of it.
-pub(crate) fn who(pid: Option<u32>, comm: Option<&str>) -> String {
-    match (pid, comm) {
-        (Some(pid), Some(comm)) => format!("{pid} ({comm})"),
-        (Some(pid), None) => pid.to_string(),
-        (None, Some(comm)) => format!("({comm})"),
-        (None, None) => "an unknown task".to_owned(),
-    }
-}
-
-/// One line describing an OOM kill: who, where, what memory, then why.
-pub fn describe_kill(kill: &Explained, context: &KillContext) -> String {
-    let v = &kill.victim.victim;
-    let what = match kill.kill_confirmed {
-        Some(false) => "OOM VICTIM",
-        _ => "OOM KILL",
-    };
-    let mine = match context.stressor {
-        Some(true) => " [memstress stressor]",
-        _ => "",
-    };
-    let mut line = format!(
-        "{what} {}{mine} in {} [anon {}, file {}, shmem {}, oom_score_adj {}]: {}",
-        who(v.task.pid.or(v.task.tid), v.task.comm.as_deref()),
-        v.cgroup.as_deref().unwrap_or("an unknown cgroup"),
-        kib(v.memory.anon_rss_kib),
-        kib(v.memory.file_rss_kib),
-        kib(v.memory.shmem_rss_kib),
-        v.task
-            .oom_score_adj
-            .map_or_else(|| "?".to_owned(), |a| a.to_string()),
-        kill.reason,
-    );
-    if !kill.collateral.is_empty() {
-        let names: Vec<String> = kill
-            .collateral
-            .iter()
-            .map(|c| who(c.task.pid, c.task.comm.as_deref()))
-            .collect();
-        line.push_str(&format!(
-            "; also killed, sharing its memory: {}",
-            names.join(", ")
-        ));
-    }
-    if let Some(pressure) = kill.pressure.as_ref().and_then(explain::describe_pressure) {
-        line.push_str(&format!(
-            ". {}{}",
-            pressure[..1].to_uppercase(),
-            &pressure[1..]
-        ));
-    }
-    line
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::explain::record::tests::sample_raw;
+    use crate::explain::{
+        Explainer,
+        record::{OomKill, Record, tests::sample_raw},
+    };
 
     #[test]
     fn formats_utc_times() {
@@ -358,23 +275,30 @@ mod tests {
         assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
     }
 
+    fn sample_kill(context: KillContext) -> KillLine {
+        let kill = OomKill::from_raw(&sample_raw(), 4096);
+        let mut explainer = Explainer::new(None, 0);
+        let out = explainer.batch(vec![Record::Victim(Box::new(kill))], &|_| None);
+        let Output::Kill(e) = &out[0] else { panic!() };
+        KillLine {
+            time: "t".into(),
+            kill: (**e).clone(),
+            context,
+        }
+    }
+
     /// The README shows what `watch` prints: its example line has the shape of a real one.
     #[test]
     fn the_readme_shows_the_real_kill_line() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let example = readme
             .lines()
             .find(|l| l.get(12..22) == Some(" OOM KILL "))
             .expect("README has a `watch` example line");
-        let real = {
-            let kill = crate::explain::record::OomKill::from_raw(&sample_raw(), 4096);
-            let mut explainer = crate::explain::Explainer::new(None, 0);
-            let out = explainer.batch(vec![crate::explain::record::Record::Victim(Box::new(kill))], &|_| {
-                None
-            });
-            let Output::Kill(e) = &out[0] else { panic!() };
-            format!("00:00:00.000 {}", describe_kill(e, &KillContext::default()))
-        };
+        let real = format!(
+            "00:00:00.000 {}",
+            text::describe_kill(&sample_kill(KillContext::default()))
+        );
         // The same words in the same order, whatever the figures.
         let shape = |line: &str| -> Vec<String> {
             let head = &line[..line.find("]: ").expect("`]: ` ends the victim's figures") + 3];
@@ -402,18 +326,15 @@ mod tests {
 
     #[test]
     fn describes_a_kill_in_one_line() {
-        let raw = sample_raw();
-        let kill = crate::explain::record::OomKill::from_raw(&raw, 4096);
-        let mut explainer = crate::explain::Explainer::new(None, 0);
-        let out = explainer.batch(vec![crate::explain::record::Record::Victim(Box::new(kill))], &|_| {
-            None
+        let kill = sample_kill(KillContext {
+            stressor: Some(true),
+            in_target: None,
         });
-        let Output::Kill(e) = &out[0] else { panic!() };
-        let line = describe_kill(e, &KillContext::default());
+        let line = text::describe_kill(&kill);
         assert!(
             line.starts_with(
-                "OOM KILL 4211 (stress-ng-vm) in /pod/ctr [anon 58.6 MiB, file 40 KiB, shmem 8 KiB, \
-                 oom_score_adj 1000]: "
+                "OOM KILL 4211 (stress-ng-vm) [memstress stressor] in /pod/ctr [anon 58.6 MiB, \
+                 file 40 KiB, shmem 8 KiB, oom_score_adj 1000]: "
             ),
             "{line}"
         );
@@ -422,15 +343,8 @@ mod tests {
             "{line}"
         );
         assert_eq!(line.lines().count(), 1);
-        let json = serde_json::to_value(OomKillLine {
-            time: "t".into(),
-            kill: e,
-            context: &KillContext {
-                stressor: Some(true),
-                in_target: None,
-            },
-        })
-        .unwrap();
+        let json = serde_json::to_value(Line::OomKill(Cow::Borrowed(&kill))).unwrap();
+        assert_eq!(json["type"], "oom_kill");
         assert_eq!(json["victim"]["oom_score_adj"], 1000);
         assert_eq!(json["victim"]["cgroup"], "/pod/ctr");
         assert!(json["victim"]["points"].as_i64().is_some());
@@ -445,5 +359,10 @@ mod tests {
                 .unwrap()
                 .starts_with("killed 4211 (stress-ng-vm): ")
         );
+        // The line reads back into the same types (the lab does).
+        let back: Line<'static> = serde_json::from_value(json).unwrap();
+        let Line::OomKill(back) = back else { panic!() };
+        assert_eq!(back.kill.victim.victim.task.pid, Some(4211));
+        assert_eq!(back.context.stressor, Some(true));
     }
 }

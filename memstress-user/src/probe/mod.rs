@@ -19,7 +19,8 @@ use aya::{
     programs::{BtfTracePoint, FEntry, FExit, Program, TracePoint},
 };
 use memstress_ebpf::{Pressure, RuntimeConfig, counters, names, source};
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -79,94 +80,181 @@ impl Default for Options {
     }
 }
 
+/// How a program hooks into the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeKind {
+    /// A BTF tracepoint (raw tracepoint with typed arguments).
+    TpBtf,
+    /// A classic tracepoint (tracefs format).
+    Tracepoint,
+    /// Entry of a kernel function (trampoline).
+    Fentry,
+    /// Exit of a kernel function, with its return value (trampoline).
+    Fexit,
+}
+
+impl ProbeKind {
+    /// `tp_btf`, `tracepoint`, `fentry`, `fexit`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::TpBtf => "tp_btf",
+            Self::Tracepoint => "tracepoint",
+            Self::Fentry => "fentry",
+            Self::Fexit => "fexit",
+        }
+    }
+
+    /// fentry and fexit: kernels that refuse trampolines refuse both.
+    pub fn is_trampoline(self) -> bool {
+        matches!(self, Self::Fentry | Self::Fexit)
+    }
+}
+
+impl std::fmt::Display for ProbeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One program and whether it attached.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Status {
     /// Program name in the object.
-    pub program: &'static str,
-    /// `tp_btf` or `tracepoint`.
-    pub kind: &'static str,
+    pub program: String,
+    /// How it hooks into the kernel.
+    pub kind: ProbeKind,
     /// The hook.
-    pub hook: &'static str,
+    pub hook: String,
     /// What it contributes.
-    pub purpose: &'static str,
+    pub purpose: String,
     /// Whether it is attached.
     pub attached: bool,
     /// Why not, when it is not.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
-/// fentry/fexit programs: the OOM killer's own state, exact. They load on most production
-/// kernels; where they do not (no trampolines, or a kernel that refuses them), the
-/// explanation uses what `mark_victim` reads, and says so.
-const FENTRY_FEXIT: [(&str, &str, &str, &str); 4] = [
-    (
-        names::PROG_OUT_OF_MEMORY,
-        "fentry",
-        "out_of_memory",
-        "marks an OOM in progress (so oom_score reads are not taken for candidates)",
-    ),
-    (
-        names::PROG_OOM_BADNESS,
-        "fexit",
-        "oom_badness",
-        "every candidate's points exactly as the kernel computed them",
-    ),
-    (
-        names::PROG_OOM_KILL_PROCESS,
-        "fentry",
-        "oom_kill_process",
-        "struct oom_control: constraint, totalpages, the domain memcg, the chosen points",
-    ),
-    (
-        names::PROG_MEMCG_RECLAIM_ASK,
-        "fentry",
-        "try_to_free_mem_cgroup_pages",
-        "the pages direct reclaim was asked for",
-    ),
+/// One program of the object: where it hooks, and what it contributes.
+#[derive(Clone, Copy, Debug)]
+struct ProbeSpec {
+    /// Its name in the object ([`names`]).
+    program: &'static str,
+    kind: ProbeKind,
+    /// The function or tracepoint (`group:event` for a classic one).
+    hook: &'static str,
+    purpose: &'static str,
+}
+
+/// Every program, in the order of the `attached` line. The first two see kills: at least one
+/// must attach. fentry/fexit give the OOM killer's own state, exact; they load on most
+/// production kernels, and where they do not (no trampolines, or a kernel that refuses them)
+/// the explanation uses what `mark_victim` reads, and says so. The last six add to the
+/// report and are not needed to see kills.
+const PROBES: [ProbeSpec; 13] = [
+    ProbeSpec {
+        program: names::PROG_MARK_VICTIM_BTF,
+        kind: ProbeKind::TpBtf,
+        hook: "mark_victim",
+        purpose: "the victim's task_struct: ids, cgroup, memory counters; the trigger",
+    },
+    ProbeSpec {
+        program: names::PROG_MARK_VICTIM_TP,
+        kind: ProbeKind::Tracepoint,
+        hook: "oom:mark_victim",
+        purpose: "the kernel's own rss/pgtables figures for the victim (as dmesg prints them)",
+    },
+    ProbeSpec {
+        program: names::PROG_SIGNAL_GENERATE_BTF,
+        kind: ProbeKind::TpBtf,
+        hook: "signal_generate",
+        purpose: "confirms the OOM killer's SIGKILL (a victim that was only marked is not a kill)",
+    },
+    ProbeSpec {
+        program: names::PROG_OUT_OF_MEMORY,
+        kind: ProbeKind::Fentry,
+        hook: "out_of_memory",
+        purpose: "marks an OOM in progress (so oom_score reads are not taken for candidates)",
+    },
+    ProbeSpec {
+        program: names::PROG_OOM_BADNESS,
+        kind: ProbeKind::Fexit,
+        hook: "oom_badness",
+        purpose: "every candidate's points exactly as the kernel computed them",
+    },
+    ProbeSpec {
+        program: names::PROG_OOM_KILL_PROCESS,
+        kind: ProbeKind::Fentry,
+        hook: "oom_kill_process",
+        purpose: "struct oom_control: constraint, totalpages, the domain memcg, the chosen points",
+    },
+    ProbeSpec {
+        program: names::PROG_MEMCG_RECLAIM_ASK,
+        kind: ProbeKind::Fentry,
+        hook: "try_to_free_mem_cgroup_pages",
+        purpose: "the pages direct reclaim was asked for",
+    },
+    ProbeSpec {
+        program: names::PROG_PROCESS_EXIT,
+        kind: ProbeKind::TpBtf,
+        hook: "sched_process_exit",
+        purpose: "when each victim exited (its memory was being freed)",
+    },
+    ProbeSpec {
+        program: names::PROG_START_REAPING,
+        kind: ProbeKind::TpBtf,
+        hook: "start_task_reaping",
+        purpose: "the OOM reaper starting on a victim that did not exit",
+    },
+    ProbeSpec {
+        program: names::PROG_FINISH_REAPING,
+        kind: ProbeKind::TpBtf,
+        hook: "finish_task_reaping",
+        purpose: "the OOM reaper having freed a victim's memory",
+    },
+    ProbeSpec {
+        program: names::PROG_SKIP_REAPING,
+        kind: ProbeKind::TpBtf,
+        hook: "skip_task_reaping",
+        purpose: "the OOM reaper skipping a victim",
+    },
+    ProbeSpec {
+        program: names::PROG_RECLAIM_BEGIN,
+        kind: ProbeKind::TpBtf,
+        hook: "mm_vmscan_memcg_reclaim_begin",
+        purpose: "direct reclaim before the OOM (runs, time), per memcg",
+    },
+    ProbeSpec {
+        program: names::PROG_RECLAIM_END,
+        kind: ProbeKind::TpBtf,
+        hook: "mm_vmscan_memcg_reclaim_end",
+        purpose: "direct reclaim before the OOM (pages freed), per memcg",
+    },
 ];
 
-/// BTF tracepoints that add to the report and are not needed to see kills.
-const OPTIONAL_BTF: [(&str, &str, &str); 6] = [
-    (
-        names::PROG_PROCESS_EXIT,
-        "sched_process_exit",
-        "when each victim exited (its memory was being freed)",
-    ),
-    (
-        names::PROG_START_REAPING,
-        "start_task_reaping",
-        "the OOM reaper starting on a victim that did not exit",
-    ),
-    (
-        names::PROG_FINISH_REAPING,
-        "finish_task_reaping",
-        "the OOM reaper having freed a victim's memory",
-    ),
-    (
-        names::PROG_SKIP_REAPING,
-        "skip_task_reaping",
-        "the OOM reaper skipping a victim",
-    ),
-    (
-        names::PROG_RECLAIM_BEGIN,
-        "mm_vmscan_memcg_reclaim_begin",
-        "direct reclaim before the OOM (runs, time), per memcg",
-    ),
-    (
-        names::PROG_RECLAIM_END,
-        "mm_vmscan_memcg_reclaim_end",
-        "direct reclaim before the OOM (pages freed), per memcg",
-    ),
-];
+/// Why one program did not attach.
+#[derive(Debug, thiserror::Error)]
+enum AttachError {
+    #[error("program {0} missing from the object")]
+    Missing(&'static str),
+    #[error(transparent)]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("no oom:mark_victim tracepoint under {0}")]
+    NoTracepoint(String),
+    #[error("loading panicked")]
+    Panicked,
+}
 
-/// The `attached` line.
-#[derive(Serialize)]
-struct Attached<'a> {
-    probes: &'a [Status],
-    unknown_kernel_facts: &'a [String],
-    cgroup: Option<&'a str>,
+impl AttachError {
+    /// The kernel refused to load it at all (`EPERM` from `BPF_PROG_LOAD`, with an empty
+    /// verifier log): a kernel that refuses one trampoline refuses them all.
+    fn refused(&self) -> bool {
+        matches!(
+            self,
+            Self::Program(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EPERM)
+        )
+    }
 }
 
 /// Loaded and attached programs. Dropping it detaches everything (links are never pinned).
@@ -180,13 +268,6 @@ pub struct Probes {
     pub constraints: Vec<(u32, String)>,
     /// Dropped records already reported.
     drops_reported: std::cell::Cell<u64>,
-}
-
-/// The `dropped` line: records the BPF side could not queue since the last such line.
-#[derive(Serialize)]
-struct Dropped {
-    records: u64,
-    total: u64,
 }
 
 impl std::fmt::Debug for Probes {
@@ -313,7 +394,7 @@ impl Probes {
             .map_max_entries(
                 names::EVENTS,
                 opts.ring_bytes
-                    .max(u32::try_from(crate::explain::record::page_size()).unwrap_or(4096)),
+                    .max(u32::try_from(crate::size::page_size()).unwrap_or(4096)),
             )
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(e.to_string()))?;
@@ -366,68 +447,6 @@ impl Probes {
         })
     }
 
-    /// Reports what attached: the `attached` JSON line, and one warning on stderr for each
-    /// program that did not attach and each fact this kernel lacks.
-    pub fn announce(&self, reporter: &crate::output::Reporter, cgroup: Option<&str>) {
-        reporter.json(
-            "attached",
-            &Attached {
-                probes: &self.status,
-                unknown_kernel_facts: &self.missing,
-                cgroup,
-            },
-        );
-        self.warn_degraded();
-    }
-
-    /// Warns once on stderr for each program that did not attach and each unknown fact.
-    pub fn warn_degraded(&self) {
-        let trampoline = |s: &&Status| s.kind == "fentry" || s.kind == "fexit";
-        for s in self.status.iter().filter(|s| !s.attached && !trampoline(s)) {
-            tracing::warn!(
-                "probe {} {} not attached ({}); without it: {}",
-                s.kind,
-                s.hook,
-                s.error.as_deref().unwrap_or("unknown error"),
-                s.purpose
-            );
-        }
-        // A kernel without fentry/fexit refuses all of them for one reason: say it once.
-        let refused: Vec<&Status> = self
-            .status
-            .iter()
-            .filter(|s| !s.attached && trampoline(s))
-            .collect();
-        if let Some(first) = refused.first() {
-            let hooks: Vec<String> = refused
-                .iter()
-                .map(|s| format!("{} {}", s.kind, s.hook))
-                .collect();
-            tracing::info!(
-                "{} not available on this kernel ({}): points come from the kernel's formula \
-                 applied to what mark_victim reads, and the domain from the memcg counters",
-                hooks.join(", "),
-                first.error.as_deref().unwrap_or("unknown error")
-            );
-        }
-        if !self.missing.is_empty() {
-            tracing::warn!(
-                "this kernel lacks {}; those figures are reported as unknown (null)",
-                self.missing.join(", ")
-            );
-        }
-    }
-
-    /// A one-line summary of what is attached, for text mode.
-    pub fn summary(&self) -> String {
-        self.status
-            .iter()
-            .filter(|s| s.attached)
-            .map(|s| format!("{} {}", s.kind, s.hook))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
     /// Takes the ring buffer for reading. Call once.
     pub fn events(&mut self) -> io::Result<EventStream> {
         let map = self
@@ -460,26 +479,16 @@ impl Probes {
         self.counter(counters::RINGBUF_DROPS)
     }
 
-    /// Reports records dropped since the last call (a `dropped` line and a warning), as soon
-    /// as the reader catches up: a full ring buffer is never silent.
-    pub fn report_new_drops(&self, reporter: &crate::output::Reporter) {
+    /// Records dropped since the last call, and in all (`None`: none since), as soon as the
+    /// reader catches up: a full ring buffer is never silent.
+    pub fn new_drops(&self) -> Option<(u64, u64)> {
         let total = self.drops();
         let new = total.saturating_sub(self.drops_reported.get());
         if new == 0 {
-            return;
+            return None;
         }
         self.drops_reported.set(total);
-        reporter.json(
-            "dropped",
-            &Dropped {
-                records: new,
-                total,
-            },
-        );
-        tracing::warn!(
-            "{new} OOM record(s) dropped: the BPF ring buffer was full (reader stalled?); \
-             {total} in all; --ring-buffer sets its size"
-        );
+        Some((new, total))
     }
 
     /// Direct reclaim done so far by the tasks of memcg `id`, read now (a kill's record
@@ -491,10 +500,10 @@ impl Probes {
     }
 }
 
-/// Loads and attaches every program, in the order of the `attached` line. The kernel's
-/// verifier takes most of start-up on `mark_victim_btf` (the largest program: it walks the
-/// OOM domain's tasks); it is verified on a thread of its own while the others load beside
-/// it. Returns each program's status and how long that one took.
+/// Loads and attaches every program, in the order of [`PROBES`]. The kernel's verifier
+/// takes most of start-up on `mark_victim_btf` (the largest program: it walks the OOM
+/// domain's tasks); it is verified on a thread of its own while the others load beside it.
+/// Returns each program's status and how long that one took.
 fn attach_all(
     ebpf: &mut Ebpf,
     btf: &aya::Btf,
@@ -502,148 +511,94 @@ fn attach_all(
     tracefs: &Tracefs,
 ) -> (Vec<Status>, std::time::Duration) {
     let mut programs: Vec<(&str, &mut Program)> = ebpf.programs_mut().collect();
-    let mut take = |name: &str| {
-        programs
-            .iter()
-            .position(|(n, _)| *n == name)
-            .map(|i| programs.swap_remove(i).1)
-    };
-    let heavy = take(names::PROG_MARK_VICTIM_BTF);
-    let tracepoint = take(names::PROG_MARK_VICTIM_TP);
-    let signal = take(names::PROG_SIGNAL_GENERATE_BTF);
-    let trampolines: Vec<_> = FENTRY_FEXIT.iter().map(|t| take(t.0)).collect();
-    let optional: Vec<_> = OPTIONAL_BTF.iter().map(|t| take(t.0)).collect();
-    let status = |program, kind, hook, purpose, result: Result<(), String>| Status {
-        program,
-        kind,
-        hook,
-        purpose,
+    let mut taken: Vec<Option<&mut Program>> = PROBES
+        .iter()
+        .map(|spec| {
+            programs
+                .iter()
+                .position(|(n, _)| *n == spec.program)
+                .map(|i| programs.swap_remove(i).1)
+        })
+        .collect();
+    let status = |spec: &ProbeSpec, result: Result<(), AttachError>| Status {
+        program: spec.program.to_owned(),
+        kind: spec.kind,
+        hook: spec.hook.to_owned(),
+        purpose: spec.purpose.to_owned(),
         attached: result.is_ok(),
-        error: result.err(),
+        error: result.err().map(|e| error_chain(&e)),
     };
+    let heavy = taken[0].take();
     std::thread::scope(|scope| {
         let heavy = scope.spawn(move || {
             let t = std::time::Instant::now();
-            let result = attach_btf(heavy, names::PROG_MARK_VICTIM_BTF, btf, "mark_victim");
-            (result, t.elapsed())
+            (attach(&PROBES[0], heavy, btf), t.elapsed())
         });
-        let mut rest = Vec::new();
-        let result = if have_mark_victim_format {
-            attach_tracepoint(tracepoint, names::PROG_MARK_VICTIM_TP, "oom", "mark_victim")
-        } else {
-            Err(format!(
-                "no oom:mark_victim tracepoint under {}",
-                tracefs.root().display()
-            ))
-        };
-        rest.push(status(
-            names::PROG_MARK_VICTIM_TP,
-            "tracepoint",
-            "oom:mark_victim",
-            "the kernel's own rss/pgtables figures for the victim (as dmesg prints them)",
-            result,
-        ));
-        rest.push(status(
-            names::PROG_SIGNAL_GENERATE_BTF,
-            "tp_btf",
-            "signal_generate",
-            "confirms the OOM killer's SIGKILL (a victim that was only marked is not a kill)",
-            attach_btf(
-                signal,
-                names::PROG_SIGNAL_GENERATE_BTF,
-                btf,
-                "signal_generate",
-            ),
-        ));
-        // A kernel that refuses trampolines (EPERM) refuses them all: the first refusal
-        // stands for the rest instead of four more loads of the same answer.
+        let mut all = Vec::with_capacity(PROBES.len());
+        // A kernel that refuses trampolines refuses them all: the first refusal stands for
+        // the rest instead of more loads of the same answer.
         let mut refused: Option<String> = None;
-        for ((program, kind, hook, purpose), prog) in FENTRY_FEXIT.into_iter().zip(trampolines) {
-            let result = match &refused {
-                Some(e) => Err(e.clone()),
-                None => attach_trampoline(prog, program, btf, kind, hook),
+        for (spec, prog) in PROBES.iter().zip(taken).skip(1) {
+            let result = match (spec.kind, &refused) {
+                (ProbeKind::Tracepoint, _) if !have_mark_victim_format => Err(
+                    AttachError::NoTracepoint(tracefs.root().display().to_string()),
+                ),
+                (kind, Some(why)) if kind.is_trampoline() => {
+                    all.push(Status {
+                        error: Some(why.clone()),
+                        ..status(spec, Ok(()))
+                    });
+                    all.last_mut().expect("just pushed").attached = false;
+                    continue;
+                }
+                _ => attach(spec, prog, btf),
             };
-            if let Err(e) = &result
-                && e.contains("Operation not permitted")
+            if spec.kind.is_trampoline()
+                && let Err(e) = &result
+                && e.refused()
             {
-                refused = Some(e.clone());
+                refused = Some(error_chain(e));
             }
-            rest.push(status(program, kind, hook, purpose, result));
+            all.push(status(spec, result));
         }
-        for ((program, hook, purpose), prog) in OPTIONAL_BTF.into_iter().zip(optional) {
-            rest.push(status(
-                program,
-                "tp_btf",
-                hook,
-                purpose,
-                attach_btf(prog, program, btf, hook),
-            ));
-        }
-        let (result, took) = heavy.join().unwrap_or_else(|_| {
-            (
-                Err("loading panicked".to_owned()),
-                std::time::Duration::ZERO,
-            )
-        });
-        let mut all = vec![status(
-            names::PROG_MARK_VICTIM_BTF,
-            "tp_btf",
-            "mark_victim",
-            "the victim's task_struct: ids, cgroup, memory counters; the trigger",
-            result,
-        )];
-        all.append(&mut rest);
+        let (result, took) = heavy
+            .join()
+            .unwrap_or((Err(AttachError::Panicked), std::time::Duration::ZERO));
+        all.insert(0, status(&PROBES[0], result));
         (all, took)
     })
 }
 
-fn attach_btf(
+/// Loads and attaches one program as `spec` says.
+fn attach(
+    spec: &ProbeSpec,
     prog: Option<&mut Program>,
-    program: &str,
     btf: &aya::Btf,
-    hook: &str,
-) -> Result<(), String> {
-    let prog: &mut BtfTracePoint = prog
-        .ok_or_else(|| format!("program {program} missing from the object"))?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
-    prog.load(hook, btf).map_err(|e| error_chain(&e))?;
-    prog.attach().map_err(|e| error_chain(&e))?;
-    Ok(())
-}
-
-fn attach_trampoline(
-    prog: Option<&mut Program>,
-    program: &str,
-    btf: &aya::Btf,
-    kind: &str,
-    function: &str,
-) -> Result<(), String> {
-    let prog = prog.ok_or_else(|| format!("program {program} missing from the object"))?;
-    if kind == "fexit" {
-        let prog: &mut FExit = prog.try_into().map_err(|e| format!("{e}"))?;
-        prog.load(function, btf).map_err(|e| error_chain(&e))?;
-        prog.attach().map_err(|e| error_chain(&e))?;
-    } else {
-        let prog: &mut FEntry = prog.try_into().map_err(|e| format!("{e}"))?;
-        prog.load(function, btf).map_err(|e| error_chain(&e))?;
-        prog.attach().map_err(|e| error_chain(&e))?;
+) -> Result<(), AttachError> {
+    let prog = prog.ok_or(AttachError::Missing(spec.program))?;
+    match spec.kind {
+        ProbeKind::TpBtf => {
+            let prog: &mut BtfTracePoint = prog.try_into()?;
+            prog.load(spec.hook, btf)?;
+            prog.attach()?;
+        }
+        ProbeKind::Tracepoint => {
+            let prog: &mut TracePoint = prog.try_into()?;
+            let (group, event) = spec.hook.split_once(':').unwrap_or(("", spec.hook));
+            prog.load()?;
+            prog.attach(group, event)?;
+        }
+        ProbeKind::Fentry => {
+            let prog: &mut FEntry = prog.try_into()?;
+            prog.load(spec.hook, btf)?;
+            prog.attach()?;
+        }
+        ProbeKind::Fexit => {
+            let prog: &mut FExit = prog.try_into()?;
+            prog.load(spec.hook, btf)?;
+            prog.attach()?;
+        }
     }
-    Ok(())
-}
-
-fn attach_tracepoint(
-    prog: Option<&mut Program>,
-    program: &str,
-    group: &str,
-    event: &str,
-) -> Result<(), String> {
-    let prog: &mut TracePoint = prog
-        .ok_or_else(|| format!("program {program} missing from the object"))?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
-    prog.load().map_err(|e| error_chain(&e))?;
-    prog.attach(group, event).map_err(|e| error_chain(&e))?;
     Ok(())
 }
 

@@ -4,13 +4,11 @@
 //! to the engine and passes commands to it; the engine only keeps the bookkeeping.
 
 use std::{
-    io::Write as _,
+    io::{self, Write as _},
     path::Path,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
-use serde::Serialize;
 use tokio::{
     io::{AsyncBufReadExt as _, BufReader},
     net::unix::pipe,
@@ -18,28 +16,13 @@ use tokio::{
 };
 
 use crate::{
+    Error, Result,
+    error::Context as _,
+    output::line::{MemberLine, Role},
     target::cgroup::Cgroup,
     stress::spawn::{self, Exit, Spec, Stdio},
     stress::stressor::{Command, Report, WorkerArgs},
 };
-
-/// A stressor, or a process standing in for an application.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// Holds memory for the stress.
-    Stressor,
-    /// Stands in for an application (the demo's app).
-    App,
-}
-
-impl Role {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Stressor => "stressor",
-            Self::App => "app",
-        }
-    }
-}
 
 /// From the engine to a supervisor.
 #[derive(Debug)]
@@ -163,7 +146,7 @@ impl Member {
         spec.stdin = Stdio::Pipe;
         spec.stdout = Stdio::Pipe;
         spec.stderr = Stdio::Inherit;
-        let mut child = spawn::spawn(&spec).with_context(|| {
+        let mut child = spawn::spawn(&spec).context(|| {
             format!(
                 "cannot start {} {} in {}",
                 self.role.name(),
@@ -171,8 +154,9 @@ impl Member {
                 cgroup.path
             )
         })?;
-        let stdout = child.stdout.take().context("worker without stdout")?;
-        let stdin = child.stdin.take().context("worker without stdin")?;
+        let missing = |what: &str| Error::io(format!("worker without {what}"), io::ErrorKind::BrokenPipe.into());
+        let stdout = child.stdout.take().ok_or_else(|| missing("stdout"))?;
+        let stdin = child.stdin.take().ok_or_else(|| missing("stdin"))?;
         self.generation += 1;
         self.pid = Some(child.pid);
         self.alive = true;
@@ -185,7 +169,7 @@ impl Member {
         self.exited_at = None;
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         self.ctl = Some(ctl_tx);
-        let stdout = pipe::Receiver::from_file(stdout).context("worker stdout")?;
+        let stdout = pipe::Receiver::from_file(stdout).context(|| "worker stdout".to_owned())?;
         tokio::spawn(supervise(
             self.index,
             self.generation,
@@ -242,12 +226,12 @@ impl Member {
         }
     }
 
-    /// The JSON form of `started`, `restarted` and `exited` lines.
-    pub fn line(&self, exit: Option<String>) -> MemberLine<'_> {
+    /// Its `started`, `restarted` or `exited` line.
+    pub fn line(&self, exit: Option<String>) -> MemberLine {
         MemberLine {
             index: self.index,
-            role: self.role.name(),
-            name: &self.worker.name,
+            role: self.role,
+            name: self.worker.name.clone(),
             pid: self.pid,
             bytes: self.share,
             exit,
@@ -264,20 +248,6 @@ impl Member {
             self.pid.unwrap_or(0)
         )
     }
-}
-
-/// `started` / `restarted` / `exited`.
-#[derive(Serialize)]
-pub struct MemberLine<'a> {
-    index: usize,
-    role: &'a str,
-    name: &'a str,
-    pid: Option<u32>,
-    bytes: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    exit: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    restarts: Option<u32>,
 }
 
 /// Owns one worker process: forwards its reports and exit, passes commands, kills it on

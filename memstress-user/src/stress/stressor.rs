@@ -23,7 +23,7 @@
 //! it happens. While holding, the worker blocks in `read(2)` on its stdin: ~0% CPU. When the
 //! controller goes away (stdin closes, or `PR_SET_PDEATHSIG`), the worker exits.
 
-use crate::spec::{Fill, Kind, Pattern};
+use crate::spec::{Fill, Kind, Pattern, STRESSOR_COMM};
 use std::{
     ffi::CString,
     fs,
@@ -75,9 +75,6 @@ pub struct WorkerArgs {
     pub initial: Option<Command>,
 }
 
-/// The comm of every stressor (and of nothing else memstress starts): `watch --metrics` knows
-/// memstress's stressors by it.
-pub const STRESSOR_COMM: &str = "memstress-vm";
 
 impl Default for WorkerArgs {
     fn default() -> Self {
@@ -445,14 +442,10 @@ fn measure_own(args: &WorkerArgs, payload: u64) -> io::Result<u64> {
 fn payload_charge(args: &WorkerArgs, payload: u64) -> u64 {
     match args.kind {
         Kind::Anon => 0,
-        Kind::Shmem | Kind::File => payload + payload / page_size() * args.kernel_per_page,
+        Kind::Shmem | Kind::File => payload + payload / crate::size::page_size() * args.kernel_per_page,
     }
 }
 
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
-}
 
 /// Kernel memory a cgroup is charged per page of a `kind` payload, beside the page itself,
 /// for memory no /proc file shows per process: the page cache's tree nodes (an `xa_node`
@@ -482,7 +475,7 @@ pub fn kernel_bytes_per_page(kind: Kind, file_dir: &Path) -> u64 {
     if !BUFFER_HEAD_FILESYSTEMS.contains(&magic) || block == 0 {
         return tree;
     }
-    tree + (page_size() / block).max(1) * object("buffer_head", 104)
+    tree + (crate::size::page_size() / block).max(1) * object("buffer_head", 104)
 }
 
 /// `f_type` of file systems whose regular files keep a `buffer_head` per block in the page

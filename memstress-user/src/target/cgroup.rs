@@ -82,7 +82,7 @@ fn io_err<'a>(
 }
 
 /// cgroup v1 or v2.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub enum Version {
     /// cgroup v1 (the `memory` hierarchy).
     #[serde(rename = "1")]
@@ -310,7 +310,7 @@ impl fmt::Display for Cgroup {
 }
 
 /// What the kernel counts for a memory cgroup at one moment.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Counters {
     /// `memory.usage_in_bytes` (v1) / `memory.current` (v2).
     pub usage_bytes: u64,
@@ -324,6 +324,18 @@ pub struct Counters {
     pub oom_kills: u64,
     /// v1 `under_oom` (an OOM is being handled right now); always 0 on v2.
     pub under_oom: bool,
+}
+
+/// What the kernel's peak usage figure covers.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PeakScope {
+    /// This run only.
+    Run,
+    /// The cgroup's whole life.
+    CgroupLifetime,
 }
 
 /// Reads the kernel's peak usage of a cgroup (see [`Cgroup::peak_reader`]).
@@ -357,11 +369,11 @@ impl PeakReader {
     }
 
     /// Whether the figure covers this run only, or the cgroup's whole life.
-    pub fn scope(&self) -> crate::stress::PeakScope {
+    pub fn scope(&self) -> PeakScope {
         if self.run_only {
-            crate::stress::PeakScope::Run
+            PeakScope::Run
         } else {
-            crate::stress::PeakScope::CgroupLifetime
+            PeakScope::CgroupLifetime
         }
     }
 }
@@ -475,6 +487,11 @@ impl Cgroup {
     /// Whether this is the hierarchy's root.
     pub fn is_root(&self) -> bool {
         self.path == "/"
+    }
+
+    /// Its last path component (`/kubepods/pod1` → `pod1`; the root's is empty).
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or_default()
     }
 
     /// The parent cgroup (`None` for the root).

@@ -26,7 +26,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::target::cgroup::{Cgroup, CgroupError, Hierarchy, Version};
 
@@ -39,7 +40,7 @@ pub const MIN_PREFIX: usize = 4;
 const KUBEPODS_DEPTH: usize = 3;
 
 /// A pod's QoS class, as Kubernetes names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Qos {
     /// Limits equal requests: the pod sits directly under `kubepods`.
     Guaranteed,
@@ -50,7 +51,7 @@ pub enum Qos {
 }
 
 /// The kubelet's cgroup driver, recognised from the tree's shape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Driver {
     /// `kubepods.slice/…/…-pod<uid>.slice/<runtime>-<id>.scope`.
@@ -60,7 +61,7 @@ pub enum Driver {
 }
 
 /// A container runtime, recognised from a cgroup name or from its state files.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Runtime {
     /// containerd's CRI plugin (`cri-containerd-<id>.scope`).
     #[serde(rename = "containerd")]
@@ -84,7 +85,7 @@ impl fmt::Display for Runtime {
 }
 
 /// What a runtime's state files say about a container.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Meta {
     /// The container's name in its pod (`spec.containers[].name`).
     pub name: Option<String>,
@@ -488,7 +489,7 @@ impl Node {
             let mut next = Vec::new();
             for cgroup in level {
                 for child in child_dirs(&cgroup) {
-                    let name = child.path.rsplit('/').next().unwrap_or_default().to_owned();
+                    let name = child.name().to_owned();
                     match is_kubepods(&name) {
                         Some(driver) => roots.push((child, driver)),
                         None => next.push(child),
@@ -506,10 +507,10 @@ impl Node {
         let mut pods = Vec::new();
         for (kubepods, driver) in roots {
             for child in child_dirs(&kubepods) {
-                let name = child.path.rsplit('/').next().unwrap_or_default();
+                let name = child.name();
                 if let Some(qos) = qos_dir(name, driver) {
                     for pod in child_dirs(&child) {
-                        let name = pod.path.rsplit('/').next().unwrap_or_default();
+                        let name = pod.name();
                         if let Some(uid) = pod_dir(name, driver) {
                             pods.push(Self::read_pod(uid, qos, driver, pod));
                         }
@@ -529,7 +530,7 @@ impl Node {
         let containers = child_dirs(&cgroup)
             .into_iter()
             .filter_map(|c| {
-                let name = c.path.rsplit('/').next().unwrap_or_default();
+                let name = c.name();
                 let (id, runtime) = container_dir(name)?;
                 // crun on cgroup v2 with the systemd driver puts the processes one level
                 // down, in `<scope>/container`: that is the cgroup that can take more.
@@ -706,7 +707,7 @@ fn list(items: Vec<String>) -> String {
 }
 
 /// Who a pod or container target is, as the plan reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Identity {
     /// The pod's UID.
     pub pod_uid: String,

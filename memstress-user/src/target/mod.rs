@@ -136,12 +136,7 @@ impl Target {
                     && !own.is_root()
                     && cgroup.is_within(&own)
                 {
-                    let leaf = cgroup
-                        .path
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or("sandbox")
-                        .to_owned();
+                    let leaf = cgroup.name().to_owned();
                     return Err(TargetError::InsideOwn {
                         new: cgroup.path,
                         own: own.path,

@@ -92,7 +92,7 @@ fn run(args: &[String]) -> ExitCode {
     let mut out = None;
     let mut label = None;
     let mut root = format!("memstress-lab-{}", std::process::id());
-    let mut file_dir = memstress::stressor::default_file_dir();
+    let mut file_dir = memstress::stress::stressor::default_file_dir();
     let mut files = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use memstress::{
-    cgroup::{Cgroup, Hierarchy, Version},
+    target::cgroup::{Cgroup, Hierarchy, Version},
     size::SizeSpec,
 };
 use serde_json::{Value, json};
@@ -69,7 +69,7 @@ impl Recorder {
     fn new() -> Self {
         Self {
             start: Instant::now(),
-            start_us: memstress::report::monotonic_ns() / 1000,
+            start_us: memstress::output::monotonic_ns() / 1000,
             events: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -319,13 +319,7 @@ fn supervise(
                 let removed = container.cgroup.remove(Duration::from_secs(10));
                 removed.map_err(anyhow::Error::from).and_then(|()| {
                     let parent = container.cgroup.parent().context("container parent")?;
-                    let leaf = container
-                        .cgroup
-                        .path
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
+                    let leaf = container.cgroup.name().to_owned();
                     let fresh = parent.create_child(&leaf)?;
                     apply_cgroup_settings(&fresh, &container.spec)
                 })
@@ -504,7 +498,7 @@ pub fn run(scenario: &Scenario, opts: &Options) -> Result<Outcome> {
         .to_owned();
     rec.push(json!({"type": "scenario", "name": scenario.name, "description": scenario.description,
         "kernel": kernel, "kernel_label": opts.kernel_label, "cgroup_version": hierarchy.version.number(),
-        "started": memstress::report::now_rfc3339()}));
+        "started": memstress::output::now_rfc3339()}));
     let outcome = if scenario.requires.as_deref() == Some("cgroup-v2")
         && hierarchy.version != Version::V2
     {

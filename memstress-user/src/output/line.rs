@@ -1,0 +1,598 @@
+//! Every line memstress prints, as types: one variant of [`Line`] per line type, tagged by
+//! its `type` field. `-o json` writes them as JSON objects (docs/events.md), text mode
+//! renders them ([`super::text`]), `memstress schema` writes the JSON Schema generated from
+//! them (docs/events.schema.json), and the lab reads them back.
+//!
+//! Fields are only ever added, never renamed. A figure the kernel did not give is `null`.
+
+use std::{borrow::Cow, collections::BTreeMap, path::PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    explain::{Explained, Reaped, predict::Prediction, record::CollateralKill},
+    privilege::{Credentials, StressorUser},
+    probe::Status,
+    signals::Stop,
+    spec::{Kind, OnOom, Pattern},
+    target::{
+        cgroup::{Counters, PeakScope},
+        kube::Identity,
+    },
+};
+
+/// One line of output.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Line<'a> {
+    /// The probes were loaded: which attached, which kernel facts are unknown.
+    Attached(Cow<'a, Attached>),
+    /// An OOM kill, explained.
+    OomKill(Cow<'a, KillLine>),
+    /// A task the OOM killer marked as its victim without a kill: it was already exiting.
+    OomVictimExiting(Cow<'a, KillLine>),
+    /// A process killed with a victim reported earlier (it shared the victim's memory).
+    OomCollateral(Cow<'a, CollateralLine>),
+    /// A victim exited, or the OOM reaper acted on it.
+    OomReaped(Cow<'a, Reaped>),
+    /// The BPF side could not queue records (its ring buffer was full).
+    Dropped(Cow<'a, Dropped>),
+    /// `watch --metrics`: where the endpoint listens.
+    Metrics(Cow<'a, MetricsLine>),
+    /// `watch` ended.
+    End(Cow<'a, EndLine>),
+    /// A line that could not be encoded (never expected).
+    Error(Cow<'a, ErrorLine>),
+    /// `run`: the resolved plan, before anything starts.
+    Plan(Cow<'a, Plan>),
+    /// `run`: a stressor or app started.
+    Started(Cow<'a, MemberLine>),
+    /// `run`: a stressor started again after its OOM kill (`--on-oom restart`).
+    Restarted(Cow<'a, MemberLine>),
+    /// `run`: a stressor or app exited without an OOM kill memstress saw.
+    Exited(Cow<'a, MemberLine>),
+    /// `run`: the target's OOM-kill counter rose while the probes were loading.
+    OomKillsBeforeProbes(Cow<'a, KillsBeforeProbes>),
+    /// `run`: the run got as far as it can.
+    Full(Cow<'a, FullLine>),
+    /// `run`: the target cgroup was removed.
+    TargetGone(Cow<'a, TargetGone>),
+    /// `run --follow`: the target's replacement was found.
+    TargetFollowed(Cow<'a, TargetFollowed>),
+    /// `run`: the target's counters, every 100 ms.
+    Sample(Cow<'a, SampleLine>),
+    /// `run`: how it ended.
+    Summary(Cow<'a, Summary>),
+}
+
+/// `attached`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Attached {
+    /// Every program, in load order, and whether it attached.
+    pub probes: Vec<Status>,
+    /// Kernel facts this kernel lacks (their figures are `null`).
+    pub unknown_kernel_facts: Vec<String>,
+    /// The cgroup the kills are filtered to (`null`: the whole node).
+    pub cgroup: Option<String>,
+}
+
+/// Extra facts about an OOM kill that the caller knows (a `run` knows its own stressors).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct KillContext {
+    /// Whether the victim was one of this run's stressors (absent in `watch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stressor: Option<bool>,
+    /// Whether the victim was in the run's target, rather than elsewhere in the OOM domain
+    /// that contains it (absent in `watch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_target: Option<bool>,
+}
+
+/// `oom_kill` and `oom_victim_exiting`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct KillLine {
+    /// When, RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// The kill, explained.
+    #[serde(flatten)]
+    pub kill: Explained,
+    /// What the caller knows of the victim.
+    #[serde(flatten)]
+    pub context: KillContext,
+}
+
+/// `oom_collateral`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct CollateralLine {
+    /// When, RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// CLOCK_MONOTONIC ns of the SIGKILL.
+    pub ts_ns: u64,
+    /// The OOM.
+    pub seq: u64,
+    /// The victim it died with.
+    pub victim_tid: u32,
+    /// Who, and why.
+    #[serde(flatten)]
+    pub task: CollateralKill,
+}
+
+/// `dropped`: records the BPF side could not queue since the last such line.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Dropped {
+    /// Since the last `dropped` line.
+    pub records: u64,
+    /// Since the start.
+    pub total: u64,
+}
+
+/// `metrics`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct MetricsLine {
+    /// The address the endpoint listens on (the port the kernel picked for port 0).
+    pub address: String,
+    /// The URL to scrape.
+    pub url: String,
+}
+
+/// `end`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct EndLine {
+    /// OOM kills reported.
+    pub oom_kills: u64,
+    /// Victims marked while already exiting.
+    pub victims_exiting: u64,
+    /// Records the BPF side could not queue.
+    pub dropped_records: u64,
+}
+
+/// `error`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorLine {
+    /// What went wrong.
+    pub message: String,
+}
+
+/// `size` (a fixed total) or `fill_to` (a working-set goal kept as the app moves).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// `--size`.
+    Size,
+    /// `--fill-to`.
+    FillTo,
+}
+
+/// The resolved plan, printed before anything starts (and alone with `--dry-run`).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Plan {
+    /// The target.
+    pub target: PlanTarget,
+    /// `size` or `fill_to`.
+    pub mode: Mode,
+    /// The amount as given.
+    pub size: String,
+    /// How it was resolved.
+    pub size_from: String,
+    /// Total charge across all stressors (for `fill_to`: the first estimate, goal − working
+    /// set now).
+    pub total_bytes: u64,
+    /// `fill_to`: the working-set goal.
+    pub fill_to_bytes: Option<u64>,
+    /// Number of stressors.
+    #[schemars(range(min = 1))]
+    pub workers: u32,
+    /// Charge of each stressor (they add up to `total_bytes`, rounded to pages).
+    #[schemars(length(min = 1))]
+    pub bytes_per_worker: Vec<u64>,
+    /// What the bytes are: the cgroup's charge, stressors' own footprint included.
+    pub bytes_are: String,
+    /// A stressor's own charge while it holds nothing (runtime, page tables, kernel stack),
+    /// measured on this machine: part of each share, so every share is larger.
+    pub stressor_footprint_bytes: u64,
+    /// Kernel memory the cgroup is charged per page of a shmem or page-cache payload beside
+    /// the page itself (page-cache tree nodes, buffer heads), counted in each stressor's
+    /// charge.
+    pub kernel_bytes_per_page: u64,
+    /// Kind of memory.
+    pub kind: Kind,
+    /// What stressors do once full.
+    pub pattern: Pattern,
+    /// Ramp time in seconds.
+    pub ramp_s: Option<f64>,
+    /// Hold time in seconds (`null`: until interrupted).
+    pub hold_s: Option<f64>,
+    /// OOM policy.
+    pub on_oom: OnOom,
+    /// oom_score_adj for the stressors (`null`: inherited).
+    pub oom_score_adj: Option<i32>,
+    /// Whether the plan pushes the cgroup past its limit.
+    pub crosses_limit: bool,
+    /// What the domain could still be charged before its limit, apps included (`None`: no
+    /// limit).
+    #[serde(skip)]
+    pub headroom_bytes: Option<u64>,
+    /// When it does: who the OOM killer would choose, predicted from /proc now.
+    pub predicted_oom: Option<Prediction>,
+    /// Who the stressors run as; they hold no capabilities.
+    pub stressor_user: StressorUser,
+    /// The credentials to switch to (`None`: keep this process's own).
+    #[serde(skip)]
+    pub credentials: Option<Credentials>,
+    /// `--follow`: a pod/container target that disappears is found again and re-injected.
+    pub follow: bool,
+    /// The StressChaos the run comes from (`null`: flags only).
+    pub stresschaos: Option<StressChaosLine>,
+    /// How this run differs from what its source (a StressChaos) would do, one sentence each.
+    pub notes: Vec<String>,
+}
+
+/// The target as planned.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct PlanTarget {
+    /// Cgroup path (from the hierarchy's root: /proc/PID/cgroup's form).
+    pub path: String,
+    /// Its directory (under `--cgroup-root` when given).
+    pub dir: String,
+    /// 1 or 2.
+    #[schemars(range(min = 1, max = 2))]
+    pub version: u8,
+    /// Created for this run (and removed after it).
+    pub created: bool,
+    /// The limit that applies (`null`: none).
+    pub limit_bytes: Option<u64>,
+    /// The cgroup whose limit that is (the target or an ancestor).
+    pub limit_from: Option<String>,
+    /// Usage now.
+    pub usage_bytes: u64,
+    /// Working set now (usage − inactive_file).
+    pub working_set_bytes: u64,
+    /// The Kubernetes pod or container it is (`--pod`, `--container`; `null` otherwise).
+    pub kubernetes: Option<Identity>,
+}
+
+/// A Chaos Mesh StressChaos's memory stressor, as read from its file (the plan's
+/// `stresschaos`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StressChaosLine {
+    /// The file.
+    pub file: PathBuf,
+    /// `metadata.name`.
+    pub name: Option<String>,
+    /// `metadata.namespace`.
+    pub namespace: Option<String>,
+    /// `workers`.
+    pub workers: u32,
+    /// `size` as written.
+    pub size_text: String,
+    /// `time` (the ramp).
+    pub time: Option<String>,
+    /// `oomScoreAdj`.
+    pub oom_score_adj: Option<i32>,
+    /// `options` (memStress flags).
+    pub options: Vec<String>,
+    /// `spec.duration`.
+    pub duration: Option<String>,
+    /// What can be applied of the selector.
+    pub selector: SelectorLine,
+}
+
+impl StressChaosLine {
+    /// `StressChaos namespace/name`, or the file.
+    pub fn label(&self) -> String {
+        match (&self.namespace, &self.name) {
+            (Some(ns), Some(n)) => format!("StressChaos {ns}/{n}"),
+            (None, Some(n)) => format!("StressChaos {n}"),
+            _ => format!("StressChaos {}", self.file.display()),
+        }
+    }
+}
+
+/// A StressChaos's selector, as far as a node can apply it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SelectorLine {
+    /// `selector.pods`: namespace -> pod names.
+    pub pods: BTreeMap<String, Vec<String>>,
+    /// `containerNames`.
+    pub container_names: Vec<String>,
+    /// Selector keys that only the cluster API can evaluate (`labelSelectors`, …).
+    pub cluster_only: Vec<String>,
+    /// `mode` (`one`, `all`, `fixed`, …).
+    pub mode: Option<String>,
+    /// `mode`'s `value`.
+    pub value: Option<String>,
+}
+
+/// A stressor, or a process standing in for an application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Holds memory for the stress.
+    Stressor,
+    /// Stands in for an application (the demo's app).
+    App,
+}
+
+impl Role {
+    /// `stressor` or `app`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Stressor => "stressor",
+            Self::App => "app",
+        }
+    }
+}
+
+/// `started`, `restarted`, `exited`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct MemberLine {
+    /// Position in the run.
+    pub index: usize,
+    /// Stressor or app.
+    pub role: Role,
+    /// Its comm.
+    pub name: String,
+    /// Its pid.
+    pub pid: Option<u32>,
+    /// Its share (the charge it holds when full).
+    pub bytes: u64,
+    /// `exited`: how (`exit code N`, `signal N`, `SIGKILL (not by the OOM killer)`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<String>,
+    /// `restarted`: how many times so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u32>,
+}
+
+/// `oom_kills_before_probes`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct KillsBeforeProbes {
+    /// The target.
+    pub cgroup: String,
+    /// OOM kills its counter rose by while the probes were loading.
+    pub count: u64,
+}
+
+/// `full`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct FullLine {
+    /// Payload the surviving stressors hold.
+    pub held_bytes: u64,
+    /// What they cost the cgroup by their own account (payload + footprint).
+    pub stressors_charge_bytes: u64,
+    /// The cgroup's usage increase since the stressors started.
+    pub charged_bytes: Option<u64>,
+    /// The cgroup's usage.
+    pub usage_bytes: u64,
+    /// Stressors the OOM killer took before the run was full (their shares are not held).
+    pub stressors_oom_killed: usize,
+    /// Kind of memory held.
+    pub kind: Kind,
+    /// What the stressors do with it.
+    pub pattern: Pattern,
+    /// Since the run started.
+    pub t_ms: u64,
+}
+
+/// `target_gone`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct TargetGone {
+    /// The cgroup that was removed.
+    pub cgroup: String,
+    /// Made again at the same path (a container restart).
+    pub recreated: bool,
+    /// `--follow`: memstress looks for the replacement.
+    pub following: bool,
+    /// Since the run started.
+    pub t_ms: u64,
+}
+
+/// `target_followed`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct TargetFollowed {
+    /// The cgroup that disappeared.
+    pub previous: String,
+    /// Its container id.
+    pub previous_container_id: Option<String>,
+    /// The replacement.
+    pub cgroup: String,
+    /// The replacement's container id.
+    pub container_id: Option<String>,
+    /// The replacement's container name.
+    pub container_name: Option<String>,
+    /// The pod.
+    pub pod_uid: String,
+    /// How long the target was gone.
+    pub gone_ms: u64,
+    /// Since the run started.
+    pub t_ms: u64,
+}
+
+/// `sample`: the target's counters.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct SampleLine {
+    /// Since the run started.
+    pub t_ms: u64,
+    /// The cgroup's own counters (over its lifetime, as the kernel keeps them).
+    #[serde(flatten)]
+    pub counters: Counters,
+    /// The limit that applies.
+    pub limit_bytes: Option<u64>,
+    /// Payload the stressors hold.
+    pub stressors_held_bytes: u64,
+    /// What they cost the cgroup by their own account.
+    pub stressors_charge_bytes: u64,
+    /// Stressors running.
+    pub stressors_alive: usize,
+    /// Limit hits of the target since the run started.
+    pub run_limit_hits: u64,
+    /// OOM kills this run reported so far (and counted before its probes attached).
+    pub run_oom_kills: u64,
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The hold time passed (or the demo saw its kill).
+    Completed,
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+    /// A stressor was OOM-killed and `--on-oom stop` ended the run.
+    StoppedByOom,
+    /// Every stressor was OOM-killed (`--on-oom report`); nothing left to hold.
+    AllStressorsKilled,
+    /// The target cgroup disappeared.
+    TargetGone,
+    /// The demo's deadline passed without the expected kill.
+    TimedOut,
+    /// A stressor failed.
+    Failed,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Completed => "completed",
+            Self::Interrupted => "interrupted",
+            Self::StoppedByOom => "stopped by an OOM kill (--on-oom stop)",
+            Self::AllStressorsKilled => "every stressor OOM-killed",
+            Self::TargetGone => "the target cgroup is gone",
+            Self::TimedOut => "timed out",
+            Self::Failed => "failed",
+        })
+    }
+}
+
+/// `summary`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Summary {
+    /// How the run ended.
+    pub outcome: Outcome,
+    /// Target cgroup.
+    pub target: String,
+    /// Bytes asked for (for `fill_to`: the stressors' charge at the end).
+    pub requested_bytes: u64,
+    /// `fill_to`: the working-set goal.
+    pub fill_to_bytes: Option<u64>,
+    /// Payload the stressors still running held at the end (OOM-killed ones hold nothing).
+    pub held_bytes: u64,
+    /// What the stressors still running cost the cgroup at the end by their own account:
+    /// payload plus their process footprint (runtime, page tables, kernel stack).
+    pub stressor_charge_bytes: u64,
+    /// What the stressors were charged, by their own account, when they were full (`null`
+    /// if they never were).
+    pub stressors_charged_bytes: Option<u64>,
+    /// Usage increase from before the stressors started to when they were full (`null` if
+    /// they never got there). It differs from `stressors_charged_bytes` when other processes
+    /// in the cgroup allocated or freed meanwhile.
+    pub charged_bytes: Option<u64>,
+    /// Highest usage sampled (every 100 ms), or the kernel's peak when it covers this run.
+    pub peak_usage_bytes: u64,
+    /// The kernel's own high-water mark (v1 `memory.max_usage_in_bytes`, v2 `memory.peak`),
+    /// over `kernel_peak_scope`.
+    pub kernel_peak_usage_bytes: Option<u64>,
+    /// `run`: the kernel's peak covers this run only (a cgroup created for it, or v2's
+    /// per-reader reset of `memory.peak`); `cgroup_lifetime`: since the cgroup was created,
+    /// earlier runs and processes included (v1's `memory.max_usage_in_bytes` of an existing
+    /// cgroup, which memstress does not reset).
+    pub kernel_peak_scope: Option<PeakScope>,
+    /// The limit that applied.
+    pub limit_bytes: Option<u64>,
+    /// OOM kills of this run's stressors.
+    pub oom_kills_stressors: u32,
+    /// OOM kills of other processes its stressors' pressure caused: in the target, or
+    /// elsewhere in the OOM domain that contains it.
+    pub oom_kills_others: u32,
+    /// Of those, kills outside the target (a sibling cgroup under the same limit).
+    pub oom_kills_outside_target: u32,
+    /// The signal that ended the run (`null`: it ended by itself).
+    pub signal: Option<Stop>,
+    /// Stressor restarts (`--on-oom restart`).
+    pub restarts: u32,
+    /// Records the BPF side could not deliver (0 unless the ring buffer overflowed).
+    pub dropped_records: u64,
+    /// Times `--follow` found the target again after it disappeared and re-injected.
+    pub follows: u32,
+    /// Time to fill, in ms (`null` if never full).
+    pub fill_ms: Option<u64>,
+    /// Time held full, in ms.
+    pub hold_ms: u64,
+    /// Whole run, in ms.
+    pub total_ms: u64,
+}
+
+/// The JSON Schema of every line, generated from [`Line`]: what `memstress schema` prints and
+/// docs/events.schema.json holds, pretty-printed, with a trailing newline. Objects admit no
+/// other properties than their types have (a line type's root by `unevaluatedProperties`,
+/// which sees its `type` beside the referenced definition; every other object by
+/// `additionalProperties`), so a consumer's schema check catches a field it does not know.
+pub fn schema_text() -> String {
+    let mut schema = schemars::schema_for!(Line<'static>);
+    schema.insert(
+        "$id".to_owned(),
+        "https://github.com/memstress/memstress/docs/events.schema.json".into(),
+    );
+    schema.insert("title".to_owned(), "memstress JSON lines".into());
+    schema.insert(
+        "description".to_owned(),
+        "One object per line on stdout with -o json (docs/events.md); `type` says which. \
+         Generated from memstress's own types by `memstress schema` (`cargo xtask schema`); \
+         fields are only ever added."
+            .into(),
+    );
+    let mut value = schema.to_value();
+    close_objects(&mut value);
+    let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// See [`schema_text`]: schemars describes [`Line`] as a `oneOf` of its variants, each
+/// `{"properties": {"type": {"const": …}}, "$ref": …}`. A validator then reports a bad line
+/// as matching none of them; dispatching on `type` instead (`allOf` of `if`/`then`) reports
+/// the field that is wrong.
+fn close_objects(schema: &mut serde_json::Value) {
+    use serde_json::{Value, json};
+    let mut roots = Vec::new();
+    let mut types = Vec::new();
+    let mut rules = Vec::new();
+    if let Some(Value::Array(variants)) = schema.as_object_mut().and_then(|s| s.remove("oneOf")) {
+        for variant in variants {
+            let (Some(t), Some(target)) = (
+                variant["properties"]["type"]["const"].as_str(),
+                variant["$ref"].as_str(),
+            ) else {
+                continue;
+            };
+            roots.push(target.trim_start_matches("#/$defs/").to_owned());
+            types.push(t.to_owned());
+            rules.push(json!({
+                "if": {"properties": {"type": {"const": t}}, "required": ["type"]},
+                "then": {
+                    "description": variant["description"],
+                    "$ref": target,
+                    "properties": {"type": {"const": t}},
+                    "unevaluatedProperties": false
+                }
+            }));
+        }
+    }
+    if let Value::Object(top) = schema {
+        top.insert("type".to_owned(), json!("object"));
+        top.insert("required".to_owned(), json!(["type"]));
+        top.insert("properties".to_owned(), json!({"type": {"enum": types}}));
+        top.insert("allOf".to_owned(), Value::Array(rules));
+    }
+    if let Some(Value::Object(defs)) = schema.get_mut("$defs") {
+        for (name, def) in defs.iter_mut() {
+            if let Value::Object(def) = def
+                && def.contains_key("properties")
+                && !roots.contains(name)
+            {
+                def.insert("additionalProperties".to_owned(), Value::Bool(false));
+            }
+        }
+    }
+}

@@ -1,0 +1,515 @@
+//! Text mode: each [`Line`] as the sentences a person reads (some lines have none: their
+//! news goes to stderr as diagnostics, or only matters to programs). Every text line is
+//! rendered here from the same typed line JSON mode prints.
+
+use std::time::Duration;
+
+use super::{
+    Clock,
+    line::{
+        CollateralLine, FullLine, KillLine, Line, MemberLine, Outcome, Plan, Summary,
+    },
+    time_of_day,
+};
+use crate::{
+    explain::{Aftermath, Reaped, describe_pressure, who},
+    probe::Status,
+    size::{Bytes, SizeSpec, group},
+    spec::{Kind, Pattern},
+    target::{cgroup::PeakScope, kube::Driver},
+};
+
+/// The text lines of `line` (none for lines only programs read).
+pub fn render(line: &Line<'_>, clock: &Clock) -> Vec<String> {
+    match line {
+        Line::OomKill(k) | Line::OomVictimExiting(k) => vec![kill(k, clock)],
+        Line::OomCollateral(c) => vec![collateral(c, clock)],
+        Line::OomReaped(r) => reaped(r).into_iter().collect(),
+        Line::Plan(p) => plan(p),
+        Line::Restarted(m) => vec![restarted(m)],
+        Line::Full(f) => vec![full(f)],
+        Line::Summary(s) => summary(s),
+        Line::Attached(_)
+        | Line::Dropped(_)
+        | Line::Metrics(_)
+        | Line::End(_)
+        | Line::Error(_)
+        | Line::Started(_)
+        | Line::Exited(_)
+        | Line::OomKillsBeforeProbes(_)
+        | Line::TargetGone(_)
+        | Line::TargetFollowed(_)
+        | Line::Sample(_) => Vec::new(),
+    }
+}
+
+fn kib(value: Option<u64>) -> String {
+    value.map_or_else(|| "?".to_owned(), |k| Bytes(k * 1024).to_string())
+}
+
+/// `12:00:00.123 OOM KILL …`: one line per kill.
+fn kill(k: &KillLine, clock: &Clock) -> String {
+    format!(
+        "{} {}",
+        time_of_day(clock.unix_ns(k.kill.ts_ns)),
+        describe_kill(k)
+    )
+}
+
+/// One line describing an OOM kill: who, where, what memory, then why.
+pub fn describe_kill(k: &KillLine) -> String {
+    let kill = &k.kill;
+    let v = &kill.victim.victim;
+    let what = match kill.kill_confirmed {
+        Some(false) => "OOM VICTIM",
+        _ => "OOM KILL",
+    };
+    let mine = match k.context.stressor {
+        Some(true) => " [memstress stressor]",
+        _ => "",
+    };
+    let mut line = format!(
+        "{what} {}{mine} in {} [anon {}, file {}, shmem {}, oom_score_adj {}]: {}",
+        who(v.task.pid.or(v.task.tid), v.task.comm.as_deref()),
+        v.cgroup.as_deref().unwrap_or("an unknown cgroup"),
+        kib(v.memory.anon_rss_kib),
+        kib(v.memory.file_rss_kib),
+        kib(v.memory.shmem_rss_kib),
+        v.task
+            .oom_score_adj
+            .map_or_else(|| "?".to_owned(), |a| a.to_string()),
+        kill.reason,
+    );
+    if !kill.collateral.is_empty() {
+        let names: Vec<String> = kill
+            .collateral
+            .iter()
+            .map(|c| who(c.task.pid, c.task.comm.as_deref()))
+            .collect();
+        line.push_str(&format!(
+            "; also killed, sharing its memory: {}",
+            names.join(", ")
+        ));
+    }
+    if let Some(pressure) = kill.pressure.as_ref().and_then(describe_pressure) {
+        line.push_str(&format!(
+            ". {}{}",
+            pressure[..1].to_uppercase(),
+            &pressure[1..]
+        ));
+    }
+    line
+}
+
+fn collateral(c: &CollateralLine, clock: &Clock) -> String {
+    format!(
+        "{} OOM KILL {} with victim {}: {}",
+        time_of_day(clock.unix_ns(c.ts_ns)),
+        who(c.task.task.pid, c.task.task.comm.as_deref()),
+        c.victim_tid,
+        c.task.reason.text()
+    )
+}
+
+/// A victim that simply exits is the normal case; the reaper stepping in is news.
+fn reaped(r: &Reaped) -> Option<String> {
+    let what = match r.what {
+        Aftermath::Exited => return None,
+        Aftermath::ReaperStarted => "the OOM reaper started on",
+        Aftermath::ReaperFinished => "the OOM reaper freed the memory of",
+        Aftermath::ReaperSkipped | Aftermath::Unknown => "the OOM reaper skipped",
+    };
+    Some(format!(
+        "             {what} {} {:.0} ms after the kill",
+        who(r.pid, r.comm.as_deref()),
+        r.after_ms
+    ))
+}
+
+fn restarted(m: &MemberLine) -> String {
+    format!(
+        "restarted {} {} as pid {} after its OOM kill (restart {})",
+        m.name,
+        m.index,
+        m.pid.unwrap_or(0),
+        m.restarts.unwrap_or(0)
+    )
+}
+
+fn kind_text(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Anon => "anonymous memory",
+        Kind::Shmem => "shared memory",
+        Kind::File => "page cache",
+    }
+}
+
+fn full(f: &FullLine) -> String {
+    let who = if f.stressors_oom_killed == 0 {
+        "stressors hold".to_owned()
+    } else {
+        format!(
+            "as full as the limit allows ({} stressor(s) OOM-killed): the survivors hold",
+            f.stressors_oom_killed
+        )
+    };
+    let pattern = match f.pattern {
+        Pattern::Hold => "",
+        Pattern::KeepDirty => ", rewriting it continuously",
+    };
+    format!(
+        "full: {who} {} of {}{pattern}; the stressors were charged {}{}",
+        Bytes(f.held_bytes),
+        kind_text(f.kind),
+        Bytes(f.stressors_charge_bytes),
+        match f.charged_bytes {
+            Some(c) if !close(c, f.stressors_charge_bytes) =>
+                format!(" (the cgroup's usage rose by {})", Bytes(c)),
+            _ => String::new(),
+        }
+    )
+}
+
+/// The plan, before anything starts: the target, what will be held, who holds it, and the
+/// predicted OOM ranking when it crosses the limit.
+fn plan(plan: &Plan) -> Vec<String> {
+    let mut out = vec![plan_target(plan)];
+    if let Some(sc) = &plan.stresschaos {
+        out.push(format!(
+            "from {} ({}): memory stressor, {} workers, size {}",
+            sc.label(),
+            sc.file.display(),
+            sc.workers,
+            sc.size_text
+        ));
+    }
+    out.extend(plan.notes.iter().map(|note| format!("note: {note}")));
+    out.push(plan_amount(plan));
+    let u = &plan.stressor_user;
+    out.push(format!(
+        "stressors run as uid {} gid {} ({}), with {}, oom_score_adj {}",
+        u.uid,
+        u.gid,
+        u.from,
+        if u.capabilities == "none" {
+            "no capabilities".to_owned()
+        } else {
+            format!("only {}", u.capabilities)
+        },
+        match plan.oom_score_adj {
+            Some(adj) => format!("{adj} (--oom-score-adj)"),
+            None => "inherited".to_owned(),
+        }
+    ));
+    if let Some(p) = &plan.predicted_oom {
+        let top: Vec<String> = p
+            .ranking
+            .iter()
+            .take(5)
+            .enumerate()
+            .map(|(i, r)| {
+                let who = match r.pid {
+                    Some(pid) => format!("{pid} ({})", r.comm.as_deref().unwrap_or("?")),
+                    None => format!("a planned {}", r.comm.as_deref().unwrap_or("worker")),
+                };
+                format!("{}. {who}: {} points", i + 1, group(r.points.into()))
+            })
+            .collect();
+        out.push(format!(
+            "predicted OOM ranking in {} (totalpages {}, from /proc now): {}{}",
+            p.domain,
+            group(p.totalpages.into()),
+            top.join("; "),
+            if p.exempt.is_empty() {
+                String::new()
+            } else {
+                format!("; exempt (oom_score_adj -1000): {}", p.exempt.join(", "))
+            }
+        ));
+    }
+    out
+}
+
+/// `target pod shop/web-0 (…), container app (…), Burstable, systemd driver: /kubepods…
+/// (cgroup v2, limit 256 MiB); usage …, working set …`.
+fn plan_target(plan: &Plan) -> String {
+    let t = &plan.target;
+    let limit = match (&t.limit_bytes, &t.limit_from) {
+        (Some(l), Some(from)) if *from == t.path => format!("limit {}", Bytes(*l)),
+        (Some(l), Some(from)) => format!("limit {} (set on {from})", Bytes(*l)),
+        _ => "no limit".to_owned(),
+    };
+    let created = if t.created {
+        ", created for this run"
+    } else {
+        ""
+    };
+    let who = t.kubernetes.as_ref().map_or_else(String::new, |k| {
+        let pod = match (&k.namespace, &k.pod_name) {
+            (Some(ns), Some(name)) => format!("pod {ns}/{name} ({})", k.pod_uid),
+            _ => format!("pod {}", k.pod_uid),
+        };
+        let container = match (&k.container_id, &k.container_name) {
+            (Some(id), Some(name)) => format!(", container {name} ({})", &id[..id.len().min(12)]),
+            (Some(id), None) => format!(", container {}", &id[..id.len().min(12)]),
+            _ => String::new(),
+        };
+        format!(
+            "{pod}{container}, {:?}, {} driver: ",
+            k.qos,
+            match k.driver {
+                Driver::Systemd => "systemd",
+                Driver::Cgroupfs => "cgroupfs",
+            }
+        )
+    });
+    format!(
+        "target {who}{} (cgroup v{}, {limit}{created}); usage {}, working set {}",
+        t.path,
+        t.version,
+        Bytes(t.usage_bytes),
+        Bytes(t.working_set_bytes)
+    )
+}
+
+/// `stress 2 × 96 MiB = 192 MiB of anonymous memory (…), held for 10m; on OOM: report`.
+fn plan_amount(plan: &Plan) -> String {
+    let per = shares_text(&plan.bytes_per_worker);
+    let hold = plan.hold_s.map_or_else(
+        || "until interrupted".to_owned(),
+        |s| format!("for {}", duration_text(s)),
+    );
+    let ramp = plan.ramp_s.map_or_else(String::new, |s| {
+        format!(", ramped over {}", duration_text(s))
+    });
+    let kind = kind_text(plan.kind);
+    let what = match plan.fill_to_bytes {
+        Some(goal) => format!(
+            "keep the working set at {} ({}) with {}: {} to start",
+            Bytes(goal),
+            plan.size_from,
+            kind,
+            Bytes(plan.total_bytes),
+        ),
+        None => format!(
+            "stress {per} = {} of {kind} ({}: {}; it is the cgroup's charge, each stressor's \
+             own footprint of {} included)",
+            Bytes(plan.total_bytes),
+            match &plan.stresschaos {
+                Some(sc) if plan.size == sc.size_text =>
+                    format!("size {} of the StressChaos", sc.size_text),
+                _ if plan.size != SizeSpec::Bytes(plan.total_bytes).to_string()
+                    && !plan.size.ends_with('%') =>
+                {
+                    format!("--size {} = {}", plan.size, Bytes(plan.total_bytes))
+                }
+                _ => format!("--size {}", plan.size),
+            },
+            plan.size_from,
+            Bytes(plan.stressor_footprint_bytes)
+        ),
+    };
+    format!(
+        "{what}{ramp}, held {hold}; on OOM: {}{}",
+        plan.on_oom,
+        if plan.crosses_limit {
+            "; this crosses the limit: expect OOM kills"
+        } else {
+            ""
+        }
+    )
+}
+
+/// "3 × 4 MiB", or "20 × 208 KiB + 80 × 204 KiB": equal neighbours grouped, so that the line
+/// stays short whatever the number of workers.
+pub fn shares_text(shares: &[u64]) -> String {
+    let mut groups: Vec<(usize, u64)> = Vec::new();
+    for &share in shares {
+        match groups.last_mut() {
+            Some((n, s)) if *s == share => *n += 1,
+            _ => groups.push((1, share)),
+        }
+    }
+    // Shares differ by a page at most, which a rounded size hides: then exact KiB.
+    let rounded: Vec<String> = groups.iter().map(|(_, s)| Bytes(*s).to_string()).collect();
+    let exact = rounded.windows(2).any(|w| w[0] == w[1]);
+    groups
+        .iter()
+        .zip(rounded)
+        .map(|((n, s), r)| {
+            if exact {
+                format!("{n} × {} KiB", s / 1024)
+            } else {
+                format!("{n} × {r}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// A duration as a person writes it: `1h 30m`, `45s`, `500ms`.
+fn duration_text(seconds: f64) -> String {
+    humantime::format_duration(Duration::from_secs_f64(seconds)).to_string()
+}
+
+fn summary(s: &Summary) -> Vec<String> {
+    let mut out = vec![summary_text(s)];
+    if s.follows > 0 {
+        out.push(format!(
+            "followed the target {} time(s) after it disappeared; it ended in {}",
+            s.follows, s.target
+        ));
+    }
+    out
+}
+
+/// The summary as one line of text.
+pub fn summary_text(s: &Summary) -> String {
+    let secs = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
+    // What the stressors were charged, by their own account; the cgroup's change beside it
+    // where other processes moved it too (an app that grew or freed, the controller itself
+    // with --self).
+    let charged = match (s.stressors_charged_bytes, s.charged_bytes) {
+        (None, _) => "the stressors were never full".to_owned(),
+        (Some(stressors), Some(cgroup)) if !close(stressors, cgroup) => format!(
+            "the stressors were charged {} (the cgroup's usage rose by {}: other processes in \
+             it allocated or freed meanwhile)",
+            Bytes(stressors),
+            Bytes(cgroup)
+        ),
+        (Some(stressors), _) => format!("the stressors were charged {}", Bytes(stressors)),
+    };
+    let limit = s
+        .limit_bytes
+        .map_or_else(String::new, |l| format!(" of {}", Bytes(l)));
+    let kernel_peak = match (s.kernel_peak_usage_bytes, s.kernel_peak_scope) {
+        (Some(p), Some(PeakScope::CgroupLifetime)) => format!(
+            " (the cgroup's lifetime peak, earlier runs included: {})",
+            Bytes(p)
+        ),
+        (Some(p), _) => format!(" (the kernel's peak over this run: {})", Bytes(p)),
+        (None, _) => String::new(),
+    };
+    let what = match s.fill_to_bytes {
+        Some(goal) => format!("working set kept at {}", Bytes(goal)),
+        None => format!("requested {}", Bytes(s.requested_bytes)),
+    };
+    let outcome = match s.signal {
+        Some(stop) if s.outcome == Outcome::Interrupted => {
+            format!("{} by {}", s.outcome, stop.name())
+        }
+        _ => s.outcome.to_string(),
+    };
+    let outside = if s.oom_kills_outside_target > 0 {
+        format!(
+            " ({} outside the target, in its OOM domain)",
+            s.oom_kills_outside_target
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "summary ({outcome}): {what}, {charged}; peak usage {}{limit}{kernel_peak}; OOM kills: {} \
+         of stressors, {} of others{outside}; restarts {}; fill {}, hold {}, total {}{}",
+        Bytes(s.peak_usage_bytes),
+        s.oom_kills_stressors,
+        s.oom_kills_others,
+        s.restarts,
+        s.fill_ms.map_or_else(|| "-".to_owned(), secs),
+        secs(s.hold_ms),
+        secs(s.total_ms),
+        if s.dropped_records > 0 {
+            format!("; {} records DROPPED", s.dropped_records)
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// Whether two charges agree within what a run is exact to: 2 %, or one per-CPU charge
+/// batch per CPU (the kernel charges ahead in 64-page batches) for small ones.
+pub fn close(a: u64, b: u64) -> bool {
+    let slack = (a.max(b) / 50).max(crate::size::page_size() * 64 * nr_cpus());
+    a.abs_diff(b) <= slack
+}
+
+/// Online CPUs (each keeps its own charge stock).
+fn nr_cpus() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).map_or(1, |n| n.max(1))
+}
+
+/// What attached, for the line that says a watch started: `tp_btf mark_victim, …`.
+pub fn attached(status: &[Status]) -> String {
+    status
+        .iter()
+        .filter(|s| s.attached)
+        .map(|s| format!("{} {}", s.kind, s.hook))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One line per probe, in columns as wide as their widest entry: kind, hook, state, and
+/// what it contributes (with why it did not attach). `watch --explain-probes`.
+pub fn explain_probes(status: &[Status]) -> Vec<String> {
+    let state = |s: &Status| if s.attached { "attached" } else { "NOT attached" };
+    let kind_w = status.iter().map(|s| s.kind.name().len()).max().unwrap_or(0);
+    let hook_w = status.iter().map(|s| s.hook.len()).max().unwrap_or(0);
+    let state_w = status.iter().map(|s| state(s).len()).max().unwrap_or(0);
+    status
+        .iter()
+        .map(|s| {
+            let why = s
+                .error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default();
+            format!(
+                "{:<kind_w$}  {:<hook_w$}  {:<state_w$}  {}{why}",
+                s.kind.name(),
+                s.hook,
+                state(s),
+                s.purpose
+            )
+        })
+        .collect()
+}
+
+/// Warns once on stderr for each program that did not attach and each kernel fact this
+/// kernel lacks; a kernel without trampolines refuses fentry/fexit for one reason, said once.
+pub fn warn_degraded(status: &[Status], missing: &[String]) {
+    for s in status
+        .iter()
+        .filter(|s| !s.attached && !s.kind.is_trampoline())
+    {
+        tracing::warn!(
+            "probe {} {} not attached ({}); without it: {}",
+            s.kind,
+            s.hook,
+            s.error.as_deref().unwrap_or("unknown error"),
+            s.purpose
+        );
+    }
+    let refused: Vec<&Status> = status
+        .iter()
+        .filter(|s| !s.attached && s.kind.is_trampoline())
+        .collect();
+    if let Some(first) = refused.first() {
+        let hooks: Vec<String> = refused
+            .iter()
+            .map(|s| format!("{} {}", s.kind, s.hook))
+            .collect();
+        tracing::info!(
+            "{} not available on this kernel ({}): points come from the kernel's formula \
+             applied to what mark_victim reads, and the domain from the memcg counters",
+            hooks.join(", "),
+            first.error.as_deref().unwrap_or("unknown error")
+        );
+    }
+    if !missing.is_empty() {
+        tracing::warn!(
+            "this kernel lacks {}; those figures are reported as unknown (null)",
+            missing.join(", ")
+        );
+    }
+}

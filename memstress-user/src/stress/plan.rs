@@ -1,0 +1,747 @@
+//! The plan: what a run will do, resolved completely before anything is created (the
+//! target, its limit and usage, the bytes of each stressor, who they run as, and who the OOM
+//! killer would choose when the plan crosses the limit).
+//!
+//! Enters: [`Options`] (from the command line or a StressChaos file, lowered by
+//! the input adapters). Leaves: the [`Plan`] line and the resolved [`Target`].
+
+use std::{path::PathBuf, time::Duration};
+
+use super::{member::split, stressor};
+use crate::{
+    Error, Result,
+    error::Context as _,
+    explain::predict,
+    output::line::{Mode, Plan, PlanTarget, StressChaosLine},
+    privilege,
+    probe,
+    size::{Bytes, SizeSpec},
+    spec::{Fill, Kind, OnOom, Pattern},
+    target::{
+        self, Target,
+        cgroup::{Cgroup, Counters, Hierarchy},
+        kube::RuntimeState,
+    },
+};
+
+/// Fails with [`Error::Usage`].
+macro_rules! usage {
+    ($($arg:tt)*) => {
+        return Err(Error::Usage(format!($($arg)*)))
+    };
+}
+
+/// A stressor's own footprint when `run` could not measure one (an idle worker measured
+/// 508 KiB on x86-64 with glibc).
+pub const DEFAULT_FOOTPRINT: u64 = 512 << 10;
+
+/// How much to hold.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Amount {
+    /// `--size`: this much in total (bytes or a percent of the limit).
+    Size(SizeSpec),
+    /// `--fill-to`: top the working set up to this (bytes or a percent of the limit) and keep
+    /// it there.
+    FillTo(SizeSpec),
+}
+
+/// A process other than a stressor that a run starts in the target (the demo's app).
+#[derive(Clone, Debug)]
+pub struct App {
+    /// Its comm.
+    pub name: String,
+    /// Bytes it holds.
+    pub bytes: u64,
+    /// Its oom_score_adj.
+    pub oom_score_adj: Option<i32>,
+}
+
+/// Everything a run needs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The target.
+    pub target: target::Spec,
+    /// Allow the root cgroup.
+    pub allow_root: bool,
+    /// How much.
+    pub amount: Amount,
+    /// The amount as the user wrote it (`64M`), echoed in the plan; `None`: not from a flag.
+    pub amount_given: Option<String>,
+    /// A stressor's own charge while holding nothing (its runtime, page tables, kernel
+    /// stack), measured by [`super::member::measure_footprint`]; `None`: [`DEFAULT_FOOTPRINT`].
+    pub footprint: Option<u64>,
+    /// A percent refers to the node's memory instead of a limit.
+    pub of_node: bool,
+    /// Number of stressor processes.
+    pub workers: u32,
+    /// Grow linearly to the size over this long.
+    pub ramp: Option<Duration>,
+    /// How long to hold once full; `None`: until interrupted.
+    pub hold: Option<Duration>,
+    /// OOM policy.
+    pub on_oom: OnOom,
+    /// oom_score_adj for the stressors.
+    pub oom_score_adj: Option<i32>,
+    /// Kind of memory.
+    pub kind: Kind,
+    /// What stressors do once full.
+    pub pattern: Pattern,
+    /// Keep-dirty period.
+    pub rewrite_every: Duration,
+    /// Directory for page-cache stress.
+    pub file_dir: Option<PathBuf>,
+    /// How pages are faulted in.
+    pub fill: Fill,
+    /// Ask for transparent huge pages.
+    pub thp: bool,
+    /// mlock the memory.
+    pub mlock: bool,
+    /// Print the plan and exit.
+    pub dry_run: bool,
+    /// Other processes to start in the target first.
+    pub apps: Vec<App>,
+    /// End the run once this many OOM kills were reported (the demo).
+    pub stop_after_kills: Option<u32>,
+    /// Give up after this long (the demo).
+    pub deadline: Option<Duration>,
+    /// Who stressors run as (`--user`; `None`: nobody where this process can switch).
+    pub user: Option<String>,
+    /// Probe options.
+    pub probe: probe::Options,
+    /// `--cgroup-root`: resolve everything under this tree instead of the real mounts.
+    pub cgroup_root: Option<PathBuf>,
+    /// Where the container runtimes' state files are read (container and pod names).
+    pub runtime_state: RuntimeState,
+    /// `--follow`: when a pod/container target disappears, find its replacement and go on.
+    pub follow: bool,
+    /// The StressChaos the run comes from, as its plan echoes it (`None`: flags only).
+    pub stresschaos: Option<StressChaosLine>,
+    /// What differs from what the source (a StressChaos) would do, for the plan.
+    pub notes: Vec<String>,
+}
+
+impl Options {
+    /// Defaults for everything but the target and the amount.
+    pub fn new(target: target::Spec, amount: Amount, probe: probe::Options) -> Self {
+        Self {
+            target,
+            allow_root: false,
+            user: None,
+            amount,
+            amount_given: None,
+            footprint: None,
+            of_node: false,
+            workers: 1,
+            ramp: None,
+            hold: None,
+            on_oom: OnOom::Report,
+            oom_score_adj: None,
+            kind: Kind::Anon,
+            pattern: Pattern::Hold,
+            rewrite_every: Duration::from_secs(5),
+            file_dir: None,
+            fill: Fill::Touch,
+            thp: false,
+            mlock: false,
+            dry_run: false,
+            apps: Vec::new(),
+            stop_after_kills: None,
+            deadline: None,
+            probe,
+            cgroup_root: None,
+            runtime_state: RuntimeState::default(),
+            follow: false,
+            stresschaos: None,
+            notes: Vec::new(),
+        }
+    }
+}
+
+fn resolve_amount(
+    spec: SizeSpec,
+    what: &str,
+    of_node: bool,
+    limit: Option<&(u64, Cgroup)>,
+    target: &Target,
+) -> Result<(u64, String)> {
+    Ok(match spec {
+        SizeSpec::Bytes(b) => (b, what.to_owned()),
+        SizeSpec::Percent(p) if of_node => {
+            let node = target::node_memory().ok_or_else(|| {
+                Error::io(
+                    "cannot read MemTotal from /proc/meminfo",
+                    std::io::ErrorKind::NotFound.into(),
+                )
+            })?;
+            (
+                spec.resolve(node),
+                format!("{p}% of the node's MemTotal ({})", Bytes(node)),
+            )
+        }
+        SizeSpec::Percent(p) => match limit {
+            Some((bytes, from)) => (
+                spec.resolve(*bytes),
+                format!("{p}% of the {} limit of {}", Bytes(*bytes), from.path),
+            ),
+            None => usage!(
+                "{p}% needs a memory limit, but neither {} nor any ancestor has one; give an \
+                 absolute size (e.g. 256Mi) or add --of-node for a percent of the node's memory",
+                target.cgroup.path
+            ),
+        },
+    })
+}
+
+/// Fails unless `who` can create files in `dir` (page-cache stressors write there after
+/// dropping to their user): by the mode bits, as the kernel's permission check would.
+fn check_writable(dir: &std::path::Path, who: privilege::Credentials) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta =
+        std::fs::metadata(dir).context(|| format!("--file-dir {}: cannot use it", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(Error::io(
+            format!("--file-dir {}: not a directory", dir.display()),
+            std::io::ErrorKind::NotADirectory.into(),
+        ));
+    }
+    let mode = meta.mode();
+    let writable = who.uid == 0
+        || (meta.uid() == who.uid && mode & 0o300 == 0o300)
+        || (meta.uid() != who.uid && meta.gid() == who.gid && mode & 0o030 == 0o030)
+        || (meta.uid() != who.uid && meta.gid() != who.gid && mode & 0o003 == 0o003);
+    if !writable {
+        return Err(Error::io(
+            format!(
+                "--file-dir {}: stressors run as uid {} and cannot write there (mode {:o}, \
+                 owner {}:{}); give a directory they can write to (e.g. /var/tmp) or choose \
+                 --user",
+                dir.display(),
+                who.uid,
+                mode & 0o7777,
+                meta.uid(),
+                meta.gid()
+            ),
+            std::io::ErrorKind::PermissionDenied.into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The smallest share that holds anything: a stressor's own footprint, rounded up to a page,
+/// and one page more.
+pub fn min_share(footprint: u64, page: u64) -> u64 {
+    footprint.div_ceil(page) * page + page
+}
+
+/// Refuses shares a stressor's own footprint would eat (it would hold nothing and still be
+/// charged its footprint: the total would be wrong), and more stressors than the domain can
+/// even start (their footprints alone past its limit, before the probes could see a kill).
+fn check_shares(
+    opts: &Options,
+    shares: &[u64],
+    fill_to: Option<u64>,
+    footprint: u64,
+    headroom: Option<(u64, &str)>,
+) -> Result<()> {
+    let page = crate::size::page_size();
+    let least = min_share(footprint, page);
+    let workers = u64::from(opts.workers);
+    let amount = match &opts.amount_given {
+        Some(given) if fill_to.is_some() => format!("--fill-to {given}"),
+        Some(given) => format!("--size {given}"),
+        None => "the size".to_owned(),
+    };
+    let total = fill_to.unwrap_or_else(|| shares.iter().sum());
+    let smallest = if fill_to.is_some() {
+        total / workers.max(1)
+    } else {
+        shares.iter().copied().min().unwrap_or(0)
+    };
+    // The footprint measured varies by a few pages from one start to the next: what is
+    // suggested keeps a tenth in hand, so that it is accepted next time too.
+    let suggest = (least + least / 10).div_ceil(page) * page;
+    if smallest < least {
+        let most = total / suggest;
+        if most == 0 {
+            usage!(
+                "{amount} is below one stressor's own footprint here ({}: its runtime, page \
+                 tables and kernel stack, charged whatever it holds); give at least {}",
+                Bytes(footprint),
+                Bytes(suggest)
+            );
+        }
+        usage!(
+            "--workers {workers}: each stressor's share of {amount} would be {}, and a \
+             stressor's own footprint here is {} (its runtime, page tables and kernel stack, \
+             charged whatever it holds): a share must be at least {}; give at most {most} \
+             workers, or a larger size",
+            Bytes(smallest),
+            Bytes(footprint),
+            Bytes(suggest)
+        );
+    }
+    if let Some((room, domain)) = headroom
+        && workers.saturating_mul(footprint) >= room
+        && workers > 1
+    {
+        usage!(
+            "--workers {workers}: the stressors' own footprints alone ({} × {} = {}) would \
+             take all {} that {domain} can still be charged before its limit, and they would be \
+             OOM-killed before holding anything; give at most {} workers",
+            workers,
+            Bytes(footprint),
+            Bytes(workers.saturating_mul(footprint)),
+            Bytes(room),
+            (room / suggest).max(1)
+        );
+    }
+    Ok(())
+}
+
+/// Refuses options that cannot work together, before anything is resolved.
+fn check_options(opts: &Options) -> Result<()> {
+    if opts.workers == 0 {
+        usage!("--workers 0: give at least 1 worker");
+    }
+    if opts.workers > crate::spec::MAX_WORKERS {
+        usage!(
+            "--workers {}: at most {} workers",
+            opts.workers,
+            crate::spec::MAX_WORKERS
+        );
+    }
+    if matches!(opts.amount, Amount::FillTo(_)) && opts.kind == Kind::File {
+        usage!(
+            "--fill-to with --kind file cannot work: page cache that is not recently used is \
+             not in the working set (usage − inactive_file); use --kind anon or shmem"
+        );
+    }
+    if opts.follow && !opts.target.followable() {
+        usage!(
+            "--follow re-resolves a --pod/--container target after it disappears; with --new, \
+             --cgroup, --pid or --self there is nothing to look for"
+        );
+    }
+    Ok(())
+}
+
+/// The domain a run's target is in: the limit that applies (the target's, or an
+/// ancestor's) and what the domain holds now.
+struct Domain {
+    limit: Option<(u64, Cgroup)>,
+    /// The target's own counters (zero for a cgroup to be created).
+    counters: Counters,
+    /// The whole domain's usage (what counts against the limit).
+    usage: u64,
+    /// The domain's working set: what reclaim cannot free to make room.
+    working_set: u64,
+}
+
+impl Domain {
+    fn of(target: &Target) -> Result<Self> {
+        let limit = target.effective_limit()?;
+        let counters = if target.create.is_some() {
+            Counters::default()
+        } else {
+            target.cgroup.counters()?
+        };
+        let domain = match (&limit, target.create) {
+            (Some((_, domain)), None) => domain.counters().ok(),
+            _ => None,
+        };
+        Ok(Self {
+            usage: domain.as_ref().map_or(counters.usage_bytes, |d| d.usage_bytes),
+            working_set: domain
+                .as_ref()
+                .map_or(counters.working_set_bytes, |d| d.working_set_bytes),
+            limit,
+            counters,
+        })
+    }
+
+    /// What the domain could still be charged before its limit, besides `apps`.
+    fn headroom(&self, apps: u64) -> Option<u64> {
+        self.limit
+            .as_ref()
+            .map(|(l, _)| l.saturating_sub(self.usage + apps))
+    }
+}
+
+/// The amount, resolved: the total the stressors hold (for `--fill-to`, the first estimate)
+/// and the working-set goal.
+struct Resolved {
+    mode: Mode,
+    total: u64,
+    fill_to: Option<u64>,
+    from: String,
+}
+
+fn resolve(opts: &Options, target: &Target, domain: &Domain) -> Result<Resolved> {
+    let resolved = match opts.amount {
+        Amount::Size(spec) => {
+            let what = "total across all workers";
+            let (total, from) =
+                resolve_amount(spec, what, opts.of_node, domain.limit.as_ref(), target)?;
+            if total == 0 {
+                usage!("--size {spec} resolves to 0 bytes");
+            }
+            Resolved {
+                mode: Mode::Size,
+                total,
+                fill_to: None,
+                from,
+            }
+        }
+        Amount::FillTo(spec) => {
+            let what = "working-set goal";
+            let (goal, from) =
+                resolve_amount(spec, what, opts.of_node, domain.limit.as_ref(), target)?;
+            let apps: u64 = opts.apps.iter().map(|a| a.bytes).sum();
+            Resolved {
+                mode: Mode::FillTo,
+                total: goal.saturating_sub(domain.counters.working_set_bytes + apps),
+                fill_to: Some(goal),
+                from,
+            }
+        }
+    };
+    if target.cgroup.is_root()
+        && let Some(available) = target::node_available()
+        && resolved.total >= available
+    {
+        usage!(
+            "{} is not below the node's available memory ({}); refusing in the root cgroup",
+            Bytes(resolved.total),
+            Bytes(available)
+        );
+    }
+    Ok(resolved)
+}
+
+/// Resolves the plan without creating anything.
+pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
+    check_options(opts)?;
+    let (credentials, stressor_user) =
+        match privilege::stressor_user(opts.user.as_deref(), opts.mlock) {
+            Ok(found) => found,
+            Err(e) if e.is_usage() => usage!("{e}"),
+            Err(e) => return Err(e.into()),
+        };
+    let file_dir = opts
+        .file_dir
+        .clone()
+        .unwrap_or_else(stressor::default_file_dir);
+    if opts.kind == Kind::File {
+        check_writable(&file_dir, credentials.unwrap_or_else(privilege::own))?;
+    }
+    let target = Target::resolve(
+        hierarchy,
+        &opts.target,
+        opts.allow_root,
+        &opts.runtime_state,
+    )?;
+    let domain = Domain::of(&target)?;
+    let resolved = resolve(opts, &target, &domain)?;
+    let bytes_per_worker = split(
+        resolved.total,
+        opts.workers as usize,
+        crate::size::page_size(),
+    );
+    let app_bytes: u64 = opts.apps.iter().map(|a| a.bytes).sum();
+    let footprint = opts.footprint.unwrap_or(DEFAULT_FOOTPRINT);
+    // Room for the stressors' footprints: page cache in the domain would be reclaimed to
+    // make it, so what cannot be reclaimed (the working set) is what counts.
+    let room = domain.limit.as_ref().map(|(l, d)| {
+        (
+            l.saturating_sub(domain.working_set + app_bytes),
+            d.path.as_str(),
+        )
+    });
+    check_shares(opts, &bytes_per_worker, resolved.fill_to, footprint, room)?;
+    let crosses_limit = domain
+        .limit
+        .as_ref()
+        .is_some_and(|(l, _)| domain.usage + app_bytes + resolved.total > *l);
+    let mut plan = Plan {
+        target: PlanTarget {
+            path: target.cgroup.path.clone(),
+            dir: target.cgroup.dir.display().to_string(),
+            version: hierarchy.version.number(),
+            created: target.create.is_some(),
+            limit_bytes: domain.limit.as_ref().map(|(l, _)| *l),
+            limit_from: domain.limit.as_ref().map(|(_, c)| c.path.clone()),
+            usage_bytes: domain.counters.usage_bytes,
+            working_set_bytes: domain.counters.working_set_bytes,
+            kubernetes: target.kube.clone(),
+        },
+        mode: resolved.mode,
+        size: opts.amount_given.clone().unwrap_or_else(|| match opts.amount {
+            Amount::Size(s) | Amount::FillTo(s) => s.to_string(),
+        }),
+        size_from: resolved.from,
+        total_bytes: resolved.total,
+        fill_to_bytes: resolved.fill_to,
+        workers: opts.workers,
+        bytes_per_worker,
+        bytes_are: "cgroup charge, including each stressor's own process footprint".to_owned(),
+        stressor_footprint_bytes: footprint,
+        kernel_bytes_per_page: stressor::kernel_bytes_per_page(opts.kind, &file_dir),
+        kind: opts.kind,
+        pattern: opts.pattern,
+        ramp_s: opts.ramp.map(|d| d.as_secs_f64()),
+        hold_s: opts.hold.map(|d| d.as_secs_f64()),
+        on_oom: opts.on_oom,
+        oom_score_adj: opts.oom_score_adj,
+        crosses_limit,
+        headroom_bytes: domain.headroom(app_bytes),
+        predicted_oom: None,
+        stressor_user,
+        credentials,
+        follow: opts.follow,
+        stresschaos: opts.stresschaos.clone(),
+        notes: opts.notes.clone(),
+    };
+    if crosses_limit && let Some((limit, cgroup)) = &domain.limit {
+        plan.predicted_oom = Some(predict_oom(opts, &plan, *limit, cgroup, &domain, &target));
+    }
+    Ok((plan, target))
+}
+
+/// Who the OOM killer would choose when the plan crosses the limit, from /proc now. The
+/// limit is hit before the stressors are full: they grow together, so at the OOM each holds
+/// about an even share of what the domain had left.
+fn predict_oom(
+    opts: &Options,
+    plan: &Plan,
+    limit: u64,
+    cgroup: &Cgroup,
+    domain: &Domain,
+    target: &Target,
+) -> predict::Prediction {
+    let own_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or(0);
+    let stressor_adj = opts.oom_score_adj.map_or(own_adj, |a| a as i16);
+    let app_bytes: u64 = opts.apps.iter().map(|a| a.bytes).sum();
+    let mut workers: Vec<(String, u64, i16)> = opts
+        .apps
+        .iter()
+        .map(|a| {
+            (
+                a.name.clone(),
+                a.bytes,
+                a.oom_score_adj.map_or(own_adj, |x| x as i16),
+            )
+        })
+        .collect();
+    let left = limit.saturating_sub(domain.usage + app_bytes);
+    let at_oom = left / plan.bytes_per_worker.len().max(1) as u64;
+    workers.extend(plan.bytes_per_worker.iter().map(|&b| {
+        (
+            crate::spec::STRESSOR_COMM.to_owned(),
+            b.min(at_oom),
+            stressor_adj,
+        )
+    }));
+    predict::predict(cgroup, limit, &workers, target.create.is_none())
+}
+
+/// Plans against fixture trees (`--cgroup-root`): what `run --dry-run -o json` prints.
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{
+        target::cgroup::{self, Version},
+        target::fixture::{Tree, container_id},
+        target::kube::{Driver, Qos, Runtime},
+    };
+
+    const MIB: u64 = 1 << 20;
+    const UID: &str = "5b1d4c7e-1f2a-4b3c-9d8e-7f6a5b4c3d2e";
+
+    fn options(tree: &Tree, target: target::Spec, amount: Amount) -> Options {
+        let mut opts = Options::new(target, amount, probe::Options::default());
+        opts.cgroup_root = Some(tree.root().to_owned());
+        opts.runtime_state = RuntimeState::new(tree.state_root());
+        opts
+    }
+
+    fn pod_tree(version: Version, driver: Driver) -> (Tree, String, String) {
+        let tree = Tree::new(version);
+        let pod = tree.pod(driver, Qos::Burstable, UID, Some(512 * MIB));
+        let id = container_id(1);
+        let ctr = tree.container(
+            &pod,
+            driver,
+            Runtime::Containerd,
+            &id,
+            Some(256 * MIB),
+            40 * MIB,
+        );
+        tree.state(Runtime::Containerd, &id, UID, "shop", "web-0", Some("app"));
+        (tree, ctr, id)
+    }
+
+    #[test]
+    fn plans_pod_and_container_targets() {
+        for version in [Version::V1, Version::V2] {
+            for driver in [Driver::Systemd, Driver::Cgroupfs] {
+                let (tree, ctr, id) = pod_tree(version, driver);
+                let hierarchy = Hierarchy::locate(Some(tree.root())).unwrap();
+                let opts = options(
+                    &tree,
+                    target::Spec::Kube {
+                        pod: Some(UID.to_owned()),
+                        container: Some("app".to_owned()),
+                    },
+                    Amount::Size(SizeSpec::Percent(50.0)),
+                );
+                let (planned, target) = super::plan(&opts, &hierarchy).unwrap();
+                assert_eq!(target.cgroup.path, ctr);
+                let json = serde_json::to_value(&planned).unwrap();
+                let t = &json["target"];
+                assert_eq!(t["path"], ctr.as_str());
+                assert_eq!(t["dir"], tree.dir(&ctr).display().to_string());
+                assert_eq!(t["version"], version.number());
+                assert_eq!(t["limit_bytes"], 256 * MIB);
+                assert_eq!(t["limit_from"], ctr.as_str());
+                assert_eq!(t["usage_bytes"], 40 * MIB);
+                assert_eq!(t["working_set_bytes"], 35 * MIB);
+                let k = &t["kubernetes"];
+                assert_eq!(k["pod_uid"], UID);
+                assert_eq!(k["qos"], "Burstable");
+                assert_eq!(k["driver"], serde_json::to_value(driver).unwrap());
+                assert_eq!(k["container_id"], id.as_str());
+                assert_eq!(k["container_name"], "app");
+                assert_eq!(k["pod_name"], "web-0");
+                assert_eq!(k["namespace"], "shop");
+                assert_eq!(k["runtime"], "containerd");
+                assert_eq!(json["total_bytes"], 128 * MIB);
+                assert_eq!(json["notes"], serde_json::json!([]));
+                // The pod's own cgroup: its limit on v1; refused on v2.
+                let pod_only = options(
+                    &tree,
+                    target::Spec::Kube {
+                        pod: Some(UID[..6].to_owned()),
+                        container: None,
+                    },
+                    Amount::Size(SizeSpec::Percent(50.0)),
+                );
+                match (version, super::plan(&pod_only, &hierarchy)) {
+                    (Version::V1, Ok((p, _))) => {
+                        assert_eq!(p.target.limit_bytes, Some(512 * MIB));
+                        assert_eq!(p.total_bytes, 256 * MIB);
+                        assert_eq!(p.target.kubernetes.unwrap().container_id, None);
+                    }
+                    (Version::V2, Err(e)) => assert!(e.to_string().contains("add --container")),
+                    (_, other) => panic!("{version:?} --pod alone: {:?}", other.map(|p| p.0)),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_other_target_resolves_under_the_root() {
+        let tree = Tree::new(Version::V1);
+        let hierarchy = tree.hierarchy();
+        // --cgroup, by cgroup path and by directory.
+        tree.cgroup("/sandbox/app", Some(64 * MIB), 8 * MIB);
+        for given in [
+            "/sandbox/app".to_owned(),
+            tree.dir("/sandbox/app").display().to_string(),
+        ] {
+            let opts = options(
+                &tree,
+                target::Spec::Cgroup(given),
+                Amount::Size(SizeSpec::Percent(25.0)),
+            );
+            let (plan, _) = super::plan(&opts, &hierarchy).unwrap();
+            assert_eq!(plan.target.path, "/sandbox/app");
+            assert_eq!(plan.total_bytes, 16 * MIB);
+        }
+        // --pid and --self: /proc/PID/cgroup's path, mapped under the root.
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let own = cgroup::memcg_path_from_proc(&own, Version::V1).unwrap_or_else(|| "/".to_owned());
+        if own != "/" {
+            tree.cgroup(&own, Some(32 * MIB), 0);
+            for spec in [
+                target::Spec::SelfCgroup,
+                target::Spec::Pid(std::process::id()),
+            ] {
+                let opts = options(&tree, spec, Amount::Size(SizeSpec::Percent(50.0)));
+                let (plan, _) = super::plan(&opts, &hierarchy).unwrap();
+                assert_eq!(plan.target.path, own);
+                assert_eq!(plan.target.limit_bytes, Some(32 * MIB));
+            }
+        }
+        // --new: planned under the root, created nowhere.
+        let opts = options(
+            &tree,
+            target::Spec::New {
+                name: "/sandbox/new".to_owned(),
+                limit: 64 * MIB,
+            },
+            Amount::Size(SizeSpec::Bytes(MIB)),
+        );
+        let (plan, _) = super::plan(&opts, &hierarchy).unwrap();
+        assert_eq!(
+            plan.target.dir,
+            tree.dir("/sandbox/new").display().to_string()
+        );
+        assert!(plan.target.created);
+        assert!(!tree.dir("/sandbox/new").exists());
+        // --follow only for pods and containers.
+        let mut opts = options(
+            &tree,
+            target::Spec::Cgroup("/sandbox".into()),
+            Amount::Size(SizeSpec::Bytes(MIB)),
+        );
+        opts.follow = true;
+        assert!(plan_err(&opts, &hierarchy).contains("--follow"));
+        // A fixture is no cgroup filesystem: nothing can join it.
+        let e = Cgroup::resolve(&hierarchy, "/sandbox")
+            .unwrap()
+            .check_cgroupfs()
+            .unwrap_err();
+        assert!(e.to_string().contains("--dry-run"), "{e}");
+    }
+
+    fn plan_err(opts: &Options, hierarchy: &Hierarchy) -> String {
+        super::plan(opts, hierarchy)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn roots_are_recognised_by_their_shape() {
+        assert_eq!(
+            Hierarchy::at_root(Tree::new(Version::V1).root())
+                .unwrap()
+                .version,
+            Version::V1
+        );
+        assert_eq!(
+            Hierarchy::at_root(Tree::new(Version::V2).root())
+                .unwrap()
+                .version,
+            Version::V2
+        );
+        let empty = crate::target::fixture::temp_dir("empty");
+        let e = Hierarchy::at_root(&empty).unwrap_err().to_string();
+        std::fs::remove_dir_all(&empty).unwrap();
+        assert!(e.contains("not shaped like /sys/fs/cgroup"), "{e}");
+        // This machine's own hierarchy: --cgroup-root /sys/fs/cgroup finds what the mounts say.
+        if let Ok(real) = Hierarchy::discover()
+            && real.mount_root == "/"
+            && real.mount.starts_with("/sys/fs/cgroup")
+        {
+            let at = Hierarchy::at_root(Path::new("/sys/fs/cgroup")).unwrap();
+            assert_eq!((at.version, at.mount), (real.version, real.mount));
+        }
+    }
+
+}
