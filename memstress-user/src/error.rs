@@ -16,6 +16,10 @@ pub enum Error {
     /// A request that cannot work as given (exit code 2, like a command-line usage error).
     #[error("{0}")]
     Usage(String),
+    /// A request this machine cannot serve as given (a percent without a limit anywhere, a
+    /// size past what the node has): exit code 1.
+    #[error("{0}")]
+    Refused(String),
     /// A memory cgroup could not be read or changed.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),

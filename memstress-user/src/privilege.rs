@@ -259,7 +259,7 @@ pub fn stressor_user(
 
 /// Refuses a setuid or setgid installation: memstress is run by root or given capabilities,
 /// never raised from an unprivileged user's invocation.
-pub fn refuse_setuid() -> Result<(), String> {
+pub fn refuse_setuid() -> Result<(), UserError> {
     // SAFETY: these getters cannot fail.
     let (uid, euid, gid, egid) = unsafe {
         (
@@ -270,10 +270,10 @@ pub fn refuse_setuid() -> Result<(), String> {
         )
     };
     if uid != euid || gid != egid {
-        return Err(format!(
+        return Err(UserError::Privilege(format!(
             "memstress refuses to run setuid/setgid (real uid {uid}, effective uid {euid}); \
              run it as root or with file capabilities (see docs/security.md)"
-        ));
+        )));
     }
     Ok(())
 }

@@ -78,4 +78,3 @@ impl std::fmt::Display for OnOom {
         })
     }
 }
-

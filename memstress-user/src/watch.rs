@@ -4,9 +4,8 @@
 use std::{borrow::Cow, net::SocketAddr, sync::Arc, time::Duration};
 
 use crate::{
-    Error, Result,
+    Error, Result, exit,
     explain::{Explainer, Output, Scope},
-    exit,
     observer::Observer,
     output::{
         Reporter,
@@ -82,7 +81,8 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<i32> {
     };
     let mut observer = Observer::new(probes, explainer(filter.as_ref()))
         .map_err(|e| Error::io("reading the BPF ring buffer", e))?;
-    let (counts, stopped_by) = observe(&mut observer, opts.duration, metrics.as_ref(), reporter).await?;
+    let (counts, stopped_by) =
+        observe(&mut observer, opts.duration, metrics.as_ref(), reporter).await?;
     if let Some((_, server)) = metrics {
         server.abort();
     }

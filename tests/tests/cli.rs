@@ -114,3 +114,52 @@ fn man_pages_render() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `memstress schema --check` (what `cargo xtask schema --check` runs) accepts the committed
+/// schema, and refuses one that lacks a field a line type has (a field added to a type
+/// without regenerating the schema), naming where.
+#[test]
+fn the_schema_check_catches_a_type_that_changed() {
+    let committed = memstress_tests::workspace().join("docs/events.schema.json");
+    let ok = Command::new(memstress_bin())
+        .args(["schema", "--check"])
+        .arg(&committed)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "docs/events.schema.json is stale: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // The same file as it was before `dropped_records` was added to `end`.
+    let mut schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&committed).unwrap()).unwrap();
+    let end = &mut schema["$defs"]["EndLine"];
+    end["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("dropped_records")
+        .expect("EndLine has dropped_records");
+    end["required"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|f| f != "dropped_records");
+    let stale = std::env::temp_dir().join(format!("stale-schema-{}.json", std::process::id()));
+    std::fs::write(
+        &stale,
+        serde_json::to_string_pretty(&schema).unwrap() + "\n",
+    )
+    .unwrap();
+    let out = Command::new(memstress_bin())
+        .args(["schema", "--check"])
+        .arg(&stale)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&stale).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cargo xtask schema") && stderr.contains("dropped_records"),
+        "{stderr}"
+    );
+}

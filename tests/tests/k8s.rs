@@ -9,10 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use memstress::{
-    target::cgroup::{Cgroup, Version},
-    target::fixture::{self, Tree, container_id},
-    target::kube::{Driver, Qos, Runtime},
+use memstress::target::{
+    cgroup::{Cgroup, Version},
+    fixture::{self, Tree, container_id},
+    kube::{Driver, Qos, Runtime},
 };
 use memstress_tests::{
     Memstress, TestCgroup, alive, assert_one_line_error, hierarchy, memstress_bin,

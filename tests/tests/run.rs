@@ -837,7 +837,8 @@ fn every_kind_is_charged_within_two_percent() {
         ]);
         run.wait_type("full", Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(300));
-        let cgroup = memstress::target::cgroup::Cgroup::locate(&hierarchy(), &format!("/{name}")).unwrap();
+        let cgroup =
+            memstress::target::cgroup::Cgroup::locate(&hierarchy(), &format!("/{name}")).unwrap();
         let usage = cgroup.usage().unwrap();
         let finished = run.interrupt(Duration::from_secs(15));
         assert!(finished.status.success(), "{kind}: {}", finished.stderr);

@@ -11,7 +11,6 @@ pub mod points;
 pub mod predict;
 pub mod record;
 
-
 use std::collections::HashMap;
 
 use memstress_ebpf::Pressure;
@@ -19,8 +18,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use self::record::{Aftermath, CollateralReason, FoundBy, RecordSource, SkipReason};
-use self::{
-    record::{Candidate, CollateralKill, Memory, OomKill, Record, Task, Victim, VictimAftermath},
+use self::record::{
+    Candidate, CollateralKill, Memory, OomKill, Record, Task, Victim, VictimAftermath,
 };
 use crate::{
     size::{Bytes, group as group_i128},
@@ -664,90 +663,85 @@ impl Explainer {
         self.pressure_report(kill, domain_index, path.as_deref(), pressure);
     }
 
-    fn explain(
-        &mut self,
-        kill: OomKill,
-        collateral: Vec<CollateralKill>,
-        pressure: &dyn Fn(u64) -> Option<Pressure>,
-    ) -> Explained {
-        let page = self.page;
-        let totalpages = self.totalpages(&kill);
-        let points_of = |memory: &Memory, adj: Option<i16>| -> Option<i64> {
-            Some(points::badness(memory.raw?, adj?, totalpages?, page))
-        };
-        // The kernel's own figures where fentry/fexit loaded; else its formula applied to
-        // what mark_victim read.
+    /// The badness points of a task's counters, with this kill's `totalpages`.
+    fn points_of(&self, memory: &Memory, adj: Option<i16>, totalpages: Option<u64>) -> Option<i64> {
+        Some(points::badness(memory.raw?, adj?, totalpages?, self.page))
+    }
+
+    /// The victim's points: the kernel's `chosen_points` where fentry loaded; else its
+    /// formula applied to what mark_victim read.
+    fn victim_points(&self, kill: &OomKill, totalpages: Option<u64>) -> (Option<i64>, PointsFrom) {
         let chosen = kill
             .oc
             .as_ref()
             .filter(|oc| Some(oc.chosen_tid) == kill.victim.task.tid)
             .map(|oc| oc.chosen_points);
-        let (victim_points, victim_points_from) = match chosen {
+        match chosen {
             Some(p) => (Some(p), PointsFrom::OomControl),
             None => (
-                points_of(&kill.victim.memory, kill.victim.task.oom_score_adj),
+                self.points_of(
+                    &kill.victim.memory,
+                    kill.victim.task.oom_score_adj,
+                    totalpages,
+                ),
                 PointsFrom::Formula,
             ),
-        };
+        }
+    }
+
+    /// The candidates of `kill`, ranked as the kernel ranks them (highest first; among
+    /// equals the victim first: the kernel took the later task in its own scan order, which
+    /// was this one), and those it passed over.
+    fn rank(&mut self, kill: &OomKill, totalpages: Option<u64>) -> (Vec<Ranked>, Vec<Skipped>) {
         let candidates = self.pending.remove(&kill.seq).unwrap_or_default();
         let mut ranked = Vec::new();
         let mut skipped = Vec::new();
         for c in &candidates {
-            match c.skip_reason() {
-                Some(reason) => skipped.push(Skipped {
+            if let Some(reason) = c.skip_reason() {
+                skipped.push(Skipped {
                     pid: c.task.pid,
                     comm: c.task.comm.clone(),
                     reason,
-                }),
-                None => {
-                    let formula = points_of(&c.memory, c.task.oom_score_adj);
-                    let (points, points_from, formula_points) = match (c.kernel_points, formula) {
-                        (Some(p), f) => (p, PointsFrom::OomBadness, f),
-                        (None, Some(f)) => (f, PointsFrom::Formula, None),
-                        (None, None) => continue,
-                    };
-                    let rss = c
-                        .memory
-                        .raw
-                        .map(|r| r.rss_pages.saturating_mul(page) / 1024);
-                    ranked.push(Ranked {
-                        pid: c.task.pid,
-                        comm: c.task.comm.clone(),
-                        points,
-                        oom_score_adj: c.task.oom_score_adj,
-                        rss_kib: rss,
-                        swap_kib: c.memory.swap_kib,
-                        pgtables_kib: c.memory.pgtables_kib,
-                        cgroup_id: c.task.cgroup_id,
-                        source: Source::Kernel,
-                        points_from,
-                        formula_points,
-                    });
-                }
+                });
+                continue;
             }
+            let formula = self.points_of(&c.memory, c.task.oom_score_adj, totalpages);
+            let (points, points_from, formula_points) = match (c.kernel_points, formula) {
+                (Some(p), f) => (p, PointsFrom::OomBadness, f),
+                (None, Some(f)) => (f, PointsFrom::Formula, None),
+                (None, None) => continue,
+            };
+            ranked.push(Ranked {
+                pid: c.task.pid,
+                comm: c.task.comm.clone(),
+                points,
+                oom_score_adj: c.task.oom_score_adj,
+                rss_kib: c
+                    .memory
+                    .raw
+                    .map(|r| r.rss_pages.saturating_mul(self.page) / 1024),
+                swap_kib: c.memory.swap_kib,
+                pgtables_kib: c.memory.pgtables_kib,
+                cgroup_id: c.task.cgroup_id,
+                source: Source::Kernel,
+                points_from,
+                formula_points,
+            });
         }
-        // Highest first; among equals the victim first (the kernel took the later task in its
-        // own scan order, which was this one).
         let victim_pid = kill.victim.task.pid;
         ranked.sort_by(|a, b| {
             b.points
                 .cmp(&a.points)
                 .then_with(|| (b.pid == victim_pid).cmp(&(a.pid == victim_pid)))
         });
-        let (domain_index, found_by) = domain_of(&kill);
-        let domain_path = domain_index.and_then(|i| kill.path_of_level(i));
-        let domain = domain_index.and_then(|i| {
-            let l = kill.chain.get(i)?;
-            Some(Domain {
-                cgroup: domain_path.clone(),
-                cgroup_id: l.id,
-                limit_bytes: l.max_pages * page,
-                usage_bytes: l.usage_pages * page,
-                found_by,
-                source: Source::Kernel,
-            })
-        });
-        let constraint = match &kill.oc {
+        (ranked, skipped)
+    }
+
+    /// The OOM's constraint: the kernel's `struct oom_control` where fentry loaded; else
+    /// what the victim's chain shows (a domain on it is a memcg OOM; without the BTF
+    /// program there is no chain, and the constraint is unknown).
+    fn constraint(&self, kill: &OomKill, domain_index: Option<usize>) -> Constraint {
+        match &kill.oc {
             Some(oc) => match self.constraint_name(oc.constraint) {
                 Some("CONSTRAINT_MEMCG") => Constraint::Memcg,
                 Some("CONSTRAINT_NONE") => Constraint::Global,
@@ -756,13 +750,16 @@ impl Explainer {
                 _ => Constraint::Unknown,
             },
             None => match (kill.chain.is_empty(), domain_index) {
-                // Without the BTF program there is no chain: the constraint is unknown.
                 (true, _) => Constraint::Unknown,
                 (false, Some(_)) => Constraint::Memcg,
                 (false, None) => Constraint::Global,
             },
-        };
-        let oom_control = kill.oc.as_ref().map(|oc| OomControlReport {
+        }
+    }
+
+    /// The kernel's `struct oom_control`, as reported.
+    fn oom_control(&self, kill: &OomKill) -> Option<OomControlReport> {
+        kill.oc.as_ref().map(|oc| OomControlReport {
             constraint: self
                 .constraint_name(oc.constraint)
                 .map_or_else(|| oc.constraint.to_string(), str::to_owned),
@@ -770,12 +767,12 @@ impl Explainer {
             chosen_points: oc.chosen_points,
             order: oc.order,
             gfp_mask: format!("{:#x}", oc.gfp_mask),
-        });
-        let (_visited, _sent, dropped, truncated) = kill.scan;
-        let candidates_complete =
-            !kill.group_kill && dropped == 0 && !truncated && !ranked.is_empty();
-        let pressure_report = (!kill.group_kill)
-            .then(|| self.pressure_report(&kill, domain_index, domain_path.as_deref(), pressure));
+        })
+    }
+
+    /// Notes the victim for what follows it: a group kill names the chosen one; aftermath
+    /// and collateral records are joined to it.
+    fn remember(&mut self, kill: &OomKill) {
         if !kill.group_kill {
             self.chosen.insert(
                 kill.seq,
@@ -789,16 +786,44 @@ impl Explainer {
             self.chosen.clear();
         }
         if let Some(tid) = kill.victim.task.tid {
-            self.kills.insert(
-                tid,
-                KillNote {
-                    seq: kill.seq,
-                    ts_ns: kill.ts_ns,
-                    pid: kill.victim.task.pid,
-                    comm: kill.victim.task.comm.clone(),
-                },
-            );
+            let note = KillNote {
+                seq: kill.seq,
+                ts_ns: kill.ts_ns,
+                pid: kill.victim.task.pid,
+                comm: kill.victim.task.comm.clone(),
+            };
+            self.kills.insert(tid, note);
         }
+    }
+
+    /// One kill, explained: its points and candidates, its domain and constraint, the
+    /// pressure that led to it, and the sentence that says it.
+    fn explain(
+        &mut self,
+        kill: OomKill,
+        collateral: Vec<CollateralKill>,
+        pressure: &dyn Fn(u64) -> Option<Pressure>,
+    ) -> Explained {
+        let totalpages = self.totalpages(&kill);
+        let (victim_points, victim_points_from) = self.victim_points(&kill, totalpages);
+        let (ranked, skipped) = self.rank(&kill, totalpages);
+        let (domain_index, found_by) = domain_of(&kill);
+        let domain_path = domain_index.and_then(|i| kill.path_of_level(i));
+        let domain = domain_index.and_then(|i| {
+            let l = kill.chain.get(i)?;
+            Some(Domain {
+                cgroup: domain_path.clone(),
+                cgroup_id: l.id,
+                limit_bytes: l.max_pages * self.page,
+                usage_bytes: l.usage_pages * self.page,
+                found_by,
+                source: Source::Kernel,
+            })
+        });
+        let (_visited, _sent, dropped, truncated) = kill.scan;
+        let pressure_report = (!kill.group_kill)
+            .then(|| self.pressure_report(&kill, domain_index, domain_path.as_deref(), pressure));
+        self.remember(&kill);
         let mut explained = Explained {
             ts_ns: kill.ts_ns,
             cpu: kill.cpu,
@@ -811,15 +836,18 @@ impl Explainer {
             },
             trigger: kill.trigger.clone(),
             totalpages,
-            constraint,
+            constraint: self.constraint(&kill, domain_index),
             domain,
+            candidates_complete: !kill.group_kill
+                && dropped == 0
+                && !truncated
+                && !ranked.is_empty(),
             candidates: ranked,
             skipped,
-            candidates_complete,
             collateral,
             group_kill: kill.group_kill,
             pressure: pressure_report,
-            oom_control,
+            oom_control: self.oom_control(&kill),
             why: String::new(),
             reason: String::new(),
             kill_confirmed: kill.kill_confirmed,

@@ -11,7 +11,7 @@
 //! `totalram_pages() + total_swap_pages`. `/proc/PID/oom_score` always uses the global
 //! figure, which is why it does not rank a memcg OOM.
 
-use crate::{target::cgroup::Version, explain::record::RawCounters};
+use crate::{explain::record::RawCounters, target::cgroup::Version};
 
 /// `oom_badness()` for a task whose counters are `raw` (pages; page tables in bytes).
 pub fn badness(raw: RawCounters, oom_score_adj: i16, totalpages: u64, page: u64) -> i64 {
@@ -117,5 +117,4 @@ mod tests {
         assert_eq!(totalpages_memcg(Version::V2, 1_000, 300, 200, 0), 1_000);
         assert_eq!(totalpages_global(6_000_000, 0), 6_000_000);
     }
-
 }

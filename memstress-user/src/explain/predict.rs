@@ -7,7 +7,10 @@ use std::fs;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{target::cgroup::Cgroup, explain::record::RawCounters, explain::{PointsFrom, Ranked, Source}, explain::points};
+use crate::{
+    explain::{PointsFrom, Ranked, Source, points, record::RawCounters},
+    target::cgroup::Cgroup,
+};
 
 /// A prediction of who the OOM killer would choose, highest points first.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]

@@ -7,12 +7,12 @@
 use std::{mem::size_of, ptr};
 
 use memstress_ebpf::{
-    Aftermath as RawAftermath, CgroupPath, Chain, Collateral, OomVictim, Pressure, RSS_ANON, RSS_FILE, RSS_SHMEM,
-    RSS_SWAP, TaskFacts, aftermath, domain, killed, kind, level, skip, source, valid,
+    Aftermath as RawAftermath, CgroupPath, Chain, Collateral, OomVictim, Pressure, RSS_ANON,
+    RSS_FILE, RSS_SHMEM, RSS_SWAP, TaskFacts, aftermath, domain, killed, kind, level, skip, source,
+    valid,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-
 
 /// Which program filled a victim record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -18,11 +18,7 @@ use crate::{
     size::SizeSpec,
     spec::Fill,
     stress::{self, Amount, App},
-    target::{
-        self,
-        cgroup::Hierarchy,
-        kube::RuntimeState,
-    },
+    target::{self, cgroup::Hierarchy, kube::RuntimeState},
 };
 
 /// `memstress run`'s flags (and the StressChaos file they name) as run options; the
@@ -181,11 +177,8 @@ pub fn demo_options(
         name: format!("memstress-demo-{}", std::process::id()),
         limit,
     };
-    let mut opts = stress::Options::new(
-        target,
-        Amount::Size(SizeSpec::Bytes(limit * 3 / 2)),
-        probe,
-    );
+    let mut opts =
+        stress::Options::new(target, Amount::Size(SizeSpec::Bytes(limit * 3 / 2)), probe);
     opts.workers = 2;
     opts.apps = vec![App {
         name: "demo-app".to_owned(),
@@ -250,10 +243,20 @@ mod tests {
     #[test]
     fn plans_the_docs_stresschaos_with_its_real_total() {
         let (tree, ctr) = pod_tree(Version::V1, Driver::Systemd);
-        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/memory-stress.yaml");
+        let file = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/memory-stress.yaml"
+        );
         let planned = plan(
             &tree,
-            &["--from-stresschaos", file, "--pod", UID, "--container", "app"],
+            &[
+                "--from-stresschaos",
+                file,
+                "--pod",
+                UID,
+                "--container",
+                "app",
+            ],
         )
         .unwrap();
         let json = serde_json::to_value(&planned).unwrap();
@@ -277,7 +280,9 @@ mod tests {
             "{notes:?}"
         );
         // Without a target flag, its labelSelectors need the cluster API.
-        let e = plan(&tree, &["--from-stresschaos", file]).unwrap_err().to_string();
+        let e = plan(&tree, &["--from-stresschaos", file])
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("labelSelectors") && e.contains("cluster API") && e.contains("--pod"),
             "{e}"

@@ -18,13 +18,7 @@
 //! * `time` grows the memory linearly (memStress `--time`); `oomScoreAdj` runs memStress
 //!   under `choom` (chaos-mesh PR #3070); `duration` counts from injection.
 
-use std::{
-    collections::BTreeMap,
-    fmt, fs,
-    io::Read as _,
-    path::Path,
-    time::Duration,
-};
+use std::{collections::BTreeMap, fmt, fs, io::Read as _, path::Path, time::Duration};
 
 use serde::{Deserialize, de::IgnoredAny};
 
@@ -512,7 +506,6 @@ pub struct Settings {
     /// What differs from Chaos Mesh, and what the flags changed.
     pub notes: Vec<String>,
 }
-
 
 impl From<StressChaosError> for crate::Error {
     fn from(e: StressChaosError) -> Self {

@@ -549,12 +549,55 @@ pub fn schema_text() -> String {
     text
 }
 
+/// One dispatch rule of the schema: lines of this `type` are checked against that
+/// definition, and nothing it does not define.
+#[derive(Serialize)]
+struct Rule {
+    #[serde(rename = "if")]
+    when: Dispatch,
+    #[serde(rename = "then")]
+    check: Checked,
+}
+
+#[derive(Serialize)]
+struct Dispatch {
+    properties: TypeIs,
+    required: [&'static str; 1],
+}
+
+#[derive(Serialize)]
+struct TypeIs {
+    #[serde(rename = "type")]
+    type_: Const,
+}
+
+#[derive(Serialize)]
+struct Const {
+    #[serde(rename = "const")]
+    value: String,
+}
+
+#[derive(Serialize)]
+struct Checked {
+    description: serde_json::Value,
+    #[serde(rename = "$ref")]
+    target: String,
+    properties: TypeIs,
+    #[serde(rename = "unevaluatedProperties")]
+    unevaluated_properties: bool,
+}
+
 /// See [`schema_text`]: schemars describes [`Line`] as a `oneOf` of its variants, each
 /// `{"properties": {"type": {"const": …}}, "$ref": …}`. A validator then reports a bad line
 /// as matching none of them; dispatching on `type` instead (`allOf` of `if`/`then`) reports
 /// the field that is wrong.
 fn close_objects(schema: &mut serde_json::Value) {
-    use serde_json::{Value, json};
+    use serde_json::Value;
+    let type_is = |t: &str| TypeIs {
+        type_: Const {
+            value: t.to_owned(),
+        },
+    };
     let mut roots = Vec::new();
     let mut types = Vec::new();
     let mut rules = Vec::new();
@@ -567,23 +610,33 @@ fn close_objects(schema: &mut serde_json::Value) {
                 continue;
             };
             roots.push(target.trim_start_matches("#/$defs/").to_owned());
-            types.push(t.to_owned());
-            rules.push(json!({
-                "if": {"properties": {"type": {"const": t}}, "required": ["type"]},
-                "then": {
-                    "description": variant["description"],
-                    "$ref": target,
-                    "properties": {"type": {"const": t}},
-                    "unevaluatedProperties": false
-                }
-            }));
+            types.push(Value::from(t));
+            rules.push(Rule {
+                when: Dispatch {
+                    properties: type_is(t),
+                    required: ["type"],
+                },
+                check: Checked {
+                    description: variant["description"].clone(),
+                    target: target.to_owned(),
+                    properties: type_is(t),
+                    unevaluated_properties: false,
+                },
+            });
         }
     }
     if let Value::Object(top) = schema {
-        top.insert("type".to_owned(), json!("object"));
-        top.insert("required".to_owned(), json!(["type"]));
-        top.insert("properties".to_owned(), json!({"type": {"enum": types}}));
-        top.insert("allOf".to_owned(), Value::Array(rules));
+        let mut enumerated = serde_json::Map::new();
+        enumerated.insert("enum".to_owned(), Value::Array(types));
+        let mut properties = serde_json::Map::new();
+        properties.insert("type".to_owned(), Value::Object(enumerated));
+        top.insert("type".to_owned(), Value::from("object"));
+        top.insert("required".to_owned(), Value::from(vec!["type"]));
+        top.insert("properties".to_owned(), Value::Object(properties));
+        top.insert(
+            "allOf".to_owned(),
+            serde_json::to_value(rules).unwrap_or_default(),
+        );
     }
     if let Some(Value::Object(defs)) = schema.get_mut("$defs") {
         for (name, def) in defs.iter_mut() {

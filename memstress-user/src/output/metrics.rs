@@ -464,9 +464,9 @@ async fn write_response(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        explain::record::{OomKill, Record, tests::sample_raw},
-        explain::{Explainer, Output},
+    use crate::explain::{
+        Explainer, Output,
+        record::{OomKill, Record, tests::sample_raw},
     };
 
     fn explained(comm: &str) -> Explained {

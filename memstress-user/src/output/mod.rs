@@ -175,15 +175,15 @@ impl Reporter {
     pub fn output(&self, output: &Output, context: &KillContext) {
         match output {
             Output::Kill(kill) => self.kill(kill, context),
-            Output::LateCollateral(c) => self.emit(&Line::OomCollateral(Cow::Owned(
-                CollateralLine {
+            Output::LateCollateral(c) => {
+                self.emit(&Line::OomCollateral(Cow::Owned(CollateralLine {
                     time: rfc3339(self.clock.unix_ns(c.ts_ns)),
                     ts_ns: c.ts_ns,
                     seq: c.seq,
                     victim_tid: c.victim_tid,
                     task: c.clone(),
-                },
-            ))),
+                })))
+            }
             Output::Reaped(r) => self.emit(&Line::OomReaped(Cow::Borrowed(r))),
         }
     }

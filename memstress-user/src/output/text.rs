@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use super::{
     Clock,
-    line::{
-        CollateralLine, FullLine, KillLine, Line, MemberLine, Outcome, Plan, Summary,
-    },
+    line::{CollateralLine, FullLine, KillLine, Line, MemberLine, Outcome, Plan, Summary},
     time_of_day,
 };
 use crate::{
@@ -452,8 +450,18 @@ pub fn attached(status: &[Status]) -> String {
 /// One line per probe, in columns as wide as their widest entry: kind, hook, state, and
 /// what it contributes (with why it did not attach). `watch --explain-probes`.
 pub fn explain_probes(status: &[Status]) -> Vec<String> {
-    let state = |s: &Status| if s.attached { "attached" } else { "NOT attached" };
-    let kind_w = status.iter().map(|s| s.kind.name().len()).max().unwrap_or(0);
+    let state = |s: &Status| {
+        if s.attached {
+            "attached"
+        } else {
+            "NOT attached"
+        }
+    };
+    let kind_w = status
+        .iter()
+        .map(|s| s.kind.name().len())
+        .max()
+        .unwrap_or(0);
     let hook_w = status.iter().map(|s| s.hook.len()).max().unwrap_or(0);
     let state_w = status.iter().map(|s| state(s).len()).max().unwrap_or(0);
     status

@@ -6,9 +6,9 @@
 
 use memstress_ebpf::{KernelLayout, UNKNOWN};
 
-use crate::{
-    probe::btf::{Btf, BtfError, Kind},
-    probe::tracefs::Format,
+use crate::probe::{
+    btf::{Btf, BtfError, Kind},
+    tracefs::Format,
 };
 
 /// A resolved layout and what could not be resolved.

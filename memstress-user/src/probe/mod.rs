@@ -10,7 +10,6 @@ pub mod btf;
 pub mod layout;
 pub mod tracefs;
 
-
 use std::{io, path::PathBuf};
 
 use aya::{
@@ -24,8 +23,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    probe::btf::{Btf, BtfError}, privilege,
-    probe::tracefs::{Tracefs, TracefsError},
+    privilege,
+    probe::{
+        btf::{Btf, BtfError},
+        tracefs::{Tracefs, TracefsError},
+    },
 };
 
 /// The BPF object, built by build.rs from memstress-ebpf.
@@ -50,8 +52,14 @@ pub enum ProbeError {
     Btf { path: String, source: BtfError },
     #[error(transparent)]
     Tracefs(#[from] TracefsError),
-    #[error("cannot load memstress's BPF programs: {0}")]
-    Load(String),
+    #[error("aya cannot parse the kernel BTF at {path}")]
+    AyaBtf { path: String, source: aya::BtfError },
+    #[error("cannot load memstress's BPF programs")]
+    Load(#[from] aya::EbpfError),
+    #[error("the BPF object has no map {0}")]
+    NoMap(&'static str),
+    #[error("cannot configure the BPF programs")]
+    Map(#[from] aya::maps::MapError),
     #[error("no OOM probe could be attached ({0}); memstress cannot see OOM kills on this kernel")]
     NothingAttached(String),
 }
@@ -384,7 +392,10 @@ impl Probes {
         loader.btf(None);
         tracing::debug!("start-up: loader made at {:?}", started.elapsed());
         let aya_btf = aya::Btf::parse_file(&opts.btf, Endianness::default()).map_err(|e| {
-            ProbeError::Load(format!("aya cannot parse {}: {e}", opts.btf.display()))
+            ProbeError::AyaBtf {
+                path: opts.btf.display().to_string(),
+                source: e,
+            }
         })?;
         tracing::debug!("start-up: BTF parsed for aya at {:?}", started.elapsed());
         raise_memlock();
@@ -396,8 +407,7 @@ impl Probes {
                 opts.ring_bytes
                     .max(u32::try_from(crate::size::page_size()).unwrap_or(4096)),
             )
-            .load(OBJECT)
-            .map_err(|e| ProbeError::Load(e.to_string()))?;
+            .load(OBJECT)?;
         tracing::debug!("start-up: object loaded at {:?}", started.elapsed());
 
         let (status, heavy_ms) =
@@ -428,12 +438,9 @@ impl Probes {
         };
         let mut config: Array<_, RuntimeConfig> = ebpf
             .map_mut(names::RUNTIME)
-            .ok_or_else(|| ProbeError::Load(format!("no map {}", names::RUNTIME)))?
-            .try_into()
-            .map_err(|e: aya::maps::MapError| ProbeError::Load(e.to_string()))?;
-        config
-            .set(0, runtime, 0)
-            .map_err(|e| ProbeError::Load(e.to_string()))?;
+            .ok_or(ProbeError::NoMap(names::RUNTIME))?
+            .try_into()?;
+        config.set(0, runtime, 0)?;
         drop(aya_btf);
         trim_heap();
         tracing::debug!("start-up: every probe attached at {:?}", started.elapsed());
@@ -570,11 +577,7 @@ fn attach_all(
 }
 
 /// Loads and attaches one program as `spec` says.
-fn attach(
-    spec: &ProbeSpec,
-    prog: Option<&mut Program>,
-    btf: &aya::Btf,
-) -> Result<(), AttachError> {
+fn attach(spec: &ProbeSpec, prog: Option<&mut Program>, btf: &aya::Btf) -> Result<(), AttachError> {
     let prog = prog.ok_or(AttachError::Missing(spec.program))?;
     match spec.kind {
         ProbeKind::TpBtf => {

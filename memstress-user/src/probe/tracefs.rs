@@ -33,8 +33,23 @@ pub enum TracefsError {
         path: String,
         source: std::io::Error,
     },
-    #[error("cannot parse the format of {event}: {reason}")]
-    Parse { event: String, reason: String },
+    #[error("cannot parse the format of {event}")]
+    Parse { event: String, source: FormatError },
+}
+
+/// What is wrong with a tracepoint's format file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("bad ID line `{0}`")]
+    Id(String),
+    #[error("field without a declaration: `{0}`")]
+    NoDeclaration(String),
+    #[error("field without offset or size: `{0}`")]
+    NoPlace(String),
+    #[error("field without a name: `{0}`")]
+    NoName(String),
+    #[error("no fields")]
+    NoFields,
 }
 
 /// A mounted tracefs.
@@ -67,7 +82,7 @@ pub struct Format {
 
 impl Format {
     /// Parses the text of an `events/<group>/<event>/format` file.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, FormatError> {
         let mut format = Self::default();
         for line in text.lines() {
             let line = line.trim();
@@ -75,7 +90,7 @@ impl Format {
                 format.id = Some(
                     id.trim()
                         .parse()
-                        .map_err(|_| format!("bad ID line `{line}`"))?,
+                        .map_err(|_| FormatError::Id(line.to_owned()))?,
                 );
                 continue;
             }
@@ -97,17 +112,17 @@ impl Format {
                     decl = Some(part);
                 }
             }
-            let decl = decl.ok_or_else(|| format!("field without a declaration: `{line}`"))?;
+            let decl = decl.ok_or_else(|| FormatError::NoDeclaration(line.to_owned()))?;
             let (offset, size) = offset
                 .zip(size)
-                .ok_or_else(|| format!("field without offset or size: `{line}`"))?;
+                .ok_or_else(|| FormatError::NoPlace(line.to_owned()))?;
             // The name is the last identifier of the declaration, before any `[N]`.
             let name = decl
                 .rsplit(|c: char| c.is_whitespace() || c == '*')
                 .next()
                 .map(|n| n.split('[').next().unwrap_or(n))
                 .filter(|n| !n.is_empty())
-                .ok_or_else(|| format!("field without a name: `{line}`"))?;
+                .ok_or_else(|| FormatError::NoName(line.to_owned()))?;
             format.fields.insert(
                 name.to_owned(),
                 Field {
@@ -119,7 +134,7 @@ impl Format {
             );
         }
         if format.fields.is_empty() {
-            return Err("no fields".to_owned());
+            return Err(FormatError::NoFields);
         }
         Ok(format)
     }
@@ -179,9 +194,9 @@ impl Tracefs {
             path: path.display().to_string(),
             source,
         })?;
-        Format::parse(&text).map_err(|reason| TracefsError::Parse {
+        Format::parse(&text).map_err(|source| TracefsError::Parse {
             event: format!("{group}:{event}"),
-            reason,
+            source,
         })
     }
 }

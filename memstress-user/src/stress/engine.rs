@@ -14,16 +14,16 @@ use super::{
     member::{Member, MemberEvent, RESTART_DELAY, split},
 };
 use crate::{
-    Error, Result,
+    Error, Result, exit,
     explain::{Explainer, Output, Scope},
-    exit,
     observer::{Batch, Observer},
     output::{
-        Reporter, monotonic_ns,
+        Reporter,
         line::{
-            FullLine, KillContext, KillsBeforeProbes, Line, Outcome, Plan, Role,
-            SampleLine, Summary, TargetFollowed, TargetGone,
+            FullLine, KillContext, KillsBeforeProbes, Line, Outcome, Plan, Role, SampleLine,
+            Summary, TargetFollowed, TargetGone,
         },
+        monotonic_ns,
     },
     probe::{ProbeError, Probes},
     signals,
@@ -168,7 +168,13 @@ impl State {
                 name: app.name.clone(),
                 ..WorkerArgs::default()
             };
-            let m = Member::new(members.len(), Role::App, worker, app.bytes, app.oom_score_adj);
+            let m = Member::new(
+                members.len(),
+                Role::App,
+                worker,
+                app.bytes,
+                app.oom_score_adj,
+            );
             members.push(m);
         }
         for &share in &plan.bytes_per_worker {
@@ -413,11 +419,7 @@ impl State {
         reporter: &Reporter,
     ) -> Result<()> {
         if opts.ramp.is_none() {
-            for m in self
-                .members
-                .iter_mut()
-                .filter(|m| m.role == Role::Stressor)
-            {
+            for m in self.members.iter_mut().filter(|m| m.role == Role::Stressor) {
                 m.set_target(m.share);
             }
         }
@@ -782,13 +784,7 @@ pub(super) async fn engine(
     state.on_batch(late, reporter);
     let outcome = outcome?;
     let kernel_peak = peak.and_then(|p| Some((p.read().ok()?, p.scope())));
-    let summary = state.summary(
-        plan,
-        outcome,
-        end,
-        kernel_peak,
-        observer.probes().drops(),
-    );
+    let summary = state.summary(plan, outcome, end, kernel_peak, observer.probes().drops());
     reporter.emit(&Line::Summary(Cow::Borrowed(&summary)));
     Ok(Ended {
         outcome: outcome.0,

@@ -20,9 +20,11 @@ use std::{
 };
 
 use crate::{
+    stress::{
+        spawn::{self, Spec, Stdio},
+        stressor::set_comm,
+    },
     target::cgroup::{Cgroup, Hierarchy, Version},
-    stress::spawn::{self, Spec, Stdio},
-    stress::stressor::set_comm,
 };
 
 /// A running janitor, fed by the controller.

@@ -19,9 +19,11 @@ use crate::{
     Error, Result,
     error::Context as _,
     output::line::{MemberLine, Role},
+    stress::{
+        spawn::{self, Exit, Spec, Stdio},
+        stressor::{Command, Report, WorkerArgs},
+    },
     target::cgroup::Cgroup,
-    stress::spawn::{self, Exit, Spec, Stdio},
-    stress::stressor::{Command, Report, WorkerArgs},
 };
 
 /// From the engine to a supervisor.
@@ -154,7 +156,12 @@ impl Member {
                 cgroup.path
             )
         })?;
-        let missing = |what: &str| Error::io(format!("worker without {what}"), io::ErrorKind::BrokenPipe.into());
+        let missing = |what: &str| {
+            Error::io(
+                format!("worker without {what}"),
+                io::ErrorKind::BrokenPipe.into(),
+            )
+        };
         let stdout = child.stdout.take().ok_or_else(|| missing("stdout"))?;
         let stdin = child.stdin.take().ok_or_else(|| missing("stdin"))?;
         self.generation += 1;

@@ -13,8 +13,7 @@ use crate::{
     error::Context as _,
     explain::predict,
     output::line::{Mode, Plan, PlanTarget, StressChaosLine},
-    privilege,
-    probe,
+    privilege, probe,
     size::{Bytes, SizeSpec},
     spec::{Fill, Kind, OnOom, Pattern},
     target::{
@@ -183,11 +182,14 @@ fn resolve_amount(
                 spec.resolve(*bytes),
                 format!("{p}% of the {} limit of {}", Bytes(*bytes), from.path),
             ),
-            None => usage!(
-                "{p}% needs a memory limit, but neither {} nor any ancestor has one; give an \
-                 absolute size (e.g. 256Mi) or add --of-node for a percent of the node's memory",
-                target.cgroup.path
-            ),
+            None => {
+                return Err(Error::Refused(format!(
+                    "{p}% needs a memory limit, but neither {} nor any ancestor has one; give \
+                     an absolute size (e.g. 256Mi) or add --of-node for a percent of the node's \
+                     memory",
+                    target.cgroup.path
+                )));
+            }
         },
     })
 }
@@ -196,13 +198,13 @@ fn resolve_amount(
 /// dropping to their user): by the mode bits, as the kernel's permission check would.
 fn check_writable(dir: &std::path::Path, who: privilege::Credentials) -> Result<()> {
     use std::os::unix::fs::MetadataExt as _;
-    let meta =
-        std::fs::metadata(dir).context(|| format!("--file-dir {}: cannot use it", dir.display()))?;
+    let meta = std::fs::metadata(dir)
+        .context(|| format!("--file-dir {}: cannot use it", dir.display()))?;
     if !meta.is_dir() {
-        return Err(Error::io(
-            format!("--file-dir {}: not a directory", dir.display()),
-            std::io::ErrorKind::NotADirectory.into(),
-        ));
+        return Err(Error::Refused(format!(
+            "--file-dir {}: not a directory",
+            dir.display()
+        )));
     }
     let mode = meta.mode();
     let writable = who.uid == 0
@@ -210,19 +212,15 @@ fn check_writable(dir: &std::path::Path, who: privilege::Credentials) -> Result<
         || (meta.uid() != who.uid && meta.gid() == who.gid && mode & 0o030 == 0o030)
         || (meta.uid() != who.uid && meta.gid() != who.gid && mode & 0o003 == 0o003);
     if !writable {
-        return Err(Error::io(
-            format!(
-                "--file-dir {}: stressors run as uid {} and cannot write there (mode {:o}, \
-                 owner {}:{}); give a directory they can write to (e.g. /var/tmp) or choose \
-                 --user",
-                dir.display(),
-                who.uid,
-                mode & 0o7777,
-                meta.uid(),
-                meta.gid()
-            ),
-            std::io::ErrorKind::PermissionDenied.into(),
-        ));
+        return Err(Error::Refused(format!(
+            "--file-dir {}: stressors run as uid {} and cannot write there (mode {:o}, owner \
+             {}:{}); give a directory they can write to (e.g. /var/tmp) or choose --user",
+            dir.display(),
+            who.uid,
+            mode & 0o7777,
+            meta.uid(),
+            meta.gid()
+        )));
     }
     Ok(())
 }
@@ -350,7 +348,9 @@ impl Domain {
             _ => None,
         };
         Ok(Self {
-            usage: domain.as_ref().map_or(counters.usage_bytes, |d| d.usage_bytes),
+            usage: domain
+                .as_ref()
+                .map_or(counters.usage_bytes, |d| d.usage_bytes),
             working_set: domain
                 .as_ref()
                 .map_or(counters.working_set_bytes, |d| d.working_set_bytes),
@@ -409,11 +409,11 @@ fn resolve(opts: &Options, target: &Target, domain: &Domain) -> Result<Resolved>
         && let Some(available) = target::node_available()
         && resolved.total >= available
     {
-        usage!(
+        return Err(Error::Refused(format!(
             "{} is not below the node's available memory ({}); refusing in the root cgroup",
             Bytes(resolved.total),
             Bytes(available)
-        );
+        )));
     }
     Ok(resolved)
 }
@@ -475,9 +475,12 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
             kubernetes: target.kube.clone(),
         },
         mode: resolved.mode,
-        size: opts.amount_given.clone().unwrap_or_else(|| match opts.amount {
-            Amount::Size(s) | Amount::FillTo(s) => s.to_string(),
-        }),
+        size: opts
+            .amount_given
+            .clone()
+            .unwrap_or_else(|| match opts.amount {
+                Amount::Size(s) | Amount::FillTo(s) => s.to_string(),
+            }),
         size_from: resolved.from,
         total_bytes: resolved.total,
         fill_to_bytes: resolved.fill_to,
@@ -553,10 +556,10 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::{
-        target::cgroup::{self, Version},
-        target::fixture::{Tree, container_id},
-        target::kube::{Driver, Qos, Runtime},
+    use crate::target::{
+        cgroup::{self, Version},
+        fixture::{Tree, container_id},
+        kube::{Driver, Qos, Runtime},
     };
 
     const MIB: u64 = 1 << 20;
@@ -743,5 +746,4 @@ mod tests {
             assert_eq!((at.version, at.mount), (real.version, real.mount));
         }
     }
-
 }

@@ -23,7 +23,6 @@
 //! it happens. While holding, the worker blocks in `read(2)` on its stdin: ~0% CPU. When the
 //! controller goes away (stdin closes, or `PR_SET_PDEATHSIG`), the worker exits.
 
-use crate::spec::{Fill, Kind, Pattern, STRESSOR_COMM};
 use std::{
     ffi::CString,
     fs,
@@ -36,6 +35,8 @@ use std::{
     ptr,
     time::{Duration, Instant},
 };
+
+use crate::spec::{Fill, Kind, Pattern, STRESSOR_COMM};
 
 /// Largest mapping added per step; a `filling` report follows each.
 pub const CHUNK: u64 = 32 << 20;
@@ -74,7 +75,6 @@ pub struct WorkerArgs {
     /// What to hold from the start, before any command arrives.
     pub initial: Option<Command>,
 }
-
 
 impl Default for WorkerArgs {
     fn default() -> Self {
@@ -140,62 +140,75 @@ impl WorkerArgs {
     }
 
     /// Parses the flags written by [`Self::to_args`] (after `__stressor`).
-    pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, String> {
+    pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, WorkerArgsError> {
+        use WorkerArgsError::{Missing, Unknown, Value};
         let mut parsed = Self::default();
-        let bytes = |v: Option<String>, flag: &str| {
-            v.and_then(|v| v.parse::<u64>().ok())
-                .ok_or(format!("{flag} needs a number"))
+        let number = |v: Option<String>, flag: &'static str| {
+            v.and_then(|v| v.parse::<u64>().ok()).ok_or(Missing(flag))
         };
         while let Some(flag) = args.next() {
             match flag.as_str() {
-                "--name" => parsed.name = args.next().ok_or("--name needs a value")?,
+                "--name" => parsed.name = args.next().ok_or(Missing("--name"))?,
                 "--kind" => {
                     parsed.kind = match args.next().as_deref() {
                         Some("anon") => Kind::Anon,
                         Some("shmem") => Kind::Shmem,
                         Some("file") => Kind::File,
-                        _ => return Err("--kind takes anon, shmem or file".to_owned()),
+                        _ => return Err(Value("--kind", "anon, shmem or file")),
                     }
                 }
                 "--fill" => {
                     parsed.fill = match args.next().as_deref() {
                         Some("touch") => Fill::Touch,
                         Some("populate") => Fill::Populate,
-                        _ => return Err("--fill takes touch or populate".to_owned()),
+                        _ => return Err(Value("--fill", "touch or populate")),
                     }
                 }
                 "--keep-dirty-ms" => {
                     parsed.pattern = Pattern::KeepDirty;
                     parsed.rewrite_every =
-                        Duration::from_millis(bytes(args.next(), "--keep-dirty-ms")?.max(100));
+                        Duration::from_millis(number(args.next(), "--keep-dirty-ms")?.max(100));
                 }
                 "--file-dir" => {
-                    parsed.file_dir = Some(PathBuf::from(
-                        args.next().ok_or("--file-dir needs a value")?,
-                    ));
+                    parsed.file_dir =
+                        Some(PathBuf::from(args.next().ok_or(Missing("--file-dir"))?));
                 }
                 "--kernel-per-page" => {
-                    parsed.kernel_per_page = bytes(args.next(), "--kernel-per-page")?;
+                    parsed.kernel_per_page = number(args.next(), "--kernel-per-page")?;
                 }
                 "--thp" => parsed.thp = true,
                 "--mlock" => parsed.mlock = true,
                 "--charge" => {
                     parsed.initial = Some(Command::Charge {
-                        bytes: bytes(args.next(), "--charge")?,
+                        bytes: number(args.next(), "--charge")?,
                         seq: 0,
                     });
                 }
                 "--size" => {
                     parsed.initial = Some(Command::Size {
-                        bytes: bytes(args.next(), "--size")?,
+                        bytes: number(args.next(), "--size")?,
                         seq: 0,
                     });
                 }
-                other => return Err(format!("unknown flag `{other}`")),
+                other => return Err(Unknown(other.to_owned())),
             }
         }
         Ok(parsed)
     }
+}
+
+/// A worker's command line the controller did not write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerArgsError {
+    /// A flag without its value (or a number that is not one).
+    #[error("{0} needs a value")]
+    Missing(&'static str),
+    /// A flag whose value is not one of those it takes.
+    #[error("{0} takes {1}")]
+    Value(&'static str, &'static str),
+    /// A flag workers do not have.
+    #[error("unknown flag `{0}`")]
+    Unknown(String),
 }
 
 /// A worker→controller report.
@@ -442,10 +455,11 @@ fn measure_own(args: &WorkerArgs, payload: u64) -> io::Result<u64> {
 fn payload_charge(args: &WorkerArgs, payload: u64) -> u64 {
     match args.kind {
         Kind::Anon => 0,
-        Kind::Shmem | Kind::File => payload + payload / crate::size::page_size() * args.kernel_per_page,
+        Kind::Shmem | Kind::File => {
+            payload + payload / crate::size::page_size() * args.kernel_per_page
+        }
     }
 }
-
 
 /// Kernel memory a cgroup is charged per page of a `kind` payload, beside the page itself,
 /// for memory no /proc file shows per process: the page cache's tree nodes (an `xa_node`

@@ -82,7 +82,9 @@ fn io_err<'a>(
 }
 
 /// cgroup v1 or v2.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub enum Version {
     /// cgroup v1 (the `memory` hierarchy).
     #[serde(rename = "1")]
@@ -310,7 +312,9 @@ impl fmt::Display for Cgroup {
 }
 
 /// What the kernel counts for a memory cgroup at one moment.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct Counters {
     /// `memory.usage_in_bytes` (v1) / `memory.current` (v2).
     pub usage_bytes: u64,

@@ -8,14 +8,15 @@
 //! package build the library a second time).
 
 use std::{
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use crate::{
-    target::cgroup::{Hierarchy, Version},
-    target::kube::{Driver, Qos, Runtime},
+use crate::target::{
+    cgroup::{Hierarchy, Version},
+    kube::{Driver, Qos, Runtime},
 };
 
 /// `memory.limit_in_bytes` of an unlimited v1 cgroup on 4 KiB pages.
@@ -262,6 +263,36 @@ impl Tree {
     }
 }
 
+/// An OCI bundle's `config.json`, as much of it as runtimes' readers look at.
+#[derive(serde::Serialize)]
+struct OciConfig<'a> {
+    #[serde(rename = "ociVersion")]
+    oci_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process: Option<OciProcess<'a>>,
+    annotations: BTreeMap<&'a str, String>,
+}
+
+#[derive(serde::Serialize)]
+struct OciProcess<'a> {
+    args: [&'a str; 1],
+}
+
+/// Docker's `config.v2.json`, as much of it as its readers look at.
+#[derive(serde::Serialize)]
+struct DockerConfig<'a> {
+    #[serde(rename = "ID")]
+    id: &'a str,
+    #[serde(rename = "Config")]
+    config: DockerLabels<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct DockerLabels<'a> {
+    #[serde(rename = "Labels")]
+    labels: BTreeMap<&'a str, String>,
+}
+
 /// Writes the state file `runtime` keeps for a container under `root` (see [`Tree::state`]).
 pub fn write_state(
     root: &Path,
@@ -272,83 +303,96 @@ pub fn write_state(
     pod_name: &str,
     container: Option<&str>,
 ) {
-    use serde_json::json;
+    let kind = |container_word: &str, sandbox_word: &str| {
+        if container.is_some() {
+            container_word
+        } else {
+            sandbox_word
+        }
+        .to_owned()
+    };
+    let pod_labels = |labels: &mut BTreeMap<&str, String>| {
+        labels.insert("io.kubernetes.pod.name", pod_name.to_owned());
+        labels.insert("io.kubernetes.pod.namespace", namespace.to_owned());
+        labels.insert("io.kubernetes.pod.uid", pod_uid.to_owned());
+    };
     let (path, body) = match runtime {
         Runtime::Containerd => {
-            let mut a = serde_json::Map::new();
+            let mut a = BTreeMap::new();
             a.insert(
-                "io.kubernetes.cri.container-type".into(),
-                json!(if container.is_some() {
-                    "container"
-                } else {
-                    "sandbox"
-                }),
+                "io.kubernetes.cri.container-type",
+                kind("container", "sandbox"),
             );
-            a.insert("io.kubernetes.cri.sandbox-name".into(), json!(pod_name));
-            a.insert(
-                "io.kubernetes.cri.sandbox-namespace".into(),
-                json!(namespace),
-            );
-            a.insert("io.kubernetes.cri.sandbox-uid".into(), json!(pod_uid));
+            a.insert("io.kubernetes.cri.sandbox-name", pod_name.to_owned());
+            a.insert("io.kubernetes.cri.sandbox-namespace", namespace.to_owned());
+            a.insert("io.kubernetes.cri.sandbox-uid", pod_uid.to_owned());
             if let Some(name) = container {
-                a.insert("io.kubernetes.cri.container-name".into(), json!(name));
+                a.insert("io.kubernetes.cri.container-name", name.to_owned());
             }
+            let config = OciConfig {
+                oci_version: "1.2.0",
+                process: Some(OciProcess { args: ["/app"] }),
+                annotations: a,
+            };
             (
                 root.join("run/containerd/io.containerd.runtime.v2.task/k8s.io")
                     .join(id)
                     .join("config.json"),
-                json!({"ociVersion": "1.2.0", "process": {"args": ["/app"]}, "annotations": a}),
+                serde_json::to_string(&config),
             )
         }
         Runtime::CriO => {
-            let mut labels = serde_json::Map::new();
-            labels.insert("io.kubernetes.pod.name".into(), json!(pod_name));
-            labels.insert("io.kubernetes.pod.namespace".into(), json!(namespace));
-            labels.insert("io.kubernetes.pod.uid".into(), json!(pod_uid));
+            let mut labels = BTreeMap::new();
+            pod_labels(&mut labels);
             if let Some(name) = container {
-                labels.insert("io.kubernetes.container.name".into(), json!(name));
+                labels.insert("io.kubernetes.container.name", name.to_owned());
             }
+            let mut a = BTreeMap::new();
+            a.insert(
+                "io.kubernetes.cri-o.ContainerType",
+                kind("container", "sandbox"),
+            );
+            a.insert("io.kubernetes.cri-o.ContainerID", id.to_owned());
+            a.insert(
+                "io.kubernetes.cri-o.Labels",
+                serde_json::to_string(&labels).expect("labels encode"),
+            );
+            let config = OciConfig {
+                oci_version: "1.0.2",
+                process: None,
+                annotations: a,
+            };
             (
                 root.join("var/lib/containers/storage/overlay-containers")
                     .join(id)
                     .join("userdata/config.json"),
-                json!({"ociVersion": "1.0.2", "annotations": {
-                    "io.kubernetes.cri-o.ContainerType":
-                        if container.is_some() { "container" } else { "sandbox" },
-                    "io.kubernetes.cri-o.ContainerID": id,
-                    "io.kubernetes.cri-o.Labels": serde_json::Value::Object(labels).to_string(),
-                }}),
+                serde_json::to_string(&config),
             )
         }
         Runtime::Docker => {
-            let mut labels = serde_json::Map::new();
+            let mut labels = BTreeMap::new();
+            labels.insert("io.kubernetes.docker.type", kind("container", "podsandbox"));
+            pod_labels(&mut labels);
             labels.insert(
-                "io.kubernetes.docker.type".into(),
-                json!(if container.is_some() {
-                    "container"
-                } else {
-                    "podsandbox"
-                }),
+                "io.kubernetes.container.name",
+                container.unwrap_or("POD").to_owned(),
             );
-            labels.insert("io.kubernetes.pod.name".into(), json!(pod_name));
-            labels.insert("io.kubernetes.pod.namespace".into(), json!(namespace));
-            labels.insert("io.kubernetes.pod.uid".into(), json!(pod_uid));
-            labels.insert(
-                "io.kubernetes.container.name".into(),
-                json!(container.unwrap_or("POD")),
-            );
+            let config = DockerConfig {
+                id,
+                config: DockerLabels { labels },
+            };
             (
                 root.join("var/lib/docker/containers")
                     .join(id)
                     .join("config.v2.json"),
-                json!({"ID": id, "Config": {"Labels": labels}}),
+                serde_json::to_string(&config),
             )
         }
     };
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
     }
-    write(&path, &body.to_string());
+    write(&path, &body.expect("state file encodes"));
 }
 
 fn write(path: &Path, text: &str) {

@@ -6,11 +6,12 @@ pub mod fixture;
 pub mod kube;
 pub mod lock;
 
-
 use crate::{
-    target::cgroup::{Cgroup, CgroupError, Hierarchy},
-    target::kube::{Identity, KubeError, RuntimeState},
     size::Bytes,
+    target::{
+        cgroup::{Cgroup, CgroupError, Hierarchy},
+        kube::{Identity, KubeError, RuntimeState},
+    },
 };
 
 /// What the user asked to target.

@@ -21,8 +21,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use memstress::{
-    target::cgroup::{Cgroup, Hierarchy, Version},
     size::SizeSpec,
+    target::cgroup::{Cgroup, Hierarchy, Version},
 };
 use serde_json::{Value, json};
 
@@ -276,18 +276,31 @@ fn apply_cgroup_settings(cgroup: &Cgroup, spec: &CgroupSpec) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn supervise(
+/// An app the lab keeps alive (its liveness probe) on a thread of its own.
+struct Supervised {
     rec: Recorder,
     memstress: PathBuf,
     spec: AppSpec,
     container: Container,
-    mut process: AppProcess,
-    mut bytes: u64,
+    process: AppProcess,
+    bytes: u64,
     adj: Option<i32>,
     resize: mpsc::Receiver<u64>,
     stop: Arc<AtomicBool>,
-) {
+}
+
+fn supervise(app: Supervised) {
+    let Supervised {
+        rec,
+        memstress,
+        spec,
+        container,
+        mut process,
+        mut bytes,
+        adj,
+        resize,
+        stop,
+    } = app;
     let name = spec.name.clone();
     let mut alive = true;
     while !stop.load(Ordering::SeqCst) {
@@ -391,9 +404,17 @@ fn start_app(
             stop.clone(),
         );
         thread::spawn(move || {
-            supervise(
-                rec, memstress, spec, container, process, bytes, adj, rx, stop,
-            )
+            supervise(Supervised {
+                rec,
+                memstress,
+                spec,
+                container,
+                process,
+                bytes,
+                adj,
+                resize: rx,
+                stop,
+            })
         })
     };
     Ok(AppHandle {
