@@ -38,6 +38,9 @@ pub struct Options {
 /// Runs `watch` until interrupted or `duration` passes. Returns the exit code: 0, or 128 +
 /// the signal's number when a signal ended a `--duration` early.
 pub async fn watch(opts: Options, reporter: &Reporter) -> Result<i32> {
+    // Ctrl-C and SIGTERM end the watch cleanly from the first moment (a reader may signal as
+    // soon as the `attached` line is out).
+    let shutdown = signals::Shutdown::new().map_err(|e| Error::io("cannot handle signals", e))?;
     // Resolve the filter first: a typo should not need root to be reported.
     let filter = match &opts.cgroup {
         Some(path) => {
@@ -81,8 +84,14 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<i32> {
     };
     let mut observer = Observer::new(probes, explainer(filter.as_ref()))
         .map_err(|e| Error::io("reading the BPF ring buffer", e))?;
-    let (counts, stopped_by) =
-        observe(&mut observer, opts.duration, metrics.as_ref(), reporter).await?;
+    let (counts, stopped_by) = observe(
+        &mut observer,
+        shutdown,
+        opts.duration,
+        metrics.as_ref(),
+        reporter,
+    )
+    .await?;
     if let Some((_, server)) = metrics {
         server.abort();
     }
@@ -147,14 +156,13 @@ fn serve_metrics(
 /// at the end is still reported.
 async fn observe(
     observer: &mut Observer,
+    mut shutdown: signals::Shutdown,
     duration: Option<Duration>,
     metrics: Option<&(Arc<Metrics>, tokio::task::JoinHandle<()>)>,
     reporter: &Reporter,
 ) -> Result<(Counts, Option<signals::Stop>)> {
     // The drop counter is read from the BPF side every second for the endpoint.
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
-    let mut shutdown =
-        signals::Shutdown::new().map_err(|e| Error::io("cannot handle signals", e))?;
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
     let mut counts = Counts::default();

@@ -1,6 +1,10 @@
-//! Why this victim: each OOM kill with its domain, `totalpages`, badness points, the ranked
-//! candidates it beat, those the kernel passed over, the processes killed with it, the
-//! pressure that led to it, and one sentence that says it.
+//! Explain: why this victim.
+//!
+//! Enters: ring-buffer records ([`record`] decodes them: victims, candidates, collateral
+//! kills, aftermath). Leaves: [`Output`]s: each OOM kill [`Explained`] with its domain,
+//! `totalpages`, badness points ([`points`]), the ranked candidates it beat, those the kernel
+//! passed over, the processes killed with it, the pressure that led to it, and one sentence
+//! that says it; [`predict`] ranks the candidates a plan would meet, before anything runs.
 //!
 //! Everything marked `"source":"kernel"` was read by a BPF program in the OOM path (at
 //! `mark_victim`, right after the kernel chose): the points are the kernel's own formula

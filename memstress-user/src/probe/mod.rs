@@ -1,10 +1,15 @@
-//! Loading and attaching memstress's BPF programs, chosen at run time.
+//! Probe: memstress's BPF programs, loaded and attached as this kernel allows.
+//!
+//! Enters: [`Options`] (the BTF file, the ring buffer's size). Leaves: [`Probes`]: what
+//! attached ([`Status`], the kernel facts this kernel lacks), and the ring buffer of records
+//! ([`EventStream`]) with the in-kernel counters (drops, reclaim pressure). It prints nothing:
+//! what attached is the caller's to report.
 //!
 //! Start-up: check privileges, read the running kernel's BTF and resolve the struct offsets
-//! (`layout`), read the classic tracepoint formats from tracefs, load the object with the
-//! offsets as a read-only global, then attach every program the kernel accepts. A program
-//! that cannot attach is reported once and the rest keep working; only when no `mark_victim`
-//! program attaches is there nothing to watch.
+//! ([`layout`], [`btf`]), read the classic tracepoint formats ([`tracefs`]), load the object
+//! with the offsets as a read-only global, then attach every program the kernel accepts. A
+//! program that cannot attach is reported once and the rest keep working; only when no
+//! `mark_victim` program attaches is there nothing to watch.
 
 pub mod btf;
 pub mod layout;

@@ -745,6 +745,8 @@ pub(super) async fn engine(
     reporter: &Reporter,
     context: Context,
 ) -> Result<Ended> {
+    // Ctrl-C and SIGTERM end the run cleanly from the first moment.
+    let shutdown = signals::Shutdown::new().map_err(|e| Error::io("cannot handle signals", e))?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let status_line = reporter.status_wanted();
     let mut state = State::new(opts, plan, cgroup, join, context.follow, status_line)?;
@@ -774,7 +776,15 @@ pub(super) async fn engine(
     state.count_unseen_kills(kills_before, reporter);
     state.after_attach(opts, deferred, &tx, reporter)?;
     let peak = cgroup.peak_reader(plan.target.created);
-    let outcome = drive(opts, &mut state, &mut observer, &tx, &mut rx, reporter).await;
+    let outcome = drive(
+        opts,
+        &mut state,
+        &mut observer,
+        shutdown,
+        (&tx, &mut rx),
+        reporter,
+    )
+    .await;
     reporter.clear_status();
     // What the stressors still running hold now: the OOM-killed ones hold nothing.
     let end = (state.held(), state.charge());
@@ -979,14 +989,15 @@ async fn drive(
     opts: &Options,
     state: &mut State,
     observer: &mut Observer,
-    tx: &mpsc::UnboundedSender<MemberEvent>,
-    rx: &mut mpsc::UnboundedReceiver<MemberEvent>,
+    mut shutdown: signals::Shutdown,
+    (tx, rx): (
+        &mpsc::UnboundedSender<MemberEvent>,
+        &mut mpsc::UnboundedReceiver<MemberEvent>,
+    ),
     reporter: &Reporter,
 ) -> Result<(Outcome, Option<signals::Stop>)> {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut shutdown =
-        signals::Shutdown::new().map_err(|e| Error::io("cannot handle signals", e))?;
     let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
     let mut hold_until: Option<tokio::time::Instant> = None;
     let give_up = opts.deadline.map(|d| tokio::time::Instant::now() + d);

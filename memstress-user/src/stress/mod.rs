@@ -4,9 +4,9 @@
 //! samples, full, summary) and the explained OOM kills its pressure caused, through the
 //! [`Reporter`]; the [`Ended`] outcome.
 //!
-//! The run is planned completely before anything is created ([`plan`]); then, in order: the
-//! janitor starts, the sandbox cgroup (if any) is created, the probes load on a thread while
-//! the workers start inside the target ([`member`], [`spawn`], [`stressor`]), and the engine
+//! The run is planned completely before anything is created ([`mod@plan`]); then, in order:
+//! the janitor starts, the sandbox cgroup (if any) is created, the probes load on a thread
+//! while the workers start inside the target (`member`, [`spawn`], [`stressor`]), and the engine
 //! samples the cgroup every 100 ms while reporting kills. Every exit path removes what the
 //! run created; a SIGKILLed controller is cleaned up by the janitor and the workers'
 //! `PR_SET_PDEATHSIG`.

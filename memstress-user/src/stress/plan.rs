@@ -67,7 +67,7 @@ pub struct Options {
     /// The amount as the user wrote it (`64M`), echoed in the plan; `None`: not from a flag.
     pub amount_given: Option<String>,
     /// A stressor's own charge while holding nothing (its runtime, page tables, kernel
-    /// stack), measured by [`super::member::measure_footprint`]; `None`: [`DEFAULT_FOOTPRINT`].
+    /// stack), measured from an idle worker (`member::measure_footprint`); `None`: [`DEFAULT_FOOTPRINT`].
     pub footprint: Option<u64>,
     /// A percent refers to the node's memory instead of a limit.
     pub of_node: bool,

@@ -40,7 +40,7 @@ pub enum Stdio {
 pub struct Spec<'a> {
     /// Executable.
     pub program: &'a Path,
-    /// Arguments, argv[0] included.
+    /// Arguments, `argv[0]` included.
     pub args: Vec<String>,
     /// Cgroup to start it in.
     pub cgroup: Option<&'a Cgroup>,
@@ -69,7 +69,7 @@ pub struct Spec<'a> {
 }
 
 impl<'a> Spec<'a> {
-    /// A child running `program` with `args` (argv[0] included), streams inherited.
+    /// A child running `program` with `args` (`argv[0]` included), streams inherited.
     pub fn new(program: &'a Path, args: Vec<String>) -> Self {
         Self {
             program,

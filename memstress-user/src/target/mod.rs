@@ -1,5 +1,11 @@
-//! Which cgroup a run stresses: one that exists (`--cgroup`, `--pid`, `--self`, a Kubernetes
-//! `--pod`/`--container`), or a sandbox created for the run (`--new`).
+//! Target: which memory cgroup a run stresses.
+//!
+//! Enters: a [`Spec`] (`--new NAME --limit`, `--cgroup PATH`, `--pid`, `--self`, a Kubernetes
+//! `--pod`/`--container`). Leaves: a resolved [`Target`] on a [`cgroup::Hierarchy`] (v1 or v2,
+//! or a tree under `--cgroup-root`), with the limit that applies and, for a pod or container,
+//! who it is ([`kube`]: pods and containers found in the node's cgroup tree, names from the
+//! runtimes' state files). [`lock`] keeps one run per target; [`fixture`] builds trees shaped
+//! like a node's for tests and `--cgroup-root`.
 
 pub mod cgroup;
 pub mod fixture;

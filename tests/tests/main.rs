@@ -1,0 +1,16 @@
+//! The privileged integration tests, as one test binary (it compiles once; each file was a
+//! binary of its own, and CI spent most of this phase linking them). Each module is one
+//! concern; `cargo xtask test` runs them as root, one at a time (they share dmesg and
+//! memory). See `memstress_tests` for the helpers.
+
+mod cli;
+mod deploy;
+mod events;
+mod explain;
+mod faults;
+mod input;
+mod k8s;
+mod metrics;
+mod run;
+mod security;
+mod watch;
