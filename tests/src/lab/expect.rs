@@ -1,30 +1,16 @@
 //! Checking a scenario's expectations against what was recorded.
 
-use memstress::size::{Bytes, SizeSpec};
+use memstress::{
+    explain::{PointsFrom, Ranked, Source},
+    output::line::{KillLine, Line},
+    size::{Bytes, SizeSpec},
+};
 use serde_json::Value;
 
-use super::scenario::{Expect, Scenario};
-
-/// OOM kills `memstress watch` reported, in order.
-pub fn kills(events: &[Value]) -> Vec<&Value> {
-    events
-        .iter()
-        .filter(|e| e["type"] == "memstress" && e["source"] == "watch")
-        .map(|e| &e["event"])
-        .filter(|e| e["type"] == "oom_kill")
-        .collect()
-}
-
-/// The times the kills were recorded at (ms since the scenario's start), in order.
-fn kill_times(events: &[Value]) -> Vec<u64> {
-    events
-        .iter()
-        .filter(|e| {
-            e["type"] == "memstress" && e["source"] == "watch" && e["event"]["type"] == "oom_kill"
-        })
-        .filter_map(|e| e["t_ms"].as_u64())
-        .collect()
-}
+use super::{
+    lines::{said, watch_kills},
+    scenario::{Expect, Scenario},
+};
 
 /// (start, end) of step `index` in ms; end is the scenario's last event when it never ended.
 fn step_window(events: &[Value], index: usize) -> Option<(u64, u64)> {
@@ -44,8 +30,14 @@ fn samples<'a>(events: &'a [Value], cgroup: &'a str) -> impl Iterator<Item = &'a
         .filter(move |e| e["type"] == "sample" && e["cgroup"] == cgroup)
 }
 
-fn comm(kill: &Value) -> String {
-    kill["victim"]["comm"].as_str().unwrap_or("?").to_owned()
+fn comm(kill: &KillLine) -> String {
+    kill.kill
+        .victim
+        .victim
+        .task
+        .comm
+        .clone()
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 /// Whether the first occurrences of `wanted` (items of `seen` that are in `wanted`) come in
@@ -66,7 +58,8 @@ pub fn check(
     events: &[Value],
     scenario: &Scenario,
 ) -> (String, String, String, bool) {
-    let kills = kills(events);
+    let said = watch_kills(events);
+    let kills: Vec<&KillLine> = said.iter().map(|(_, k)| k).collect();
     match expect {
         Expect::UsageRise {
             cgroup,
@@ -107,7 +100,7 @@ pub fn check(
             }
         }
         Expect::Kills { min, max, step } => {
-            let times = kill_times(events);
+            let times: Vec<u64> = said.iter().filter_map(|(t, _)| *t).collect();
             let (n, name) = match step {
                 Some(s) => {
                     let window = step_window(events, *s);
@@ -166,18 +159,13 @@ pub fn check(
             )
         }
         Expect::PredictedOrder { step, comms } => {
-            let ranking: Vec<String> = events
-                .iter()
-                .filter(|e| {
-                    e["type"] == "memstress" && e["step"] == *step && e["event"]["type"] == "plan"
+            let ranking: Vec<String> = said_in(events, *step)
+                .filter_map(|line| match line {
+                    Line::Plan(plan) => plan.into_owned().predicted_oom,
+                    _ => None,
                 })
-                .flat_map(|e| {
-                    e["event"]["predicted_oom"]["ranking"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                })
-                .map(|r| r["comm"].as_str().unwrap_or("?").to_owned())
+                .flat_map(|prediction| prediction.ranking)
+                .map(|r| r.comm.unwrap_or_else(|| "?".to_owned()))
                 .collect();
             (
                 format!("step {step}'s plan predicts this order"),
@@ -203,17 +191,15 @@ pub fn check(
                 .collect();
             let mut problems = Vec::new();
             for k in &kills {
-                let tid = k["victim"]["tid"].as_u64().unwrap_or(0);
+                let tid = k.kill.victim.victim.task.tid.map_or(0, u64::from);
                 if !dmesg.iter().any(|(p, c)| *p == tid && *c == comm(k)) {
                     problems.push(format!("{tid} not in dmesg"));
                 }
-                if k["why"].as_str().is_none_or(str::is_empty) {
+                if k.kill.why.is_empty() {
                     problems.push(format!("{tid} has no why"));
                 }
-                let kernel_ranked = k["candidates"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().any(|c| c["source"] == "kernel"));
-                if k["group_kill"] != true && !kernel_ranked {
+                let kernel_ranked = k.kill.candidates.iter().any(|c| c.source == Source::Kernel);
+                if !k.kill.group_kill && !kernel_ranked {
                     problems.push(format!("{tid} has no kernel-sourced candidates"));
                 }
             }
@@ -253,17 +239,17 @@ pub fn check(
             )
         }
         Expect::StepOutcome { step, outcome } => {
-            let summary = events.iter().find(|e| {
-                e["type"] == "memstress" && e["step"] == *step && e["event"]["type"] == "summary"
+            let outcome_word = said_in(events, *step).find_map(|line| match line {
+                Line::Summary(summary) => serde_json::to_value(summary.outcome)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned)),
+                _ => None,
             });
             let exit = events
                 .iter()
                 .find(|e| e["type"] == "step" && e["index"] == *step && e["phase"] == "end")
                 .map(|e| e["exit_code"].to_string());
-            let actual = summary
-                .and_then(|s| s["event"]["outcome"].as_str().map(str::to_owned))
-                .or(exit)
-                .unwrap_or_else(|| "no outcome".into());
+            let actual = outcome_word.or(exit).unwrap_or_else(|| "no outcome".into());
             (
                 format!("step {step}'s run ends"),
                 outcome.clone(),
@@ -310,14 +296,14 @@ pub fn check(
                 .collect();
             let killed: Vec<u64> = kills
                 .iter()
-                .filter_map(|k| k["victim"]["pid"].as_u64())
+                .filter_map(|k| k.kill.victim.victim.task.pid.map(u64::from))
                 .collect();
             let missing: Vec<u64> = apps
                 .iter()
                 .copied()
                 .filter(|p| !killed.contains(p))
                 .collect();
-            let group = kills.iter().filter(|k| k["group_kill"] == true).count();
+            let group = kills.iter().filter(|k| k.kill.group_kill).count();
             let members = scenario.apps.iter().filter(|a| &a.cgroup == cgroup).count();
             (
                 format!("one OOM kills everything in {cgroup} (memory.oom.group)"),
@@ -335,22 +321,24 @@ pub fn check(
 
 /// Whether the watcher reported `program` as attached.
 fn probe_attached(events: &[Value], program: &str) -> Option<bool> {
-    events
-        .iter()
-        .filter(|e| e["type"] == "memstress" && e["source"] == "watch")
-        .map(|e| &e["event"])
-        .find(|e| e["type"] == "attached")
-        .map(|e| {
-            e["probes"].as_array().is_some_and(|p| {
-                p.iter()
-                    .any(|s| s["program"] == program && s["attached"] == true)
-            })
+    said(events)
+        .filter(|s| s.source == Some("watch"))
+        .find_map(|s| match s.line {
+            Line::Attached(a) => Some(a.probes.iter().any(|p| p.program == program && p.attached)),
+            _ => None,
         })
+}
+
+/// The lines of the run that scenario step `step` started.
+fn said_in(events: &[Value], step: usize) -> impl Iterator<Item = Line<'static>> + '_ {
+    said(events)
+        .filter(move |s| s.step == Some(step as u64))
+        .map(|s| s.line)
 }
 
 fn kernel_points(
     events: &[Value],
-    kills: &[&Value],
+    kills: &[&KillLine],
     tolerance_pct: f64,
 ) -> (String, String, String, bool) {
     let what = "candidates' points are the kernel's own (oom_badness), and the formula agrees";
@@ -364,39 +352,45 @@ fn kernel_points(
     };
     let mut problems = Vec::new();
     let (mut read, mut compared, mut worst) = (0usize, 0usize, 0f64);
-    for k in kills.iter().filter(|k| k["group_kill"] != true) {
-        let tid = k["victim"]["tid"].as_u64().unwrap_or(0);
-        let ranked = k["candidates"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-        let want = if fexit { "oom_badness" } else { "formula" };
-        for c in ranked.iter().filter(|c| c["source"] == "kernel") {
-            if c["points_from"] != want {
+    for k in kills.iter().filter(|k| !k.kill.group_kill) {
+        let tid = k.kill.victim.victim.task.tid.unwrap_or(0);
+        let want = if fexit {
+            PointsFrom::OomBadness
+        } else {
+            PointsFrom::Formula
+        };
+        let pid = |c: &Ranked| c.pid.map_or("?".to_owned(), |p| p.to_string());
+        for c in k
+            .kill
+            .candidates
+            .iter()
+            .filter(|c| c.source == Source::Kernel)
+        {
+            if c.points_from != want {
                 problems.push(format!(
-                    "kill of {tid}: candidate {} points_from {}",
-                    c["pid"], c["points_from"]
+                    "kill of {tid}: candidate {} points_from {:?}",
+                    pid(c),
+                    c.points_from
                 ));
                 continue;
             }
             read += 1;
-            if let (Some(kernel), Some(formula)) =
-                (c["points"].as_i64(), c["formula_points"].as_i64())
-            {
+            if let Some(formula) = c.formula_points {
+                let kernel = c.points;
                 compared += 1;
                 let off = (kernel - formula).unsigned_abs() as f64;
                 let pct = 100.0 * off / kernel.unsigned_abs().max(1) as f64;
                 // A few pages of slack: the counters are read a moment after oom_badness.
                 if pct > tolerance_pct && off > 16.0 {
-                    problems.push(format!(
-                        "{}: kernel {kernel} vs formula {formula}",
-                        c["pid"]
-                    ));
+                    problems.push(format!("{}: kernel {kernel} vs formula {formula}", pid(c)));
                 }
                 worst = worst.max(pct);
             }
         }
-        if fexit && k["victim"]["points_from"] != "oom_control" {
+        if fexit && k.kill.victim.points_from != PointsFrom::OomControl {
             problems.push(format!(
-                "victim {tid} points_from {}",
-                k["victim"]["points_from"]
+                "victim {tid} points_from {:?}",
+                k.kill.victim.points_from
             ));
         }
     }
@@ -438,6 +432,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::lab::lines::fixture;
 
     #[test]
     fn order_ignores_others_and_repeats() {
@@ -479,17 +474,17 @@ mod tests {
 
     #[test]
     fn kernel_points_follow_what_attached() {
-        let attached = |on: bool| {
-            json!({"type":"memstress","source":"watch","event":{"type":"attached","probes":[
-                {"program":"oom_badness_exit","attached":on}]}})
-        };
+        let record = |event: Value| json!({"type":"memstress","source":"watch","event":event});
+        let attached = |on: bool| record(fixture::attached("oom_badness_exit", on));
         let kill = |from: &str, points: i64, formula: Option<i64>, victim_from: &str| {
-            let mut c = json!({"pid":7,"source":"kernel","points":points,"points_from":from});
+            let mut c = fixture::ranked(Some(7), "c", points, 0, "kernel");
+            c["points_from"] = json!(from);
             if let Some(f) = formula {
                 c["formula_points"] = json!(f);
             }
-            json!({"type":"memstress","source":"watch","event":{"type":"oom_kill",
-                "victim":{"tid":7,"points_from":victim_from},"candidates":[c]}})
+            let mut k = fixture::kill(7, "v", points, "why", vec![c]);
+            k["victim"]["points_from"] = json!(victim_from);
+            record(k)
         };
         let e = Expect::KernelPoints { tolerance_pct: 2.0 };
         let scenario: Scenario = toml::from_str("name = \"t\"\ndescription = \"\"").unwrap();

@@ -2,6 +2,7 @@
 //! kernels booted under qemu (`cargo xtask lab`), with reports a person can read.
 
 pub mod expect;
+pub mod lines;
 pub mod report;
 pub mod runner;
 pub mod scenario;

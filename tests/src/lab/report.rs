@@ -6,10 +6,16 @@
 //! Both renderers take the events as recorded and tolerate anything: unknown types, missing or
 //! mistyped fields, an empty list. A report is needed most when a scenario went wrong, so
 //! rendering one never panics and never gives up on odd input: what it cannot read, it leaves
-//! out.
+//! out. memstress's own lines are read through the library's line types ([`super::lines`]),
+//! and a kill is written with the library's own words (`who`, `describe_pressure`), so the
+//! report says what `memstress watch` says.
 
 use std::{fmt::Write as _, fs, io, path::Path};
 
+use memstress::{
+    explain::{Constraint, Ranked, Source, describe_pressure, who},
+    output::line::{KillLine, Line, Outcome},
+};
 use serde_json::Value;
 
 /// `write!` into a `String`, which cannot fail.
@@ -65,24 +71,9 @@ fn number(v: &Value, path: &[&str]) -> Option<f64> {
     field(v, path)?.as_f64().filter(|n| n.is_finite())
 }
 
-/// Whether the value at `path` is `true`.
-fn flag(v: &Value, path: &[&str]) -> bool {
-    field(v, path).and_then(Value::as_bool) == Some(true)
-}
-
 /// The event's time in seconds since the scenario started.
 fn seconds(v: &Value) -> Option<f64> {
     number(v, &["t_ms"]).map(|ms| ms / 1000.0)
-}
-
-/// A domain is an object with a `cgroup` in kill reports, and may be a bare path elsewhere.
-fn domain_text(v: &Value, path: &[&str]) -> Option<String> {
-    let d = field(v, path)?;
-    if d.is_object() {
-        text(d, &["cgroup"])
-    } else {
-        text(d, &[])
-    }
 }
 
 /// One sample of a scenario cgroup, in bytes.
@@ -111,21 +102,21 @@ struct Step {
 
 /// A candidate in a kill report or a predicted ranking.
 struct Candidate {
-    pid: Option<String>,
+    pid: Option<u32>,
     comm: Option<String>,
-    points: Option<String>,
-    oom_score_adj: Option<String>,
-    source: Option<String>,
+    points: i64,
+    oom_score_adj: Option<i16>,
+    source: Source,
 }
 
-impl Candidate {
-    fn from(v: &Value) -> Self {
+impl From<&Ranked> for Candidate {
+    fn from(r: &Ranked) -> Self {
         Self {
-            pid: text(v, &["pid"]),
-            comm: text(v, &["comm"]),
-            points: text(v, &["points"]),
-            oom_score_adj: text(v, &["oom_score_adj"]),
-            source: text(v, &["source"]),
+            pid: r.pid,
+            comm: r.comm.clone(),
+            points: r.points,
+            oom_score_adj: r.oom_score_adj,
+            source: r.source,
         }
     }
 }
@@ -134,38 +125,40 @@ impl Candidate {
 #[derive(Default)]
 struct Kill {
     t: Option<f64>,
-    pid: Option<String>,
+    pid: Option<u32>,
     comm: Option<String>,
-    points: Option<String>,
+    points: Option<i64>,
     cgroup: Option<String>,
     domain: Option<String>,
-    constraint: Option<String>,
-    totalpages: Option<String>,
+    constraint: Option<Constraint>,
+    totalpages: Option<u64>,
     why: Option<String>,
     group_kill: bool,
     stressor: bool,
     pressure: Option<String>,
     candidates: Vec<Candidate>,
-    anon_rss_kb: Option<String>,
-    oom_score_adj: Option<String>,
+    anon_rss_kb: Option<u64>,
+    oom_score_adj: Option<i64>,
 }
 
 impl Kill {
-    fn from_watch(t: Option<f64>, e: &Value) -> Self {
+    fn from_watch(t: Option<f64>, line: &KillLine) -> Self {
+        let k = &line.kill;
+        let task = &k.victim.victim.task;
         Self {
             t,
-            pid: text(e, &["victim", "pid"]),
-            comm: text(e, &["victim", "comm"]),
-            points: text(e, &["victim", "points"]),
-            cgroup: text(e, &["victim", "cgroup"]),
-            domain: domain_text(e, &["domain"]),
-            constraint: text(e, &["constraint"]),
-            totalpages: text(e, &["totalpages"]),
-            why: text(e, &["why"]),
-            group_kill: flag(e, &["group_kill"]),
-            stressor: flag(e, &["stressor"]),
-            pressure: field(e, &["pressure"]).and_then(describe_pressure),
-            candidates: list(e, &["candidates"]),
+            pid: task.pid,
+            comm: task.comm.clone(),
+            points: k.victim.points,
+            cgroup: k.victim.victim.cgroup.clone(),
+            domain: k.domain.as_ref().and_then(|d| d.cgroup.clone()),
+            constraint: Some(k.constraint),
+            totalpages: k.totalpages,
+            why: Some(k.why.clone()),
+            group_kill: k.group_kill,
+            stressor: line.context.stressor == Some(true),
+            pressure: k.pressure.as_ref().and_then(describe_pressure),
+            candidates: k.candidates.iter().map(Candidate::from).collect(),
             ..Self::default()
         }
     }
@@ -173,66 +166,36 @@ impl Kill {
     fn from_dmesg(ev: &Value) -> Self {
         Self {
             t: seconds(ev),
-            pid: text(ev, &["pid"]),
+            pid: field(ev, &["pid"])
+                .and_then(Value::as_u64)
+                .and_then(|p| u32::try_from(p).ok()),
             comm: text(ev, &["comm"]),
-            anon_rss_kb: text(ev, &["anon_rss_kb"]),
-            oom_score_adj: text(ev, &["oom_score_adj"]),
+            anon_rss_kb: field(ev, &["anon_rss_kb"]).and_then(Value::as_u64),
+            oom_score_adj: field(ev, &["oom_score_adj"]).and_then(Value::as_i64),
             ..Self::default()
         }
     }
 
-    /// `pid (comm)`, or whichever of the two is known.
+    /// `pid (comm)`, or whichever of the two is known, as memstress writes it.
     fn who(&self) -> String {
-        who(self.pid.as_deref(), self.comm.as_deref())
+        who(self.pid, self.comm.as_deref())
     }
 }
 
-fn who(pid: Option<&str>, comm: Option<&str>) -> String {
-    match (pid, comm) {
-        (Some(pid), Some(comm)) => format!("{pid} ({comm})"),
-        (Some(pid), None) => pid.to_owned(),
-        (None, Some(comm)) => comm.to_owned(),
-        (None, None) => "unknown".to_owned(),
+/// A value as memstress's JSON writes it (an enum's word).
+fn word(v: &impl serde::Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".to_owned(),
     }
-}
-
-fn list(v: &Value, path: &[&str]) -> Vec<Candidate> {
-    field(v, path)
-        .and_then(Value::as_array)
-        .map(|a| a.iter().map(Candidate::from).collect())
-        .unwrap_or_default()
-}
-
-/// One line from a kill's `pressure` object, with whichever counters it has.
-fn describe_pressure(p: &Value) -> Option<String> {
-    let mut parts = Vec::new();
-    if let Some(hits) = text(p, &["limit_hits"]) {
-        parts.push(format!("limit hit {hits}×"));
-    }
-    if let Some(runs) = text(p, &["reclaim_runs"]) {
-        parts.push(format!("{runs} direct reclaim runs"));
-    }
-    if let Some(kib) = text(p, &["reclaimed_kib"]) {
-        parts.push(format!("{kib} KiB reclaimed"));
-    }
-    if let Some(ms) = number(p, &["reclaim_ms"]) {
-        parts.push(format!("{ms:.1} ms in direct reclaim"));
-    }
-    if parts.is_empty() {
-        return None;
-    }
-    let mut line = parts.join(", ");
-    if let Some(ms) = number(p, &["since_ms"]) {
-        put!(line, " (over {:.1} s)", ms / 1000.0);
-    }
-    Some(line)
 }
 
 /// A `memstress run` plan's predicted OOM.
 struct Plan {
     t: Option<f64>,
-    domain: Option<String>,
-    totalpages: Option<String>,
+    domain: String,
+    totalpages: u64,
     ranking: Vec<Candidate>,
 }
 
@@ -240,12 +203,12 @@ struct Plan {
 struct Summary {
     /// The scenario step that ran it (0-based, as the events carry it).
     step: Option<u64>,
-    outcome: Option<String>,
-    requested: Option<f64>,
-    charged: Option<f64>,
-    peak: Option<f64>,
-    kills_stressors: Option<String>,
-    kills_others: Option<String>,
+    outcome: Outcome,
+    requested: u64,
+    charged: Option<u64>,
+    peak: u64,
+    kills_stressors: u32,
+    kills_others: u32,
 }
 
 struct Expectation {
@@ -256,7 +219,7 @@ struct Expectation {
 }
 
 /// The `result` event.
-struct Outcome {
+struct Ended {
     passed: Option<bool>,
     skipped: Option<String>,
     error: Option<String>,
@@ -311,7 +274,7 @@ struct Scenario {
     summaries: Vec<Summary>,
     expectations: Vec<Expectation>,
     notes: Vec<String>,
-    result: Option<Outcome>,
+    result: Option<Ended>,
     /// The latest time any event mentions, in seconds.
     end: f64,
 }
@@ -339,49 +302,52 @@ impl Scenario {
                 Some("sample") => s.sample(ev, t),
                 Some("step") => s.step(ev, t),
                 Some("memstress") => {
-                    let e = field(ev, &["event"]).unwrap_or(&Value::Null);
+                    // Read through memstress's own line types: a line they do not accept is
+                    // left out, as anything else unreadable is.
+                    let Some(line) = super::lines::line(ev) else {
+                        continue;
+                    };
                     let source = ev.get("source").and_then(Value::as_str);
-                    match (e.get("type").and_then(Value::as_str), source) {
-                        (Some("sample"), Some("run")) => {
-                            let (Some(t), Some(held)) = (t, number(e, &["stressors_held_bytes"]))
-                            else {
-                                continue;
-                            };
+                    match (line, source) {
+                        (Line::Sample(sample), Some("run")) => {
+                            let Some(t) = t else { continue };
                             let run = (runs, text(ev, &["step"]));
                             if held_run.as_ref() != Some(&run) || s.held.is_empty() {
                                 s.held.push(Vec::new());
                                 held_run = Some(run);
                             }
                             if let Some(segment) = s.held.last_mut() {
-                                segment.push((t, held));
+                                segment.push((t, sample.stressors_held_bytes as f64));
                             }
                         }
-                        (Some("plan"), _) => {
+                        (Line::Plan(plan), _) => {
                             runs += 1;
-                            if let Some(p) = field(e, &["predicted_oom"]) {
+                            if let Some(p) = &plan.predicted_oom {
                                 s.plans.push(Plan {
                                     t,
-                                    domain: domain_text(p, &["domain"]),
-                                    totalpages: text(p, &["totalpages"]),
-                                    ranking: list(p, &["ranking"]),
+                                    domain: p.domain.clone(),
+                                    totalpages: p.totalpages,
+                                    ranking: p.ranking.iter().map(Candidate::from).collect(),
                                 });
                             }
                         }
-                        (Some("summary"), _) => {
+                        (Line::Summary(summary), _) => {
                             runs += 1;
                             s.summaries.push(Summary {
                                 step: ev.get("step").and_then(Value::as_u64),
-                                outcome: text(e, &["outcome"]),
-                                requested: number(e, &["requested_bytes"]),
-                                charged: number(e, &["charged_bytes"]),
-                                peak: number(e, &["peak_usage_bytes"]),
-                                kills_stressors: text(e, &["oom_kills_stressors"]),
-                                kills_others: text(e, &["oom_kills_others"]),
+                                outcome: summary.outcome,
+                                requested: summary.requested_bytes,
+                                charged: summary.charged_bytes,
+                                peak: summary.peak_usage_bytes,
+                                kills_stressors: summary.oom_kills_stressors,
+                                kills_others: summary.oom_kills_others,
                             });
                         }
                         // `run` reports its own stressors' kills too; the watch sees every kill
                         // once, so it alone is counted.
-                        (Some("oom_kill"), Some("watch")) => s.kills.push(Kill::from_watch(t, e)),
+                        (Line::OomKill(kill), Some("watch")) => {
+                            s.kills.push(Kill::from_watch(t, &kill));
+                        }
                         _ => {}
                     }
                 }
@@ -398,7 +364,7 @@ impl Scenario {
                     if let Some(ms) = duration_ms {
                         s.end = s.end.max(ms / 1000.0);
                     }
-                    s.result = Some(Outcome {
+                    s.result = Some(Ended {
                         passed: field(ev, &["passed"]).and_then(Value::as_bool),
                         // Only `null` (or absence) means "not skipped"; any reason counts.
                         skipped: field(ev, &["skipped"])
@@ -476,13 +442,13 @@ impl Scenario {
 
     fn verdict(&self) -> Verdict {
         match &self.result {
-            Some(Outcome {
+            Some(Ended {
                 skipped: Some(_), ..
             }) => Verdict::Skipped,
-            Some(Outcome {
+            Some(Ended {
                 passed: Some(true), ..
             }) => Verdict::Pass,
-            Some(Outcome {
+            Some(Ended {
                 passed: Some(false),
                 ..
             }) => Verdict::Fail,
@@ -634,6 +600,11 @@ fn cell(s: Option<&str>) -> String {
     s.map_or_else(|| "—".to_owned(), md)
 }
 
+/// A table cell of a number, or `—` when unknown.
+fn number_cell(n: Option<impl std::fmt::Display>) -> String {
+    n.map_or_else(|| "—".to_owned(), |n| n.to_string())
+}
+
 fn mib(bytes: Option<f64>) -> String {
     bytes.map_or_else(|| "n/a".to_owned(), |b| format!("{:.1} MiB", b / MIB))
 }
@@ -739,25 +710,17 @@ fn facts(out: &mut String, s: &Scenario) {
         put!(
             out,
             "- **{label}:** requested {}, charged {}, peak usage {}",
-            mib(summary.requested),
-            mib(summary.charged),
-            mib(summary.peak)
+            mib(Some(summary.requested as f64)),
+            mib(summary.charged.map(|b| b as f64)),
+            mib(Some(summary.peak as f64))
         );
-        if let Some(outcome) = &summary.outcome {
-            put!(out, "; outcome {}", code(outcome, false));
-        }
-        if summary.kills_stressors.is_some() || summary.kills_others.is_some() {
-            put!(
-                out,
-                "; OOM kills of stressors {}, of others {}",
-                summary
-                    .kills_stressors
-                    .as_deref()
-                    .map_or("?".to_owned(), md),
-                summary.kills_others.as_deref().map_or("?".to_owned(), md)
-            );
-        }
-        putln!(out);
+        putln!(
+            out,
+            "; outcome {}; OOM kills of stressors {}, of others {}",
+            code(&word(&summary.outcome), false),
+            summary.kills_stressors,
+            summary.kills_others
+        );
     }
     putln!(out);
 }
@@ -816,7 +779,7 @@ fn kills(out: &mut String, s: &Scenario) {
             out,
             "- **Victim:** {}, {} points",
             md(&k.who()),
-            k.points.as_deref().map_or("?".to_owned(), md)
+            k.points.map_or("?".to_owned(), |p| p.to_string())
         );
         if k.stressor {
             put!(out, " (a memstress stressor)");
@@ -832,16 +795,16 @@ fn kills(out: &mut String, s: &Scenario) {
         put!(
             out,
             "- **Domain:** {}",
-            match (&k.domain, k.constraint.as_deref()) {
+            match (&k.domain, k.constraint) {
                 (Some(d), _) => code(d, false),
-                (None, Some("global")) => "the whole machine".to_owned(),
+                (None, Some(Constraint::Global)) => "the whole machine".to_owned(),
                 (None, _) => "unknown".to_owned(),
             }
         );
         if let Some(c) = &k.constraint {
-            put!(out, " ({}", md(c));
-            if let Some(pages) = &k.totalpages {
-                put!(out, ", totalpages {}", md(pages));
+            put!(out, " ({}", word(c));
+            if let Some(pages) = k.totalpages {
+                put!(out, ", totalpages {pages}");
             }
             put!(out, ")");
         }
@@ -881,12 +844,11 @@ fn kills(out: &mut String, s: &Scenario) {
                 out,
                 "| {} | {} | {} | {} | {} |",
                 secs(k.t),
-                cell(k.pid.as_deref()),
+                number_cell(k.pid),
                 k.comm.as_deref().map_or("—".to_owned(), |c| code(c, true)),
                 k.anon_rss_kb
-                    .as_deref()
-                    .map_or("—".to_owned(), |kb| format!("{} kB", md(kb))),
-                cell(k.oom_score_adj.as_deref())
+                    .map_or("—".to_owned(), |kb| format!("{kb} kB")),
+                number_cell(k.oom_score_adj)
             );
         }
         putln!(out);
@@ -900,11 +862,11 @@ fn candidates_table(out: &mut String, candidates: &[Candidate], max: usize) {
         putln!(
             out,
             "| {} | {} | {} | {} | {} |",
-            cell(c.pid.as_deref()),
+            number_cell(c.pid),
             c.comm.as_deref().map_or("—".to_owned(), |c| code(c, true)),
-            cell(c.points.as_deref()),
-            cell(c.oom_score_adj.as_deref()),
-            cell(c.source.as_deref())
+            c.points,
+            number_cell(c.oom_score_adj),
+            word(&c.source)
         );
     }
 }
@@ -941,17 +903,13 @@ fn predicted_vs_actual(out: &mut String, s: &Scenario) {
             putln!(out, "### Plan {} (at {})", i + 1, secs(plan.t));
             putln!(out);
         }
-        let mut about = Vec::new();
-        if let Some(d) = &plan.domain {
-            about.push(format!("domain {}", code(d, false)));
-        }
-        if let Some(p) = &plan.totalpages {
-            about.push(format!("totalpages {}", md(p)));
-        }
-        if !about.is_empty() {
-            putln!(out, "Predicted for {}.", about.join(", "));
-            putln!(out);
-        }
+        putln!(
+            out,
+            "Predicted for domain {}, totalpages {}.",
+            code(&plan.domain, false),
+            plan.totalpages
+        );
+        putln!(out);
         putln!(
             out,
             "| # | predicted: comm (points) | actual kill: comm (pid) | same |"
@@ -965,14 +923,14 @@ fn predicted_vs_actual(out: &mut String, s: &Scenario) {
                 format!(
                     "{} ({})",
                     c.comm.as_deref().map_or("?".to_owned(), |c| code(c, true)),
-                    c.points.as_deref().map_or("?".to_owned(), md)
+                    c.points
                 )
             });
             let right = kill.map_or(String::new(), |k| {
                 format!(
                     "{} ({})",
                     k.comm.as_deref().map_or("?".to_owned(), |c| code(c, true)),
-                    k.pid.as_deref().map_or("?".to_owned(), md)
+                    k.pid.map_or("?".to_owned(), |p| p.to_string())
                 )
             });
             let same = match (predicted, kill) {
@@ -1632,11 +1590,14 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::lab::lines::fixture;
 
     const MIB_U: u64 = 1024 * 1024;
 
     /// A `qos`-like scenario: two cgroups filling up under a limit, a run with a prediction,
     /// two kills (the second a group kill of a process with an awkward name), expectations.
+    /// memstress's lines are whole, as it prints them: the report reads them through its
+    /// types, which take nothing less.
     fn scenario() -> Vec<Value> {
         let mut ev = vec![json!({
             "type": "scenario", "name": "qos", "description": "Burstable dies before guaranteed.",
@@ -1646,12 +1607,15 @@ mod tests {
         ev.push(json!({"type": "app", "t_ms": 50, "name": "web", "event": "started", "pid": 77}));
         ev.push(json!({"type": "step", "t_ms": 1000, "index": 0,
             "what": "memstress run --cgroup pod --size 300Mi", "phase": "start"}));
-        ev.push(json!({"type": "memstress", "t_ms": 1100, "source": "run", "step": 0, "event": {
-            "type": "plan", "predicted_oom": {"domain": "/lab/pod", "totalpages": 65536, "ranking": [
-                {"pid": null, "comm": "memstress", "points": 812, "oom_score_adj": 0, "source": "predicted"},
-                {"pid": 77, "comm": "a<b&c", "points": 300, "oom_score_adj": 0, "source": "predicted"},
-                {"pid": 78, "comm": "db", "points": 10, "oom_score_adj": -900, "source": "predicted"}
-            ]}}}));
+        let ranking = vec![
+            fixture::ranked(None, "memstress", 812, 0, "predicted"),
+            fixture::ranked(Some(77), "a<b&c", 300, 0, "predicted"),
+            fixture::ranked(Some(78), "db", 10, -900, "predicted"),
+        ];
+        ev.push(
+            json!({"type": "memstress", "t_ms": 1100, "source": "run", "step": 0,
+            "event": fixture::plan(ranking)}),
+        );
         for i in 0..=80u64 {
             let t = i * 100;
             let pod = (i.min(50) * 5 + 20) * MIB_U;
@@ -1665,40 +1629,48 @@ mod tests {
             if (11..60).contains(&i) {
                 ev.push(
                     json!({"type": "memstress", "t_ms": t, "source": "run", "step": 0,
-                    "event": {"type": "sample", "stressors_held_bytes": (i - 10) * 5 * MIB_U,
-                        "usage_bytes": pod, "limit_bytes": 256 * MIB_U}}),
+                    "event": {"type": "sample", "t_ms": t - 1000,
+                        "stressors_held_bytes": (i - 10) * 5 * MIB_U,
+                        "stressors_charge_bytes": (i - 10) * 5 * MIB_U, "stressors_alive": 1,
+                        "usage_bytes": pod, "working_set_bytes": pod, "inactive_file_bytes": 0,
+                        "limit_hits": 0, "oom_kills": 0, "under_oom": false,
+                        "run_limit_hits": 0, "run_oom_kills": 0, "limit_bytes": 256 * MIB_U}}),
                 );
             }
         }
         let candidates: Vec<Value> = (0..7)
             .map(|n| {
-                json!({"pid": 4242 + n, "comm": format!("memstress-{n}"),
-                "points": 800 - n * 10, "oom_score_adj": 0, "source": "kernel"})
+                fixture::ranked(
+                    Some(4242 + n),
+                    &format!("memstress-{n}"),
+                    800 - n as i64 * 10,
+                    0,
+                    "kernel",
+                )
             })
             .collect();
-        ev.push(
-            json!({"type": "memstress", "t_ms": 5300, "source": "watch", "event": {
-            "type": "oom_kill", "victim": {"pid": 4242, "comm": "memstress", "points": 812,
-                "cgroup": "/lab/pod"},
-            "why": "memstress was chosen: highest points (812) in /lab/pod.",
-            "candidates": candidates, "domain": {"cgroup": "/lab/pod"}, "totalpages": 65536,
-            "constraint": "memcg", "group_kill": false,
-            "pressure": {"since_ms": 1400, "limit_hits": 312, "reclaim_runs": 40,
-                "reclaimed_kib": 2048, "reclaim_ms": 12.0}}}),
+        let mut first = fixture::kill(
+            4242,
+            "memstress",
+            812,
+            "memstress was chosen: highest points (812) in /lab/pod.",
+            candidates,
         );
-        ev.push(
-            json!({"type": "memstress", "t_ms": 5310, "source": "watch", "event": {
-            "type": "oom_kill", "victim": {"pid": 77, "comm": "a<b&c", "points": 300,
-                "cgroup": "/lab/pod"},
-            "why": "a<b&c died with its memory.oom.group cgroup.",
-            "candidates": [], "domain": {"cgroup": "/lab/pod"}, "totalpages": 65536,
-            "constraint": "memcg", "group_kill": true, "pressure": null}}),
+        first["pressure"] = json!({"since_ms": 1400, "limit_hits": 312, "reclaim_runs": 40,
+            "reclaimed_kib": 2048, "reclaim_ms": 12.0, "reclaim_asked_kib": 4096});
+        ev.push(json!({"type": "memstress", "t_ms": 5300, "source": "watch", "event": first}));
+        let mut second = fixture::kill(
+            77,
+            "a<b&c",
+            300,
+            "a<b&c died with its memory.oom.group cgroup.",
+            vec![],
         );
+        second["group_kill"] = json!(true);
+        ev.push(json!({"type": "memstress", "t_ms": 5310, "source": "watch", "event": second}));
         ev.push(
-            json!({"type": "memstress", "t_ms": 6000, "source": "run", "event": {
-            "type": "summary", "outcome": "oom_killed", "requested_bytes": 300 * MIB_U,
-            "charged_bytes": 251 * MIB_U, "peak_usage_bytes": 256 * MIB_U,
-            "oom_kills_stressors": 1, "oom_kills_others": 1}}),
+            json!({"type": "memstress", "t_ms": 6000, "source": "run", "step": 0,
+                "event": fixture::summary("stopped_by_oom")}),
         );
         ev.push(json!({"type": "step", "t_ms": 6000, "index": 0, "phase": "end", "exit_code": 3}));
         ev.push(
@@ -1727,6 +1699,21 @@ mod tests {
             "duration_ms": 8100}),
         );
         ev
+    }
+
+    #[test]
+    fn a_line_memstress_would_not_print_is_left_out() {
+        let mut events = scenario();
+        let kill = events
+            .iter_mut()
+            .find(|e| e["event"]["type"] == "oom_kill")
+            .expect("a kill");
+        kill["event"]["constraint"] = json!("sideways");
+        let md = report_markdown(&events);
+        assert!(
+            md.contains("- **OOM kills:** 1 reported by memstress, 2 in dmesg"),
+            "{md}"
+        );
     }
 
     /// Checks that `svg` is well-formed as far as this renderer's output goes: tags balance,
@@ -1794,7 +1781,8 @@ mod tests {
         assert!(md.contains("| first victim is the stressor | memstress | memstress | ✅ |"));
         assert!(md.contains("- **OOM kills:** 2 reported by memstress, 2 in dmesg"));
         assert!(md.contains(
-            "requested 300.0 MiB, charged 251.0 MiB, peak usage 256.0 MiB; outcome `oom_killed`"
+            "requested 300.0 MiB, charged 251.0 MiB, peak usage 256.0 MiB; outcome \
+             `stopped_by_oom`; OOM kills of stressors 1, of others 1"
         ));
         assert!(md.contains("### 1. 5.3 s — 4242 (memstress)\n"), "{md}");
         assert!(
@@ -1804,8 +1792,8 @@ mod tests {
         assert!(md.contains("> memstress was chosen: highest points (812) in /lab/pod."));
         assert!(md.contains("> a\\<b\\&c died with its memory.oom.group cgroup."));
         assert!(md.contains(
-            "- **Pressure:** limit hit 312×, 40 direct reclaim runs, 2048 KiB reclaimed, 12.0 ms \
-             in direct reclaim (over 1.4 s)"
+            "- **Pressure:** limit hit 312× in 1.4 s, direct reclaim ran 40× (12.0 ms) and \
+             freed 2 MiB, then OOM"
         ));
         assert!(md.contains("| 4242 | `memstress-0` | 800 | 0 | kernel |"));
         assert!(md.contains("| 4246 | `memstress-4` | 760 | 0 | kernel |"));
