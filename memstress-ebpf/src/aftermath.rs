@@ -3,6 +3,7 @@
 //! `skip_task_reaping`). Only tasks `mark_victim` recorded are reported.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_log_ebpf::warn;
 use memstress_ebpf::{Aftermath, aftermath, counters, kind};
 
 use crate::{
@@ -36,6 +37,10 @@ fn report(tid: u32, what: u32, forget: bool) -> Result<(), ()> {
     }
     let Some(mut entry) = EVENTS.reserve::<Aftermath>(0) else {
         maps::count(counters::RINGBUF_DROPS);
+        warn!(
+            &(),
+            "OOM {}: ring buffer full: what became of victim {} dropped", seq, tid
+        );
         return Err(());
     };
     // SAFETY: the reservation is one Aftermath; every field is written before submitting.

@@ -73,8 +73,8 @@ pub struct ScanState {
     pub stats: ScanStats,
     /// 1 once the walk came round to the victim.
     pub done: u32,
-    /// Padding.
-    pub _pad: u32,
+    /// Candidate records the ring buffer refused (a diagnostic at the scan's end).
+    pub ring_full: u32,
 }
 
 /// The candidate scan's state (per CPU: one OOM is handled at a time on a CPU).

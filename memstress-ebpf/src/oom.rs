@@ -19,6 +19,8 @@ use memstress_ebpf::{
     kind, level, skip, source, valid,
 };
 
+use aya_log_ebpf::warn;
+
 use crate::{
     kernel::{self, layout},
     maps::{
@@ -52,9 +54,24 @@ fn try_mark_victim_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
         slot.victim.valid = valid::IDS;
     } else {
         let task: u64 = ctx.arg(0);
-        let tid = kernel::read::<i32>(task, layout!(task_pid)).ok_or(())? as u32;
+        let Some(tid) = kernel::read::<i32>(task, layout!(task_pid)) else {
+            warn!(
+                ctx,
+                "mark_victim: reading the victim's pid failed (task_struct.pid at offset {})",
+                layout!(task_pid)
+            );
+            return Err(());
+        };
+        let tid = tid as u32;
         begin(slot, tid, source::BTF);
         kernel::task_facts(task, &mut slot.victim);
+        if slot.victim.valid & valid::MEMCG == 0 {
+            warn!(
+                ctx,
+                "mark_victim: reading victim {}'s memory cgroup failed: no domain, no candidates",
+                tid
+            );
+        }
         if let Some(mut kn) = kernel::memcg_kn(task) {
             // SAFETY: bpf_loop calls the step with our stack context; see `path_step`.
             unsafe {
@@ -179,6 +196,7 @@ fn scan(victim: u64, domain: u64, level: i32, seq: u64) -> ScanStats {
     state.stats = ScanStats::default();
     state.budget = layout!(candidate_limit);
     state.done = 0;
+    state.ring_full = 0;
     if limit == 0 || layout!(task_tasks) == UNKNOWN {
         return state.stats;
     }
@@ -194,6 +212,19 @@ fn scan(victim: u64, domain: u64, level: i32, seq: u64) -> ScanStats {
     let state = unsafe { &mut *state };
     if state.done == 0 {
         state.stats.truncated = 1;
+        warn!(
+            &(),
+            "OOM {}: candidate scan cut short after {} tasks (scan limit {})",
+            seq,
+            state.stats.visited,
+            limit
+        );
+    }
+    if state.ring_full != 0 {
+        warn!(
+            &(),
+            "OOM {}: ring buffer full: {} candidate records dropped", seq, state.ring_full
+        );
     }
     state.stats
 }
@@ -256,6 +287,7 @@ fn consider(state: &mut ScanState, task: u64) {
     c.skip = candidate_skip(task, state.start, c);
     if EVENTS.output::<Candidate>(&*c, 0).is_err() {
         state.stats.dropped += 1;
+        state.ring_full += 1;
         maps::count(counters::RINGBUF_DROPS);
         return;
     }
@@ -410,6 +442,12 @@ fn finish(slot: &mut OomVictim, me: u32) {
 fn submit(slot: &mut OomVictim) {
     if EVENTS.output::<OomVictim>(&*slot, 0).is_err() {
         maps::count(counters::RINGBUF_DROPS);
+        warn!(
+            &(),
+            "OOM {}: ring buffer full: the victim record of {} dropped",
+            slot.seq,
+            pending_tid(slot)
+        );
     }
     slot.sources = 0;
 }

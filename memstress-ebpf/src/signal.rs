@@ -7,6 +7,7 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
+use aya_log_ebpf::warn;
 use memstress_ebpf::{Collateral, collateral, counters, kind};
 
 use crate::{
@@ -42,7 +43,14 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), ()> {
         return Ok(());
     }
     let task: u64 = ctx.arg(2);
-    let target = kernel::read::<i32>(task, layout!(task_pid)).ok_or(())? as u32;
+    let Some(target) = kernel::read::<i32>(task, layout!(task_pid)) else {
+        warn!(
+            ctx,
+            "signal_generate: reading a SIGKILL's target pid failed: an OOM kill may go unconfirmed"
+        );
+        return Err(());
+    };
+    let target = target as u32;
     let sender = bpf_get_current_pid_tgid() as u32;
     LAST_SIGKILL.insert(sender, target, 0).map_err(|_| ())?;
     // SAFETY: helper without preconditions.
@@ -57,6 +65,10 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), ()> {
     }
     let Some(mut entry) = EVENTS.reserve::<Collateral>(0) else {
         maps::count(counters::RINGBUF_DROPS);
+        warn!(
+            ctx,
+            "OOM {}: ring buffer full: the collateral kill of {} dropped", oom.seq, target
+        );
         return Ok(());
     };
     // SAFETY: the reservation is one Collateral; every field is written before submitting.

@@ -7,12 +7,21 @@
 use std::io;
 
 use crate::{
+    error_chain,
     explain::{
         Explainer, Output,
         record::{self, Record},
     },
-    probe::{EventStream, Probes},
+    probe::{Diagnostics, EventStream, Probes},
 };
+
+/// The next diagnostics, or never when they cannot be read.
+async fn next_diagnostics(diagnostics: Option<&mut Diagnostics>) -> io::Result<()> {
+    match diagnostics {
+        Some(d) => d.next().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// What one read of the ring buffer amounts to.
 #[derive(Debug, Default)]
@@ -28,6 +37,8 @@ pub struct Observer {
     probes: Probes,
     ring: EventStream,
     explainer: Explainer,
+    /// The programs' own diagnostics (`None`: unreadable on this kernel).
+    diagnostics: Option<Diagnostics>,
 }
 
 impl std::fmt::Debug for Observer {
@@ -44,10 +55,19 @@ impl Observer {
     pub fn new(mut probes: Probes, mut explainer: Explainer) -> io::Result<Self> {
         let ring = probes.events()?;
         explainer.set_constraints(probes.constraints.clone());
+        let diagnostics = match probes.diagnostics() {
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                tracing::warn!("{}; the probes work without it", error_chain(&e));
+                None
+            }
+            None => None,
+        };
         Ok(Self {
             probes,
             ring,
             explainer,
+            diagnostics,
         })
     }
 
@@ -61,17 +81,32 @@ impl Observer {
         &mut self.explainer
     }
 
-    /// Waits until records are available, and explains them.
+    /// Waits until records are available, and explains them. The programs' diagnostics
+    /// are reported as they arrive meanwhile.
     pub async fn next(&mut self) -> io::Result<Batch> {
         let mut records = Vec::new();
-        self.ring
-            .drain(|bytes| records.push(record::decode(bytes)))
-            .await?;
+        loop {
+            tokio::select! {
+                drained = self.ring.drain(|bytes| records.push(record::decode(bytes))) => {
+                    drained?;
+                    break;
+                }
+                logged = next_diagnostics(self.diagnostics.as_mut()) => {
+                    if let Err(e) = logged {
+                        tracing::warn!("cannot read the BPF programs' log any more: {e}");
+                        self.diagnostics = None;
+                    }
+                }
+            }
+        }
         Ok(self.explain(records))
     }
 
     /// Explains what is already in the ring buffer, without waiting (at the end).
     pub fn drain_now(&mut self) -> Batch {
+        if let Some(d) = &mut self.diagnostics {
+            d.flush();
+        }
         let mut records = Vec::new();
         self.ring
             .drain_now(|bytes| records.push(record::decode(bytes)));

@@ -138,7 +138,11 @@ fn serve_metrics(
     cgroup: Option<Cgroup>,
     reporter: &Reporter,
 ) -> Result<(Arc<Metrics>, tokio::task::JoinHandle<()>)> {
-    let metrics = Arc::new(Metrics::new(&probes.status, cgroup));
+    let metrics = Arc::new(Metrics::new(
+        &probes.status,
+        probes.diagnostic_counts().clone(),
+        cgroup,
+    ));
     let address = listener
         .local_addr()
         .map_err(|e| Error::io("the metrics listener", e))?;

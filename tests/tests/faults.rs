@@ -342,6 +342,12 @@ fn a_full_ring_buffer_is_counted_and_reported() {
         "no warning on stderr: {}",
         finished.stderr
     );
+    // The BPF programs' own diagnostics of the same drops are for -vv only.
+    assert!(
+        !finished.stderr.contains("BPF warn"),
+        "BPF diagnostics without -vv: {}",
+        finished.stderr
+    );
 }
 
 /// A second run on a target that is taken refuses at once (exit code 5), naming the first

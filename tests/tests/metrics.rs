@@ -380,3 +380,84 @@ fn metrics_endpoint_edges() {
     let finished = watch.interrupt(Duration::from_secs(10));
     assert!(finished.status.success(), "{}", finished.stderr);
 }
+
+/// The BPF programs' own diagnostics (here: the records a full ring buffer refused, which
+/// the programs name as they refuse them) reach stderr under `-vv`, and the metrics count
+/// them. A reader that stalls while kills pile up fills a 4 KiB ring buffer.
+#[test]
+fn bpf_diagnostics_reach_vv_and_are_counted() {
+    require_root();
+    let storm = TestCgroup::new("diagnostics", Some(16 * MIB));
+    let mut watch = Memstress::start(&[
+        "watch",
+        "-vv",
+        "-o",
+        "json",
+        "--ring-buffer",
+        "4Ki",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    watch.wait_type("attached", Duration::from_secs(30));
+    let endpoint = watch.wait_type("metrics", Duration::from_secs(10));
+    let address = endpoint["address"].as_str().expect("address").to_owned();
+    let warnings = |scrape: &Scrape| {
+        scrape
+            .value("memstress_probe_diagnostics_total", &[("level", "warn")])
+            .expect("a warn series")
+    };
+    assert_eq!(warnings(&scrape(&address, false)), 0.0);
+    watch.signal(libc::SIGSTOP);
+    let status = command_in(&storm.cgroup, "stress-ng", None)
+        .args([
+            "--vm",
+            "4",
+            "--vm-bytes",
+            "32M",
+            "--vm-keep",
+            "--timeout",
+            "4s",
+            "--quiet",
+        ])
+        .status()
+        .expect("start stress-ng");
+    assert!(status.code().is_some(), "stress-ng: {status:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    watch.signal(libc::SIGCONT);
+    watch.wait_type("dropped", Duration::from_secs(10));
+    // The diagnostics travel in a ring buffer of their own, read beside the records.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut counted = 0.0;
+    while counted == 0.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        counted = warnings(&scrape(&address, true));
+    }
+    let finished = watch.interrupt(Duration::from_secs(20));
+    let shown: Vec<&str> = finished
+        .stderr
+        .lines()
+        .filter(|l| l.contains("debug: BPF warn: "))
+        .collect();
+    assert!(counted >= 1.0, "no diagnostic counted");
+    assert!(
+        shown.len() as f64 >= counted,
+        "{counted} counted, {} shown: {}",
+        shown.len(),
+        finished.stderr
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|l| l.contains(": ring buffer full: ") && l.contains("OOM ")),
+        "no ring-buffer diagnostic naming its OOM: {shown:?}"
+    );
+    let dropped: u64 = finished
+        .of_type("dropped")
+        .iter()
+        .map(|d| d["records"].as_u64().expect("records"))
+        .sum();
+    assert!(
+        dropped > 0,
+        "nothing dropped: the ring buffer was not stressed"
+    );
+}

@@ -13,6 +13,9 @@
 //!   at each scrape: usage, working set (usage − inactive_file, as the kubelet computes it),
 //!   the limit that applies, limit hits and the cgroup's own OOM-kill count.
 //! * `memstress_probe_dropped_records_total`: records the BPF programs could not deliver.
+//! * `memstress_probe_diagnostics_total{level}`: the BPF programs' own diagnostics (a kernel
+//!   read that failed, a candidate scan cut short, a record the ring buffer refused), shown
+//!   on stderr under `-vv`.
 //! * `memstress_probe_attached{program, kind, hook}`: 1 for each probe this kernel accepted.
 //!
 //! Label cardinality is bounded: `cgroup` × `comm` pairs of the kill counter are capped at
@@ -47,7 +50,12 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::{explain::Explained, probe::Status, spec::STRESSOR_COMM, target::cgroup::Cgroup};
+use crate::{
+    explain::Explained,
+    probe::{DiagnosticCounts, Status},
+    spec::STRESSOR_COMM,
+    target::cgroup::Cgroup,
+};
 
 /// At most this many `cgroup` × `comm` pairs get their own kill series; kills beyond them
 /// count under `cgroup="(other)",comm="(other)"`, so a long-running watch on a node whose
@@ -76,6 +84,11 @@ struct KillLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CgroupLabel {
     cgroup: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LevelLabel {
+    level: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -111,6 +124,7 @@ pub fn caused_by_memstress(kill: &Explained) -> &'static str {
 struct Live {
     cgroup: Option<Cgroup>,
     drops: Arc<AtomicU64>,
+    diagnostics: DiagnosticCounts,
     probes: Vec<ProbeLabels>,
     attached: Vec<bool>,
 }
@@ -125,6 +139,21 @@ impl Collector for Live {
             drops.metric_type(),
         )?;
         drops.encode(metric)?;
+
+        let mut metric = encoder.encode_descriptor(
+            "memstress_probe_diagnostics",
+            "The BPF programs' own diagnostics, by level: a kernel read that failed, a candidate scan cut short, a record the ring buffer refused (shown on stderr under -vv)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (level, count) in DiagnosticCounts::LEVELS
+            .iter()
+            .zip(self.diagnostics.by_level())
+        {
+            ConstCounter::new(count).encode(metric.encode_family(&LevelLabel {
+                level: (*level).to_owned(),
+            })?)?;
+        }
 
         let mut metric = encoder.encode_descriptor(
             "memstress_probe_attached",
@@ -213,7 +242,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Metrics for a watch with these probes, of `cgroup` if one is watched.
-    pub fn new(probes: &[Status], cgroup: Option<Cgroup>) -> Self {
+    pub fn new(probes: &[Status], diagnostics: DiagnosticCounts, cgroup: Option<Cgroup>) -> Self {
         let mut registry = Registry::default();
         let kills = Family::<KillLabels, Counter>::default();
         registry.register(
@@ -225,6 +254,7 @@ impl Metrics {
         registry.register_collector(Box::new(Live {
             cgroup,
             drops: drops.clone(),
+            diagnostics,
             probes: probes
                 .iter()
                 .map(|s| ProbeLabels {
@@ -491,7 +521,7 @@ mod tests {
         rt.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let metrics = Arc::new(Metrics::new(&[], None));
+            let metrics = Arc::new(Metrics::new(&[], DiagnosticCounts::default(), None));
             metrics.kill(&explained("memstress-vm"));
             let server = tokio::spawn(serve(listener, metrics));
             let ask = |method: &'static str| async move {
@@ -548,7 +578,7 @@ mod tests {
 
     #[test]
     fn counts_kills_with_bounded_labels() {
-        let metrics = Metrics::new(&[], None);
+        let metrics = Metrics::new(&[], DiagnosticCounts::default(), None);
         metrics.kill(&explained("memstress-vm"));
         metrics.kill(&explained("memstress-vm"));
         let mut exiting = explained("memstress-vm");

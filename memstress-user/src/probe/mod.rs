@@ -12,6 +12,7 @@
 //! `mark_victim` program attaches is there nothing to watch.
 
 pub mod btf;
+pub mod diagnostics;
 pub mod layout;
 pub mod tracefs;
 
@@ -23,6 +24,8 @@ use aya::{
     programs::{BtfTracePoint, FEntry, FExit, Program, TracePoint},
 };
 use memstress_ebpf::{Pressure, RuntimeConfig, counters, names, source};
+
+pub use self::diagnostics::{DiagnosticCounts, Diagnostics, DiagnosticsError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
@@ -281,6 +284,10 @@ pub struct Probes {
     pub constraints: Vec<(u32, String)>,
     /// Dropped records already reported.
     drops_reported: std::cell::Cell<u64>,
+    /// The programs' own diagnostics, until the observer takes them.
+    diagnostics: Option<Result<Diagnostics, DiagnosticsError>>,
+    /// Their counts (zero when unreadable).
+    diagnostic_counts: DiagnosticCounts,
 }
 
 impl std::fmt::Debug for Probes {
@@ -446,6 +453,7 @@ impl Probes {
             .ok_or(ProbeError::NoMap(names::RUNTIME))?
             .try_into()?;
         config.set(0, runtime, 0)?;
+        let diagnostics = Diagnostics::take(&mut ebpf);
         drop(aya_btf);
         trim_heap();
         tracing::debug!("start-up: every probe attached at {:?}", started.elapsed());
@@ -456,7 +464,23 @@ impl Probes {
             missing: resolved.missing,
             constraints,
             drops_reported: std::cell::Cell::new(0),
+            diagnostic_counts: diagnostics
+                .as_ref()
+                .map(Diagnostics::counts)
+                .unwrap_or_default(),
+            diagnostics: Some(diagnostics),
         })
+    }
+
+    /// Takes the programs' diagnostics for reading (`None`: taken already; an error: the
+    /// programs work, but their diagnostics cannot be read).
+    pub fn diagnostics(&mut self) -> Option<Result<Diagnostics, DiagnosticsError>> {
+        self.diagnostics.take()
+    }
+
+    /// The BPF programs' diagnostics so far, by level.
+    pub fn diagnostic_counts(&self) -> &DiagnosticCounts {
+        &self.diagnostic_counts
     }
 
     /// Takes the ring buffer for reading. Call once.
