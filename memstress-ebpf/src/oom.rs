@@ -14,12 +14,11 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
+use aya_log_ebpf::warn;
 use memstress_ebpf::{
     CGROUP_DEPTH, CHAIN_DEPTH, Candidate, OomVictim, ScanStats, UNKNOWN, counters, domain, killed,
     kind, level, skip, source, valid,
 };
-
-use aya_log_ebpf::warn;
 
 use crate::{
     kernel::{self, layout},

@@ -24,12 +24,11 @@ use aya::{
     programs::{BtfTracePoint, FEntry, FExit, Program, TracePoint},
 };
 use memstress_ebpf::{Pressure, RuntimeConfig, counters, names, source};
-
-pub use self::diagnostics::{DiagnosticCounts, Diagnostics, DiagnosticsError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
+pub use self::diagnostics::{DiagnosticCounts, Diagnostics, DiagnosticsError};
 use crate::{
     privilege,
     probe::{
