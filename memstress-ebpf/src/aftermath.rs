@@ -24,7 +24,7 @@ fn report(tid: u32, what: u32, forget: bool) -> Result<(), ()> {
             // SAFETY: as above.
             let killed = unsafe { KILLED.get(tid) }.copied().ok_or(())?;
             // SAFETY: helper without preconditions.
-            if unsafe { bpf_ktime_get_ns() }.saturating_sub(killed) > EARLY_EXIT_NS {
+            if unsafe { bpf_ktime_get_ns() }.saturating_sub(killed.ts_ns) > EARLY_EXIT_NS {
                 return Err(());
             }
             let _ = KILLED.remove(tid);

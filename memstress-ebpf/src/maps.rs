@@ -45,6 +45,18 @@ pub struct InOom {
     pub victim_tid: u32,
     /// `memory.oom.group` on the domain.
     pub oom_group: u32,
+    /// The victim's `mm` (0: unknown): the processes killed with it share it.
+    pub mm: u64,
+}
+
+/// A SIGKILL the kernel itself sent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Killed {
+    /// When.
+    pub ts_ns: u64,
+    /// Its target's `mm` then (0: unknown).
+    pub mm: u64,
 }
 
 /// A candidate record being filled: filled here and copied into the ring buffer, so that
@@ -85,11 +97,12 @@ pub static SCAN: PerCpuArray<ScanState> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "IN_OOM")]
 pub static IN_OOM: LruHashMap<u32, InOom> = LruHashMap::with_max_entries(1024, 0);
 
-/// Tasks the kernel just SIGKILLed (`SEND_SIG_PRIV`): tid -> ns. The OOM killer sends the
-/// SIGKILL before it marks the victim, and the victim can reach `sched_process_exit` in
-/// between; its exit is then reported without an OOM sequence and joined in userspace.
+/// Tasks the kernel just SIGKILLed (`SEND_SIG_PRIV`): tid -> when, and their `mm`. The OOM
+/// killer sends the SIGKILL before it marks the victim, and the victim can reach
+/// `sched_process_exit` in between; its exit is then reported without an OOM sequence and
+/// joined in userspace.
 #[map(name = "KILLED")]
-pub static KILLED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+pub static KILLED: LruHashMap<u32, Killed> = LruHashMap::with_max_entries(4096, 0);
 
 /// Victims whose aftermath (exit, reaper) is still to be reported: tid -> OOM sequence.
 #[map(name = "VICTIMS")]

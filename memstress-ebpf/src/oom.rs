@@ -23,7 +23,7 @@ use memstress_ebpf::{
 use crate::{
     kernel::{self, layout},
     maps::{
-        self, BADNESS, EVENTS, IN_OOM, IN_PROGRESS, InOom, LAST_SIGKILL, OOM_CONTROL,
+        self, BADNESS, EVENTS, IN_OOM, IN_PROGRESS, InOom, KILLED, LAST_SIGKILL, OOM_CONTROL,
         PENDING_VICTIM, PRESSURE, SCAN, SCRATCH_CANDIDATE, ScanState, VICTIMS,
     },
 };
@@ -93,7 +93,7 @@ fn try_mark_victim_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
             )
         };
         let (domain_cgroup, domain_level) = kernel::chain_domain(&walk, &mut slot.chain);
-        remember(slot, tid);
+        remember(slot, tid, task);
         slot.oc = oom_control(tid);
         // A memory.oom.group kill was not chosen: the first victim's scan explains it.
         if slot.group_kill == 0 {
@@ -132,7 +132,7 @@ extern "C" fn chain_step(index: u32, ctx: *mut c_void) -> i64 {
 /// OOM is a `memory.oom.group` kill; SIGKILLs the trigger sends next are collateral; the
 /// victim's exit and reaping are reported.
 #[inline(always)]
-fn remember(slot: &mut OomVictim, tid: u32) {
+fn remember(slot: &mut OomVictim, tid: u32, task: u64) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let trigger = slot.trigger.pid;
@@ -148,11 +148,19 @@ fn remember(slot: &mut OomVictim, tid: u32) {
         slot.group_kill = 1;
         slot.seq = previous.seq;
     }
+    // The victim's mm as it is now, or (should the victim have begun exiting since its
+    // SIGKILL) as it was when the SIGKILL was sent.
+    let mut mm = kernel::read::<u64>(task, layout!(task_mm)).unwrap_or(0);
+    if mm == 0 {
+        // SAFETY: copying a plain value out of the map.
+        mm = unsafe { KILLED.get(tid) }.map_or(0, |k| k.mm);
+    }
     let entry = InOom {
         seq: slot.seq,
         ts_ns: now,
         victim_tid: tid,
         oom_group: u32::from(oom_group),
+        mm,
     };
     let _ = IN_OOM.insert(trigger, entry, 0);
     let _ = VICTIMS.insert(tid, slot.seq, 0);

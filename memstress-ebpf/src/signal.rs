@@ -12,13 +12,16 @@ use memstress_ebpf::{Collateral, collateral, counters, kind};
 
 use crate::{
     kernel::{self, layout},
-    maps::{self, EVENTS, IN_OOM, KILLED, LAST_SIGKILL},
+    maps::{self, EVENTS, IN_OOM, KILLED, Killed, LAST_SIGKILL},
 };
 
 /// `__oom_kill_process()` SIGKILLs the processes sharing the victim's mm right after marking
 /// the victim and printing its `Killed process` line, which on a slow console takes
-/// milliseconds. A kernel SIGKILL from the same task within this window, to another
-/// process, is such a collateral kill (the entry is replaced at the task's next kill).
+/// milliseconds. A kernel SIGKILL from the same task within this window, to another process
+/// that shares the victim's mm, is such a collateral kill (the entry is replaced at the
+/// task's next kill). The mm decides, as it does in the kernel: the same task's next OOM
+/// SIGKILLs its own victim *before* marking it (`do_send_sig_info()` precedes
+/// `mark_oom_victim()`), so without the mm that victim would pass for collateral of the last.
 const COLLATERAL_WINDOW_NS: u64 = 250_000_000;
 
 const SIGKILL: i32 = 9;
@@ -55,12 +58,17 @@ fn try_signal_generate(ctx: &BtfTracePointContext) -> Result<(), ()> {
     LAST_SIGKILL.insert(sender, target, 0).map_err(|_| ())?;
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = KILLED.insert(target, now, 0);
+    let mm = kernel::read::<u64>(task, layout!(task_mm)).unwrap_or(0);
+    let _ = KILLED.insert(target, Killed { ts_ns: now, mm }, 0);
     // SAFETY: copying a plain value out of the map.
     let Some(oom) = (unsafe { IN_OOM.get(sender) }).copied() else {
         return Ok(());
     };
-    if oom.victim_tid == target || now.saturating_sub(oom.ts_ns) > COLLATERAL_WINDOW_NS {
+    if oom.victim_tid == target
+        || oom.mm == 0
+        || mm != oom.mm
+        || now.saturating_sub(oom.ts_ns) > COLLATERAL_WINDOW_NS
+    {
         return Ok(());
     }
     let Some(mut entry) = EVENTS.reserve::<Collateral>(0) else {
