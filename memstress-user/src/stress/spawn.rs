@@ -180,45 +180,53 @@ struct Prepared {
     null: OwnedFd,
 }
 
-/// Starts a child as `spec` says.
-pub fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
-    let argv = spec
-        .args
-        .iter()
-        .map(|a| cstring(a.as_bytes()))
-        .collect::<io::Result<Vec<_>>>()?;
-    let envp = std::env::vars_os()
-        .map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            cstring(&kv)
+impl Prepared {
+    /// Everything `spec`'s child needs: its arguments and environment as C strings, and the
+    /// files it writes to.
+    fn new(spec: &Spec<'_>) -> io::Result<Self> {
+        let argv = spec
+            .args
+            .iter()
+            .map(|a| cstring(a.as_bytes()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let envp = std::env::vars_os()
+            .map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                cstring(&kv)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let (procs_fd, cgroup_dir) = match spec.cgroup {
+            Some(cgroup) => (
+                Some(open_raw(&cgroup.procs_file(), libc::O_WRONLY)?),
+                if cgroup.hierarchy.version == Version::V2 {
+                    open_raw(&cgroup.dir, libc::O_PATH | libc::O_DIRECTORY).ok()
+                } else {
+                    None
+                },
+            ),
+            None => (None, None),
+        };
+        Ok(Self {
+            program: cstring(spec.program.as_os_str().as_bytes())?,
+            argv,
+            envp,
+            procs_fd,
+            cgroup_dir,
+            adj_path: cstring(b"/proc/self/oom_score_adj")?,
+            adj_value: spec.oom_score_adj.map(|a| a.to_string().into_bytes()),
+            null: open_raw(Path::new("/dev/null"), libc::O_RDWR)?,
         })
-        .collect::<io::Result<Vec<_>>>()?;
-    let (procs_fd, cgroup_dir) = match spec.cgroup {
-        Some(cgroup) => (
-            Some(open_raw(&cgroup.procs_file(), libc::O_WRONLY)?),
-            if cgroup.hierarchy.version == Version::V2 {
-                open_raw(&cgroup.dir, libc::O_PATH | libc::O_DIRECTORY).ok()
-            } else {
-                None
-            },
-        ),
-        None => (None, None),
-    };
-    let prepared = Prepared {
-        program: cstring(spec.program.as_os_str().as_bytes())?,
-        argv,
-        envp,
-        procs_fd,
-        cgroup_dir,
-        adj_path: cstring(b"/proc/self/oom_score_adj")?,
-        adj_value: spec.oom_score_adj.map(|a| a.to_string().into_bytes()),
-        null: open_raw(Path::new("/dev/null"), libc::O_RDWR)?,
-    };
+    }
+}
 
-    let mut parent_ends: [Option<OwnedFd>; 3] = [None, None, None];
-    let mut child_ends: [Option<OwnedFd>; 3] = [None, None, None];
+/// The parent's and the child's ends of each piped stdio stream (stdin, stdout, stderr).
+type Ends = [Option<OwnedFd>; 3];
+
+fn stdio_pipes(spec: &Spec<'_>) -> io::Result<(Ends, Ends)> {
+    let mut parent_ends: Ends = [None, None, None];
+    let mut child_ends: Ends = [None, None, None];
     for (i, stdio) in [spec.stdin, spec.stdout, spec.stderr]
         .into_iter()
         .enumerate()
@@ -234,6 +242,44 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
             }
         }
     }
+    Ok((parent_ends, child_ends))
+}
+
+/// What the child reported on its error pipe before it exited (nothing: it exec'd), as an
+/// error naming the step that failed. A child that failed is reaped here.
+fn child_failure(err_read: OwnedFd, pid: u32) -> Option<io::Error> {
+    let mut err_read = File::from(err_read);
+    let mut buf = [0u8; 8];
+    let n = err_read.read(&mut buf).unwrap_or(0);
+    if n < 8 {
+        return None;
+    }
+    let stage = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    // Reap it: it has exited.
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+    let what = match stage {
+        STAGE_CGROUP => "join the cgroup",
+        STAGE_ADJ => "set oom_score_adj",
+        STAGE_EXEC => "exec",
+        STAGE_USER => "switch user",
+        STAGE_CAPS => "drop capabilities",
+        STAGE_IDS => "switch user (getresuid/getresgid show other ids than asked)",
+        _ => "start",
+    };
+    let os = io::Error::from_raw_os_error(errno);
+    Some(io::Error::new(
+        os.kind(),
+        format!("child could not {what}: {os}"),
+    ))
+}
+
+/// Starts a child as `spec` says.
+pub fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
+    let prepared = Prepared::new(spec)?;
+    let (parent_ends, child_ends) = stdio_pipes(spec)?;
     let (err_read, err_write) = pipe()?;
 
     let mut attempt_into_cgroup = prepared.cgroup_dir.is_some();
@@ -288,30 +334,8 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         drop(child_ends);
         drop(err_write);
-        let mut err_read = File::from(err_read);
-        let mut buf = [0u8; 8];
-        let n = err_read.read(&mut buf).unwrap_or(0);
-        if n >= 8 {
-            let stage = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
-            let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-            // Reap it: it has exited.
-            let mut status = 0;
-            // SAFETY: waiting for our own child.
-            unsafe { libc::waitpid(pid as i32, &mut status, 0) };
-            let what = match stage {
-                STAGE_CGROUP => "join the cgroup",
-                STAGE_ADJ => "set oom_score_adj",
-                STAGE_EXEC => "exec",
-                STAGE_USER => "switch user",
-                STAGE_CAPS => "drop capabilities",
-                STAGE_IDS => "switch user (getresuid/getresgid show other ids than asked)",
-                _ => "start",
-            };
-            let os = io::Error::from_raw_os_error(errno);
-            return Err(io::Error::new(
-                os.kind(),
-                format!("child could not {what}: {os}"),
-            ));
+        if let Some(err) = child_failure(err_read, pid) {
+            return Err(err);
         }
         let [stdin, stdout, stderr] = parent_ends;
         return Ok(Child {
