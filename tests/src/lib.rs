@@ -119,6 +119,29 @@ pub fn test_name(tag: &str) -> String {
     format!("memstress-test-{}-{tag}", std::process::id())
 }
 
+/// Stops `watch` (SIGSTOP), runs an OOM storm in `cgroup` (four stress-ng workers of 32 MiB
+/// each for 4 s: hundreds of kills under a 16 MiB limit) and lets `watch` go on: the BPF
+/// side meanwhile finds its ring buffer full.
+pub fn storm_while_stopped(watch: &Memstress, cgroup: &Cgroup) {
+    watch.signal(libc::SIGSTOP);
+    let status = command_in(cgroup, "stress-ng", None)
+        .args([
+            "--vm",
+            "4",
+            "--vm-bytes",
+            "32M",
+            "--vm-keep",
+            "--timeout",
+            "4s",
+            "--quiet",
+        ])
+        .status()
+        .expect("start stress-ng");
+    assert!(status.code().is_some(), "stress-ng: {status:?}");
+    thread::sleep(Duration::from_millis(300));
+    watch.signal(libc::SIGCONT);
+}
+
 /// A command that starts inside `cgroup` (it joins before exec, so every page it touches is
 /// charged there), optionally with an `oom_score_adj`.
 pub fn command_in(cgroup: &Cgroup, program: &str, adj: Option<i32>) -> Command {

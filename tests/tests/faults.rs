@@ -297,23 +297,7 @@ fn a_full_ring_buffer_is_counted_and_reported() {
     let mut kmsg = Kmsg::open();
     let mut watch = Memstress::start(&["watch", "-o", "json", "--ring-buffer", "4Ki"]);
     watch.wait_type("attached", Duration::from_secs(30));
-    watch.signal(libc::SIGSTOP);
-    let status = command_in(&storm.cgroup, "stress-ng", None)
-        .args([
-            "--vm",
-            "4",
-            "--vm-bytes",
-            "32M",
-            "--vm-keep",
-            "--timeout",
-            "4s",
-            "--quiet",
-        ])
-        .status()
-        .expect("start stress-ng");
-    assert!(status.code().is_some(), "stress-ng: {status:?}");
-    std::thread::sleep(Duration::from_millis(300));
-    watch.signal(libc::SIGCONT);
+    memstress_tests::storm_while_stopped(&watch, &storm.cgroup);
     watch.wait_type("dropped", Duration::from_secs(10));
     let finished = watch.interrupt(Duration::from_secs(20));
     let kernel = kmsg.kills().len() as u64;

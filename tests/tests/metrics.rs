@@ -407,23 +407,7 @@ fn bpf_diagnostics_reach_vv_and_are_counted() {
             .expect("a warn series")
     };
     assert_eq!(warnings(&scrape(&address, false)), 0.0);
-    watch.signal(libc::SIGSTOP);
-    let status = command_in(&storm.cgroup, "stress-ng", None)
-        .args([
-            "--vm",
-            "4",
-            "--vm-bytes",
-            "32M",
-            "--vm-keep",
-            "--timeout",
-            "4s",
-            "--quiet",
-        ])
-        .status()
-        .expect("start stress-ng");
-    assert!(status.code().is_some(), "stress-ng: {status:?}");
-    std::thread::sleep(Duration::from_millis(300));
-    watch.signal(libc::SIGCONT);
+    memstress_tests::storm_while_stopped(&watch, &storm.cgroup);
     watch.wait_type("dropped", Duration::from_secs(10));
     // The diagnostics travel in a ring buffer of their own, read beside the records.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -200,27 +200,15 @@ mod tests {
         cli::{Cli, Command},
         target::{
             cgroup::Version,
-            fixture::{Tree, container_id},
-            kube::{Driver, Qos, Runtime},
+            fixture::{SAMPLE_POD_UID as UID, Tree},
+            kube::Driver,
         },
     };
 
     const MIB: u64 = 1 << 20;
-    const UID: &str = "5b1d4c7e-1f2a-4b3c-9d8e-7f6a5b4c3d2e";
 
     fn pod_tree(version: Version, driver: Driver) -> (Tree, String) {
-        let tree = Tree::new(version);
-        let pod = tree.pod(driver, Qos::Burstable, UID, Some(512 * MIB));
-        let id = container_id(1);
-        let ctr = tree.container(
-            &pod,
-            driver,
-            Runtime::Containerd,
-            &id,
-            Some(256 * MIB),
-            40 * MIB,
-        );
-        tree.state(Runtime::Containerd, &id, UID, "shop", "web-0", Some("app"));
+        let (tree, ctr, _) = Tree::sample_pod(version, driver);
         (tree, ctr)
     }
 

@@ -558,12 +558,12 @@ mod tests {
     use super::*;
     use crate::target::{
         cgroup::{self, Version},
-        fixture::{Tree, container_id},
-        kube::{Driver, Qos, Runtime},
+        fixture::{SAMPLE_POD_UID, Tree},
+        kube::Driver,
     };
 
     const MIB: u64 = 1 << 20;
-    const UID: &str = "5b1d4c7e-1f2a-4b3c-9d8e-7f6a5b4c3d2e";
+    const UID: &str = SAMPLE_POD_UID;
 
     fn options(tree: &Tree, target: target::Spec, amount: Amount) -> Options {
         let mut opts = Options::new(target, amount, probe::Options::default());
@@ -572,27 +572,11 @@ mod tests {
         opts
     }
 
-    fn pod_tree(version: Version, driver: Driver) -> (Tree, String, String) {
-        let tree = Tree::new(version);
-        let pod = tree.pod(driver, Qos::Burstable, UID, Some(512 * MIB));
-        let id = container_id(1);
-        let ctr = tree.container(
-            &pod,
-            driver,
-            Runtime::Containerd,
-            &id,
-            Some(256 * MIB),
-            40 * MIB,
-        );
-        tree.state(Runtime::Containerd, &id, UID, "shop", "web-0", Some("app"));
-        (tree, ctr, id)
-    }
-
     #[test]
     fn plans_pod_and_container_targets() {
         for version in [Version::V1, Version::V2] {
             for driver in [Driver::Systemd, Driver::Cgroupfs] {
-                let (tree, ctr, id) = pod_tree(version, driver);
+                let (tree, ctr, id) = Tree::sample_pod(version, driver);
                 let hierarchy = Hierarchy::locate(Some(tree.root())).unwrap();
                 let opts = options(
                     &tree,

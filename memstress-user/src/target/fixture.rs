@@ -19,6 +19,9 @@ use crate::target::{
     kube::{Driver, Qos, Runtime},
 };
 
+/// The UID of [`Tree::sample_pod`]'s pod.
+pub const SAMPLE_POD_UID: &str = "5b1d4c7e-1f2a-4b3c-9d8e-7f6a5b4c3d2e";
+
 /// `memory.limit_in_bytes` of an unlimited v1 cgroup on 4 KiB pages.
 pub const V1_UNLIMITED: u64 = 9_223_372_036_854_771_712;
 
@@ -233,6 +236,34 @@ impl Tree {
         let path = format!("{pod}/{}", container_name(driver, runtime, id));
         self.cgroup(&path, limit, usage);
         path
+    }
+
+    /// The usual pod of the tests, on a tree of `version` laid out by `driver`: Burstable
+    /// pod [`SAMPLE_POD_UID`] (`shop/web-0`, limit 512 MiB) with one containerd container
+    /// `app` (limit 256 MiB, 40 MiB used). Returns the tree, the container's cgroup path and
+    /// its id.
+    pub fn sample_pod(version: Version, driver: Driver) -> (Self, String, String) {
+        const MIB: u64 = 1 << 20;
+        let tree = Self::new(version);
+        let pod = tree.pod(driver, Qos::Burstable, SAMPLE_POD_UID, Some(512 * MIB));
+        let id = container_id(1);
+        let ctr = tree.container(
+            &pod,
+            driver,
+            Runtime::Containerd,
+            &id,
+            Some(256 * MIB),
+            40 * MIB,
+        );
+        tree.state(
+            Runtime::Containerd,
+            &id,
+            SAMPLE_POD_UID,
+            "shop",
+            "web-0",
+            Some("app"),
+        );
+        (tree, ctr, id)
     }
 
     /// Where [`Tree::state`] writes runtime state files (pass as `--runtime-root`).
