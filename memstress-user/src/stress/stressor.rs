@@ -1011,6 +1011,18 @@ mod tests {
     /// overshoot at a cgroup's limit would be an OOM kill memstress caused by mistake). The
     /// real /proc/self/status accounting is checked against the kernel by the privileged
     /// test `size_is_the_total_charge_across_workers`.
+    /// Every report a stressor wrote on its way to `target` stays at or below it.
+    fn assert_never_over(out: &[u8], target: u64) {
+        for line in std::str::from_utf8(out).unwrap().lines() {
+            let (Some(Report::Filling { charge, .. }) | Some(Report::Held { charge, .. })) =
+                Report::parse(line)
+            else {
+                panic!("bad report {line}");
+            };
+            assert!(charge <= target, "overshot: {line} for {target}");
+        }
+    }
+
     #[test]
     fn charge_hits_its_target_from_below() {
         for target in [1 << 20, 50 << 20, (300 << 20) + 12345] {
@@ -1029,14 +1041,7 @@ mod tests {
                 charge <= target && target - charge < 4096,
                 "{charge} vs {target}"
             );
-            for line in String::from_utf8(out).unwrap().lines() {
-                let (Some(Report::Filling { charge, .. }) | Some(Report::Held { charge, .. })) =
-                    Report::parse(line)
-                else {
-                    panic!("bad report {line}");
-                };
-                assert!(charge <= target, "overshot: {line} for {target}");
-            }
+            assert_never_over(&out, target);
         }
         // Page cache with the kernel memory that tracks it (121 bytes a page on ext4):
         // no overshoot on the way either.
@@ -1058,14 +1063,7 @@ mod tests {
                 charge <= target && target - charge < 8192,
                 "{charge} vs {target}"
             );
-            for line in String::from_utf8(out).unwrap().lines() {
-                let (Some(Report::Filling { charge, .. }) | Some(Report::Held { charge, .. })) =
-                    Report::parse(line)
-                else {
-                    panic!("bad report {line}");
-                };
-                assert!(charge <= target, "overshot: {line} for {target}");
-            }
+            assert_never_over(&out, target);
         }
         // A target below the footprint holds nothing.
         let mut h = holding(Kind::Anon);
