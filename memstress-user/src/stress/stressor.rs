@@ -1011,6 +1011,20 @@ mod tests {
     /// overshoot at a cgroup's limit would be an OOM kill memstress caused by mistake). The
     /// real /proc/self/status accounting is checked against the kernel by the privileged
     /// test `size_is_the_total_charge_across_workers`.
+    /// Asks `h` for a charge of `target` bytes; returns the reports it wrote.
+    fn charge_to(h: &mut Holding, target: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        h.apply(
+            Command::Charge {
+                bytes: target,
+                seq: 1,
+            },
+            &mut out,
+        )
+        .unwrap();
+        out
+    }
+
     /// Every report a stressor wrote on its way to `target` stays at or below it.
     fn assert_never_over(out: &[u8], target: u64) {
         for line in std::str::from_utf8(out).unwrap().lines() {
@@ -1027,15 +1041,7 @@ mod tests {
     fn charge_hits_its_target_from_below() {
         for target in [1 << 20, 50 << 20, (300 << 20) + 12345] {
             let mut h = holding(Kind::Anon);
-            let mut out = Vec::new();
-            h.apply(
-                Command::Charge {
-                    bytes: target,
-                    seq: 1,
-                },
-                &mut out,
-            )
-            .unwrap();
+            let out = charge_to(&mut h, target);
             let charge = simulated(&h.args, h.total).unwrap();
             assert!(
                 charge <= target && target - charge < 4096,
@@ -1049,15 +1055,7 @@ mod tests {
             let mut h = holding(Kind::File);
             h.args.kernel_per_page = 121;
             h.measure = |args, payload| Ok((300 << 10) + payload_charge(args, payload));
-            let mut out = Vec::new();
-            h.apply(
-                Command::Charge {
-                    bytes: target,
-                    seq: 1,
-                },
-                &mut out,
-            )
-            .unwrap();
+            let out = charge_to(&mut h, target);
             let charge = (300 << 10) + payload_charge(&h.args, h.total);
             assert!(
                 charge <= target && target - charge < 8192,
