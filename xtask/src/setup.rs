@@ -14,8 +14,27 @@ use crate::{is_root, run, run_quiet};
 /// The bpf-linker release that builds against the nightly toolchain's own LLVM here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages, by what needs them.
-pub const PACKAGES_TEST: &[&str] = &["stress-ng", "bpftrace"];
+/// Debian packages, by what needs them. `containerd`, `runc` and `docker.io` are the real
+/// container runtimes the runtime tests start and stop themselves (`memstress_tests::runtime`);
+/// `busybox-static` makes their containers' root file system.
+pub const PACKAGES_TEST: &[&str] = &[
+    "stress-ng",
+    "bpftrace",
+    "containerd",
+    "runc",
+    "docker.io",
+    "busybox-static",
+];
+
+/// Packages whose maintainer scripts start a daemon when `invoke-rc.d` lets them (docker.io's
+/// postinst runs `/etc/init.d/docker start`), with the daemon's process name. Without systemd
+/// nothing else starts them, so [`debian`] installs them under a `policy-rc.d` that forbids
+/// starting services and stops any of these daemons the install started anyway: the tests
+/// start their own, each with its own state.
+const DAEMONS: &[&str] = &["dockerd", "containerd"];
+
+/// Debian's `invoke-rc.d` asks this program whether it may start a service; 101 means no.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// PyPI packages the tests run, pinned: `kubernetes-validate` checks deploy/*.yaml against the
 /// Kubernetes API schemas it bundles (offline); `prometheus-client` holds the reference
@@ -257,6 +276,10 @@ fn debian(packages: &[&str]) -> Result<()> {
         "Debian packages",
         &format!("installing {}", missing.join(" ")),
     );
+    // Refuse service starts for the install, unless the machine already has a policy (a
+    // container image's `exit 101`, or the administrator's own): that one is left alone.
+    let _policy = NoServiceStarts::install()?;
+    let before = daemon_pids();
     let install = |cmd: &mut Command| {
         cmd.env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "--no-install-recommends"])
@@ -268,7 +291,79 @@ fn debian(packages: &[&str]) -> Result<()> {
         run(Command::new("apt-get").args(["update", "-q"]))?;
         install(&mut Command::new("apt-get"))?;
     }
+    stop_new_daemons(&before);
     Ok(())
+}
+
+/// A `policy-rc.d` of ours for as long as this lives (none is written if one exists).
+struct NoServiceStarts(Option<&'static Path>);
+
+impl NoServiceStarts {
+    fn install() -> Result<Self> {
+        let path = Path::new(POLICY_RC_D);
+        if path.exists() {
+            return Ok(Self(None));
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::write(
+            path,
+            "#!/bin/sh\n# Written by `cargo xtask setup` for the length of an install.\nexit 101\n",
+        )
+        .with_context(|| format!("cannot write {POLICY_RC_D}"))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
+        Ok(Self(Some(path)))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            fs::remove_file(path).ok();
+        }
+    }
+}
+
+/// Pids of running [`DAEMONS`] (by `/proc/PID/comm`).
+fn daemon_pids() -> Vec<(u32, String)> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        let comm = comm.trim();
+        DAEMONS.contains(&comm).then(|| (pid, comm.to_owned()))
+    })
+    .collect()
+}
+
+/// Stops (SIGTERM, then SIGKILL after 10 s) the [`DAEMONS`] that were not running `before`
+/// the install: a package script started them despite the policy.
+fn stop_new_daemons(before: &[(u32, String)]) {
+    let new: Vec<(u32, String)> = daemon_pids()
+        .into_iter()
+        .filter(|d| !before.contains(d))
+        .collect();
+    for (pid, comm) in &new {
+        say(
+            "Debian packages",
+            &format!("stopping {comm} ({pid}), started by the install"),
+        );
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for (pid, comm) in &new {
+        let alive =
+            || fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm);
+        while alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if alive() {
+            // SAFETY: as above.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+    }
 }
 
 fn mounted(fstype: &str, at: &str) -> bool {
