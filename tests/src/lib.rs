@@ -25,6 +25,7 @@ use memstress::target::cgroup::{Cgroup, Hierarchy};
 
 pub mod bpf;
 pub mod lab;
+pub mod runtime;
 pub mod schema;
 use serde_json::Value;
 
