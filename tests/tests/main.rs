@@ -12,5 +12,6 @@ mod input;
 mod k8s;
 mod metrics;
 mod run;
+mod runtime;
 mod security;
 mod watch;
