@@ -427,7 +427,8 @@ fn main() -> Result<()> {
             let all = !unit && !privileged;
             let packages: Vec<&str> = if all || privileged {
                 let mut p = lab::PACKAGES.to_vec();
-                for b in bench::PACKAGES {
+                // setup::PACKAGES_TEST: the runtimes the privileged tests start themselves.
+                for b in bench::PACKAGES.iter().chain(setup::PACKAGES_TEST) {
                     if !p.contains(b) {
                         p.push(b);
                     }
