@@ -187,7 +187,7 @@ fn containerd_container_holds_memory() {
         usage >> 10,
         later >> 10
     );
-    assert!(later >= 20 * MIB && later < 40 * MIB, "{later}");
+    assert!((20 * MIB..40 * MIB).contains(&later), "{later}");
     assert!(hog.running());
     let footprint = rt.footprint();
     drop(pod);
