@@ -9,6 +9,7 @@ use crate::{
     output::Format,
     size::SizeSpec,
     spec::{Kind, MAX_WORKERS, OnOom, Pattern},
+    target::kube::{Runtime, RuntimeState},
 };
 
 const EXIT_CODES: &str = "\
@@ -73,10 +74,6 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "parsed once per process; boxing would only move it"
-)]
 pub enum Command {
     /// Report every OOM kill on this node (or under one cgroup) as the kernel makes it.
     #[command(after_long_help = "\
@@ -275,6 +272,75 @@ pub struct WatchArgs {
     /// docs/metrics.md lists every metric.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+
+    /// Only report kills in this Kubernetes pod (its metadata.uid, or a unique prefix of at
+    /// least 4 characters): its cgroup and every container in it, across restarts.
+    #[arg(long, value_name = "UID", conflicts_with = "cgroup")]
+    pub pod: Option<String>,
+
+    /// Only report kills in this container: its id (or a unique prefix) or, with --pod, its
+    /// name in the pod; outside pods, a Docker or containerd container's id or name. A
+    /// container given by name is still watched after it restarts under a new id.
+    #[arg(long, value_name = "ID|NAME", conflicts_with = "cgroup")]
+    pub container: Option<String>,
+
+    /// Only report kills in pods of this Kubernetes namespace (names come from the runtimes'
+    /// state files; a kill whose pod cannot be named is left out).
+    #[arg(long, value_name = "NS")]
+    pub namespace: Option<String>,
+
+    /// Where the container runtimes' state files are.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// Where the container runtimes keep their state (`run`, `watch`): container and pod names
+/// are read from it.
+#[derive(Clone, Debug, Args)]
+pub struct RuntimeArgs {
+    /// Read the runtimes' state files under this directory instead of `/` (a DaemonSet that
+    /// mounts the node's `/` at `/host`: --runtime-root /host).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub runtime_root: PathBuf,
+
+    /// A runtime's state directory where it is not the default (a node path, read under
+    /// --runtime-root; repeatable): `containerd=DIR` (containerd's `state`; default
+    /// /run/containerd and k3s's /run/k3s/containerd), `docker=DIR` (dockerd's
+    /// `--data-root`; default /var/lib/docker), `cri-o=DIR` (its storage run or graph root).
+    #[arg(long, value_name = "RUNTIME=DIR", value_parser = parse_runtime_state)]
+    pub runtime_state: Vec<(Runtime, PathBuf)>,
+}
+
+impl RuntimeArgs {
+    /// The state files these name.
+    pub fn state(&self) -> RuntimeState {
+        self.runtime_state.iter().fold(
+            RuntimeState::new(self.runtime_root.clone()),
+            |state, (runtime, dir)| state.with_dir(*runtime, dir.clone()),
+        )
+    }
+}
+
+fn parse_runtime_state(s: &str) -> Result<(Runtime, PathBuf), String> {
+    let (runtime, dir) = s.split_once('=').ok_or_else(|| {
+        format!(
+            "`{s}` is not RUNTIME=DIR; e.g. containerd=/run/k3s/containerd or docker=/data/docker"
+        )
+    })?;
+    let runtime = match runtime.trim() {
+        "containerd" => Runtime::Containerd,
+        "docker" => Runtime::Docker,
+        "cri-o" | "crio" => Runtime::CriO,
+        other => {
+            return Err(format!(
+                "unknown runtime `{other}`; give containerd, docker or cri-o"
+            ));
+        }
+    };
+    if dir.is_empty() {
+        return Err(format!("`{s}` names no directory"));
+    }
+    Ok((runtime, PathBuf::from(dir)))
 }
 
 /// `memstress schema`.
@@ -352,9 +418,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub follow: bool,
 
-    /// Where container runtimes' state files are read for container and pod names.
-    #[arg(long, value_name = "DIR", default_value = "/")]
-    pub runtime_root: PathBuf,
+    /// Where the container runtimes' state files are.
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 
     /// Run a Chaos Mesh StressChaos's memory stressor (workers, size, time, oomScoreAdj,
     /// duration) as memstress runs things; the plan lists every difference from what Chaos

@@ -164,6 +164,10 @@ async fn dispatch(cli: Cli, reporter: &Reporter) -> Result<i32, Error> {
                 explain_probes: args.explain_probes,
                 metrics: args.metrics,
                 probe: probe("watch"),
+                runtime_state: args.runtime.state(),
+                pod: args.pod,
+                container: args.container,
+                namespace: args.namespace,
             };
             watch::watch(opts, reporter).await
         }

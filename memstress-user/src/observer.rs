@@ -1,7 +1,8 @@
-//! The loop both commands share: probes → records → explanations.
+//! The loop both commands share: probes → records → explanations → names.
 //!
-//! Enters: loaded [`Probes`] and an [`Explainer`] (with its filter and seeds). Leaves: batches
-//! of [`Output`]s (explained kills, collateral kills, aftermath) and the records the BPF side
+//! Enters: loaded [`Probes`], an [`Explainer`] (with its filter and seeds) and [`Names`] (the
+//! runtimes' state files). Leaves: batches of [`Output`]s (explained kills, collateral kills,
+//! aftermath), each task named with its container and pod, and the records the BPF side
 //! dropped since the last batch. `watch` and `run` differ only in what they do with a batch.
 
 use std::io;
@@ -13,6 +14,7 @@ use crate::{
         record::{self, Record},
     },
     probe::{Diagnostics, EventStream, Probes},
+    target::workload::Names,
 };
 
 /// The next diagnostics, or never when they cannot be read.
@@ -37,6 +39,7 @@ pub struct Observer {
     probes: Probes,
     ring: EventStream,
     explainer: Explainer,
+    names: Names,
     /// The programs' own diagnostics (`None`: unreadable on this kernel).
     diagnostics: Option<Diagnostics>,
 }
@@ -51,8 +54,8 @@ impl std::fmt::Debug for Observer {
 
 impl Observer {
     /// Starts reading `probes`' ring buffer, explaining with `explainer` (which learns this
-    /// kernel's names for OOM constraints).
-    pub fn new(mut probes: Probes, mut explainer: Explainer) -> io::Result<Self> {
+    /// kernel's names for OOM constraints) and naming tasks' containers with `names`.
+    pub fn new(mut probes: Probes, mut explainer: Explainer, names: Names) -> io::Result<Self> {
         let ring = probes.events()?;
         explainer.set_constraints(probes.constraints.clone());
         let diagnostics = match probes.diagnostics() {
@@ -67,6 +70,7 @@ impl Observer {
             probes,
             ring,
             explainer,
+            names,
             diagnostics,
         })
     }
@@ -122,7 +126,10 @@ impl Observer {
             })
             .collect();
         let probes = &self.probes;
-        let outputs = self.explainer.batch(records, &|id| probes.pressure(id));
+        let mut outputs = self.explainer.batch(records, &|id| probes.pressure(id));
+        for output in &mut outputs {
+            self.names.name(output);
+        }
         Batch {
             outputs,
             dropped: self.probes.new_drops(),

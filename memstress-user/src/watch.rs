@@ -1,7 +1,7 @@
 //! `memstress watch`: every OOM kill on the node (or under one cgroup), the moment the kernel
 //! makes it.
 
-use std::{borrow::Cow, net::SocketAddr, sync::Arc, time::Duration};
+use std::{borrow::Cow, collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
 
 use crate::{
     Error, Result, exit,
@@ -15,7 +15,12 @@ use crate::{
     },
     probe::{self, Probes},
     signals,
-    target::cgroup::{Cgroup, Hierarchy},
+    target::{
+        Spec, Target, TargetError,
+        cgroup::{Cgroup, Hierarchy},
+        kube::{Node, RuntimeState},
+        workload::{Names, Workload},
+    },
 };
 
 /// Options of `memstress watch`.
@@ -33,6 +38,120 @@ pub struct Options {
     pub probe: probe::Options,
     /// `--cgroup-root`: resolve `cgroup` under this tree instead of the real mounts.
     pub cgroup_root: Option<std::path::PathBuf>,
+    /// Where the container runtimes' state files are (container and pod names).
+    pub runtime_state: RuntimeState,
+    /// `--pod UID`: only kills in this pod.
+    pub pod: Option<String>,
+    /// `--container ID|NAME`: only kills in this container.
+    pub container: Option<String>,
+    /// `--namespace NS`: only kills in pods of this namespace.
+    pub namespace: Option<String>,
+}
+
+/// `--container`, `--namespace`: which kills a watch reports, by the names of the victim's
+/// container and pod (read when the kill is named, so a container given by name is still
+/// watched after it restarts under a new id).
+#[derive(Clone, Debug, Default)]
+pub struct NameFilter {
+    namespace: Option<String>,
+    container: Option<Wanted>,
+    /// The OOMs whose kills were reported (their aftermath and late collateral follow).
+    admitted: HashSet<u64>,
+}
+
+#[derive(Clone, Debug)]
+struct Wanted {
+    id: String,
+    /// Matched when the user gave a name (not an id).
+    name: Option<String>,
+    pod_uid: Option<String>,
+}
+
+impl NameFilter {
+    /// Whether any name is filtered on.
+    pub fn is_active(&self) -> bool {
+        self.namespace.is_some() || self.container.is_some()
+    }
+
+    /// Whether a task of `workload` is in scope.
+    pub fn admits(&self, w: &Workload) -> bool {
+        if let Some(ns) = &self.namespace
+            && w.kubernetes.as_ref().and_then(|k| k.namespace.as_deref()) != Some(ns.as_str())
+        {
+            return false;
+        }
+        let Some(want) = &self.container else {
+            return true;
+        };
+        if w.container.as_ref().is_some_and(|c| c.id == want.id) {
+            return true;
+        }
+        let Some(name) = &want.name else {
+            return false;
+        };
+        let pod = w.kubernetes.as_ref().map(|k| k.pod_uid.as_str());
+        let named = w
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.container_name.as_deref())
+            .or_else(|| w.container.as_ref().and_then(|c| c.name.as_deref()));
+        named == Some(name.as_str()) && pod == want.pod_uid.as_deref()
+    }
+
+    /// Keeps the outputs in scope.
+    pub fn retain(&mut self, outputs: &mut Vec<Output>) {
+        if !self.is_active() {
+            return;
+        }
+        outputs.retain(|o| match o {
+            Output::Kill(k) => {
+                let keep = self.admits(&k.victim.workload);
+                if keep {
+                    self.admitted.insert(k.seq);
+                }
+                keep
+            }
+            Output::LateCollateral(c) => self.admitted.contains(&c.seq),
+            Output::Reaped(r) => self.admitted.contains(&r.seq),
+        });
+    }
+}
+
+/// Resolves `--pod`, `--container` and `--namespace`: the pod's cgroup (a subtree, like
+/// `--cgroup`) and the names to match.
+fn resolve_names(opts: &Options) -> Result<(Option<Cgroup>, NameFilter)> {
+    let mut filter = NameFilter {
+        namespace: opts.namespace.clone(),
+        ..NameFilter::default()
+    };
+    if opts.pod.is_none() && opts.container.is_none() {
+        return Ok((None, filter));
+    }
+    let hierarchy = Hierarchy::locate(opts.cgroup_root.as_deref())?;
+    let state = &opts.runtime_state;
+    let Some(what) = &opts.container else {
+        let uid = opts.pod.as_deref().expect("a pod");
+        let node = Node::scan(&hierarchy).map_err(TargetError::from)?;
+        let pod = node.pod(uid).map_err(TargetError::from)?;
+        return Ok((Some(pod.cgroup.clone()), filter));
+    };
+    let spec = Spec::Kube {
+        pod: opts.pod.clone(),
+        container: Some(what.clone()),
+    };
+    let target = Target::resolve(&hierarchy, &spec, true, state)?;
+    let container = target
+        .container
+        .expect("a --container target names its container");
+    let by_name = container.name.as_deref() == Some(what.trim().trim_start_matches('/'));
+    filter.container = Some(Wanted {
+        name: by_name.then(|| container.name.clone()).flatten(),
+        pod_uid: target.kube.as_ref().map(|k| k.pod_uid.clone()),
+        id: container.id,
+    });
+    // A pod's container: the pod's cgroup bounds the kills the explainer looks at.
+    let pod_cgroup = target.kube.as_ref().and_then(|_| target.cgroup.parent());
+    Ok((pod_cgroup, filter))
 }
 
 /// Runs `watch` until interrupted or `duration` passes. Returns the exit code: 0, or 128 +
@@ -42,14 +161,19 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<i32> {
     // soon as the `attached` line is out).
     let shutdown = signals::Shutdown::new().map_err(|e| Error::io("cannot handle signals", e))?;
     // Resolve the filter first: a typo should not need root to be reported.
-    let filter = match &opts.cgroup {
-        Some(path) => {
+    let (pod_cgroup, names_filter) = resolve_names(&opts)?;
+    let filter = match (&opts.cgroup, pod_cgroup) {
+        (Some(path), _) => {
             let hierarchy = Hierarchy::locate(opts.cgroup_root.as_deref())?;
             let cgroup = Cgroup::resolve(&hierarchy, path)?;
             let id = cgroup.id()?;
             Some((cgroup, id))
         }
-        None => None,
+        (None, Some(cgroup)) => {
+            let id = cgroup.id()?;
+            Some((cgroup, id))
+        }
+        (None, None) => None,
     };
     // Bound before the probes load, so a port in use fails before anything is attached.
     let listener = match opts.metrics.filter(|_| !opts.explain_probes) {
@@ -82,10 +206,12 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<i32> {
         )?),
         None => None,
     };
-    let mut observer = Observer::new(probes, explainer(filter.as_ref()))
+    let names = Names::new(opts.runtime_state.clone(), Hierarchy::discover().ok());
+    let mut observer = Observer::new(probes, explainer(filter.as_ref()), names)
         .map_err(|e| Error::io("reading the BPF ring buffer", e))?;
     let (counts, stopped_by) = observe(
         &mut observer,
+        names_filter,
         shutdown,
         opts.duration,
         metrics.as_ref(),
@@ -160,6 +286,7 @@ fn serve_metrics(
 /// at the end is still reported.
 async fn observe(
     observer: &mut Observer,
+    mut names: NameFilter,
     mut shutdown: signals::Shutdown,
     duration: Option<Duration>,
     metrics: Option<&(Arc<Metrics>, tokio::task::JoinHandle<()>)>,
@@ -182,6 +309,8 @@ async fn observe(
                 (batch.map_err(|e| Error::io("reading the BPF ring buffer", e))?, None)
             }
         };
+        let mut batch = batch;
+        names.retain(&mut batch.outputs);
         for output in &batch.outputs {
             counts.add(output);
             if let (Some((m, _)), Output::Kill(kill)) = (metrics, output) {

@@ -27,7 +27,10 @@ use self::record::{
 };
 use crate::{
     size::{Bytes, group as group_i128},
-    target::cgroup::{Cgroup, Hierarchy, Version},
+    target::{
+        cgroup::{Cgroup, Hierarchy, Version},
+        workload::Workload,
+    },
 };
 
 /// Where a figure comes from.
@@ -172,6 +175,23 @@ pub struct VictimReport {
     pub source: Source,
     /// `oom_control` (the kernel's `chosen_points`) or `formula`.
     pub points_from: PointsFrom,
+    /// Its container and pod (from its cgroup's path and the runtimes' state files).
+    #[serde(flatten)]
+    pub workload: Workload,
+}
+
+/// The task whose allocation started the OOM, and where it runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Trigger {
+    /// Who.
+    #[serde(flatten)]
+    pub task: Task,
+    /// Its memory cgroup's path (`null`: not known: the task moved or exited before it was
+    /// read, or the kernel gave no cgroup id).
+    pub cgroup: Option<String>,
+    /// Its container and pod.
+    #[serde(flatten)]
+    pub workload: Workload,
 }
 
 /// One OOM kill, explained.
@@ -186,7 +206,7 @@ pub struct Explained {
     /// The victim.
     pub victim: VictimReport,
     /// The task whose allocation started the OOM.
-    pub trigger: Task,
+    pub trigger: Trigger,
     /// What `oom_score_adj` is scaled by (`null`: unknown).
     pub totalpages: Option<u64>,
     /// `memcg` or `global`.
@@ -319,7 +339,7 @@ pub enum Output {
     /// A kill, explained.
     Kill(Box<Explained>),
     /// A collateral kill whose victim was reported in an earlier batch.
-    LateCollateral(CollateralKill),
+    LateCollateral(Box<CollateralKill>),
     /// A victim exited or was reaped.
     Reaped(Reaped),
 }
@@ -539,7 +559,7 @@ impl Explainer {
             collateral
                 .into_iter()
                 .filter(|c| self.kills.contains_key(&c.victim_tid))
-                .map(Output::LateCollateral),
+                .map(|c| Output::LateCollateral(Box::new(c))),
         );
         for a in aftermath {
             if let Some(reaped) = self.aftermath(&a) {
@@ -837,8 +857,12 @@ impl Explainer {
                 points: victim_points,
                 source: Source::Kernel,
                 points_from: victim_points_from,
+                workload: Workload::default(),
             },
-            trigger: kill.trigger.clone(),
+            trigger: Trigger {
+                task: kill.trigger.clone(),
+                ..Trigger::default()
+            },
             totalpages,
             constraint: self.constraint(&kill, domain_index),
             domain,
@@ -877,15 +901,15 @@ impl Explainer {
                 "in {} (limit {} hit by {})",
                 d.cgroup.as_deref().unwrap_or("its cgroup"),
                 Bytes(d.limit_bytes),
-                who(e.trigger.pid, e.trigger.comm.as_deref())
+                who(e.trigger.task.pid, e.trigger.task.comm.as_deref())
             ),
             None if e.constraint == Constraint::Global => format!(
                 "on the node (global OOM, allocation by {})",
-                who(e.trigger.pid, e.trigger.comm.as_deref())
+                who(e.trigger.task.pid, e.trigger.task.comm.as_deref())
             ),
             None => format!(
                 "(allocation by {})",
-                who(e.trigger.pid, e.trigger.comm.as_deref())
+                who(e.trigger.task.pid, e.trigger.task.comm.as_deref())
             ),
         };
         let reason = if e.group_kill {

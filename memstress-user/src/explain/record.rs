@@ -14,6 +14,8 @@ use memstress_ebpf::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::target::workload::Workload;
+
 /// Which program filled a victim record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -150,6 +152,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 victim_tid: raw.victim_tid,
                 task: task(&raw.task),
                 reason: CollateralReason::SharesMm,
+                cgroup: None,
+                workload: Workload::default(),
             }))
         }
         kind::AFTERMATH => {
@@ -285,6 +289,12 @@ pub struct CollateralKill {
     pub task: Task,
     /// Why.
     pub reason: CollateralReason,
+    /// Its memory cgroup's path (`null`: not known).
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// Its container and pod.
+    #[serde(flatten, default)]
+    pub workload: Workload,
 }
 
 /// A victim's exit or reaping.

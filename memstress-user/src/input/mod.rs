@@ -45,7 +45,7 @@ pub fn run_options(
         .as_ref()
         .or(args.size.as_ref())
         .map(|a| a.given.clone());
-    let runtime_state = RuntimeState::new(args.runtime_root.clone());
+    let runtime_state = args.runtime.state();
     let mut opts = match (&stresschaos, given) {
         (Some(sc), given) => {
             let hierarchy = Hierarchy::locate(cgroup_root.as_deref())?;

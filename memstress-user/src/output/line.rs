@@ -19,6 +19,7 @@ use crate::{
     target::{
         cgroup::{Counters, PeakScope},
         kube::Identity,
+        workload::ContainerRef,
     },
 };
 
@@ -250,6 +251,10 @@ pub struct PlanTarget {
     pub working_set_bytes: u64,
     /// The Kubernetes pod or container it is (`--pod`, `--container`; `null` otherwise).
     pub kubernetes: Option<Identity>,
+    /// The container it is (`--container`, in a pod or one of Docker's or containerd's
+    /// own; `null` otherwise).
+    #[serde(default)]
+    pub container: Option<ContainerRef>,
 }
 
 /// A Chaos Mesh StressChaos's memory stressor, as read from its file (the plan's

@@ -3,8 +3,10 @@
 //!
 //! What it serves (docs/metrics.md has the reference):
 //!
-//! * `memstress_oom_kills_total{cgroup, comm, memstress}`: OOM kills seen by this watch (the
-//!   victims the kernel SIGKILLed, as `end`'s `oom_kills` counts them). `memstress` says
+//! * `memstress_oom_kills_total{cgroup, comm, memstress, namespace, pod, container}`: OOM
+//!   kills seen by this watch (the victims the kernel SIGKILLed, as `end`'s `oom_kills`
+//!   counts them). `namespace`, `pod` and `container` are the names kube-state-metrics and
+//!   cAdvisor use (empty outside a pod; `container` is Docker's name outside one). `memstress` says
 //!   whether memstress caused the kill, from what the kernel read in the OOM path: `stressor`
 //!   (the victim was a memstress stressor), `domain` (a memstress stressor was in the OOM
 //!   domain, among the tasks the kernel ranked or passed over, and something else was
@@ -79,6 +81,14 @@ struct KillLabels {
     comm: String,
     /// `stressor`, `domain` or `no`.
     memstress: &'static str,
+    /// The victim's pod's namespace (empty outside a pod, or when no state file was
+    /// readable).
+    namespace: String,
+    /// The victim's pod's name (as `namespace`).
+    pod: String,
+    /// The victim's container's name: the pod spec's in a pod, Docker's outside one (empty
+    /// when it has none).
+    container: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -247,7 +257,7 @@ impl Metrics {
         let kills = Family::<KillLabels, Counter>::default();
         registry.register(
             "memstress_oom_kills",
-            "OOM kills seen by memstress watch, by the victim's cgroup and comm; memstress=stressor: the victim was a memstress stressor, domain: a stressor was in the OOM domain, no: neither",
+            "OOM kills seen by memstress watch, by the victim's cgroup, comm, and pod namespace, pod and container names where it is in one; memstress=stressor: the victim was a memstress stressor, domain: a stressor was in the OOM domain, no: neither",
             kills.clone(),
         );
         let drops = Arc::new(AtomicU64::new(0));
@@ -280,27 +290,37 @@ impl Metrics {
             return;
         }
         let v = &kill.victim.victim;
-        let mut cgroup = v.cgroup.clone().unwrap_or_else(|| UNKNOWN.to_owned());
-        let mut comm = v.task.comm.clone().unwrap_or_else(|| UNKNOWN.to_owned());
+        let w = &kill.victim.workload;
+        let k = w.kubernetes.as_ref();
+        let mut labels = KillLabels {
+            cgroup: v.cgroup.clone().unwrap_or_else(|| UNKNOWN.to_owned()),
+            comm: v.task.comm.clone().unwrap_or_else(|| UNKNOWN.to_owned()),
+            memstress: caused_by_memstress(kill),
+            namespace: k.and_then(|k| k.namespace.clone()).unwrap_or_default(),
+            pod: k.and_then(|k| k.pod_name.clone()).unwrap_or_default(),
+            container: k
+                .and_then(|k| k.container_name.clone())
+                .or_else(|| w.container.as_ref().and_then(|c| c.name.clone()))
+                .unwrap_or_default(),
+        };
         {
+            // The names follow from the cgroup (one container per cgroup), so the cap on
+            // cgroup × comm pairs bounds every label.
             let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-            let pair = (cgroup.clone(), comm.clone());
+            let pair = (labels.cgroup.clone(), labels.comm.clone());
             if !series.contains(&pair) {
                 if series.len() >= MAX_KILL_SERIES {
-                    cgroup = OTHER.to_owned();
-                    comm = OTHER.to_owned();
+                    labels.cgroup = OTHER.to_owned();
+                    labels.comm = OTHER.to_owned();
+                    labels.namespace = String::new();
+                    labels.pod = String::new();
+                    labels.container = String::new();
                 } else {
                     series.insert(pair);
                 }
             }
         }
-        self.kills
-            .get_or_create(&KillLabels {
-                cgroup,
-                comm,
-                memstress: caused_by_memstress(kill),
-            })
-            .inc();
+        self.kills.get_or_create(&labels).inc();
     }
 
     /// Sets the BPF side's drop count (read from its counters by the watch loop).
@@ -588,7 +608,7 @@ mod tests {
         assert_eq!(content_type, OPENMETRICS);
         assert!(
             text.contains(
-                "memstress_oom_kills_total{cgroup=\"/pod/ctr\",comm=\"memstress-vm\",memstress=\"stressor\"} 2\n"
+                "memstress_oom_kills_total{cgroup=\"/pod/ctr\",comm=\"memstress-vm\",memstress=\"stressor\",namespace=\"\",pod=\"\",container=\"\"} 2\n"
             ),
             "{text}"
         );
@@ -607,7 +627,7 @@ mod tests {
         assert_eq!(series, MAX_KILL_SERIES + 1, "the cap plus (other)");
         assert!(
             text.contains(
-                "memstress_oom_kills_total{cgroup=\"(other)\",comm=\"(other)\",memstress=\"no\"} 6\n"
+                "memstress_oom_kills_total{cgroup=\"(other)\",comm=\"(other)\",memstress=\"no\",namespace=\"\",pod=\"\",container=\"\"} 6\n"
             ),
             "{}",
             text.lines().last().unwrap_or_default()

@@ -181,7 +181,7 @@ impl Reporter {
                     ts_ns: c.ts_ns,
                     seq: c.seq,
                     victim_tid: c.victim_tid,
-                    task: c.clone(),
+                    task: (**c).clone(),
                 })))
             }
             Output::Reaped(r) => self.emit(&Line::OomReaped(Cow::Borrowed(r))),

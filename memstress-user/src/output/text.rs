@@ -14,7 +14,7 @@ use crate::{
     probe::Status,
     size::{Bytes, SizeSpec, group},
     spec::{Kind, Pattern},
-    target::{cgroup::PeakScope, kube::Driver},
+    target::{cgroup::PeakScope, kube::Driver, workload::Workload},
 };
 
 /// The text lines of `line` (none for lines only programs read).
@@ -68,7 +68,11 @@ pub fn describe_kill(k: &KillLine) -> String {
     };
     let mut line = format!(
         "{what} {}{mine} in {} [anon {}, file {}, shmem {}, oom_score_adj {}]: {}",
-        who(v.task.pid.or(v.task.tid), v.task.comm.as_deref()),
+        named(
+            &kill.victim.workload,
+            v.task.pid.or(v.task.tid),
+            v.task.comm.as_deref()
+        ),
         v.cgroup.as_deref().unwrap_or("an unknown cgroup"),
         kib(v.memory.anon_rss_kib),
         kib(v.memory.file_rss_kib),
@@ -82,7 +86,7 @@ pub fn describe_kill(k: &KillLine) -> String {
         let names: Vec<String> = kill
             .collateral
             .iter()
-            .map(|c| who(c.task.pid, c.task.comm.as_deref()))
+            .map(|c| named(&c.workload, c.task.pid, c.task.comm.as_deref()))
             .collect();
         line.push_str(&format!(
             "; also killed, sharing its memory: {}",
@@ -99,11 +103,27 @@ pub fn describe_kill(k: &KillLine) -> String {
     line
 }
 
+/// `shop/cart-7d9f/app (10205 java)` in a pod, `docker/web (10205 java)` in a container,
+/// `10205 (java)` elsewhere.
+pub fn named(workload: &Workload, pid: Option<u32>, comm: Option<&str>) -> String {
+    match workload.label() {
+        Some(label) => match (pid, comm) {
+            (Some(pid), Some(comm)) => format!("{label} ({pid} {comm})"),
+            _ => format!("{label} ({})", who(pid, comm)),
+        },
+        None => who(pid, comm),
+    }
+}
+
 fn collateral(c: &CollateralLine, clock: &Clock) -> String {
     format!(
         "{} OOM KILL {} with victim {}: {}",
         time_of_day(clock.unix_ns(c.ts_ns)),
-        who(c.task.task.pid, c.task.task.comm.as_deref()),
+        named(
+            &c.task.workload,
+            c.task.task.pid,
+            c.task.task.comm.as_deref()
+        ),
         c.victim_tid,
         c.task.reason.text()
     )

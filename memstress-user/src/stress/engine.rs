@@ -33,6 +33,7 @@ use crate::{
     target::{
         cgroup::{Cgroup, CgroupError, Counters, Hierarchy, PeakScope},
         kube::{self, Identity, RuntimeState},
+        workload::Names,
     },
 };
 
@@ -752,7 +753,7 @@ pub(super) async fn engine(
     let mut state = State::new(opts, plan, cgroup, join, context.follow, status_line)?;
     // Made before anything starts, so that a kill's pressure counts from the run's start.
     let mut explainer =
-        Explainer::new(context.real, monotonic_ns()).only_in(Scope::domain_of(cgroup)?);
+        Explainer::new(context.real.clone(), monotonic_ns()).only_in(Scope::domain_of(cgroup)?);
     explainer.seed_scope(cgroup, monotonic_ns());
     let kills_before = cgroup.counters().map(|c| c.oom_kills).ok();
     let deferred = state.start_before_probes(opts, plan, &tx, reporter)?;
@@ -764,7 +765,8 @@ pub(super) async fn engine(
         )),
     };
     let mut observer = match probes.and_then(|p| {
-        Observer::new(p, explainer).map_err(|e| Error::io("reading the BPF ring buffer", e))
+        let names = Names::new(opts.runtime_state.clone(), context.real.clone());
+        Observer::new(p, explainer, names).map_err(|e| Error::io("reading the BPF ring buffer", e))
     }) {
         Ok(observer) => observer,
         Err(e) => {

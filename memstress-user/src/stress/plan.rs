@@ -473,6 +473,7 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
             usage_bytes: domain.counters.usage_bytes,
             working_set_bytes: domain.counters.working_set_bytes,
             kubernetes: target.kube.clone(),
+            container: target.container.clone(),
         },
         mode: resolved.mode,
         size: opts

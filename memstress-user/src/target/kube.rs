@@ -230,32 +230,60 @@ pub enum KubeError {
         found: String,
     },
     #[error(
+        "no container `{what}` on this node: not in a Kubernetes pod ({kube}), and no Docker or containerd container has that id or name (read under {root}; found: {found})"
+    )]
+    NoContainer {
+        what: String,
+        kube: String,
+        root: String,
+        found: String,
+    },
+    #[error("container `{what}` ({runtime}) is not running: it has no processes to stress")]
+    NotRunning { what: String, runtime: String },
+    #[error(
         "on cgroup v2 the cgroup of pod {pod} cannot hold processes of its own (only its containers' cgroups can): add --container NAME|ID; containers: {found}"
     )]
     PodNeedsContainer { pod: String, found: String },
 }
 
 /// Where the container runtimes keep their state: `/` on a node (or the root of a copy of
-/// one, for tests).
+/// one, for tests), and the state directories within it.
 ///
 /// Read, by container id, in this order:
-/// * containerd: `run/containerd/io.containerd.runtime.v2.task/k8s.io/<id>/config.json`
-///   (`io.containerd.runtime.v1.linux` for the old shim): OCI annotations
-///   `io.kubernetes.cri.container-name`, `…sandbox-name`, `…sandbox-namespace`,
+/// * containerd (default state directories `/run/containerd`, and k3s's
+///   `/run/k3s/containerd`): `<state>/io.containerd.runtime.v2.task/<namespace>/<id>/config.json`
+///   (`io.containerd.runtime.v1.linux` for the old shim), namespace `k8s.io` (the CRI
+///   plugin's) first, then every other (`moby` is Docker's, `default` is `ctr`'s): OCI
+///   annotations `io.kubernetes.cri.container-name`, `…sandbox-name`, `…sandbox-namespace`,
 ///   `…sandbox-uid`, `…container-type`;
 /// * CRI-O: `run/containers/storage/overlay-containers/<id>/userdata/config.json`, then
 ///   `var/lib/containers/storage/…` (the same path in the graph root): the kubelet's labels
 ///   in the `io.kubernetes.cri-o.Labels` annotation, `io.kubernetes.cri-o.ContainerType`;
-/// * Docker: `var/lib/docker/containers/<id>/config.v2.json`: `Config.Labels`
-///   `io.kubernetes.container.name`, `io.kubernetes.pod.*`, `io.kubernetes.docker.type`.
+/// * Docker (default data root `/var/lib/docker`): `<data-root>/containers/<id>/config.v2.json`:
+///   `Config.Labels` `io.kubernetes.container.name`, `io.kubernetes.pod.*`,
+///   `io.kubernetes.docker.type` in a pod; the container's `Name` otherwise;
+/// * a containerd bundle without the CRI's annotations (a `ctr run` container): the
+///   runtime and id only.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeState {
     /// The root the paths above are under.
     pub root: PathBuf,
+    /// State directories given with `--runtime-state RUNTIME=DIR` (node paths, read under
+    /// `root`), looked at before the defaults.
+    pub extra: Vec<(Runtime, PathBuf)>,
 }
 
 /// A state file bigger than this is not a runtime's (OCI configs are tens of KiB).
 const MAX_STATE_FILE: u64 = 4 << 20;
+
+/// containerd's per-task bundle directories, under its state directory.
+const CONTAINERD_SHIMS: [&str; 2] = [
+    "io.containerd.runtime.v2.task",
+    "io.containerd.runtime.v1.linux",
+];
+
+/// The CRI plugin's containerd namespace.
+const CRI_NAMESPACE: &str = "k8s.io";
 
 impl Default for RuntimeState {
     fn default() -> Self {
@@ -263,63 +291,199 @@ impl Default for RuntimeState {
     }
 }
 
+/// A container a runtime's state files describe, found without its cgroup (Docker's and
+/// containerd's own containers, outside any pod).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Its id.
+    pub id: String,
+    /// What the state files say.
+    pub meta: Meta,
+    /// Its init process, while it runs (`None`: stopped, or not recorded).
+    pub pid: Option<u32>,
+}
+
 impl RuntimeState {
-    /// State files under `root`.
+    /// State files under `root`, in the default places.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// Also reads `runtime`'s state from `dir` (a node path), before the defaults.
+    pub fn with_dir(mut self, runtime: Runtime, dir: impl Into<PathBuf>) -> Self {
+        self.extra.push((runtime, dir.into()));
+        self
+    }
+
+    /// `dir` (a node path) under the root.
+    fn under_root(&self, dir: &Path) -> PathBuf {
+        self.root.join(dir.strip_prefix("/").unwrap_or(dir))
+    }
+
+    /// Where `runtime` keeps its state: the given directories, then the defaults.
+    pub fn dirs(&self, runtime: Runtime) -> Vec<PathBuf> {
+        let defaults: &[&str] = match runtime {
+            Runtime::Containerd => &["run/containerd", "run/k3s/containerd"],
+            Runtime::CriO => &["run/containers/storage", "var/lib/containers/storage"],
+            Runtime::Docker => &["var/lib/docker"],
+        };
+        self.extra
+            .iter()
+            .filter(|(r, _)| *r == runtime)
+            .map(|(_, dir)| self.under_root(dir))
+            .chain(defaults.iter().map(|d| self.root.join(d)))
+            .collect()
+    }
+
+    /// containerd's namespace directories under each state directory, `k8s.io` first.
+    fn containerd_namespaces(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for state in self.dirs(Runtime::Containerd) {
+            for shim in CONTAINERD_SHIMS {
+                let base = state.join(shim);
+                let mut names: Vec<String> = fs::read_dir(&base)
+                    .map(|entries| {
+                        entries
+                            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                            .filter(|n| n != CRI_NAMESPACE)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                names.sort();
+                found.push(base.join(CRI_NAMESPACE));
+                found.extend(names.into_iter().map(|n| base.join(n)));
+            }
+        }
+        found
     }
 
     /// The state files that may describe container `id`, with their runtime.
     pub fn paths(&self, id: &str) -> Vec<(Runtime, PathBuf)> {
-        let r = &self.root;
-        vec![
-            (
-                Runtime::Containerd,
-                r.join("run/containerd/io.containerd.runtime.v2.task/k8s.io")
-                    .join(id)
-                    .join("config.json"),
-            ),
-            (
-                Runtime::Containerd,
-                r.join("run/containerd/io.containerd.runtime.v1.linux/k8s.io")
-                    .join(id)
-                    .join("config.json"),
-            ),
+        let mut paths: Vec<(Runtime, PathBuf)> = self
+            .containerd_namespaces()
+            .into_iter()
+            .map(|ns| (Runtime::Containerd, ns.join(id).join("config.json")))
+            .collect();
+        paths.extend(self.dirs(Runtime::CriO).into_iter().map(|dir| {
             (
                 Runtime::CriO,
-                r.join("run/containers/storage/overlay-containers")
+                dir.join("overlay-containers")
                     .join(id)
                     .join("userdata/config.json"),
-            ),
-            (
-                Runtime::CriO,
-                r.join("var/lib/containers/storage/overlay-containers")
-                    .join(id)
-                    .join("userdata/config.json"),
-            ),
+            )
+        }));
+        paths.extend(self.dirs(Runtime::Docker).into_iter().map(|dir| {
             (
                 Runtime::Docker,
-                r.join("var/lib/docker/containers")
-                    .join(id)
-                    .join("config.v2.json"),
-            ),
-        ]
+                dir.join("containers").join(id).join("config.v2.json"),
+            )
+        }));
+        paths
     }
 
     /// What the runtime's state files say about container `id` (`None`: nothing readable).
+    /// A runtime's own description (the CRI's annotations, CRI-O's labels, Docker's config)
+    /// wins over a bare containerd bundle (Docker's containers have one too, in `moby`).
     pub fn lookup(&self, id: &str) -> Option<Meta> {
-        self.paths(id).into_iter().find_map(|(runtime, path)| {
-            let json = read_json(&path)?;
-            let mut meta = match runtime {
-                Runtime::Containerd => from_containerd(&json),
+        // An id is a file name here: nothing that could climb out of the state directories.
+        if id.is_empty() || id.contains('/') || id.starts_with('.') {
+            return None;
+        }
+        let mut bare = None;
+        for (runtime, path) in self.paths(id) {
+            let Some(json) = read_json(&path) else {
+                continue;
+            };
+            let meta = match runtime {
+                Runtime::Containerd => match from_containerd(&json) {
+                    Some(meta) => Some(meta),
+                    None => {
+                        if bare.is_none() {
+                            bare = Some(Meta {
+                                source: path.clone(),
+                                runtime: Some(runtime),
+                                ..Meta::default()
+                            });
+                        }
+                        None
+                    }
+                },
                 Runtime::CriO => from_crio(&json),
                 Runtime::Docker => from_docker(&json),
-            }?;
-            meta.source = path;
-            meta.runtime = Some(runtime);
-            Some(meta)
-        })
+            };
+            if let Some(mut meta) = meta {
+                meta.source = path;
+                meta.runtime = Some(runtime);
+                return Some(meta);
+            }
+        }
+        bare
     }
+
+    /// Every container Docker's and containerd's state files describe (CRI-O's run only in
+    /// pods, which the cgroup tree finds), each once, Docker's first.
+    pub fn list(&self) -> Vec<Listed> {
+        let mut found: Vec<Listed> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for dir in self.dirs(Runtime::Docker) {
+            for (id, entry) in id_dirs(&dir.join("containers")) {
+                let Some(json) = read_json(&entry.join("config.v2.json")) else {
+                    continue;
+                };
+                let Some(mut meta) = from_docker(&json) else {
+                    continue;
+                };
+                meta.source = entry.join("config.v2.json");
+                meta.runtime = Some(Runtime::Docker);
+                let state = &json["State"];
+                let pid = (state["Running"].as_bool() == Some(true))
+                    .then(|| state["Pid"].as_u64())
+                    .flatten()
+                    .and_then(|p| u32::try_from(p).ok())
+                    .filter(|&p| p > 0);
+                if seen.insert(id.clone()) {
+                    found.push(Listed { id, meta, pid });
+                }
+            }
+        }
+        for ns in self.containerd_namespaces() {
+            for (id, entry) in id_dirs(&ns) {
+                if seen.contains(&id) {
+                    continue;
+                }
+                let Some(meta) = self.lookup(&id) else {
+                    continue;
+                };
+                let pid = fs::read_to_string(entry.join("init.pid"))
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                    .filter(|&p: &u32| p > 0);
+                seen.insert(id.clone());
+                found.push(Listed { id, meta, pid });
+            }
+        }
+        found
+    }
+}
+
+/// Subdirectories of `dir` named like a container id.
+fn id_dirs(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut found: Vec<(String, PathBuf)> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| {
+                    let e = e.ok()?;
+                    let name = e.file_name().into_string().ok()?;
+                    (!name.starts_with('.') && e.path().is_dir()).then(|| (name, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
 }
 
 fn read_json(path: &Path) -> Option<serde_json::Value> {
@@ -379,8 +543,15 @@ fn from_crio(json: &serde_json::Value) -> Option<Meta> {
 
 fn from_docker(json: &serde_json::Value) -> Option<Meta> {
     let labels = string_map(&json["Config"]["Labels"]);
-    let kind = labels.get("io.kubernetes.docker.type")?;
-    Some(from_labels(&labels, kind == "podsandbox"))
+    if let Some(kind) = labels.get("io.kubernetes.docker.type") {
+        return Some(from_labels(&labels, kind == "podsandbox"));
+    }
+    // A container of Docker's own: its name (`/web`, as the API keeps it).
+    let name = json["Name"].as_str()?.trim_start_matches('/');
+    Some(Meta {
+        name: (!name.is_empty()).then(|| name.to_owned()),
+        ..Meta::default()
+    })
 }
 
 /// The pods on a node, from its cgroup tree.
@@ -412,7 +583,7 @@ fn normalize_id(input: &str) -> Option<String> {
     (!s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit())).then_some(s)
 }
 
-fn is_kubepods(name: &str) -> Option<Driver> {
+pub(crate) fn is_kubepods(name: &str) -> Option<Driver> {
     if name == "kubepods" {
         Some(Driver::Cgroupfs)
     } else if name == "kubepods.slice" || name.ends_with("-kubepods.slice") {
@@ -423,7 +594,7 @@ fn is_kubepods(name: &str) -> Option<Driver> {
 }
 
 /// A QoS cgroup's class (`burstable`, `kubepods-besteffort.slice`, …).
-fn qos_dir(name: &str, driver: Driver) -> Option<Qos> {
+pub(crate) fn qos_dir(name: &str, driver: Driver) -> Option<Qos> {
     let base = match driver {
         Driver::Cgroupfs => name,
         Driver::Systemd => name.strip_suffix(".slice")?.rsplit('-').next()?,
@@ -436,7 +607,7 @@ fn qos_dir(name: &str, driver: Driver) -> Option<Qos> {
 }
 
 /// A pod cgroup's UID (`pod<uid>`, `kubepods-burstable-pod<uid_>.slice`).
-fn pod_dir(name: &str, driver: Driver) -> Option<String> {
+pub(crate) fn pod_dir(name: &str, driver: Driver) -> Option<String> {
     let base = match driver {
         Driver::Cgroupfs => name,
         Driver::Systemd => name.strip_suffix(".slice")?.rsplit('-').next()?,
@@ -448,7 +619,7 @@ fn pod_dir(name: &str, driver: Driver) -> Option<String> {
 
 /// A container cgroup's id and runtime (`cri-containerd-<id>.scope`, `crio-<id>`, `<id>`);
 /// `None` for anything else (CRI-O's `crio-conmon-<id>`, stray cgroups).
-fn container_dir(name: &str) -> Option<(String, Option<Runtime>)> {
+pub(crate) fn container_dir(name: &str) -> Option<(String, Option<Runtime>)> {
     let base = name.strip_suffix(".scope").unwrap_or(name);
     let (prefix, id) = match base.rsplit_once('-') {
         Some((prefix, id)) => (Some(prefix), id),
@@ -844,6 +1015,80 @@ pub fn follow(
             count,
             found: list(candidates.iter().map(|c| c.describe()).collect()),
         }),
+    }
+}
+
+/// `--container ID|NAME` outside any pod: one of Docker's or containerd's own containers, by
+/// id, unique id prefix (at least [`MIN_PREFIX`] hex digits) or name, and its memory cgroup
+/// (its init process's). `Ok(None)`: no such container (the caller says what else was
+/// looked for).
+pub fn plain_container(
+    hierarchy: &Hierarchy,
+    state: &RuntimeState,
+    what: &str,
+) -> Result<Option<(Cgroup, Listed)>, KubeError> {
+    let all: Vec<Listed> = state
+        .list()
+        .into_iter()
+        .filter(|c| c.meta.pod_uid.is_none())
+        .collect();
+    let name = what.trim().trim_start_matches('/');
+    let id = normalize_id(what).filter(|id| id.len() >= MIN_PREFIX);
+    let mut matches: Vec<&Listed> = all
+        .iter()
+        .filter(|c| c.meta.name.as_deref() == Some(name))
+        .collect();
+    if matches.is_empty()
+        && let Some(id) = &id
+    {
+        matches = all
+            .iter()
+            .filter(|c| c.id.starts_with(id.as_str()))
+            .collect();
+    }
+    match matches.len() {
+        0 => Ok(None),
+        1 => {
+            let found = matches[0];
+            let Some(pid) = found.pid else {
+                return Err(KubeError::NotRunning {
+                    what: what.to_owned(),
+                    runtime: found
+                        .meta
+                        .runtime
+                        .map_or_else(|| "unknown runtime".to_owned(), |r| r.to_string()),
+                });
+            };
+            let cgroup = Cgroup::of_pid(hierarchy, pid)?;
+            Ok(Some((cgroup, found.clone())))
+        }
+        count => Err(KubeError::ContainerAmbiguous {
+            what: what.to_owned(),
+            scope: String::new(),
+            count,
+            found: list(matches.iter().map(|c| describe_listed(c)).collect()),
+        }),
+    }
+}
+
+/// The containers [`plain_container`] chooses among, for an error message.
+pub fn plain_containers(state: &RuntimeState) -> String {
+    list(
+        state
+            .list()
+            .into_iter()
+            .filter(|c| c.meta.pod_uid.is_none())
+            .map(|c| describe_listed(&c))
+            .collect(),
+    )
+}
+
+fn describe_listed(c: &Listed) -> String {
+    let short = &c.id[..c.id.len().min(12)];
+    match (&c.meta.name, c.meta.runtime) {
+        (Some(n), _) => format!("{short} ({n})"),
+        (None, Some(r)) => format!("{short} ({r})"),
+        (None, None) => short.to_owned(),
     }
 }
 

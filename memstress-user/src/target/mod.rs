@@ -11,12 +11,14 @@ pub mod cgroup;
 pub mod fixture;
 pub mod kube;
 pub mod lock;
+pub mod workload;
 
 use crate::{
     size::Bytes,
     target::{
         cgroup::{Cgroup, CgroupError, Hierarchy},
         kube::{Identity, KubeError, RuntimeState},
+        workload::ContainerRef,
     },
 };
 
@@ -96,6 +98,8 @@ pub struct Target {
     pub create: Option<u64>,
     /// The pod or container it is (`--pod`, `--container`).
     pub kube: Option<Identity>,
+    /// The container it is (`--container`, in a pod or not).
+    pub container: Option<ContainerRef>,
 }
 
 /// The smallest limit a sandbox can have and still run a stressor.
@@ -154,6 +158,7 @@ impl Target {
                     cgroup,
                     create: Some(*limit),
                     kube: None,
+                    container: None,
                 }
             }
             Spec::Cgroup(path) => Self::existing(Cgroup::resolve(hierarchy, path)?),
@@ -161,11 +166,46 @@ impl Target {
             Spec::SelfCgroup => Self::existing(cgroup::own_cgroup(hierarchy)?),
             Spec::FromSelector => return Err(TargetError::NoTarget),
             Spec::Kube { pod, container } => {
-                let found = kube::resolve(hierarchy, state, pod.as_deref(), container.as_deref())?;
-                let mut target = Self::existing(found.cgroup);
-                target.cgroup.check_exists()?;
-                target.kube = Some(found.identity);
-                target
+                match kube::resolve(hierarchy, state, pod.as_deref(), container.as_deref()) {
+                    Ok(found) => {
+                        let mut target = Self::existing(found.cgroup);
+                        target.cgroup.check_exists()?;
+                        target.container =
+                            found.identity.container_id.as_ref().map(|id| ContainerRef {
+                                runtime: found.identity.runtime,
+                                id: id.clone(),
+                                name: found.identity.container_name.clone(),
+                            });
+                        target.kube = Some(found.identity);
+                        target
+                    }
+                    // Not in a pod: one of Docker's or containerd's own containers.
+                    Err(
+                        e @ (KubeError::NoKubepods(_)
+                        | KubeError::ContainerNotFound { .. }
+                        | KubeError::BadContainer(_)),
+                    ) if pod.is_none() => {
+                        let what = container.as_deref().expect("a pod or a container");
+                        let Some((cgroup, found)) = kube::plain_container(hierarchy, state, what)?
+                        else {
+                            return Err(KubeError::NoContainer {
+                                what: what.to_owned(),
+                                kube: e.to_string(),
+                                root: state.root.display().to_string(),
+                                found: kube::plain_containers(state),
+                            }
+                            .into());
+                        };
+                        let mut target = Self::existing(cgroup);
+                        target.container = Some(ContainerRef {
+                            runtime: found.meta.runtime,
+                            id: found.id,
+                            name: found.meta.name,
+                        });
+                        target
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         };
         if target.cgroup.is_root() && !allow_root {
@@ -180,6 +220,7 @@ impl Target {
             cgroup,
             create: None,
             kube: None,
+            container: None,
         }
     }
 
