@@ -4,6 +4,7 @@
 //! memory). See `memstress_tests` for the helpers.
 
 mod cli;
+mod containers;
 mod deploy;
 mod events;
 mod explain;

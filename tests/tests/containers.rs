@@ -1,0 +1,349 @@
+//! Names on every kill, from real container runtimes: a containerd pod laid out as the CRI
+//! plugin lays one out, and Docker's own containers (`memstress_tests::runtime` starts both
+//! with private state and stops them). What memstress names is checked against what the
+//! runtime says (its ids, the names it was given) and against dmesg (which process died).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use memstress_tests::{
+    Kmsg, Memstress, memstress_bin, memstress_output, require_root,
+    runtime::{Containerd, Docker, Pod, Qos, hog_argv, wait_for},
+};
+use serde_json::Value;
+
+const MIB: u64 = 1 << 20;
+
+fn uid() -> String {
+    let id = memstress_tests::runtime::new_id();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &id[0..8],
+        &id[8..12],
+        &id[12..16],
+        &id[16..20],
+        &id[20..32]
+    )
+}
+
+fn state_flag(rt: &Containerd) -> String {
+    format!("containerd={}", rt.state_dir().display())
+}
+
+/// The body of GET /metrics.
+fn scrape(address: &str) -> String {
+    let mut stream = TcpStream::connect(address).expect("connect to the metrics endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+/// `victim.kubernetes` and `victim.container` of `kill` are those of container `id` named
+/// `name` in pod `uid` (`shop/cart`).
+fn assert_named(who: &Value, uid: &str, id: &str, name: &str, what: &str) {
+    let k = &who["kubernetes"];
+    assert_eq!(k["pod_uid"], uid, "{what}: {who}");
+    assert_eq!(k["namespace"], "shop", "{what}: {who}");
+    assert_eq!(k["pod_name"], "cart", "{what}: {who}");
+    assert_eq!(k["container_name"], name, "{what}: {who}");
+    assert_eq!(k["qos"], "Burstable", "{what}: {who}");
+    let c = &who["container"];
+    assert_eq!(c["id"], id, "{what}: {who}");
+    assert_eq!(c["runtime"], "containerd", "{what}: {who}");
+    assert_eq!(c["name"], name, "{what}: {who}");
+}
+
+/// A node-wide watch names the victim and the trigger of a kill in a real containerd pod
+/// container (ids equal to the runtime's, names as the CRI annotations give them), the text
+/// line says `namespace/pod/container`, and the kill counter carries the same names.
+#[test]
+fn node_watch_names_a_kill_in_a_containerd_pod() {
+    require_root();
+    let rt = Containerd::start();
+    let mut kmsg = Kmsg::open();
+    let state = state_flag(&rt);
+    // The text form, from a second watch (its stdout is sentences, not JSON); started first,
+    // so that it is attached by the time the JSON one is.
+    let text = Command::new(memstress_bin())
+        .args(["watch", "--runtime-state", &state])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start a text watch");
+    let mut watch = Memstress::start(&[
+        "watch",
+        "-o",
+        "json",
+        "--runtime-state",
+        &state,
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    watch.wait_type("attached", Duration::from_secs(30));
+    let address = watch.wait_type("metrics", Duration::from_secs(10))["address"]
+        .as_str()
+        .expect("an address")
+        .to_owned();
+    std::thread::sleep(Duration::from_secs(1));
+    let pod_uid = uid();
+    let pod = Pod::new(&rt, "shop", "cart", &pod_uid, Qos::Burstable);
+    // The app holds more than its limit: the kernel kills it in its own cgroup.
+    let app = pod.container("app", Some(32 * MIB), &hog_argv(64 * MIB));
+    let kill = watch.wait_for("the app's kill", Duration::from_secs(30), |v| {
+        v["type"] == "oom_kill" && v["victim"]["container"]["id"] == app.id.as_str()
+    });
+    assert_named(&kill["victim"], &pod_uid, &app.id, "app", "victim");
+    assert_named(&kill["trigger"], &pod_uid, &app.id, "app", "trigger");
+    assert_eq!(
+        kill["trigger"]["cgroup"],
+        app.cgroup_path.as_str(),
+        "{kill}"
+    );
+    assert_eq!(kill["victim"]["cgroup"], app.cgroup_path.as_str(), "{kill}");
+    // The kernel's own account: the same process died.
+    let pid = kill["victim"]["pid"].as_u64().expect("a pid") as u32;
+    assert!(
+        wait_for(Duration::from_secs(10), || kmsg
+            .kills()
+            .iter()
+            .any(|k| k.pid == pid)),
+        "dmesg has no kill of {pid}"
+    );
+    // The helper's second process shares the victim's memory: collateral, named too.
+    for c in kill["collateral"].as_array().expect("collateral") {
+        assert_named(c, &pod_uid, &app.id, "app", "collateral");
+    }
+    let series = "namespace=\"shop\",pod=\"cart\",container=\"app\"} ";
+    assert!(
+        wait_for(Duration::from_secs(5), || scrape(&address).lines().any(
+            |l| l.starts_with("memstress_oom_kills_total{") && l.contains(series)
+        )),
+        "no kill series with the pod's names: {}",
+        scrape(&address)
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(text.id() as i32, libc::SIGINT) };
+    let out = text.wait_with_output().expect("the text watch ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let expected = format!("OOM KILL shop/cart/app ({pid} ");
+    assert!(
+        stdout.lines().any(|l| l.contains(&expected)),
+        "no text line with `{expected}`: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    watch.interrupt(Duration::from_secs(10));
+}
+
+/// `watch --pod UID --container NAME` reports kills in that container only, across a restart
+/// (a new id, the same name); `--namespace NS` only kills in that namespace's pods.
+#[test]
+fn watch_filters_by_pod_container_and_namespace() {
+    require_root();
+    let rt = Containerd::start();
+    let state = state_flag(&rt);
+    let shop_uid = uid();
+    let other_uid = uid();
+    let shop = Pod::new(&rt, "shop", "cart", &shop_uid, Qos::Burstable);
+    let other = Pod::new(&rt, "other", "cart", &other_uid, Qos::Burstable);
+    // Present before the watch resolves its filter (a name needs its container).
+    let idle = shop.container("app", Some(64 * MIB), &["/bin/sleep".into(), "600".into()]);
+    let mut all = Memstress::start(&["watch", "-o", "json", "--runtime-state", &state]);
+    let mut app = Memstress::start(&[
+        "watch",
+        "-o",
+        "json",
+        "--runtime-state",
+        &state,
+        "--pod",
+        &shop_uid[..8],
+        "--container",
+        "app",
+    ]);
+    let mut ns = Memstress::start(&[
+        "watch",
+        "-o",
+        "json",
+        "--runtime-state",
+        &state,
+        "--namespace",
+        "other",
+    ]);
+    for w in [&mut all, &mut app, &mut ns] {
+        w.wait_type("attached", Duration::from_secs(30));
+    }
+    // The app restarts as a hog (new id, same name); a sidecar and the other pod's app OOM too.
+    shop.delete(&idle);
+    let hog = shop.container("app", Some(32 * MIB), &hog_argv(64 * MIB));
+    let side = shop.container("side", Some(32 * MIB), &hog_argv(64 * MIB));
+    let theirs = other.container("app", Some(32 * MIB), &hog_argv(64 * MIB));
+    for c in [&hog, &side, &theirs] {
+        all.wait_for("a kill in each container", Duration::from_secs(30), |v| {
+            v["type"] == "oom_kill" && v["victim"]["container"]["id"] == c.id.as_str()
+        });
+    }
+    // The filtered watches had the same records; give them a moment to print.
+    std::thread::sleep(Duration::from_millis(500));
+    let ids = |f: &memstress_tests::Finished| -> Vec<String> {
+        f.of_type("oom_kill")
+            .iter()
+            .map(|k| {
+                k["victim"]["container"]["id"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_owned()
+            })
+            .collect()
+    };
+    let app = app.interrupt(Duration::from_secs(10));
+    let app_ids = ids(&app);
+    assert!(
+        !app_ids.is_empty(),
+        "no kill for --container app: {:?}",
+        app.lines
+    );
+    assert!(
+        app_ids.iter().all(|i| *i == hog.id),
+        "{app_ids:?} vs {}",
+        hog.id
+    );
+    let ns = ns.interrupt(Duration::from_secs(10));
+    let ns_ids = ids(&ns);
+    assert!(!ns_ids.is_empty(), "no kill for --namespace other");
+    assert!(ns_ids.iter().all(|i| *i == theirs.id), "{ns_ids:?}");
+    for k in ns.of_type("oom_kill") {
+        assert_eq!(k["victim"]["kubernetes"]["namespace"], "other", "{k}");
+    }
+    all.interrupt(Duration::from_secs(10));
+    // A filter that names nothing is refused before anything loads.
+    let out = memstress_output(&[
+        "watch",
+        "--runtime-state",
+        &state,
+        "--pod",
+        &shop_uid,
+        "--container",
+        "nosuch",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no container `nosuch`"), "{stderr}");
+}
+
+/// `run --container` on a plain `docker run -m 128m` container, by name, id and id prefix:
+/// the plan names the container, the stressors land in its cgroup, and a kill there is
+/// reported with Docker's id and name.
+#[test]
+fn run_targets_docker_containers_by_name_and_id() {
+    require_root();
+    let docker = Docker::start();
+    let state = format!("docker={}", docker.data_root().display());
+    let web = docker.run("web", Some(128 * MIB), &["/bin/sleep".into(), "600".into()]);
+    for given in [web.name.as_str(), web.id.as_str(), &web.id[..12]] {
+        let out = memstress_output(&[
+            "run",
+            "--dry-run",
+            "-o",
+            "json",
+            "--runtime-state",
+            &state,
+            "--container",
+            given,
+            "--size",
+            "50%",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "--container {given}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let plan: Value = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["type"] == "plan")
+            .expect("a plan line");
+        let target = &plan["target"];
+        assert_eq!(target["path"], web.cgroup.as_str(), "{given}: {plan}");
+        assert_eq!(target["container"]["id"], web.id.as_str(), "{given}");
+        assert_eq!(target["container"]["name"], "web", "{given}");
+        assert_eq!(target["container"]["runtime"], "docker", "{given}");
+        assert_eq!(target["limit_bytes"], 128 * MIB, "{given}");
+    }
+    // A real run past the limit: the stressor is killed in the container, and named.
+    let mut kmsg = Kmsg::open();
+    let run = Memstress::start(&[
+        "run",
+        "-o",
+        "json",
+        "--runtime-state",
+        &state,
+        "--container",
+        "web",
+        "--size",
+        "160Mi",
+        "--on-oom",
+        "stop",
+    ]);
+    let done = run.wait(Duration::from_secs(60));
+    let kills = done.of_type("oom_kill");
+    assert!(
+        !kills.is_empty(),
+        "no kill: {:?}\n{}",
+        done.lines,
+        done.stderr
+    );
+    let v = &kills[0]["victim"];
+    assert_eq!(v["container"]["id"], web.id.as_str(), "{v}");
+    assert_eq!(v["container"]["name"], "web", "{v}");
+    assert_eq!(v["container"]["runtime"], "docker", "{v}");
+    assert_eq!(v["kubernetes"], Value::Null, "{v}");
+    let pid = v["pid"].as_u64().expect("a pid") as u32;
+    assert!(
+        wait_for(Duration::from_secs(10), || kmsg
+            .kills()
+            .iter()
+            .any(|k| k.pid == pid)),
+        "dmesg has no kill of {pid}"
+    );
+    // Nothing of the run is left in the container.
+    let procs =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/memory{}/cgroup.procs", web.cgroup))
+            .expect("the container's procs");
+    assert_eq!(
+        procs.lines().collect::<Vec<_>>(),
+        vec![web.init_pid.to_string()],
+        "only the container's own process is left"
+    );
+    // A name no container has is refused, saying what was looked for.
+    let out = memstress_output(&[
+        "run",
+        "--dry-run",
+        "--runtime-state",
+        &state,
+        "--container",
+        "nosuch",
+        "--size",
+        "1Mi",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no container `nosuch`") && stderr.contains("web"),
+        "{stderr}"
+    );
+}
