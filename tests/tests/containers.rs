@@ -141,6 +141,9 @@ fn node_watch_names_a_kill_in_a_containerd_pod() {
     let out = text.wait_with_output().expect("the text watch ends");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let expected = format!("OOM KILL shop/cart/app ({pid} ");
+    if let Some(l) = stdout.lines().find(|l| l.contains(&expected)) {
+        eprintln!("text: {l}");
+    }
     assert!(
         stdout.lines().any(|l| l.contains(&expected)),
         "no text line with `{expected}`: {stdout}\nstderr: {}",
