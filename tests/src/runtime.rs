@@ -739,7 +739,44 @@ pub enum Qos {
     BestEffort,
 }
 
+/// How the kubelet's cgroup driver names a pod's cgroups. Both are made by runc's cgroupfs
+/// driver here (no systemd runs on this machine): the systemd shape is its path, not a unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `/kubepods/burstable/pod<uid>/<id>`.
+    Cgroupfs,
+    /// `/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_>.slice/cri-containerd-<id>.scope`.
+    Systemd,
+}
+
 impl Qos {
+    fn slice(self) -> &'static str {
+        match self {
+            Self::Guaranteed => "/kubepods.slice",
+            Self::Burstable => "/kubepods.slice/kubepods-burstable.slice",
+            Self::BestEffort => "/kubepods.slice/kubepods-besteffort.slice",
+        }
+    }
+
+    /// The pod's cgroup in `layout`.
+    pub fn pod_cgroup(self, layout: Layout, uid: &str) -> String {
+        match layout {
+            Layout::Cgroupfs => format!("{}/pod{uid}", self.parent()),
+            Layout::Systemd => {
+                let class = match self {
+                    Self::Guaranteed => String::new(),
+                    Self::Burstable => "-burstable".to_owned(),
+                    Self::BestEffort => "-besteffort".to_owned(),
+                };
+                format!(
+                    "{}/kubepods{class}-pod{}.slice",
+                    self.slice(),
+                    uid.replace('-', "_")
+                )
+            }
+        }
+    }
+
     /// The QoS class's cgroup (`/kubepods`, `/kubepods/burstable`, `/kubepods/besteffort`).
     pub fn parent(self) -> &'static str {
         match self {
@@ -747,6 +784,14 @@ impl Qos {
             Self::Burstable => "/kubepods/burstable",
             Self::BestEffort => "/kubepods/besteffort",
         }
+    }
+}
+
+/// A container's cgroup in its pod's.
+fn container_cgroup(pod: &str, layout: Layout, id: &str) -> String {
+    match layout {
+        Layout::Cgroupfs => format!("{pod}/{id}"),
+        Layout::Systemd => format!("{pod}/cri-containerd-{id}.scope"),
     }
 }
 
@@ -824,6 +869,7 @@ fn read_u64(path: &Path) -> u64 {
 /// namespace of its own, the Kubernetes default). Dropping it removes its containers.
 pub struct Pod<'a> {
     rt: &'a Containerd,
+    pub layout: Layout,
     /// Its Kubernetes namespace.
     pub namespace: String,
     /// Its name.
@@ -840,8 +886,20 @@ pub struct Pod<'a> {
 impl<'a> Pod<'a> {
     /// Creates the pod's cgroup and sandbox.
     pub fn new(rt: &'a Containerd, namespace: &str, name: &str, uid: &str, qos: Qos) -> Self {
+        Self::with_layout(rt, namespace, name, uid, qos, Layout::Cgroupfs)
+    }
+
+    /// A pod whose cgroups are named as `layout`'s driver names them.
+    pub fn with_layout(
+        rt: &'a Containerd,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        qos: Qos,
+        layout: Layout,
+    ) -> Self {
         let id = new_id();
-        let cgroup_path = format!("{}/pod{uid}/{id}", qos.parent());
+        let cgroup_path = container_cgroup(&qos.pod_cgroup(layout, uid), layout, &id);
         let log_dir = format!("/var/log/pods/{namespace}_{name}_{uid}");
         let annotations = [
             (
@@ -875,6 +933,7 @@ impl<'a> Pod<'a> {
         };
         Self {
             rt,
+            layout,
             namespace: namespace.into(),
             name: name.into(),
             uid: uid.into(),
@@ -884,15 +943,15 @@ impl<'a> Pod<'a> {
         }
     }
 
-    /// The pod's cgroup (`/kubepods/…/pod<uid>`).
+    /// The pod's cgroup (`/kubepods/…/pod<uid>`, or the systemd shape's slice).
     pub fn cgroup_path(&self) -> String {
-        format!("{}/pod{}", self.qos.parent(), self.uid)
+        self.qos.pod_cgroup(self.layout, &self.uid)
     }
 
     /// Starts app container `name` running `argv` (with `memory_limit` bytes, if any).
     pub fn container(&self, name: &str, memory_limit: Option<u64>, argv: &[String]) -> Ctr {
         let id = new_id();
-        let cgroup_path = format!("{}/{id}", self.cgroup_path());
+        let cgroup_path = container_cgroup(&self.cgroup_path(), self.layout, &id);
         let annotations = [
             (
                 annotations::CONTAINER_TYPE,

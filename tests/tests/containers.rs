@@ -12,7 +12,7 @@ use std::{
 
 use memstress_tests::{
     Kmsg, Memstress, memstress_bin, memstress_output, require_root,
-    runtime::{Containerd, Docker, Pod, Qos, hog_argv, wait_for},
+    runtime::{Containerd, Docker, Layout, Pod, Qos, hog_argv, wait_for},
 };
 use serde_json::Value;
 
@@ -56,12 +56,16 @@ fn scrape(address: &str) -> String {
 /// `victim.kubernetes` and `victim.container` of `kill` are those of container `id` named
 /// `name` in pod `uid` (`shop/cart`).
 fn assert_named(who: &Value, uid: &str, id: &str, name: &str, what: &str) {
+    assert_named_qos(who, uid, id, name, "Burstable", what);
+}
+
+fn assert_named_qos(who: &Value, uid: &str, id: &str, name: &str, qos: &str, what: &str) {
     let k = &who["kubernetes"];
     assert_eq!(k["pod_uid"], uid, "{what}: {who}");
     assert_eq!(k["namespace"], "shop", "{what}: {who}");
     assert_eq!(k["pod_name"], "cart", "{what}: {who}");
     assert_eq!(k["container_name"], name, "{what}: {who}");
-    assert_eq!(k["qos"], "Burstable", "{what}: {who}");
+    assert_eq!(k["qos"], qos, "{what}: {who}");
     let c = &who["container"];
     assert_eq!(c["id"], id, "{what}: {who}");
     assert_eq!(c["runtime"], "containerd", "{what}: {who}");
@@ -349,4 +353,59 @@ fn run_targets_docker_containers_by_name_and_id() {
         stderr.contains("no container `nosuch`") && stderr.contains("web"),
         "{stderr}"
     );
+}
+
+/// The systemd driver's shape (`kubepods.slice/…-pod<uid_>.slice/cri-containerd-<id>.scope`,
+/// made by runc's cgroupfs driver: no systemd runs here) and every QoS class: the kill is
+/// named the same way, and `run --pod UID --container NAME` resolves the real container.
+#[test]
+fn systemd_shaped_pods_of_every_qos_class_are_named() {
+    require_root();
+    let rt = Containerd::start();
+    let state = state_flag(&rt);
+    let mut watch = Memstress::start(&["watch", "-o", "json", "--runtime-state", &state]);
+    watch.wait_type("attached", Duration::from_secs(30));
+    for (qos, name) in [
+        (Qos::Guaranteed, "Guaranteed"),
+        (Qos::Burstable, "Burstable"),
+        (Qos::BestEffort, "BestEffort"),
+    ] {
+        let pod_uid = uid();
+        let pod = Pod::with_layout(&rt, "shop", "cart", &pod_uid, qos, Layout::Systemd);
+        let idle = pod.container("idle", Some(64 * MIB), &["/bin/sleep".into(), "600".into()]);
+        let out = memstress_output(&[
+            "run",
+            "--dry-run",
+            "-o",
+            "json",
+            "--runtime-state",
+            &state,
+            "--pod",
+            &pod_uid,
+            "--container",
+            "idle",
+            "--size",
+            "10Mi",
+        ]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let plan: Value =
+            serde_json::from_str(stdout.lines().next().expect("a plan")).expect("JSON");
+        assert_eq!(plan["target"]["path"], idle.cgroup_path.as_str(), "{name}");
+        assert_eq!(plan["target"]["kubernetes"]["driver"], "systemd", "{name}: {plan}");
+        let app = pod.container("app", Some(32 * MIB), &hog_argv(64 * MIB));
+        assert!(
+            app.cgroup_path
+                .ends_with(&format!("cri-containerd-{}.scope", app.id))
+        );
+        let kill = watch.wait_for("the app's kill", Duration::from_secs(30), |v| {
+            v["type"] == "oom_kill" && v["victim"]["container"]["id"] == app.id.as_str()
+        });
+        assert_named_qos(&kill["victim"], &pod_uid, &app.id, "app", name, name);
+    }
+    watch.interrupt(Duration::from_secs(10));
 }
