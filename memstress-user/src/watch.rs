@@ -19,7 +19,7 @@ use crate::{
         Spec, Target, TargetError,
         cgroup::{Cgroup, Hierarchy},
         kube::{Node, RuntimeState},
-        workload::{Names, Workload},
+        workload::{Names, Workload, parse_path},
     },
 };
 
@@ -149,8 +149,16 @@ fn resolve_names(opts: &Options) -> Result<(Option<Cgroup>, NameFilter)> {
         pod_uid: target.kube.as_ref().map(|k| k.pod_uid.clone()),
         id: container.id,
     });
-    // A pod's container: the pod's cgroup bounds the kills the explainer looks at.
-    let pod_cgroup = target.kube.as_ref().and_then(|_| target.cgroup.parent());
+    // A pod's container: the pod's cgroup bounds the kills the explainer looks at (an
+    // ancestor: crun's `<scope>/container` sits one level further down).
+    let mut pod_cgroup = target.kube.as_ref().and(target.cgroup.parent());
+    while let Some(c) = &pod_cgroup {
+        let facts = parse_path(&c.path);
+        if facts.pod.is_some() && facts.container.is_none() {
+            break;
+        }
+        pod_cgroup = c.parent();
+    }
     Ok((pod_cgroup, filter))
 }
 
