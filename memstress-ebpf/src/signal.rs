@@ -221,7 +221,9 @@ fn report(
     let record = unsafe { &mut *ptr };
     if signo == SIGTERM {
         // Sent when the process exits (aftermath::victim_exit); a later SIGTERM replaces it.
-        if TERMS.insert(target_tgid, &*record, 0).is_err() {
+        // By reference: the record is far too big to be copied onto the BPF stack.
+        let value: &SignalKill = record;
+        if TERMS.insert(target_tgid, value, 0).is_err() {
             warn!(
                 ctx,
                 "signal_generate: cannot remember the SIGTERM to {}: its exit will not be reported",

@@ -9,6 +9,9 @@
 //!   (the victim was a memstress stressor), `domain` (a memstress stressor was in the OOM
 //!   domain, among the tasks the kernel ranked or passed over, and something else was
 //!   killed: the injection's collateral damage) or `no`.
+//! * `memstress_kills_total{by, signal}`: `kill` lines of this watch: SIGKILLs that were not
+//!   the OOM killer's, and SIGTERMs the process exited after, by what sent them
+//!   (`container_runtime`, `kubelet`, `kernel`, `process`) and the signal.
 //! * `memstress_memcg_*{cgroup}` for the watched cgroup (`--cgroup`), read from its own files
 //!   at each scrape: usage, working set (usage − inactive_file, as the kubelet computes it),
 //!   the limit that applies, limit hits and the cgroup's own OOM-kill count.
@@ -20,6 +23,7 @@
 //!
 //! Label cardinality is bounded: `cgroup` × `comm` pairs of the kill counter are capped at
 //! [`MAX_KILL_SERIES`] (further kills count under `(other)`); `memstress` has three values;
+//! `by` × `signal` of the other kills at most ten;
 //! the memcg gauges cover the one watched cgroup; the probe labels are fixed by the binary.
 //!
 //! The endpoint is a small HTTP/1.1 responder on tokio (one request per connection, then
@@ -51,7 +55,7 @@ use tokio::{
 };
 
 use crate::{
-    explain::Explained,
+    explain::{Explained, kill::KillReport},
     probe::{DiagnosticCounts, Status},
     spec::STRESSOR_COMM,
     target::cgroup::Cgroup,
@@ -79,6 +83,15 @@ struct KillLabels {
     comm: String,
     /// `stressor`, `domain` or `no`.
     memstress: &'static str,
+}
+
+/// The labels of one series of kills that were not the OOM killer's.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignalLabels {
+    /// `container_runtime`, `kubelet`, `kernel` or `process`.
+    by: &'static str,
+    /// `SIGKILL` or `SIGTERM`.
+    signal: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -236,6 +249,7 @@ impl Collector for Live {
 pub struct Metrics {
     registry: Registry,
     kills: Family<KillLabels, Counter>,
+    signals: Family<SignalLabels, Counter>,
     series: Mutex<HashSet<(String, String)>>,
     drops: Arc<AtomicU64>,
 }
@@ -249,6 +263,12 @@ impl Metrics {
             "memstress_oom_kills",
             "OOM kills seen by memstress watch, by the victim's cgroup and comm; memstress=stressor: the victim was a memstress stressor, domain: a stressor was in the OOM domain, no: neither",
             kills.clone(),
+        );
+        let signals = Family::<SignalLabels, Counter>::default();
+        registry.register(
+            "memstress_kills",
+            "Kills that were not the OOM killer's, as memstress watch reported them (kill lines): SIGKILLs, and SIGTERMs the process exited after, by what sent them (container_runtime, kubelet, kernel, process) and the signal",
+            signals.clone(),
         );
         let drops = Arc::new(AtomicU64::new(0));
         registry.register_collector(Box::new(Live {
@@ -268,6 +288,7 @@ impl Metrics {
         Self {
             registry,
             kills,
+            signals,
             series: Mutex::new(HashSet::new()),
             drops,
         }
@@ -299,6 +320,16 @@ impl Metrics {
                 cgroup,
                 comm,
                 memstress: caused_by_memstress(kill),
+            })
+            .inc();
+    }
+
+    /// Counts one kill that was not the OOM killer's.
+    pub fn signal_kill(&self, kill: &KillReport) {
+        self.signals
+            .get_or_create(&SignalLabels {
+                by: kill.by.name(),
+                signal: kill.signal.name(),
             })
             .inc();
     }
