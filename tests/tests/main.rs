@@ -10,6 +10,7 @@ mod explain;
 mod faults;
 mod input;
 mod k8s;
+mod kill;
 mod metrics;
 mod run;
 mod security;
