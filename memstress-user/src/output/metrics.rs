@@ -644,4 +644,33 @@ mod tests {
             text.lines().last().unwrap_or_default()
         );
     }
+
+    #[test]
+    fn counts_other_kills_by_sender_kind_and_signal() {
+        use crate::explain::kill::{KillReport, KillSender, KillVictim, KilledBy, SignalName};
+        let metrics = Metrics::new(&[], DiagnosticCounts::default(), None);
+        let kill = |by, signal| KillReport {
+            ts_ns: 1,
+            signal,
+            victim: KillVictim::default(),
+            sender: KillSender::default(),
+            by,
+            why: String::new(),
+            exited_after_ms: None,
+            exit: None,
+            after_sigterm_ms: None,
+        };
+        metrics.signal_kill(&kill(KilledBy::ContainerRuntime, SignalName::Sigkill));
+        metrics.signal_kill(&kill(KilledBy::ContainerRuntime, SignalName::Sigkill));
+        metrics.signal_kill(&kill(KilledBy::Kubelet, SignalName::Sigterm));
+        let (text, _) = metrics.render(false);
+        assert!(
+            text.contains("memstress_kills_total{by=\"container_runtime\",signal=\"SIGKILL\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("memstress_kills_total{by=\"kubelet\",signal=\"SIGTERM\"} 1\n"),
+            "{text}"
+        );
+    }
 }
