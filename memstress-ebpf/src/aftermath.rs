@@ -1,15 +1,21 @@
 //! What happens to a victim after the kill: it exits (`sched_process_exit`), or the OOM
 //! reaper frees its memory (`oom:start_task_reaping`, `finish_task_reaping`,
-//! `skip_task_reaping`). Only tasks `mark_victim` recorded are reported.
+//! `skip_task_reaping`). Only tasks `mark_victim` recorded are reported; and a process that
+//! exits after a SIGTERM gets the SIGTERM's record (`signal::report` kept it in `TERMS`).
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_log_ebpf::warn;
-use memstress_ebpf::{Aftermath, aftermath, counters, kind};
+use memstress_ebpf::{Aftermath, SignalKill, aftermath, counters, kind, signal as sig};
 
 use crate::{
     kernel::{self, layout},
-    maps::{self, EVENTS, KILLED, VICTIMS},
+    maps::{self, EVENTS, KILLED, TERMS, VICTIMS},
 };
+
+/// A SIGTERM is reported with the exit that follows it within this long (grace periods:
+/// docker 10 s, kubelet 30 s by default, systemd 90 s); a process that exits later handled
+/// the SIGTERM and went on, and its exit is not the SIGTERM's.
+const TERM_EXIT_WINDOW_NS: u64 = 300_000_000_000;
 
 /// Exits within this long of a kernel SIGKILL are reported even before the victim is
 /// marked.
@@ -57,14 +63,45 @@ fn report(tid: u32, what: u32, forget: bool) -> Result<(), ()> {
 }
 
 /// `sched_process_exit(struct task_struct *p, bool group_dead)`: most exits are not OOM
-/// victims and cost one hash lookup.
+/// victims and cost one hash lookup, and a process's main thread one more (a SIGTERM).
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn victim_exit(ctx: BtfTracePointContext) -> i32 {
     let task: u64 = ctx.arg(0);
     if let Some(tid) = kernel::read::<i32>(task, layout!(task_pid)) {
         let _ = report(tid as u32, aftermath::EXITED, false);
+        if kernel::read::<i32>(task, layout!(task_tgid)) == Some(tid) {
+            term_exit(task, tid as u32);
+        }
     }
     0
+}
+
+/// The process `tgid` exits: if a SIGTERM reached it, its record is completed and sent.
+#[inline(always)]
+fn term_exit(task: u64, tgid: u32) {
+    let Some(ptr) = TERMS.get_ptr_mut(tgid) else {
+        return;
+    };
+    // SAFETY: a live map value; the entry is removed only below, after its last use.
+    let record = unsafe { &mut *ptr };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.saturating_sub(record.ts_ns) <= TERM_EXIT_WINDOW_NS {
+        record.exit_ns = now;
+        record.flags |= sig::EXITED;
+        if let Some(code) = kernel::read::<i32>(task, layout!(task_exit_code)) {
+            record.exit_code = code as u32;
+            record.flags |= sig::EXIT_CODE;
+        }
+        if EVENTS.output::<SignalKill>(&*record, 0).is_err() {
+            maps::count(counters::RINGBUF_DROPS);
+            warn!(
+                &(),
+                "ring buffer full: the exit of {} after a SIGTERM dropped", tgid
+            );
+        }
+    }
+    let _ = TERMS.remove(tgid);
 }
 
 #[btf_tracepoint(function = "start_task_reaping")]

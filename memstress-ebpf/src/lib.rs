@@ -35,7 +35,8 @@ pub mod names {
     pub const PROG_FINISH_REAPING: &str = "finish_task_reaping";
     /// …
     pub const PROG_SKIP_REAPING: &str = "skip_task_reaping";
-    /// tp_btf program on `sched_process_exit` (only OOM victims are reported).
+    /// tp_btf program on `sched_process_exit` (OOM victims, and processes that exit after a
+    /// SIGTERM).
     pub const PROG_PROCESS_EXIT: &str = "victim_exit";
     /// tp_btf programs on memcg direct reclaim.
     pub const PROG_RECLAIM_BEGIN: &str = "memcg_reclaim_begin";
@@ -77,6 +78,8 @@ pub struct KernelLayout {
     pub task_comm: u32,
     /// `task_struct.flags`
     pub task_flags: u32,
+    /// `task_struct.exit_code`
+    pub task_exit_code: u32,
     /// `task_struct.mm`
     pub task_mm: u32,
     /// `task_struct.signal`
@@ -190,6 +193,7 @@ impl KernelLayout {
         task_tgid: UNKNOWN,
         task_comm: UNKNOWN,
         task_flags: UNKNOWN,
+        task_exit_code: UNKNOWN,
         task_mm: UNKNOWN,
         task_signal: UNKNOWN,
         task_real_cred: UNKNOWN,
@@ -288,6 +292,8 @@ pub mod kind {
     pub const COLLATERAL: u32 = 3;
     /// A [`crate::Aftermath`] of a kill (reaper, exit).
     pub const AFTERMATH: u32 = 4;
+    /// A [`crate::SignalKill`]: a SIGKILL, or a SIGTERM followed by the process's exit.
+    pub const SIGNAL: u32 = 5;
 }
 
 /// Bits of [`TaskFacts::valid`]: which fields were read from the kernel.
@@ -563,6 +569,69 @@ pub struct Aftermath {
     pub seq: u64,
 }
 
+/// Bits of [`SignalKill::flags`].
+pub mod signal {
+    /// `SIGKILL`.
+    pub const SIGKILL: u32 = 9;
+    /// `SIGTERM`.
+    pub const SIGTERM: u32 = 15;
+    /// The signal came with `SEND_SIG_PRIV`: sent by the kernel itself (the OOM killer, the
+    /// teardown of a PID namespace, …), never by `kill(2)` and its kin.
+    pub const PRIV: u32 = 1 << 0;
+    /// Sent to the whole thread group (`group` of `signal_generate`).
+    pub const GROUP: u32 = 1 << 1;
+    /// SIGTERM: the process exited (`exit_ns` is when).
+    pub const EXITED: u32 = 1 << 2;
+    /// SIGKILL: a SIGTERM reached the process before (`term_ns` is when).
+    pub const AFTER_TERM: u32 = 1 << 3;
+    /// `victim_cgroup` was read (depth 0: the hierarchy's root).
+    pub const VICTIM_CGROUP: u32 = 1 << 4;
+    /// `sender_cgroup` was read.
+    pub const SENDER_CGROUP: u32 = 1 << 5;
+    /// `exit_code` was read.
+    pub const EXIT_CODE: u32 = 1 << 6;
+}
+
+/// A SIGKILL delivered to a process, or a SIGTERM delivered to a process that then exited
+/// (kind [`kind::SIGNAL`]); never one a thread group sent itself. Userspace tells the OOM
+/// killer's SIGKILLs apart (they come with [`signal::PRIV`] and are followed by an OOM
+/// record for the same task).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SignalKill {
+    /// [`kind::SIGNAL`].
+    pub kind: u32,
+    /// [`signal::SIGKILL`] or [`signal::SIGTERM`].
+    pub signal: u32,
+    /// `bpf_ktime_get_ns()` at `signal_generate`.
+    pub ts_ns: u64,
+    /// SIGTERM: when the process exited (with [`signal::EXITED`]).
+    pub exit_ns: u64,
+    /// SIGKILL: when a SIGTERM reached it before (with [`signal::AFTER_TERM`]).
+    pub term_ns: u64,
+    /// Bits of [`signal`].
+    pub flags: u32,
+    /// SIGTERM: `task_struct.exit_code` at the exit (with [`signal::EXIT_CODE`]).
+    pub exit_code: u32,
+    /// The task in whose context the signal was generated (`flags` says whether it is a
+    /// kernel thread, or exiting).
+    pub sender: TaskFacts,
+    /// The task the signal was sent to.
+    pub victim: TaskFacts,
+    /// The sender's memory cgroup.
+    pub sender_cgroup: CgroupPath,
+    /// The victim's memory cgroup.
+    pub victim_cgroup: CgroupPath,
+}
+
+/// `task_struct.flags` bits the userspace side reads.
+pub mod pf {
+    /// `PF_EXITING`: the task is in `do_exit()`.
+    pub const EXITING: u32 = 0x0000_0004;
+    /// `PF_KTHREAD`: a kernel thread.
+    pub const KTHREAD: u32 = 0x0020_0000;
+}
+
 /// Direct reclaim done by the tasks of one memcg (value of [`names::PRESSURE`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -675,6 +744,8 @@ mod pod {
     unsafe impl aya::Pod for super::Aftermath {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Pressure {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SignalKill {}
 }
 
 #[cfg(test)]
@@ -699,5 +770,9 @@ mod tests {
         assert_eq!(size_of::<Chain>(), 16 + CHAIN_DEPTH * 56);
         assert_eq!(size_of::<OomVictim>() % 8, 0);
         assert_eq!(size_of::<Candidate>(), 16 + size_of::<TaskFacts>());
+        assert_eq!(
+            size_of::<SignalKill>(),
+            40 + 2 * size_of::<TaskFacts>() + 2 * size_of::<CgroupPath>()
+        );
     }
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use memstress_ebpf::{
-    Candidate, OomControlFacts, OomVictim, Pressure, RuntimeConfig, ScanStats, counters,
+    Candidate, OomControlFacts, OomVictim, Pressure, RuntimeConfig, ScanStats, SignalKill, counters,
 };
 
 /// Every record for userspace. 4 MiB hold ~2000 `OomVictim` records, or an OOM with
@@ -139,6 +139,18 @@ pub static BADNESS: LruHashMap<u32, Badness> = LruHashMap::with_max_entries(3276
 /// `oom_kill_process()`): tid -> facts.
 #[map(name = "OOM_CONTROL")]
 pub static OOM_CONTROL: LruHashMap<u32, OomControlFacts> = LruHashMap::with_max_entries(1024, 0);
+
+/// The [`SignalKill`] record being filled on this CPU (too big for the stack; filled here and
+/// copied into the ring buffer or [`TERMS`], so that no reservation is held across the many
+/// branches of reading two tasks).
+#[map(name = "SCRATCH_KILL")]
+pub static SCRATCH_KILL: PerCpuArray<SignalKill> = PerCpuArray::with_max_entries(1, 0);
+
+/// SIGTERMs delivered and not yet followed by an exit: target tgid -> the record (sender,
+/// victim, when), completed and sent when the process exits. The oldest are forgotten past
+/// 1024 outstanding ones (a SIGTERM the process handled and survived stays until then).
+#[map(name = "TERMS")]
+pub static TERMS: LruHashMap<u32, SignalKill> = LruHashMap::with_max_entries(1024, 0);
 
 /// Adds one to a counter and returns the new value.
 #[inline(always)]

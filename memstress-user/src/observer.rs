@@ -2,8 +2,10 @@
 //!
 //! Enters: loaded [`Probes`], an [`Explainer`] (with its filter and seeds) and [`Names`] (the
 //! runtimes' state files). Leaves: batches of [`Output`]s (explained kills, collateral kills,
-//! aftermath), each task named with its container and pod, and the records the BPF side
-//! dropped since the last batch. `watch` and `run` differ only in what they do with a batch.
+//! aftermath, kills that were not the OOM killer's), each task named with its container and
+//! pod, and the records the BPF side dropped since the last batch. `watch` and `run` differ
+//! only in what they do with a batch. A kernel SIGKILL is held back a moment (it may be the
+//! OOM killer's: see [`crate::explain::kill`]); the loop wakes when its wait ends.
 
 use std::io;
 
@@ -13,9 +15,22 @@ use crate::{
         Explainer, Output,
         record::{self, Record},
     },
+    output::monotonic_ns,
     probe::{Diagnostics, EventStream, Probes},
     target::workload::Names,
 };
+
+/// Sleeps until CLOCK_MONOTONIC `deadline_ns` (tokio's clock is CLOCK_MONOTONIC too), or
+/// forever without one.
+async fn until(deadline_ns: Option<u64>) {
+    match deadline_ns {
+        Some(at) => {
+            let wait = std::time::Duration::from_nanos(at.saturating_sub(monotonic_ns()));
+            tokio::time::sleep(wait).await;
+        }
+        None => std::future::pending().await,
+    }
+}
 
 /// The next diagnostics, or never when they cannot be read.
 async fn next_diagnostics(diagnostics: Option<&mut Diagnostics>) -> io::Result<()> {
@@ -90,9 +105,16 @@ impl Observer {
     pub async fn next(&mut self) -> io::Result<Batch> {
         let mut records = Vec::new();
         loop {
+            let held = self.explainer.kills_deadline();
             tokio::select! {
                 drained = self.ring.drain(|bytes| records.push(record::decode(bytes))) => {
                     drained?;
+                    break;
+                }
+                () = until(held) => {
+                    // What is in the ring buffer now comes first: an OOM record there claims
+                    // the SIGKILL held for it.
+                    self.ring.drain_now(|bytes| records.push(record::decode(bytes)));
                     break;
                 }
                 logged = next_diagnostics(self.diagnostics.as_mut()) => {
@@ -106,7 +128,9 @@ impl Observer {
         Ok(self.explain(records))
     }
 
-    /// Explains what is already in the ring buffer, without waiting (at the end).
+    /// Explains what is already in the ring buffer, without waiting (at the end). Kernel
+    /// SIGKILLs still held back are reported: the OOM record that would claim one is written
+    /// microseconds after it, and is in this drain if it is coming.
     pub fn drain_now(&mut self) -> Batch {
         if let Some(d) = &mut self.diagnostics {
             d.flush();
@@ -114,7 +138,11 @@ impl Observer {
         let mut records = Vec::new();
         self.ring
             .drain_now(|bytes| records.push(record::decode(bytes)));
-        self.explain(records)
+        let mut batch = self.explain(records);
+        batch
+            .outputs
+            .extend(self.explainer.release_kills(u64::MAX / 2));
+        batch
     }
 
     fn explain(&mut self, records: Vec<Result<Record, record::DecodeError>>) -> Batch {
@@ -127,6 +155,7 @@ impl Observer {
             .collect();
         let probes = &self.probes;
         let mut outputs = self.explainer.batch(records, &|id| probes.pressure(id));
+        outputs.extend(self.explainer.release_kills(monotonic_ns()));
         for output in &mut outputs {
             self.names.name(output);
         }

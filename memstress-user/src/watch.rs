@@ -112,6 +112,7 @@ impl NameFilter {
                 keep
             }
             Output::LateCollateral(c) => self.admitted.contains(&c.seq),
+            Output::Signalled(k) => self.admits(&k.victim.workload),
             Output::Reaped(r) => self.admitted.contains(&r.seq),
         });
     }
@@ -233,6 +234,7 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<i32> {
     reporter.emit(&Line::End(Cow::Owned(EndLine {
         oom_kills: counts.kills,
         victims_exiting: counts.exiting,
+        kills: counts.signalled,
         dropped_records: drops,
     })));
     if drops > 0 {
@@ -321,8 +323,10 @@ async fn observe(
         names.retain(&mut batch.outputs);
         for output in &batch.outputs {
             counts.add(output);
-            if let (Some((m, _)), Output::Kill(kill)) = (metrics, output) {
-                m.kill(kill);
+            match (metrics, output) {
+                (Some((m, _)), Output::Kill(kill)) => m.kill(kill),
+                (Some((m, _)), Output::Signalled(kill)) => m.signal_kill(kill),
+                _ => {}
             }
             reporter.output(output, &KillContext::default());
         }
@@ -342,16 +346,16 @@ async fn observe(
 struct Counts {
     kills: u64,
     exiting: u64,
+    signalled: u64,
 }
 
 impl Counts {
     fn add(&mut self, output: &Output) {
-        if let Output::Kill(kill) = output {
-            if kill.kill_confirmed == Some(false) {
-                self.exiting += 1;
-            } else {
-                self.kills += 1;
-            }
+        match output {
+            Output::Kill(kill) if kill.kill_confirmed == Some(false) => self.exiting += 1,
+            Output::Kill(_) => self.kills += 1,
+            Output::Signalled(_) => self.signalled += 1,
+            _ => {}
         }
     }
 }

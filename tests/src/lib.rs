@@ -172,6 +172,46 @@ pub fn command_in(cgroup: &Cgroup, program: &str, adj: Option<i32>) -> Command {
     cmd
 }
 
+/// A child process that is killed and reaped when dropped, so that a test leaves none behind
+/// on any exit path (a failed assertion included).
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    /// Starts `cmd`.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        Self(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")),
+        )
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Waits (up to `timeout`) for it to exit; `None` if it did not.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait for child") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// One `Killed process` line from the kernel log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DmesgKill {

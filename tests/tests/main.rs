@@ -11,6 +11,7 @@ mod explain;
 mod faults;
 mod input;
 mod k8s;
+mod kill;
 mod metrics;
 mod run;
 mod runtime;

@@ -11,6 +11,7 @@
 //! applied to those numbers. `"source":"predicted"` (the `--dry-run` ranking) is computed
 //! from /proc samples. The two are never mixed in one list.
 
+pub mod kill;
 pub mod points;
 pub mod predict;
 pub mod record;
@@ -314,6 +315,14 @@ impl Scope {
             Self::Subtree { path, .. } | Self::Domain { path, .. } => path,
         }
     }
+
+    /// The scope's cgroup: its kernel id and path. A `kill` line is reported for a victim in
+    /// it or below it (a signal has no domain).
+    pub fn cgroup(&self) -> (u64, &str) {
+        match self {
+            Self::Subtree { id, path } | Self::Domain { id, path, .. } => (*id, path),
+        }
+    }
 }
 
 /// A victim's aftermath, reported after its kill.
@@ -342,6 +351,8 @@ pub enum Output {
     LateCollateral(Box<CollateralKill>),
     /// A victim exited or was reaped.
     Reaped(Reaped),
+    /// A SIGKILL that was not the OOM killer's, or a SIGTERM the process exited after.
+    Signalled(Box<kill::KillReport>),
 }
 
 #[derive(Clone, Debug)]
@@ -377,6 +388,8 @@ pub struct Explainer {
     early_exits: HashMap<u32, VictimAftermath>,
     /// `enum oom_constraint`: value -> name, from the kernel's BTF.
     constraints: Vec<(u32, String)>,
+    /// Signals that were not the OOM killer's.
+    signals: kill::Kills,
 }
 
 const MAX_REMEMBERED: usize = 16_384;
@@ -398,6 +411,7 @@ impl Explainer {
             filter: None,
             early_exits: HashMap::new(),
             constraints: Vec::new(),
+            signals: kill::Kills::new(Some(std::process::id())),
         }
     }
 
@@ -496,14 +510,31 @@ impl Explainer {
         let mut victims = Vec::new();
         let mut collateral = Vec::new();
         let mut aftermath = Vec::new();
+        let mut signals = Vec::new();
         for record in records {
             match record {
                 Record::Candidate(c) => self.pending.entry(c.seq).or_default().push(c),
                 Record::Victim(v) => victims.push(v),
                 Record::Collateral(c) => collateral.push(c),
                 Record::Aftermath(a) => aftermath.push(a),
+                Record::Signal(s) => signals.push(s),
             }
         }
+        // Every task the OOM killer took, in scope or not, claims its SIGKILL: an OOM kill
+        // is never reported as a `kill` line.
+        for v in &victims {
+            if v.kill_confirmed != Some(false) {
+                self.signals.note_oom(&v.victim.task, v.ts_ns);
+            }
+        }
+        for c in &collateral {
+            self.signals.note_oom(&c.task, c.ts_ns);
+        }
+        let signalled: Vec<Output> = signals
+            .into_iter()
+            .filter_map(|s| self.signals.admit(*s, self.filter.as_ref()))
+            .map(|r| Output::Signalled(Box::new(r)))
+            .collect();
         // Exits without an OOM sequence raced ahead of their victim record: hold them until it
         // arrives (this batch or a later one).
         let (early, aftermath): (Vec<_>, Vec<_>) = aftermath
@@ -566,6 +597,7 @@ impl Explainer {
                 out.push(Output::Reaped(reaped));
             }
         }
+        out.extend(signalled);
         if self.pending.len() > 64 {
             // Candidates whose victim never came (a dropped record): keep the newest few.
             let mut seqs: Vec<u64> = self.pending.keys().copied().collect();
@@ -575,6 +607,23 @@ impl Explainer {
             }
         }
         out
+    }
+
+    /// When the next kernel SIGKILL held back (it may be an OOM kill) is due for
+    /// [`Self::release_kills`], in CLOCK_MONOTONIC ns.
+    pub fn kills_deadline(&self) -> Option<u64> {
+        self.signals.deadline()
+    }
+
+    /// The kernel SIGKILLs held back whose wait ended at `now_ns` (CLOCK_MONOTONIC) and that
+    /// no OOM record claimed: `kill` lines. Call it after the records up to `now_ns` went
+    /// through [`Self::batch`].
+    pub fn release_kills(&mut self, now_ns: u64) -> Vec<Output> {
+        self.signals
+            .release(now_ns)
+            .into_iter()
+            .map(|r| Output::Signalled(Box::new(r)))
+            .collect()
     }
 
     fn aftermath(&mut self, a: &VictimAftermath) -> Option<Reaped> {
@@ -1103,6 +1152,68 @@ mod tests {
             e.why
         );
         assert!(e.why.contains("next: 4190 (node)"), "{}", e.why);
+    }
+
+    #[test]
+    fn an_oom_kills_sigkill_is_reported_once_as_oom_kill() {
+        use memstress_ebpf::{CGROUP_DEPTH, CGROUP_NAME_LEN, CgroupPath, SignalKill, signal};
+        let raw = sample_raw();
+        let path = CgroupPath {
+            depth: 0,
+            truncated: 0,
+            ids: [0; CGROUP_DEPTH],
+            names: [[0; CGROUP_NAME_LEN]; CGROUP_DEPTH],
+        };
+        // The OOM killer's SIGKILL of the victim: SEND_SIG_PRIV, from the trigger.
+        let sigkill = |victim: u32, ts_ns: u64| SignalKill {
+            kind: kind::SIGNAL,
+            signal: signal::SIGKILL,
+            ts_ns,
+            exit_ns: 0,
+            term_ns: 0,
+            flags: signal::PRIV | signal::VICTIM_CGROUP,
+            exit_code: 0,
+            sender: raw.trigger,
+            victim: facts(victim, "stress-ng-vm", 1000, 1),
+            sender_cgroup: path,
+            victim_cgroup: path,
+        };
+        let decoded = |s: &SignalKill| {
+            // SAFETY: viewing a plain-old-data struct as bytes.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(
+                    (s as *const SignalKill).cast::<u8>(),
+                    std::mem::size_of::<SignalKill>(),
+                )
+            };
+            record::decode(bytes).unwrap()
+        };
+        let Record::Signal(s) = decoded(&sigkill(4211, 100)) else {
+            panic!("not a signal record")
+        };
+        assert!(s.privileged);
+        assert_eq!(s.victim_cgroup.as_deref(), Some("/"));
+        assert_eq!(s.sender.comm.as_deref(), Some("node"));
+        let mut ex = Explainer::new(None, 0);
+        let kill = OomKill::from_raw(&raw, 4096);
+        let out = ex.batch(
+            vec![
+                decoded(&sigkill(4211, 100)),
+                Record::Victim(Box::new(kill)),
+                decoded(&sigkill(4300, 110)),
+            ],
+            &|_| None,
+        );
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0], Output::Kill(_)));
+        assert_eq!(ex.kills_deadline(), Some(110 + kill::PRIV_HOLD_NS));
+        // The other kernel SIGKILL had no OOM record: it is a kill line once its wait ends.
+        let out = ex.release_kills(110 + kill::PRIV_HOLD_NS);
+        let [Output::Signalled(k)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(k.victim.task.pid, Some(4300));
+        assert_eq!(k.by, kill::KilledBy::Kernel);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::{mem::size_of, ptr};
 
 use memstress_ebpf::{
     Aftermath as RawAftermath, CgroupPath, Chain, Collateral, OomVictim, Pressure, RSS_ANON,
-    RSS_FILE, RSS_SHMEM, RSS_SWAP, TaskFacts, aftermath, domain, killed, kind, level, skip, source,
-    valid,
+    RSS_FILE, RSS_SHMEM, RSS_SWAP, SignalKill, TaskFacts, aftermath, domain, killed, kind, level,
+    signal, skip, source, valid,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -111,6 +111,9 @@ pub enum Record {
     Collateral(CollateralKill),
     /// A victim exited or was reaped.
     Aftermath(VictimAftermath),
+    /// A SIGKILL, or a SIGTERM followed by the process's exit (OOM kills included: the
+    /// explainer tells them apart).
+    Signal(Box<Signalled>),
 }
 
 /// Reads a `T` from the front of `bytes`.
@@ -171,7 +174,91 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 },
             }))
         }
+        kind::SIGNAL => Ok(Record::Signal(Box::new(Signalled::from_raw(&pod::<
+            SignalKill,
+        >(
+            bytes
+        )?)))),
         other => Err(DecodeError::Kind(other)),
+    }
+}
+
+/// A SIGKILL or SIGTERM as `signal_generate` (and, for a SIGTERM, the exit) saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signalled {
+    /// CLOCK_MONOTONIC ns of the signal.
+    pub ts_ns: u64,
+    /// 9 or 15.
+    pub signal: u32,
+    /// Sent with `SEND_SIG_PRIV`: by the kernel itself (the OOM killer among others).
+    pub privileged: bool,
+    /// The task in whose context it was sent.
+    pub sender: Task,
+    /// The sender's `task_struct.flags` (`None`: not read).
+    pub sender_flags: Option<u32>,
+    /// The sender's memory cgroup path.
+    pub sender_cgroup: Option<String>,
+    /// The task it was sent to.
+    pub victim: Task,
+    /// Its memory cgroup path.
+    pub victim_cgroup: Option<String>,
+    /// Kernfs ids of its cgroup and ancestors, leaf first.
+    pub victim_cgroup_chain: Vec<u64>,
+    /// SIGTERM: when the process exited.
+    pub exit_ns: Option<u64>,
+    /// SIGTERM: its `exit_code` then.
+    pub exit_code: Option<u32>,
+    /// SIGKILL: when a SIGTERM reached it before.
+    pub term_ns: Option<u64>,
+}
+
+impl Signalled {
+    /// Decodes a raw record.
+    pub fn from_raw(raw: &SignalKill) -> Self {
+        let has = |bit| raw.flags & bit != 0;
+        // The hierarchy's root has no components: "/".
+        let path = |read: bool, p: &CgroupPath| -> (Option<String>, Vec<u64>) {
+            if !read {
+                return (None, Vec::new());
+            }
+            let (path, _, ids) = cgroup_path(p);
+            (path.or_else(|| Some("/".to_owned())), ids)
+        };
+        let (victim_cgroup, victim_cgroup_chain) =
+            path(has(signal::VICTIM_CGROUP), &raw.victim_cgroup);
+        let (sender_cgroup, _) = path(has(signal::SENDER_CGROUP), &raw.sender_cgroup);
+        Self {
+            ts_ns: raw.ts_ns,
+            signal: raw.signal,
+            privileged: has(signal::PRIV),
+            sender: task(&raw.sender),
+            sender_flags: (raw.sender.valid & valid::FLAGS != 0).then_some(raw.sender.flags),
+            sender_cgroup,
+            victim: task(&raw.victim),
+            victim_cgroup,
+            victim_cgroup_chain,
+            exit_ns: has(signal::EXITED).then_some(raw.exit_ns),
+            exit_code: has(signal::EXIT_CODE).then_some(raw.exit_code),
+            term_ns: has(signal::AFTER_TERM).then_some(raw.term_ns),
+        }
+    }
+
+    /// Whether the victim's cgroup is the cgroup with kernfs id `id` (or below it), or,
+    /// when ids are not known, whether its path is `path` or below it.
+    pub fn in_cgroup(&self, id: u64, path: &str) -> bool {
+        if self.victim_cgroup_chain.contains(&id) {
+            return true;
+        }
+        match &self.victim_cgroup {
+            Some(victim) => {
+                path == "/"
+                    || victim == path
+                    || victim
+                        .strip_prefix(path)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            }
+            None => false,
+        }
     }
 }
 

@@ -11,7 +11,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    explain::{Explained, Reaped, predict::Prediction, record::CollateralKill},
+    explain::{
+        Explained, Reaped,
+        kill::{KillReport, KillSender, KilledBy, SignalName},
+        predict::Prediction,
+        record::CollateralKill,
+    },
     privilege::{Credentials, StressorUser},
     probe::Status,
     signals::Stop,
@@ -37,6 +42,9 @@ pub enum Line<'a> {
     OomCollateral(Cow<'a, CollateralLine>),
     /// A victim exited, or the OOM reaper acted on it.
     OomReaped(Cow<'a, Reaped>),
+    /// A SIGKILL that was not the OOM killer's, or a SIGTERM the process exited after: who
+    /// sent it (a container runtime, the kubelet, the kernel, a process).
+    Kill(Cow<'a, SignalLine>),
     /// The BPF side could not queue records (its ring buffer was full).
     Dropped(Cow<'a, Dropped>),
     /// `watch --metrics`: where the endpoint listens.
@@ -119,6 +127,30 @@ pub struct CollateralLine {
     pub task: CollateralKill,
 }
 
+/// `kill`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct SignalLine {
+    /// When the signal was sent, RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// The signal, its victim and sender, explained.
+    #[serde(flatten)]
+    pub kill: KillReport,
+    /// What the caller knows of the victim (`run`: whether it is one of its stressors).
+    #[serde(flatten)]
+    pub context: KillContext,
+}
+
+/// `exited`'s `killed_by`: the signal that ended a member, when it was not the OOM killer's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KilledByLine {
+    /// `SIGKILL` or `SIGTERM`.
+    pub signal: SignalName,
+    /// What the sender is.
+    pub by: KilledBy,
+    /// Who sent it.
+    pub sender: KillSender,
+}
+
 /// `dropped`: records the BPF side could not queue since the last such line.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Dropped {
@@ -144,6 +176,10 @@ pub struct EndLine {
     pub oom_kills: u64,
     /// Victims marked while already exiting.
     pub victims_exiting: u64,
+    /// `kill` lines: SIGKILLs that were not the OOM killer's, and SIGTERMs followed by an exit
+    /// (absent from the lines of a memstress that had no `kill` lines).
+    #[serde(default)]
+    pub kills: u64,
     /// Records the BPF side could not queue.
     pub dropped_records: u64,
 }
@@ -348,6 +384,10 @@ pub struct MemberLine {
     /// `restarted`: how many times so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u32>,
+    /// `exited`: the signal that ended it and its sender, when memstress saw one that was not
+    /// the OOM killer's (the matching `kill` line has the details).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub killed_by: Option<KilledByLine>,
 }
 
 /// `oom_kills_before_probes`.

@@ -11,6 +11,9 @@
 //!   (the victim was a memstress stressor), `domain` (a memstress stressor was in the OOM
 //!   domain, among the tasks the kernel ranked or passed over, and something else was
 //!   killed: the injection's collateral damage) or `no`.
+//! * `memstress_kills_total{by, signal}`: `kill` lines of this watch: SIGKILLs that were not
+//!   the OOM killer's, and SIGTERMs the process exited after, by what sent them
+//!   (`container_runtime`, `kubelet`, `kernel`, `process`) and the signal.
 //! * `memstress_memcg_*{cgroup}` for the watched cgroup (`--cgroup`), read from its own files
 //!   at each scrape: usage, working set (usage − inactive_file, as the kubelet computes it),
 //!   the limit that applies, limit hits and the cgroup's own OOM-kill count.
@@ -22,6 +25,7 @@
 //!
 //! Label cardinality is bounded: `cgroup` × `comm` pairs of the kill counter are capped at
 //! [`MAX_KILL_SERIES`] (further kills count under `(other)`); `memstress` has three values;
+//! `by` × `signal` of the other kills at most ten;
 //! the memcg gauges cover the one watched cgroup; the probe labels are fixed by the binary.
 //!
 //! The endpoint is a small HTTP/1.1 responder on tokio (one request per connection, then
@@ -53,7 +57,7 @@ use tokio::{
 };
 
 use crate::{
-    explain::Explained,
+    explain::{Explained, kill::KillReport},
     probe::{DiagnosticCounts, Status},
     spec::STRESSOR_COMM,
     target::cgroup::Cgroup,
@@ -89,6 +93,15 @@ struct KillLabels {
     /// The victim's container's name: the pod spec's in a pod, Docker's outside one (empty
     /// when it has none).
     container: String,
+}
+
+/// The labels of one series of kills that were not the OOM killer's.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignalLabels {
+    /// `container_runtime`, `kubelet`, `kernel` or `process`.
+    by: &'static str,
+    /// `SIGKILL` or `SIGTERM`.
+    signal: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -246,6 +259,7 @@ impl Collector for Live {
 pub struct Metrics {
     registry: Registry,
     kills: Family<KillLabels, Counter>,
+    signals: Family<SignalLabels, Counter>,
     series: Mutex<HashSet<(String, String)>>,
     drops: Arc<AtomicU64>,
 }
@@ -259,6 +273,12 @@ impl Metrics {
             "memstress_oom_kills",
             "OOM kills seen by memstress watch, by the victim's cgroup, comm, and pod namespace, pod and container names where it is in one; memstress=stressor: the victim was a memstress stressor, domain: a stressor was in the OOM domain, no: neither",
             kills.clone(),
+        );
+        let signals = Family::<SignalLabels, Counter>::default();
+        registry.register(
+            "memstress_kills",
+            "Kills that were not the OOM killer's, as memstress watch reported them (kill lines): SIGKILLs, and SIGTERMs the process exited after, by what sent them (container_runtime, kubelet, kernel, process) and the signal",
+            signals.clone(),
         );
         let drops = Arc::new(AtomicU64::new(0));
         registry.register_collector(Box::new(Live {
@@ -278,6 +298,7 @@ impl Metrics {
         Self {
             registry,
             kills,
+            signals,
             series: Mutex::new(HashSet::new()),
             drops,
         }
@@ -321,6 +342,16 @@ impl Metrics {
             }
         }
         self.kills.get_or_create(&labels).inc();
+    }
+
+    /// Counts one kill that was not the OOM killer's.
+    pub fn signal_kill(&self, kill: &KillReport) {
+        self.signals
+            .get_or_create(&SignalLabels {
+                by: kill.by.name(),
+                signal: kill.signal.name(),
+            })
+            .inc();
     }
 
     /// Sets the BPF side's drop count (read from its counters by the watch loop).
@@ -631,6 +662,35 @@ mod tests {
             ),
             "{}",
             text.lines().last().unwrap_or_default()
+        );
+    }
+
+    #[test]
+    fn counts_other_kills_by_sender_kind_and_signal() {
+        use crate::explain::kill::{KillReport, KillSender, KillVictim, KilledBy, SignalName};
+        let metrics = Metrics::new(&[], DiagnosticCounts::default(), None);
+        let kill = |by, signal| KillReport {
+            ts_ns: 1,
+            signal,
+            victim: KillVictim::default(),
+            sender: KillSender::default(),
+            by,
+            why: String::new(),
+            exited_after_ms: None,
+            exit: None,
+            after_sigterm_ms: None,
+        };
+        metrics.signal_kill(&kill(KilledBy::ContainerRuntime, SignalName::Sigkill));
+        metrics.signal_kill(&kill(KilledBy::ContainerRuntime, SignalName::Sigkill));
+        metrics.signal_kill(&kill(KilledBy::Kubelet, SignalName::Sigterm));
+        let (text, _) = metrics.render(false);
+        assert!(
+            text.contains("memstress_kills_total{by=\"container_runtime\",signal=\"SIGKILL\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("memstress_kills_total{by=\"kubelet\",signal=\"SIGTERM\"} 1\n"),
+            "{text}"
         );
     }
 }

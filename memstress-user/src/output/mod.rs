@@ -19,7 +19,9 @@ use std::{
 
 use bytes::{BufMut as _, BytesMut};
 
-use self::line::{Attached, CollateralLine, Dropped, ErrorLine, KillContext, KillLine, Line};
+use self::line::{
+    Attached, CollateralLine, Dropped, ErrorLine, KillContext, KillLine, Line, SignalLine,
+};
 use crate::{
     explain::{Explained, Output},
     probe::Probes,
@@ -185,6 +187,11 @@ impl Reporter {
                 })))
             }
             Output::Reaped(r) => self.emit(&Line::OomReaped(Cow::Borrowed(r))),
+            Output::Signalled(k) => self.emit(&Line::Kill(Cow::Owned(SignalLine {
+                time: rfc3339(self.clock.unix_ns(k.ts_ns)),
+                kill: (**k).clone(),
+                context: context.clone(),
+            }))),
         }
     }
 

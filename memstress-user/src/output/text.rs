@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use super::{
     Clock,
-    line::{CollateralLine, FullLine, KillLine, Line, MemberLine, Outcome, Plan, Summary},
+    line::{
+        CollateralLine, FullLine, KillLine, Line, MemberLine, Outcome, Plan, SignalLine, Summary,
+    },
     time_of_day,
 };
 use crate::{
@@ -23,6 +25,7 @@ pub fn render(line: &Line<'_>, clock: &Clock) -> Vec<String> {
         Line::OomKill(k) | Line::OomVictimExiting(k) => vec![kill(k, clock)],
         Line::OomCollateral(c) => vec![collateral(c, clock)],
         Line::OomReaped(r) => reaped(r).into_iter().collect(),
+        Line::Kill(k) => vec![signal_kill(k, clock)],
         Line::Plan(p) => plan(p),
         Line::Restarted(m) => vec![restarted(m)],
         Line::Full(f) => vec![full(f)],
@@ -113,6 +116,34 @@ pub fn named(workload: &Workload, pid: Option<u32>, comm: Option<&str>) -> Strin
         },
         None => who(pid, comm),
     }
+}
+
+/// `12:00:00.123 KILL in /pod/ctr: killed 40 (sleep): SIGKILL from runc (pid 30) …`.
+fn signal_kill(k: &SignalLine, clock: &Clock) -> String {
+    let what = match k.kill.signal {
+        crate::explain::kill::SignalName::Sigkill => "KILL",
+        crate::explain::kill::SignalName::Sigterm => "TERM",
+    };
+    let mine = match k.context.stressor {
+        Some(true) => " [memstress stressor]",
+        _ => "",
+    };
+    let label = k
+        .kill
+        .victim
+        .workload
+        .label()
+        .map_or_else(String::new, |l| format!(" {l}"));
+    format!(
+        "{} {what}{label}{mine} in {}: {}",
+        time_of_day(clock.unix_ns(k.kill.ts_ns)),
+        k.kill
+            .victim
+            .cgroup
+            .as_deref()
+            .unwrap_or("an unknown cgroup"),
+        k.kill.why
+    )
 }
 
 fn collateral(c: &CollateralLine, clock: &Clock) -> String {

@@ -213,6 +213,7 @@ pub fn resolve(btf: &Btf, mark_victim: Option<&Format>) -> Resolved {
         task_tgid: r.offset("task_struct", "tgid"),
         task_comm: r.offset("task_struct", "comm"),
         task_flags: r.offset("task_struct", "flags"),
+        task_exit_code: r.offset("task_struct", "exit_code"),
         task_mm: r.offset("task_struct", "mm"),
         task_signal: r.offset("task_struct", "signal"),
         task_real_cred: r.offset("task_struct", "real_cred"),

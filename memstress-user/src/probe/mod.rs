@@ -183,7 +183,8 @@ const PROBES: [ProbeSpec; 13] = [
         program: names::PROG_SIGNAL_GENERATE_BTF,
         kind: ProbeKind::TpBtf,
         hook: "signal_generate",
-        purpose: "confirms the OOM killer's SIGKILL (a victim that was only marked is not a kill)",
+        purpose: "confirms the OOM killer's SIGKILL (a victim that was only marked is not a kill); \
+                  who sent every other SIGKILL and SIGTERM (kill lines)",
     },
     ProbeSpec {
         program: names::PROG_OUT_OF_MEMORY,
@@ -213,7 +214,7 @@ const PROBES: [ProbeSpec; 13] = [
         program: names::PROG_PROCESS_EXIT,
         kind: ProbeKind::TpBtf,
         hook: "sched_process_exit",
-        purpose: "when each victim exited (its memory was being freed)",
+        purpose: "when each victim exited (its memory was being freed); a SIGTERM's exit",
     },
     ProbeSpec {
         program: names::PROG_START_REAPING,

@@ -15,13 +15,13 @@ use super::{
 };
 use crate::{
     Error, Result, exit,
-    explain::{Explainer, Output, Scope},
+    explain::{Explainer, Output, Scope, kill::KillReport, who},
     observer::{Batch, Observer},
     output::{
         Reporter,
         line::{
-            FullLine, KillContext, KillsBeforeProbes, Line, Outcome, Plan, Role, SampleLine,
-            Summary, TargetFollowed, TargetGone,
+            FullLine, KillContext, KilledByLine, KillsBeforeProbes, Line, Outcome, Plan, Role,
+            SampleLine, Summary, TargetFollowed, TargetGone,
         },
         monotonic_ns,
     },
@@ -461,6 +461,10 @@ impl State {
     fn on_batch(&mut self, batch: Batch, reporter: &Reporter) -> Vec<usize> {
         let mut killed = Vec::new();
         for output in batch.outputs {
+            if let Output::Signalled(kill) = &output {
+                self.on_signal(kill, &output, reporter);
+                continue;
+            }
             let Output::Kill(kill) = &output else {
                 reporter.output(&output, &KillContext::default());
                 continue;
@@ -499,6 +503,30 @@ impl State {
             reporter.dropped(new, total);
         }
         killed
+    }
+
+    /// A kill that was not the OOM killer's, of something in the target: reported, and
+    /// remembered for a member's `exited` line. Such a member is not restarted: whoever sent
+    /// it meant it to stop (`--on-oom restart` restarts only what the OOM killer took).
+    fn on_signal(&mut self, kill: &KillReport, output: &Output, reporter: &Reporter) {
+        let task = &kill.victim.task;
+        let member = task.pid.or(task.tid).and_then(|pid| {
+            self.members
+                .iter()
+                .position(|m| m.pid == Some(pid) && (m.alive || m.exited_at.is_some()))
+        });
+        let context = KillContext {
+            stressor: Some(member.is_some_and(|i| self.members[i].role == Role::Stressor)),
+            in_target: None,
+        };
+        reporter.output(output, &context);
+        if let Some(i) = member {
+            self.members[i].killed_by = Some(KilledByLine {
+                signal: kill.signal,
+                by: kill.by,
+                sender: kill.sender.clone(),
+            });
+        }
     }
 
     /// A worker's report or exit. `Some` ends the run.
@@ -556,7 +584,13 @@ impl State {
                 Some((attached, n)) if t <= attached => format!(
                     "SIGKILL before the probes attached (the cgroup counted {n} OOM kill(s) then)"
                 ),
-                _ => "SIGKILL (not by the OOM killer)".to_owned(),
+                _ => match &m.killed_by {
+                    Some(k) => format!(
+                        "SIGKILL (not by the OOM killer) from {}",
+                        who(k.sender.pid, k.sender.comm.as_deref())
+                    ),
+                    None => "SIGKILL (not by the OOM killer)".to_owned(),
+                },
             };
             tracing::warn!("{} pid {}: {why}", m.worker.name, m.pid.unwrap_or(0));
             reporter.emit(&Line::Exited(Cow::Owned(m.line(Some(why)))));

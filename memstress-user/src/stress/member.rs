@@ -18,7 +18,7 @@ use tokio::{
 use crate::{
     Error, Result,
     error::Context as _,
-    output::line::{MemberLine, Role},
+    output::line::{KilledByLine, MemberLine, Role},
     stress::{
         spawn::{self, Exit, Spec, Stdio},
         stressor::{Command, Report, WorkerArgs},
@@ -85,6 +85,8 @@ pub struct Member {
     pub exited_at: Option<Instant>,
     /// Times restarted.
     pub restarts: u32,
+    /// The signal (not the OOM killer's) a `kill` line reported for this incarnation.
+    pub killed_by: Option<KilledByLine>,
     ctl: Option<mpsc::UnboundedSender<Ctl>>,
 }
 
@@ -111,6 +113,7 @@ impl Member {
             restart_at: None,
             exited_at: None,
             restarts: 0,
+            killed_by: None,
             ctl: None,
         }
     }
@@ -174,6 +177,7 @@ impl Member {
         self.acked_seq = u64::MAX;
         self.oom_killed = false;
         self.exited_at = None;
+        self.killed_by = None;
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         self.ctl = Some(ctl_tx);
         let stdout = pipe::Receiver::from_file(stdout).context(|| "worker stdout".to_owned())?;
@@ -235,6 +239,7 @@ impl Member {
 
     /// Its `started`, `restarted` or `exited` line.
     pub fn line(&self, exit: Option<String>) -> MemberLine {
+        let killed_by = exit.as_ref().and(self.killed_by.clone());
         MemberLine {
             index: self.index,
             role: self.role,
@@ -243,6 +248,7 @@ impl Member {
             bytes: self.share,
             exit,
             restarts: (self.restarts > 0).then_some(self.restarts),
+            killed_by,
         }
     }
 

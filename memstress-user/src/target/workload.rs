@@ -287,6 +287,14 @@ impl Names {
                 }
             }
             Output::LateCollateral(c) => self.name_collateral(c),
+            Output::Signalled(k) => {
+                if let Some(path) = k.victim.cgroup.clone() {
+                    k.victim.workload = self.of_path(&path);
+                }
+                if let Some(path) = k.sender.cgroup.clone() {
+                    k.sender.workload = self.of_path(&path);
+                }
+            }
             Output::Reaped(_) => {}
         }
     }
