@@ -396,7 +396,10 @@ fn systemd_shaped_pods_of_every_qos_class_are_named() {
         let plan: Value =
             serde_json::from_str(stdout.lines().next().expect("a plan")).expect("JSON");
         assert_eq!(plan["target"]["path"], idle.cgroup_path.as_str(), "{name}");
-        assert_eq!(plan["target"]["kubernetes"]["driver"], "systemd", "{name}: {plan}");
+        assert_eq!(
+            plan["target"]["kubernetes"]["driver"], "systemd",
+            "{name}: {plan}"
+        );
         let app = pod.container("app", Some(32 * MIB), &hog_argv(64 * MIB));
         assert!(
             app.cgroup_path
@@ -408,4 +411,125 @@ fn systemd_shaped_pods_of_every_qos_class_are_named() {
         assert_named_qos(&kill["victim"], &pod_uid, &app.id, "app", name, name);
     }
     watch.interrupt(Duration::from_secs(10));
+}
+
+/// Kills that were not the OOM killer's, from real senders: `docker kill`, `docker restart`
+/// and `ctr task kill` are the container runtime's (runc sends them), `kill -9` from a shell
+/// is a process's; each is a `kill` line naming the container, never an `oom_kill`; and an
+/// OOM kill in a container is an `oom_kill` only.
+#[test]
+fn runtime_and_shell_kills_are_told_apart_from_oom_kills() {
+    require_root();
+    let docker = Docker::start();
+    let rt = Containerd::start();
+    let docker_state = format!("docker={}", docker.data_root().display());
+    let containerd_state = state_flag(&rt);
+    let mut watch = Memstress::start(&[
+        "watch",
+        "-o",
+        "json",
+        "--runtime-state",
+        &docker_state,
+        "--runtime-state",
+        &containerd_state,
+    ]);
+    watch.wait_type("attached", Duration::from_secs(30));
+    let sleep: Vec<String> = vec!["/bin/sleep".into(), "600".into()];
+    let kill_of = |watch: &mut Memstress, id: &str, what: &str| -> Value {
+        let id = id.to_owned();
+        watch.wait_for(what, Duration::from_secs(30), move |v| {
+            v["type"] == "kill" && v["victim"]["container"]["id"] == id.as_str()
+        })
+    };
+    // docker kill: SIGKILL through containerd's shim and runc.
+    let killed = docker.run("killed", Some(128 * MIB), &sleep);
+    let out = docker.docker(&["kill", "killed"]);
+    assert!(out.status.success(), "{out:?}");
+    let k = kill_of(&mut watch, &killed.id, "docker kill's line");
+    eprintln!("docker kill: {}", k["why"]);
+    assert_eq!(k["signal"], "SIGKILL", "{k}");
+    assert_eq!(k["by"], "container_runtime", "{k}");
+    assert_eq!(k["victim"]["pid"], killed.init_pid, "{k}");
+    assert_eq!(k["victim"]["container"]["name"], "killed", "{k}");
+    assert_eq!(k["victim"]["container"]["runtime"], "docker", "{k}");
+    assert!(
+        k["why"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not the OOM killer"),
+        "{k}"
+    );
+    // docker restart: the init ignores SIGTERM (a PID namespace's init without a handler),
+    // so the grace period runs out and runc SIGKILLs it.
+    let restarted = docker.run("restarted", Some(128 * MIB), &sleep);
+    let out = docker.docker(&["restart", "-t", "1", "restarted"]);
+    assert!(out.status.success(), "{out:?}");
+    let k = kill_of(&mut watch, &restarted.id, "docker restart's line");
+    eprintln!("docker restart: {}", k["why"]);
+    assert_eq!(
+        (&k["signal"], &k["by"]),
+        (&"SIGKILL".into(), &"container_runtime".into()),
+        "{k}"
+    );
+    assert_eq!(k["victim"]["pid"], restarted.init_pid, "{k}");
+    // ctr task kill of a pod's container: the runtime, named with its pod.
+    let pod_uid = uid();
+    let pod = Pod::new(&rt, "shop", "cart", &pod_uid, Qos::Burstable);
+    let app = pod.container("app", Some(64 * MIB), &sleep);
+    let out = rt.ctr(
+        memstress_tests::runtime::K8S_NAMESPACE,
+        &["task", "kill", "--signal", "SIGKILL", &app.id],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let k = kill_of(&mut watch, &app.id, "ctr task kill's line");
+    assert_eq!(
+        (&k["signal"], &k["by"]),
+        (&"SIGKILL".into(), &"container_runtime".into()),
+        "{k}"
+    );
+    assert_named(&k["victim"], &pod_uid, &app.id, "app", "ctr task kill");
+    // kill -9 from a shell on the node: a process.
+    let other = pod.container("other", Some(64 * MIB), &sleep);
+    let status = Command::new("sh")
+        .args(["-c", &format!("kill -9 {}", other.init_pid)])
+        .status()
+        .expect("run sh");
+    assert!(status.success());
+    let k = kill_of(&mut watch, &other.id, "kill -9's line");
+    assert_eq!(
+        (&k["signal"], &k["by"]),
+        (&"SIGKILL".into(), &"process".into()),
+        "{k}"
+    );
+    assert!(
+        ["sh", "kill"].contains(&k["sender"]["comm"].as_str().unwrap_or_default()),
+        "{k}"
+    );
+    // An OOM kill in a container: an oom_kill line, and no kill line for that process.
+    let hog = pod.container("hog", Some(32 * MIB), &hog_argv(64 * MIB));
+    let oom = watch.wait_for("the hog's OOM kill", Duration::from_secs(30), |v| {
+        v["type"] == "oom_kill" && v["victim"]["container"]["id"] == hog.id.as_str()
+    });
+    let victim = oom["victim"]["pid"].clone();
+    // Past the 200 ms a kernel SIGKILL is held for.
+    std::thread::sleep(Duration::from_millis(600));
+    let done = watch.interrupt(Duration::from_secs(10));
+    let twice: Vec<&Value> = done
+        .of_type("kill")
+        .into_iter()
+        .filter(|k| k["victim"]["pid"] == victim)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "an OOM kill reported as a kill too: {twice:?}"
+    );
+    // Each container above was killed once, by one sender.
+    for id in [&killed.id, &app.id, &other.id] {
+        let n = done
+            .of_type("kill")
+            .iter()
+            .filter(|k| k["victim"]["container"]["id"] == id.as_str() && k["signal"] == "SIGKILL")
+            .count();
+        assert_eq!(n, 1, "SIGKILL lines for {id}");
+    }
 }
