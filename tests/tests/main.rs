@@ -14,4 +14,5 @@ mod metrics;
 mod run;
 mod runtime;
 mod security;
+mod sidecar;
 mod watch;
