@@ -391,7 +391,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "PID", value_parser = parse_pid)]
     pub pid: Option<u32>,
 
-    /// Stress the cgroup memstress itself runs in (a sidecar in the pod it stresses).
+    /// Stress the cgroup memstress itself runs in (a sidecar in the pod it stresses). In a
+    /// container, its own memory cgroup is found from /proc/self/cgroup and the cgroup mount
+    /// the runtime gives it (also inside a cgroup namespace, where both say `/`).
     #[arg(long = "self")]
     pub self_: bool,
 
@@ -433,7 +435,11 @@ pub struct RunArgs {
     /// Total memory to hold, across all workers: bytes (256Mi, 1.5Gi, 500M) or a percent of
     /// the target's memory limit (80%; the nearest limited ancestor's if the target has none).
     /// It is what the cgroup is charged: each stressor's own footprint is included. Above the
-    /// limit is allowed: it forces OOM kills on purpose.
+    /// limit is allowed: it forces OOM kills on purpose. When memstress itself is charged to
+    /// the target (--self, or a target containing its own cgroup), the size is the cgroup's
+    /// rise over its usage once the controller has loaded its probes and settled: the
+    /// controller's own memory (tens of MiB while it parses the kernel's BTF) is not part of
+    /// it; the summary states it as `controller_bytes`.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
     pub size: Option<SizeArg>,
 

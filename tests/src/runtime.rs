@@ -649,28 +649,64 @@ impl Containerd {
         flags: &[String],
         argv: &[String],
     ) -> u32 {
+        self.run_from(namespace, id, cgroup, flags, None, argv)
+    }
+
+    /// Like [`Self::run`], from `image` (imported in `namespace`, see [`Self::import`];
+    /// `None`: our root file system). A container of an image gets a snapshot of its own,
+    /// which [`Self::remove`] deletes with the container.
+    pub fn run_from(
+        &self,
+        namespace: &str,
+        id: &str,
+        cgroup: &str,
+        flags: &[String],
+        image: Option<&str>,
+        argv: &[String],
+    ) -> u32 {
         self.cgroups
             .borrow_mut()
             .extend(missing_cgroup_dirs(cgroup));
-        let out = self
-            .ctr_cmd(namespace)
-            .args(["run", "-d", "--null-io", "--cgroup", cgroup])
+        let mut cmd = self.ctr_cmd(namespace);
+        cmd.args(["run", "-d", "--null-io", "--cgroup", cgroup])
             .arg("--runc-root")
             .arg(self.dir.join("runc"))
             .arg("--fifo-dir")
             .arg(self.dir.join("fifo"))
-            .args(flags)
-            .arg("--rootfs")
-            .arg(&self.rootfs)
-            .arg(id)
-            .args(argv)
-            .output()
-            .expect("run ctr run");
+            .args(flags);
+        match image {
+            Some(image) => cmd.arg(image),
+            None => cmd.arg("--rootfs").arg(&self.rootfs),
+        };
+        let out = cmd.arg(id).args(argv).output().expect("run ctr run");
         check(out, &format!("ctr run {id}"));
         let pid_file = self.bundle(namespace, id).join("init.pid");
         let pid = fs::read_to_string(&pid_file)
             .unwrap_or_else(|e| panic!("read {}: {e}", pid_file.display()));
         pid.trim().parse().expect("init.pid holds a pid")
+    }
+
+    /// Imports an image tarball (`ctr images import`) into `namespace`; returns the names
+    /// it was imported as. The images go with the daemon's root when it is dropped, or with
+    /// [`Self::remove_image`].
+    pub fn import(&self, namespace: &str, tarball: &Path) -> Vec<String> {
+        let out = self
+            .ctr_cmd(namespace)
+            .args(["images", "import", "--no-unpack"])
+            .arg(tarball)
+            .output()
+            .expect("run ctr images import");
+        check(out, &format!("ctr images import {}", tarball.display()));
+        let list = self.ctr(namespace, &["images", "list", "--quiet"]);
+        check(list, "ctr images list")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Removes image `name` from `namespace` (quiet when it is gone).
+    pub fn remove_image(&self, namespace: &str, name: &str) {
+        let _ = self.ctr(namespace, &["images", "remove", "--sync", name]);
     }
 
     /// Kills the task of `id` (SIGKILL), deletes it and the container. Quiet when either is
@@ -950,6 +986,19 @@ impl<'a> Pod<'a> {
 
     /// Starts app container `name` running `argv` (with `memory_limit` bytes, if any).
     pub fn container(&self, name: &str, memory_limit: Option<u64>, argv: &[String]) -> Ctr {
+        self.container_with(name, memory_limit, &[], None, argv)
+    }
+
+    /// Like [`Self::container`], with more `ctr run` flags (capabilities, mounts, namespaces)
+    /// and from `image` (`None`: the harness's root file system).
+    pub fn container_with(
+        &self,
+        name: &str,
+        memory_limit: Option<u64>,
+        extra: &[String],
+        image: Option<&str>,
+        argv: &[String],
+    ) -> Ctr {
         let id = new_id();
         let cgroup_path = container_cgroup(&self.cgroup_path(), self.layout, &id);
         let annotations = [
@@ -962,7 +1011,7 @@ impl<'a> Pod<'a> {
             (annotations::SANDBOX_UID, &self.uid),
             (annotations::SANDBOX_NAME, &self.name),
             (annotations::CONTAINER_NAME, name),
-            (annotations::IMAGE_NAME, POD_IMAGE),
+            (annotations::IMAGE_NAME, image.unwrap_or(POD_IMAGE)),
         ];
         let mut flags = vec![
             "--label".to_owned(),
@@ -980,7 +1029,10 @@ impl<'a> Pod<'a> {
             flags.push("--memory-limit".into());
             flags.push(limit.to_string());
         }
-        let init_pid = self.rt.run(K8S_NAMESPACE, &id, &cgroup_path, &flags, argv);
+        flags.extend(extra.iter().cloned());
+        let init_pid = self
+            .rt
+            .run_from(K8S_NAMESPACE, &id, &cgroup_path, &flags, image, argv);
         let ctr = Ctr {
             id,
             name: name.into(),

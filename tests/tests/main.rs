@@ -16,4 +16,5 @@ mod metrics;
 mod run;
 mod runtime;
 mod security;
+mod sidecar;
 mod watch;

@@ -2,6 +2,8 @@
 //!
 //! * `setup`: toolchain pieces, bpf-linker, Debian packages, mounts (idempotent).
 //! * `build`: the release binary.
+//! * `image`: the container image deploy/ names, as an OCI/Docker tarball
+//!   (target/memstress-image.tar) that `docker load` and `ctr images import` accept.
 //! * `demo`: the main job on its built-in default (setup and build included).
 //! * `test`: formatting, lints, unit tests, then the privileged integration tests as root
 //!   (with the manifest validation and metrics parsing tools of `setup::python_tools`).
@@ -14,6 +16,7 @@
 
 mod bench;
 mod fuzz;
+mod image;
 mod lab;
 mod setup;
 
@@ -39,6 +42,11 @@ enum Cmd {
     Setup,
     /// Build the release `memstress` binary (target/release/memstress).
     Build,
+    /// Build the container image `ghcr.io/memstress/memstress:<version>` (the release
+    /// binary, its shared libraries, entrypoint memstress) as target/memstress-image.tar, an
+    /// OCI image layout with a Docker manifest.json: `docker load -i` and `ctr images import`
+    /// both take it.
+    Image,
     /// Write man pages (target/assets/man/) and shell completions (target/assets/completions/),
     /// generated from the CLI by the release binary.
     Assets,
@@ -275,6 +283,8 @@ fn unit_tests() -> Result<()> {
 fn privileged_tests(filter: Option<&str>) -> Result<()> {
     need_root("the privileged test suite")?;
     let bin = build()?;
+    // The sidecar tests run memstress from its image (tests/tests/sidecar.rs).
+    image::image(&bin)?;
     eprintln!("xtask: privileged integration tests (one at a time: they share dmesg and memory)");
     let mut cmd = cargo();
     cmd.env("MEMSTRESS_BIN", &bin)
@@ -375,6 +385,10 @@ fn main() -> Result<()> {
             setup::python_tools()
         }
         Cmd::Build => setup::setup(&[]).and_then(|()| build().map(drop)),
+        Cmd::Image => {
+            setup::setup(&[])?;
+            image::image(&build()?).map(drop)
+        }
         Cmd::Assets => {
             setup::setup(&[])?;
             assets(&build()?)

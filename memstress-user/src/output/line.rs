@@ -533,6 +533,16 @@ pub struct Summary {
     /// they never got there). It differs from `stressors_charged_bytes` when other processes
     /// in the cgroup allocated or freed meanwhile.
     pub charged_bytes: Option<u64>,
+    /// The target's usage `charged_bytes` counts from: read before the stressors started,
+    /// and, when the controller itself is charged to the target (`--self`, or a target that
+    /// contains memstress's own cgroup), once its probes were attached and its own usage had
+    /// settled.
+    pub baseline_usage_bytes: u64,
+    /// When the controller is charged to the target: how much the target's usage rose from
+    /// the run's first reading to its baseline, while the controller loaded its probes (BTF,
+    /// programs, maps) before any stressor started. Its own share: in the target's usage, not
+    /// in `charged_bytes` nor in `--size`. `null` when the controller is not in the target.
+    pub controller_bytes: Option<u64>,
     /// Highest usage sampled (every 100 ms), or the kernel's peak when it covers this run.
     pub peak_usage_bytes: u64,
     /// The kernel's own high-water mark (v1 `memory.max_usage_in_bytes`, v2 `memory.peak`),

@@ -31,7 +31,7 @@ use crate::{
     spec::OnOom,
     stress::{spawn::Exit, stressor::WorkerArgs},
     target::{
-        cgroup::{Cgroup, CgroupError, Counters, Hierarchy, PeakScope},
+        cgroup::{self, Cgroup, CgroupError, Counters, Hierarchy, PeakScope},
         kube::{self, Identity, RuntimeState},
         workload::Names,
     },
@@ -122,6 +122,11 @@ struct State {
     target: Cgroup,
     target_id: u64,
     baseline: u64,
+    /// The controller is charged to the target (`--self`, or a target containing its own
+    /// cgroup): the stressors wait for the probes, and the baseline is read again then.
+    controller_in_target: bool,
+    /// What the target's usage rose while the controller loaded its probes.
+    controller_bytes: Option<u64>,
     started: Instant,
     full_at: Option<Instant>,
     charged: Option<u64>,
@@ -206,11 +211,15 @@ impl State {
         }
         let baseline = cgroup.usage()?;
         let start = cgroup.counters()?;
+        let controller_in_target =
+            cgroup::own_cgroup(&cgroup.hierarchy).is_ok_and(|own| own.is_within(cgroup));
         Ok(Self {
             members,
             target: cgroup.clone(),
             target_id: cgroup.id()?,
             baseline,
+            controller_in_target,
+            controller_bytes: None,
             started: Instant::now(),
             full_at: None,
             charged: None,
@@ -398,7 +407,9 @@ impl State {
             if m.role == Role::Stressor {
                 let cap = caps.as_ref().map(|c| c[stressor]);
                 stressor += 1;
-                if cap.is_some_and(|cap| cap < least) {
+                // The controller's own growth while it loads the probes is not foreseeable:
+                // in its own target, the stressors start once it has settled.
+                if self.controller_in_target || cap.is_some_and(|cap| cap < least) {
                     deferred.push(i);
                     continue;
                 }
@@ -431,6 +442,45 @@ impl State {
             reporter.emit(&Line::Started(Cow::Owned(self.members[i].line(None))));
         }
         Ok(())
+    }
+
+    /// When the controller is charged to the target: waits (2 s at most) until the target's
+    /// usage stops moving (less than 512 KiB over 100 ms: the kernel's per-CPU charge
+    /// batches), then takes it as the run's baseline, so that what the stressors add to it is
+    /// the size asked for; what the controller added since the first reading is its own
+    /// share (`controller_bytes`). Nothing of the run's stressors is in the target yet.
+    async fn settle_controller(&mut self) -> Result<()> {
+        if !self.controller_in_target {
+            return Ok(());
+        }
+        const STEP: Duration = Duration::from_millis(25);
+        const QUIET: u64 = 512 << 10;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut window = std::collections::VecDeque::with_capacity(5);
+        loop {
+            let usage = self.target.usage()?;
+            if window.len() == 5 {
+                window.pop_front();
+            }
+            window.push_back(usage);
+            let (lo, hi) = window
+                .iter()
+                .fold((u64::MAX, 0), |(lo, hi), &u| (lo.min(u), hi.max(u)));
+            if (window.len() == 5 && hi - lo < QUIET) || Instant::now() >= deadline {
+                self.controller_bytes = Some(usage.saturating_sub(self.baseline));
+                tracing::info!(
+                    "the controller is charged to {}: its own {} (probes loaded) is in the \
+                     baseline ({}); the stressors add the size to that",
+                    self.target.path,
+                    Bytes(usage.saturating_sub(self.baseline)),
+                    Bytes(usage)
+                );
+                self.baseline = usage;
+                self.peak = self.peak.max(usage);
+                return Ok(());
+            }
+            tokio::time::sleep(STEP).await;
+        }
     }
 
     /// OOM kills the target counted while the probes were loading, which no probe saw.
@@ -708,6 +758,8 @@ impl State {
             stressor_charge_bytes: charge,
             stressors_charged_bytes: self.charged_at_full,
             charged_bytes: self.charged,
+            baseline_usage_bytes: self.baseline,
+            controller_bytes: self.controller_bytes,
             // Sampling every 100 ms can miss a peak an OOM kill cut short: the kernel's
             // high-water mark is used where it covers this run only.
             peak_usage_bytes: match kernel_peak {
@@ -810,6 +862,10 @@ pub(super) async fn engine(
     };
     reporter.attached(observer.probes(), Some(&cgroup.path));
     state.count_unseen_kills(kills_before, reporter);
+    if let Err(e) = state.settle_controller().await {
+        stop_members(&mut state, &mut rx).await;
+        return Err(e);
+    }
     state.after_attach(opts, deferred, &tx, reporter)?;
     let peak = cgroup.peak_reader(plan.target.created);
     let outcome = drive(

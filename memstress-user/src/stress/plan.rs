@@ -405,7 +405,7 @@ fn resolve(opts: &Options, target: &Target, domain: &Domain) -> Result<Resolved>
             }
         }
     };
-    if target.cgroup.is_root()
+    if target.cgroup.is_node_root()
         && let Some(available) = target::node_available()
         && resolved.total >= available
     {

@@ -2,7 +2,8 @@
 //!
 //! Children are created with `clone3(CLONE_PIDFD)`, so the controller holds a pidfd for each:
 //! signals go to the right process even after pid reuse, and exits are awaited with the pidfd
-//! readable in the event loop. On cgroup v2 the child is born in the target cgroup
+//! readable in the event loop (where a seccomp profile refuses clone3 with ENOSYS, as
+//! container runtimes' default ones do, with `clone(CLONE_PIDFD)`). On cgroup v2 the child is born in the target cgroup
 //! (`CLONE_INTO_CGROUP`, Linux 5.7); otherwise its first act is to write `0` to the target's
 //! `cgroup.procs`, before it execs and allocates anything. Between clone and exec the child
 //! only makes raw system calls with memory prepared by the parent (async-signal-safe), as
@@ -283,6 +284,9 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
     let (err_read, err_write) = pipe()?;
 
     let mut attempt_into_cgroup = prepared.cgroup_dir.is_some();
+    // Container runtimes' default seccomp profiles (Docker's, containerd's: Kubernetes'
+    // `RuntimeDefault`) answer clone3 with ENOSYS, so that libc falls back to clone: so do we.
+    let mut legacy_clone = false;
     loop {
         let mut pidfd: RawFd = -1;
         let mut args = CloneArgs {
@@ -299,8 +303,24 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
         // SAFETY: clone3 without a new stack behaves like fork: the child continues here on a
         // copy of this stack and only runs `child_main`, which makes raw system calls on data
         // prepared above and then execs or exits; the parent continues normally.
-        let ret =
-            unsafe { libc::syscall(libc::SYS_clone3, &raw const args, size_of::<CloneArgs>()) };
+        let ret = if legacy_clone {
+            // clone(2) with CLONE_PIDFD stores the pidfd at parent_tid (the third argument);
+            // no new stack, no child_tid or tls (the fourth and fifth, in either order).
+            // SAFETY: as for clone3 below: fork-like, the child only runs `child_main`.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    (CLONE_PIDFD | libc::SIGCHLD as u64) as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    &raw mut pidfd,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                )
+            }
+        } else {
+            // SAFETY: see above.
+            unsafe { libc::syscall(libc::SYS_clone3, &raw const args, size_of::<CloneArgs>()) }
+        };
         if ret == 0 {
             let in_cgroup = args.flags & CLONE_INTO_CGROUP != 0;
             // SAFETY: we are the child of a fork-like clone; see child_main.
@@ -325,6 +345,10 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
                 )
             {
                 attempt_into_cgroup = false;
+                continue;
+            }
+            if !legacy_clone && err.raw_os_error() == Some(libc::ENOSYS) {
+                legacy_clone = true;
                 continue;
             }
             return Err(err);

@@ -128,11 +128,16 @@ impl Hierarchy {
 
     /// Picks the memory hierarchy from mountinfo text. `v2_has_memory` tells whether a
     /// cgroup2 mount has the memory controller (its `cgroup.controllers` lists it).
+    ///
+    /// A later mount at the same place hides an earlier one, and mountinfo lists both: a
+    /// container given the node's /sys/fs/cgroup (a hostPath volume) over the one its runtime
+    /// mounted (showing only its own cgroup) sees the node's, so the last one counts.
     pub fn from_mountinfo(
         text: &str,
         v2_has_memory: impl Fn(&Path) -> bool,
     ) -> Result<Self, CgroupError> {
-        let mut v2 = None;
+        let mut v1: Option<Self> = None;
+        let mut v2: Option<Self> = None;
         for line in text.lines() {
             let Some((left, right)) = line.split_once(" - ") else {
                 continue;
@@ -148,15 +153,19 @@ impl Hierarchy {
             match *fstype {
                 "cgroup" => {
                     let opts = right.get(2).copied().unwrap_or("");
-                    if opts.split(',').any(|o| o == "memory") {
-                        return Ok(Self {
+                    if opts.split(',').any(|o| o == "memory")
+                        && v1.as_ref().is_none_or(|h| h.mount == mount)
+                    {
+                        v1 = Some(Self {
                             version: Version::V1,
                             mount,
                             mount_root: root,
                         });
                     }
                 }
-                "cgroup2" if v2.is_none() && v2_has_memory(&mount) => {
+                "cgroup2"
+                    if v2.as_ref().is_none_or(|h| h.mount == mount) && v2_has_memory(&mount) =>
+                {
                     v2 = Some(Self {
                         version: Version::V2,
                         mount,
@@ -166,7 +175,7 @@ impl Hierarchy {
                 _ => {}
             }
         }
-        v2.ok_or(CgroupError::NoMemoryController)
+        v1.or(v2).ok_or(CgroupError::NoMemoryController)
     }
 
     /// The memory hierarchy under `root`, a directory shaped like /sys/fs/cgroup
@@ -493,6 +502,14 @@ impl Cgroup {
         self.path == "/"
     }
 
+    /// Whether this is the node's root cgroup, not the root of a cgroup namespace (inside
+    /// one, a container's own cgroup is `/`): the real root's directory is the cgroup
+    /// file system's root, inode 1. A tree that is not cgroupfs (`--cgroup-root`) goes by the
+    /// path.
+    pub fn is_node_root(&self) -> bool {
+        self.is_root() && (self.check_cgroupfs().is_err() || self.id().is_ok_and(|id| id == 1))
+    }
+
     /// Its last path component (`/kubepods/pod1` → `pod1`; the root's is empty).
     pub fn name(&self) -> &str {
         self.path.rsplit('/').next().unwrap_or_default()
@@ -563,7 +580,9 @@ impl Cgroup {
                 Ok((limit < V1_UNLIMITED).then_some(limit))
             }
             Version::V2 => {
-                if self.is_root() || !self.file("memory.max").exists() {
+                // The node's root has no memory.max; a cgroup namespace's root (a
+                // container's own cgroup, shown as `/`) has its own.
+                if !self.file("memory.max").exists() {
                     return Ok(None);
                 }
                 let text = self.read("memory.max")?;
@@ -932,6 +951,23 @@ mod tests {
             Hierarchy::from_mountinfo(UNIFIED, |_| false),
             Err(CgroupError::NoMemoryController)
         ));
+    }
+
+    #[test]
+    fn a_later_mount_at_the_same_place_wins() {
+        // runc's own view of the container's cgroup, then the node's /sys/fs/cgroup bound
+        // over it (a hostPath volume): the node's is what the container sees.
+        let text = "\
+700 690 0:32 /kubepods/pod1/c1 /sys/fs/cgroup/memory ro,nosuid - cgroup cgroup rw,memory
+710 690 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+711 710 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+720 690 0:32 / /host/memory rw,relatime - cgroup cgroup rw,memory
+";
+        let h = Hierarchy::from_mountinfo(text, |_| false).unwrap();
+        assert_eq!(h.mount, Path::new("/sys/fs/cgroup/memory"));
+        assert_eq!(h.mount_root, "/");
+        let own = Hierarchy::from_mountinfo(text.lines().next().unwrap(), |_| false).unwrap();
+        assert_eq!(own.mount_root, "/kubepods/pod1/c1");
     }
 
     #[test]

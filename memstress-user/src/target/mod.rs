@@ -208,7 +208,7 @@ impl Target {
                 }
             }
         };
-        if target.cgroup.is_root() && !allow_root {
+        if target.cgroup.is_node_root() && !allow_root {
             return Err(TargetError::Root);
         }
         Ok(target)
