@@ -60,7 +60,7 @@ fn documents(file: &Path) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).expect("PyYAML printed JSON")
 }
 
-fn containers_of(file: &str, kind: &str) -> Vec<Value> {
+pub(crate) fn containers_of(file: &str, kind: &str) -> Vec<Value> {
     let doc = documents(&workspace().join("deploy").join(file))
         .into_iter()
         .find(|d| d["kind"] == kind)
@@ -74,7 +74,7 @@ fn containers_of(file: &str, kind: &str) -> Vec<Value> {
 }
 
 /// The capabilities a container adds, as setpriv names them (`bpf`, `perfmon`).
-fn added_capabilities(container: &Value) -> Vec<String> {
+pub(crate) fn added_capabilities(container: &Value) -> Vec<String> {
     assert_eq!(
         container["securityContext"]["capabilities"]["drop"],
         serde_json::json!(["ALL"]),

@@ -543,3 +543,150 @@ fn run_self_in_a_cgroup_namespace() {
     let charged = summary["charged_bytes"].as_u64().unwrap();
     assert!(within(charged, LIMIT / 2, 2), "charged {charged}");
 }
+
+/// The DaemonSet for real: the image in a container with exactly the manifest's capabilities
+/// (BPF, PERFMON), its read-only host paths (tracefs, the node's /sys/fs/cgroup, the
+/// runtimes' state directories under /host) and its args (`--runtime-root /host`). A kill in
+/// another pod's container is reported with that pod's names, and the kill counter carries
+/// them, scraped from inside the pod's network namespace at the manifest's port.
+#[test]
+fn the_daemonset_names_a_kill_in_another_pod() {
+    let setup = Setup::new();
+    let rt = &setup.rt;
+    let manifest = &crate::deploy::containers_of("daemonset-watch.yaml", "DaemonSet")[0];
+    let caps: Vec<String> = crate::deploy::added_capabilities(manifest)
+        .iter()
+        .map(|c| format!("CAP_{}", c.to_uppercase()))
+        .collect();
+    assert_eq!(caps, ["CAP_BPF", "CAP_PERFMON"]);
+    let mut flags = Vec::new();
+    for cap in ALL_CAPS.iter().filter(|c| !caps.iter().any(|k| k == *c)) {
+        flags.extend(["--cap-drop".to_owned(), (*cap).to_owned()]);
+    }
+    for cap in &caps {
+        flags.extend(["--cap-add".to_owned(), cap.clone()]);
+    }
+    // Every host path the manifest mounts, read-only, at its place; containerd's task
+    // directory is this test's containerd's.
+    let mut mounted = Vec::new();
+    for m in manifest["volumeMounts"].as_array().expect("volumeMounts") {
+        let dst = m["mountPath"].as_str().expect("mountPath");
+        assert_eq!(m["readOnly"], true, "{dst} is mounted writable");
+        let src = match dst {
+            "/host/run/containerd/io.containerd.runtime.v2.task" => rt
+                .state_dir()
+                .join("io.containerd.runtime.v2.task")
+                .display()
+                .to_string(),
+            other if other.starts_with("/host/") => {
+                // A runtime this node does not run: an empty directory, as the kubelet makes.
+                let dir = rt.dir().join(format!("empty{}", mounted.len()));
+                std::fs::create_dir_all(&dir).expect("mkdir");
+                dir.display().to_string()
+            }
+            other => other.to_owned(),
+        };
+        flags.extend([
+            "--mount".to_owned(),
+            format!("type=bind,src={src},dst={dst},options=rbind:ro"),
+        ]);
+        mounted.push(dst.to_owned());
+    }
+    flags.extend([
+        "--seccomp".to_owned(),
+        "--read-only".to_owned(),
+        "--mount".to_owned(),
+        format!(
+            "type=bind,src={},dst=/bin,options=rbind:ro",
+            rt.rootfs().join("bin").display()
+        ),
+    ]);
+    let pod = setup.pod("memstress-watch");
+    let ds = pod.container_with("watch", Some(128 * MIB), &flags, Some(IMAGE), &sleep_argv());
+    let args: Vec<String> = manifest["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("a string").to_owned())
+        .collect();
+    let mut argv = vec![MEMSTRESS];
+    argv.extend(args.iter().map(String::as_str));
+    let mut watch = exec(rt, &ds, &argv);
+    watch.wait_type("attached", Duration::from_secs(60));
+    let address = watch.wait_type("metrics", Duration::from_secs(10))["address"]
+        .as_str()
+        .expect("an address")
+        .replace("0.0.0.0", "127.0.0.1");
+    // An app pod whose container outgrows its limit.
+    let uid = new_id()[..36].to_owned();
+    let app_pod = Pod::new(rt, "shop", "cart", &uid, Qos::Burstable);
+    let app = app_pod.container(
+        "app",
+        Some(32 * MIB),
+        &memstress_tests::runtime::hog_argv(64 * MIB),
+    );
+    let kill = watch.wait_for("the app's kill", Duration::from_secs(30), |v| {
+        v["type"] == "oom_kill" && v["victim"]["container"]["id"] == app.id.as_str()
+    });
+    let k = &kill["victim"]["kubernetes"];
+    assert_eq!(
+        (
+            &k["pod_uid"],
+            &k["namespace"],
+            &k["pod_name"],
+            &k["container_name"]
+        ),
+        (
+            &Value::from(uid.as_str()),
+            &Value::from("shop"),
+            &Value::from("cart"),
+            &Value::from("app")
+        ),
+        "{kill}"
+    );
+    let body = scrape_in(pod.sandbox.init_pid, &address);
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("memstress_oom_kills_total{")
+                && l.contains("namespace=\"shop\",pod=\"cart\",container=\"app\"")),
+        "{body}"
+    );
+    let finished = watch.interrupt(Duration::from_secs(15));
+    assert!(!finished.stderr.contains("error:"), "{}", finished.stderr);
+}
+
+/// The body of GET /metrics at `address`, from the network namespace of process `pid` (a
+/// thread of this test joins it).
+fn scrape_in(pid: u32, address: &str) -> String {
+    let address = address.to_owned();
+    thread::spawn(move || {
+        use std::os::fd::AsRawFd as _;
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).expect("open the netns");
+        // SAFETY: setns(2) on this thread only, with a namespace fd we hold open.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        scrape(&address)
+    })
+    .join()
+    .expect("the scraping thread")
+}
+
+/// The body of GET /metrics at `address`.
+fn scrape(address: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to /metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
