@@ -86,6 +86,12 @@ fn main() -> ExitCode {
         .nth(1)
         .is_some_and(|a| a == "__stressor")
     {
+        // A worker may run in a container's PID namespace, where the container's processes
+        // see it: non-dumpable before anything else, so that none of them (even one of the
+        // same user) can ptrace it or open its /proc/PID/root, the node's root file system.
+        // Exec made it dumpable again; this is as early as the worker can undo it.
+        // SAFETY: prctl(PR_SET_DUMPABLE) has no memory arguments.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
         return code(stressor::worker_entry(std::env::args().skip(2)));
     }
     if let Err(e) = memstress::privilege::refuse_setuid() {

@@ -73,6 +73,19 @@ fn assert_inside(ctr: &Ctr, stressor: u32) {
         "stressor {stressor} is not in the PID namespace of the container's init {}",
         ctr.init_pid
     );
+    // Non-dumpable: its /proc files are root's, not its user's, so that the container's
+    // processes can neither ptrace it nor open its /proc/PID/root (the node's root).
+    let status = fs::read_to_string(format!("/proc/{stressor}/status")).unwrap_or_default();
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|u| u.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default();
+    assert_ne!(uid, "0", "the stressor runs as its own user");
+    let owner = fs::metadata(format!("/proc/{stressor}/status"))
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .ok();
+    assert_eq!(owner, Some(0), "stressor {stressor} is dumpable");
 }
 
 /// After the harnesses dropped: no daemon, shim, mount, directory or cgroup left.
