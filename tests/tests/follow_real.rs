@@ -11,7 +11,9 @@ use std::{
 
 use memstress_tests::{
     Memstress, alive, require_root,
-    runtime::{Containerd, Ctr, Footprint, Pod, Qos, hog_argv, memory_file, record, wait_for},
+    runtime::{
+        Containerd, Ctr, Docker, Footprint, Pod, Qos, hog_argv, memory_file, record, wait_for,
+    },
 };
 use serde_json::Value;
 
@@ -61,17 +63,21 @@ fn pid_of(line: &Value) -> u32 {
 
 /// The stressor started in `ctr`: in its cgroup and in its PID namespace.
 fn assert_inside(ctr: &Ctr, stressor: u32) {
+    assert_inside_container(&ctr.cgroup_path, ctr.init_pid, stressor);
+}
+
+/// The stressor started in the container of `cgroup` and init `init`: in that cgroup and in
+/// its PID namespace, not dumpable.
+fn assert_inside_container(cgroup: &str, init: u32, stressor: u32) {
     assert!(
-        procs(&ctr.cgroup_path).contains(&stressor),
-        "stressor {stressor} is not in {}: {:?}",
-        ctr.cgroup_path,
-        procs(&ctr.cgroup_path)
+        procs(cgroup).contains(&stressor),
+        "stressor {stressor} is not in {cgroup}: {:?}",
+        procs(cgroup)
     );
     assert_eq!(
         pid_ns(stressor),
-        pid_ns(ctr.init_pid),
-        "stressor {stressor} is not in the PID namespace of the container's init {}",
-        ctr.init_pid
+        pid_ns(init),
+        "stressor {stressor} is not in the PID namespace of the container's init {init}"
     );
     // Non-dumpable: its /proc files are root's, not its user's, so that the container's
     // processes can neither ptrace it nor open its /proc/PID/root (the node's root).
@@ -370,4 +376,153 @@ fn a_sigkilled_controller_leaves_nothing_in_the_container() {
         footprint = rt.footprint();
     }
     assert_clean(&footprint, &[app_cg, pod_cg], &stressors);
+}
+
+/// A Docker container of its own (`--container NAME`, outside pods): its init is Docker's
+/// `State.Pid`; the stressor runs in its PID namespace, and `docker kill` ends the run with
+/// exit code 4 at once, leaving the cgroup to Docker to remove.
+#[test]
+fn a_killed_docker_container_ends_the_run_with_exit_code_4() {
+    require_root();
+    let had_docker = cgroup_exists("/docker");
+    let footprint;
+    let cgroup;
+    let stressor;
+    {
+        let docker = Docker::start();
+        let name = format!("follow-{}", &memstress_tests::runtime::new_id()[..8]);
+        let c = docker.run(&name, Some(LIMIT), &hog_argv(HOG));
+        cgroup = c.cgroup.clone();
+        let state = format!("docker={}", docker.data_root().display());
+        let mut run = Memstress::start(&[
+            "run",
+            "-o",
+            "json",
+            "--runtime-state",
+            &state,
+            "--container",
+            &name,
+            "--size",
+            "50%",
+            "--workers",
+            "1",
+            "--hold",
+            "20s",
+        ]);
+        let plan = run.wait_type("plan", Duration::from_secs(20));
+        assert_eq!(plan["target"]["path"], c.cgroup.as_str());
+        stressor = pid_of(&run.wait_type("started", Duration::from_secs(20)));
+        run.wait_type("full", Duration::from_secs(30));
+        assert_inside_container(&c.cgroup, c.init_pid, stressor);
+        let killed = Instant::now();
+        let out = docker.docker(&["kill", &name]);
+        assert!(out.status.success(), "docker kill: {out:?}");
+        let finished = run.wait(Duration::from_secs(10));
+        record("docker kill to memstress exit", killed.elapsed());
+        assert_eq!(
+            finished.status.code(),
+            Some(4),
+            "stderr: {}",
+            finished.stderr
+        );
+        let gone = finished.of_type("target_gone");
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0]["cause"], "init_exited");
+        assert_eq!(gone[0]["init_pid"], c.init_pid);
+        assert!(!alive(stressor));
+        let out = docker.docker(&["rm", "--force", &name]);
+        assert!(out.status.success(), "docker rm: {out:?}");
+        assert!(
+            wait_for(Duration::from_secs(10), || !cgroup_exists(&cgroup)),
+            "Docker could not remove {cgroup}: {:?}",
+            procs(&cgroup)
+        );
+        footprint = docker.footprint();
+    }
+    let mut gone = vec![cgroup];
+    if !had_docker {
+        gone.push("/docker".into());
+    }
+    assert_clean(&footprint, &gone, &[stressor]);
+}
+
+/// With only the Job's capabilities (no CAP_SYS_ADMIN, no CAP_SYS_PTRACE), memstress cannot
+/// enter the container's PID namespace: it says so once, starts the stressor outside it, and
+/// still sees the container's init exit and stops the stressor at once, so nothing keeps the
+/// dead container's cgroup.
+#[test]
+fn without_cap_sys_admin_the_init_is_watched_instead() {
+    require_root();
+    let uid = uid();
+    let footprint;
+    let (pod_cg, app_cg);
+    let stressor;
+    {
+        let rt = Containerd::start();
+        let pod = Pod::new(&rt, "shop", "web-0", &uid, Qos::Burstable);
+        let app = pod.container("app", Some(LIMIT), &hog_argv(HOG));
+        pod_cg = pod.cgroup_path();
+        app_cg = app.cgroup_path.clone();
+        let state = state_arg(&rt);
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--bounding-set", "-all,+bpf,+perfmon,+setuid,+setgid", "--"])
+            .arg(memstress_tests::memstress_bin())
+            .args([
+                "run",
+                "-o",
+                "json",
+                "--runtime-state",
+                &state,
+                "--pod",
+                &uid,
+                "--container",
+                "app",
+                "--size",
+                "50%",
+                "--workers",
+                "1",
+                "--hold",
+                "20s",
+            ]);
+        let mut run = Memstress::start_command(&mut cmd);
+        stressor = pid_of(&run.wait_type("started", Duration::from_secs(20)));
+        run.wait_type("full", Duration::from_secs(30));
+        assert!(procs(&app_cg).contains(&stressor));
+        assert_eq!(
+            pid_ns(stressor),
+            pid_ns(std::process::id()),
+            "without CAP_SYS_ADMIN the stressor stays in memstress's PID namespace"
+        );
+        let killed = Instant::now();
+        app.kill(libc::SIGKILL);
+        let finished = run.wait(Duration::from_secs(10));
+        record(
+            "container death to memstress exit (no CAP_SYS_ADMIN)",
+            killed.elapsed(),
+        );
+        assert_eq!(
+            finished.status.code(),
+            Some(4),
+            "stderr: {}",
+            finished.stderr
+        );
+        assert_eq!(
+            finished
+                .stderr
+                .matches("cannot start the stressors in the container's PID namespace")
+                .count(),
+            1,
+            "said once: {}",
+            finished.stderr
+        );
+        assert_eq!(finished.of_type("target_gone")[0]["cause"], "init_exited");
+        assert!(!alive(stressor));
+        assert!(
+            procs(&app_cg).is_empty(),
+            "the dead container's cgroup holds {:?}",
+            procs(&app_cg)
+        );
+        footprint = rt.footprint();
+    }
+    assert_clean(&footprint, &[app_cg, pod_cg], &[stressor]);
 }

@@ -654,6 +654,17 @@ impl State {
             init::comm(init.pid).map_or_else(String::new, |c| format!(" `{c}`")),
             init.source
         );
+        if let Some(e) = init.pid_ns_error.take() {
+            if w.enter {
+                w.enter = false;
+                tracing::warn!(
+                    "cannot start the stressors in the container's PID namespace ({e}; that \
+                     needs CAP_SYS_PTRACE and CAP_SYS_ADMIN): {who}, watched instead; the \
+                     stressors are stopped as soon as it exits"
+                );
+            }
+            return;
+        }
         let Some(ns) = init.pid_ns() else {
             tracing::info!(
                 "{who}, in memstress's own PID namespace: its exit ends the container, and \

@@ -102,6 +102,9 @@ pub struct Init {
     pidfd: AsyncFd<OwnedFd>,
     /// Its PID namespace, when it is not memstress's.
     pid_ns: Option<OwnedFd>,
+    /// Why its PID namespace could not be opened (reading `/proc/PID/ns/pid` of a process
+    /// with capabilities memstress lacks needs CAP_SYS_PTRACE).
+    pub pid_ns_error: Option<io::Error>,
 }
 
 impl Init {
@@ -113,6 +116,7 @@ impl Init {
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
             Err(e) => return Err(e),
         };
+        let mut pid_ns_error = None;
         let pid_ns = match fs::File::open(format!("/proc/{pid}/ns/pid")) {
             Ok(file) => {
                 let own = fs::metadata("/proc/self/ns/pid")?;
@@ -120,7 +124,14 @@ impl Init {
                 ((own.ino(), own.dev()) != (theirs.ino(), theirs.dev())).then(|| file.into())
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+            // Watched all the same: a pidfd needs no permission.
+            Err(e) => {
+                pid_ns_error = Some(io::Error::new(
+                    e.kind(),
+                    format!("cannot open /proc/{pid}/ns/pid: {e}"),
+                ));
+                None
+            }
         };
         // Checked after the pidfd was opened: if the process behind it is still running and
         // in the cgroup, the pidfd (and the namespace opened meanwhile) are the init's.
@@ -133,6 +144,7 @@ impl Init {
             // SAFETY: the pidfd is owned by the AsyncFd and stays open as long as it lives.
             pidfd: unsafe { AsyncFd::register(pidfd) }?,
             pid_ns,
+            pid_ns_error,
         }))
     }
 
