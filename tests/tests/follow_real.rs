@@ -88,10 +88,34 @@ fn assert_inside_container(cgroup: &str, init: u32, stressor: u32) {
         .and_then(|u| u.split_whitespace().next().map(str::to_owned))
         .unwrap_or_default();
     assert_ne!(uid, "0", "the stressor runs as its own user");
+    // Exec'd with its real group id apart (so that exec left it non-dumpable), then made whole.
+    let gids: Vec<String> = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Gid:"))
+        .map(|g| g.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    assert!(
+        gids.len() == 4 && gids.iter().all(|g| *g == gids[0]),
+        "stressor {stressor}'s group ids: {gids:?}"
+    );
+    // That exec was a secure one (AT_SECURE 1 in its auxiliary vector): the kernel made it
+    // non-dumpable from its first instruction on.
+    assert_eq!(at_secure(stressor), Some(1), "stressor {stressor}'s exec");
     let owner = fs::metadata(format!("/proc/{stressor}/status"))
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .ok();
     assert_eq!(owner, Some(0), "stressor {stressor} is dumpable");
+}
+
+/// `AT_SECURE` from process `pid`'s auxiliary vector.
+fn at_secure(pid: u32) -> Option<u64> {
+    const AT_SECURE: u64 = 23;
+    let auxv = fs::read(format!("/proc/{pid}/auxv")).ok()?;
+    auxv.chunks_exact(16).find_map(|pair| {
+        let key = u64::from_ne_bytes(pair[..8].try_into().ok()?);
+        let value = u64::from_ne_bytes(pair[8..].try_into().ok()?);
+        (key == AT_SECURE).then_some(value)
+    })
 }
 
 /// After the harnesses dropped: no daemon, shim, mount, directory or cgroup left.

@@ -455,9 +455,22 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 unsafe fn drop_privileges(
     credentials: Option<crate::privilege::Credentials>,
     keep: u64,
+    hidden: bool,
 ) -> Result<(), i32> {
     // SAFETY: raw system calls with valid arguments.
     unsafe {
+        // In another PID namespace (a container's) the child is visible to that namespace's
+        // processes: exec must leave it non-dumpable, or until its first instruction one of
+        // them of the same user could ptrace it or open its /proc/PID/root (the node's root).
+        // Exec does so when the real and effective group ids differ: the real one is set
+        // apart here, and the worker sets it back first thing (`stressor::settle_gid`).
+        let real_gid = |egid: u32| if egid == 0 { 1 } else { 0 };
+        if hidden && credentials.is_none() {
+            let egid = libc::getegid();
+            if libc::syscall(libc::SYS_setresgid, real_gid(egid), egid, egid) != 0 {
+                return Err(STAGE_USER);
+            }
+        }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(STAGE_CAPS);
         }
@@ -497,7 +510,12 @@ unsafe fn drop_privileges(
             // list but none of the threads: it waited forever whenever a thread of the
             // controller was starting or exiting at the moment of the clone.
             if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
-                || libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid) != 0
+                || libc::syscall(
+                    libc::SYS_setresgid,
+                    if hidden { real_gid(c.gid) } else { c.gid },
+                    c.gid,
+                    c.gid,
+                ) != 0
                 || libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid) != 0
             {
                 return Err(STAGE_USER);
@@ -510,9 +528,10 @@ unsafe fn drop_privileges(
             let uids_ok = libc::syscall(libc::SYS_getresuid, &raw mut r, &raw mut e, &raw mut s)
                 == 0
                 && [r, e, s] == [c.uid; 3];
+            let real = if hidden { real_gid(c.gid) } else { c.gid };
             let gids_ok = libc::syscall(libc::SYS_getresgid, &raw mut r, &raw mut e, &raw mut s)
                 == 0
-                && [r, e, s] == [c.gid; 3];
+                && [r, e, s] == [real, c.gid, c.gid];
             let no_groups =
                 libc::syscall(libc::SYS_getgroups, 0, std::ptr::null_mut::<libc::gid_t>()) == 0;
             if !(uids_ok && gids_ok && no_groups) {
@@ -633,7 +652,11 @@ unsafe fn child_main(
             libc::close(fd);
         }
         if spec.drop_privileges || spec.credentials.is_some() {
-            if let Err(stage) = drop_privileges(spec.credentials, spec.keep_capabilities) {
+            if let Err(stage) = drop_privileges(
+                spec.credentials,
+                spec.keep_capabilities,
+                spec.pid_ns.is_some(),
+            ) {
                 fail(stage);
             }
             // Changing credentials clears the parent-death signal (commit_creds): set it
