@@ -412,11 +412,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "ID|NAME", conflicts_with = "target")]
     pub container: Option<String>,
 
-    /// With --pod/--container: when the target's cgroup disappears (the container
-    /// restarted), wait for its replacement (the container of the same name in the same
-    /// pod; without names, the one new container cgroup in that pod) and start the stressors
-    /// again there, reporting both. Without it, the run stops its stressors and ends with
-    /// exit code 4.
+    /// With --pod/--container: when the container ends (its init process exits, or its
+    /// cgroup disappears: a restart), wait for its replacement (the container of the same
+    /// name in the same pod; without names, the one new container cgroup in that pod) and
+    /// start the stressors again there, reporting both. Without it, the run stops its
+    /// stressors and ends with exit code 4.
     #[arg(long)]
     pub follow: bool,
 

@@ -86,6 +86,17 @@ fn main() -> ExitCode {
         .nth(1)
         .is_some_and(|a| a == "__stressor")
     {
+        // A worker may run in a container's PID namespace, where the container's processes
+        // see it: non-dumpable for good, so that none of them (even one of the same user) can
+        // ptrace it or open its /proc/PID/root, the node's root file system. Started there,
+        // it was exec'd non-dumpable (real and effective group ids apart): it stays so before
+        // its group ids are made whole again.
+        // SAFETY: prctl(PR_SET_DUMPABLE) has no memory arguments.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+        if let Err(e) = stressor::settle_gid() {
+            eprintln!("memstress __stressor: cannot set its group ids: {e}");
+            return code(exit::FAILURE);
+        }
         return code(stressor::worker_entry(std::env::args().skip(2)));
     }
     if let Err(e) = memstress::privilege::refuse_setuid() {

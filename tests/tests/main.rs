@@ -9,6 +9,7 @@ mod deploy;
 mod events;
 mod explain;
 mod faults;
+mod follow_real;
 mod input;
 mod k8s;
 mod kill;

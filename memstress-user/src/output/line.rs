@@ -423,7 +423,7 @@ pub struct FullLine {
 /// `target_gone`.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct TargetGone {
-    /// The cgroup that was removed.
+    /// The cgroup that was removed (or, with `cause` `init_exited`, whose container ended).
     pub cgroup: String,
     /// Made again at the same path (a container restart).
     pub recreated: bool,
@@ -431,6 +431,26 @@ pub struct TargetGone {
     pub following: bool,
     /// Since the run started.
     pub t_ms: u64,
+    /// What showed it: the container's init exited, or the cgroup was removed.
+    #[serde(default)]
+    pub cause: GoneCause,
+    /// The same, in words.
+    #[serde(default)]
+    pub reason: String,
+    /// The container's init process that exited (`cause` `init_exited`), else `null`.
+    #[serde(default)]
+    pub init_pid: Option<u32>,
+}
+
+/// What showed that a target was gone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GoneCause {
+    /// The target cgroup disappeared (or was made again at its path).
+    #[default]
+    CgroupRemoved,
+    /// The container's init process exited: the container ended, as its runtime sees it.
+    InitExited,
 }
 
 /// `target_followed`.
@@ -452,6 +472,13 @@ pub struct TargetFollowed {
     pub gone_ms: u64,
     /// Since the run started.
     pub t_ms: u64,
+    /// The replacement's init process, watched for its end (`null`: not found; its cgroup's
+    /// removal is then what ends it).
+    #[serde(default)]
+    pub init_pid: Option<u32>,
+    /// The stressors run in the replacement's PID namespace (the kernel kills them with it).
+    #[serde(default)]
+    pub in_pid_namespace: bool,
 }
 
 /// `sample`: the target's counters.

@@ -20,8 +20,8 @@ use crate::{
     output::{
         Reporter,
         line::{
-            FullLine, KillContext, KilledByLine, KillsBeforeProbes, Line, Outcome, Plan, Role,
-            SampleLine, Summary, TargetFollowed, TargetGone,
+            FullLine, GoneCause, KillContext, KilledByLine, KillsBeforeProbes, Line, Outcome, Plan,
+            Role, SampleLine, Summary, TargetFollowed, TargetGone,
         },
         monotonic_ns,
     },
@@ -29,9 +29,13 @@ use crate::{
     signals,
     size::Bytes,
     spec::OnOom,
-    stress::{spawn::Exit, stressor::WorkerArgs},
+    stress::{
+        spawn::{self, Exit},
+        stressor::WorkerArgs,
+    },
     target::{
         cgroup::{self, Cgroup, CgroupError, Counters, Hierarchy, PeakScope},
+        init::{self, Init},
         kube::{self, Identity, RuntimeState},
         workload::Names,
     },
@@ -87,6 +91,29 @@ pub struct Context {
     pub real: Option<Hierarchy>,
     /// `--follow`.
     pub follow: Option<Follow>,
+    /// A container target: its end is its init's.
+    pub container: Option<ContainerTarget>,
+}
+
+/// A container target: how to find its init process.
+#[derive(Clone, Debug)]
+pub struct ContainerTarget {
+    /// Its id, when known (the runtime's state files record its init).
+    pub id: Option<String>,
+    /// Where the runtimes' state files are.
+    pub state: RuntimeState,
+}
+
+/// What the engine watches of a container target's init, and where it starts the stressors.
+struct Watching {
+    target: ContainerTarget,
+    /// The current container's init (`None`: not found; its cgroup's removal ends it).
+    init: Option<Init>,
+    /// Whether the stressors may start in the container's PID namespace (no: memstress
+    /// cannot enter it, said once).
+    enter: bool,
+    /// An init was found for the target once: a replacement is a container with one too.
+    seen_init: bool,
 }
 
 struct Following {
@@ -156,6 +183,10 @@ struct State {
     at_goal: bool,
     /// `--follow`.
     following: Option<Following>,
+    /// A container target's init.
+    watching: Option<Watching>,
+    /// The target is gone (its stressors' exits are its doing, not failures).
+    gone: bool,
 }
 
 impl State {
@@ -239,6 +270,8 @@ impl State {
             acked_at: Instant::now(),
             at_goal: false,
             unseen_kills: None,
+            watching: None,
+            gone: false,
             following: follow.map(|cfg| Following {
                 known: kube::container_ids(&cfg.hierarchy, &cfg.identity.pod_uid),
                 cfg,
@@ -600,6 +633,10 @@ impl State {
             MemberEvent::Exited(i, g, exit) if self.members[i].generation == g => {
                 let m = &mut self.members[i];
                 m.alive = false;
+                if self.gone {
+                    // Stopped with its target (or killed by the kernel with the container).
+                    return None;
+                }
                 m.exited_at = Some(Instant::now());
                 // The kernel marks the victim before it can exit, so an OOM kill's record
                 // normally arrives first; an unexplained SIGKILL is rechecked on the next
@@ -668,25 +705,135 @@ impl State {
         Ok(())
     }
 
-    /// The target cgroup is gone: stops what is left of the stressors; without `--follow`
-    /// the run ends there.
-    fn on_target_gone(&mut self, reporter: &Reporter) -> Option<Outcome> {
+    /// Finds and watches a container target's init; the stressors start in its PID
+    /// namespace when memstress may enter it (else it says so, once).
+    fn start_watching(&mut self, target: ContainerTarget) {
+        let init = find_init(&target, &self.target);
+        self.watching = Some(Watching {
+            target,
+            seen_init: init.is_some(),
+            init,
+            enter: true,
+        });
+        self.describe_watch();
+        self.share_pid_ns();
+    }
+
+    /// Says how the container's end will be seen; gives up its PID namespace when memstress
+    /// cannot enter it (and then does not try again).
+    fn describe_watch(&mut self) {
+        let Some(w) = &mut self.watching else { return };
+        let Some(init) = &mut w.init else {
+            tracing::warn!(
+                "cannot find the init process of the container in {}: its end is seen only \
+                 when its cgroup is removed (a runtime cannot remove it while the stressors \
+                 are in it)",
+                self.target.path
+            );
+            return;
+        };
+        let who = format!(
+            "the container's init is pid {}{} (from {})",
+            init.pid,
+            init::comm(init.pid).map_or_else(String::new, |c| format!(" `{c}`")),
+            init.source
+        );
+        if let Some(e) = init.pid_ns_error.take() {
+            if w.enter {
+                w.enter = false;
+                tracing::warn!(
+                    "cannot start the stressors in the container's PID namespace ({e}; that \
+                     needs CAP_SYS_PTRACE and CAP_SYS_ADMIN): {who}, watched instead; the \
+                     stressors are stopped as soon as it exits"
+                );
+            }
+            return;
+        }
+        let Some(ns) = init.pid_ns() else {
+            tracing::info!(
+                "{who}, in memstress's own PID namespace: its exit ends the container, and \
+                 stops the stressors"
+            );
+            return;
+        };
+        if !w.enter {
+            init.forget_pid_ns();
+            return;
+        }
+        match spawn::can_enter_pid_ns(ns) {
+            Ok(()) => tracing::info!(
+                "{who}; the stressors start in its PID namespace: the kernel ends them with \
+                 the container"
+            ),
+            Err(e) => {
+                w.enter = false;
+                init.forget_pid_ns();
+                tracing::warn!(
+                    "cannot start the stressors in the container's PID namespace ({e}; that \
+                     needs CAP_SYS_ADMIN): {who}, watched instead; the stressors are stopped \
+                     as soon as it exits"
+                );
+            }
+        }
+    }
+
+    /// Gives the members the PID namespace to start in (the container's, or none).
+    fn share_pid_ns(&mut self) {
+        let ns = self
+            .watching
+            .as_ref()
+            .filter(|w| w.enter)
+            .and_then(|w| w.init.as_ref())
+            .and_then(|i| i.share_pid_ns().ok().flatten())
+            .map(std::sync::Arc::new);
+        for m in &mut self.members {
+            m.pid_ns = ns.clone();
+        }
+    }
+
+    /// The target is gone, because its cgroup went (`init`: `None`) or the container's init
+    /// exited: stops what is left of the stressors; without `--follow` the run ends there.
+    fn on_target_gone(&mut self, reporter: &Reporter, init: Option<u32>) -> Option<Outcome> {
         reporter.clear_status();
-        let recreated = self.target.dir.exists();
-        let how = if recreated {
-            "was removed and created again (a container restart?)"
-        } else {
-            "was removed (a container restart?)"
+        self.gone = true;
+        if let Some(w) = &mut self.watching {
+            w.init = None;
+        }
+        self.share_pid_ns();
+        let recreated = init.is_none() && self.target.dir.exists();
+        let how = match init {
+            Some(pid) => format!(
+                "ended: its container's init process (pid {pid}) exited{}",
+                if self.target.dir.exists() {
+                    ""
+                } else {
+                    " and its cgroup is gone"
+                }
+            ),
+            None if recreated => "was removed and created again (a container restart?)".to_owned(),
+            None => "was removed (a container restart?)".to_owned(),
         };
         reporter.emit(&Line::TargetGone(Cow::Owned(TargetGone {
             cgroup: self.target.path.clone(),
             recreated,
             following: self.following.is_some(),
             t_ms: self.t_ms(),
+            cause: if init.is_some() {
+                GoneCause::InitExited
+            } else {
+                GoneCause::CgroupRemoved
+            },
+            reason: format!("the target {how}"),
+            init_pid: init,
         })));
-        // Whatever the runtime left of the stressors goes now.
-        for m in self.members.iter().filter(|m| m.alive) {
-            m.kill();
+        // Whatever the runtime (or the kernel, in the container's PID namespace) left of the
+        // stressors goes now, so that the runtime can remove the cgroup; their SIGKILLs are
+        // the target's end, not unexplained.
+        for m in self.members.iter_mut() {
+            if m.alive {
+                m.kill();
+            }
+            m.exited_at = None;
         }
         let Some(f) = &mut self.following else {
             tracing::error!(
@@ -837,6 +984,9 @@ pub(super) async fn engine(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let status_line = reporter.status_wanted();
     let mut state = State::new(opts, plan, cgroup, join, context.follow, status_line)?;
+    if let Some(container) = context.container {
+        state.start_watching(container);
+    }
     // Made before anything starts, so that a kill's pressure counts from the run's start.
     let mut explainer =
         Explainer::new(context.real.clone(), monotonic_ns()).only_in(Scope::domain_of(cgroup)?);
@@ -980,6 +1130,21 @@ fn seek(
             return Ok(Some(Outcome::TargetGone));
         }
     };
+    // A container target: the replacement's init, watched from the start (a container whose
+    // cgroup holds no process yet has not started: looked for again).
+    let new_init = match &state.watching {
+        Some(w) => {
+            let target = ContainerTarget {
+                id: found.identity.container_id.clone(),
+                state: w.target.state.clone(),
+            };
+            match find_init(&target, &found.cgroup) {
+                None if w.seen_init && init::is_empty(&found.cgroup) => return Ok(None),
+                init => Some((target, init)),
+            }
+        }
+        None => None,
+    };
     let gone_ms = f.gone_since.map_or(0, |t| t.elapsed().as_millis() as u64);
     let previous = std::mem::replace(&mut state.target, found.cgroup.clone());
     let previous_id = f.cfg.identity.container_id.clone();
@@ -1000,6 +1165,20 @@ fn seek(
     state.full_at = None;
     state.charged = None;
     state.at_goal = false;
+    state.gone = false;
+    if let (Some(w), Some((target, init))) = (&mut state.watching, new_init) {
+        w.target = target;
+        w.seen_init |= init.is_some();
+        w.init = init;
+        state.describe_watch();
+        state.share_pid_ns();
+    }
+    let init_pid = state
+        .watching
+        .as_ref()
+        .and_then(|w| w.init.as_ref())
+        .map(|i| i.pid);
+    let in_pid_namespace = state.members.iter().any(|m| m.pid_ns.is_some());
     observer
         .explainer_mut()
         .retarget(Scope::domain_of(&state.target)?);
@@ -1013,6 +1192,8 @@ fn seek(
         pod_uid: id.pod_uid.clone(),
         gone_ms,
         t_ms: state.t_ms(),
+        init_pid,
+        in_pid_namespace,
     })));
     let who = match (&id.container_name, &id.container_id) {
         (Some(name), Some(cid)) => format!("container {name} ({})", &cid[..cid.len().min(12)]),
@@ -1038,6 +1219,27 @@ fn seek(
         reporter.emit(&Line::Started(Cow::Owned(state.members[i].line(None))));
     }
     Ok(None)
+}
+
+/// A container target's init and how to find it: the runtime's record, else the cgroup's
+/// PID 1 of a namespace of its own; `None`: not found.
+fn find_init(target: &ContainerTarget, cgroup: &Cgroup) -> Option<Init> {
+    let (pid, source) = init::find(&target.state, target.id.as_deref(), cgroup)?;
+    Init::watch(pid, source, cgroup)
+        .map_err(|e| tracing::debug!("cannot watch pid {pid}: {e}"))
+        .ok()
+        .flatten()
+}
+
+/// Resolves with its pid when the watched init exits; never without one.
+async fn init_exit(watching: Option<&Watching>) -> u32 {
+    match watching.and_then(|w| w.init.as_ref()) {
+        Some(init) => {
+            init.exited().await;
+            init.pid
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn schedule_restart(opts: &Options, m: &mut Member) {
@@ -1067,7 +1269,7 @@ fn on_tick(
     match state.sample(reporter) {
         Ok(()) if same => {}
         Err(e) if same && state.target.dir.exists() => return Err(e.into()),
-        _ => return Ok(state.on_target_gone(reporter)),
+        _ => return Ok(state.on_target_gone(reporter, None)),
     }
     state.explain_sigkills(reporter);
     state.ramp_step();
@@ -1099,6 +1301,9 @@ async fn drive(
         tokio::select! {
             biased;
             stop = shutdown.recv() => return Ok((Outcome::Interrupted, Some(stop))),
+            pid = init_exit(state.watching.as_ref()) => {
+                ended = state.on_target_gone(reporter, Some(pid));
+            }
             batch = observer.next() => {
                 let batch = batch.map_err(|e| Error::io("reading the BPF ring buffer", e))?;
                 for i in state.on_batch(batch, reporter) {

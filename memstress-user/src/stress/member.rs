@@ -61,6 +61,9 @@ pub struct Member {
     pub join: bool,
     /// Switch to these credentials before exec (`None`: keep the controller's).
     pub credentials: Option<crate::privilege::Credentials>,
+    /// Start in this PID namespace (a container's: the kernel kills the worker when the
+    /// container's init exits).
+    pub pid_ns: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
     /// Current pid.
     pub pid: Option<u32>,
     /// Incarnation (restarts increment it; stale events are ignored).
@@ -101,6 +104,7 @@ impl Member {
             oom_score_adj: adj,
             join: true,
             credentials: None,
+            pid_ns: None,
             pid: None,
             generation: 0,
             alive: false,
@@ -142,6 +146,7 @@ impl Member {
         spec.oom_score_adj = self.oom_score_adj;
         // Workers hold memory and nothing else: no capabilities, the run's stressor user.
         spec.credentials = self.credentials;
+        spec.pid_ns = self.pid_ns.as_deref().map(std::os::fd::AsFd::as_fd);
         spec.drop_privileges = true;
         // mlock beyond RLIMIT_MEMLOCK needs CAP_IPC_LOCK: the one capability a stressor may
         // keep, and only with --mlock.

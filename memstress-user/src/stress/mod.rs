@@ -349,5 +349,36 @@ fn engine_context(opts: &Options, hierarchy: &Hierarchy, target: &Target) -> eng
     } else {
         Some(hierarchy.clone())
     };
-    engine::Context { real, follow }
+    engine::Context {
+        real,
+        follow,
+        container: container_target(opts, target),
+    }
+}
+
+/// A container target (`--container`, `--pod` with `--container`, or `--pid` of a process in
+/// a PID namespace of its own): its end is its init's.
+fn container_target(opts: &Options, target: &Target) -> Option<engine::ContainerTarget> {
+    let id = match (&target.container, &opts.target) {
+        (Some(c), _) => Some(c.id.clone()),
+        (None, crate::target::Spec::Pid(pid)) if in_nested_pid_ns(*pid) => None,
+        _ => return None,
+    };
+    Some(engine::ContainerTarget {
+        id,
+        state: opts.runtime_state.clone(),
+    })
+}
+
+/// Whether process `pid` is in a PID namespace below memstress's (`NSpid:` lists more than
+/// one pid).
+fn in_nested_pid_ns(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .map(|f| f.split_whitespace().count() > 1)
+        })
+        .unwrap_or(false)
 }

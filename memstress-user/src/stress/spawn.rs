@@ -67,6 +67,11 @@ pub struct Spec<'a> {
     pub stdout: Stdio,
     /// Standard error.
     pub stderr: Stdio,
+    /// Start it in this PID namespace (an open `/proc/PID/ns/pid`): the controller's thread
+    /// joins it for its children (`setns(CLONE_NEWPID)`) just for the clone and returns to
+    /// its own at once. A container's: the kernel kills the child with the container's own
+    /// processes when its init exits. Needs CAP_SYS_ADMIN.
+    pub pid_ns: Option<BorrowedFd<'a>>,
 }
 
 impl<'a> Spec<'a> {
@@ -86,6 +91,7 @@ impl<'a> Spec<'a> {
             stdin: Stdio::Inherit,
             stdout: Stdio::Inherit,
             stderr: Stdio::Inherit,
+            pid_ns: None,
         }
     }
 }
@@ -169,6 +175,53 @@ fn open_raw(path: &Path, flags: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A pidfd for process `pid` (close-on-exec).
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open with a pid and no flags; the fd is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Joins the PID namespace `ns` for this thread's future children; restores its own when
+/// dropped.
+struct PidNsGuard {
+    own: OwnedFd,
+}
+
+impl PidNsGuard {
+    fn enter(ns: BorrowedFd<'_>) -> io::Result<Self> {
+        // The process's own (active) PID namespace: where this thread's children go back to.
+        let own = open_raw(Path::new("/proc/self/ns/pid"), libc::O_RDONLY)?;
+        // SAFETY: setns on an open namespace fd; only this thread's pid_ns_for_children
+        // changes.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { own })
+    }
+}
+
+impl Drop for PidNsGuard {
+    fn drop(&mut self) {
+        // SAFETY: as above. Going back to the active namespace is always allowed.
+        if unsafe { libc::setns(self.own.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+            // Later children of this thread would be born in the container: never go on.
+            let err = io::Error::last_os_error();
+            eprintln!("memstress: cannot return to its own PID namespace: {err}");
+            std::process::abort();
+        }
+    }
+}
+
+/// Whether this process may start children in PID namespace `ns` (tried, and undone).
+pub fn can_enter_pid_ns(ns: BorrowedFd<'_>) -> io::Result<()> {
+    PidNsGuard::enter(ns).map(drop)
+}
+
 /// Everything the child needs, prepared before the clone so the child allocates nothing.
 struct Prepared {
     program: CString,
@@ -179,6 +232,9 @@ struct Prepared {
     adj_path: CString,
     adj_value: Option<Vec<u8>>,
     null: OwnedFd,
+    /// A pidfd of the controller, for a child in another PID namespace: there `getppid()`
+    /// is 0 whoever the parent is, so the child asks the pidfd whether the controller died.
+    parent_pidfd: Option<OwnedFd>,
 }
 
 impl Prepared {
@@ -218,6 +274,10 @@ impl Prepared {
             adj_path: cstring(b"/proc/self/oom_score_adj")?,
             adj_value: spec.oom_score_adj.map(|a| a.to_string().into_bytes()),
             null: open_raw(Path::new("/dev/null"), libc::O_RDWR)?,
+            parent_pidfd: match spec.pid_ns {
+                Some(_) => Some(pidfd_open(std::process::id())?),
+                None => None,
+            },
         })
     }
 }
@@ -300,6 +360,9 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
             args.cgroup = dir.as_raw_fd() as u64;
         }
         let parent = std::process::id() as i32;
+        // In the target's PID namespace just for this clone; back in ours right after it (in
+        // the parent only: the child execs or exits inside child_main).
+        let pid_ns = spec.pid_ns.map(PidNsGuard::enter).transpose()?;
         // SAFETY: clone3 without a new stack behaves like fork: the child continues here on a
         // copy of this stack and only runs `child_main`, which makes raw system calls on data
         // prepared above and then execs or exits; the parent continues normally.
@@ -335,8 +398,9 @@ pub fn spawn(spec: &Spec<'_>) -> io::Result<Child> {
                 )
             }
         }
-        if ret < 0 {
-            let err = io::Error::last_os_error();
+        let clone_error = (ret < 0).then(io::Error::last_os_error);
+        drop(pid_ns);
+        if let Some(err) = clone_error {
             // Kernels before 5.7 reject CLONE_INTO_CGROUP: join through cgroup.procs instead.
             if attempt_into_cgroup
                 && matches!(
@@ -415,9 +479,22 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 unsafe fn drop_privileges(
     credentials: Option<crate::privilege::Credentials>,
     keep: u64,
+    hidden: bool,
 ) -> Result<(), i32> {
     // SAFETY: raw system calls with valid arguments.
     unsafe {
+        // In another PID namespace (a container's) the child is visible to that namespace's
+        // processes: exec must leave it non-dumpable, or until its first instruction one of
+        // them of the same user could ptrace it or open its /proc/PID/root (the node's root).
+        // Exec does so when the real and effective group ids differ: the real one is set
+        // apart here, and the worker sets it back first thing (`stressor::settle_gid`).
+        let real_gid = |egid: u32| if egid == 0 { 1 } else { 0 };
+        if hidden && credentials.is_none() {
+            let egid = libc::getegid();
+            if libc::syscall(libc::SYS_setresgid, real_gid(egid), egid, egid) != 0 {
+                return Err(STAGE_USER);
+            }
+        }
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
             return Err(STAGE_CAPS);
         }
@@ -457,7 +534,12 @@ unsafe fn drop_privileges(
             // list but none of the threads: it waited forever whenever a thread of the
             // controller was starting or exiting at the moment of the clone.
             if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
-                || libc::syscall(libc::SYS_setresgid, c.gid, c.gid, c.gid) != 0
+                || libc::syscall(
+                    libc::SYS_setresgid,
+                    if hidden { real_gid(c.gid) } else { c.gid },
+                    c.gid,
+                    c.gid,
+                ) != 0
                 || libc::syscall(libc::SYS_setresuid, c.uid, c.uid, c.uid) != 0
             {
                 return Err(STAGE_USER);
@@ -470,9 +552,10 @@ unsafe fn drop_privileges(
             let uids_ok = libc::syscall(libc::SYS_getresuid, &raw mut r, &raw mut e, &raw mut s)
                 == 0
                 && [r, e, s] == [c.uid; 3];
+            let real = if hidden { real_gid(c.gid) } else { c.gid };
             let gids_ok = libc::syscall(libc::SYS_getresgid, &raw mut r, &raw mut e, &raw mut s)
                 == 0
-                && [r, e, s] == [c.gid; 3];
+                && [r, e, s] == [real, c.gid, c.gid];
             let no_groups =
                 libc::syscall(libc::SYS_getgroups, 0, std::ptr::null_mut::<libc::gid_t>()) == 0;
             if !(uids_ok && gids_ok && no_groups) {
@@ -515,6 +598,29 @@ unsafe fn drop_privileges(
     Ok(())
 }
 
+/// Whether the controller died (the child is then an orphan that `PR_SET_PDEATHSIG` may
+/// have missed). In another PID namespace `getppid()` is 0 whoever the parent is: the
+/// controller's pidfd is readable once it exited.
+///
+/// # Safety
+/// As [`child_main`].
+unsafe fn parent_died(p: &Prepared, parent: i32) -> bool {
+    // SAFETY: getppid and poll on an fd the parent prepared.
+    unsafe {
+        match &p.parent_pidfd {
+            Some(fd) => {
+                let mut pfd = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                libc::poll(&mut pfd, 1, 0) != 0
+            }
+            None => libc::getppid() != parent,
+        }
+    }
+}
+
 /// The child's side. Never returns.
 ///
 /// # Safety
@@ -546,7 +652,7 @@ unsafe fn child_main(
                 fail(STAGE_SETUP);
             }
             // The parent may have died before the prctl took effect.
-            if libc::getppid() != parent {
+            if parent_died(p, parent) {
                 libc::_exit(1);
             }
         }
@@ -570,7 +676,11 @@ unsafe fn child_main(
             libc::close(fd);
         }
         if spec.drop_privileges || spec.credentials.is_some() {
-            if let Err(stage) = drop_privileges(spec.credentials, spec.keep_capabilities) {
+            if let Err(stage) = drop_privileges(
+                spec.credentials,
+                spec.keep_capabilities,
+                spec.pid_ns.is_some(),
+            ) {
                 fail(stage);
             }
             // Changing credentials clears the parent-death signal (commit_creds): set it
@@ -579,7 +689,7 @@ unsafe fn child_main(
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
                     fail(STAGE_SETUP);
                 }
-                if libc::getppid() != parent {
+                if parent_died(p, parent) {
                     libc::_exit(1);
                 }
             }

@@ -792,6 +792,33 @@ pub fn set_comm(name: &str) {
     unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr(), 0, 0, 0) };
 }
 
+/// A worker started in a container's PID namespace was exec'd with its real group id set
+/// apart from its effective one, so that exec left it non-dumpable (see
+/// `spawn::drop_privileges`); with the process non-dumpable for good, the real group id goes
+/// back to the effective one, which needs no privilege. Such an exec is a secure one, which
+/// also cleared the parent-death signal: set again here (had the controller died meanwhile,
+/// the worker reads end-of-file on its stdin and exits). Nothing to do otherwise.
+pub fn settle_gid() -> io::Result<()> {
+    let (mut r, mut e, mut s) = (0, 0, 0);
+    // SAFETY: getresgid writes three gids we own.
+    if unsafe { libc::getresgid(&mut r, &mut e, &mut s) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if r == e {
+        return Ok(());
+    }
+    // SAFETY: setresgid to the effective gid and prctl without memory arguments; the worker
+    // is single-threaded here.
+    unsafe {
+        if libc::setresgid(e, e, e) != 0
+            || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Entry point of `memstress __stressor`: parses the flags by hand and runs the worker.
 pub fn worker_entry(args: impl Iterator<Item = String>) -> i32 {
     match WorkerArgs::parse(args) {

@@ -423,6 +423,44 @@ impl RuntimeState {
         bare
     }
 
+    /// The init process of container `id` while it runs, as its runtime recorded it, and the
+    /// file that says so: containerd's `<state>/io.containerd.runtime.v2.task/<ns>/<id>/init.pid`,
+    /// CRI-O's `userdata/pidfile`, Docker's `State.Pid` in `config.v2.json` (while `Running`).
+    /// Unchecked: the caller makes sure the pid is still the container's.
+    pub fn init_pid(&self, id: &str) -> Option<(u32, PathBuf)> {
+        if id.is_empty() || id.contains('/') || id.starts_with('.') {
+            return None;
+        }
+        let pid_in = |path: PathBuf| {
+            let pid = fs::read_to_string(&path)
+                .ok()?
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|&p| p > 0)?;
+            Some((pid, path))
+        };
+        for (runtime, path) in self.paths(id) {
+            let found = match runtime {
+                Runtime::Containerd => path.parent().and_then(|b| pid_in(b.join("init.pid"))),
+                Runtime::CriO => path.parent().and_then(|u| pid_in(u.join("pidfile"))),
+                Runtime::Docker => read_json(&path).and_then(|json| {
+                    let state = &json["State"];
+                    let pid = (state["Running"].as_bool() == Some(true))
+                        .then(|| state["Pid"].as_u64())
+                        .flatten()
+                        .and_then(|p| u32::try_from(p).ok())
+                        .filter(|&p| p > 0)?;
+                    Some((pid, path.clone()))
+                }),
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
+    }
+
     /// Every container Docker's and containerd's state files describe (CRI-O's run only in
     /// pods, which the cgroup tree finds), each once, Docker's first.
     pub fn list(&self) -> Vec<Listed> {

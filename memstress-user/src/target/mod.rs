@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 pub mod fixture;
+pub mod init;
 pub mod kube;
 pub mod lock;
 pub mod workload;
