@@ -533,3 +533,59 @@ fn runtime_and_shell_kills_are_told_apart_from_oom_kills() {
         assert_eq!(n, 1, "SIGKILL lines for {id}");
     }
 }
+
+/// `run --pod UID --container NAME --size 80%` on a real pod container whose app already holds
+/// 40 % of its limit: the stressors land in the container (its cgroup is charged), the
+/// domain is the container's, and the OOM kill that follows is reported in the run with the
+/// pod's names and checked against dmesg.
+#[test]
+fn run_on_a_real_pod_container_reports_its_kill() {
+    require_root();
+    let rt = Containerd::start();
+    let state = state_flag(&rt);
+    let pod_uid = uid();
+    let pod = Pod::new(&rt, "shop", "cart", &pod_uid, Qos::Burstable);
+    // The helper holds its size in one mm shared by two processes.
+    let app = pod.container("app", Some(64 * MIB), &hog_argv(26 * MIB));
+    assert!(wait_for(Duration::from_secs(10), || app
+        .memory_value("memory.usage_in_bytes")
+        >= 25 * MIB));
+    let mut kmsg = Kmsg::open();
+    let run = Memstress::start(&[
+        "run",
+        "-o",
+        "json",
+        "--runtime-state",
+        &state,
+        "--pod",
+        &pod_uid,
+        "--container",
+        "app",
+        "--size",
+        "80%",
+        "--hold",
+        "2s",
+    ]);
+    let done = run.wait(Duration::from_secs(60));
+    // The stressor (51 MiB) outranks the app (26 MiB): the kernel takes it, and the run
+    // ends there (`all_stressors_killed`).
+    assert_eq!(done.of_type("summary")[0]["outcome"], "all_stressors_killed");
+    assert!(done.status.success(), "{:?}\n{}", done.status, done.stderr);
+    let plan = done.of_type("plan")[0];
+    assert_eq!(plan["target"]["path"], app.cgroup_path.as_str(), "{plan}");
+    assert_eq!(plan["target"]["container"]["id"], app.id.as_str(), "{plan}");
+    assert_eq!(plan["total_bytes"], 64 * MIB * 8 / 10, "{plan}");
+    let kills = done.of_type("oom_kill");
+    assert!(!kills.is_empty(), "no kill: {:?}", done.lines);
+    let dmesg = kmsg.kills();
+    for k in &kills {
+        assert_eq!(k["in_target"], true, "{k}");
+        assert_eq!(k["domain"]["cgroup"], app.cgroup_path.as_str(), "{k}");
+        assert_named(&k["victim"], &pod_uid, &app.id, "app", "run's kill");
+        let pid = k["victim"]["tid"].as_u64().expect("a tid") as u32;
+        assert!(
+            dmesg.iter().any(|d| d.pid == pid),
+            "{pid} not in dmesg: {dmesg:?}"
+        );
+    }
+}
