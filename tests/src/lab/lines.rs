@@ -114,7 +114,8 @@ pub mod fixture {
     /// A `summary` line.
     pub fn summary(outcome: &str) -> Value {
         json!({"type": "summary", "outcome": outcome, "requested_bytes": 300 * MIB,
-            "charged_bytes": 251 * MIB, "peak_usage_bytes": 256 * MIB,
+            "charged_bytes": 251 * MIB, "baseline_usage_bytes": 0, "controller_bytes": null,
+            "peak_usage_bytes": 256 * MIB,
             "oom_kills_stressors": 1, "oom_kills_others": 1, "oom_kills_outside_target": 0,
             "dropped_records": 0, "fill_ms": null, "fill_to_bytes": null, "follows": 0,
             "held_bytes": 0, "hold_ms": 0, "kernel_peak_scope": "run",
