@@ -82,6 +82,11 @@ EXAMPLES:
   sudo memstress watch --cgroup /kubepods/burstable -o json
   sudo memstress watch --cgroup /sys/fs/cgroup/memory/my-sandbox --duration 60s
   sudo memstress watch --explain-probes
+  # One pod's app container, by name (still watched after it restarts), or a namespace:
+  sudo memstress watch --pod 7c9e6679 --container app
+  sudo memstress watch --namespace shop -o json
+  # Docker with a non-default --data-root (names on every kill come from its state files):
+  sudo memstress watch --runtime-state docker=/data/docker
   # A Prometheus/OpenMetrics endpoint at http://127.0.0.1:9464/metrics:
   sudo memstress watch --metrics 127.0.0.1:9464
   # The same for one pod, with its memory gauges (port 0: any free port, printed at start):
