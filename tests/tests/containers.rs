@@ -569,7 +569,10 @@ fn run_on_a_real_pod_container_reports_its_kill() {
     let done = run.wait(Duration::from_secs(60));
     // The stressor (51 MiB) outranks the app (26 MiB): the kernel takes it, and the run
     // ends there (`all_stressors_killed`).
-    assert_eq!(done.of_type("summary")[0]["outcome"], "all_stressors_killed");
+    assert_eq!(
+        done.of_type("summary")[0]["outcome"],
+        "all_stressors_killed"
+    );
     assert!(done.status.success(), "{:?}\n{}", done.status, done.stderr);
     let plan = done.of_type("plan")[0];
     assert_eq!(plan["target"]["path"], app.cgroup_path.as_str(), "{plan}");
