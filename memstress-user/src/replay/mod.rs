@@ -77,7 +77,7 @@ pub fn page_size(report: &Report) -> u64 {
         .tasks
         .iter()
         .find(|t| t.pid == report.victim.pid && t.total_vm > 0)
-        .map(|t| report.victim.total_vm_kib * 1024 / t.total_vm)
+        .map(|t| report.victim.total_vm_kib.saturating_mul(1024) / t.total_vm)
         .filter(|p| p.is_power_of_two() && *p >= 4096)
         .unwrap_or(4096)
 }
@@ -106,7 +106,7 @@ pub fn totalpages(report: &Report, page: u64) -> (u64, String) {
                 _ => pages(swap.limit_bytes).saturating_sub(limit_pages),
             };
             return (
-                limit_pages + allowance,
+                limit_pages.saturating_add(allowance),
                 format!(
                     "the memcg's limit ({limit_pages} pages) plus its swap allowance \
                      ({allowance} pages, from its `{}` limit; the report shows swap in use, \
@@ -149,7 +149,10 @@ pub fn totalpages(report: &Report, page: u64) -> (u64, String) {
 /// The badness of one row.
 pub fn row_points(row: &TaskRow, totalpages: u64, page: u64) -> i64 {
     let pgtables_bytes = row.pgtables_bytes.unwrap_or_else(|| {
-        (row.nr_ptes.unwrap_or(0) + row.nr_pmds.unwrap_or(0)).saturating_mul(page)
+        (row.nr_ptes
+            .unwrap_or(0)
+            .saturating_add(row.nr_pmds.unwrap_or(0)))
+        .saturating_mul(page)
     });
     let raw = RawCounters {
         rss_pages: row.rss,
@@ -233,7 +236,7 @@ fn disagreement(ranking: &[Ranked], skipped: &[Ranked], chosen: u32, totalpages:
             first.pid, chosen, first.points
         );
     }
-    let gap = first.points - mine.points;
+    let gap = first.points.saturating_sub(mine.points);
     if (gap as u64).saturating_mul(100) <= totalpages {
         return format!(
             "{} scores {gap} points (under 1% of totalpages) above the kernel's choice: the \
@@ -738,5 +741,44 @@ mod tests {
         let plan = super::plan(one(&swapped));
         assert!(!plan.agrees);
         assert!(plan.reason.unwrap().starts_with("a tie"));
+    }
+}
+
+#[cfg(test)]
+mod robustness {
+    use super::parse::parse;
+
+    /// Every prefix of every fixture (a log cut anywhere, mid-line included) parses and plans
+    /// without a panic: a report is whole or names what it lacks.
+    #[test]
+    fn any_cut_of_any_fixture() {
+        for text in [
+            include_str!("../../tests/data/oom-reports/v1-6.18-real-dmesg.txt"),
+            include_str!("../../tests/data/oom-reports/v1-4.14-dmesg.txt"),
+            include_str!("../../tests/data/oom-reports/v1-4.19-dmesg-T.txt"),
+            include_str!("../../tests/data/oom-reports/global-5.10-journal.txt"),
+            include_str!("../../tests/data/oom-reports/v2-6.6-caller.txt"),
+        ] {
+            // The end of the `Killed process` line: only a cut in its last figure (the
+            // victim's oom_score_adj, 3 digits at most here) can pass for a whole report.
+            let killed = text.find("Killed process ").unwrap();
+            let whole = killed + text[killed..].find('\n').unwrap() - 3;
+            for end in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+                for report in parse(&text[..end]) {
+                    match report {
+                        Ok(r) => {
+                            assert!(
+                                end >= whole,
+                                "whole at {end}, before {whole}: {:?}",
+                                &text[..end]
+                            );
+                            let plan = super::plan(r);
+                            assert_eq!(plan.agrees, plan.reason.is_none());
+                        }
+                        Err(e) => assert!(!e.missing.is_empty()),
+                    }
+                }
+            }
+        }
     }
 }

@@ -485,7 +485,8 @@ impl Builder {
             }
         } else if let Some(at) = m.find("Killed process ") {
             let message = m[..at].trim().trim_end_matches(':').to_owned();
-            match parse_killed(&m[at + "Killed process ".len()..], message) {
+            let since_5_4 = self.kernel.as_deref().and_then(major_minor) >= Some((5, 4));
+            match parse_killed(&m[at + "Killed process ".len()..], message, since_5_4) {
                 Ok(v) => self.victim = Some(v),
                 Err(what) => {
                     self.error = Some(format!("its `Killed process` line is truncated ({what})"))
@@ -510,6 +511,13 @@ impl Builder {
                         value.push_str(part);
                     }
                 }
+            }
+        }
+        // `task=…,pid=…,uid=…` close the line: a line without them was cut (the kernel's
+        // line limit, long cgroup paths).
+        for key in ["task", "pid", "uid"] {
+            if !fields.iter().any(|(k, _)| k == key) {
+                self.error = Some(format!("its `oom-kill:` line is truncated (no {key}=)"));
             }
         }
         for (key, value) in fields {
@@ -616,6 +624,14 @@ impl Builder {
     }
 }
 
+/// `5.10.0-23-amd64` → (5, 10).
+fn major_minor(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 /// `%llukB, limit %llukB, failcnt %lu` → (usage, limit) in bytes.
 fn usage_limit(rest: &str) -> Option<(u64, u64)> {
     let (usage, rest) = rest.split_once("kB, limit ")?;
@@ -709,7 +725,7 @@ fn pid_comm<'a>(rest: &'a str, after: &str) -> Option<(u32, String, &'a str)> {
 
 /// `PID (COMM) total-vm:…kB, anon-rss:…kB, file-rss:…kB, shmem-rss:…kB[, UID:… pgtables:…kB
 /// oom_score_adj:…]`.
-fn parse_killed(rest: &str, message: String) -> Result<Victim, String> {
+fn parse_killed(rest: &str, message: String, since_5_4: bool) -> Result<Victim, String> {
     let (pid, comm, tail) =
         pid_comm(rest, " total-vm:").ok_or_else(|| "no `total-vm:`".to_owned())?;
     let tail = format!("total-vm:{tail}");
@@ -740,9 +756,13 @@ fn parse_killed(rest: &str, message: String) -> Result<Victim, String> {
         pgtables_kib: field("pgtables:").and_then(|v| v.parse().ok()),
         oom_score_adj: field("oom_score_adj:").and_then(|v| v.parse().ok()),
     };
-    // 5.x on: once `UID:` is printed, the rest of the line must be there too.
-    if tail.contains("UID:") && (victim.pgtables_kib.is_none() || victim.oom_score_adj.is_none()) {
-        return Err("it ends after `UID:`".to_owned());
+    // 5.4 on, the line ends `, UID:%u pgtables:%lukB oom_score_adj:%hd`: once `UID:` is
+    // printed, or on a kernel that prints it, the rest must be there too. (On a report
+    // without a `CPU:` line, a line cut right after `shmem-rss:…kB` reads as an older one.)
+    if (since_5_4 || tail.contains("UID:"))
+        && (victim.uid.is_none() || victim.pgtables_kib.is_none() || victim.oom_score_adj.is_none())
+    {
+        return Err("it ends before `UID:… pgtables:…kB oom_score_adj:…`".to_owned());
     }
     Ok(victim)
 }
