@@ -219,10 +219,10 @@ pub fn parse(text: &str) -> Vec<Result<Report, CutShort>> {
             continue;
         };
         builder.feed(message);
-        if builder.victim.is_some() || builder.error.is_some() {
-            if let Some(b) = current.take() {
-                reports.push(b.finish());
-            }
+        if (builder.victim.is_some() || builder.error.is_some())
+            && let Some(b) = current.take()
+        {
+            reports.push(b.finish());
         }
     }
     if let Some(b) = current {
