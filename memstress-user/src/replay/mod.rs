@@ -194,7 +194,15 @@ pub fn plan(report: Report) -> ReplayPlan {
     skipped.reverse();
     let chosen = report.chosen.as_ref().map_or(report.victim.pid, |c| c.pid);
     let agrees = ranking.first().is_some_and(|r| r.pid == chosen);
-    let reason = (!agrees).then(|| disagreement(&ranking, &skipped, chosen, totalpages));
+    let reason = (!agrees).then(|| {
+        if report.victim.message.contains("oom_kill_allocating_task") {
+            "vm.oom_kill_allocating_task is set: the kernel killed the task whose allocation \
+             failed, without ranking"
+                .to_owned()
+        } else {
+            disagreement(&ranking, &skipped, chosen, totalpages)
+        }
+    });
     ReplayPlan {
         report,
         page_size: page,
@@ -506,6 +514,17 @@ mod tests {
         assert!(
             reason.contains("5101 (worker)") && reason.contains("exiting"),
             "{reason}"
+        );
+        // The same kill under vm.oom_kill_allocating_task: no ranking at all.
+        let allocating = fixture!("v1-5.4-syslog.txt").replace(
+            "Memory cgroup out of memory: Killed",
+            "Out of memory (oom_kill_allocating_task): Killed",
+        );
+        let plan = super::plan(one(&allocating));
+        assert!(
+            plan.reason
+                .unwrap()
+                .starts_with("vm.oom_kill_allocating_task")
         );
     }
 
