@@ -695,6 +695,12 @@ mod tests {
         let trigger = REAL.replace(", order=0, oom_score_adj=0", ", ord");
         let e = cut(&trigger);
         assert!(e.missing.contains("no order="), "{e}");
+        // The kernel found nothing to kill.
+        let none = REAL.replace(
+            "[15856.391087] oom-kill:",
+            "[15856.391087] Out of memory and no killable processes...\n[15856.391088] oom-kill:",
+        );
+        assert!(cut(&none).missing.contains("no killable process"));
         // A global report without the node's RAM.
         let global = fixture!("global-5.10-journal.txt").replace("524158 pages RAM", "");
         let e = cut(&global);

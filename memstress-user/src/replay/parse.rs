@@ -466,6 +466,12 @@ impl Builder {
                     ))
                 }
             }
+        } else if m.starts_with("Out of memory and no killable processes") {
+            self.error = Some(
+                "no `Killed process` line: the kernel found no killable process (`Out of \
+                 memory and no killable processes...`)"
+                    .to_owned(),
+            );
         } else if let Some(rest) = m.strip_prefix("oom-kill:") {
             self.oom_kill_line(rest);
         } else if let Some(at) = m.find("Kill process ")
