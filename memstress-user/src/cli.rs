@@ -142,6 +142,34 @@ EXAMPLES:
   sudo memstress demo --timeout 20s")]
     Demo(DemoArgs),
 
+    /// Read the kernel's OOM reports from a log (dmesg, `dmesg -T`, `journalctl -k`, or
+    /// plain text) and rank each report's tasks with the kernel's own formula: the plan of a
+    /// replay of the incident. Only `--dry-run` is built so far.
+    #[command(after_long_help = "\
+EXAMPLES:
+  # The last OOM kills on this node, ranked again from the kernel's task tables:
+  dmesg | memstress replay --dry-run -
+  # A report saved from a node, as JSON lines (docs/events.md, `replay_plan`):
+  journalctl -k -b -1 > incident.log
+  memstress replay --dry-run -o json incident.log
+
+WHAT IS READ:
+  Every report from `COMM invoked oom-killer:` to its `Killed process` line, as kernels 4.14
+  to 6.18 print it, for a memory cgroup (v1 or v2) or the whole node: the trigger (comm,
+  pid, gfp_mask, order, oom_score_adj), the constraint, oom_memcg and task_memcg, the
+  memcg's usage and limit (or the node's RAM and swap), the task table, and the victim.
+  Timestamps of dmesg, dmesg -T, the journal, syslog and /dev/kmsg are accepted, or none.
+  Each task's points are rss + swapents + page tables / page size + oom_score_adj ×
+  totalpages / 1000, as oom_badness() computes them; the plan says how totalpages was
+  found (a memcg report does not print the node's swap) and whether the kernel's victim is
+  the formula's first, and if not, the likely reason. A report cut short (no task table, a
+  truncated row or line, no Killed process line, no limit) is refused with the missing
+  part named (exit code 1): nothing is guessed.
+
+REPRODUCTION:
+  Without --dry-run, replay refuses (exit code 1): the reproduction is not built yet.")]
+    Replay(ReplayArgs),
+
     /// Print a shell completion script for memstress on stdout.
     #[command(after_long_help = "\
 EXAMPLES:
@@ -590,6 +618,19 @@ impl RunArgs {
     }
 }
 
+/// `memstress replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The log to read: a file, or `-` for standard input.
+    #[arg(value_name = "FILE|-")]
+    pub file: PathBuf,
+
+    /// Print the plan of each report (its tasks ranked with the kernel's formula) and exit;
+    /// needs no privileges. Required for now: the reproduction is not built yet.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 /// `memstress demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -714,6 +755,7 @@ mod tests {
             "memstress-watch.1",
             "memstress-run.1",
             "memstress-demo.1",
+            "memstress-replay.1",
         ] {
             assert!(names.contains(&want), "{names:?}");
         }

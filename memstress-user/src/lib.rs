@@ -20,6 +20,8 @@
 //! * [`stress`]: the plan (exact sizes), the stressor processes, the run's event loop.
 //! * [`probe`]: the BPF programs, loaded with offsets read from the running kernel's BTF.
 //! * [`explain`]: ring-buffer records decoded and joined into explained OOM kills.
+//! * [`replay`]: an incident from the kernel's OOM report (dmesg, the journal): parsed, and
+//!   its tasks ranked with the kernel's formula.
 //! * [`output`]: what the user reads: typed lines as text or JSON, and metrics.
 //!
 //! [`observer`] is the loop both commands share (probes → records → explanations);
@@ -39,6 +41,7 @@ pub mod observer;
 pub mod output;
 pub mod privilege;
 pub mod probe;
+pub mod replay;
 pub mod signals;
 pub mod size;
 pub mod spec;

@@ -194,6 +194,7 @@ async fn dispatch(cli: Cli, reporter: &Reporter) -> Result<i32, Error> {
             Ok(ended.exit_code())
         }
         Command::Demo(args) => demo(args, probe("demo"), reporter).await,
+        Command::Replay(args) => replay(&args, reporter),
         Command::Stressor
         | Command::Janitor
         | Command::Completions(_)
@@ -230,6 +231,41 @@ async fn demo(
             Ok(exit::FAILURE)
         }
     }
+}
+
+/// `memstress replay`: with `--dry-run`, the plan of every OOM report in the log; without,
+/// a refusal (the reproduction is not built yet).
+fn replay(args: &cli::ReplayArgs, reporter: &Reporter) -> Result<i32, Error> {
+    use std::{borrow::Cow, io::Read as _};
+    if !args.dry_run {
+        return Err(Error::Refused(
+            "the reproduction is not built yet: use --dry-run".to_owned(),
+        ));
+    }
+    let mut bytes = Vec::new();
+    let (read, name) = if args.file.as_os_str() == "-" {
+        (
+            std::io::stdin().read_to_end(&mut bytes),
+            "standard input".to_owned(),
+        )
+    } else {
+        (
+            std::fs::File::open(&args.file).and_then(|mut f| f.read_to_end(&mut bytes)),
+            args.file.display().to_string(),
+        )
+    };
+    read.map_err(|e| Error::io(format!("cannot read {name}"), e))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let plans = memstress::replay::plans(&text).map_err(|e| Error::Input(Box::new(e)))?;
+    if plans.is_empty() {
+        return Err(Error::Refused(format!(
+            "no OOM report in {name} (no `invoked oom-killer:` line)"
+        )));
+    }
+    for plan in plans {
+        reporter.emit(&line::Line::ReplayPlan(Cow::Owned(plan)));
+    }
+    Ok(exit::SUCCESS)
 }
 
 /// `memstress schema`: the JSON Schema of every `-o json` line, generated from their types;

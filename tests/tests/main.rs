@@ -14,6 +14,7 @@ mod input;
 mod k8s;
 mod kill;
 mod metrics;
+mod replay;
 mod run;
 mod runtime;
 mod security;

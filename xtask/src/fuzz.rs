@@ -19,6 +19,7 @@ pub const TARGETS: &[&str] = &[
     "btf",
     "mountinfo",
     "ring_record",
+    "oom_report",
 ];
 
 fn dir() -> PathBuf {

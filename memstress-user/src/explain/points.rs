@@ -56,7 +56,7 @@ pub fn totalpages_memcg(
 
 /// `totalpages` for a global OOM: RAM plus swap, in pages.
 pub fn totalpages_global(mem_total_pages: u64, swap_total_pages: u64) -> u64 {
-    mem_total_pages + swap_total_pages
+    mem_total_pages.saturating_add(swap_total_pages)
 }
 
 /// MemTotal and SwapTotal from /proc/meminfo, in pages (`totalram_pages()` and

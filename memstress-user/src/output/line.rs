@@ -19,6 +19,7 @@ use crate::{
     },
     privilege::{Credentials, StressorUser},
     probe::Status,
+    replay::ReplayPlan,
     signals::Stop,
     spec::{Kind, OnOom, Pattern},
     target::{
@@ -73,6 +74,9 @@ pub enum Line<'a> {
     Sample(Cow<'a, SampleLine>),
     /// `run`: how it ended.
     Summary(Cow<'a, Summary>),
+    /// `replay --dry-run`: one OOM report from the kernel's log, its tasks ranked with the
+    /// kernel's formula.
+    ReplayPlan(Cow<'a, ReplayPlan>),
 }
 
 /// `attached`.

@@ -30,6 +30,7 @@ pub fn render(line: &Line<'_>, clock: &Clock) -> Vec<String> {
         Line::Restarted(m) => vec![restarted(m)],
         Line::Full(f) => vec![full(f)],
         Line::Summary(s) => summary(s),
+        Line::ReplayPlan(p) => replay_plan(p),
         Line::Attached(_)
         | Line::Dropped(_)
         | Line::Metrics(_)
@@ -571,4 +572,70 @@ pub fn warn_degraded(status: &[Status], missing: &[String]) {
             missing.join(", ")
         );
     }
+}
+
+/// `replay --dry-run`: the report in a few lines, then the ranking.
+fn replay_plan(p: &crate::replay::ReplayPlan) -> Vec<String> {
+    let r = &p.report;
+    let mut lines = Vec::new();
+    let domain = match (&r.oom_memcg, r.limit_bytes) {
+        (Some(cg), Some(limit)) => format!("memcg {cg} (limit {})", Bytes(limit)),
+        (None, Some(limit)) => format!("a memcg (limit {})", Bytes(limit)),
+        _ => "the node (global OOM)".to_owned(),
+    };
+    lines.push(format!(
+        "OOM report at line {}{}{}: {} (pid {}) invoked the OOM killer in {}, gfp_mask={} \
+         order={}; the kernel killed {} ({}).",
+        r.line,
+        r.time
+            .as_deref()
+            .map(|t| format!(" [{t}]"))
+            .unwrap_or_default(),
+        r.kernel
+            .as_deref()
+            .map(|k| format!(", kernel {k}"))
+            .unwrap_or_default(),
+        r.trigger.comm,
+        r.trigger
+            .pid
+            .map_or_else(|| "?".to_owned(), |p| p.to_string()),
+        domain,
+        r.trigger.gfp_mask,
+        r.trigger.order,
+        r.victim.pid,
+        r.victim.comm,
+    ));
+    lines.push(format!(
+        "  totalpages {} ({}); page size {}",
+        p.totalpages, p.totalpages_from, p.page_size
+    ));
+    lines.push(format!("  {:>10}  {:>12}  comm", "pid", "points"));
+    for (i, t) in p.ranking.iter().enumerate() {
+        let mark = if t.pid == r.victim.pid {
+            "  <- killed"
+        } else {
+            ""
+        };
+        lines.push(format!(
+            "  {:>10}  {:>12}  {}{mark}{}",
+            t.pid,
+            t.points,
+            t.comm,
+            if i == 0 { "  (formula's first)" } else { "" }
+        ));
+    }
+    for t in &p.skipped {
+        lines.push(format!(
+            "  {:>10}  {:>12}  {}  (oom_score_adj -1000: never picked)",
+            t.pid, "-", t.comm
+        ));
+    }
+    lines.push(match (&p.reason, p.agrees) {
+        (_, true) => "  The kernel's choice is the formula's first.".to_owned(),
+        (Some(reason), false) => {
+            format!("  The kernel's choice is not the formula's first: {reason}.")
+        }
+        (None, false) => "  The kernel's choice is not the formula's first.".to_owned(),
+    });
+    lines
 }

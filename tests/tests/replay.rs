@@ -1,0 +1,171 @@
+//! `memstress replay --dry-run` on an OOM report this kernel printed moments before: every
+//! task row and the limit exactly as the kernel printed them, and the ranking agrees with the
+//! kernel's victim.
+
+use std::{os::unix::process::ExitStatusExt as _, path::PathBuf, time::Duration};
+
+use memstress_tests::{
+    ChildGuard, Kmsg, TestCgroup, assert_one_line_error, command_in, memstress_output,
+    require_root, schema,
+};
+use serde_json::{Value, json};
+
+const MIB: u64 = 1 << 20;
+
+/// A file in the test's temporary directory, removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(tag: &str, text: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("memstress-test-{}-{tag}.log", std::process::id()));
+        std::fs::write(&path, text).expect("write the report");
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temporary path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The report of the kill of `victim`: from the last `invoked oom-killer` before its
+/// `Killed process` line through that line.
+fn report_of(messages: &[String], victim: u32) -> Vec<String> {
+    let killed = format!("Killed process {victim} (");
+    let end = messages
+        .iter()
+        .position(|m| m.contains(&killed))
+        .unwrap_or_else(|| panic!("no `{killed}` in the kernel log:\n{}", messages.join("\n")));
+    let start = messages[..end]
+        .iter()
+        .rposition(|m| m.contains(" invoked oom-killer: "))
+        .expect("an `invoked oom-killer` line before the kill");
+    messages[start..=end].to_vec()
+}
+
+/// The task table as the kernel printed it, read here independently of memstress's parser:
+/// one JSON object per row, keyed by the header's columns.
+fn kernel_rows(report: &[String]) -> Vec<Value> {
+    let header = report
+        .iter()
+        .find(|m| m.starts_with("[  pid  ]"))
+        .expect("a task table header");
+    let columns: Vec<&str> = header
+        .trim_start_matches("[  pid  ]")
+        .split_whitespace()
+        .collect();
+    report
+        .iter()
+        .filter(|m| {
+            m.strip_prefix('[')
+                .and_then(|r| r.split_once(']'))
+                .is_some_and(|(p, _)| p.trim().parse::<u32>().is_ok())
+        })
+        .map(|m| {
+            let (pid, rest) = m[1..].split_once(']').unwrap();
+            let mut row = serde_json::Map::new();
+            row.insert("pid".into(), json!(pid.trim().parse::<u64>().unwrap()));
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            let numbers = columns.len() - 1;
+            for (column, word) in columns[..numbers].iter().zip(&words) {
+                row.insert((*column).into(), json!(word.parse::<i64>().unwrap()));
+            }
+            row.insert("name".into(), json!(words[numbers..].join(" ")));
+            Value::Object(row)
+        })
+        .collect()
+}
+
+/// `memory: usage NkB, limit NkB, failcnt N` → the limit in bytes.
+fn printed_limit(report: &[String]) -> u64 {
+    let line = report
+        .iter()
+        .find_map(|m| m.strip_prefix("memory: usage "))
+        .expect("a `memory: usage` line");
+    let kib: u64 = line
+        .split_once("limit ")
+        .and_then(|(_, r)| r.split_once("kB"))
+        .and_then(|(k, _)| k.parse().ok())
+        .expect("a limit in kB");
+    kib * 1024
+}
+
+#[test]
+fn replay_dry_run_reads_a_live_oom_report_exactly() {
+    require_root();
+    let mut kmsg = Kmsg::open();
+    let cgroup = TestCgroup::new("replay", Some(32 * MIB));
+    let mut tail = ChildGuard::spawn(command_in(&cgroup.cgroup, "tail", None).arg("/dev/zero"));
+    let victim = tail.pid();
+    let status = tail
+        .wait_timeout(Duration::from_secs(30))
+        .expect("tail /dev/zero is OOM-killed within 30 s");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    let report = report_of(&kmsg.messages(), victim);
+    let file = TempFile::new("replay", &(report.join("\n") + "\n"));
+
+    let out = memstress_output(&["replay", "--dry-run", "-o", "json", file.path()]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one report, one line:\n{stdout}");
+    let plan = schema::parse_line(lines[0]);
+    assert_eq!(plan["type"], "replay_plan");
+    let r = &plan["report"];
+
+    // The limit, exactly as the kernel printed it, and as the test set it.
+    assert_eq!(r["limit_bytes"], json!(printed_limit(&report)));
+    assert_eq!(r["limit_bytes"], json!(32 * MIB));
+    assert_eq!(r["constraint"], "CONSTRAINT_MEMCG");
+    assert_eq!(r["oom_memcg"], json!(cgroup.path()));
+    assert_eq!(r["task_memcg"], json!(cgroup.path()));
+    assert_eq!(r["trigger"]["comm"], "tail");
+    assert_eq!(r["trigger"]["pid"], json!(victim));
+    assert_eq!(r["victim"]["pid"], json!(victim));
+    assert_eq!(r["victim"]["comm"], "tail");
+
+    // Every task row, every column the kernel printed, exactly.
+    let want = kernel_rows(&report);
+    let got = r["tasks"].as_array().expect("tasks");
+    assert_eq!(got.len(), want.len(), "{got:?}\n{want:?}");
+    assert!(want.iter().any(|w| w["pid"] == json!(victim)), "{want:?}");
+    for (got, want) in got.iter().zip(&want) {
+        for (column, value) in want.as_object().unwrap() {
+            assert_eq!(&got[column], value, "column {column} of {want}");
+        }
+    }
+
+    // The formula ranks the kernel's victim first.
+    assert_eq!(plan["ranking"][0]["pid"], json!(victim), "{plan}");
+    assert_eq!(plan["agrees"], true, "{plan}");
+    assert_eq!(plan["reason"], Value::Null);
+    let row = want.iter().find(|w| w["pid"] == json!(victim)).unwrap();
+    let points = row["rss"].as_i64().unwrap()
+        + row["swapents"].as_i64().unwrap()
+        + row["pgtables_bytes"].as_i64().unwrap() / 4096;
+    assert_eq!(plan["ranking"][0]["points"], json!(points));
+
+    // Cut short (no Killed process line): refused, one line naming it, exit code 1.
+    let cut = TempFile::new("replay-cut", &report[..report.len() - 1].join("\n"));
+    let out = memstress_output(&["replay", "--dry-run", cut.path()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert_one_line_error(
+        &String::from_utf8_lossy(&out.stderr),
+        &["cut short", "no `Killed process` line"],
+    );
+
+    // Without --dry-run: refused, for now.
+    let out = memstress_output(&["replay", file.path()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_one_line_error(
+        &String::from_utf8_lossy(&out.stderr),
+        &["the reproduction is not built yet: use --dry-run"],
+    );
+}
