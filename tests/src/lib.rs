@@ -763,6 +763,29 @@ pub fn workspace() -> PathBuf {
         .to_owned()
 }
 
+/// The body of `GET /metrics` at `address` (`host:port`), over plain HTTP/1.1.
+pub fn scrape_metrics(address: &str) -> String {
+    use std::io::Write as _;
+    let mut stream =
+        std::net::TcpStream::connect(address).expect("connect to the metrics endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

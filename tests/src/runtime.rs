@@ -165,6 +165,19 @@ fn temp_dir(kind: &str) -> PathBuf {
     dir
 }
 
+/// A pod UID in the form the API server gives (`8-4-4-4-12` hex digits), fresh each call.
+pub fn new_pod_uid() -> String {
+    let id = new_id();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &id[0..8],
+        &id[8..12],
+        &id[12..16],
+        &id[16..20],
+        &id[20..32]
+    )
+}
+
 /// 64 random hex digits, like the CRI's container ids.
 pub fn new_id() -> String {
     let mut bytes = [0u8; 32];

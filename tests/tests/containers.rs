@@ -4,53 +4,21 @@
 //! runtime says (its ids, the names it was given) and against dmesg (which process died).
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use memstress_tests::{
     Kmsg, Memstress, memstress_bin, memstress_output, require_root,
-    runtime::{Containerd, Docker, Layout, Pod, Qos, hog_argv, wait_for},
+    runtime::{Containerd, Docker, Layout, Pod, Qos, hog_argv, new_pod_uid, wait_for},
+    scrape_metrics,
 };
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 
-fn uid() -> String {
-    let id = memstress_tests::runtime::new_id();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &id[0..8],
-        &id[8..12],
-        &id[12..16],
-        &id[16..20],
-        &id[20..32]
-    )
-}
-
 fn state_flag(rt: &Containerd) -> String {
     format!("containerd={}", rt.state_dir().display())
-}
-
-/// The body of GET /metrics.
-fn scrape(address: &str) -> String {
-    let mut stream = TcpStream::connect(address).expect("connect to the metrics endpoint");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
 }
 
 /// `victim.kubernetes` and `victim.container` of `kill` are those of container `id` named
@@ -104,7 +72,7 @@ fn node_watch_names_a_kill_in_a_containerd_pod() {
         .expect("an address")
         .to_owned();
     std::thread::sleep(Duration::from_secs(1));
-    let pod_uid = uid();
+    let pod_uid = new_pod_uid();
     let pod = Pod::new(&rt, "shop", "cart", &pod_uid, Qos::Burstable);
     // The app holds more than its limit: the kernel kills it in its own cgroup.
     let app = pod.container("app", Some(32 * MIB), &hog_argv(64 * MIB));
@@ -134,11 +102,13 @@ fn node_watch_names_a_kill_in_a_containerd_pod() {
     }
     let series = "namespace=\"shop\",pod=\"cart\",container=\"app\"} ";
     assert!(
-        wait_for(Duration::from_secs(5), || scrape(&address).lines().any(
-            |l| l.starts_with("memstress_oom_kills_total{") && l.contains(series)
-        )),
+        wait_for(Duration::from_secs(5), || scrape_metrics(&address)
+            .lines()
+            .any(
+                |l| l.starts_with("memstress_oom_kills_total{") && l.contains(series)
+            )),
         "no kill series with the pod's names: {}",
-        scrape(&address)
+        scrape_metrics(&address)
     );
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(text.id() as i32, libc::SIGINT) };
@@ -163,8 +133,8 @@ fn watch_filters_by_pod_container_and_namespace() {
     require_root();
     let rt = Containerd::start();
     let state = state_flag(&rt);
-    let shop_uid = uid();
-    let other_uid = uid();
+    let shop_uid = new_pod_uid();
+    let other_uid = new_pod_uid();
     let shop = Pod::new(&rt, "shop", "cart", &shop_uid, Qos::Burstable);
     let other = Pod::new(&rt, "other", "cart", &other_uid, Qos::Burstable);
     // Present before the watch resolves its filter (a name needs its container).
@@ -370,7 +340,7 @@ fn systemd_shaped_pods_of_every_qos_class_are_named() {
         (Qos::Burstable, "Burstable"),
         (Qos::BestEffort, "BestEffort"),
     ] {
-        let pod_uid = uid();
+        let pod_uid = new_pod_uid();
         let pod = Pod::with_layout(&rt, "shop", "cart", &pod_uid, qos, Layout::Systemd);
         let idle = pod.container("idle", Some(64 * MIB), &["/bin/sleep".into(), "600".into()]);
         let out = memstress_output(&[
@@ -473,7 +443,7 @@ fn runtime_and_shell_kills_are_told_apart_from_oom_kills() {
     );
     assert_eq!(k["victim"]["pid"], restarted.init_pid, "{k}");
     // ctr task kill of a pod's container: the runtime, named with its pod.
-    let pod_uid = uid();
+    let pod_uid = new_pod_uid();
     let pod = Pod::new(&rt, "shop", "cart", &pod_uid, Qos::Burstable);
     let app = pod.container("app", Some(64 * MIB), &sleep);
     let out = rt.ctr(
@@ -543,7 +513,7 @@ fn run_on_a_real_pod_container_reports_its_kill() {
     require_root();
     let rt = Containerd::start();
     let state = state_flag(&rt);
-    let pod_uid = uid();
+    let pod_uid = new_pod_uid();
     let pod = Pod::new(&rt, "shop", "cart", &pod_uid, Qos::Burstable);
     // The helper holds its size in one mm shared by two processes.
     let app = pod.container("app", Some(64 * MIB), &hog_argv(26 * MIB));

@@ -12,7 +12,8 @@ use std::{
 use memstress_tests::{
     Memstress, alive, require_root,
     runtime::{
-        Containerd, Ctr, Docker, Footprint, Pod, Qos, hog_argv, memory_file, record, wait_for,
+        Containerd, Ctr, Docker, Footprint, Pod, Qos, hog_argv, memory_file, new_pod_uid, record,
+        wait_for,
     },
 };
 use serde_json::Value;
@@ -22,18 +23,6 @@ const MIB: u64 = 1 << 20;
 const LIMIT: u64 = 128 * MIB;
 /// What the container's own process holds.
 const HOG: u64 = 4 * MIB;
-
-fn uid() -> String {
-    let id = memstress_tests::runtime::new_id();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &id[0..8],
-        &id[8..12],
-        &id[12..16],
-        &id[16..20],
-        &id[20..32]
-    )
-}
 
 fn state_arg(rt: &Containerd) -> String {
     format!("containerd={}", rt.state_dir().display())
@@ -137,7 +126,7 @@ fn assert_clean(footprint: &Footprint, cgroups: &[String], stressors: &[u32]) {
 #[test]
 fn follow_sees_the_init_exit_and_reinjects_into_the_new_container() {
     require_root();
-    let uid = uid();
+    let uid = new_pod_uid();
     let footprint;
     let (pod_cg, old_cg, new_cg);
     let mut stressors = Vec::new();
@@ -255,7 +244,7 @@ fn follow_sees_the_init_exit_and_reinjects_into_the_new_container() {
 #[test]
 fn a_dead_container_ends_the_run_with_exit_code_4_promptly() {
     require_root();
-    let uid = uid();
+    let uid = new_pod_uid();
     let footprint;
     let (pod_cg, app_cg);
     let stressor;
@@ -331,7 +320,7 @@ fn a_dead_container_ends_the_run_with_exit_code_4_promptly() {
 #[test]
 fn a_sigkilled_controller_leaves_nothing_in_the_container() {
     require_root();
-    let uid = uid();
+    let uid = new_pod_uid();
     let footprint;
     let (pod_cg, app_cg);
     let mut stressors = Vec::new();
@@ -477,7 +466,7 @@ fn a_killed_docker_container_ends_the_run_with_exit_code_4() {
 #[test]
 fn without_cap_sys_admin_the_init_is_watched_instead() {
     require_root();
-    let uid = uid();
+    let uid = new_pod_uid();
     let footprint;
     let (pod_cg, app_cg);
     let stressor;

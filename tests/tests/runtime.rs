@@ -8,24 +8,12 @@ use memstress_tests::{
     require_root,
     runtime::{
         Containerd, Docker, Footprint, K8S_NAMESPACE, POD_IMAGE, Pod, Qos, annotations as ann,
-        cgroup_mounts, hog_argv, memory_file, record, wait_for,
+        cgroup_mounts, hog_argv, memory_file, new_pod_uid, record, wait_for,
     },
 };
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
-
-fn uid() -> String {
-    let id = memstress_tests::runtime::new_id();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &id[0..8],
-        &id[8..12],
-        &id[12..16],
-        &id[16..20],
-        &id[20..32]
-    )
-}
 
 fn assert_clean(footprints: &[Footprint], cgroups: &[String]) {
     for f in footprints {
@@ -67,8 +55,8 @@ fn kubepods_preexisting() -> bool {
 fn containerd_pod_is_laid_out_like_the_cri() {
     require_root();
     let had_kubepods = kubepods_preexisting();
-    let uid = uid();
-    let guaranteed_uid = self::uid();
+    let uid = new_pod_uid();
+    let guaranteed_uid = new_pod_uid();
     let footprint;
     let (sandbox_cg, app_cg);
     {
@@ -160,7 +148,7 @@ fn containerd_pod_is_laid_out_like_the_cri() {
 fn containerd_container_holds_memory() {
     require_root();
     let rt = Containerd::start();
-    let uid = uid();
+    let uid = new_pod_uid();
     let pod = Pod::new(&rt, "default", "hog", &uid, Qos::BestEffort);
     let idle = pod.container(
         "idle",
@@ -199,7 +187,7 @@ fn containerd_container_holds_memory() {
 fn containerd_restart_gives_a_new_id_with_the_same_name() {
     require_root();
     let rt = Containerd::start();
-    let uid = uid();
+    let uid = new_pod_uid();
     let pod = Pod::new(&rt, "team-a", "api", &uid, Qos::Burstable);
     let old = pod.container(
         "server",
@@ -271,7 +259,7 @@ fn docker_container_has_its_limit_name_and_memory() {
 fn both_runtimes_at_once_leave_nothing() {
     require_root();
     let had = ["/kubepods", "/docker"].map(|c| memory_file(c, "").exists());
-    let uid = uid();
+    let uid = new_pod_uid();
     let footprints;
     {
         let rt = Containerd::start();

@@ -665,28 +665,8 @@ fn scrape_in(pid: u32, address: &str) -> String {
         // SAFETY: setns(2) on this thread only, with a namespace fd we hold open.
         let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        scrape(&address)
+        memstress_tests::scrape_metrics(&address)
     })
     .join()
     .expect("the scraping thread")
-}
-
-/// The body of GET /metrics at `address`.
-fn scrape(address: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(address).expect("connect to /metrics");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
 }
