@@ -599,6 +599,11 @@ impl Containerd {
         self.dir.join("state")
     }
 
+    /// memstress's `--runtime-state` value for this containerd's state.
+    pub fn state_flag(&self) -> String {
+        format!("containerd={}", self.state_dir().display())
+    }
+
     /// The bundle directory of container `id` in `namespace`.
     pub fn bundle(&self, namespace: &str, id: &str) -> PathBuf {
         self.state_dir()
@@ -1230,6 +1235,11 @@ impl Docker {
     /// Its data root: names are in `<data-root>/containers/<id>/config.v2.json`.
     pub fn data_root(&self) -> PathBuf {
         self.dir.join("docker")
+    }
+
+    /// memstress's `--runtime-state` value for this dockerd's data root.
+    pub fn state_flag(&self) -> String {
+        format!("docker={}", self.data_root().display())
     }
 
     /// Its exec root.

@@ -17,10 +17,6 @@ use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 
-fn state_flag(rt: &Containerd) -> String {
-    format!("containerd={}", rt.state_dir().display())
-}
-
 /// `victim.kubernetes` and `victim.container` of `kill` are those of container `id` named
 /// `name` in pod `uid` (`shop/cart`).
 fn assert_named(who: &Value, uid: &str, id: &str, name: &str, what: &str) {
@@ -48,7 +44,7 @@ fn node_watch_names_a_kill_in_a_containerd_pod() {
     require_root();
     let rt = Containerd::start();
     let mut kmsg = Kmsg::open();
-    let state = state_flag(&rt);
+    let state = rt.state_flag();
     // The text form, from a second watch (its stdout is sentences, not JSON); started first,
     // so that it is attached by the time the JSON one is.
     let text = Command::new(memstress_bin())
@@ -132,7 +128,7 @@ fn node_watch_names_a_kill_in_a_containerd_pod() {
 fn watch_filters_by_pod_container_and_namespace() {
     require_root();
     let rt = Containerd::start();
-    let state = state_flag(&rt);
+    let state = rt.state_flag();
     let shop_uid = new_pod_uid();
     let other_uid = new_pod_uid();
     let shop = Pod::new(&rt, "shop", "cart", &shop_uid, Qos::Burstable);
@@ -228,7 +224,7 @@ fn watch_filters_by_pod_container_and_namespace() {
 fn run_targets_docker_containers_by_name_and_id() {
     require_root();
     let docker = Docker::start();
-    let state = format!("docker={}", docker.data_root().display());
+    let state = docker.state_flag();
     let web = docker.run("web", Some(128 * MIB), &["/bin/sleep".into(), "600".into()]);
     for given in [web.name.as_str(), web.id.as_str(), &web.id[..12]] {
         let out = memstress_output(&[
@@ -332,7 +328,7 @@ fn run_targets_docker_containers_by_name_and_id() {
 fn systemd_shaped_pods_of_every_qos_class_are_named() {
     require_root();
     let rt = Containerd::start();
-    let state = state_flag(&rt);
+    let state = rt.state_flag();
     let mut watch = Memstress::start(&["watch", "-o", "json", "--runtime-state", &state]);
     watch.wait_type("attached", Duration::from_secs(30));
     for (qos, name) in [
@@ -392,8 +388,8 @@ fn runtime_and_shell_kills_are_told_apart_from_oom_kills() {
     require_root();
     let docker = Docker::start();
     let rt = Containerd::start();
-    let docker_state = format!("docker={}", docker.data_root().display());
-    let containerd_state = state_flag(&rt);
+    let docker_state = docker.state_flag();
+    let containerd_state = rt.state_flag();
     let mut watch = Memstress::start(&[
         "watch",
         "-o",
@@ -512,7 +508,7 @@ fn runtime_and_shell_kills_are_told_apart_from_oom_kills() {
 fn run_on_a_real_pod_container_reports_its_kill() {
     require_root();
     let rt = Containerd::start();
-    let state = state_flag(&rt);
+    let state = rt.state_flag();
     let pod_uid = new_pod_uid();
     let pod = Pod::new(&rt, "shop", "cart", &pod_uid, Qos::Burstable);
     // The helper holds its size in one mm shared by two processes.

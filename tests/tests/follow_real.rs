@@ -24,10 +24,6 @@ const LIMIT: u64 = 128 * MIB;
 /// What the container's own process holds.
 const HOG: u64 = 4 * MIB;
 
-fn state_arg(rt: &Containerd) -> String {
-    format!("containerd={}", rt.state_dir().display())
-}
-
 fn pid_ns(pid: u32) -> Option<String> {
     fs::read_link(format!("/proc/{pid}/ns/pid"))
         .ok()
@@ -136,7 +132,7 @@ fn follow_sees_the_init_exit_and_reinjects_into_the_new_container() {
         let app = pod.container("app", Some(LIMIT), &hog_argv(HOG));
         pod_cg = pod.cgroup_path();
         old_cg = app.cgroup_path.clone();
-        let state = state_arg(&rt);
+        let state = rt.state_flag();
         let mut run = Memstress::start(&[
             "run",
             "-o",
@@ -254,7 +250,7 @@ fn a_dead_container_ends_the_run_with_exit_code_4_promptly() {
         let app = pod.container("app", Some(LIMIT), &hog_argv(HOG));
         pod_cg = pod.cgroup_path();
         app_cg = app.cgroup_path.clone();
-        let state = state_arg(&rt);
+        let state = rt.state_flag();
         let mut run = Memstress::start(&[
             "run",
             "-o",
@@ -330,7 +326,7 @@ fn a_sigkilled_controller_leaves_nothing_in_the_container() {
         let app = pod.container("app", Some(LIMIT), &hog_argv(HOG));
         pod_cg = pod.cgroup_path();
         app_cg = app.cgroup_path.clone();
-        let state = state_arg(&rt);
+        let state = rt.state_flag();
         let mut run = Memstress::start(&[
             "run",
             "-o",
@@ -406,7 +402,7 @@ fn a_killed_docker_container_ends_the_run_with_exit_code_4() {
         let name = format!("follow-{}", &memstress_tests::runtime::new_id()[..8]);
         let c = docker.run(&name, Some(LIMIT), &hog_argv(HOG));
         cgroup = c.cgroup.clone();
-        let state = format!("docker={}", docker.data_root().display());
+        let state = docker.state_flag();
         let mut run = Memstress::start(&[
             "run",
             "-o",
@@ -476,7 +472,7 @@ fn without_cap_sys_admin_the_init_is_watched_instead() {
         let app = pod.container("app", Some(LIMIT), &hog_argv(HOG));
         pod_cg = pod.cgroup_path();
         app_cg = app.cgroup_path.clone();
-        let state = state_arg(&rt);
+        let state = rt.state_flag();
         let mut cmd = std::process::Command::new("setpriv");
         cmd.args(["--bounding-set", "-all,+bpf,+perfmon,+setuid,+setgid", "--"])
             .arg(memstress_tests::memstress_bin())
