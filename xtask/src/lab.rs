@@ -119,7 +119,10 @@ pub fn lab(args: &Args) -> Result<()> {
         }
         for (scenario, verdict) in read_results(&dir, &files) {
             if verdict == Verdict::Fail || verdict == Verdict::Missing {
-                failures.push(format!("{scenario} on {kernel}: {verdict:?}"));
+                failures.push(format!(
+                    "{scenario} on {kernel}: {verdict:?}{}",
+                    why_failed(&dir.join(&scenario))
+                ));
             }
             results.insert((scenario, kernel.clone()), verdict);
         }
@@ -516,6 +519,39 @@ fn read_results(dir: &Path, files: &[PathBuf]) -> Vec<(String, Verdict)> {
             (name, verdict)
         })
         .collect()
+}
+
+/// What a failed scenario's events say went wrong: its failed expectations (expected and
+/// actual) and its error, one per line, so that a CI log names the cause without the report.
+fn why_failed(dir: &Path) -> String {
+    let Ok(text) = fs::read_to_string(dir.join("events.jsonl")) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for event in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        let failed = (event["type"] == "expectation" && event["passed"] == false)
+            || (event["type"] == "result" && !event["error"].is_null())
+            || event["type"] == "note";
+        if !failed {
+            continue;
+        }
+        let text = match event["type"].as_str() {
+            Some("expectation") => format!(
+                "{}: expected {}, got {}",
+                event["name"].as_str().unwrap_or("?"),
+                event["expected"],
+                event["actual"]
+            ),
+            Some("result") => format!("error: {}", event["error"].as_str().unwrap_or("?")),
+            _ => format!("note: {}", event["text"].as_str().unwrap_or("?")),
+        };
+        out.push_str("\n      ");
+        out.push_str(&text);
+    }
+    out
 }
 
 fn write_index(results: &BTreeMap<(String, String), Verdict>, kernels: &[String]) -> Result<()> {
