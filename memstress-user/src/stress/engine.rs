@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     Error, Result, exit,
-    explain::{Explainer, Output, Scope, kill::KillReport, who},
+    explain::{Explained, Explainer, Output, Scope, kill::KillReport, who},
     observer::{Batch, Observer},
     output::{
         Reporter,
@@ -55,6 +55,11 @@ pub struct Ended {
     pub summary: Option<Summary>,
     /// The plan it printed.
     pub plan: Box<Plan>,
+    /// The run's first confirmed OOM kill, and the member it took (by index: apps first, in
+    /// the order given, then the stressors), if a member.
+    pub first_kill: Option<(Option<usize>, Box<Explained>)>,
+    /// The pid of every member, by index (the last one it had).
+    pub pids: Vec<Option<u32>>,
 }
 
 impl Ended {
@@ -187,6 +192,8 @@ struct State {
     watching: Option<Watching>,
     /// The target is gone (its stressors' exits are its doing, not failures).
     gone: bool,
+    /// The first confirmed OOM kill, and the member it took.
+    first_kill: Option<(Option<usize>, Box<Explained>)>,
 }
 
 impl State {
@@ -223,6 +230,7 @@ impl State {
                 rewrite_every: opts.rewrite_every,
                 thp: opts.thp,
                 mlock: opts.mlock,
+                unmapped: opts.unmapped,
                 file_dir: opts.file_dir.clone(),
                 kernel_per_page: plan.kernel_bytes_per_page,
                 initial: None,
@@ -272,6 +280,7 @@ impl State {
             unseen_kills: None,
             watching: None,
             gone: false,
+            first_kill: None,
             following: follow.map(|cfg| Following {
                 known: kube::container_ids(&cfg.hierarchy, &cfg.identity.pod_uid),
                 cfg,
@@ -442,7 +451,10 @@ impl State {
                 stressor += 1;
                 // The controller's own growth while it loads the probes is not foreseeable:
                 // in its own target, the stressors start once it has settled.
-                if self.controller_in_target || cap.is_some_and(|cap| cap < least) {
+                if self.controller_in_target
+                    || opts.apps_first
+                    || cap.is_some_and(|cap| cap < least)
+                {
                     deferred.push(i);
                     continue;
                 }
@@ -574,6 +586,9 @@ impl State {
                 if kill.in_target == Some(false) {
                     self.kills.outside += 1;
                 }
+            }
+            if self.first_kill.is_none() {
+                self.first_kill = Some((member, kill.clone()));
             }
             if let Some(i) = member {
                 self.members[i].oom_killed = true;
@@ -1016,6 +1031,12 @@ pub(super) async fn engine(
         stop_members(&mut state, &mut rx).await;
         return Err(e);
     }
+    if opts.apps_first
+        && let Err(e) = wait_for_apps(opts, &mut state, &mut rx, reporter).await
+    {
+        stop_members(&mut state, &mut rx).await;
+        return Err(e);
+    }
     state.after_attach(opts, deferred, &tx, reporter)?;
     let peak = cgroup.peak_reader(plan.target.created);
     let outcome = drive(
@@ -1046,7 +1067,45 @@ pub(super) async fn engine(
         done: state.full_at.is_some() && opts.hold.is_none() && opts.stop_after_kills.is_none(),
         summary: Some(summary),
         plan: Box::new(plan.clone()),
+        first_kill: state.first_kill.take(),
+        pids: state.members.iter().map(|m| m.pid).collect(),
     })
+}
+
+/// `apps_first`: waits until every app holds its size (or is gone), handling their reports;
+/// the stressors start after.
+async fn wait_for_apps(
+    opts: &Options,
+    state: &mut State,
+    rx: &mut mpsc::UnboundedReceiver<MemberEvent>,
+    reporter: &Reporter,
+) -> Result<()> {
+    const BOUND: Duration = Duration::from_secs(120);
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        if state
+            .members
+            .iter()
+            .filter(|m| m.role == Role::App)
+            .all(|m| m.settled() || !m.alive)
+        {
+            return Ok(());
+        }
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => {
+                    let _ = state.on_member_event(ev, opts, reporter);
+                }
+                None => return Ok(()),
+            },
+            _ = sleep_until(deadline) => {
+                return Err(Error::Refused(format!(
+                    "the apps did not reach their sizes within {}s",
+                    BOUND.as_secs()
+                )));
+            }
+        }
+    }
 }
 
 /// Stops every worker and waits for it (up to 5 s), so that the cgroup can be emptied and

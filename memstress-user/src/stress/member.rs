@@ -344,6 +344,36 @@ pub fn measure_footprint() -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::other(format!("an idle worker answered `{}`", out.trim())))
 }
 
+/// What an idle worker maps of memstress's executable (`RssFile`): pages in its RSS, and so
+/// in its badness points, that its cgroup is not charged for (they were charged to whoever
+/// read them first). Measured like [`measure_footprint`], while the worker waits.
+pub fn measure_file_rss() -> std::io::Result<u64> {
+    use std::io::{BufRead as _, BufReader};
+    let args = ["memstress", "__stressor", "--charge", "0"]
+        .map(str::to_owned)
+        .to_vec();
+    let mut spec = Spec::new(Path::new(spawn::SELF_EXE), args);
+    spec.stdin = Stdio::Pipe;
+    spec.stdout = Stdio::Pipe;
+    spec.stderr = Stdio::Null;
+    let mut child = spawn::spawn(&spec)?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("worker without stdout"))?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid))?;
+    // Closing stdin ends the worker; Drop reaps it.
+    drop(child.stdin.take());
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssFile:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| std::io::Error::other("no RssFile in an idle worker's status"))
+}
+
 /// Splits `total` bytes into `n` page-multiple shares that add up to `total` rounded up to a
 /// page; the first shares get the extra pages.
 pub fn split(total: u64, n: usize, page: u64) -> Vec<u64> {

@@ -22,7 +22,7 @@ use std::{borrow::Cow, time::Duration};
 
 pub use self::{
     engine::Ended,
-    member::split,
+    member::{measure_file_rss, measure_footprint, split},
     plan::{Amount, App, DEFAULT_FOOTPRINT, Options, min_share, plan},
 };
 use self::{
@@ -191,6 +191,8 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Ended> {
             done: true,
             summary: None,
             plan: Box::new(plan),
+            first_kill: None,
+            pids: Vec::new(),
         });
     }
     let checked = check(&opts, &target)?;

@@ -95,6 +95,12 @@ pub struct Options {
     pub thp: bool,
     /// mlock the memory.
     pub mlock: bool,
+    /// Shmem stressors write into their memfd without mapping it: charged to the target,
+    /// in no process's RSS (replay's allocation, which must not become a candidate).
+    pub unmapped: bool,
+    /// Stressors grow only once every app holds its size (replay: the tasks first, then
+    /// the allocation that ends in the OOM).
+    pub apps_first: bool,
     /// Print the plan and exit.
     pub dry_run: bool,
     /// Other processes to start in the target first.
@@ -142,6 +148,8 @@ impl Options {
             fill: Fill::Touch,
             thp: false,
             mlock: false,
+            unmapped: false,
+            apps_first: false,
             dry_run: false,
             apps: Vec::new(),
             stop_after_kills: None,

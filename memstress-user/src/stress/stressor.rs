@@ -66,6 +66,9 @@ pub struct WorkerArgs {
     pub thp: bool,
     /// Lock the memory (`mlock`), so it is never reclaimed or swapped.
     pub mlock: bool,
+    /// Shmem written into its memfd rather than mapped: charged to the cgroup, but in no
+    /// process's RSS, so the worker's badness stays its footprint (replay's allocation).
+    pub unmapped: bool,
     /// Directory for `Kind::File`.
     pub file_dir: Option<PathBuf>,
     /// Kernel memory the cgroup is charged per page of a shmem or file payload, beside the
@@ -86,6 +89,7 @@ impl Default for WorkerArgs {
             rewrite_every: Duration::from_secs(5),
             thp: false,
             mlock: false,
+            unmapped: false,
             file_dir: None,
             kernel_per_page: 0,
             initial: None,
@@ -136,6 +140,9 @@ impl WorkerArgs {
         if self.mlock {
             args.push("--mlock".to_owned());
         }
+        if self.unmapped {
+            args.push("--unmapped".to_owned());
+        }
         args
     }
 
@@ -178,6 +185,7 @@ impl WorkerArgs {
                 }
                 "--thp" => parsed.thp = true,
                 "--mlock" => parsed.mlock = true,
+                "--unmapped" => parsed.unmapped = true,
                 "--charge" => {
                     parsed.initial = Some(Command::Charge {
                         bytes: number(args.next(), "--charge")?,
@@ -609,6 +617,16 @@ impl Holding {
                 }
                 // SAFETY: a fresh fd.
                 let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+                if self.args.unmapped {
+                    pwrite_all(&fd, 0, len)?;
+                    self.chunks.push(Chunk {
+                        ptr: ptr::null_mut(),
+                        len,
+                        fd: Some(fd),
+                    });
+                    self.total += bytes;
+                    return Ok(());
+                }
                 // SAFETY: sizing our own memfd.
                 if unsafe { libc::ftruncate(fd.as_raw_fd(), len as i64) } != 0 {
                     return Err(io::Error::last_os_error());
@@ -952,6 +970,7 @@ mod tests {
             pattern: Pattern::KeepDirty,
             rewrite_every: Duration::from_secs(2),
             thp: true,
+            unmapped: true,
             file_dir: Some(PathBuf::from("/var/tmp")),
             initial: Some(Command::Charge { bytes: 123, seq: 0 }),
             ..WorkerArgs::default()
@@ -964,6 +983,7 @@ mod tests {
         assert_eq!(back.rewrite_every, Duration::from_secs(2));
         assert_eq!(back.file_dir, a.file_dir);
         assert!(back.thp);
+        assert!(back.unmapped);
         assert!(WorkerArgs::parse(["--bogus".to_owned()].into_iter()).is_err());
     }
 
