@@ -626,9 +626,55 @@ pub struct ReplayArgs {
     pub file: PathBuf,
 
     /// Print the plan of each report (its tasks ranked with the kernel's formula) and exit;
-    /// needs no privileges. Required for now: the reproduction is not built yet.
+    /// needs no privileges. Without it (root): each report is reproduced in a sandbox cgroup
+    /// at its limit (scaled), one process per task that matters holding that task's size
+    /// with its oom_score_adj, then an allocation until the OOM; the kernel's choice is
+    /// reported as `replay_result`, with whether it is the report's victim.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Scale the report's limit and every task's size by this factor (e.g. 0.25). Default:
+    /// 1, or what keeps the limit under a quarter of this node's available memory. The
+    /// ranking is kept: every task's points scale alike.
+    #[arg(long, value_name = "F", value_parser = parse_scale)]
+    pub scale: Option<f64>,
+
+    /// Replay at most this many tasks one process each: the first by the kernel's formula,
+    /// and the kernel's victim. The others' memory is held by a filler that is no candidate.
+    #[arg(long, value_name = "N", default_value_t = crate::replay::reproduce::DEFAULT_TASKS,
+          value_parser = parse_tasks)]
+    pub tasks: usize,
+
+    /// Only the Nth report of the input (1-based); default: every report, in order.
+    #[arg(long, value_name = "N", value_parser = parse_report)]
+    pub report: Option<usize>,
+
+    /// Give up on a reproduction that has not ended in an OOM kill after this long.
+    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "60s")]
+    pub timeout: Duration,
+}
+
+fn parse_tasks(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err(format!("`{text}` is not a number of tasks from 1 to 64")),
+    }
+}
+
+fn parse_report(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{text}` is not a report number (1 is the first)")),
+    }
+}
+
+fn parse_scale(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if f > 0.0 && f.is_finite() => Ok(f),
+        _ => Err(format!(
+            "`{text}` is not a scale: give a factor above 0, e.g. 0.5"
+        )),
+    }
 }
 
 /// `memstress demo`.

@@ -194,7 +194,7 @@ async fn dispatch(cli: Cli, reporter: &Reporter) -> Result<i32, Error> {
             Ok(ended.exit_code())
         }
         Command::Demo(args) => demo(args, probe("demo"), reporter).await,
-        Command::Replay(args) => replay(&args, reporter),
+        Command::Replay(args) => replay(&args, probe("replay"), reporter).await,
         Command::Stressor
         | Command::Janitor
         | Command::Completions(_)
@@ -233,15 +233,16 @@ async fn demo(
     }
 }
 
-/// `memstress replay`: with `--dry-run`, the plan of every OOM report in the log; without,
-/// a refusal (the reproduction is not built yet).
-fn replay(args: &cli::ReplayArgs, reporter: &Reporter) -> Result<i32, Error> {
+/// `memstress replay`: every OOM report of the log; with `--dry-run` its plan, else its
+/// reproduction and `replay_result`.
+async fn replay(
+    args: &cli::ReplayArgs,
+    probe: probe::Options,
+    reporter: &Reporter,
+) -> Result<i32, Error> {
     use std::{borrow::Cow, io::Read as _};
-    if !args.dry_run {
-        return Err(Error::Refused(
-            "the reproduction is not built yet: use --dry-run".to_owned(),
-        ));
-    }
+
+    use memstress::replay::reproduce;
     let mut bytes = Vec::new();
     let (read, name) = if args.file.as_os_str() == "-" {
         (
@@ -262,10 +263,77 @@ fn replay(args: &cli::ReplayArgs, reporter: &Reporter) -> Result<i32, Error> {
             "no OOM report in {name} (no `invoked oom-killer:` line)"
         )));
     }
-    for plan in plans {
-        reporter.emit(&line::Line::ReplayPlan(Cow::Owned(plan)));
+    let count = plans.len();
+    let selected: Vec<(usize, memstress::replay::ReplayPlan)> = match args.report {
+        Some(n) if n > count => {
+            return Err(Error::Usage(format!(
+                "--report {n}: {name} holds {count} OOM report(s)"
+            )));
+        }
+        Some(n) => vec![(n, plans.into_iter().nth(n - 1).expect("checked above"))],
+        None => plans
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (i + 1, p))
+            .collect(),
+    };
+    let available = memstress::target::node_available().unwrap_or(0);
+    if args.dry_run {
+        for (_, mut plan) in selected {
+            // The scale a reproduction on this node would use.
+            plan.scale = args.scale.unwrap_or_else(|| {
+                reproduce::limit_of(&plan)
+                    .map_or(1.0, |limit| reproduce::default_scale(limit, available))
+            });
+            reporter.emit(&line::Line::ReplayPlan(Cow::Owned(plan)));
+        }
+        return Ok(exit::SUCCESS);
     }
-    Ok(exit::SUCCESS)
+    let means = reproduce::Means {
+        page: memstress::size::page_size(),
+        available,
+        can_lower_adj: stress::check_oom_score_adj(-1000).is_ok(),
+        footprint: stress::measure_footprint().unwrap_or(stress::DEFAULT_FOOTPRINT),
+        file_rss: stress::measure_file_rss().unwrap_or(0),
+    };
+    let asked = reproduce::Asked {
+        scale: args.scale,
+        tasks: args.tasks,
+        timeout: args.timeout,
+    };
+    // Every report is checked before the first runs.
+    let setups = selected
+        .iter()
+        .map(|(n, plan)| reproduce::setup(*n, plan, &asked, means, probe.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Refused(e.to_string()))?;
+    let mut code = exit::SUCCESS;
+    for ((n, plan), setup) in selected.iter().zip(setups) {
+        reporter.text(&format!(
+            "memstress replay: report {n} (line {}): {} task(s) in a {} sandbox (scale {}), \
+             then an allocation until the OOM",
+            plan.report.line,
+            setup.tasks.len(),
+            Bytes(setup.limit_bytes),
+            setup.scale
+        ));
+        let ended = stress::run(setup.opts.clone(), reporter).await?;
+        let result = reproduce::result(
+            *n,
+            plan.report.line,
+            &setup,
+            ended.first_kill.as_ref(),
+            &ended.pids,
+        );
+        reporter.emit(&line::Line::ReplayResult(Cow::Owned(result.clone())));
+        if ended.signal.is_some() {
+            return Ok(ended.exit_code());
+        }
+        if result.chosen.is_none() {
+            code = exit::FAILURE;
+        }
+    }
+    Ok(code)
 }
 
 /// `memstress schema`: the JSON Schema of every `-o json` line, generated from their types;

@@ -1,12 +1,13 @@
 //! `memstress replay --dry-run` on an OOM report this kernel printed moments before: every
 //! task row and the limit exactly as the kernel printed them, and the ranking agrees with the
-//! kernel's victim.
+//! kernel's victim. `memstress replay` on such a report: the reproduction's kill, checked
+//! against the kernel's own new report.
 
 use std::{os::unix::process::ExitStatusExt as _, path::PathBuf, time::Duration};
 
 use memstress_tests::{
-    ChildGuard, Kmsg, TestCgroup, assert_one_line_error, command_in, memstress_output,
-    require_root, schema,
+    App, ChildGuard, Kmsg, TestCgroup, alive, assert_one_line_error, command_in, hierarchy,
+    memstress_output, require_root, schema,
 };
 use serde_json::{Value, json};
 
@@ -160,12 +161,143 @@ fn replay_dry_run_reads_a_live_oom_report_exactly() {
         &String::from_utf8_lossy(&out.stderr),
         &["cut short", "no `Killed process` line"],
     );
+}
 
-    // Without --dry-run: refused, for now.
-    let out = memstress_output(&["replay", file.path()]);
+/// The `replay_result` lines of a replay's JSON output (every line checked against the
+/// schema).
+fn results(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(schema::parse_line)
+        .filter(|l| l["type"] == "replay_result")
+        .collect()
+}
+
+/// The row of `pid` in a kernel report's task table.
+fn row_of(report: &[String], pid: u64) -> Value {
+    kernel_rows(report)
+        .into_iter()
+        .find(|r| r["pid"] == json!(pid))
+        .unwrap_or_else(|| panic!("no row of {pid} in:\n{}", report.join("\n")))
+}
+
+#[test]
+fn replay_reproduces_a_live_oom_report() {
+    require_root();
+    let mut kmsg = Kmsg::open();
+    // The victim is not the biggest: sidecar's oom_score_adj 600 puts it first.
+    let cgroup = TestCgroup::new("replay-live", Some(48 * MIB));
+    let java = App::start(&cgroup.cgroup, "java", 20 * MIB, Some(0));
+    let mut sidecar = App::start(&cgroup.cgroup, "sidecar", 12 * MIB, Some(600));
+    let nginx = App::start(&cgroup.cgroup, "nginx", 4 * MIB, Some(100));
+    let victim = sidecar.pid();
+    let tail = ChildGuard::spawn(command_in(&cgroup.cgroup, "tail", None).arg("/dev/zero"));
+    assert_eq!(sidecar.wait_signal(), Some(libc::SIGKILL));
+    drop(tail);
+    let report = report_of(&kmsg.messages(), victim);
+    let file = TempFile::new("replay-live", &(report.join("\n") + "\n"));
+    drop((java, nginx));
+
+    let out = memstress_output(&["replay", "-o", "json", file.path()]);
+    assert!(out.status.success(), "{out:?}");
+    let first = results(&out.stdout);
+    assert_eq!(first.len(), 1, "{out:?}");
+    let r = &first[0];
+    assert_eq!(r["report"], 1);
+    assert_eq!(r["expected"], json!({"pid": victim, "comm": "sidecar"}));
+    assert_eq!(r["same_victim"], true, "{r:#}");
+    assert_eq!(r["chosen"]["role"], "task");
+    assert_eq!(r["chosen"]["row_pid"], json!(victim));
+    assert_eq!(r["chosen"]["comm"], "sidecar");
+    assert_eq!(r["scale"], 1.0);
+    assert_eq!(r["limit_bytes"], json!(48 * MIB));
+    assert_eq!(r["reason"], Value::Null);
+    // Every row of the table is a task of the replay (there are fewer than 8), each with the
+    // row's oom_score_adj (offset only below 0, and none is), and scored by the kernel within
+    // 2% of the row's points, which the test computes from the row itself.
+    let rows = kernel_rows(&report);
+    let tasks = r["tasks"].as_array().expect("tasks");
+    assert_eq!(tasks.len(), rows.len(), "{tasks:?}");
+    let totalpages = (48 * MIB / 4096) as i64;
+    for row in &rows {
+        let task = tasks
+            .iter()
+            .find(|t| t["row_pid"] == row["pid"])
+            .unwrap_or_else(|| panic!("row {row} is not replayed: {tasks:?}"));
+        assert_eq!(task["oom_score_adj"], row["oom_score_adj"], "{task}");
+        let adj = row["oom_score_adj"].as_i64().unwrap();
+        let points = row["rss"].as_i64().unwrap()
+            + row["swapents"].as_i64().unwrap()
+            + row["pgtables_bytes"].as_i64().unwrap() / 4096
+            + adj * (totalpages / 1000);
+        assert_eq!(task["expected_points"], json!(points), "{task}");
+        // Tiny rows (tail's own table row can be a few hundred pages) are held at a
+        // process's smallest size: compare the big ones.
+        if row["rss"].as_i64().unwrap() > 1024 {
+            let kernel = task["kernel_points"].as_i64().expect("kernel points");
+            assert!(
+                (kernel - points).abs() * 50 <= points.abs(),
+                "{task}: the kernel scored {kernel}, the row {points}"
+            );
+        }
+    }
+
+    // The kernel's own account of the reproduction: its new report kills the process memstress
+    // named, in a sandbox at the limit, whose table holds every task with its oom_score_adj.
+    let chosen = r["chosen"]["pid"].as_u64().unwrap();
+    let again = report_of(&kmsg.messages(), chosen as u32);
+    assert_eq!(printed_limit(&again), 48 * MIB);
+    assert!(
+        again
+            .last()
+            .unwrap()
+            .contains(&format!("Killed process {chosen} (sidecar)")),
+        "{again:?}"
+    );
+    for task in tasks {
+        let row = row_of(&again, task["pid"].as_u64().unwrap());
+        assert_eq!(row["oom_score_adj"], task["oom_score_adj"], "{row}");
+        assert_eq!(row["name"], task["comm"], "{row}");
+    }
+    // Nothing is left: no process, no sandbox.
+    for task in tasks {
+        assert!(!alive(task["pid"].as_u64().unwrap() as u32), "{task}");
+    }
+    let sandboxes: Vec<String> = std::fs::read_dir(&hierarchy().root().dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("memstress-replay-"))
+        .collect();
+    assert!(sandboxes.is_empty(), "{sandboxes:?}");
+
+    // Scaled by half: the same victim, in half the limit.
+    let out = memstress_output(&["replay", "-o", "json", "--scale", "0.5", file.path()]);
+    assert!(out.status.success(), "{out:?}");
+    let r = &results(&out.stdout)[0];
+    assert_eq!(r["same_victim"], true, "{r:#}");
+    assert_eq!(r["scale"], 0.5);
+    assert_eq!(r["limit_bytes"], json!(24 * MIB));
+
+    // Bad input: one line each, nothing run.
+    for (args, words, code) in [
+        (&["--scale", "0"][..], &["not a scale"][..], 2),
+        (&["--report", "2"], &["--report 2", "holds 1 OOM report"], 2),
+        (&["--tasks", "0"], &["not a number of tasks"], 2),
+    ] {
+        let mut argv = vec!["replay"];
+        argv.extend_from_slice(args);
+        argv.push(file.path());
+        let out = memstress_output(&argv);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        assert_one_line_error(&String::from_utf8_lossy(&out.stderr), words);
+    }
+    let cut = TempFile::new("replay-live-cut", &report[..report.len() - 1].join("\n"));
+    let out = memstress_output(&["replay", cut.path()]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_one_line_error(
         &String::from_utf8_lossy(&out.stderr),
-        &["the reproduction is not built yet: use --dry-run"],
+        &["cut short", "no `Killed process` line"],
     );
 }

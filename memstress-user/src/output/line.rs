@@ -19,7 +19,7 @@ use crate::{
     },
     privilege::{Credentials, StressorUser},
     probe::Status,
-    replay::ReplayPlan,
+    replay::{ReplayPlan, reproduce::ReplayResult},
     signals::Stop,
     spec::{Kind, OnOom, Pattern},
     target::{
@@ -77,6 +77,9 @@ pub enum Line<'a> {
     /// `replay --dry-run`: one OOM report from the kernel's log, its tasks ranked with the
     /// kernel's formula.
     ReplayPlan(Cow<'a, ReplayPlan>),
+    /// `replay`: one OOM report reproduced in a sandbox, and whether the kernel chose the
+    /// same victim.
+    ReplayResult(Cow<'a, ReplayResult>),
 }
 
 /// `attached`.

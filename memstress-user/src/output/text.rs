@@ -31,6 +31,7 @@ pub fn render(line: &Line<'_>, clock: &Clock) -> Vec<String> {
         Line::Full(f) => vec![full(f)],
         Line::Summary(s) => summary(s),
         Line::ReplayPlan(p) => replay_plan(p),
+        Line::ReplayResult(r) => replay_result(r),
         Line::Attached(_)
         | Line::Dropped(_)
         | Line::Metrics(_)
@@ -572,6 +573,67 @@ pub fn warn_degraded(status: &[Status], missing: &[String]) {
             missing.join(", ")
         );
     }
+}
+
+/// `replay`: the verdict in one line, the tasks, the notes.
+fn replay_result(r: &crate::replay::reproduce::ReplayResult) -> Vec<String> {
+    use crate::replay::reproduce::ChosenRole;
+    let mut lines = Vec::new();
+    let chosen = match &r.chosen {
+        None => "no OOM kill came".to_owned(),
+        Some(c) => format!(
+            "the kernel chose {} ({}){}{}",
+            c.pid,
+            c.comm,
+            c.points
+                .map(|p| format!(", {p} points"))
+                .unwrap_or_default(),
+            match (c.role, c.row_pid) {
+                (ChosenRole::Task, Some(row)) => format!(", standing for row {row}"),
+                (ChosenRole::Allocation, _) => ", the replay's filler".to_owned(),
+                _ => ", not one of the replay's".to_owned(),
+            }
+        ),
+    };
+    lines.push(format!(
+        "replay of report {} (line {}): {}: {chosen}; the report's victim was {} ({}). \
+         Scale {}, limit {}.",
+        r.report,
+        r.line,
+        if r.same_victim {
+            "SAME VICTIM"
+        } else {
+            "DIFFERENT VICTIM"
+        },
+        r.expected.pid,
+        r.expected.comm,
+        r.scale,
+        Bytes(r.limit_bytes),
+    ));
+    lines.push(format!(
+        "  {:>8}  {:<15}  {:>8}  {:>10}  {:>5}  {:>9}  {:>9}",
+        "row pid", "comm", "pid", "holds", "adj", "expected", "kernel"
+    ));
+    for t in &r.tasks {
+        lines.push(format!(
+            "  {:>8}  {:<15}  {:>8}  {:>10}  {:>5}  {:>9}  {:>9}",
+            t.row_pid,
+            t.comm,
+            t.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            Bytes(t.bytes).to_string(),
+            t.oom_score_adj,
+            t.expected_points,
+            t.kernel_points
+                .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+        ));
+    }
+    if let Some(reason) = &r.reason {
+        lines.push(format!("  Why: {reason}."));
+    }
+    for note in &r.notes {
+        lines.push(format!("  Note: {note}."));
+    }
+    lines
 }
 
 /// `replay --dry-run`: the report in a few lines, then the ranking.

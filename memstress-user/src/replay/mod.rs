@@ -5,8 +5,8 @@
 //! a report lacks. Leaves: one [`ReplayPlan`] per report: every task of its table scored with
 //! the kernel's formula ([`crate::explain::points`]), the ranking, and whether the kernel's
 //! victim is the formula's first (and, when not, the likely reason). `replay --dry-run` prints
-//! the plans; the reproduction itself (a cgroup at the report's limit, `scale`d, with tasks of
-//! the table's sizes) is not built yet.
+//! the plans; [`reproduce`] turns a plan into a run (a sandbox at the report's limit,
+//! `scale`d, with tasks of the table's sizes) and its outcome into a `replay_result`.
 //!
 //! What the text says, and what it cannot:
 //!
@@ -28,6 +28,7 @@
 //!   kernel's scan: the table does not mark them.
 
 pub mod parse;
+pub mod reproduce;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -55,7 +56,8 @@ pub struct ReplayPlan {
     pub agrees: bool,
     /// When it does not agree, the likely reason; `null` when it does.
     pub reason: Option<String>,
-    /// The factor a reproduction would scale the limit (and the tasks' sizes) by: 1.0 for now.
+    /// The factor a reproduction on this node would scale the limit (and the tasks' sizes)
+    /// by: `--scale`, or 1 unless the limit is over a quarter of the node's available memory.
     pub scale: f64,
 }
 
