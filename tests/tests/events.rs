@@ -33,7 +33,7 @@ const NOT_ON_DEMAND: [(&str, &str); 4] = [
 
 /// Types that need a whole fault to produce; the named tests produce them and, like every test
 /// here, validate each line they read against the schema.
-const PRODUCED_ELSEWHERE: [(&str, &str); 3] = [
+const PRODUCED_ELSEWHERE: [(&str, &str); 4] = [
     (
         "dropped",
         "faults.rs: a_full_ring_buffer_is_counted_and_reported",
@@ -41,6 +41,10 @@ const PRODUCED_ELSEWHERE: [(&str, &str); 3] = [
     (
         "replay_plan",
         "replay.rs: replay_dry_run_reads_a_live_oom_report_exactly",
+    ),
+    (
+        "replay_result",
+        "replay.rs: replay_reproduces_a_live_oom_report",
     ),
     (
         "target_followed",
