@@ -143,6 +143,24 @@ pub struct KernelLayout {
     pub memcg_events_max: u32,
     /// `task_struct.tasks` (the list of thread-group leaders)
     pub task_tasks: u32,
+    /// `task_struct.cg_list` (its node in its `css_set`'s task list)
+    pub task_cg_list: u32,
+    /// `cgroup_subsys_state.children` (list head of the children's `sibling`)
+    pub css_children: u32,
+    /// `cgroup_subsys_state.sibling`
+    pub css_sibling: u32,
+    /// `cgroup.self` (the cgroup's own css, whose children are its child cgroups)
+    pub cgroup_self: u32,
+    /// `cgroup.cset_links` (list head of `cgrp_cset_link.cset_link`)
+    pub cgroup_cset_links: u32,
+    /// `cgrp_cset_link.cset_link`
+    pub link_cset_link: u32,
+    /// `cgrp_cset_link.cset`
+    pub link_cset: u32,
+    /// `css_set.tasks`
+    pub cset_tasks: u32,
+    /// `css_set.mg_tasks` (tasks being migrated, still counted as the cset's)
+    pub cset_mg_tasks: u32,
     /// `signal_struct.oom_mm` (set on every OOM victim)
     pub signal_oom_mm: u32,
     /// `oom_control.memcg`
@@ -225,6 +243,15 @@ impl KernelLayout {
         memcg_failcnt: UNKNOWN,
         memcg_events_max: UNKNOWN,
         task_tasks: UNKNOWN,
+        task_cg_list: UNKNOWN,
+        css_children: UNKNOWN,
+        css_sibling: UNKNOWN,
+        cgroup_self: UNKNOWN,
+        cgroup_cset_links: UNKNOWN,
+        link_cset_link: UNKNOWN,
+        link_cset: UNKNOWN,
+        cset_tasks: UNKNOWN,
+        cset_mg_tasks: UNKNOWN,
         signal_oom_mm: UNKNOWN,
         oc_memcg: UNKNOWN,
         oc_totalpages: UNKNOWN,
@@ -474,7 +501,8 @@ pub struct Chain {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ScanStats {
-    /// Thread-group leaders visited.
+    /// Tasks visited: thread-group leaders on the node (a global OOM), or every thread of
+    /// the domain's cgroups (a memcg OOM).
     pub visited: u32,
     /// Candidate records sent (eligible or skipped).
     pub sent: u32,

@@ -87,6 +87,21 @@ pub struct ScanState {
     pub done: u32,
     /// Candidate records the ring buffer refused (a diagnostic at the scan's end).
     pub ring_full: u32,
+    /// A memcg domain's walk: the cgroup whose tasks are being visited (pre-order over the
+    /// domain's subtree).
+    pub cgroup: u64,
+    /// … its `cgrp_cset_link` being visited (0: none yet).
+    pub link: u64,
+    /// … that link's `css_set`.
+    pub cset: u64,
+    /// … the head of the task list being visited (`cset->tasks` or `cset->mg_tasks`).
+    pub list: u64,
+    /// … the last node visited in it (`&task->cg_list`, or the head).
+    pub pos: u64,
+    /// 1 while in `mg_tasks`.
+    pub migrating: u32,
+    /// 1 for a memcg domain's walk, 0 for the node's task list.
+    pub by_cgroup: u32,
 }
 
 /// The candidate scan's state (per CPU: one OOM is handled at a time on a CPU).

@@ -183,10 +183,13 @@ fn oom_control(victim_tid: u32) -> memstress_ebpf::OomControlFacts {
     }
 }
 
-/// Lists the tasks the OOM killer chose among: every thread-group leader in the domain,
-/// visited through `task->tasks` (the list `for_each_process()` walks), starting and ending
-/// at the victim. Kernel threads are left out; tasks the kernel would skip are sent with the
-/// reason.
+/// Lists the tasks the OOM killer chose among: every thread-group leader in the domain.
+/// A memcg domain's tasks are visited the way `mem_cgroup_scan_tasks()` visits them: its
+/// cgroups in pre-order, each cgroup's `css_set`s, each `css_set`'s tasks (thread-group
+/// leaders only), so that the cost is the domain's size, not the node's. A global OOM (or a
+/// kernel whose BTF lacks those links) walks `task->tasks`, the list `for_each_process()`
+/// walks, from the victim round to it. Kernel threads are left out; tasks the kernel would
+/// skip are sent with the reason.
 #[inline(always)]
 fn scan(victim: u64, domain: u64, level: i32, seq: u64) -> ScanStats {
     let limit = layout!(scan_limit);
@@ -204,7 +207,14 @@ fn scan(victim: u64, domain: u64, level: i32, seq: u64) -> ScanStats {
     state.budget = layout!(candidate_limit);
     state.done = 0;
     state.ring_full = 0;
-    if limit == 0 || layout!(task_tasks) == UNKNOWN {
+    state.cgroup = domain;
+    state.link = 0;
+    state.cset = 0;
+    state.list = 0;
+    state.pos = 0;
+    state.migrating = 0;
+    state.by_cgroup = u32::from(domain != 0 && cgroup_walk_known());
+    if limit == 0 || (state.by_cgroup == 0 && layout!(task_tasks) == UNKNOWN) {
         return state.stats;
     }
     consider(state, victim);
@@ -236,12 +246,33 @@ fn scan(victim: u64, domain: u64, level: i32, seq: u64) -> ScanStats {
     state.stats
 }
 
+/// Whether the BTF gave every offset the walk of a memcg domain's own tasks needs.
+#[inline(always)]
+fn cgroup_walk_known() -> bool {
+    layout!(task_cg_list) != UNKNOWN
+        && layout!(css_children) != UNKNOWN
+        && layout!(css_sibling) != UNKNOWN
+        && layout!(css_parent) != UNKNOWN
+        && layout!(cgroup_self) != UNKNOWN
+        && layout!(cgroup_cset_links) != UNKNOWN
+        && layout!(link_cset_link) != UNKNOWN
+        && layout!(link_cset) != UNKNOWN
+        && layout!(cset_tasks) != UNKNOWN
+        && layout!(cset_mg_tasks) != UNKNOWN
+}
+
+/// `migrating` while climbing back up the domain's subtree to the next cgroup.
+const CLIMBING: u32 = 2;
+
 extern "C" fn scan_step(_index: u32, _ctx: *mut c_void) -> i64 {
     let Some(state) = SCAN.get_ptr_mut(0) else {
         return 1;
     };
     // SAFETY: this CPU's slot of the SCAN map, used only by this program.
     let state = unsafe { &mut *state };
+    if state.by_cgroup != 0 {
+        return domain_step(state);
+    }
     let off = layout!(task_tasks);
     let Some(next) = kernel::read::<u64>(state.cur, off) else {
         state.done = 1;
@@ -258,10 +289,143 @@ extern "C" fn scan_step(_index: u32, _ctx: *mut c_void) -> i64 {
     0
 }
 
+/// One move of a memcg domain's walk: to the next task of the current task list, to the
+/// next list (`mg_tasks` after `tasks`), `css_set` or cgroup. Returns 1 when done.
+#[inline(always)]
+fn domain_step(state: &mut ScanState) -> i64 {
+    if state.migrating == CLIMBING {
+        return climb(state);
+    }
+    if state.link == 0 {
+        // The current cgroup's first css_set, or on to the next cgroup.
+        let head = state
+            .cgroup
+            .wrapping_add(u64::from(layout!(cgroup_cset_links)));
+        let Some(first) = kernel::read::<u64>(head, 0) else {
+            return stop(state);
+        };
+        if first == head || first == 0 {
+            return next_cgroup(state);
+        }
+        return enter_link(state, first);
+    }
+    let Some(next) = kernel::read::<u64>(state.pos, 0) else {
+        return stop(state);
+    };
+    if next == state.list || next == 0 {
+        if state.migrating == 0 {
+            state.migrating = 1;
+            state.list = state.cset.wrapping_add(u64::from(layout!(cset_mg_tasks)));
+            state.pos = state.list;
+            return 0;
+        }
+        let head = state
+            .cgroup
+            .wrapping_add(u64::from(layout!(cgroup_cset_links)));
+        let node = state.link.wrapping_add(u64::from(layout!(link_cset_link)));
+        let Some(node) = kernel::read::<u64>(node, 0) else {
+            return stop(state);
+        };
+        if node == head || node == 0 {
+            return next_cgroup(state);
+        }
+        return enter_link(state, node);
+    }
+    state.pos = next;
+    let task = next.wrapping_sub(u64::from(layout!(task_cg_list)));
+    state.stats.visited += 1;
+    // `CSS_TASK_ITER_PROCS`: thread-group leaders only; the victim was considered first.
+    if task != state.start
+        && kernel::read::<i32>(task, layout!(task_pid))
+            == kernel::read::<i32>(task, layout!(task_tgid))
+    {
+        consider(state, task);
+    }
+    0
+}
+
+#[inline(always)]
+fn stop(state: &mut ScanState) -> i64 {
+    state.done = 1;
+    1
+}
+
+/// Starts on the `css_set` of the `cgrp_cset_link` whose `cset_link` node is `node`.
+#[inline(always)]
+fn enter_link(state: &mut ScanState, node: u64) -> i64 {
+    let link = node.wrapping_sub(u64::from(layout!(link_cset_link)));
+    let Some(cset) = kernel::read::<u64>(link, layout!(link_cset)) else {
+        return stop(state);
+    };
+    state.link = link;
+    state.cset = cset;
+    state.migrating = 0;
+    state.list = cset.wrapping_add(u64::from(layout!(cset_tasks)));
+    state.pos = state.list;
+    0
+}
+
+/// Pre-order: the current cgroup's first child, else climb to the next sibling.
+#[inline(always)]
+fn next_cgroup(state: &mut ScanState) -> i64 {
+    state.link = 0;
+    let own = u64::from(layout!(cgroup_self));
+    let head = state
+        .cgroup
+        .wrapping_add(own)
+        .wrapping_add(u64::from(layout!(css_children)));
+    match kernel::read::<u64>(head, 0) {
+        Some(first) if first != head && first != 0 => {
+            state.cgroup = first
+                .wrapping_sub(u64::from(layout!(css_sibling)))
+                .wrapping_sub(own);
+            0
+        }
+        Some(_) => {
+            state.migrating = CLIMBING;
+            0
+        }
+        None => stop(state),
+    }
+}
+
+/// One level of the climb: the current cgroup's next sibling if it has one (the walk goes on
+/// there), else its parent; done at the domain.
+#[inline(always)]
+fn climb(state: &mut ScanState) -> i64 {
+    if state.cgroup == state.domain {
+        return stop(state);
+    }
+    let own = u64::from(layout!(cgroup_self));
+    let css = state.cgroup.wrapping_add(own);
+    let (Some(parent), Some(next)) = (
+        kernel::read::<u64>(css, layout!(css_parent)),
+        kernel::read::<u64>(css, layout!(css_sibling)),
+    ) else {
+        return stop(state);
+    };
+    if parent == 0 {
+        return stop(state);
+    }
+    if next != parent.wrapping_add(u64::from(layout!(css_children))) {
+        state.cgroup = next
+            .wrapping_sub(u64::from(layout!(css_sibling)))
+            .wrapping_sub(own);
+        state.migrating = 0;
+        state.link = 0;
+    } else {
+        state.cgroup = parent.wrapping_sub(own);
+    }
+    0
+}
+
 #[inline(always)]
 fn consider(state: &mut ScanState, task: u64) {
     let flags = kernel::read::<u32>(task, layout!(task_flags)).unwrap_or(0);
-    if flags & PF_KTHREAD != 0 || !kernel::in_domain(task, state.domain, state.level) {
+    // A domain walked by its cgroups holds only its own tasks.
+    if flags & PF_KTHREAD != 0
+        || (state.by_cgroup == 0 && !kernel::in_domain(task, state.domain, state.level))
+    {
         return;
     }
     if state.budget == 0 {

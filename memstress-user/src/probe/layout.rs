@@ -251,6 +251,17 @@ pub fn resolve(btf: &Btf, mark_victim: Option<&Format>) -> Resolved {
         memcg_failcnt: r.optional_memcg_counter("memory", "failcnt"),
         memcg_events_max: r.memcg_event("MEMCG_MAX"),
         task_tasks: r.offset("task_struct", "tasks"),
+        // The walk of a memcg domain's own tasks; without these, the scan walks every task
+        // of the node and keeps the domain's.
+        task_cg_list: r.optional("task_struct", "cg_list"),
+        css_children: r.optional("cgroup_subsys_state", "children"),
+        css_sibling: r.optional("cgroup_subsys_state", "sibling"),
+        cgroup_self: r.optional("cgroup", "self"),
+        cgroup_cset_links: r.optional("cgroup", "cset_links"),
+        link_cset_link: r.optional("cgrp_cset_link", "cset_link"),
+        link_cset: r.optional("cgrp_cset_link", "cset"),
+        cset_tasks: r.optional("css_set", "tasks"),
+        cset_mg_tasks: r.optional("css_set", "mg_tasks"),
         signal_oom_mm: r.offset("signal_struct", "oom_mm"),
         oc_memcg: r.offset("oom_control", "memcg"),
         oc_totalpages: r.offset("oom_control", "totalpages"),
