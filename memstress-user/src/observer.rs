@@ -47,6 +47,23 @@ pub struct Batch {
     pub outputs: Vec<Output>,
     /// Records the BPF side dropped since the last batch, and in all (`None`: none).
     pub dropped: Option<(u64, u64)>,
+    /// When each stage of this batch ended.
+    pub stages: Stages,
+}
+
+/// When (CLOCK_MONOTONIC ns) a batch passed each stage between the ring buffer and the
+/// lines: what `MEMSTRESS_TELL_TIMING=1` prints beside each kill, for the bench's breakdown
+/// of the time to tell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stages {
+    /// The reader woke: the ring buffer became readable.
+    pub woke_ns: u64,
+    /// Every available record was read and decoded.
+    pub drained_ns: u64,
+    /// The explainer turned them into outputs.
+    pub explained_ns: u64,
+    /// Every task was named (container, pod).
+    pub named_ns: u64,
 }
 
 /// Reads the probes' records and explains them.
@@ -104,10 +121,16 @@ impl Observer {
     /// are reported as they arrive meanwhile.
     pub async fn next(&mut self) -> io::Result<Batch> {
         let mut records = Vec::new();
+        let mut woke_ns = 0;
         loop {
             let held = self.explainer.kills_deadline();
             tokio::select! {
-                drained = self.ring.drain(|bytes| records.push(record::decode(bytes))) => {
+                drained = self.ring.drain(|bytes| {
+                    if woke_ns == 0 {
+                        woke_ns = monotonic_ns();
+                    }
+                    records.push(record::decode(bytes));
+                }) => {
                     drained?;
                     break;
                 }
@@ -125,7 +148,11 @@ impl Observer {
                 }
             }
         }
-        Ok(self.explain(records))
+        let mut batch = self.explain(records);
+        if woke_ns != 0 {
+            batch.stages.woke_ns = woke_ns;
+        }
+        Ok(batch)
     }
 
     /// Explains what is already in the ring buffer, without waiting (at the end). Kernel
@@ -146,6 +173,7 @@ impl Observer {
     }
 
     fn explain(&mut self, records: Vec<Result<Record, record::DecodeError>>) -> Batch {
+        let drained_ns = monotonic_ns();
         let records = records
             .into_iter()
             .filter_map(|r| {
@@ -156,12 +184,19 @@ impl Observer {
         let probes = &self.probes;
         let mut outputs = self.explainer.batch(records, &|id| probes.pressure(id));
         outputs.extend(self.explainer.release_kills(monotonic_ns()));
+        let explained_ns = monotonic_ns();
         for output in &mut outputs {
             self.names.name(output);
         }
         Batch {
             outputs,
             dropped: self.probes.new_drops(),
+            stages: Stages {
+                woke_ns: drained_ns,
+                drained_ns,
+                explained_ns,
+                named_ns: monotonic_ns(),
+            },
         }
     }
 }

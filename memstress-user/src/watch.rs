@@ -321,6 +321,11 @@ async fn observe(
         };
         let mut batch = batch;
         names.retain(&mut batch.outputs);
+        // The lines first: the metrics can wait a few microseconds, a reader cannot.
+        for output in &batch.outputs {
+            reporter.output(output, &KillContext::default());
+        }
+        reporter.tell_timing(&batch);
         for output in &batch.outputs {
             counts.add(output);
             match (metrics, output) {
@@ -328,7 +333,6 @@ async fn observe(
                 (Some((m, _)), Output::Signalled(kill)) => m.signal_kill(kill),
                 _ => {}
             }
-            reporter.output(output, &KillContext::default());
         }
         if let Some((records, total)) = batch.dropped {
             reporter.dropped(records, total);

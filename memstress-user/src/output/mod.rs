@@ -104,6 +104,8 @@ pub struct Reporter {
     clock: Clock,
     buf: RefCell<BytesMut>,
     status_shown: Cell<bool>,
+    /// `MEMSTRESS_TELL_TIMING=1`: each OOM kill's stages go to stderr (the bench reads them).
+    tell_timing: bool,
 }
 
 impl Reporter {
@@ -114,6 +116,7 @@ impl Reporter {
             clock: Clock::new(),
             buf: RefCell::new(BytesMut::with_capacity(4096)),
             status_shown: Cell::new(false),
+            tell_timing: std::env::var_os("MEMSTRESS_TELL_TIMING").is_some_and(|v| v == "1"),
         }
     }
 
@@ -192,6 +195,32 @@ impl Reporter {
                 kill: (**k).clone(),
                 context: context.clone(),
             }))),
+        }
+    }
+
+    /// With `MEMSTRESS_TELL_TIMING=1`, after a batch's lines are written: one stderr line per
+    /// OOM kill in it with when (CLOCK_MONOTONIC ns) the kernel marked the victim, the batch
+    /// passed each stage, and its lines were written.
+    pub fn tell_timing(&self, batch: &crate::observer::Batch) {
+        if !self.tell_timing {
+            return;
+        }
+        let written_ns = monotonic_ns();
+        let s = &batch.stages;
+        for output in &batch.outputs {
+            if let Output::Kill(kill) = output {
+                eprintln!(
+                    "memstress-tell seq={} pid={} mark={} woke={} drained={} explained={} \
+                     named={} written={written_ns}",
+                    kill.seq,
+                    kill.victim.victim.task.pid.unwrap_or(0),
+                    kill.ts_ns,
+                    s.woke_ns,
+                    s.drained_ns,
+                    s.explained_ns,
+                    s.named_ns,
+                );
+            }
         }
     }
 
