@@ -2,7 +2,9 @@
 //! supervisor that checks their liveness, runs its steps (memstress runs, resizes, waits)
 //! while `memstress watch` reports every OOM kill and a sampler records the cgroups' own
 //! counters every 100 ms, then checks the expectations and writes `events.jsonl`,
-//! `report.md` and `timeline.svg`.
+//! `report.md`, `timeline.svg` and `dmesg.txt` (the kernel's messages of the scenario, as
+//! `dmesg` prints them). A `replay` step runs `memstress replay` on a kernel log: a file
+//! beside the scenario, or the messages the scenario has seen so far.
 
 use std::{
     collections::HashMap,
@@ -28,7 +30,7 @@ use serde_json::{Value, json};
 
 use super::{
     report,
-    scenario::{AppSpec, CgroupSpec, Liveness, Scenario},
+    scenario::{AppSpec, CgroupSpec, DMESG, Liveness, Scenario},
 };
 use crate::{Kmsg, command_in, parse_kill};
 
@@ -90,6 +92,79 @@ impl Recorder {
     fn snapshot(&self) -> Vec<Value> {
         self.events.lock().expect("recorder lock").clone()
     }
+}
+
+/// The kernel's messages of one scenario: read from /dev/kmsg as they come, kept in order.
+struct Dmesg {
+    kmsg: Kmsg,
+    /// Every message so far: (µs since boot, text as /dev/kmsg gives it).
+    seen: Vec<(u64, String)>,
+}
+
+impl Dmesg {
+    fn open() -> Self {
+        Self {
+            kmsg: Kmsg::open(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Takes in what the kernel logged since the last call (after letting the reader catch
+    /// up, 100 ms).
+    fn catch_up(&mut self) {
+        let new = self.kmsg.entries();
+        self.seen.extend(new);
+    }
+
+    /// The `Killed process` lines so far.
+    fn kills(&self) -> usize {
+        self.seen
+            .iter()
+            .filter(|(_, m)| parse_kill(m).is_some())
+            .count()
+    }
+}
+
+/// Kernel messages as `dmesg` prints them: `[%5lu.%06lu] message`, one a line, from their
+/// /dev/kmsg timestamps (µs since boot). /dev/kmsg escapes a backslash and any byte that is
+/// not printable ASCII as `\xNN`; the escape of a printable character is undone (as dmesg
+/// does), the others kept, so that a message stays one line.
+pub fn dmesg_text(entries: &[(u64, String)]) -> String {
+    let mut out = String::new();
+    for (us, message) in entries {
+        out.push_str(&format!(
+            "[{:5}.{:06}] {}\n",
+            us / 1_000_000,
+            us % 1_000_000,
+            unescape_kmsg(message)
+        ));
+    }
+    out
+}
+
+fn unescape_kmsg(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("\\x") {
+        out.push_str(&rest[..at]);
+        let byte = rest
+            .get(at + 2..at + 4)
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .filter(|b| (0x20..0x7f).contains(b));
+        match byte {
+            Some(b) => {
+                out.push(char::from(b));
+                rest = &rest[at + 4..];
+            }
+            None => {
+                out.push_str("\\x");
+                rest = &rest[at + 2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A memstress process whose JSON lines are recorded.
@@ -507,6 +582,61 @@ fn expand(
         .collect()
 }
 
+/// Runs step `i`, `replay = file`: `memstress replay -o json` of the file, or of the kernel
+/// messages seen so far (`{dmesg}`, written to a temporary file first), its lines recorded
+/// like a run's. Returns its exit code.
+#[allow(clippy::too_many_arguments)]
+fn replay_step(
+    i: usize,
+    file: &str,
+    scenario: &Scenario,
+    opts: &Options,
+    rec: &Recorder,
+    dmesg: &mut Dmesg,
+    kills: u32,
+    deadline: Instant,
+) -> Result<Option<i32>> {
+    let (path, what, temporary) = if file == DMESG {
+        // The watch reports a kill as the kernel logs it: give the log reader a moment to have
+        // every kill's report.
+        let caught_up = Instant::now() + Duration::from_secs(3);
+        loop {
+            dmesg.catch_up();
+            if dmesg.kills() >= kills as usize || Instant::now() >= caught_up {
+                break;
+            }
+        }
+        let path = std::env::temp_dir().join(format!(
+            "memstress-lab-{}-{}-step{i}-dmesg.txt",
+            std::process::id(),
+            scenario.name
+        ));
+        fs::write(&path, dmesg_text(&dmesg.seen))
+            .with_context(|| format!("writing {}", path.display()))?;
+        let what = format!(
+            "memstress replay -o json {DMESG} ({} kernel messages so far)",
+            dmesg.seen.len()
+        );
+        (path.clone(), what, Some(path))
+    } else {
+        let what = format!("memstress replay -o json {file}");
+        (scenario.dir.join(file), what, None)
+    };
+    let args = vec![
+        "replay".to_owned(),
+        "-o".to_owned(),
+        "json".to_owned(),
+        path.display().to_string(),
+    ];
+    rec.push(json!({"type": "step", "index": i, "what": what, "phase": "start", "replay": file}));
+    let code = Recorded::start(rec, &opts.memstress, &args, "replay", Some(i), None)
+        .map(|child| child.wait(deadline));
+    if let Some(t) = temporary {
+        let _ = fs::remove_file(t);
+    }
+    code
+}
+
 /// Runs `scenario` and writes its files to `opts.out/<name>/`.
 pub fn run(scenario: &Scenario, opts: &Options) -> Result<Outcome> {
     let dir = opts.out.join(&scenario.name);
@@ -535,10 +665,14 @@ pub fn run(scenario: &Scenario, opts: &Options) -> Result<Outcome> {
         }
     } else {
         let root = hierarchy.root().create_child(&opts.root_name)?;
-        let result = run_in(scenario, opts, &rec, &root);
+        let mut dmesg = Dmesg::open();
+        let result = run_in(scenario, opts, &rec, &root, &mut dmesg);
         if let Err(e) = root.remove(Duration::from_secs(15)) {
             rec.push(json!({"type": "note", "text": format!("cleanup: {e}")}));
         }
+        dmesg.catch_up();
+        fs::write(dir.join("dmesg.txt"), dmesg_text(&dmesg.seen))
+            .with_context(|| format!("writing {}", dir.join("dmesg.txt").display()))?;
         let (passed, error) = match result {
             Ok(passed) => (passed, None),
             Err(e) => (false, Some(format!("{e:#}"))),
@@ -558,9 +692,14 @@ pub fn run(scenario: &Scenario, opts: &Options) -> Result<Outcome> {
     Ok(outcome)
 }
 
-fn run_in(scenario: &Scenario, opts: &Options, rec: &Recorder, root: &Cgroup) -> Result<bool> {
+fn run_in(
+    scenario: &Scenario,
+    opts: &Options,
+    rec: &Recorder,
+    root: &Cgroup,
+    dmesg: &mut Dmesg,
+) -> Result<bool> {
     let deadline = Instant::now() + scenario.timeout;
-    let mut kmsg = Kmsg::open();
     let cgroups = create_cgroups(root, &scenario.cgroups)?;
     let kills = Arc::new(AtomicU32::new(0));
     let watch = Recorded::start(
@@ -602,6 +741,8 @@ fn run_in(scenario: &Scenario, opts: &Options, rec: &Recorder, root: &Cgroup) ->
     }
     let mut background = Vec::new();
     let mut failure = None;
+    // When each replay ran, in kmsg time (µs since boot): the kills it reproduced are its own.
+    let mut replays: Vec<(usize, u64, u64)> = Vec::new();
     for (i, step) in scenario.steps.iter().enumerate() {
         if Instant::now() >= deadline {
             failure = Some(format!(
@@ -639,6 +780,20 @@ fn run_in(scenario: &Scenario, opts: &Options, rec: &Recorder, root: &Cgroup) ->
                 thread::sleep(Duration::from_millis(50));
             }
             rec.push(json!({"type": "step", "index": i, "phase": "end", "kills": kills.load(Ordering::SeqCst)}));
+        } else if let Some(file) = &step.replay {
+            let started_us = memstress::output::monotonic_ns() / 1000;
+            let code = replay_step(
+                i,
+                file,
+                scenario,
+                opts,
+                rec,
+                dmesg,
+                kills.load(Ordering::SeqCst),
+                deadline,
+            )?;
+            rec.push(json!({"type": "step", "index": i, "phase": "end", "replay": file, "exit_code": code}));
+            replays.push((i, started_us, memstress::output::monotonic_ns() / 1000));
         }
     }
     for (i, child) in background {
@@ -659,12 +814,18 @@ fn run_in(scenario: &Scenario, opts: &Options, rec: &Recorder, root: &Cgroup) ->
     watch.wait(Instant::now() + Duration::from_secs(15));
     stop.store(true, Ordering::SeqCst);
     let _ = sampler.join();
-    for (ts_us, message) in kmsg.entries() {
-        if let Some(k) = parse_kill(&message) {
+    dmesg.catch_up();
+    for (ts_us, message) in &dmesg.seen {
+        if let Some(k) = parse_kill(message) {
             let t_ms = ts_us.saturating_sub(rec.start_us) / 1000;
+            let replay_step = replays
+                .iter()
+                .find(|(_, from, to)| (*from..=*to).contains(ts_us))
+                .map(|(i, _, _)| *i);
             rec.push(json!({"type": "dmesg_kill", "t_ms": t_ms, "pid": k.pid, "comm": k.comm,
                 "anon_rss_kb": k.anon_rss_kb, "file_rss_kb": k.file_rss_kb, "shmem_rss_kb": k.shmem_rss_kb,
-                "pgtables_kb": k.pgtables_kb, "oom_score_adj": k.oom_score_adj}));
+                "pgtables_kb": k.pgtables_kb, "oom_score_adj": k.oom_score_adj,
+                "replay_step": replay_step}));
         }
     }
     if let Some(f) = failure {
@@ -703,4 +864,38 @@ fn run_in(scenario: &Scenario, opts: &Options, rec: &Recorder, root: &Cgroup) ->
         },
         "passed": invalid.is_empty()}));
     Ok(passed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dmesg_text_is_what_dmesg_prints() {
+        let entries = vec![
+            (
+                5_123_456,
+                "tail invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0"
+                    .to_owned(),
+            ),
+            (
+                12_345_678_901,
+                "Memory cgroup out of memory: Killed process 1234 (tail) total-vm:38384kB"
+                    .to_owned(),
+            ),
+            (
+                7,
+                "a \\x5c and a \\x0a stay one line; \\xzz and \\x".to_owned(),
+            ),
+        ];
+        assert_eq!(
+            dmesg_text(&entries),
+            "[    5.123456] tail invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, \
+             oom_score_adj=0\n\
+             [12345.678901] Memory cgroup out of memory: Killed process 1234 (tail) \
+             total-vm:38384kB\n\
+             [    0.000007] a \\ and a \\x0a stay one line; \\xzz and \\x\n"
+        );
+        assert_eq!(dmesg_text(&[]), "");
+    }
 }
