@@ -125,45 +125,74 @@ impl Dmesg {
     }
 }
 
-/// Kernel messages as `dmesg` prints them: `[%5lu.%06lu] message`, one a line, from their
-/// /dev/kmsg timestamps (µs since boot). /dev/kmsg escapes a backslash and any byte that is
-/// not printable ASCII as `\xNN`; the escape of a printable character is undone (as dmesg
-/// does), the others kept, so that a message stays one line.
+/// Kernel messages as `dmesg` (util-linux, reading /dev/kmsg) prints them:
+/// `[%5lu.%06lu] message`, from their /dev/kmsg timestamps (µs since boot). /dev/kmsg escapes
+/// a backslash and every byte that is not printable ASCII as `\xNN`; dmesg undoes that, then
+/// prints a control character (or a byte of invalid UTF-8) as `\xNN` again, and a line break
+/// inside a message (6.1 prints a memcg's memory.stat as one message) as a new line indented
+/// under the message.
 pub fn dmesg_text(entries: &[(u64, String)]) -> String {
     let mut out = String::new();
     for (us, message) in entries {
-        out.push_str(&format!(
-            "[{:5}.{:06}] {}\n",
-            us / 1_000_000,
-            us % 1_000_000,
-            unescape_kmsg(message)
-        ));
+        let prefix = format!("[{:5}.{:06}] ", us / 1_000_000, us % 1_000_000);
+        out.push_str(&prefix);
+        out.push_str(&dmesg_message(&kmsg_bytes(message), prefix.len()));
+        out.push('\n');
     }
     out
 }
 
-fn unescape_kmsg(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(at) = rest.find("\\x") {
-        out.push_str(&rest[..at]);
-        let byte = rest
-            .get(at + 2..at + 4)
-            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
-            .filter(|b| (0x20..0x7f).contains(b));
-        match byte {
+/// A /dev/kmsg message's bytes, its `\xNN` escapes undone.
+fn kmsg_bytes(message: &str) -> Vec<u8> {
+    let raw = message.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = raw
+            .get(i + 2..i + 4)
+            .filter(|_| raw[i] == b'\\' && raw[i + 1] == b'x')
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
             Some(b) => {
-                out.push(char::from(b));
-                rest = &rest[at + 4..];
+                out.push(b);
+                i += 4;
             }
             None => {
-                out.push_str("\\x");
-                rest = &rest[at + 2..];
+                out.push(raw[i]);
+                i += 1;
             }
         }
     }
-    out.push_str(rest);
+    out
+}
+
+/// What dmesg prints of a message's bytes, continuation lines indented by `indent`.
+fn dmesg_message(bytes: &[u8], indent: usize) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    let hex = |out: &mut String, bytes: &[u8]| {
+        for b in bytes {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    };
+    let mut chunks = bytes.utf8_chunks().peekable();
+    while let Some(chunk) = chunks.next() {
+        let mut chars = chunk.valid().chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\n' {
+                out.push('\n');
+                let more = chars.peek().is_some() || chunks.peek().is_some();
+                if more || !chunk.invalid().is_empty() {
+                    out.extend(std::iter::repeat_n(' ', indent));
+                }
+            } else if c.is_control() && !c.is_whitespace() {
+                hex(&mut out, c.encode_utf8(&mut [0; 4]).as_bytes());
+            } else {
+                out.push(c);
+            }
+        }
+        hex(&mut out, chunk.invalid());
+    }
     out
 }
 
@@ -883,9 +912,15 @@ mod tests {
                 "Memory cgroup out of memory: Killed process 1234 (tail) total-vm:38384kB"
                     .to_owned(),
             ),
+            // 6.1's memory.stat: one message of many lines.
+            (
+                7_404_341,
+                "anon 49868800\\x0afile 0\\x0akernel 446464".to_owned(),
+            ),
+            // A backslash, a tab, UTF-8, a control character, invalid UTF-8, a stray `\x`.
             (
                 7,
-                "a \\x5c and a \\x0a stay one line; \\xzz and \\x".to_owned(),
+                "a \\x5c b\\x09c \\xc3\\xa9 \\x07 \\xff \\xzz \\x".to_owned(),
             ),
         ];
         assert_eq!(
@@ -894,7 +929,8 @@ mod tests {
              oom_score_adj=0\n\
              [12345.678901] Memory cgroup out of memory: Killed process 1234 (tail) \
              total-vm:38384kB\n\
-             [    0.000007] a \\ and a \\x0a stay one line; \\xzz and \\x\n"
+             [    7.404341] anon 49868800\n               file 0\n               kernel 446464\n\
+             [    0.000007] a \\ b\tc é \\x07 \\xff \\xzz \\x\n"
         );
         assert_eq!(dmesg_text(&[]), "");
     }
