@@ -3,9 +3,14 @@
 //! fentry available), with a report per scenario and kernel in `target/lab/`.
 //!
 //! A guest boots from an initramfs holding busybox, memstress, the lab agent
-//! (`memstress-lab`, from the tests package) and the scenarios; its init script runs the agent
-//! and prints the agent's output files over the serial console between markers, base64
-//! encoded; this side decodes them. Each boot has a timeout; its console log is kept.
+//! (`memstress-lab`, from the tests package), the scenarios and the files their steps read
+//! (a `replay` step's log); its init script runs the agent and prints the agent's output files
+//! over the serial console between markers, base64 encoded; this side decodes them. Each boot
+//! has a timeout; its console log is kept.
+//!
+//! `cargo xtask lab replay FILE` replays a kernel log's OOM reports: it writes a one-off
+//! scenario (`replay-<file stem>`: a `replay` step of a copy of FILE, and the
+//! `replay_same_victim` expectation) under target/lab/generated/ and runs it like any other.
 
 use std::{
     collections::BTreeMap,
@@ -39,6 +44,8 @@ pub const PACKAGES: &[&str] = &[
 pub struct Args {
     /// One scenario (by name or file); all when `None`.
     pub scenario: Option<String>,
+    /// Instead of scenarios: a kernel log whose OOM reports a one-off scenario replays.
+    pub replay: Option<PathBuf>,
     /// Kernels by label.
     pub kernels: Vec<String>,
     /// Bound on one guest boot.
@@ -93,11 +100,15 @@ pub fn lab(args: &Args) -> Result<()> {
             bail!("unknown kernel `{k}`; known: {}", known.join(", "));
         }
     }
+    let files = match &args.replay {
+        Some(log) => vec![replay_scenario(log)?],
+        None => scenarios(args.scenario.as_deref())?,
+    };
     setup::setup(PACKAGES)?;
-    let files = scenarios(args.scenario.as_deref())?;
     let (memstress, agent) = build()?;
     // Refuse a bad scenario before booting anything.
     run(Command::new(&agent).arg("validate").args(&files)).context("a scenario file is invalid")?;
+    let extras = extra_files(&agent, &files)?;
     let mut results: BTreeMap<(String, String), Verdict> = BTreeMap::new();
     let mut failures = Vec::new();
     for kernel in &args.kernels {
@@ -112,7 +123,13 @@ pub fn lab(args: &Args) -> Result<()> {
         let outcome = if kernel == "host" {
             run_host(&memstress, &agent, &files, &dir)
         } else {
-            run_guest(kernel, &memstress, &agent, &files, &dir, args.boot_timeout)
+            let guest = Guest {
+                memstress: &memstress,
+                agent: &agent,
+                files: &files,
+                extras: &extras,
+            };
+            run_guest(kernel, &guest, &dir, args.boot_timeout)
         };
         if let Err(e) = &outcome {
             failures.push(format!("{kernel}: {e:#}"));
@@ -134,6 +151,83 @@ pub fn lab(args: &Args) -> Result<()> {
         bail!("lab failures:\n  {}", failures.join("\n  "));
     }
     Ok(())
+}
+
+/// Writes the one-off scenario that replays `log` (a copy of it beside the scenario, so that
+/// it travels into a guest as any scenario's file does); returns the scenario file.
+fn replay_scenario(log: &Path) -> Result<PathBuf> {
+    if !log.is_file() {
+        bail!("{}: no such file", log.display());
+    }
+    let (name, text) = replay_scenario_text(log);
+    let dir = out_dir().join("generated").join(&name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    fs::copy(log, dir.join(format!("{name}.log")))
+        .with_context(|| format!("copying {}", log.display()))?;
+    let file = dir.join(format!("{name}.toml"));
+    fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+    eprintln!("xtask: replaying {} as scenario {name}", log.display());
+    Ok(file)
+}
+
+/// The name (`replay-<stem>`, the stem cut to what a scenario name allows) and the text of
+/// the scenario replaying `log`, which it reads as `<name>.log` beside it.
+fn replay_scenario_text(log: &Path) -> (String, String) {
+    let stem: String = log
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64 - "replay-".len())
+        .collect();
+    let name = format!("replay-{}", if stem.is_empty() { "log" } else { &stem });
+    // A JSON string is a TOML basic string.
+    let quoted = |s: &str| serde_json::Value::from(s).to_string();
+    let description = format!(
+        "Replays the OOM reports of `{}` (`cargo xtask lab replay`): each report's tasks, at \
+         its sizes, in a sandbox cgroup at its limit, until the kernel chooses; the victim must \
+         be the report's.",
+        log.display()
+    );
+    let text = format!(
+        "name = {}\ndescription = {}\n# A reproduction runs real tasks to an OOM: slow under TCG.\n\
+         timeout = \"5m\"\n\n[[step]]\nreplay = {}\n\n[[expect]]\nkind = \"replay_same_victim\"\n",
+        quoted(&name),
+        quoted(&description),
+        quoted(&format!("{name}.log"))
+    );
+    (name, text)
+}
+
+/// The files each scenario's steps read (the agent knows), as (where it is, where it goes
+/// relative to the guest's scenario directory).
+fn extra_files(agent: &Path, files: &[PathBuf]) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let mut extras: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for scenario in files {
+        let listed = run_quiet(Command::new(agent).arg("files").arg(scenario))?;
+        let dir = scenario.parent().unwrap_or(Path::new("."));
+        for rel in listed.lines().filter(|l| !l.is_empty()) {
+            let (from, to) = (dir.join(rel), PathBuf::from(rel));
+            match extras.iter().find(|(_, t)| *t == to) {
+                Some((other, _)) if fs::read(other)? != fs::read(&from)? => bail!(
+                    "{} and {} would both be {rel} in a guest's scenario directory",
+                    other.display(),
+                    from.display()
+                ),
+                Some(_) => {}
+                None => extras.push((from, to)),
+            }
+        }
+    }
+    Ok(extras)
 }
 
 fn build() -> Result<(PathBuf, PathBuf)> {
@@ -297,13 +391,17 @@ echo "@@LAB:END"
 poweroff -f
 "#;
 
-fn build_initramfs(
-    label: &str,
-    kernel: &Kernel,
-    memstress: &Path,
-    agent: &Path,
-    files: &[PathBuf],
-) -> Result<PathBuf> {
+/// What a guest boots with.
+struct Guest<'a> {
+    memstress: &'a Path,
+    agent: &'a Path,
+    /// The scenario files.
+    files: &'a [PathBuf],
+    /// The files their steps read: (where it is, path relative to the scenario directory).
+    extras: &'a [(PathBuf, PathBuf)],
+}
+
+fn build_initramfs(label: &str, kernel: &Kernel, guest: &Guest) -> Result<PathBuf> {
     let work = out_dir().join("initramfs").join(label);
     let _ = fs::remove_dir_all(&work);
     let tree = work.join("root");
@@ -325,12 +423,19 @@ fn build_initramfs(
         bail!("/bin/busybox is missing: install busybox-static");
     }
     fs::copy(busybox, tree.join("bin/busybox"))?;
-    copy_with_libs(memstress, &tree.join("bin/memstress"), &tree)?;
-    copy_with_libs(agent, &tree.join("bin/memstress-lab"), &tree)?;
+    copy_with_libs(guest.memstress, &tree.join("bin/memstress"), &tree)?;
+    copy_with_libs(guest.agent, &tree.join("bin/memstress-lab"), &tree)?;
     fs::copy(&kernel.brd, tree.join("lib/brd.ko"))?;
-    for f in files {
+    for f in guest.files {
         let name = f.file_name().context("scenario file name")?;
         fs::copy(f, tree.join("scenarios").join(name))?;
+    }
+    for (from, rel) in guest.extras {
+        let to = tree.join("scenarios").join(rel);
+        if let Some(parent) = to.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::copy(from, &to).with_context(|| format!("copying {}", from.display()))?;
     }
     let init = tree.join("init");
     fs::write(&init, INIT.replace("@LABEL@", label))?;
@@ -343,17 +448,10 @@ fn build_initramfs(
     Ok(image)
 }
 
-fn run_guest(
-    label: &str,
-    memstress: &Path,
-    agent: &Path,
-    files: &[PathBuf],
-    dir: &Path,
-    timeout: Duration,
-) -> Result<()> {
+fn run_guest(label: &str, guest: &Guest, dir: &Path, timeout: Duration) -> Result<()> {
     let kernel = fetch_kernel(label)?;
     eprintln!("xtask: lab on {label} ({}) under qemu", kernel.package);
-    let initrd = build_initramfs(label, &kernel, memstress, agent, files)?;
+    let initrd = build_initramfs(label, &kernel, guest)?;
     fs::create_dir_all(dir)?;
     let log_path = dir.join("console.log");
     let mut log = fs::File::create(&log_path)?;
@@ -645,6 +743,22 @@ mod tests {
         ];
         v.sort_by_key(|p| version_key(p));
         assert!(v.last().unwrap().contains("117"));
+    }
+
+    #[test]
+    fn a_replay_scenario_is_named_after_the_log() {
+        let (name, text) = replay_scenario_text(Path::new("/tmp/node 7: \"oom\".txt"));
+        assert_eq!(name, "replay-node-7---oom-");
+        assert!(
+            text.starts_with("name = \"replay-node-7---oom-\"\n"),
+            "{text}"
+        );
+        assert!(text.contains("`/tmp/node 7: \\\"oom\\\".txt`"), "{text}");
+        assert!(text.contains("\n[[step]]\nreplay = \"replay-node-7---oom-.log\"\n"));
+        assert!(text.contains("\n[[expect]]\nkind = \"replay_same_victim\"\n"));
+        let (long, _) = replay_scenario_text(Path::new(&"x".repeat(200)));
+        assert_eq!(long.len(), 64);
+        assert_eq!(replay_scenario_text(Path::new("/")).0, "replay-log");
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!   (with the manifest validation and metrics parsing tools of `setup::python_tools`).
 //! * `assets`: man pages and shell completions, generated from the CLI, in target/assets/.
 //! * `schema`: docs/events.schema.json from the line types (`--check`: unchanged?).
-//! * `lab`: scenarios end to end on real kernels.
+//! * `lab`: scenarios end to end on real kernels; `lab replay FILE`: a kernel log's OOM
+//!   reports reproduced there.
 //! * `fuzz`: the parsers under cargo-fuzz.
 //! * `bench`: the six figures of docs/benchmarks.md, each against a peer or the machine's
 //!   limit.
@@ -58,8 +59,11 @@ enum Cmd {
     },
     /// Run lab scenarios end to end on real kernels (this machine's; Debian's under qemu) and
     /// write reports to target/lab/ (index.md, and per kernel and scenario: events.jsonl,
-    /// report.md, timeline.svg).
+    /// report.md, timeline.svg, dmesg.txt).
+    #[command(args_conflicts_with_subcommands = true)]
     Lab {
+        #[command(subcommand)]
+        action: Option<LabCmd>,
         /// One scenario (a name from xtask/scenarios/, or a file); default: all.
         scenario: Option<String>,
         /// Kernel: `host`, `6.12` or `6.1` (repeatable; default: host).
@@ -127,6 +131,24 @@ enum Cmd {
         no_bench: bool,
         /// Only integration tests whose name contains this.
         filter: Option<String>,
+    },
+}
+
+/// `cargo xtask lab` subcommands.
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Replay a kernel log's OOM reports (dmesg, dmesg -T, journalctl -k, plain lines) on
+    /// the chosen kernels: `memstress replay` reproduces each in a sandbox cgroup, and the
+    /// victim must be the report's (a one-off scenario, `replay-<file stem>`).
+    Replay {
+        /// The kernel log.
+        file: Option<PathBuf>,
+        /// Kernel: `host`, `6.12` or `6.1` (repeatable; default: host).
+        #[arg(long = "kernel", value_name = "K")]
+        kernels: Vec<String>,
+        /// Bound on one guest boot, in seconds.
+        #[arg(long, default_value_t = 900)]
+        boot_timeout: u64,
     },
 }
 
@@ -400,6 +422,34 @@ fn main() -> Result<()> {
             run(Command::new(bin).arg("demo").args(args))
         }
         Cmd::Lab {
+            action:
+                Some(LabCmd::Replay {
+                    file,
+                    kernels,
+                    boot_timeout,
+                }),
+            ..
+        } => {
+            let Some(file) = file else {
+                bail!(
+                    "lab replay needs FILE, a kernel log holding OOM reports (to run the \
+                     `replay` scenario: cargo xtask lab xtask/scenarios/replay.toml)"
+                );
+            };
+            need_root("the lab")?;
+            lab::lab(&lab::Args {
+                scenario: None,
+                replay: Some(file),
+                kernels: if kernels.is_empty() {
+                    vec!["host".to_owned()]
+                } else {
+                    kernels
+                },
+                boot_timeout: std::time::Duration::from_secs(boot_timeout),
+            })
+        }
+        Cmd::Lab {
+            action: None,
             scenario,
             kernels,
             all,
@@ -415,6 +465,7 @@ fn main() -> Result<()> {
             };
             lab::lab(&lab::Args {
                 scenario,
+                replay: None,
                 kernels,
                 boot_timeout: std::time::Duration::from_secs(boot_timeout),
             })
@@ -478,6 +529,7 @@ fn main() -> Result<()> {
             if all && !no_lab && filter.is_none() {
                 lab::lab(&lab::Args {
                     scenario: None,
+                    replay: None,
                     kernels: vec!["host".to_owned(), "6.12".to_owned(), "6.1".to_owned()],
                     boot_timeout: std::time::Duration::from_secs(900),
                 })?;
@@ -485,5 +537,83 @@ fn main() -> Result<()> {
             eprintln!("xtask: all tests passed");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn lab(args: &[&str]) -> Result<Cmd, String> {
+        Cli::try_parse_from(["cargo xtask", "lab"].iter().chain(args))
+            .map(|cli| cli.command)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn lab_takes_a_scenario_or_the_replay_subcommand() {
+        let Ok(Cmd::Lab {
+            action: None,
+            scenario: Some(scenario),
+            kernels,
+            all: false,
+            ..
+        }) = lab(&["qos", "--kernel", "6.12"])
+        else {
+            panic!("lab qos --kernel 6.12");
+        };
+        assert_eq!(
+            (scenario.as_str(), kernels),
+            ("qos", vec!["6.12".to_owned()])
+        );
+        assert!(matches!(
+            lab(&["--all"]),
+            Ok(Cmd::Lab {
+                action: None,
+                scenario: None,
+                all: true,
+                ..
+            })
+        ));
+        assert!(matches!(
+            lab(&[]),
+            Ok(Cmd::Lab {
+                action: None,
+                scenario: None,
+                all: false,
+                ..
+            })
+        ));
+        let Ok(Cmd::Lab {
+            action:
+                Some(LabCmd::Replay {
+                    file: Some(file),
+                    kernels,
+                    ..
+                }),
+            ..
+        }) = lab(&[
+            "replay",
+            "incident.log",
+            "--kernel",
+            "6.1",
+            "--kernel",
+            "host",
+        ])
+        else {
+            panic!("lab replay incident.log --kernel 6.1 --kernel host");
+        };
+        assert_eq!(file, PathBuf::from("incident.log"));
+        assert_eq!(kernels, ["6.1", "host"]);
+        // FILE is checked by the command, with a one-line error.
+        assert!(matches!(
+            lab(&["replay"]),
+            Ok(Cmd::Lab {
+                action: Some(LabCmd::Replay { file: None, .. }),
+                ..
+            })
+        ));
     }
 }

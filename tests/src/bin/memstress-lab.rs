@@ -5,11 +5,14 @@
 //! memstress-lab run --memstress BIN --out DIR --kernel-label LABEL [--root-name NAME]
 //!                   [--file-dir DIR] FILE...
 //! memstress-lab validate FILE...
+//! memstress-lab files FILE
 //! memstress-lab report DIR
 //! ```
+//! `files` prints the files a scenario's steps read (a `replay` step's log), one a line,
+//! relative to the scenario file's directory: what must travel with it into a guest.
 //! `run` exits 0 when every scenario passed (or was skipped with a reason), 1 otherwise,
-//! 2 for bad input; it writes `<out>/<scenario>/{events.jsonl,report.md,timeline.svg}` and
-//! `<out>/results.json`.
+//! 2 for bad input; it writes
+//! `<out>/<scenario>/{events.jsonl,report.md,timeline.svg,dmesg.txt}` and `<out>/results.json`.
 
 use std::{
     path::{Path, PathBuf},
@@ -28,6 +31,7 @@ fn usage() -> ExitCode {
     eprintln!(
         "usage: memstress-lab run --memstress BIN --out DIR --kernel-label LABEL [--root-name NAME] [--file-dir DIR] FILE...\n\
          \x20      memstress-lab validate FILE...\n\
+         \x20      memstress-lab files FILE\n\
          \x20      memstress-lab report DIR"
     );
     ExitCode::from(2)
@@ -49,6 +53,23 @@ fn main() -> ExitCode {
                 Ok(s) => {
                     for s in s {
                         println!("{}: ok", s.name);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("memstress-lab: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some("files") => {
+            let [_, file] = args.as_slice() else {
+                return usage();
+            };
+            match Scenario::load(Path::new(file)) {
+                Ok(s) => {
+                    for f in s.files() {
+                        println!("{f}");
                     }
                     ExitCode::SUCCESS
                 }

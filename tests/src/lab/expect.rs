@@ -1,14 +1,14 @@
 //! Checking a scenario's expectations against what was recorded.
 
 use memstress::{
-    explain::{PointsFrom, Ranked, Source},
+    explain::{PointsFrom, Ranked, Source, who},
     output::line::{KillLine, Line},
     size::{Bytes, SizeSpec},
 };
 use serde_json::Value;
 
 use super::{
-    lines::{said, watch_kills},
+    lines::{replay_results, said, watch_kills},
     scenario::{Expect, Scenario},
 };
 
@@ -179,9 +179,11 @@ pub fn check(
             )
         }
         Expect::ExplainedKills => {
+            // A replay's reproductions happen outside the lab's cgroups, where the watch does
+            // not look.
             let dmesg: Vec<(u64, String)> = events
                 .iter()
-                .filter(|e| e["type"] == "dmesg_kill")
+                .filter(|e| e["type"] == "dmesg_kill" && e["replay_step"].is_null())
                 .map(|e| {
                     (
                         e["pid"].as_u64().unwrap_or(0),
@@ -286,6 +288,7 @@ pub fn check(
             }
         }
         Expect::KernelPoints { tolerance_pct } => kernel_points(events, &kills, *tolerance_pct),
+        Expect::ReplaySameVictim { step } => replay_same_victim(events, *step),
         Expect::GroupKilled { cgroup } => {
             let apps: Vec<u64> = events
                 .iter()
@@ -417,6 +420,64 @@ fn kernel_points(
     )
 }
 
+fn replay_same_victim(events: &[Value], step: Option<usize>) -> (String, String, String, bool) {
+    let name = match step {
+        Some(s) => format!("step {s}'s replay chooses each report's victim again"),
+        None => "each replayed report's victim is chosen again".to_owned(),
+    };
+    let expected = "every report reproduced: same victim".to_owned();
+    let results: Vec<_> = replay_results(events)
+        .filter(|r| step.is_none_or(|s| r.step == Some(s as u64)))
+        .collect();
+    if results.is_empty() {
+        // What the replay steps ended with says why.
+        let exits: Vec<String> = events
+            .iter()
+            .filter(|e| e["type"] == "step" && e["phase"] == "end")
+            .filter(|e| {
+                let i = e["index"].as_u64();
+                step.map_or(!e["replay"].is_null(), |s| i == Some(s as u64))
+            })
+            .map(|e| format!("step {} exited {}", e["index"], e["exit_code"]))
+            .collect();
+        let actual = if exits.is_empty() {
+            "no replay_result line".to_owned()
+        } else {
+            format!("no replay_result line ({})", exits.join(", "))
+        };
+        return (name, expected, actual, false);
+    }
+    let party = |v: &Value| {
+        let pid = v["pid"].as_u64().and_then(|p| u32::try_from(p).ok());
+        if v.is_object() {
+            who(pid, v["comm"].as_str())
+        } else {
+            "nothing".to_owned()
+        }
+    };
+    let differ: Vec<String> = results
+        .iter()
+        .filter(|r| !r.same_victim())
+        .map(|r| {
+            let report = r.line["report"]
+                .as_u64()
+                .map_or("?".to_owned(), |n| n.to_string());
+            let reason = r.line["reason"].as_str().unwrap_or("no reason given");
+            format!(
+                "report {report}: chose {} not {}: {reason}",
+                party(&r.line["chosen"]),
+                party(&r.line["expected"])
+            )
+        })
+        .collect();
+    let actual = if differ.is_empty() {
+        format!("{0} of {0} reports: same victim", results.len())
+    } else {
+        differ.join("; ")
+    };
+    (name, expected, actual, differ.is_empty())
+}
+
 fn dedup(items: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for i in items {
@@ -506,5 +567,69 @@ mod tests {
             kill("formula", 10_000, None, "formula")
         ]));
         assert!(!ok(vec![kill("formula", 10_000, None, "formula")]));
+    }
+
+    #[test]
+    fn replay_same_victim_reads_the_replay_results() {
+        let scenario: Scenario = toml::from_str("name = \"t\"\ndescription = \"\"").unwrap();
+        let result = |step: u64, line: Value| {
+            json!({"type": "memstress", "source": "replay", "step": step, "t_ms": 900,
+                "event": line})
+        };
+        let end = |step: u64, code: i32| {
+            json!({"type": "step", "t_ms": 1000, "index": step, "phase": "end",
+                "replay": "{dmesg}", "exit_code": code})
+        };
+        let check_all = |events: &[Value], step: Option<usize>| {
+            let (_, _, actual, ok) = check(&Expect::ReplaySameVictim { step }, events, &scenario);
+            (actual, ok)
+        };
+        let same = vec![
+            result(
+                2,
+                fixture::replay_result(1, (1234, "tail"), (555, "tail"), None),
+            ),
+            result(
+                2,
+                fixture::replay_result(2, (88, "java"), (601, "java"), None),
+            ),
+            end(2, 0),
+        ];
+        assert_eq!(
+            check_all(&same, None),
+            ("2 of 2 reports: same victim".to_owned(), true)
+        );
+        assert!(check_all(&same, Some(2)).1);
+        let (actual, ok) = check_all(&same, Some(1));
+        assert!(!ok && actual == "no replay_result line", "{actual}");
+
+        let differ = vec![
+            result(
+                2,
+                fixture::replay_result(1, (1234, "tail"), (555, "tail"), None),
+            ),
+            result(
+                2,
+                fixture::replay_result(2, (1234, "tail"), (556, "sh"), Some("sh grew first")),
+            ),
+            end(2, 1),
+        ];
+        assert_eq!(
+            check_all(&differ, None),
+            (
+                "report 2: chose 556 (sh) not 1234 (tail): sh grew first".to_owned(),
+                false
+            )
+        );
+
+        // A replay that printed nothing (memstress without the subcommand, say): its exit says
+        // why.
+        let (actual, ok) = check_all(&[end(2, 2)], None);
+        assert!(!ok);
+        assert_eq!(actual, "no replay_result line (step 2 exited 2)");
+        // A line the types would reject still counts: it is read as raw JSON.
+        let mut odd = fixture::replay_result(1, (1, "a"), (2, "a"), None);
+        odd["unknown_field"] = json!(true);
+        assert!(check_all(&[result(0, odd)], None).1);
     }
 }

@@ -50,6 +50,40 @@ pub fn watch_kills(events: &[Value]) -> Vec<(Option<u64>, KillLine)> {
         .collect()
 }
 
+/// A `replay_result` line `memstress replay` printed (one per OOM report it reproduced), as
+/// raw JSON: memstress's [`Line`] does not know the type yet, so [`said`] leaves these lines
+/// out, and they are read from the recorded `event` instead.
+pub struct ReplayResult<'e> {
+    /// When the lab recorded it.
+    pub t_ms: Option<u64>,
+    /// The scenario step that ran the replay.
+    pub step: Option<u64>,
+    /// The line.
+    pub line: &'e Value,
+}
+
+impl ReplayResult<'_> {
+    /// Whether the reproduction chose the report's victim (`false` unless it says so).
+    pub fn same_victim(&self) -> bool {
+        self.line.get("same_victim").and_then(Value::as_bool) == Some(true)
+    }
+}
+
+/// Every `replay_result` line recorded, in order.
+pub fn replay_results(events: &[Value]) -> impl Iterator<Item = ReplayResult<'_>> {
+    events.iter().filter_map(|record| {
+        if record.get("type").and_then(Value::as_str) != Some("memstress") {
+            return None;
+        }
+        let line = record.get("event")?;
+        (line.get("type").and_then(Value::as_str) == Some("replay_result")).then(|| ReplayResult {
+            t_ms: record.get("t_ms").and_then(Value::as_u64),
+            step: record.get("step").and_then(Value::as_u64),
+            line,
+        })
+    })
+}
+
 /// Whole memstress lines for the lab's own tests, shaped as memstress prints them (the
 /// library's types take nothing less).
 #[cfg(test)]
@@ -102,6 +136,29 @@ pub mod fixture {
                 "pid": pid, "points": points, "points_from": "formula", "shmem_rss_kib": 0,
                 "source": "kernel", "swap_kib": 0, "tid": pid, "total_vm_kib": 30296, "uid": 0},
             "why": why})
+    }
+
+    /// A `replay_result` line: report `report` (its victim `expected`), reproduced with
+    /// `chosen` (pid, comm) chosen here; `reason` when they differ.
+    pub fn replay_result(
+        report: u64,
+        expected: (u64, &str),
+        chosen: (u64, &str),
+        reason: Option<&str>,
+    ) -> Value {
+        let same = reason.is_none();
+        json!({"type": "replay_result", "time": "2026-12-01T10:00:00.000Z", "report": report,
+            "line": 3 + report * 40, "same_victim": same,
+            "expected": {"pid": expected.0, "comm": expected.1},
+            "chosen": {"pid": chosen.0, "comm": chosen.1, "points": 8200,
+                "row_pid": if same { expected.0 } else { 77 }, "role": "task"},
+            "scale": 1.0, "limit_bytes": 32 * MIB, "adj_offset": 0,
+            "tasks": [
+                {"row_pid": expected.0, "comm": expected.1, "pid": 555, "bytes": 24 * MIB,
+                    "oom_score_adj": 0, "expected_points": 6150, "kernel_points": 6151},
+                {"row_pid": 77, "comm": "sh", "pid": 556, "bytes": MIB,
+                    "oom_score_adj": 0, "expected_points": 256, "kernel_points": null}],
+            "reason": reason, "notes": ["the limit is the report's"]})
     }
 
     /// An `attached` line with one program.

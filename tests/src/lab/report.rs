@@ -1,7 +1,7 @@
 //! Renders a lab scenario's recorded events (its `events.jsonl`) into what a person would
 //! rather look at than read: `report.md` (verdict, facts, expectations, every OOM kill with the
-//! candidates it beat, predicted against actual) and `timeline.svg` (memory over time, with
-//! the steps and the kills marked).
+//! candidates it beat, predicted against actual, each replayed OOM report) and `timeline.svg`
+//! (memory over time, with the steps and the kills marked).
 //!
 //! Both renderers take the events as recorded and tolerate anything: unknown types, missing or
 //! mistyped fields, an empty list. A report is needed most when a scenario went wrong, so
@@ -203,12 +203,98 @@ struct Plan {
 struct Summary {
     /// The scenario step that ran it (0-based, as the events carry it).
     step: Option<u64>,
+    /// A `memstress replay`'s (its reproduction's stressors), not a `run`'s.
+    replay: bool,
     outcome: Outcome,
     requested: u64,
     charged: Option<u64>,
     peak: u64,
     kills_stressors: u32,
     kills_others: u32,
+}
+
+/// A task of a replayed report, as its reproduction ran it.
+struct ReplayTask {
+    row_pid: Option<String>,
+    comm: Option<String>,
+    pid: Option<String>,
+    bytes: Option<f64>,
+    oom_score_adj: Option<String>,
+    expected_points: Option<String>,
+    kernel_points: Option<String>,
+}
+
+/// A `replay_result` line: one OOM report of a kernel log, reproduced here. memstress's line
+/// types do not know it yet: it is read as JSON.
+struct Replay {
+    step: Option<u64>,
+    report: Option<String>,
+    line: Option<String>,
+    same_victim: Option<bool>,
+    expected: Option<(Option<u32>, Option<String>)>,
+    chosen: Option<(Option<u32>, Option<String>)>,
+    chosen_points: Option<String>,
+    chosen_row: Option<String>,
+    chosen_role: Option<String>,
+    scale: Option<f64>,
+    limit: Option<f64>,
+    adj_offset: Option<i64>,
+    tasks: Vec<ReplayTask>,
+    reason: Option<String>,
+    notes: Vec<String>,
+}
+
+impl Replay {
+    fn from_record(record: &Value, line: &Value) -> Self {
+        let party = |path: &str| {
+            field(line, &[path]).filter(|v| v.is_object()).map(|v| {
+                (
+                    field(v, &["pid"])
+                        .and_then(Value::as_u64)
+                        .and_then(|p| u32::try_from(p).ok()),
+                    text(v, &["comm"]),
+                )
+            })
+        };
+        let tasks = field(line, &["tasks"])
+            .and_then(Value::as_array)
+            .map(|tasks| {
+                tasks
+                    .iter()
+                    .filter(|t| t.is_object())
+                    .map(|t| ReplayTask {
+                        row_pid: text(t, &["row_pid"]),
+                        comm: text(t, &["comm"]),
+                        pid: text(t, &["pid"]),
+                        bytes: number(t, &["bytes"]),
+                        oom_score_adj: text(t, &["oom_score_adj"]),
+                        expected_points: text(t, &["expected_points"]),
+                        kernel_points: text(t, &["kernel_points"]),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            step: field(record, &["step"]).and_then(Value::as_u64),
+            report: text(line, &["report"]),
+            line: text(line, &["line"]),
+            same_victim: field(line, &["same_victim"]).and_then(Value::as_bool),
+            expected: party("expected"),
+            chosen: party("chosen"),
+            chosen_points: text(line, &["chosen", "points"]),
+            chosen_row: text(line, &["chosen", "row_pid"]),
+            chosen_role: text(line, &["chosen", "role"]),
+            scale: number(line, &["scale"]),
+            limit: number(line, &["limit_bytes"]),
+            adj_offset: field(line, &["adj_offset"]).and_then(Value::as_i64),
+            tasks,
+            reason: text(line, &["reason"]),
+            notes: field(line, &["notes"])
+                .and_then(Value::as_array)
+                .map(|n| n.iter().filter_map(|n| text(n, &[])).collect())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 struct Expectation {
@@ -268,8 +354,12 @@ struct Scenario {
     steps: Vec<Step>,
     /// Kills memstress's watch reported, in time order.
     kills: Vec<Kill>,
-    /// The kernel's `Killed process` lines, in time order.
+    /// The kernel's `Killed process` lines, in time order (but a replay's).
     dmesg: Vec<Kill>,
+    /// `Killed process` lines of a replay's reproductions.
+    replay_dmesg: usize,
+    /// The replayed OOM reports.
+    replays: Vec<Replay>,
     plans: Vec<Plan>,
     summaries: Vec<Summary>,
     expectations: Vec<Expectation>,
@@ -302,6 +392,12 @@ impl Scenario {
                 Some("sample") => s.sample(ev, t),
                 Some("step") => s.step(ev, t),
                 Some("memstress") => {
+                    if let Some(line) = ev.get("event")
+                        && line.get("type").and_then(Value::as_str) == Some("replay_result")
+                    {
+                        s.replays.push(Replay::from_record(ev, line));
+                        continue;
+                    }
                     // Read through memstress's own line types: a line they do not accept is
                     // left out, as anything else unreadable is.
                     let Some(line) = super::lines::line(ev) else {
@@ -320,7 +416,8 @@ impl Scenario {
                                 segment.push((t, sample.stressors_held_bytes as f64));
                             }
                         }
-                        (Line::Plan(plan), _) => {
+                        // A replay's plans are its sandbox's, not the scenario's.
+                        (Line::Plan(plan), source) if source != Some("replay") => {
                             runs += 1;
                             if let Some(p) = &plan.predicted_oom {
                                 s.plans.push(Plan {
@@ -335,6 +432,7 @@ impl Scenario {
                             runs += 1;
                             s.summaries.push(Summary {
                                 step: ev.get("step").and_then(Value::as_u64),
+                                replay: source == Some("replay"),
                                 outcome: summary.outcome,
                                 requested: summary.requested_bytes,
                                 charged: summary.charged_bytes,
@@ -351,6 +449,7 @@ impl Scenario {
                         _ => {}
                     }
                 }
+                Some("dmesg_kill") if field(ev, &["replay_step"]).is_some() => s.replay_dmesg += 1,
                 Some("dmesg_kill") => s.dmesg.push(Kill::from_dmesg(ev)),
                 Some("expectation") => s.expectations.push(Expectation {
                     name: text(ev, &["name"]),
@@ -655,6 +754,7 @@ pub fn report_markdown(events: &[Value]) -> String {
     expectations(&mut out, &s);
     kills(&mut out, &s);
     predicted_vs_actual(&mut out, &s);
+    replays(&mut out, &s);
     steps(&mut out, &s);
     if !s.notes.is_empty() {
         putln!(out, "## Notes");
@@ -690,22 +790,31 @@ fn facts(out: &mut String, s: &Scenario) {
         putln!(out, "- **Started:** {}", md(started));
     }
     putln!(out, "- **Duration:** {}", secs(Some(s.duration())));
-    putln!(
+    put!(
         out,
         "- **OOM kills:** {} reported by memstress, {} in dmesg",
         s.kills.len(),
         s.dmesg.len()
     );
+    if s.replay_dmesg > 0 {
+        put!(out, " (and {} by replays' reproductions)", s.replay_dmesg);
+    }
+    putln!(out);
     let several = s.summaries.len() > 1;
     // In step order (a background run ends after the ones that followed it), numbered from 0
     // as the scenario file's expectations number steps.
     let mut summaries: Vec<&Summary> = s.summaries.iter().collect();
     summaries.sort_by_key(|summary| summary.step);
     for (i, summary) in summaries.into_iter().enumerate() {
+        let what = if summary.replay {
+            "Replay's stressors"
+        } else {
+            "Stressors"
+        };
         let label = match (several, summary.step) {
-            (false, _) => "Stressors".to_owned(),
-            (true, Some(step)) => format!("Stressors (step {step})"),
-            (true, None) => format!("Stressors (run {})", i + 1),
+            (false, _) => what.to_owned(),
+            (true, Some(step)) => format!("{what} (step {step})"),
+            (true, None) => format!("{what} (run {})", i + 1),
         };
         put!(
             out,
@@ -955,6 +1064,118 @@ fn predicted_vs_actual(out: &mut String, s: &Scenario) {
             );
         }
         putln!(out);
+    }
+}
+
+fn replays(out: &mut String, s: &Scenario) {
+    if s.replays.is_empty() {
+        return;
+    }
+    putln!(out, "## Replay");
+    putln!(out);
+    putln!(
+        out,
+        "Each OOM report of the kernel log, reproduced here: its tasks at the report's sizes \
+         in a sandbox cgroup at the report's limit (both times the scale), until the kernel \
+         chooses a victim."
+    );
+    putln!(out);
+    let party = |p: &Option<(Option<u32>, Option<String>)>| match p {
+        Some((pid, comm)) => md(&who(*pid, comm.as_deref())),
+        None => "none".to_owned(),
+    };
+    for r in &s.replays {
+        put!(
+            out,
+            "### Report {}",
+            r.report.as_deref().map_or("?".to_owned(), md)
+        );
+        let mut whence = Vec::new();
+        if let Some(line) = &r.line {
+            whence.push(format!("line {}", md(line)));
+        }
+        if let Some(step) = r.step {
+            whence.push(format!("step {step}"));
+        }
+        if !whence.is_empty() {
+            put!(out, " ({})", whence.join(", "));
+        }
+        putln!(
+            out,
+            " — {}",
+            match r.same_victim {
+                Some(true) => "same victim ✅",
+                Some(false) => "a different victim ❌",
+                None => "no verdict",
+            }
+        );
+        putln!(out);
+        putln!(
+            out,
+            "- **Kernel's victim (the report):** {}",
+            party(&r.expected)
+        );
+        put!(out, "- **Chosen here:** {}", party(&r.chosen));
+        if let Some(points) = &r.chosen_points {
+            put!(out, ", {} points", md(points));
+        }
+        let mut of = Vec::new();
+        if let Some(row) = &r.chosen_row {
+            of.push(format!("row {} of the report", md(row)));
+        }
+        if let Some(role) = &r.chosen_role {
+            of.push(format!("role {}", md(role)));
+        }
+        if !of.is_empty() {
+            put!(out, " ({})", of.join(", "));
+        }
+        putln!(out);
+        put!(
+            out,
+            "- **Scale:** {}; **limit:** {}",
+            r.scale.map_or("?".to_owned(), |x| format!("{x}")),
+            mib(r.limit)
+        );
+        if let Some(offset) = r.adj_offset.filter(|o| *o != 0) {
+            put!(out, "; **oom_score_adj offset:** {offset:+}");
+        }
+        putln!(out);
+        putln!(out);
+        if r.same_victim != Some(true) {
+            putln!(
+                out,
+                "> **Why not the same:** {}",
+                r.reason.as_deref().map_or("no reason given".to_owned(), md)
+            );
+            putln!(out);
+        }
+        if !r.tasks.is_empty() {
+            putln!(
+                out,
+                "| row pid | comm | pid here | bytes | oom_score_adj | expected points | kernel points |"
+            );
+            putln!(out, "|---:|---|---:|---:|---:|---:|---:|");
+            for t in &r.tasks {
+                putln!(
+                    out,
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    cell(t.row_pid.as_deref()),
+                    t.comm.as_deref().map_or("—".to_owned(), |c| code(c, true)),
+                    cell(t.pid.as_deref()),
+                    t.bytes.map_or("—".to_owned(), |b| mib(Some(b))),
+                    cell(t.oom_score_adj.as_deref()),
+                    cell(t.expected_points.as_deref()),
+                    cell(t.kernel_points.as_deref())
+                );
+            }
+            putln!(out);
+        }
+        for note in &r.notes {
+            putln!(out, "- {}", md(note));
+        }
+        if !r.notes.is_empty() {
+            putln!(out);
+        }
     }
 }
 
@@ -1877,6 +2098,12 @@ mod tests {
             json!({"type": "memstress", "source": "run", "event": {"type": "summary",
                 "requested_bytes": "x", "outcome": {"nested": true}}}),
             json!({"type": "dmesg_kill", "pid": "p", "comm": "\u{1}\u{0}<>"}),
+            json!({"type": "memstress", "source": "replay", "event": {"type": "replay_result",
+                "report": [1], "expected": 5, "chosen": {"pid": "x", "comm": 3},
+                "tasks": [1, {"bytes": "many", "row_pid": {}}], "notes": "n", "scale": "big"}}),
+            json!({"type": "memstress", "source": "replay", "event": {"type": "replay_result",
+                "tasks": {"a": 1}, "notes": [1, null, "ok"]}}),
+            json!({"type": "dmesg_kill", "replay_step": "x"}),
             json!({"type": "expectation", "passed": "yes", "name": "a|b\nc"}),
             json!({"type": "note", "text": 5}),
             json!({"type": "result", "passed": "true", "skipped": false, "duration_ms": "1"}),
@@ -1899,6 +2126,79 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         assert!(md.starts_with("# qos"));
         assert!(svg.starts_with("<svg"));
+    }
+
+    #[test]
+    fn lists_each_replayed_report() {
+        let record = |line: Value| {
+            json!({"type": "memstress", "source": "replay", "step": 2, "t_ms": 9000,
+                "event": line})
+        };
+        let mut events = scenario();
+        events.push(record(fixture::replay_result(
+            1,
+            (1234, "tail"),
+            (555, "tail"),
+            None,
+        )));
+        let mut other = fixture::replay_result(2, (1234, "tail"), (556, "a|b"), Some("a|b grew"));
+        other["adj_offset"] = json!(-300);
+        events.push(record(other));
+        events.push(record(fixture::plan(vec![fixture::ranked(
+            Some(9),
+            "sandboxed",
+            1,
+            0,
+            "predicted",
+        )])));
+        events.push(
+            json!({"type": "dmesg_kill", "t_ms": 9001, "pid": 555, "comm": "tail",
+            "replay_step": 2}),
+        );
+        let md = report_markdown(&events);
+        assert!(md.contains("## Replay\n"), "{md}");
+        assert!(
+            md.contains("### Report 1 (line 43, step 2) — same victim ✅\n"),
+            "{md}"
+        );
+        assert!(md.contains("- **Kernel's victim (the report):** 1234 (tail)\n"));
+        assert!(
+            md.contains(
+                "- **Chosen here:** 555 (tail), 8200 points (row 1234 of the report, role task)\n"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("- **Scale:** 1; **limit:** 32.0 MiB\n"), "{md}");
+        assert!(md.contains(
+            "| row pid | comm | pid here | bytes | oom_score_adj | expected points | kernel points |"
+        ));
+        assert!(
+            md.contains("| 1234 | `tail` | 555 | 24.0 MiB | 0 | 6150 | 6151 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 77 | `sh` | 556 | 1.0 MiB | 0 | 256 | — |"),
+            "{md}"
+        );
+        assert!(md.contains("- the limit is the report's\n"));
+        assert!(md.contains("### Report 2 (line 83, step 2) — a different victim ❌\n"));
+        assert!(
+            md.contains("- **Chosen here:** 556 (a\\|b), 8200 points"),
+            "{md}"
+        );
+        assert!(md.contains("; **oom_score_adj offset:** -300\n"), "{md}");
+        assert!(md.contains("> **Why not the same:** a\\|b grew\n"), "{md}");
+        assert_eq!(md.matches("Why not the same").count(), 1);
+        // The replay's own plan is not the scenario's prediction, and its kill is apart.
+        assert!(!md.contains("sandboxed"), "{md}");
+        assert!(
+            md.contains("- **OOM kills:** 2 reported by memstress, 2 in dmesg (and 1 by replays' reproductions)"),
+            "{md}"
+        );
+        // Replay comes after the predictions, before the steps.
+        let at = |s: &str| md.find(s).unwrap_or_else(|| panic!("no {s}"));
+        assert!(at("## Predicted vs actual") < at("## Replay") && at("## Replay") < at("## Steps"));
+        assert!(!report_markdown(&scenario()).contains("## Replay"));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! supervisor that checks their liveness, runs its steps (memstress runs, resizes, waits)
 //! while `memstress watch` reports every OOM kill and a sampler records the cgroups' own
 //! counters every 100 ms, then checks the expectations and writes `events.jsonl`,
-//! `report.md` and `timeline.svg`.
+//! `report.md`, `timeline.svg` and `dmesg.txt` (the kernel's messages of the scenario, as
+//! `dmesg` prints them). A `replay` step runs `memstress replay` on a kernel log: a file
+//! beside the scenario, or the messages the scenario has seen so far.
 
 use std::{
     collections::HashMap,
@@ -28,7 +30,7 @@ use serde_json::{Value, json};
 
 use super::{
     report,
-    scenario::{AppSpec, CgroupSpec, Liveness, Scenario},
+    scenario::{AppSpec, CgroupSpec, DMESG, Liveness, Scenario},
 };
 use crate::{Kmsg, command_in, parse_kill};
 
@@ -90,6 +92,108 @@ impl Recorder {
     fn snapshot(&self) -> Vec<Value> {
         self.events.lock().expect("recorder lock").clone()
     }
+}
+
+/// The kernel's messages of one scenario: read from /dev/kmsg as they come, kept in order.
+struct Dmesg {
+    kmsg: Kmsg,
+    /// Every message so far: (µs since boot, text as /dev/kmsg gives it).
+    seen: Vec<(u64, String)>,
+}
+
+impl Dmesg {
+    fn open() -> Self {
+        Self {
+            kmsg: Kmsg::open(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Takes in what the kernel logged since the last call (after letting the reader catch
+    /// up, 100 ms).
+    fn catch_up(&mut self) {
+        let new = self.kmsg.entries();
+        self.seen.extend(new);
+    }
+
+    /// The `Killed process` lines so far.
+    fn kills(&self) -> usize {
+        self.seen
+            .iter()
+            .filter(|(_, m)| parse_kill(m).is_some())
+            .count()
+    }
+}
+
+/// Kernel messages as `dmesg` (util-linux, reading /dev/kmsg) prints them:
+/// `[%5lu.%06lu] message`, from their /dev/kmsg timestamps (µs since boot). /dev/kmsg escapes
+/// a backslash and every byte that is not printable ASCII as `\xNN`; dmesg undoes that, then
+/// prints a control character (or a byte of invalid UTF-8) as `\xNN` again, and a line break
+/// inside a message (6.1 prints a memcg's memory.stat as one message) as a new line indented
+/// under the message.
+pub fn dmesg_text(entries: &[(u64, String)]) -> String {
+    let mut out = String::new();
+    for (us, message) in entries {
+        let prefix = format!("[{:5}.{:06}] ", us / 1_000_000, us % 1_000_000);
+        out.push_str(&prefix);
+        out.push_str(&dmesg_message(&kmsg_bytes(message), prefix.len()));
+        out.push('\n');
+    }
+    out
+}
+
+/// A /dev/kmsg message's bytes, its `\xNN` escapes undone.
+fn kmsg_bytes(message: &str) -> Vec<u8> {
+    let raw = message.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = raw
+            .get(i + 2..i + 4)
+            .filter(|_| raw[i] == b'\\' && raw[i + 1] == b'x')
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(b) => {
+                out.push(b);
+                i += 4;
+            }
+            None => {
+                out.push(raw[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// What dmesg prints of a message's bytes, continuation lines indented by `indent`.
+fn dmesg_message(bytes: &[u8], indent: usize) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    let hex = |out: &mut String, bytes: &[u8]| {
+        for b in bytes {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    };
+    let mut chunks = bytes.utf8_chunks().peekable();
+    while let Some(chunk) = chunks.next() {
+        let mut chars = chunk.valid().chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\n' {
+                out.push('\n');
+                let more = chars.peek().is_some() || chunks.peek().is_some();
+                if more || !chunk.invalid().is_empty() {
+                    out.extend(std::iter::repeat_n(' ', indent));
+                }
+            } else if c.is_control() && !c.is_whitespace() {
+                hex(&mut out, c.encode_utf8(&mut [0; 4]).as_bytes());
+            } else {
+                out.push(c);
+            }
+        }
+        hex(&mut out, chunk.invalid());
+    }
+    out
 }
 
 /// A memstress process whose JSON lines are recorded.
@@ -507,6 +611,61 @@ fn expand(
         .collect()
 }
 
+/// Runs step `i`, `replay = file`: `memstress replay -o json` of the file, or of the kernel
+/// messages seen so far (`{dmesg}`, written to a temporary file first), its lines recorded
+/// like a run's. Returns its exit code.
+#[allow(clippy::too_many_arguments)]
+fn replay_step(
+    i: usize,
+    file: &str,
+    scenario: &Scenario,
+    opts: &Options,
+    rec: &Recorder,
+    dmesg: &mut Dmesg,
+    kills: u32,
+    deadline: Instant,
+) -> Result<Option<i32>> {
+    let (path, what, temporary) = if file == DMESG {
+        // The watch reports a kill as the kernel logs it: give the log reader a moment to have
+        // every kill's report.
+        let caught_up = Instant::now() + Duration::from_secs(3);
+        loop {
+            dmesg.catch_up();
+            if dmesg.kills() >= kills as usize || Instant::now() >= caught_up {
+                break;
+            }
+        }
+        let path = std::env::temp_dir().join(format!(
+            "memstress-lab-{}-{}-step{i}-dmesg.txt",
+            std::process::id(),
+            scenario.name
+        ));
+        fs::write(&path, dmesg_text(&dmesg.seen))
+            .with_context(|| format!("writing {}", path.display()))?;
+        let what = format!(
+            "memstress replay -o json {DMESG} ({} kernel messages so far)",
+            dmesg.seen.len()
+        );
+        (path.clone(), what, Some(path))
+    } else {
+        let what = format!("memstress replay -o json {file}");
+        (scenario.dir.join(file), what, None)
+    };
+    let args = vec![
+        "replay".to_owned(),
+        "-o".to_owned(),
+        "json".to_owned(),
+        path.display().to_string(),
+    ];
+    rec.push(json!({"type": "step", "index": i, "what": what, "phase": "start", "replay": file}));
+    let code = Recorded::start(rec, &opts.memstress, &args, "replay", Some(i), None)
+        .map(|child| child.wait(deadline));
+    if let Some(t) = temporary {
+        let _ = fs::remove_file(t);
+    }
+    code
+}
+
 /// Runs `scenario` and writes its files to `opts.out/<name>/`.
 pub fn run(scenario: &Scenario, opts: &Options) -> Result<Outcome> {
     let dir = opts.out.join(&scenario.name);
@@ -535,10 +694,14 @@ pub fn run(scenario: &Scenario, opts: &Options) -> Result<Outcome> {
         }
     } else {
         let root = hierarchy.root().create_child(&opts.root_name)?;
-        let result = run_in(scenario, opts, &rec, &root);
+        let mut dmesg = Dmesg::open();
+        let result = run_in(scenario, opts, &rec, &root, &mut dmesg);
         if let Err(e) = root.remove(Duration::from_secs(15)) {
             rec.push(json!({"type": "note", "text": format!("cleanup: {e}")}));
         }
+        dmesg.catch_up();
+        fs::write(dir.join("dmesg.txt"), dmesg_text(&dmesg.seen))
+            .with_context(|| format!("writing {}", dir.join("dmesg.txt").display()))?;
         let (passed, error) = match result {
             Ok(passed) => (passed, None),
             Err(e) => (false, Some(format!("{e:#}"))),
@@ -558,9 +721,14 @@ pub fn run(scenario: &Scenario, opts: &Options) -> Result<Outcome> {
     Ok(outcome)
 }
 
-fn run_in(scenario: &Scenario, opts: &Options, rec: &Recorder, root: &Cgroup) -> Result<bool> {
+fn run_in(
+    scenario: &Scenario,
+    opts: &Options,
+    rec: &Recorder,
+    root: &Cgroup,
+    dmesg: &mut Dmesg,
+) -> Result<bool> {
     let deadline = Instant::now() + scenario.timeout;
-    let mut kmsg = Kmsg::open();
     let cgroups = create_cgroups(root, &scenario.cgroups)?;
     let kills = Arc::new(AtomicU32::new(0));
     let watch = Recorded::start(
@@ -602,6 +770,8 @@ fn run_in(scenario: &Scenario, opts: &Options, rec: &Recorder, root: &Cgroup) ->
     }
     let mut background = Vec::new();
     let mut failure = None;
+    // When each replay ran, in kmsg time (µs since boot): the kills it reproduced are its own.
+    let mut replays: Vec<(usize, u64, u64)> = Vec::new();
     for (i, step) in scenario.steps.iter().enumerate() {
         if Instant::now() >= deadline {
             failure = Some(format!(
@@ -639,6 +809,20 @@ fn run_in(scenario: &Scenario, opts: &Options, rec: &Recorder, root: &Cgroup) ->
                 thread::sleep(Duration::from_millis(50));
             }
             rec.push(json!({"type": "step", "index": i, "phase": "end", "kills": kills.load(Ordering::SeqCst)}));
+        } else if let Some(file) = &step.replay {
+            let started_us = memstress::output::monotonic_ns() / 1000;
+            let code = replay_step(
+                i,
+                file,
+                scenario,
+                opts,
+                rec,
+                dmesg,
+                kills.load(Ordering::SeqCst),
+                deadline,
+            )?;
+            rec.push(json!({"type": "step", "index": i, "phase": "end", "replay": file, "exit_code": code}));
+            replays.push((i, started_us, memstress::output::monotonic_ns() / 1000));
         }
     }
     for (i, child) in background {
@@ -659,12 +843,18 @@ fn run_in(scenario: &Scenario, opts: &Options, rec: &Recorder, root: &Cgroup) ->
     watch.wait(Instant::now() + Duration::from_secs(15));
     stop.store(true, Ordering::SeqCst);
     let _ = sampler.join();
-    for (ts_us, message) in kmsg.entries() {
-        if let Some(k) = parse_kill(&message) {
+    dmesg.catch_up();
+    for (ts_us, message) in &dmesg.seen {
+        if let Some(k) = parse_kill(message) {
             let t_ms = ts_us.saturating_sub(rec.start_us) / 1000;
+            let replay_step = replays
+                .iter()
+                .find(|(_, from, to)| (*from..=*to).contains(ts_us))
+                .map(|(i, _, _)| *i);
             rec.push(json!({"type": "dmesg_kill", "t_ms": t_ms, "pid": k.pid, "comm": k.comm,
                 "anon_rss_kb": k.anon_rss_kb, "file_rss_kb": k.file_rss_kb, "shmem_rss_kb": k.shmem_rss_kb,
-                "pgtables_kb": k.pgtables_kb, "oom_score_adj": k.oom_score_adj}));
+                "pgtables_kb": k.pgtables_kb, "oom_score_adj": k.oom_score_adj,
+                "replay_step": replay_step}));
         }
     }
     if let Some(f) = failure {
@@ -703,4 +893,45 @@ fn run_in(scenario: &Scenario, opts: &Options, rec: &Recorder, root: &Cgroup) ->
         },
         "passed": invalid.is_empty()}));
     Ok(passed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dmesg_text_is_what_dmesg_prints() {
+        let entries = vec![
+            (
+                5_123_456,
+                "tail invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0"
+                    .to_owned(),
+            ),
+            (
+                12_345_678_901,
+                "Memory cgroup out of memory: Killed process 1234 (tail) total-vm:38384kB"
+                    .to_owned(),
+            ),
+            // 6.1's memory.stat: one message of many lines.
+            (
+                7_404_341,
+                "anon 49868800\\x0afile 0\\x0akernel 446464".to_owned(),
+            ),
+            // A backslash, a tab, UTF-8, a control character, invalid UTF-8, a stray `\x`.
+            (
+                7,
+                "a \\x5c b\\x09c \\xc3\\xa9 \\x07 \\xff \\xzz \\x".to_owned(),
+            ),
+        ];
+        assert_eq!(
+            dmesg_text(&entries),
+            "[    5.123456] tail invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, \
+             oom_score_adj=0\n\
+             [12345.678901] Memory cgroup out of memory: Killed process 1234 (tail) \
+             total-vm:38384kB\n\
+             [    7.404341] anon 49868800\n               file 0\n               kernel 446464\n\
+             [    0.000007] a \\ b\tc é \\x07 \\xff \\xzz \\x\n"
+        );
+        assert_eq!(dmesg_text(&[]), "");
+    }
 }

@@ -1,13 +1,21 @@
 //! Lab scenarios: TOML files declaring cgroups, applications, the stress, and the outcome
 //! expected. See xtask/scenarios/README.md for the format.
 
-use std::{fs, path::Path, time::Duration};
+use std::{
+    fs,
+    path::{Component, Path, PathBuf},
+    time::Duration,
+};
 
 use memstress::size::SizeSpec;
 use serde::Deserialize;
 
 /// Largest scenario file accepted (a scenario is a few dozen lines).
 pub const MAX_FILE: u64 = 64 << 10;
+
+/// What a `replay` step names instead of a file: the kernel messages the scenario has seen so
+/// far.
+pub const DMESG: &str = "{dmesg}";
 
 /// A scenario.
 #[derive(Clone, Debug, Deserialize)]
@@ -35,6 +43,9 @@ pub struct Scenario {
     /// What must be true afterwards.
     #[serde(default, rename = "expect")]
     pub expects: Vec<Expect>,
+    /// The directory of the scenario file: the files its steps name are read from there.
+    #[serde(skip)]
+    pub dir: PathBuf,
 }
 
 fn default_timeout() -> Duration {
@@ -140,6 +151,10 @@ pub struct Step {
     /// Wait until this many OOM kills were reported in total (bounded by the timeout).
     #[serde(default)]
     pub wait_kills: Option<u32>,
+    /// `memstress replay -o json` of a kernel log: a file (relative to the scenario file's
+    /// directory), or `{dmesg}`, the kernel messages this scenario has seen so far.
+    #[serde(default)]
+    pub replay: Option<String>,
 }
 
 /// An expectation, checked against what was recorded.
@@ -232,6 +247,13 @@ pub enum Expect {
         /// Largest disagreement between the formula and the kernel, in percent.
         tolerance_pct: f64,
     },
+    /// The replay (of step `step`, else of every `replay` step) printed at least one
+    /// `replay_result`, and every one reproduced the report's victim (`same_victim`).
+    ReplaySameVictim {
+        /// Only this step's replay.
+        #[serde(default)]
+        step: Option<usize>,
+    },
 }
 
 /// Why a scenario file was refused: one line naming the file and the problem.
@@ -258,9 +280,31 @@ impl Scenario {
             )));
         }
         let text = fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let scenario: Self = toml::from_str(&text).map_err(|e| err(e.message().to_owned()))?;
+        let mut scenario: Self = toml::from_str(&text).map_err(|e| err(e.message().to_owned()))?;
         scenario.check().map_err(err)?;
+        scenario.dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        for file in scenario.files() {
+            let at = scenario.dir.join(file);
+            if !at.is_file() {
+                return Err(err(format!(
+                    "replay `{file}`: no such file beside the scenario ({})",
+                    at.display()
+                )));
+            }
+        }
         Ok(scenario)
+    }
+
+    /// The files the steps read (relative to [`Self::dir`]), in step order, each once: what
+    /// must travel with the scenario file.
+    pub fn files(&self) -> Vec<&str> {
+        let mut files: Vec<&str> = Vec::new();
+        for file in self.steps.iter().filter_map(|s| s.replay.as_deref()) {
+            if file != DMESG && !files.contains(&file) {
+                files.push(file);
+            }
+        }
+        files
     }
 
     /// Checks references and sizes.
@@ -321,11 +365,18 @@ impl Scenario {
             let kinds = usize::from(s.run.is_some())
                 + usize::from(s.sleep.is_some())
                 + usize::from(s.resize.is_some())
-                + usize::from(s.wait_kills.is_some());
+                + usize::from(s.wait_kills.is_some())
+                + usize::from(s.replay.is_some());
             if kinds != 1 {
                 return Err(format!(
-                    "step {i}: give exactly one of run, sleep, resize, wait_kills"
+                    "step {i}: give exactly one of run, sleep, resize, wait_kills, replay"
                 ));
+            }
+            if let Some(file) = &s.replay {
+                if s.background {
+                    return Err(format!("step {i}: a replay runs in the foreground"));
+                }
+                check_replay_file(file).map_err(|e| format!("step {i}: replay `{file}`: {e}"))?;
             }
             if let Some(app) = &s.resize {
                 if !self.apps.iter().any(|a| &a.name == app) {
@@ -384,11 +435,44 @@ impl Scenario {
                 Expect::AppRestarts { app, .. } if !self.apps.iter().any(|a| &a.name == app) => {
                     return Err(format!("expect: no app `{app}`"));
                 }
+                Expect::ReplaySameVictim { step: Some(s) } => {
+                    step(*s)?;
+                    if self.steps[*s].replay.is_none() {
+                        return Err(format!("expect: step {s} is not a replay step"));
+                    }
+                }
+                Expect::ReplaySameVictim { step: None }
+                    if !self.steps.iter().any(|s| s.replay.is_some()) =>
+                {
+                    return Err("expect: replay_same_victim, but no step is a replay".into());
+                }
                 _ => {}
             }
         }
         Ok(())
     }
+}
+
+/// A `replay` step's file: `{dmesg}`, or a path inside the scenario's directory (it is
+/// copied beside the scenario into a guest, so it cannot reach outside).
+fn check_replay_file(file: &str) -> Result<(), String> {
+    if file == DMESG {
+        return Ok(());
+    }
+    if file.starts_with('{') {
+        return Err(format!("the only placeholder is {DMESG}"));
+    }
+    let path = Path::new(file);
+    if file.is_empty()
+        || !path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(
+            "must be a file in the scenario's directory or below (no `..`, not absolute)".into(),
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -467,9 +551,98 @@ min = 1
                 "name = \"a\"\ndescription = \"\"\ntimeout = \"soon\"",
                 "soon",
             ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[step]]\nreplay = \"../x.log\"",
+                "no `..`",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[step]]\nreplay = \"/var/log/kern.log\"",
+                "not absolute",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[step]]\nreplay = \"{journal}\"",
+                "only placeholder",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[step]]\nreplay = \"{dmesg}\"\nbackground = true",
+                "foreground",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[step]]\nreplay = \"{dmesg}\"\nsleep = \"1s\"",
+                "exactly one",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[step]]\nsleep = \"1s\"\n[[expect]]\nkind = \"replay_same_victim\"\nstep = 0",
+                "not a replay step",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[expect]]\nkind = \"replay_same_victim\"",
+                "no step is a replay",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(needle), "`{text}` gave `{e}`");
         }
+    }
+
+    #[test]
+    fn parses_replay_steps_and_their_expectation() {
+        let s = parse(
+            r#"
+name = "r"
+description = "d"
+[[cgroup]]
+name = "replay"
+limit = "48Mi"
+[[step]]
+run = "--cgroup {replay} --size 18Mi --on-oom stop"
+[[step]]
+replay = "{dmesg}"
+[[step]]
+replay = "reports/v2-6.12.txt"
+[[step]]
+replay = "reports/v2-6.12.txt"
+[[expect]]
+kind = "replay_same_victim"
+step = 1
+[[expect]]
+kind = "replay_same_victim"
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.steps[1].replay.as_deref(), Some(DMESG));
+        assert!(matches!(
+            s.expects[0],
+            Expect::ReplaySameVictim { step: Some(1) }
+        ));
+        assert!(matches!(
+            s.expects[1],
+            Expect::ReplaySameVictim { step: None }
+        ));
+        // `{dmesg}` is no file, and a file named twice travels once.
+        assert_eq!(s.files(), vec!["reports/v2-6.12.txt"]);
+    }
+
+    #[test]
+    fn a_replay_file_must_be_beside_the_scenario() {
+        let dir = std::env::temp_dir().join(format!("memstress-scenario-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("r.toml");
+        fs::write(
+            &file,
+            "name = \"r\"\ndescription = \"\"\n[[step]]\nreplay = \"oom.log\"\n",
+        )
+        .unwrap();
+        let missing = Scenario::load(&file).unwrap_err().to_string();
+        fs::write(dir.join("oom.log"), "Killed process 1 (x)\n").unwrap();
+        let loaded = Scenario::load(&file);
+        let _ = fs::remove_dir_all(&dir);
+        assert!(
+            missing.contains("replay `oom.log`: no such file"),
+            "{missing}"
+        );
+        let loaded = loaded.unwrap();
+        assert_eq!(loaded.dir, dir);
+        assert_eq!(loaded.files(), vec!["oom.log"]);
     }
 }
