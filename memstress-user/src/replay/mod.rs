@@ -443,6 +443,72 @@ mod tests {
     /// Swap in use and a limited swap.max: the allowance counts in totalpages; a comm with
     /// a space is read whole.
     #[test]
+    fn real_v2_reports_of_the_lab_kernels() {
+        // 6.12: rss split into rss_anon/rss_file/rss_shmem (the lab's executables are on
+        // its initramfs, so their pages are shmem).
+        let r = one(fixture!("v2-6.12-real-lab-dmesg.txt"));
+        assert_eq!(r.kernel.as_deref(), Some("6.12.117+deb12-cloud-amd64"));
+        assert_eq!(r.constraint.as_deref(), Some("CONSTRAINT_MEMCG"));
+        assert_eq!(r.oom_memcg.as_deref(), Some("/lab/replay"));
+        assert_eq!(r.limit_bytes, Some(48 << 20));
+        assert_eq!(r.usage_bytes, Some(48 << 20));
+        assert_eq!(r.trigger.comm, "memstress-vm");
+        assert_eq!(r.trigger.pid, Some(181));
+        assert_eq!(
+            rows(&r),
+            [
+                (167, 0, Some(167), 9062, 6994, 102_400, 0, 0, "hog"),
+                (170, 0, Some(170), 5990, 3900, 77824, 0, 800, "batch"),
+                (173, 0, Some(173), 3942, 1889, 69632, 0, 300, "side"),
+                (
+                    181,
+                    65534,
+                    Some(181),
+                    6364,
+                    2290,
+                    77824,
+                    0,
+                    0,
+                    "memstress-vm"
+                ),
+            ]
+        );
+        assert_eq!(r.tasks[1].rss_shmem, Some(732));
+        assert_eq!((r.victim.pid, r.victim.shmem_rss_kib), (170, 2928));
+        let p = plan(r);
+        assert!(p.agrees);
+        // batch: 3900 + 77824 / 4096 + 800 × 12 (totalpages 12288 / 1000, rounded down).
+        assert_eq!(ranking(&p)[0], (170, 3900 + 19 + 800 * 12));
+        // 6.1: no split columns; memory.stat is one multi-line message.
+        let r = one(fixture!("v2-6.1-real-lab-dmesg.txt"));
+        assert_eq!(r.kernel.as_deref(), Some("6.1.0-57-cloud-amd64"));
+        assert_eq!(r.limit_bytes, Some(48 << 20));
+        assert_eq!(
+            rows(&r),
+            [
+                (111, 0, Some(111), 9062, 6922, 110_592, 0, 0, "hog"),
+                (114, 0, Some(114), 5990, 3797, 86016, 0, 800, "batch"),
+                (117, 0, Some(117), 3942, 1766, 61440, 0, 300, "side"),
+                (
+                    125,
+                    65534,
+                    Some(125),
+                    6369,
+                    2270,
+                    73728,
+                    0,
+                    0,
+                    "memstress-vm"
+                ),
+            ]
+        );
+        assert_eq!(r.tasks[0].rss_anon, None);
+        let p = plan(r);
+        assert!(p.agrees);
+        assert_eq!(ranking(&p)[0], (114, 3797 + 21 + 800 * 12));
+    }
+
+    #[test]
     fn a_v2_report_with_swap() {
         let r = one(fixture!("v2-5.10-swap-dmesg.txt"));
         assert_eq!(r.kernel.as_deref(), Some("5.10.0-23-amd64"));

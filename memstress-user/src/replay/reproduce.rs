@@ -402,9 +402,10 @@ pub fn setup(
     let room = held + least + (1 << 20);
     if room > limit_bytes {
         notes.push(format!(
-            "the replayed tasks hold {} (their swap and page tables are held in memory, as \
-             no swap is assumed here), more than the limit scaled ({}): the limit is raised \
-             to {}",
+            "the replayed tasks hold {}, which with a filler does not fit under the limit \
+             scaled ({}): the rows' RSS counts pages charged to other cgroups (executables, \
+             shared files) and their swap, both held here as the tasks' own memory; the \
+             limit is raised to {}, which raises what oom_score_adj adds alike for all",
             Bytes(held),
             Bytes(limit_bytes),
             Bytes(round_up(room, means.page))

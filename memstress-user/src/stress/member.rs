@@ -344,7 +344,8 @@ pub fn measure_footprint() -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::other(format!("an idle worker answered `{}`", out.trim())))
 }
 
-/// What an idle worker maps of memstress's executable (`RssFile`): pages in its RSS, and so
+/// What an idle worker maps of memstress's executable (`RssFile`, and `RssShmem` where the
+/// executable is on tmpfs): pages in its RSS, and so
 /// in its badness points, that its cgroup is not charged for (they were charged to whoever
 /// read them first). Measured like [`measure_footprint`], while the worker waits.
 pub fn measure_file_rss() -> std::io::Result<u64> {
@@ -366,12 +367,19 @@ pub fn measure_file_rss() -> std::io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid))?;
     // Closing stdin ends the worker; Drop reaps it.
     drop(child.stdin.take());
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssFile:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .ok_or_else(|| std::io::Error::other("no RssFile in an idle worker's status"))
+    // On a tmpfs or ramfs root (an initramfs) the executable's pages are shmem.
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    match (kib("RssFile:"), kib("RssShmem:")) {
+        (Some(file), shmem) => Ok((file + shmem.unwrap_or(0)) * 1024),
+        _ => Err(std::io::Error::other(
+            "no RssFile in an idle worker's status",
+        )),
+    }
 }
 
 /// Splits `total` bytes into `n` page-multiple shares that add up to `total` rounded up to a
