@@ -383,10 +383,14 @@ impl Proc {
             }
         });
         let sink = stderr.clone();
+        // Line by line, so that what it wrote is readable while it runs.
         let stderr_reader = thread::spawn(move || {
-            let mut text = String::new();
-            let _ = BufReader::new(err).read_to_string(&mut text);
-            sink.lock().unwrap().push_str(&text);
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let mut sink = sink.lock().unwrap();
+                sink.push_str(&line);
+                sink.push('\n');
+            }
         });
         Ok(Self {
             name: name.to_owned(),
