@@ -249,6 +249,13 @@ impl Row {
         self
     }
 
+    /// Adds to the goal: the ratio at most `max` too.
+    pub fn and_ratio_at_most(mut self, max: f64) -> Self {
+        self.goal = format!("{} and ratio ≤ {max}", self.goal);
+        self.met &= self.ratio <= max;
+        self
+    }
+
     /// Context, without a goal of its own.
     pub fn context(mut self) -> Self {
         self.goal = "— (context)".to_owned();

@@ -259,7 +259,8 @@ pub fn measure_tell(ctx: &Ctx) -> Result<Vec<Row>> {
             ),
             0.99,
         )
-        .at_most(5.0)
+        .at_most(2.0)
+        .and_ratio_at_most(0.5)
         .note(note),
     ];
     rows.extend(breakdown(&stages));
