@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use memstress_tests::{
-    App, DmesgKill, Kmsg, Memstress, TestCgroup, kills_in, parse_oom_summary, require_root,
+    App, ChildGuard, DmesgKill, Kmsg, Memstress, TestCgroup, command_in, kills_in,
+    parse_oom_summary, require_root,
 };
 use serde_json::Value;
 
@@ -266,4 +267,51 @@ fn storm_loses_nothing() {
         "{} reported as collateral, though no process shares an mm: {collateral:?}",
         collateral.len()
     );
+}
+
+/// The candidate scan runs inside the OOM path, under `oom_lock`: for a memcg OOM it walks
+/// the domain's own cgroups and tasks (its child cgroup's too), not every process of the node.
+/// 300 idle processes elsewhere on the node are not visited.
+#[test]
+fn the_scan_visits_the_domain_not_the_node() {
+    require_root();
+    let crowd = TestCgroup::new("scan-crowd", None);
+    let _idle: Vec<ChildGuard> = (0..300)
+        .map(|_| ChildGuard::spawn(command_in(&crowd.cgroup, "sleep", None).arg("120")))
+        .collect();
+    let processes = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .count();
+    assert!(processes > 300, "{processes} processes on the node");
+    let target = TestCgroup::new("scan-domain", Some(64 * MIB));
+    let inner = target.child("inner", None);
+    let mut watch = Memstress::start(&["watch", "-o", "json", "--cgroup", target.path()]);
+    watch.wait_type("attached", Duration::from_secs(10));
+    let nested = App::start(&inner, "scan-nested", 8 * MIB, Some(0));
+    let mut big = App::start(&target.cgroup, "scan-big", 40 * MIB, Some(0));
+    big.grow(80 * MIB);
+    assert_eq!(
+        big.wait_signal(),
+        Some(libc::SIGKILL),
+        "scan-big was not killed"
+    );
+    watch.wait_type("oom_kill", Duration::from_secs(10));
+    let finished = watch.interrupt(Duration::from_secs(10));
+    let kill = first_kill(&finished.lines);
+    assert_eq!(kill["victim"]["pid"], u64::from(big.pid()), "{kill}");
+    let pids: Vec<u64> = kill["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{kill}");
+    assert!(pids.contains(&u64::from(nested.pid())), "{kill}");
+    assert_eq!(kill["candidates_complete"], true);
+    // The victim is considered first, then the walk visits the other threads of the domain:
+    // the nested app's (one thread); never the 300 sleepers.
+    let visited = kill["scan_visited"].as_u64().expect("scan_visited");
+    assert!((1..=8).contains(&visited), "visited {visited}: {kill}");
 }

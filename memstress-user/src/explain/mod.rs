@@ -220,6 +220,10 @@ pub struct Explained {
     pub skipped: Vec<Skipped>,
     /// Whether the candidate list is incomplete (scan limit, ring buffer).
     pub candidates_complete: bool,
+    /// Tasks the candidate scan visited inside the OOM path: a memcg OOM's walk visits its
+    /// domain's threads, a global OOM's every process of the node (`null`: no scan, as for a
+    /// `memory.oom.group` kill, or a kernel whose `mark_victim` passes only a pid).
+    pub scan_visited: Option<u32>,
     /// Processes SIGKILLed with the victim.
     pub collateral: Vec<CollateralKill>,
     /// A `memory.oom.group` kill that followed the chosen victim.
@@ -893,7 +897,7 @@ impl Explainer {
                 source: Source::Kernel,
             })
         });
-        let (_visited, _sent, dropped, truncated) = kill.scan;
+        let (visited, _sent, dropped, truncated) = kill.scan;
         let pressure_report = (!kill.group_kill)
             .then(|| self.pressure_report(&kill, domain_index, domain_path.as_deref(), pressure));
         self.remember(&kill);
@@ -919,6 +923,7 @@ impl Explainer {
                 && dropped == 0
                 && !truncated
                 && !ranked.is_empty(),
+            scan_visited: (!kill.group_kill && !kill.chain.is_empty()).then_some(visited),
             candidates: ranked,
             skipped,
             collateral,
