@@ -313,26 +313,16 @@ fn domain_step(state: &mut ScanState) -> i64 {
         return stop(state);
     };
     if next == state.list || next == 0 {
-        if state.migrating == 0 {
-            state.migrating = 1;
-            state.list = state.cset.wrapping_add(u64::from(layout!(cset_mg_tasks)));
-            state.pos = state.list;
-            return 0;
-        }
-        let head = state
-            .cgroup
-            .wrapping_add(u64::from(layout!(cgroup_cset_links)));
-        let node = state.link.wrapping_add(u64::from(layout!(link_cset_link)));
-        let Some(node) = kernel::read::<u64>(node, 0) else {
-            return stop(state);
-        };
-        if node == head || node == 0 {
-            return next_cgroup(state);
-        }
-        return enter_link(state, node);
+        return end_list(state);
+    }
+    let task = next.wrapping_sub(u64::from(layout!(task_cg_list)));
+    // The lists change under the walk (it does not hold css_set_lock): an exiting task
+    // moves to its css_set's `dying_tasks`, a migrating one to another css_set. A node whose
+    // task is not of this css_set (or a list head read as a task) ends this list.
+    if kernel::read::<u64>(task, layout!(task_cgroups)) != Some(state.cset) {
+        return end_list(state);
     }
     state.pos = next;
-    let task = next.wrapping_sub(u64::from(layout!(task_cg_list)));
     state.stats.visited += 1;
     // `CSS_TASK_ITER_PROCS`: thread-group leaders only; the victim was considered first.
     if task != state.start
@@ -342,6 +332,29 @@ fn domain_step(state: &mut ScanState) -> i64 {
         consider(state, task);
     }
     0
+}
+
+/// The current task list is done: `mg_tasks` after `tasks`, then the next css_set of the
+/// cgroup, then the next cgroup.
+#[inline(always)]
+fn end_list(state: &mut ScanState) -> i64 {
+    if state.migrating == 0 {
+        state.migrating = 1;
+        state.list = state.cset.wrapping_add(u64::from(layout!(cset_mg_tasks)));
+        state.pos = state.list;
+        return 0;
+    }
+    let head = state
+        .cgroup
+        .wrapping_add(u64::from(layout!(cgroup_cset_links)));
+    let node = state.link.wrapping_add(u64::from(layout!(link_cset_link)));
+    let Some(node) = kernel::read::<u64>(node, 0) else {
+        return stop(state);
+    };
+    if node == head || node == 0 {
+        return next_cgroup(state);
+    }
+    enter_link(state, node)
 }
 
 #[inline(always)]
@@ -422,10 +435,8 @@ fn climb(state: &mut ScanState) -> i64 {
 #[inline(always)]
 fn consider(state: &mut ScanState, task: u64) {
     let flags = kernel::read::<u32>(task, layout!(task_flags)).unwrap_or(0);
-    // A domain walked by its cgroups holds only its own tasks.
-    if flags & PF_KTHREAD != 0
-        || (state.by_cgroup == 0 && !kernel::in_domain(task, state.domain, state.level))
-    {
+    // Checked in a domain's own walk too: its lists can change under it.
+    if flags & PF_KTHREAD != 0 || !kernel::in_domain(task, state.domain, state.level) {
         return;
     }
     if state.budget == 0 {

@@ -259,9 +259,19 @@ async fn replay(
     let text = String::from_utf8_lossy(&bytes);
     let plans = memstress::replay::plans(&text).map_err(|e| Error::Input(Box::new(e)))?;
     if plans.is_empty() {
-        return Err(Error::Refused(format!(
-            "no OOM report in {name} (no `invoked oom-killer:` line)"
-        )));
+        let bare = text
+            .lines()
+            .filter(|l| l.contains("Killed process "))
+            .count();
+        return Err(Error::Refused(if bare > 0 {
+            format!(
+                "no OOM report in {name}: {bare} `Killed process` line(s) without the report \
+                 before them (the kernel prints at most 10 OOM reports per 5 s and then only \
+                 that line, saying `oom_kill_process: N callbacks suppressed`)"
+            )
+        } else {
+            format!("no OOM report in {name} (no `invoked oom-killer:` line)")
+        }));
     }
     let count = plans.len();
     let selected: Vec<(usize, memstress::replay::ReplayPlan)> = match args.report {
