@@ -267,6 +267,21 @@ fn storm_loses_nothing() {
         "{} reported as collateral, though no process shares an mm: {collateral:?}",
         collateral.len()
     );
+
+    // Workers exit and start all along, while scans walk their cgroup's task lists: every
+    // candidate of every kill is still of the victim's cgroup (each storm cgroup is a domain
+    // of its own), and each scan visits that cgroup's tasks only.
+    for kill in finished.of_type("oom_kill") {
+        let cgroup = &kill["victim"]["cgroup_id"];
+        for c in kill["candidates"].as_array().expect("candidates") {
+            assert_eq!(
+                &c["cgroup_id"], cgroup,
+                "a candidate from elsewhere: {kill}"
+            );
+        }
+        let visited = kill["scan_visited"].as_u64().expect("scan_visited");
+        assert!(visited <= 32, "visited {visited}: {kill}");
+    }
 }
 
 /// The candidate scan runs inside the OOM path, under `oom_lock`: for a memcg OOM it walks
