@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: six figures, each measured side by side with a peer (stress-ng, a
+//! `cargo xtask bench`: seven figures, each measured side by side with a peer (stress-ng, a
 //! bpftrace script, a /dev/kmsg reader) or with the machine's own limit (a minimal
 //! `mmap(MAP_POPULATE)` program, or no probes at all), in one run on one machine. Absolute
 //! times drift on a shared machine; ratios of runs made back to back do not drift as much,
@@ -11,6 +11,8 @@
 //! 4. `tell`: from the kernel's kill to the line on memstress's stdout, vs a kmsg reader.
 //! 5. `storm`: kills reported vs kills the kernel counted, several memcgs OOMing at once.
 //! 6. `startup`: exec to all probes attached, and the controller's peak RSS, vs bpftrace.
+//! 7. `scale`: an OOM loop's kill rate with memstress watching vs nothing watching, with 0,
+//!    1,000 and 10,000 idle processes elsewhere on the node, and 4,096 tasks in the domain.
 //!
 //! Progress goes to stderr; the table to stdout (Markdown, as docs/benchmarks.md records
 //! it); every figure with its runs to target/bench/results.json. A goal missed is reported,
@@ -19,6 +21,7 @@
 mod fault;
 mod fill;
 mod hold;
+mod scale;
 mod startup;
 mod sys;
 mod tell;
@@ -39,7 +42,7 @@ use crate::root;
 pub const PACKAGES: &[&str] = &["stress-ng", "bpftrace"];
 
 /// Figures, in the order they run.
-pub const FIGURES: [&str; 6] = ["startup", "fault", "fill", "hold", "tell", "storm"];
+pub const FIGURES: [&str; 7] = ["startup", "fault", "fill", "hold", "tell", "storm", "scale"];
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -76,6 +79,9 @@ pub struct Plan {
     /// Limit of each small OOMing memcg (tell, storm) and what its process touches.
     pub oom_limit: u64,
     pub oom_touch: u64,
+    /// Scale: kills per block, and passes (a block each way) per run.
+    pub scale_kills: usize,
+    pub scale_passes: usize,
 }
 
 impl Plan {
@@ -94,6 +100,8 @@ impl Plan {
                 storm_for: Duration::from_secs(2),
                 oom_limit: 8 * MIB,
                 oom_touch: 16 * MIB,
+                scale_kills: 40,
+                scale_passes: 1,
             }
         } else {
             Self {
@@ -108,6 +116,8 @@ impl Plan {
                 storm_for: Duration::from_secs(10),
                 oom_limit: 8 * MIB,
                 oom_touch: 16 * MIB,
+                scale_kills: 50,
+                scale_passes: 4,
             }
         }
     }
@@ -494,6 +504,7 @@ pub fn bench(args: &Args) -> Result<()> {
             "hold" => hold::measure(&ctx),
             "tell" => tell::measure_tell(&ctx),
             "storm" => tell::measure_storm(&ctx),
+            "scale" => scale::measure(&ctx),
             _ => unreachable!("checked above"),
         }
         .with_context(|| format!("figure {figure}"))?;
@@ -515,8 +526,8 @@ pub fn bench(args: &Args) -> Result<()> {
         out.join("table.md"),
         format!(
             "`cargo xtask bench{}` on {machine}; {} runs per figure; fault {} MiB × {}, fill {} \
-             MiB, hold {} MiB for {:?}, {} kills per tell run, storm {} memcgs × {:?}; took \
-             {:.0?}.\n\n{text}",
+             MiB, hold {} MiB for {:?}, {} kills per tell run, storm {} memcgs × {:?}, scale {} \
+             passes per run of {} kills each way; took {:.0?}.\n\n{text}",
             if args.quick { " --quick" } else { "" },
             sizes.runs,
             sizes.fault_bytes / MIB,
@@ -527,6 +538,8 @@ pub fn bench(args: &Args) -> Result<()> {
             sizes.tell_kills,
             sizes.storm_cgroups,
             sizes.storm_for,
+            sizes.scale_passes,
+            sizes.scale_kills,
             took
         ),
     )?;
