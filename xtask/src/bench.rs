@@ -63,7 +63,8 @@ pub struct Args {
 pub struct Plan {
     /// Runs of each figure.
     pub runs: usize,
-    /// Fault throughput: bytes touched per mapping, and mappings per measurement.
+    /// Fault throughput: bytes touched per mapping, and mappings per measurement (the first a
+    /// warm-up).
     pub fault_bytes: u64,
     pub fault_reps: u32,
     /// Fill: bytes the cgroup must be charged.
@@ -91,7 +92,7 @@ impl Plan {
             Self {
                 runs,
                 fault_bytes: 256 * MIB,
-                fault_reps: 2,
+                fault_reps: 3,
                 fill_bytes: 256 * MIB,
                 hold_bytes: 256 * MIB,
                 hold: Duration::from_secs(3),
@@ -106,8 +107,8 @@ impl Plan {
         } else {
             Self {
                 runs,
-                fault_bytes: 2 * GIB,
-                fault_reps: 1,
+                fault_bytes: 512 * MIB,
+                fault_reps: 6,
                 fill_bytes: 2 * GIB,
                 hold_bytes: GIB,
                 hold: Duration::from_secs(30),
@@ -249,6 +250,13 @@ impl Row {
     pub fn ratio_above(mut self, min: f64, text: &str) -> Self {
         self.goal = text.to_owned();
         self.met = self.ratio > min;
+        self
+    }
+
+    /// Goal: the ratio within [`lo`, `hi`] (an A/A check: 1 ± a tolerance).
+    pub fn ratio_within(mut self, lo: f64, hi: f64) -> Self {
+        self.goal = format!("ratio {:.2} ± {:.2}", (lo + hi) / 2.0, (hi - lo) / 2.0);
+        self.met = (lo..=hi).contains(&self.ratio);
         self
     }
 
@@ -590,6 +598,13 @@ mod tests {
         let row = Row::from_runs("x", "x", "none", "GiB/s", runs).ratio_at_least(0.98);
         assert!((row.ratio - 0.99).abs() < 1e-9);
         assert!(row.met);
+        let aa = |r: f64| Row::from_runs("a", "a", "a", "GiB/s", vec![Sample::over(r, 1.0)]);
+        assert!(aa(1.0).ratio_within(0.98, 1.02).met);
+        assert!(aa(0.985).ratio_within(0.98, 1.02).met);
+        assert!(!aa(1.03).ratio_within(0.98, 1.02).met);
+        assert!(!aa(0.97).ratio_within(0.98, 1.02).met);
+        assert!(!aa(f64::NAN).ratio_within(0.98, 1.02).met);
+        assert_eq!(aa(1.0).ratio_within(0.98, 1.02).goal, "ratio 1.00 ± 0.02");
         let row =
             Row::from_runs("t", "t", "p", "ms", vec![Sample::over(310.0, 900.0)]).at_most(300.0);
         assert!(!row.met);
