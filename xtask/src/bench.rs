@@ -117,8 +117,8 @@ impl Plan {
                 storm_for: Duration::from_secs(10),
                 oom_limit: 8 * MIB,
                 oom_touch: 16 * MIB,
-                scale_kills: 50,
-                scale_passes: 4,
+                scale_kills: 40,
+                scale_passes: 5,
             }
         }
     }

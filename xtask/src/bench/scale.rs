@@ -11,11 +11,20 @@
 //! (its detach is over before the next block starts). A pass's ratio is watched ÷
 //! unwatched; a run's, the median of its passes'; the headline, the median of every pass.
 //!
+//! The loop (the bench's thread that starts and reaps the OOMing processes, and so the
+//! processes) runs on one CPU, memstress on the others: on a two-CPU machine memstress's
+//! controller would otherwise take turns with the loop on its CPU, which a node with more
+//! CPUs spares its workloads, and the figure is about what each kill costs where it runs (the
+//! OOM path under `oom_lock`, every probe on it). The controller's CPU time per kill is
+//! reported beside.
+//!
 //! Settings, one row each, measured one after the other in the same bench:
 //!
 //! * +0, +1,000, +10,000 idle processes elsewhere on the node (`memstress-bench-helper idle`
-//!   in a cgroup of their own, no limit): the kernel's memcg OOM visits only the memcg's
-//!   tasks, so what the watcher adds with them is its own walk over the node.
+//!   in a cgroup of their own, no limit): the memcg OOM only weighs the memcg's own tasks
+//!   (the kill itself still walks every process on the node, to find others sharing the
+//!   victim's memory: the unwatched rate falls too), so what the watcher adds with them is
+//!   its own walk over the node.
 //! * 4,096 tasks in the OOMing domain: a parent memcg whose limit is its usage with the idle
 //!   processes in it plus the small limit, the idle processes in one child, the OOMing process
 //!   in another; the domain then holds 4,096 tasks, every one a candidate the kernel weighs
@@ -26,6 +35,7 @@
 //! cgroup on every other exit path); the bench waits until the node's task count is back.
 
 use std::{
+    os::unix::process::CommandExt as _,
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -224,11 +234,33 @@ struct Block {
 /// [`Plan::scale_kills`](super::Plan) OOM kills in a row in `oom`, with `memstress watch
 /// --cgroup <watch>` on or not.
 fn block(ctx: &Ctx, oom: &sys::BenchCgroup, watch: &str, watched: bool) -> Result<Block> {
+    let cpus = sys::allowed_cpus();
+    let pin = std::env::var("SCALE_NOPIN").is_err() && cpus.len() >= 2;
+    let (loop_cpu, others) = cpus
+        .split_last()
+        .map(|(l, o)| (*l, o.to_vec()))
+        .unwrap_or_default();
     let tool = if watched {
-        let mut p = sys::Proc::spawn(
-            "memstress watch",
-            &mut ctx.memstress(&["watch", "--cgroup", watch])?,
-        )?;
+        let mut cmd = ctx.memstress(&["watch", "--cgroup", watch])?;
+        if pin {
+            let others = others.clone();
+            // SAFETY: sched_setaffinity in the child before exec; the set is built before the
+            // call, nothing allocates in it.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    for &c in &others {
+                        libc::CPU_SET(c, &mut set);
+                    }
+                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut p = sys::Proc::spawn("memstress watch", &mut cmd)?;
         p.wait_line("attached", Duration::from_secs(60), |l| {
             l.contains("\"type\":\"attached\"")
         })?;
@@ -240,13 +272,23 @@ fn block(ctx: &Ctx, oom: &sys::BenchCgroup, watch: &str, watched: bool) -> Resul
     sys::sleep(SETTLE)?;
     let kills = ctx.plan.scale_kills;
     let watcher_cpu = tool.as_ref().map(|(p, _)| sys::process_cpu_ns(p.pid()));
-    let start = Instant::now();
-    let mut cpu = Vec::with_capacity(kills);
-    for _ in 0..kills {
-        sys::check_interrupted()?;
-        cpu.push(oom_timed(ctx, oom)? as f64 / 1e6);
-    }
-    let rate = kills as f64 / start.elapsed().as_secs_f64();
+    let (rate, cpu) = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<(f64, Vec<f64>)> {
+                if pin {
+                    sys::pin_thread(&[loop_cpu])?;
+                }
+                let start = Instant::now();
+                let mut cpu = Vec::with_capacity(kills);
+                for _ in 0..kills {
+                    sys::check_interrupted()?;
+                    cpu.push(oom_timed(ctx, oom)? as f64 / 1e6);
+                }
+                Ok((kills as f64 / start.elapsed().as_secs_f64(), cpu))
+            })
+            .join()
+            .expect("the kill loop's thread")
+    })?;
     let watcher = match tool {
         Some((mut p, held)) => {
             let used = sys::process_cpu_ns(p.pid()).saturating_sub(watcher_cpu.unwrap_or(0));
