@@ -50,7 +50,7 @@ const MIB: u64 = 1 << 20;
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Args {
-    /// Fewer runs and smaller sizes (CI: at most 2 minutes, every figure present).
+    /// Fewer runs and smaller sizes (CI: a few minutes, every figure present).
     pub quick: bool,
     /// Runs per figure (default 5; 3 with `quick`).
     pub runs: Option<usize>,
@@ -92,7 +92,7 @@ impl Plan {
             Self {
                 runs,
                 fault_bytes: 256 * MIB,
-                fault_reps: 3,
+                fault_reps: 4,
                 fill_bytes: 256 * MIB,
                 hold_bytes: 256 * MIB,
                 hold: Duration::from_secs(3),
