@@ -22,10 +22,11 @@
 //!   the tool held is gone from the kernel ([`sys::wait_bpf_released`]): a tool's detach
 //!   (freeing programs, maps, a ring buffer) never lands on another's measurement.
 //!
-//! Each run makes [`CYCLES`] passes over the four configurations, in the orders of a balanced
-//! Latin square ([`ORDERS`]): over a run, every configuration comes once in every position
-//! and once right after each of the others, so that neither the order nor what ran before
-//! favours one. A pass gives one ratio of throughputs measured seconds apart; a run's ratio is
+//! Before the first pass, one measurement that does not count (the figure's very first one
+//! reads slow, and would always fall on the same configuration). Each run makes [`CYCLES`]
+//! passes over the four configurations, in the orders of a balanced Latin square
+//! ([`ORDERS`]): over a run, every configuration comes once in every position and once right
+//! after each of the others, so that neither the order nor what ran before favours one. A pass gives one ratio of throughputs measured seconds apart; a run's ratio is
 //! the median of its passes', the headline the median of every pass of every run. The
 //! no-probes baseline of a pass is the mean of its two no-probes measurements.
 //!
@@ -180,6 +181,10 @@ pub fn measure(ctx: &Ctx) -> Result<Vec<Row>> {
     let mut released = Vec::new();
     // The warm-up passes' ratios: memstress ÷ none, and A/A.
     let mut cold_ratios: [Vec<f64>; 2] = Default::default();
+    // A measurement that does not count: the figure's very first one reads slow (a fresh
+    // cgroup, memory the machine has not handed out for a while), and the first
+    // configuration of the first pass is always the same one.
+    touch(ctx, &cg).context("the priming measurement")?;
     for run in 0..ctx.plan.runs {
         let mut cpu_rates: [Vec<f64>; 4] = Default::default();
         let mut wall_rates: [Vec<f64>; 4] = Default::default();
