@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: six figures, each measured side by side with a peer (stress-ng, a
+//! `cargo xtask bench`: seven figures, each measured side by side with a peer (stress-ng, a
 //! bpftrace script, a /dev/kmsg reader) or with the machine's own limit (a minimal
 //! `mmap(MAP_POPULATE)` program, or no probes at all), in one run on one machine. Absolute
 //! times drift on a shared machine; ratios of runs made back to back do not drift as much,
@@ -11,6 +11,8 @@
 //! 4. `tell`: from the kernel's kill to the line on memstress's stdout, vs a kmsg reader.
 //! 5. `storm`: kills reported vs kills the kernel counted, several memcgs OOMing at once.
 //! 6. `startup`: exec to all probes attached, and the controller's peak RSS, vs bpftrace.
+//! 7. `scale`: an OOM loop's kill rate with memstress watching vs nothing watching, with 0,
+//!    1,000 and 10,000 idle processes elsewhere on the node, and 4,096 tasks in the domain.
 //!
 //! Progress goes to stderr; the table to stdout (Markdown, as docs/benchmarks.md records
 //! it); every figure with its runs to target/bench/results.json. A goal missed is reported,
@@ -19,6 +21,7 @@
 mod fault;
 mod fill;
 mod hold;
+mod scale;
 mod startup;
 mod sys;
 mod tell;
@@ -39,7 +42,7 @@ use crate::root;
 pub const PACKAGES: &[&str] = &["stress-ng", "bpftrace"];
 
 /// Figures, in the order they run.
-pub const FIGURES: [&str; 6] = ["startup", "fault", "fill", "hold", "tell", "storm"];
+pub const FIGURES: [&str; 7] = ["startup", "fault", "fill", "hold", "tell", "storm", "scale"];
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
@@ -47,7 +50,7 @@ const MIB: u64 = 1 << 20;
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Args {
-    /// Fewer runs and smaller sizes (CI: at most 2 minutes, every figure present).
+    /// Fewer runs and smaller sizes (CI: a few minutes, every figure present).
     pub quick: bool,
     /// Runs per figure (default 5; 3 with `quick`).
     pub runs: Option<usize>,
@@ -60,7 +63,8 @@ pub struct Args {
 pub struct Plan {
     /// Runs of each figure.
     pub runs: usize,
-    /// Fault throughput: bytes touched per mapping, and mappings per measurement.
+    /// Fault throughput: bytes touched per mapping, and mappings per measurement (the first a
+    /// warm-up).
     pub fault_bytes: u64,
     pub fault_reps: u32,
     /// Fill: bytes the cgroup must be charged.
@@ -76,6 +80,9 @@ pub struct Plan {
     /// Limit of each small OOMing memcg (tell, storm) and what its process touches.
     pub oom_limit: u64,
     pub oom_touch: u64,
+    /// Scale: kills per block, and passes (a block each way) per run.
+    pub scale_kills: usize,
+    pub scale_passes: usize,
 }
 
 impl Plan {
@@ -85,7 +92,7 @@ impl Plan {
             Self {
                 runs,
                 fault_bytes: 256 * MIB,
-                fault_reps: 2,
+                fault_reps: 4,
                 fill_bytes: 256 * MIB,
                 hold_bytes: 256 * MIB,
                 hold: Duration::from_secs(3),
@@ -94,12 +101,14 @@ impl Plan {
                 storm_for: Duration::from_secs(2),
                 oom_limit: 8 * MIB,
                 oom_touch: 16 * MIB,
+                scale_kills: 40,
+                scale_passes: 1,
             }
         } else {
             Self {
                 runs,
-                fault_bytes: 2 * GIB,
-                fault_reps: 1,
+                fault_bytes: 512 * MIB,
+                fault_reps: 6,
                 fill_bytes: 2 * GIB,
                 hold_bytes: GIB,
                 hold: Duration::from_secs(30),
@@ -108,6 +117,8 @@ impl Plan {
                 storm_for: Duration::from_secs(10),
                 oom_limit: 8 * MIB,
                 oom_touch: 16 * MIB,
+                scale_kills: 40,
+                scale_passes: 5,
             }
         }
     }
@@ -239,6 +250,13 @@ impl Row {
     pub fn ratio_above(mut self, min: f64, text: &str) -> Self {
         self.goal = text.to_owned();
         self.met = self.ratio > min;
+        self
+    }
+
+    /// Goal: the ratio within [`lo`, `hi`] (an A/A check: 1 ± a tolerance).
+    pub fn ratio_within(mut self, lo: f64, hi: f64) -> Self {
+        self.goal = format!("ratio {:.2} ± {:.2}", (lo + hi) / 2.0, (hi - lo) / 2.0);
+        self.met = (lo..=hi).contains(&self.ratio);
         self
     }
 
@@ -501,6 +519,7 @@ pub fn bench(args: &Args) -> Result<()> {
             "hold" => hold::measure(&ctx),
             "tell" => tell::measure_tell(&ctx),
             "storm" => tell::measure_storm(&ctx),
+            "scale" => scale::measure(&ctx),
             _ => unreachable!("checked above"),
         }
         .with_context(|| format!("figure {figure}"))?;
@@ -522,8 +541,8 @@ pub fn bench(args: &Args) -> Result<()> {
         out.join("table.md"),
         format!(
             "`cargo xtask bench{}` on {machine}; {} runs per figure; fault {} MiB × {}, fill {} \
-             MiB, hold {} MiB for {:?}, {} kills per tell run, storm {} memcgs × {:?}; took \
-             {:.0?}.\n\n{text}",
+             MiB, hold {} MiB for {:?}, {} kills per tell run, storm {} memcgs × {:?}, scale {} \
+             passes per run of {} kills each way; took {:.0?}.\n\n{text}",
             if args.quick { " --quick" } else { "" },
             sizes.runs,
             sizes.fault_bytes / MIB,
@@ -534,6 +553,8 @@ pub fn bench(args: &Args) -> Result<()> {
             sizes.tell_kills,
             sizes.storm_cgroups,
             sizes.storm_for,
+            sizes.scale_passes,
+            sizes.scale_kills,
             took
         ),
     )?;
@@ -584,6 +605,13 @@ mod tests {
         let row = Row::from_runs("x", "x", "none", "GiB/s", runs).ratio_at_least(0.98);
         assert!((row.ratio - 0.99).abs() < 1e-9);
         assert!(row.met);
+        let aa = |r: f64| Row::from_runs("a", "a", "a", "GiB/s", vec![Sample::over(r, 1.0)]);
+        assert!(aa(1.0).ratio_within(0.98, 1.02).met);
+        assert!(aa(0.985).ratio_within(0.98, 1.02).met);
+        assert!(!aa(1.03).ratio_within(0.98, 1.02).met);
+        assert!(!aa(0.97).ratio_within(0.98, 1.02).met);
+        assert!(!aa(f64::NAN).ratio_within(0.98, 1.02).met);
+        assert_eq!(aa(1.0).ratio_within(0.98, 1.02).goal, "ratio 1.00 ± 0.02");
         let row =
             Row::from_runs("t", "t", "p", "ms", vec![Sample::over(310.0, 900.0)]).at_most(300.0);
         assert!(!row.met);

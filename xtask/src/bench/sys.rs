@@ -198,15 +198,20 @@ impl BenchCgroup {
             owned,
         };
         if let Some(limit) = limit {
-            let file = if v2 {
-                "memory.max"
-            } else {
-                "memory.limit_in_bytes"
-            };
-            fs::write(cg.dir.join(file), limit.to_string())
-                .with_context(|| format!("setting {file} of {}", cg.path))?;
+            cg.set_limit(limit)?;
         }
         Ok(cg)
+    }
+
+    /// Sets its memory limit: `memory.limit_in_bytes` (v1) or `memory.max` (v2).
+    pub fn set_limit(&self, limit: u64) -> Result<()> {
+        let file = if self.v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        fs::write(self.dir.join(file), limit.to_string())
+            .with_context(|| format!("setting {file} of {}", self.path))
     }
 
     /// `cgroup.procs`.
@@ -730,4 +735,213 @@ impl Drop for Kmsg {
 pub fn killed_pid(text: &str) -> Option<u32> {
     let rest = &text[text.find("Killed process ")? + "Killed process ".len()..];
     rest.split_whitespace().next()?.parse().ok()
+}
+
+/// A kind of BPF object with an id the kernel lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BpfKind {
+    Prog,
+    Map,
+}
+
+/// The ids of every BPF object of `kind` loaded on the machine (`BPF_*_GET_NEXT_ID`).
+pub fn bpf_ids(kind: BpfKind) -> Result<std::collections::HashSet<u32>> {
+    #[repr(C)]
+    struct GetNextId {
+        start_id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
+    const BPF_MAP_GET_NEXT_ID: libc::c_long = 12;
+    let cmd = match kind {
+        BpfKind::Prog => BPF_PROG_GET_NEXT_ID,
+        BpfKind::Map => BPF_MAP_GET_NEXT_ID,
+    };
+    let mut ids = std::collections::HashSet::new();
+    let mut attr = GetNextId {
+        start_id: 0,
+        next_id: 0,
+        open_flags: 0,
+    };
+    loop {
+        // SAFETY: bpf(2) reads and writes the attribute we own, of the size we pass.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                &raw mut attr,
+                std::mem::size_of::<GetNextId>(),
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                return Ok(ids);
+            }
+            return Err(e).context("listing BPF ids (bpf(2) as root)");
+        }
+        ids.insert(attr.next_id);
+        attr.start_id = attr.next_id;
+    }
+}
+
+/// The BPF programs and maps process `pid` holds (through fds of programs, maps and links,
+/// as /proc/PID/fdinfo shows them).
+pub fn bpf_held(pid: u32) -> std::collections::HashSet<(BpfKind, u32)> {
+    let mut held = std::collections::HashSet::new();
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return held;
+    };
+    for fd in fds.flatten() {
+        let info = fs::read_to_string(fd.path()).unwrap_or_default();
+        for line in info.lines() {
+            let (key, value) = line.split_once(':').unwrap_or_default();
+            let kind = match key {
+                "prog_id" => BpfKind::Prog,
+                "map_id" => BpfKind::Map,
+                _ => continue,
+            };
+            if let Ok(id) = value.trim().parse() {
+                held.insert((kind, id));
+            }
+        }
+    }
+    held
+}
+
+/// Waits until none of `held` (what a tool held while it ran, [`bpf_held`]) is still loaded:
+/// its exit released the last reference of each, and the kernel's freeing of them (RCU
+/// callbacks, a workqueue) is under way or done. Returns how long that took.
+pub fn wait_bpf_released(
+    held: &std::collections::HashSet<(BpfKind, u32)>,
+    timeout: Duration,
+) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let progs = bpf_ids(BpfKind::Prog)?;
+        let maps = bpf_ids(BpfKind::Map)?;
+        let left = held
+            .iter()
+            .filter(|(kind, id)| match kind {
+                BpfKind::Prog => progs.contains(id),
+                BpfKind::Map => maps.contains(id),
+            })
+            .count();
+        if left == 0 {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "{left} of a tool's {} BPF objects still loaded after {timeout:?}",
+                held.len()
+            );
+        }
+        check_interrupted()?;
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Tasks (threads, zombies included) the kernel has: the total of /proc/loadavg.
+pub fn nr_tasks() -> Result<u64> {
+    let loadavg = fs::read_to_string("/proc/loadavg").context("reading /proc/loadavg")?;
+    loadavg
+        .split_whitespace()
+        .nth(3)
+        .and_then(|f| f.split_once('/'))
+        .and_then(|(_, total)| total.parse().ok())
+        .context("parsing /proc/loadavg")
+}
+
+/// Fails unless the machine can take `n` more processes: pids (`kernel.pid_max`), threads
+/// (`kernel.threads-max`), this user's process limit, and memory (`per` bytes each).
+pub fn can_take_processes(n: u64, per: u64) -> Result<()> {
+    let read = |f: &str| -> Result<u64> {
+        fs::read_to_string(f)
+            .with_context(|| format!("reading {f}"))?
+            .trim()
+            .parse()
+            .with_context(|| format!("parsing {f}"))
+    };
+    let tasks = nr_tasks()?;
+    // Room for the rest of the machine too (other tests, builds).
+    let margin = 2_000;
+    for (file, max) in [
+        (
+            "/proc/sys/kernel/pid_max",
+            read("/proc/sys/kernel/pid_max")?,
+        ),
+        (
+            "/proc/sys/kernel/threads-max",
+            read("/proc/sys/kernel/threads-max")?,
+        ),
+    ] {
+        if tasks + n + margin > max {
+            bail!(
+                "{file} is {max}: {tasks} tasks now, and {n} more (with {margin} spare) would not fit"
+            );
+        }
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut limit) };
+    // root (CAP_SYS_RESOURCE) is not held to it.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0
+        && limit.rlim_cur != libc::RLIM_INFINITY
+        && tasks + n > limit.rlim_cur
+    {
+        bail!(
+            "RLIMIT_NPROC is {}: {n} more processes would not fit",
+            limit.rlim_cur
+        );
+    }
+    let available = fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    if n * per > available / 2 {
+        bail!(
+            "{n} processes of {} KiB need more than half of the {} MiB available",
+            per / 1024,
+            available >> 20
+        );
+    }
+    Ok(())
+}
+
+/// The CPUs this thread may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is the empty set; sched_getaffinity fills the one we own.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, with the set's own size.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0
+    {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads the set we own, at an index below its size.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// Restricts the calling thread (and so what it starts from now on) to `cpus`.
+pub fn pin_thread(cpus: &[usize]) -> Result<()> {
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        // SAFETY: CPU_SET writes the set we own; `c` came from `allowed_cpus`.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    // SAFETY: sched_setaffinity on the calling thread, with a set of its own size.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+    }
+    Ok(())
 }
