@@ -12,7 +12,7 @@
 //! * `lab`: scenarios end to end on real kernels; `lab replay FILE`: a kernel log's OOM
 //!   reports reproduced there.
 //! * `fuzz`: the parsers under cargo-fuzz.
-//! * `bench`: the six figures of docs/benchmarks.md, each against a peer or the machine's
+//! * `bench`: the seven figures of docs/benchmarks.md, each against a peer or the machine's
 //!   limit.
 
 mod bench;
@@ -97,7 +97,7 @@ enum Cmd {
     /// footprint. Prints a table (stdout) and writes target/bench/results.json; a missed
     /// goal is reported, not an error.
     Bench {
-        /// Fewer runs and smaller sizes (every figure present, about 2 minutes; what CI runs).
+        /// Fewer runs and smaller sizes (every figure present, 3-4 minutes; what CI runs).
         #[arg(long)]
         quick: bool,
         /// Runs per figure (default 5, or 3 with --quick).
