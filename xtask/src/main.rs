@@ -103,7 +103,7 @@ enum Cmd {
         /// Runs per figure (default 5, or 3 with --quick).
         #[arg(long, value_name = "N")]
         runs: Option<usize>,
-        /// Only these figures (startup, fault, fill, hold, tell, storm; repeatable or
+        /// Only these figures (startup, fault, fill, hold, tell, storm, scale; repeatable or
         /// comma-separated).
         #[arg(long, value_name = "FIGURE", value_delimiter = ',')]
         only: Vec<String>,
