@@ -150,18 +150,23 @@ pub fn totalpages(report: &Report, page: u64) -> (u64, String) {
 
 /// The badness of one row.
 pub fn row_points(row: &TaskRow, totalpages: u64, page: u64) -> i64 {
+    points::badness(row_counters(row, page), row.oom_score_adj, totalpages, page)
+}
+
+/// What the formula counts of a row: its rss, swap entries and page tables (4.14's
+/// `nr_ptes + nr_pmds` pages where `pgtables_bytes` is not printed).
+pub fn row_counters(row: &TaskRow, page: u64) -> RawCounters {
     let pgtables_bytes = row.pgtables_bytes.unwrap_or_else(|| {
         (row.nr_ptes
             .unwrap_or(0)
             .saturating_add(row.nr_pmds.unwrap_or(0)))
         .saturating_mul(page)
     });
-    let raw = RawCounters {
+    RawCounters {
         rss_pages: row.rss,
         swap_pages: row.swapents,
         pgtables_bytes,
-    };
-    points::badness(raw, row.oom_score_adj, totalpages, page)
+    }
 }
 
 /// The plans of every report in `text`; the first report cut short, if any.

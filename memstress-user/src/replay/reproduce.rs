@@ -219,17 +219,10 @@ pub enum Unreplayable {
     NoCandidate(usize),
 }
 
-/// The badness base of a row (rss, swap, page tables), in the report's pages.
+/// The badness base of a row (rss, swap, page tables), in the report's pages: its points
+/// without oom_score_adj.
 fn base_pages(row: &TaskRow, page: u64) -> u64 {
-    let pgtables = row.pgtables_bytes.unwrap_or_else(|| {
-        row.nr_ptes
-            .unwrap_or(0)
-            .saturating_add(row.nr_pmds.unwrap_or(0))
-            .saturating_mul(page)
-    });
-    row.rss
-        .saturating_add(row.swapents)
-        .saturating_add(pgtables / page.max(1))
+    u64::try_from(points::badness(super::row_counters(row, page), 0, 0, page)).unwrap_or(0)
 }
 
 /// The scale that keeps the limit under a quarter of what the node has available, at most
