@@ -299,12 +299,15 @@ async fn replay(
         }
         return Ok(exit::SUCCESS);
     }
+    let idle = stress::measure_idle()
+        .map_err(|e| tracing::debug!("cannot measure an idle worker: {e}"))
+        .ok();
     let means = reproduce::Means {
         page: memstress::size::page_size(),
         available,
         can_lower_adj: stress::check_oom_score_adj(-1000).is_ok(),
-        footprint: stress::measure_footprint().unwrap_or(stress::DEFAULT_FOOTPRINT),
-        file_rss: stress::measure_file_rss().unwrap_or(0),
+        footprint: idle.map_or(stress::DEFAULT_FOOTPRINT, |i| i.charge),
+        file_rss: idle.map_or(0, |i| i.file_rss),
     };
     let asked = reproduce::Asked {
         scale: args.scale,

@@ -320,35 +320,23 @@ async fn supervise(
 /// RSS, page tables, kernel stack and accounted kernel objects): an idle worker is started
 /// (in this process's cgroup, holding nothing) and asked. A few milliseconds.
 pub fn measure_footprint() -> std::io::Result<u64> {
-    use std::io::Read as _;
-    let args = ["memstress", "__stressor", "--charge", "0"]
-        .map(str::to_owned)
-        .to_vec();
-    let mut spec = Spec::new(Path::new(spawn::SELF_EXE), args);
-    // EOF on stdin: the worker answers its initial command and exits.
-    spec.stdin = Stdio::Null;
-    spec.stdout = Stdio::Pipe;
-    spec.stderr = Stdio::Null;
-    let mut child = spawn::spawn(&spec)?;
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .ok_or_else(|| std::io::Error::other("worker without stdout"))?
-        .read_to_string(&mut out)?;
-    out.lines()
-        .find_map(|l| match Report::parse(l) {
-            Some(Report::Held { charge, .. }) => Some(charge),
-            _ => None,
-        })
-        .ok_or_else(|| std::io::Error::other(format!("an idle worker answered `{}`", out.trim())))
+    Ok(measure_idle()?.charge)
 }
 
-/// What an idle worker maps of memstress's executable (`RssFile`, and `RssShmem` where the
-/// executable is on tmpfs): pages in its RSS, and so
-/// in its badness points, that its cgroup is not charged for (they were charged to whoever
-/// read them first). Measured like [`measure_footprint`], while the worker waits.
-pub fn measure_file_rss() -> std::io::Result<u64> {
+/// An idle worker, measured: its own charge, and what it maps of memstress's executable.
+#[derive(Clone, Copy, Debug)]
+pub struct Idle {
+    /// Its charge while holding nothing (see [`measure_footprint`]).
+    pub charge: u64,
+    /// `RssFile` (and `RssShmem` where the executable is on tmpfs, as in an initramfs):
+    /// pages in its RSS, and so in its badness points, that its cgroup is not charged for
+    /// (they were charged to whoever read them first).
+    pub file_rss: u64,
+}
+
+/// Starts an idle worker, reads its answer and its /proc status while it waits, and lets
+/// it go (its stdin closes; Drop reaps it).
+pub fn measure_idle() -> std::io::Result<Idle> {
     use std::io::{BufRead as _, BufReader};
     let args = ["memstress", "__stressor", "--charge", "0"]
         .map(str::to_owned)
@@ -364,22 +352,25 @@ pub fn measure_file_rss() -> std::io::Result<u64> {
         .ok_or_else(|| std::io::Error::other("worker without stdout"))?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
+    let charge = match Report::parse(line.trim_end()) {
+        Some(Report::Held { charge, .. }) => charge,
+        _ => {
+            return Err(std::io::Error::other(format!(
+                "an idle worker answered `{}`",
+                line.trim()
+            )));
+        }
+    };
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid))?;
-    // Closing stdin ends the worker; Drop reaps it.
     drop(child.stdin.take());
-    // On a tmpfs or ramfs root (an initramfs) the executable's pages are shmem.
     let kib = |key: &str| {
         status
             .lines()
             .find_map(|l| l.strip_prefix(key))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
     };
-    match (kib("RssFile:"), kib("RssShmem:")) {
-        (Some(file), shmem) => Ok((file + shmem.unwrap_or(0)) * 1024),
-        _ => Err(std::io::Error::other(
-            "no RssFile in an idle worker's status",
-        )),
-    }
+    let file_rss = (kib("RssFile:").unwrap_or(0) + kib("RssShmem:").unwrap_or(0)) * 1024;
+    Ok(Idle { charge, file_rss })
 }
 
 /// Splits `total` bytes into `n` page-multiple shares that add up to `total` rounded up to a

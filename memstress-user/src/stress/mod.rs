@@ -22,7 +22,7 @@ use std::{borrow::Cow, time::Duration};
 
 pub use self::{
     engine::Ended,
-    member::{measure_file_rss, measure_footprint, split},
+    member::{Idle, measure_footprint, measure_idle, split},
     plan::{Amount, App, DEFAULT_FOOTPRINT, Options, min_share, plan},
 };
 use self::{
