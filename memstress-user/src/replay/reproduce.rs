@@ -255,6 +255,107 @@ pub fn limit_of(plan: &ReplayPlan) -> Option<u64> {
     }
 }
 
+/// The rows replayed one process each, best first: the formula's first `most` that the
+/// kernel could pick (not at -1000), and the kernel's choice wherever it ranks; `None`
+/// when no row could be picked.
+fn pick(plan: &ReplayPlan, most: usize, chosen_pid: u32) -> Option<Vec<&TaskRow>> {
+    let rows: Vec<&TaskRow> = plan
+        .report
+        .tasks
+        .iter()
+        .filter(|r| r.oom_score_adj != OOM_SCORE_ADJ_MIN)
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let mut picked: Vec<&TaskRow> = Vec::new();
+    for ranked in &plan.ranking {
+        let in_top = picked.len() < most;
+        if (in_top || ranked.pid == chosen_pid)
+            && let Some(row) = rows.iter().find(|r| r.pid == ranked.pid)
+            && !picked.iter().any(|p| p.pid == row.pid)
+        {
+            picked.push(row);
+        }
+    }
+    Some(picked)
+}
+
+/// What every replayed task's oom_score_adj is raised by: without `CAP_SYS_RESOURCE` none
+/// can go below 0, and a common offset keeps their order (notes say so, and name any raised
+/// past 1000, where the kernel's range ends).
+fn adj_offset(picked: &[&TaskRow], can_lower: bool, notes: &mut Vec<String>) -> i16 {
+    let min_adj = picked.iter().map(|r| r.oom_score_adj).min().unwrap_or(0);
+    let offset = if min_adj < 0 && !can_lower {
+        -min_adj
+    } else {
+        0
+    };
+    if offset > 0 {
+        notes.push(format!(
+            "oom_score_adj below 0 needs CAP_SYS_RESOURCE, which this process lacks: every \
+             task's oom_score_adj is raised by {offset}, which adds the same points to each \
+             and keeps their order"
+        ));
+    }
+    let clamped: Vec<String> = picked
+        .iter()
+        .filter(|r| r.oom_score_adj.saturating_add(offset) > 1000)
+        .map(|r| format!("{} ({})", r.pid, r.name))
+        .collect();
+    if !clamped.is_empty() {
+        notes.push(format!(
+            "raised past 1000, the oom_score_adj of {} is 1000: their order among themselves \
+             may change",
+            clamped.join(", ")
+        ));
+    }
+    offset
+}
+
+/// The run: a sandbox at `limit_bytes`, the tasks as its apps (first, each at its size),
+/// then the filler: shmem written into a memfd it never maps, so that it is in no RSS and
+/// no candidate, growing until the OOM; the first kill ends it.
+fn run_options(
+    n: usize,
+    limit_bytes: u64,
+    tasks: &[TaskSetup],
+    means: Means,
+    asked: &Asked,
+    probe: probe::Options,
+) -> Options {
+    let target = target::Spec::New {
+        name: format!("memstress-replay-{}-{n}", std::process::id()),
+        limit: limit_bytes,
+    };
+    let mut opts = Options::new(
+        target,
+        Amount::Size(SizeSpec::Bytes(limit_bytes.saturating_mul(2))),
+        probe,
+    );
+    opts.amount_given = Some(format!("the limit twice over ({})", Bytes(limit_bytes * 2)));
+    opts.kind = Kind::Shmem;
+    opts.unmapped = true;
+    opts.apps_first = true;
+    opts.oom_score_adj = Some(if means.can_lower_adj {
+        i32::from(OOM_SCORE_ADJ_MIN)
+    } else {
+        0
+    });
+    opts.apps = tasks
+        .iter()
+        .map(|t| App {
+            name: t.comm.clone(),
+            bytes: t.bytes,
+            oom_score_adj: Some(i32::from(t.oom_score_adj)),
+        })
+        .collect();
+    opts.stop_after_kills = Some(1);
+    opts.deadline = Some(asked.timeout);
+    opts.footprint = Some(means.footprint);
+    opts
+}
+
 /// The reproduction of `plan`, report number `n`.
 pub fn setup(
     n: usize,
@@ -301,24 +402,7 @@ pub fn setup(
     }
     // The tasks that matter: the formula's first `tasks`, and the kernel's choice.
     let chosen_pid = report.chosen.as_ref().map_or(report.victim.pid, |c| c.pid);
-    let rows: Vec<&TaskRow> = report
-        .tasks
-        .iter()
-        .filter(|r| r.oom_score_adj != OOM_SCORE_ADJ_MIN)
-        .collect();
-    if rows.is_empty() {
-        return Err(Unreplayable::NoCandidate(n));
-    }
-    let mut picked: Vec<&TaskRow> = Vec::new();
-    for ranked in &plan.ranking {
-        let in_top = picked.len() < asked.tasks.max(1);
-        if (in_top || ranked.pid == chosen_pid)
-            && let Some(row) = rows.iter().find(|r| r.pid == ranked.pid)
-            && !picked.iter().any(|p| p.pid == row.pid)
-        {
-            picked.push(row);
-        }
-    }
+    let picked = pick(plan, asked.tasks.max(1), chosen_pid).ok_or(Unreplayable::NoCandidate(n))?;
     let left = report.tasks.len() - picked.len();
     if left > 0 {
         notes.push(format!(
@@ -328,31 +412,7 @@ pub fn setup(
             asked.tasks.max(1)
         ));
     }
-    let min_adj = picked.iter().map(|r| r.oom_score_adj).min().unwrap_or(0);
-    let adj_offset = if min_adj < 0 && !means.can_lower_adj {
-        -min_adj
-    } else {
-        0
-    };
-    if adj_offset > 0 {
-        notes.push(format!(
-            "oom_score_adj below 0 needs CAP_SYS_RESOURCE, which this process lacks: every \
-             task's oom_score_adj is raised by {adj_offset}, which adds the same points to \
-             each and keeps their order"
-        ));
-    }
-    let clamped: Vec<String> = picked
-        .iter()
-        .filter(|r| r.oom_score_adj.saturating_add(adj_offset) > 1000)
-        .map(|r| format!("{} ({})", r.pid, r.name))
-        .collect();
-    if !clamped.is_empty() {
-        notes.push(format!(
-            "raised past 1000, the oom_score_adj of {} is 1000: their order among themselves \
-             may change",
-            clamped.join(", ")
-        ));
-    }
+    let adj_offset = adj_offset(&picked, means.can_lower_adj, &mut notes);
     // A process cannot hold less than its own footprint. What it holds is its charge
     // (anonymous RSS, page tables, kernel stack); its points also count the executable's
     // pages it maps, which are charged elsewhere: the charge is the row's size less those.
@@ -430,36 +490,7 @@ pub fn setup(
             report.trigger.order
         ));
     }
-    let target = target::Spec::New {
-        name: format!("memstress-replay-{}-{n}", std::process::id()),
-        limit: limit_bytes,
-    };
-    // The filler: the rest of the memcg's memory, then the allocation that ends in the OOM.
-    let mut opts = Options::new(
-        target,
-        Amount::Size(SizeSpec::Bytes(limit_bytes.saturating_mul(2))),
-        probe,
-    );
-    opts.amount_given = Some(format!("the limit twice over ({})", Bytes(limit_bytes * 2)));
-    opts.kind = Kind::Shmem;
-    opts.unmapped = true;
-    opts.apps_first = true;
-    opts.oom_score_adj = Some(if means.can_lower_adj {
-        i32::from(OOM_SCORE_ADJ_MIN)
-    } else {
-        0
-    });
-    opts.apps = tasks
-        .iter()
-        .map(|t| App {
-            name: t.comm.clone(),
-            bytes: t.bytes,
-            oom_score_adj: Some(i32::from(t.oom_score_adj)),
-        })
-        .collect();
-    opts.stop_after_kills = Some(1);
-    opts.deadline = Some(asked.timeout);
-    opts.footprint = Some(means.footprint);
+    let opts = run_options(n, limit_bytes, &tasks, means, asked, probe);
     Ok(Setup {
         opts,
         tasks,
