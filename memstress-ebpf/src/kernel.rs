@@ -257,6 +257,28 @@ pub fn chain_domain(walk: &ChainWalk, out: &mut Chain) -> (u64, i32) {
     (cgroup, level)
 }
 
+/// The OOM domain as the kernel's own `oc->memcg` names it (its cgroup id, `memcg_id`; 0 for
+/// a global OOM), found in the victim's chain: `(struct cgroup *, level)`, `(0, 0)` for a
+/// global OOM, `None` when the chain does not hold it.
+#[inline(always)]
+pub fn oc_domain(walk: &ChainWalk, chain: &Chain, memcg_id: u64) -> Option<(u64, i32)> {
+    if memcg_id == 0 {
+        return Some((0, 0));
+    }
+    for i in 0..CHAIN_DEPTH {
+        if i as u32 >= chain.depth {
+            break;
+        }
+        if let (Some(l), Some(&cgroup)) = (chain.levels.get(i), walk.cgroups.get(i))
+            && l.id == memcg_id
+            && cgroup != 0
+        {
+            return Some((cgroup, l.level as i32));
+        }
+    }
+    None
+}
+
 /// Whether the task's memory cgroup is `domain` (at `level`) or below it, the way
 /// `cgroup_is_descendant()` tells: `cgrp->ancestors[ancestor->level] == ancestor`.
 #[inline(always)]

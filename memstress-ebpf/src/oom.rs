@@ -92,9 +92,19 @@ fn try_mark_victim_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
                 0,
             )
         };
-        let (domain_cgroup, domain_level) = kernel::chain_domain(&walk, &mut slot.chain);
+        let (mut domain_cgroup, mut domain_level) = kernel::chain_domain(&walk, &mut slot.chain);
         remember(slot, tid, task);
         slot.oc = oom_control(tid);
+        // Where fentry loads, the kernel's own `oc->memcg` decides the domain the scan walks:
+        // the chain's signs (oom_lock, usage at the limit) can be gone by the time the victim
+        // is marked (an earlier victim's memory being freed meanwhile), and a scan without
+        // a domain would take the whole node for it.
+        if slot.oc.valid != 0
+            && let Some((cgroup, level)) = kernel::oc_domain(&walk, &slot.chain, slot.oc.memcg_id)
+        {
+            domain_cgroup = cgroup;
+            domain_level = level;
+        }
         // A memory.oom.group kill was not chosen: the first victim's scan explains it.
         if slot.group_kill == 0 {
             slot.scan = scan(task, domain_cgroup, domain_level, slot.seq);
