@@ -179,45 +179,13 @@ fn wait_tasks(before: u64, extra: usize) -> Result<()> {
     }
 }
 
-/// One OOMing process, as the tell figure's; returns the CPU time it used (ns), which counts
-/// the OOM killer's work done in its context (the memcg OOM, `mark_victim` and every probe on
-/// it run in the task that charged).
+/// One OOMing process's CPU time (ns): the OOM path it ran, and every probe on it.
 fn oom_timed(ctx: &Ctx, cg: &sys::BenchCgroup) -> Result<u64> {
-    let mut cmd = cg.command(&ctx.helper)?;
-    cmd.args([
-        "oom",
-        &ctx.plan.oom_touch.to_string(),
-        &TOUCHER_ADJ.to_string(),
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let child = cmd.spawn().context("starting memstress-bench-helper oom")?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: waiting for our own child (never waited through `child`), into values we
-        // own.
-        let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if got == pid {
-            break;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e).context("waiting for memstress-bench-helper oom");
-        }
+    let o = super::tell::oom_once(ctx, cg, Some(TOUCHER_ADJ))?;
+    if !o.killed {
+        bail!("process {} was not OOM-killed in {}", o.pid, cg.path);
     }
-    drop(child);
-    if !(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL) {
-        bail!(
-            "process {pid} was not OOM-killed in {} (wait status {status:#x})",
-            cg.path
-        );
-    }
-    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
-    Ok(ns(usage.ru_utime) + ns(usage.ru_stime))
+    Ok(o.cpu_ns)
 }
 
 /// One block's result.

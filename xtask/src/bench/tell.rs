@@ -15,7 +15,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    os::unix::process::ExitStatusExt as _,
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -54,20 +53,47 @@ fn setup(ctx: &Ctx, tag: &str, kids: usize) -> Result<Setup> {
     })
 }
 
-/// Starts one process that touches past its memcg's limit and waits for its end; returns
-/// its pid and whether the OOM killer (SIGKILL) ended it.
-fn oom_once(ctx: &Ctx, cg: &sys::BenchCgroup) -> Result<(u32, bool)> {
-    let mut child = cg
-        .command(&ctx.helper)?
-        .args(["oom", &ctx.plan.oom_touch.to_string()])
+/// One OOMing process: its pid, whether the OOM killer (SIGKILL) ended it, and the CPU time
+/// it used (user + system: the OOM path it ran, and every probe on it).
+pub(super) struct Oomed {
+    pub pid: u32,
+    pub killed: bool,
+    pub cpu_ns: u64,
+}
+
+/// Starts one process that touches past its memcg's limit (at `adj`, if given) and waits for
+/// its end.
+pub(super) fn oom_once(ctx: &Ctx, cg: &sys::BenchCgroup, adj: Option<i32>) -> Result<Oomed> {
+    let mut cmd = cg.command(&ctx.helper)?;
+    cmd.args(["oom".to_owned(), ctx.plan.oom_touch.to_string()])
+        .args(adj.map(|a| a.to_string()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting memstress-bench-helper oom")?;
-    let pid = child.id();
-    let status = child.wait()?;
-    Ok((pid, status.signal() == Some(libc::SIGKILL)))
+        .stderr(Stdio::null());
+    let child = cmd.spawn().context("starting memstress-bench-helper oom")?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waiting for our own child (never waited through `child`), into values we
+        // own.
+        let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if got == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e).context("waiting for memstress-bench-helper oom");
+        }
+    }
+    drop(child);
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    Ok(Oomed {
+        pid: pid as u32,
+        killed: libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+        cpu_ns: ns(usage.ru_utime) + ns(usage.ru_stime),
+    })
 }
 
 /// A kill as memstress reported it.
@@ -145,7 +171,7 @@ pub fn measure_tell(ctx: &Ctx) -> Result<Vec<Row>> {
         let mut pids = HashSet::new();
         for i in 0..ctx.plan.tell_kills {
             sys::check_interrupted()?;
-            let (pid, killed) = oom_once(ctx, &s.kids[i % s.kids.len()])?;
+            let Oomed { pid, killed, .. } = oom_once(ctx, &s.kids[i % s.kids.len()], None)?;
             if !killed {
                 bail!("process {pid} was not OOM-killed: is the memcg limit set?");
             }
@@ -408,7 +434,7 @@ pub fn measure_storm(ctx: &Ctx) -> Result<Vec<Row>> {
                         let mut pids = Vec::new();
                         while Instant::now() < deadline {
                             sys::check_interrupted()?;
-                            pids.push(oom_once(ctx, cg)?.0);
+                            pids.push(oom_once(ctx, cg, None)?.pid);
                         }
                         Ok(pids)
                     })
