@@ -331,6 +331,10 @@ async fn replay(
             setup.scale
         ));
         let ended = stress::run(setup.opts.clone(), reporter).await?;
+        // Interrupted before the kernel chose: there is no verdict (the summary says so).
+        if ended.signal.is_some() && ended.first_kill.is_none() {
+            return Ok(ended.exit_code());
+        }
         let result = reproduce::result(
             *n,
             plan.report.line,
