@@ -213,6 +213,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `watch --interval`: 100 ms to 1 h.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!(
+            "interval `{s}` is out of range: give 100ms to 1h (e.g. 1s, 500ms)"
+        ));
+    }
+    Ok(d)
+}
+
 fn parse_size(s: &str) -> Result<SizeArg, String> {
     Ok(SizeArg {
         spec: SizeSpec::parse(s).map_err(|e| e.to_string())?,
@@ -294,6 +305,13 @@ pub struct WatchArgs {
     /// Stop after this long (e.g. 30s, 10m). Default: until Ctrl-C or SIGTERM.
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+
+    /// With --cgroup, --pod or --container: sample the watched cgroup this often (100ms to
+    /// 1h): a `sample` line each time, with the forecast of its OOM domain's next kill (when
+    /// it comes, and whom the kernel's formula will choose then); every kill in that domain
+    /// is scored against it. A node-wide watch does not sample.
+    #[arg(long, value_name = "D", default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
 
     /// Print which probes this kernel accepted and what each contributes, then exit.
     #[arg(long)]

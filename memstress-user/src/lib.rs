@@ -36,6 +36,7 @@ pub mod cli;
 pub mod error;
 pub mod exit;
 pub mod explain;
+pub mod forecast;
 pub mod input;
 pub mod observer;
 pub mod output;

@@ -172,6 +172,7 @@ async fn dispatch(cli: Cli, reporter: &Reporter) -> Result<i32, Error> {
                 cgroup_root: cli.cgroup_root.clone(),
                 cgroup: args.cgroup,
                 duration: args.duration,
+                interval: args.interval,
                 explain_probes: args.explain_probes,
                 metrics: args.metrics,
                 probe: probe("watch"),

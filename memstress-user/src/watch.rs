@@ -6,10 +6,11 @@ use std::{borrow::Cow, collections::HashSet, net::SocketAddr, sync::Arc, time::D
 use crate::{
     Error, Result, exit,
     explain::{Explainer, Output, Scope},
+    forecast::{Forecaster, KillForecast},
     observer::Observer,
     output::{
         Reporter,
-        line::{EndLine, KillContext, Line, MetricsLine},
+        line::{EndLine, KillContext, Line, MetricsLine, SampleLine},
         metrics::{self, Metrics},
         monotonic_ns, text,
     },
@@ -30,6 +31,8 @@ pub struct Options {
     pub cgroup: Option<String>,
     /// Stop after this long.
     pub duration: Option<Duration>,
+    /// How often a watched cgroup is sampled (and its next OOM kill forecast).
+    pub interval: Duration,
     /// Print which probes attached and exit.
     pub explain_probes: bool,
     /// Serve Prometheus/OpenMetrics metrics at this address.
@@ -218,11 +221,14 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<i32> {
     let names = Names::new(opts.runtime_state.clone(), Hierarchy::discover().ok());
     let mut observer = Observer::new(probes, explainer(filter.as_ref()), names)
         .map_err(|e| Error::io("reading the BPF ring buffer", e))?;
+    let mut sampler = filter
+        .as_ref()
+        .and_then(|(cgroup, _)| Sampler::new(cgroup, opts.interval));
     let (counts, stopped_by) = observe(
         &mut observer,
         names_filter,
-        shutdown,
-        opts.duration,
+        (shutdown, opts.duration),
+        sampler.as_mut(),
         metrics.as_ref(),
         reporter,
     )
@@ -236,11 +242,23 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<i32> {
         victims_exiting: counts.exiting,
         kills: counts.signalled,
         dropped_records: drops,
+        forecast: sampler
+            .as_ref()
+            .and_then(|s| s.forecaster.as_ref())
+            .map(Forecaster::score_so_far),
     })));
     if drops > 0 {
         tracing::warn!("{drops} records were dropped: the ring buffer overflowed");
     }
     tracing::info!("{} OOM kill(s) seen", counts.kills);
+    if let Some(score) = sampler
+        .as_ref()
+        .and_then(|s| s.forecaster.as_ref())
+        .map(Forecaster::score_so_far)
+        .filter(|s| s.kills > 0)
+    {
+        tracing::info!("{}", score.text());
+    }
     // Without --duration a signal is how a watch ends; with one, a signal cut it short.
     Ok(match (stopped_by, opts.duration) {
         (Some(stop), Some(_)) => stop.exit_code(),
@@ -292,18 +310,103 @@ fn serve_metrics(
     Ok((metrics, server))
 }
 
+/// `watch` of a cgroup: its counters every `--interval`, and the forecast of its OOM
+/// domain's next kill.
+#[derive(Debug)]
+pub struct Sampler {
+    cgroup: Cgroup,
+    cgroup_id: u64,
+    interval: Duration,
+    started: std::time::Instant,
+    /// Its limit hits when the watch started.
+    start_limit_hits: u64,
+    /// `None`: no limit applies to it (its domain is the node).
+    forecaster: Option<Forecaster>,
+    /// The victim the last forecast named while an OOM was coming.
+    victim: Option<u32>,
+}
+
+impl Sampler {
+    /// A sampler of `cgroup`; `None` when it cannot be read.
+    fn new(cgroup: &Cgroup, interval: Duration) -> Option<Self> {
+        let start = cgroup.counters().ok()?;
+        let forecaster = Forecaster::new(cgroup);
+        if forecaster.is_none() {
+            tracing::info!(
+                "no memory limit applies to {}: its OOM domain is the node, and no OOM kill \
+                 is forecast",
+                cgroup.path
+            );
+        }
+        Some(Self {
+            cgroup: cgroup.clone(),
+            cgroup_id: cgroup.id().ok()?,
+            interval,
+            started: std::time::Instant::now(),
+            start_limit_hits: start.limit_hits,
+            forecaster,
+            victim: None,
+        })
+    }
+
+    /// A `sample` line: the cgroup's counters and the forecast (`kills`: OOM kills the watch
+    /// reported so far). Nothing when the cgroup cannot be read (gone).
+    fn sample(&mut self, kills: u64, reporter: &Reporter) -> Option<SampleLine> {
+        let counters = self.cgroup.counters().ok()?;
+        let id = self.cgroup_id;
+        let forecast = self.forecaster.as_mut().and_then(|f| {
+            let own = (f.domain_id() == id).then_some(&counters);
+            f.sample(monotonic_ns(), own)
+        });
+        if let Some(f) = &forecast {
+            let victim = f.victim.as_ref().map(|v| v.pid);
+            if f.oom_in_ms.is_some() && victim != self.victim {
+                self.victim = victim;
+                reporter.forecast(f);
+            }
+        }
+        Some(SampleLine {
+            t_ms: self.started.elapsed().as_millis() as u64,
+            // The forecaster re-reads the domain's limit; without one, none applies.
+            limit_bytes: self.forecaster.as_ref().map(Forecaster::limit),
+            run_limit_hits: counters.limit_hits.saturating_sub(self.start_limit_hits),
+            counters,
+            stressors_held_bytes: 0,
+            stressors_charge_bytes: 0,
+            stressors_alive: 0,
+            run_oom_kills: kills,
+            forecast,
+        })
+    }
+
+    /// What the forecast said before `kill` (`None`: outside the forecast's domain).
+    fn score(&mut self, kill: &crate::explain::Explained) -> Option<KillForecast> {
+        let scored = self.forecaster.as_mut()?.score(kill);
+        if scored.is_some() {
+            self.victim = None;
+        }
+        scored
+    }
+}
+
 /// Reports every batch until a signal or the deadline; what is already in the ring buffer
 /// at the end is still reported.
 async fn observe(
     observer: &mut Observer,
     mut names: NameFilter,
-    mut shutdown: signals::Shutdown,
-    duration: Option<Duration>,
+    (mut shutdown, duration): (signals::Shutdown, Option<Duration>),
+    mut sampler: Option<&mut Sampler>,
     metrics: Option<&(Arc<Metrics>, tokio::task::JoinHandle<()>)>,
     reporter: &Reporter,
 ) -> Result<(Counts, Option<signals::Stop>)> {
     // The drop counter is read from the BPF side every second for the endpoint.
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(
+        sampler
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |s| s.interval),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
     let mut counts = Counts::default();
@@ -315,6 +418,17 @@ async fn observe(
                 (observer.drain_now(), Some(None))
             }
             _ = refresh.tick(), if metrics.is_some() => (Default::default(), None),
+            _ = tick.tick(), if sampler.is_some() => {
+                if let Some(s) = sampler.as_deref_mut()
+                    && let Some(line) = s.sample(counts.kills, reporter)
+                {
+                    if let Some((m, _)) = metrics {
+                        m.set_forecast(line.forecast.as_ref());
+                    }
+                    reporter.emit(&Line::Sample(Cow::Owned(line)));
+                }
+                (Default::default(), None)
+            }
             batch = observer.next() => {
                 (batch.map_err(|e| Error::io("reading the BPF ring buffer", e))?, None)
             }
@@ -323,7 +437,17 @@ async fn observe(
         names.retain(&mut batch.outputs);
         // The lines first: the metrics can wait a few microseconds, a reader cannot.
         for output in &batch.outputs {
-            reporter.output(output, &KillContext::default());
+            let forecast = match (output, sampler.as_deref_mut()) {
+                (Output::Kill(kill), Some(s)) => s.score(kill),
+                _ => None,
+            };
+            reporter.output(
+                output,
+                &KillContext {
+                    forecast,
+                    ..KillContext::default()
+                },
+            );
         }
         reporter.tell_timing(&batch);
         for output in &batch.outputs {

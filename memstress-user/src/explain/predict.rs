@@ -27,7 +27,7 @@ pub struct Prediction {
 
 /// One process's counters from /proc/PID/status (as `oom_badness()` adds them up), its
 /// oom_score_adj and comm.
-fn process(pid: u32, page: u64) -> Option<(RawCounters, i16, String)> {
+pub(crate) fn process(pid: u32, page: u64) -> Option<(RawCounters, i16, String)> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib = |key: &str| -> u64 {
         status
@@ -62,7 +62,7 @@ fn process(pid: u32, page: u64) -> Option<(RawCounters, i16, String)> {
     Some((raw, adj, comm))
 }
 
-fn procs_below(cgroup: &Cgroup, out: &mut Vec<u32>) {
+pub(crate) fn procs_below(cgroup: &Cgroup, out: &mut Vec<u32>) {
     out.extend(cgroup.procs().unwrap_or_default());
     for child in cgroup.children().unwrap_or_default() {
         procs_below(&child, out);

@@ -17,6 +17,7 @@ use crate::{
         predict::Prediction,
         record::CollateralKill,
     },
+    forecast::{Forecast, ForecastScore, KillForecast},
     privilege::{Credentials, StressorUser},
     probe::Status,
     replay::{ReplayPlan, reproduce::ReplayResult},
@@ -103,6 +104,10 @@ pub struct KillContext {
     /// that contains it (absent in `watch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_target: Option<bool>,
+    /// What the forecast said before the kill (`run`, and `watch` of a cgroup, for kills in
+    /// the domain they forecast; absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<KillForecast>,
 }
 
 /// `oom_kill` and `oom_victim_exiting`.
@@ -189,6 +194,10 @@ pub struct EndLine {
     pub kills: u64,
     /// Records the BPF side could not queue.
     pub dropped_records: u64,
+    /// `watch` of a cgroup: how the forecasts of its OOM domain did (`null`: no forecast,
+    /// as node-wide or without a limit).
+    #[serde(default)]
+    pub forecast: Option<ForecastScore>,
 }
 
 /// `error`.
@@ -508,6 +517,10 @@ pub struct SampleLine {
     pub run_limit_hits: u64,
     /// OOM kills this run reported so far (and counted before its probes attached).
     pub run_oom_kills: u64,
+    /// The next OOM kill of the target's OOM domain, forecast (`null`: no limit applies, or
+    /// the domain cannot be read).
+    #[serde(default)]
+    pub forecast: Option<Forecast>,
 }
 
 /// How a run ended.
@@ -610,6 +623,9 @@ pub struct Summary {
     pub hold_ms: u64,
     /// Whole run, in ms.
     pub total_ms: u64,
+    /// How the forecasts of the target's OOM domain did (`null`: no limit applies).
+    #[serde(default)]
+    pub forecast: Option<ForecastScore>,
 }
 
 /// The JSON Schema of every line, generated from [`Line`]: what `memstress schema` prints and

@@ -14,6 +14,9 @@
 //! * `memstress_kills_total{by, signal}`: `kill` lines of this watch: SIGKILLs that were not
 //!   the OOM killer's, and SIGTERMs the process exited after, by what sent them
 //!   (`container_runtime`, `kubelet`, `kernel`, `process`) and the signal.
+//! * `memstress_memcg_oom_forecast_seconds{cgroup}` (absent when no OOM is coming) and
+//!   `memstress_memcg_oom_forecast_victim_info{cgroup, domain, pid, comm}`: the watched
+//!   cgroup's forecast (crate::forecast), as of its last sample.
 //! * `memstress_memcg_*{cgroup}` for the watched cgroup (`--cgroup`), read from its own files
 //!   at each scrape: usage, working set (usage − inactive_file, as the kubelet computes it),
 //!   the limit that applies, limit hits and the cgroup's own OOM-kill count.
@@ -48,6 +51,7 @@ use prometheus_client::{
         counter::{ConstCounter, Counter},
         family::Family,
         gauge::ConstGauge,
+        info::Info,
     },
     registry::{Registry, Unit},
 };
@@ -58,6 +62,7 @@ use tokio::{
 
 use crate::{
     explain::{Explained, kill::KillReport},
+    forecast::Forecast,
     probe::{DiagnosticCounts, Status},
     spec::STRESSOR_COMM,
     target::cgroup::Cgroup,
@@ -110,6 +115,14 @@ struct CgroupLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VictimLabels {
+    cgroup: String,
+    domain: String,
+    pid: String,
+    comm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LevelLabel {
     level: String,
 }
@@ -146,6 +159,8 @@ pub fn caused_by_memstress(kill: &Explained) -> &'static str {
 #[derive(Debug)]
 struct Live {
     cgroup: Option<Cgroup>,
+    /// The watched cgroup's last forecast.
+    forecast: Arc<Mutex<Option<Forecast>>>,
     drops: Arc<AtomicU64>,
     diagnostics: DiagnosticCounts,
     probes: Vec<ProbeLabels>,
@@ -250,6 +265,35 @@ impl Collector for Live {
             let mut metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric.encode_family(&labels)?)?;
         }
+        let forecast = self.forecast.lock().map(|f| f.clone()).unwrap_or(None);
+        let Some(forecast) = forecast else {
+            return Ok(());
+        };
+        if let Some(ms) = forecast.oom_in_ms {
+            let gauge = ConstGauge::new(ms as f64 / 1000.0);
+            let mut metric = encoder.encode_descriptor(
+                "memstress_memcg_oom_forecast",
+                "Expected time until the next OOM kill of the watched cgroup's OOM domain, from the growth of the memory reclaim cannot free (no series: no OOM coming); predicted, never from the kernel's OOM path",
+                Some(&Unit::Seconds),
+                gauge.metric_type(),
+            )?;
+            gauge.encode(metric.encode_family(&labels)?)?;
+        }
+        if let Some(v) = &forecast.victim {
+            let info = Info::new(VictimLabels {
+                cgroup: cgroup.path.clone(),
+                domain: forecast.domain.clone(),
+                pid: v.pid.to_string(),
+                comm: v.comm.clone(),
+            });
+            let metric = encoder.encode_descriptor(
+                "memstress_memcg_oom_forecast_victim",
+                "The process the kernel's badness formula would choose at the forecast OOM of the watched cgroup's domain (now, when none is coming)",
+                None,
+                info.metric_type(),
+            )?;
+            info.encode(metric)?;
+        }
         Ok(())
     }
 }
@@ -262,6 +306,7 @@ pub struct Metrics {
     signals: Family<SignalLabels, Counter>,
     series: Mutex<HashSet<(String, String)>>,
     drops: Arc<AtomicU64>,
+    forecast: Arc<Mutex<Option<Forecast>>>,
 }
 
 impl Metrics {
@@ -281,8 +326,10 @@ impl Metrics {
             signals.clone(),
         );
         let drops = Arc::new(AtomicU64::new(0));
+        let forecast = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(Live {
             cgroup,
+            forecast: forecast.clone(),
             drops: drops.clone(),
             diagnostics,
             probes: probes
@@ -301,6 +348,7 @@ impl Metrics {
             signals,
             series: Mutex::new(HashSet::new()),
             drops,
+            forecast,
         }
     }
 
@@ -352,6 +400,13 @@ impl Metrics {
                 signal: kill.signal.name(),
             })
             .inc();
+    }
+
+    /// Sets the watched cgroup's latest forecast (`None`: none).
+    pub fn set_forecast(&self, forecast: Option<&Forecast>) {
+        if let Ok(mut f) = self.forecast.lock() {
+            *f = forecast.cloned();
+        }
     }
 
     /// Sets the BPF side's drop count (read from its counters by the watch loop).

@@ -259,6 +259,19 @@ impl Reporter {
         );
     }
 
+    /// Text mode: a forecast worth a line of its own (a new victim named while an OOM is
+    /// coming). JSON has it in every `sample` line.
+    pub fn forecast(&self, forecast: &crate::forecast::Forecast) {
+        if self.format == Format::Text {
+            let now = self.clock.unix_ns(monotonic_ns());
+            self.text(&format!(
+                "{} forecast: {}",
+                time_of_day(now),
+                forecast.text()
+            ));
+        }
+    }
+
     /// Whether a status line can be shown: text mode on a terminal.
     pub fn status_wanted(&self) -> bool {
         use std::io::IsTerminal as _;
@@ -365,6 +378,7 @@ mod tests {
         let kill = sample_kill(KillContext {
             stressor: Some(true),
             in_target: None,
+            forecast: None,
         });
         let line = text::describe_kill(&kill);
         assert!(

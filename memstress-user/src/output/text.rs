@@ -105,6 +105,9 @@ pub fn describe_kill(k: &KillLine) -> String {
             &pressure[1..]
         ));
     }
+    if let Some(forecast) = &k.context.forecast {
+        line.push_str(&format!(" [{}]", forecast.text()));
+    }
     line
 }
 
@@ -405,6 +408,9 @@ fn duration_text(seconds: f64) -> String {
 
 fn summary(s: &Summary) -> Vec<String> {
     let mut out = vec![summary_text(s)];
+    if let Some(f) = s.forecast.as_ref().filter(|f| f.kills > 0) {
+        out.push(f.text());
+    }
     if s.follows > 0 {
         out.push(format!(
             "followed the target {} time(s) after it disappeared; it ended in {}",

@@ -16,6 +16,7 @@ use super::{
 use crate::{
     Error, Result, exit,
     explain::{Explained, Explainer, Output, Scope, kill::KillReport, who},
+    forecast::{Forecast, Forecaster},
     observer::{Batch, Observer},
     output::{
         Reporter,
@@ -194,6 +195,10 @@ struct State {
     gone: bool,
     /// The first confirmed OOM kill, and the member it took.
     first_kill: Option<(Option<usize>, Box<Explained>)>,
+    /// The target's OOM domain's next kill, forecast (`None`: no limit applies).
+    forecaster: Option<Forecaster>,
+    /// The victim the last forecast named (a change is said in text mode).
+    forecast_victim: Option<u32>,
 }
 
 impl State {
@@ -281,6 +286,8 @@ impl State {
             watching: None,
             gone: false,
             first_kill: None,
+            forecaster: Forecaster::new(cgroup),
+            forecast_victim: None,
             following: follow.map(|cfg| Following {
                 known: kube::container_ids(&cfg.hierarchy, &cfg.identity.pod_uid),
                 cfg,
@@ -352,6 +359,14 @@ impl State {
     fn sample(&mut self, reporter: &Reporter) -> Result<(), CgroupError> {
         let counters = self.target.counters()?;
         self.peak = self.peak.max(counters.usage_bytes);
+        let target_id = self.target_id;
+        let forecast = self.forecaster.as_mut().and_then(|f| {
+            let own = (f.domain_id() == target_id).then_some(&counters);
+            f.sample(monotonic_ns(), own)
+        });
+        if let Some(f) = &forecast {
+            self.say_forecast(f, reporter);
+        }
         let line = SampleLine {
             t_ms: self.t_ms(),
             counters: counters.clone(),
@@ -361,6 +376,7 @@ impl State {
             stressors_alive: self.stressors().filter(|m| m.alive).count(),
             run_limit_hits: counters.limit_hits.saturating_sub(self.start.limit_hits),
             run_oom_kills: self.run_kills(),
+            forecast,
         };
         if self.status_line {
             reporter.status(&status_text(&line, self.progress(&counters)));
@@ -369,6 +385,17 @@ impl State {
         self.last = counters;
         self.sampled_at = Instant::now();
         Ok(())
+    }
+
+    /// Text mode: a forecast that names a new victim while an OOM is coming is said in a line
+    /// of its own.
+    fn say_forecast(&mut self, forecast: &Forecast, reporter: &Reporter) {
+        let victim = forecast.victim.as_ref().map(|v| v.pid);
+        if forecast.oom_in_ms.is_none() || victim == self.forecast_victim {
+            return;
+        }
+        self.forecast_victim = victim;
+        reporter.forecast(forecast);
     }
 
     /// Ramp: the charge each stressor should have now.
@@ -574,7 +601,11 @@ impl State {
             let context = KillContext {
                 stressor: Some(is_stressor),
                 in_target: kill.in_target,
+                forecast: self.forecaster.as_mut().and_then(|f| f.score(kill)),
             };
+            if context.forecast.is_some() {
+                self.forecast_victim = None;
+            }
             reporter.output(&output, &context);
             if kill.kill_confirmed == Some(false) {
                 continue;
@@ -616,6 +647,7 @@ impl State {
         let context = KillContext {
             stressor: Some(member.is_some_and(|i| self.members[i].role == Role::Stressor)),
             in_target: None,
+            forecast: None,
         };
         reporter.output(output, &context);
         if let Some(i) = member {
@@ -945,6 +977,7 @@ impl State {
                 .full_at
                 .map_or(0, |t| now.duration_since(t).as_millis() as u64),
             total_ms: now.duration_since(self.started).as_millis() as u64,
+            forecast: self.forecaster.as_ref().map(Forecaster::score_so_far),
         }
     }
 }
@@ -964,9 +997,22 @@ fn status_text(s: &SampleLine, progress: Option<f64>) -> String {
     let limit = s
         .limit_bytes
         .map_or_else(String::new, |l| format!(" / {}", Bytes(l)));
+    let forecast = match &s.forecast {
+        Some(f) => match (f.oom_in_ms, &f.victim) {
+            (Some(ms), Some(v)) => format!(
+                "; OOM in ~{:.1}s, victim {} ({})",
+                ms as f64 / 1000.0,
+                v.comm,
+                v.pid
+            ),
+            (Some(ms), None) => format!("; OOM in ~{:.1}s", ms as f64 / 1000.0),
+            (None, _) => String::new(),
+        },
+        None => String::new(),
+    };
     format!(
         "{bar}usage {}{limit}, working set {}, {} stressor(s) holding {}; since the start: \
-         limit hits {}, OOM kills {}",
+         limit hits {}, OOM kills {}{forecast}",
         Bytes(s.counters.usage_bytes),
         Bytes(s.counters.working_set_bytes),
         s.stressors_alive,
@@ -1241,6 +1287,15 @@ fn seek(
     observer
         .explainer_mut()
         .retarget(Scope::domain_of(&state.target)?);
+    // A new cgroup, perhaps a new domain: its forecasts start afresh; the score so far is
+    // the old domain's, and is kept in the summary only when the domain is the same.
+    if state
+        .forecaster
+        .as_ref()
+        .is_none_or(|f| !state.target.is_within(f.domain()))
+    {
+        state.forecaster = Forecaster::new(&state.target);
+    }
     let id = &found.identity;
     reporter.emit(&Line::TargetFollowed(Cow::Owned(TargetFollowed {
         previous: previous.path,

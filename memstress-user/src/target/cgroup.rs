@@ -337,6 +337,11 @@ pub struct Counters {
     pub oom_kills: u64,
     /// v1 `under_oom` (an OOM is being handled right now); always 0 on v2.
     pub under_oom: bool,
+    /// Page cache on the file LRU lists (active + inactive): what reclaim can free without
+    /// swap. Usage less this is what the OOM forecast follows.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub file_bytes: u64,
 }
 
 /// What the kernel's peak usage figure covers.
@@ -714,12 +719,12 @@ impl Cgroup {
     pub fn counters(&self) -> Result<Counters, CgroupError> {
         let usage_bytes = self.usage()?;
         let stat = self.stat()?;
-        let inactive_file_bytes = match self.hierarchy.version {
-            Version::V1 => stat.get("total_inactive_file"),
-            Version::V2 => stat.get("inactive_file"),
-        }
-        .copied()
-        .unwrap_or(0);
+        let key = |name: &str| match self.hierarchy.version {
+            Version::V1 => stat.get(&format!("total_{name}")).copied().unwrap_or(0),
+            Version::V2 => stat.get(name).copied().unwrap_or(0),
+        };
+        let inactive_file_bytes = key("inactive_file");
+        let file_bytes = inactive_file_bytes.saturating_add(key("active_file"));
         let (limit_hits, oom_kills, under_oom) = match self.hierarchy.version {
             Version::V1 => {
                 let oom = parse_flat_keyed(&self.read("memory.oom_control")?);
@@ -745,6 +750,7 @@ impl Cgroup {
             limit_hits,
             oom_kills,
             under_oom,
+            file_bytes,
         })
     }
 

@@ -1,0 +1,744 @@
+//! The next OOM kill, forecast: when the memory of an OOM domain that reclaim cannot free will
+//! reach its limit, and whom the kernel's badness formula will choose then.
+//!
+//! Enters: samples of one OOM domain (the cgroup whose limit applies to the target) and of its
+//! processes from /proc. Leaves: a [`Forecast`] at each sample (`sample` lines), a
+//! [`KillForecast`] for each OOM kill in the domain (the forecast scored against the kernel's
+//! choice: `oom_kill` lines) and a [`ForecastScore`] (`summary`, `end`).
+//!
+//! * **When.** The domain's usage less its file LRU pages (page cache, which reclaim frees
+//!   first) is anon, shmem, unevictable and kernel memory. Its growth is a least-squares fit
+//!   over the last 5 s (over the last 60 s when that rose less than 1 MiB); the OOM is
+//!   expected when it reaches the limit. Less than 1 MiB of rise over either window, or a
+//!   fall: no OOM is coming (`oom_in_ms` `null`). A drop (a kill, a process that freed)
+//!   restarts the fit.
+//! * **Who.** `oom_badness()` ([`points`]) of every process in the domain, its RSS + swap +
+//!   page tables projected to the expected OOM by its own growth over the same window (as it
+//!   is now when no OOM is coming), its `oom_score_adj` as last read; `-1000` is exempt, and
+//!   a victim already killed is left out.
+//! * **Cost.** /proc is read for the processes at most every 250 ms, and at most 1 % of the
+//!   time: a scan that took 2 ms is made again 200 ms later at the earliest.
+//! * **Score.** Each kill is compared with the victim the last forecast before it named; the
+//!   lead is how long forecasts had named the actual victim without interruption.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Instant,
+};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    explain::{Explained, points, predict},
+    size::Bytes,
+    target::cgroup::{Cgroup, Counters},
+};
+
+const SEC: u64 = 1_000_000_000;
+/// The fit's windows: the short one first, the long one for slow growth.
+const WINDOWS_NS: [u64; 2] = [5 * SEC, 60 * SEC];
+/// Less rise than this over a window is no growth.
+const FLAT_BYTES: f64 = (1 << 20) as f64;
+/// The processes are read at most this often ...
+const SCAN_EVERY_NS: u64 = SEC / 4;
+/// ... and a scan's own time times this apart at least (1 % of the time).
+const SCAN_BUDGET: u64 = 100;
+/// Beyond this, no OOM is said to be coming.
+const HORIZON_MS: u64 = 24 * 3600 * 1000;
+/// How far before a kill its time-to-OOM forecast is checked.
+const ETA_AHEAD_NS: u64 = 5 * SEC;
+/// How long a killed victim is left out of the forecasts (it may linger while it exits).
+const KILLED_FOR_NS: u64 = 30 * SEC;
+
+/// A forecast of the domain's next OOM kill (`sample` lines' `forecast`). Predicted from
+/// /proc and the cgroup's files, never from the kernel's OOM path.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Forecast {
+    /// Expected time until the domain's OOM (`null`: its unreclaimable memory is flat or
+    /// falling, or too few samples yet).
+    pub oom_in_ms: Option<u64>,
+    /// Whom the kernel would choose then (if an OOM came now, when `oom_in_ms` is `null`);
+    /// `null`: no eligible process.
+    pub victim: Option<Projected>,
+    /// The next in line.
+    pub runner_up: Option<Projected>,
+    /// The victim's points less the runner-up's.
+    pub margin_points: Option<i64>,
+    /// The OOM domain: the cgroup whose limit applies.
+    pub domain: String,
+    /// Its limit.
+    pub limit_bytes: u64,
+    /// Its usage less its page cache (active and inactive file): anon, shmem, unevictable
+    /// and kernel memory, which reclaim cannot free without swap.
+    pub unreclaimable_bytes: u64,
+    /// How fast that grows, fitted over the window the forecast used (`null`: too few
+    /// samples).
+    pub growth_bytes_per_s: Option<i64>,
+    /// What the forecast rests on, in words.
+    pub basis: String,
+}
+
+/// A process as the forecast expects it at the OOM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Projected {
+    /// Process id.
+    pub pid: u32,
+    /// Command name.
+    pub comm: String,
+    /// Its badness points at the expected OOM (`oom_badness()` on the projected memory).
+    pub points: i64,
+    /// `oom_score_adj`, as last read.
+    pub oom_score_adj: i16,
+    /// RSS + swap + page tables now.
+    pub memory_kib: u64,
+    /// The same, projected to the expected OOM from its own growth.
+    pub projected_kib: u64,
+}
+
+/// What the forecast said before an OOM kill (`oom_kill` lines' `forecast`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct KillForecast {
+    /// The victim the last forecast before the kill named (`null`: none yet).
+    pub predicted_pid: Option<u32>,
+    /// Its comm.
+    pub predicted_comm: Option<String>,
+    /// Whether that is the kernel's victim.
+    pub hit: bool,
+    /// How long forecasts had named the actual victim without interruption before the kill
+    /// (`null` on a miss).
+    pub lead_ms: Option<u64>,
+    /// On a miss: what the forecast did not foresee.
+    pub missed_because: Option<String>,
+    /// The time-to-OOM forecast made about 5 s before the kill, against the truth (`null`:
+    /// none was made 4-6 s before it).
+    pub eta: Option<EtaCheck>,
+}
+
+/// A time-to-OOM forecast checked against the kill.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EtaCheck {
+    /// How long before the kill the forecast was made: the true time to OOM then.
+    pub ahead_ms: u64,
+    /// What it said (`null`: no OOM coming).
+    pub forecast_ms: Option<u64>,
+    /// `(forecast − truth) / truth`, in percent (`null` when it said none was coming).
+    pub error_pct: Option<f64>,
+}
+
+/// How the forecasts did over a run or a watch (`summary` and `end`'s `forecast`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ForecastScore {
+    /// OOM kills in the forecast's domain.
+    pub kills: u64,
+    /// Of those, kills whose victim the last forecast before them named.
+    pub hits: u64,
+    /// The median lead of the hits (`null`: none).
+    pub median_lead_ms: Option<u64>,
+    /// The median absolute error of the time-to-OOM forecasts made about 5 s before the
+    /// kills, in percent (`null`: none was checked).
+    pub median_eta_error_pct: Option<f64>,
+}
+
+impl Forecast {
+    /// One line of text: `OOM in ~4.2s in /pod: leaky (pid 12) 51234 points, +2300 over web
+    /// (pid 13)`.
+    pub fn text(&self) -> String {
+        let when = match self.oom_in_ms {
+            Some(ms) => format!("OOM in ~{} in {}", seconds(ms), self.domain),
+            None => format!("no OOM coming in {} (if one came now", self.domain),
+        };
+        let who = match (&self.victim, &self.runner_up) {
+            (None, _) => "no process could be chosen".to_owned(),
+            (Some(v), None) => format!("{} (pid {}) {} points", v.comm, v.pid, v.points),
+            (Some(v), Some(r)) => format!(
+                "{} (pid {}) {} points, {:+} over {} (pid {})",
+                v.comm,
+                v.pid,
+                v.points,
+                v.points - r.points,
+                r.comm,
+                r.pid
+            ),
+        };
+        match self.oom_in_ms {
+            Some(_) => format!("{when}: victim {who}"),
+            None => format!("{when}: {who})"),
+        }
+    }
+}
+
+impl KillForecast {
+    /// What the forecast said, for the kill's text line.
+    pub fn text(&self) -> String {
+        match (self.hit, self.lead_ms, self.predicted_pid) {
+            (true, Some(lead), _) => format!("forecast named it {} ahead", seconds(lead)),
+            (true, None, _) => "forecast named it".to_owned(),
+            (false, _, None) => format!(
+                "no forecast before it ({})",
+                self.missed_because.as_deref().unwrap_or("too few samples")
+            ),
+            (false, _, Some(pid)) => format!(
+                "forecast had named {} (pid {pid}): {}",
+                self.predicted_comm.as_deref().unwrap_or("?"),
+                self.missed_because.as_deref().unwrap_or("missed")
+            ),
+        }
+    }
+}
+
+impl ForecastScore {
+    /// One line: `forecast: 3 of 3 victims named beforehand, median lead 4.2s`.
+    pub fn text(&self) -> String {
+        let lead = self
+            .median_lead_ms
+            .map_or_else(String::new, |ms| format!(", median lead {}", seconds(ms)));
+        let eta = self.median_eta_error_pct.map_or_else(String::new, |e| {
+            format!(", time to OOM 5 s ahead off by {e:.0}% (median)")
+        });
+        format!(
+            "forecast: {} of {} victim(s) named beforehand{lead}{eta}",
+            self.hits, self.kills
+        )
+    }
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
+}
+
+/// A process followed from scan to scan.
+#[derive(Clone, Debug)]
+struct Track {
+    /// (CLOCK_MONOTONIC ns, RSS + swap + page tables in pages), oldest first.
+    samples: VecDeque<(u64, u64)>,
+    adj: i16,
+    comm: String,
+}
+
+/// A stretch of forecasts that named the same victim.
+#[derive(Clone, Debug)]
+struct Run {
+    pid: Option<u32>,
+    comm: Option<String>,
+    first_ns: u64,
+}
+
+/// The forecast's last ranking, for explaining a miss.
+#[derive(Clone, Debug)]
+struct Ranked {
+    pid: u32,
+    points: i64,
+    adj: i16,
+    projected_kib: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    kills: u64,
+    hits: u64,
+    leads: Vec<u64>,
+    eta_errors: Vec<f64>,
+}
+
+/// Forecasts one OOM domain's next kill, and scores each forecast against the kernel.
+#[derive(Debug)]
+pub struct Forecaster {
+    domain: Cgroup,
+    domain_id: u64,
+    limit: u64,
+    totalpages: u64,
+    page: u64,
+    swap_total_pages: u64,
+    /// (ns, unreclaimable bytes), the last 60 s.
+    usage: VecDeque<(u64, u64)>,
+    tasks: HashMap<u32, Track>,
+    killed: HashMap<u32, u64>,
+    next_scan_ns: u64,
+    scanned_ns: u64,
+    scan_cost_ns: u64,
+    runs: VecDeque<Run>,
+    /// (ns, oom_in_ms) of the forecasts of the last 15 s.
+    etas: VecDeque<(u64, Option<u64>)>,
+    ranking: Vec<Ranked>,
+    tally: Tally,
+}
+
+/// Least-squares slope (per second) of `(ns, value)` points at or after `since`, with how
+/// long they span (s); `None` below 3 points or half a second.
+fn fit(points: &VecDeque<(u64, u64)>, since: u64) -> Option<(f64, f64)> {
+    let mut pts = points.iter().filter(|(t, _)| *t >= since);
+    let &(t0, v0) = pts.next()?;
+    let (mut n, mut sx, mut sy, mut sxx, mut sxy, mut last) = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0f64);
+    for &(t, v) in pts {
+        let x = (t - t0) as f64 / SEC as f64;
+        let y = v as f64 - v0 as f64;
+        n += 1.0;
+        sx += x;
+        sy += y;
+        sxx += x * x;
+        sxy += x * y;
+        last = x;
+    }
+    if n < 3.0 || last < 0.5 {
+        return None;
+    }
+    let den = n * sxx - sx * sx;
+    (den > 0.0).then(|| ((n * sxy - sx * sy) / den, last))
+}
+
+/// Slope (per second) of a process's samples since `since`: a fit from 3 samples, the
+/// difference of 2, else none.
+fn task_slope(samples: &VecDeque<(u64, u64)>, since: u64) -> f64 {
+    if let Some((slope, _)) = fit(samples, since) {
+        return slope;
+    }
+    let mut recent = samples.iter().filter(|(t, _)| *t >= since);
+    match (recent.next(), samples.back()) {
+        (Some(&(t0, v0)), Some(&(t1, v1))) if t1 > t0 => {
+            (v1 as f64 - v0 as f64) / ((t1 - t0) as f64 / SEC as f64)
+        }
+        _ => 0.0,
+    }
+}
+
+impl Forecaster {
+    /// A forecaster for the OOM domain of `target` (the cgroup whose limit applies to it);
+    /// `None` when no limit applies (the domain is the node: no forecast).
+    pub fn new(target: &Cgroup) -> Option<Self> {
+        let (limit, domain) = target.effective_limit().ok().flatten()?;
+        let domain_id = domain.id().ok()?;
+        let page = crate::size::page_size();
+        let (_, swap_total_pages) = points::node_pages(page);
+        let mut forecaster = Self {
+            domain,
+            domain_id,
+            limit,
+            totalpages: limit / page,
+            page,
+            swap_total_pages,
+            usage: VecDeque::new(),
+            tasks: HashMap::new(),
+            killed: HashMap::new(),
+            next_scan_ns: 0,
+            scanned_ns: 0,
+            scan_cost_ns: 0,
+            runs: VecDeque::new(),
+            etas: VecDeque::new(),
+            ranking: Vec::new(),
+            tally: Tally::default(),
+        };
+        forecaster.read_limit();
+        Some(forecaster)
+    }
+
+    /// The domain.
+    pub fn domain(&self) -> &Cgroup {
+        &self.domain
+    }
+
+    /// Its kernel id.
+    pub fn domain_id(&self) -> u64 {
+        self.domain_id
+    }
+
+    /// Its limit, as last read.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    fn read_limit(&mut self) {
+        if let Ok(Some(limit)) = self.domain.limit() {
+            self.limit = limit;
+        }
+        let swap = self.domain.swap_limit().ok().flatten().unwrap_or(u64::MAX);
+        self.totalpages = points::totalpages_memcg(
+            self.domain.hierarchy.version,
+            self.limit / self.page,
+            swap / self.page,
+            self.swap_total_pages,
+            60,
+        );
+    }
+
+    /// Reads the domain's processes (their memory, oom_score_adj and comm).
+    fn scan(&mut self, now_ns: u64) {
+        let started = Instant::now();
+        self.read_limit();
+        let mut pids = Vec::new();
+        predict::procs_below(&self.domain, &mut pids);
+        let mut seen = HashMap::with_capacity(pids.len());
+        for pid in pids {
+            if self.killed.contains_key(&pid) {
+                continue;
+            }
+            let Some((raw, adj, comm)) = predict::process(pid, self.page) else {
+                continue;
+            };
+            let pages = raw
+                .rss_pages
+                .saturating_add(raw.swap_pages)
+                .saturating_add(raw.pgtables_bytes / self.page);
+            let mut track = self.tasks.remove(&pid).unwrap_or_else(|| Track {
+                samples: VecDeque::new(),
+                adj,
+                comm: comm.clone(),
+            });
+            if track.comm != comm {
+                // An exec, or the pid reused: its past says nothing of it.
+                track.samples.clear();
+                track.comm = comm;
+            }
+            track.adj = adj;
+            track.samples.push_back((now_ns, pages));
+            while track
+                .samples
+                .front()
+                .is_some_and(|(t, _)| *t + WINDOWS_NS[1] < now_ns)
+            {
+                track.samples.pop_front();
+            }
+            seen.insert(pid, track);
+        }
+        self.tasks = seen;
+        self.killed.retain(|_, at| *at + KILLED_FOR_NS > now_ns);
+        self.scanned_ns = now_ns;
+        self.scan_cost_ns = started.elapsed().as_nanos() as u64;
+        self.next_scan_ns = now_ns + SCAN_EVERY_NS.max(self.scan_cost_ns * SCAN_BUDGET);
+    }
+
+    /// A forecast at `now_ns` (CLOCK_MONOTONIC), from `counters` when they are the domain's
+    /// (read just now), else from the domain's own files. `None`: the domain cannot be read.
+    pub fn sample(&mut self, now_ns: u64, counters: Option<&Counters>) -> Option<Forecast> {
+        let read;
+        let counters = match counters {
+            Some(c) => c,
+            None => {
+                read = self.domain.counters().ok()?;
+                &read
+            }
+        };
+        let unreclaimable = counters.usage_bytes.saturating_sub(counters.file_bytes);
+        if let Some(&(_, last)) = self.usage.back()
+            && unreclaimable + (8 << 20).max(self.limit / 16) < last
+        {
+            self.usage.clear();
+        }
+        self.usage.push_back((now_ns, unreclaimable));
+        while self
+            .usage
+            .front()
+            .is_some_and(|(t, _)| *t + WINDOWS_NS[1] < now_ns)
+        {
+            self.usage.pop_front();
+        }
+        if now_ns >= self.next_scan_ns {
+            self.scan(now_ns);
+        }
+        let forecast = self.forecast(now_ns, unreclaimable);
+        self.remember(now_ns, &forecast);
+        Some(forecast)
+    }
+
+    /// The growth to forecast from: the short window's fit when it rose or fell by 1 MiB,
+    /// else the long one's; with the window used (ns) and whether it is growth at all.
+    fn growth(&self, now_ns: u64) -> Option<(f64, u64, bool)> {
+        let mut found = None;
+        for window in WINDOWS_NS {
+            let Some((slope, span)) = fit(&self.usage, now_ns.saturating_sub(window)) else {
+                continue;
+            };
+            let moved = (slope * span).abs() >= FLAT_BYTES;
+            found = Some((slope, window, moved && slope > 0.0));
+            if moved {
+                break;
+            }
+        }
+        found
+    }
+
+    fn forecast(&mut self, now_ns: u64, unreclaimable: u64) -> Forecast {
+        let growth = self.growth(now_ns);
+        let headroom = self.limit.saturating_sub(unreclaimable);
+        let oom_in_ms = match growth {
+            Some((rate, _, true)) => {
+                let ms = (headroom as f64 / rate * 1000.0).round() as u64;
+                (ms <= HORIZON_MS).then_some(ms)
+            }
+            _ => None,
+        };
+        let window = growth.map_or(WINDOWS_NS[0], |(_, w, _)| w);
+        // Each process's memory at the expected OOM: its own growth over the same window,
+        // from its last reading on.
+        let at_ns = now_ns + oom_in_ms.unwrap_or(0) * 1_000_000;
+        let page_kib = self.page / 1024;
+        let mut ranked: Vec<(Projected, u64)> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.adj != -1000)
+            .filter_map(|(&pid, t)| {
+                let &(last_ns, pages) = t.samples.back()?;
+                let slope = task_slope(&t.samples, now_ns.saturating_sub(window));
+                let ahead = at_ns.saturating_sub(last_ns) as f64 / SEC as f64;
+                let projected = (pages as f64 + slope * ahead).max(0.0) as u64;
+                let points = i64::try_from(projected)
+                    .unwrap_or(i64::MAX)
+                    .saturating_add(points::adj_points(t.adj, self.totalpages));
+                Some((
+                    Projected {
+                        pid,
+                        comm: t.comm.clone(),
+                        points,
+                        oom_score_adj: t.adj,
+                        memory_kib: pages * page_kib,
+                        projected_kib: projected * page_kib,
+                    },
+                    pid as u64,
+                ))
+            })
+            .collect();
+        // Highest points first; among equals the kernel keeps the one it met last, which
+        // this cannot know: the higher pid, for a stable answer.
+        ranked.sort_by(|a, b| b.0.points.cmp(&a.0.points).then(b.1.cmp(&a.1)));
+        self.ranking = ranked
+            .iter()
+            .map(|(p, _)| Ranked {
+                pid: p.pid,
+                points: p.points,
+                adj: p.oom_score_adj,
+                projected_kib: p.projected_kib,
+            })
+            .collect();
+        let mut ranked = ranked.into_iter().map(|(p, _)| p);
+        let victim = ranked.next();
+        let runner_up = ranked.next();
+        let basis = self.basis(now_ns, unreclaimable, growth, oom_in_ms);
+        Forecast {
+            oom_in_ms,
+            margin_points: victim
+                .as_ref()
+                .zip(runner_up.as_ref())
+                .map(|(v, r)| v.points - r.points),
+            victim,
+            runner_up,
+            domain: self.domain.path.clone(),
+            limit_bytes: self.limit,
+            unreclaimable_bytes: unreclaimable,
+            growth_bytes_per_s: growth.map(|(rate, _, _)| rate.round() as i64),
+            basis,
+        }
+    }
+
+    fn basis(
+        &self,
+        now_ns: u64,
+        unreclaimable: u64,
+        growth: Option<(f64, u64, bool)>,
+        oom_in_ms: Option<u64>,
+    ) -> String {
+        let usage = format!(
+            "unreclaimable memory (anon, shmem, kernel; page cache left out) {} of the {} limit",
+            Bytes(unreclaimable),
+            Bytes(self.limit)
+        );
+        let trend = match growth {
+            None => "too few samples for a trend yet".to_owned(),
+            Some((rate, window, growing)) => {
+                let per_s = format!(
+                    "{}{}/s over the last {}s",
+                    if rate < 0.0 { "-" } else { "+" },
+                    Bytes(rate.abs() as u64),
+                    window / SEC
+                );
+                match (growing, oom_in_ms) {
+                    (true, Some(_)) => format!("rising {per_s}"),
+                    (true, None) => format!("rising {per_s}, too slowly for an OOM within a day"),
+                    (false, _) => format!("flat or falling ({per_s}): no OOM coming"),
+                }
+            }
+        };
+        let procs = self.tasks.values().filter(|t| t.adj != -1000).count();
+        let age = now_ns.saturating_sub(self.scanned_ns) as f64 / SEC as f64;
+        let who = match oom_in_ms {
+            Some(ms) => format!(
+                "{procs} process(es)' memory projected {} ahead from their own growth",
+                seconds(ms)
+            ),
+            None => format!("{procs} process(es) ranked as they are"),
+        };
+        format!("{usage}, {trend}; {who} (read {age:.1}s ago)")
+    }
+
+    fn remember(&mut self, now_ns: u64, forecast: &Forecast) {
+        let pid = forecast.victim.as_ref().map(|v| v.pid);
+        if self.runs.back().is_none_or(|r| r.pid != pid) {
+            self.runs.push_back(Run {
+                pid,
+                comm: forecast.victim.as_ref().map(|v| v.comm.clone()),
+                first_ns: now_ns,
+            });
+            if self.runs.len() > 64 {
+                self.runs.pop_front();
+            }
+        }
+        self.etas.push_back((now_ns, forecast.oom_in_ms));
+        while self
+            .etas
+            .front()
+            .is_some_and(|(t, _)| *t + ETA_AHEAD_NS + 10 * SEC < now_ns)
+        {
+            self.etas.pop_front();
+        }
+    }
+
+    /// Scores the forecast against an OOM kill: `None` for a kill outside the domain (or a
+    /// victim that was only marked, already exiting). The victim is left out of the next
+    /// forecasts, and the domain's trend starts again: its memory is being freed.
+    pub fn score(&mut self, kill: &Explained) -> Option<KillForecast> {
+        if kill.kill_confirmed == Some(false) {
+            return None;
+        }
+        if kill.domain.as_ref()?.cgroup_id != self.domain_id {
+            return None;
+        }
+        let pid = kill.victim.victim.task.pid?;
+        let at = kill.ts_ns;
+        let run = self.runs.iter().rev().find(|r| r.first_ns <= at);
+        let predicted_pid = run.and_then(|r| r.pid);
+        let hit = predicted_pid == Some(pid);
+        let lead_ms = run.filter(|_| hit).map(|r| (at - r.first_ns) / 1_000_000);
+        let missed_because = (!hit).then(|| self.why_missed(kill, run.is_some(), predicted_pid));
+        let result = KillForecast {
+            predicted_pid,
+            predicted_comm: run.and_then(|r| r.comm.clone()),
+            hit,
+            lead_ms,
+            missed_because,
+            eta: self.eta_check(at),
+        };
+        self.tally.kills += 1;
+        if hit {
+            self.tally.hits += 1;
+            self.tally.leads.extend(lead_ms);
+        }
+        if let Some(e) = result.eta.as_ref().and_then(|e| e.error_pct) {
+            self.tally.eta_errors.push(e.abs());
+        }
+        self.killed.insert(pid, at);
+        self.tasks.remove(&pid);
+        self.usage.clear();
+        // The time-to-OOM forecasts so far were of this kill.
+        self.etas.retain(|(t, _)| *t > at);
+        Some(result)
+    }
+
+    /// The time-to-OOM forecast made closest to 5 s before `at` (within a second of it).
+    fn eta_check(&self, at: u64) -> Option<EtaCheck> {
+        let want = at.checked_sub(ETA_AHEAD_NS)?;
+        let &(ns, forecast_ms) = self
+            .etas
+            .iter()
+            .filter(|(t, _)| *t < at && t.abs_diff(want) <= SEC)
+            .min_by_key(|(t, _)| t.abs_diff(want))?;
+        let ahead_ms = (at - ns) / 1_000_000;
+        Some(EtaCheck {
+            ahead_ms,
+            forecast_ms,
+            error_pct: forecast_ms.map(|f| {
+                ((f as f64 - ahead_ms as f64) / ahead_ms.max(1) as f64 * 1000.0).round() / 10.0
+            }),
+        })
+    }
+
+    /// What the forecast did not foresee: the kernel's figures at the kill against the last
+    /// ranking.
+    fn why_missed(&self, kill: &Explained, any: bool, predicted: Option<u32>) -> String {
+        let Some(predicted) = predicted else {
+            return if any {
+                "no eligible process in the domain at the last forecast".to_owned()
+            } else {
+                "the kill came before the first forecast".to_owned()
+            };
+        };
+        let task = &kill.victim.victim.task;
+        let who = format!(
+            "{} (pid {})",
+            task.comm.as_deref().unwrap_or("?"),
+            task.pid.unwrap_or(0)
+        );
+        let Some(mine) = self.ranking.iter().find(|r| Some(r.pid) == task.pid) else {
+            return format!(
+                "{who} was not among the domain's processes at the last forecast: it started \
+                 or moved in since"
+            );
+        };
+        if let Some(adj) = task.oom_score_adj
+            && adj != mine.adj
+        {
+            return format!("{who}'s oom_score_adj moved from {} to {adj}", mine.adj);
+        }
+        let theirs = self.ranking.iter().find(|r| r.pid == predicted);
+        let kernel = kill.candidates.iter().find(|c| c.pid == Some(predicted));
+        if let (Some(theirs), Some(kernel)) = (theirs, kernel)
+            && let Some(adj) = kernel.oom_score_adj
+            && adj != theirs.adj
+        {
+            return format!(
+                "the forecast victim (pid {predicted})'s oom_score_adj moved from {} to {adj}",
+                theirs.adj
+            );
+        }
+        let victim_jump = kill.victim.points.map(|p| p - mine.points);
+        let predicted_short = theirs.zip(kernel).map(|(t, k)| t.points - k.points);
+        match (victim_jump, predicted_short) {
+            (_, None) if kernel.is_none() => format!(
+                "the forecast victim (pid {predicted}) was not a candidate at the kill (it \
+                 exited, or was exempt)"
+            ),
+            (Some(jump), short) if jump >= short.unwrap_or(0) => format!(
+                "{who} jumped: {} points at the kill, {} forecast ({} forecast)",
+                kill.victim.points.unwrap_or(0),
+                mine.points,
+                Bytes(mine.projected_kib * 1024)
+            ),
+            (_, Some(short)) => format!(
+                "the forecast victim (pid {predicted}) grew less than its trend: {} points \
+                 at the kill, {} forecast",
+                theirs.map_or(0, |t| t.points) - short,
+                theirs.map_or(0, |t| t.points)
+            ),
+            _ => "the kernel's figures at the kill differ from the forecast's".to_owned(),
+        }
+    }
+
+    /// How the forecasts did so far.
+    pub fn score_so_far(&self) -> ForecastScore {
+        ForecastScore {
+            kills: self.tally.kills,
+            hits: self.tally.hits,
+            median_lead_ms: median_u64(&self.tally.leads),
+            median_eta_error_pct: median_f64(&self.tally.eta_errors)
+                .map(|e| (e * 10.0).round() / 10.0),
+        }
+    }
+}
+
+fn median_u64(values: &[u64]) -> Option<u64> {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2),
+    }
+}
+
+fn median_f64(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
