@@ -207,6 +207,16 @@ fn seconds(ms: u64) -> String {
     format!("{:.1}s", ms as f64 / 1000.0)
 }
 
+/// One process as a scan read it.
+#[derive(Clone, Debug)]
+struct Reading {
+    pid: u32,
+    /// RSS + swap + page tables, in pages.
+    pages: u64,
+    adj: i16,
+    comm: String,
+}
+
 /// A process followed from scan to scan.
 #[derive(Clone, Debug)]
 struct Track {
@@ -367,30 +377,47 @@ impl Forecaster {
         self.read_limit();
         let mut pids = Vec::new();
         predict::procs_below(&self.domain, &mut pids);
-        let mut seen = HashMap::with_capacity(pids.len());
-        for pid in pids {
-            if self.killed.contains_key(&pid) {
+        let readings = pids
+            .into_iter()
+            .filter(|pid| !self.killed.contains_key(pid))
+            .filter_map(|pid| {
+                let (raw, adj, comm) = predict::process(pid, self.page)?;
+                let pages = raw
+                    .rss_pages
+                    .saturating_add(raw.swap_pages)
+                    .saturating_add(raw.pgtables_bytes / self.page);
+                Some(Reading {
+                    pid,
+                    pages,
+                    adj,
+                    comm,
+                })
+            })
+            .collect();
+        self.take(now_ns, readings);
+        self.scan_cost_ns = started.elapsed().as_nanos() as u64;
+        self.next_scan_ns = now_ns + SCAN_EVERY_NS.max(self.scan_cost_ns * SCAN_BUDGET);
+    }
+
+    /// The processes as read at `now_ns`: those not read are gone.
+    fn take(&mut self, now_ns: u64, readings: Vec<Reading>) {
+        let mut seen = HashMap::with_capacity(readings.len());
+        for r in readings {
+            if self.killed.contains_key(&r.pid) {
                 continue;
             }
-            let Some((raw, adj, comm)) = predict::process(pid, self.page) else {
-                continue;
-            };
-            let pages = raw
-                .rss_pages
-                .saturating_add(raw.swap_pages)
-                .saturating_add(raw.pgtables_bytes / self.page);
-            let mut track = self.tasks.remove(&pid).unwrap_or_else(|| Track {
+            let mut track = self.tasks.remove(&r.pid).unwrap_or_else(|| Track {
                 samples: VecDeque::new(),
-                adj,
-                comm: comm.clone(),
+                adj: r.adj,
+                comm: r.comm.clone(),
             });
-            if track.comm != comm {
+            if track.comm != r.comm {
                 // An exec, or the pid reused: its past says nothing of it.
                 track.samples.clear();
-                track.comm = comm;
+                track.comm = r.comm;
             }
-            track.adj = adj;
-            track.samples.push_back((now_ns, pages));
+            track.adj = r.adj;
+            track.samples.push_back((now_ns, r.pages));
             while track
                 .samples
                 .front()
@@ -398,13 +425,11 @@ impl Forecaster {
             {
                 track.samples.pop_front();
             }
-            seen.insert(pid, track);
+            seen.insert(r.pid, track);
         }
         self.tasks = seen;
         self.killed.retain(|_, at| *at + KILLED_FOR_NS > now_ns);
         self.scanned_ns = now_ns;
-        self.scan_cost_ns = started.elapsed().as_nanos() as u64;
-        self.next_scan_ns = now_ns + SCAN_EVERY_NS.max(self.scan_cost_ns * SCAN_BUDGET);
     }
 
     /// A forecast at `now_ns` (CLOCK_MONOTONIC), from `counters` when they are the domain's
@@ -419,6 +444,14 @@ impl Forecaster {
             }
         };
         let unreclaimable = counters.usage_bytes.saturating_sub(counters.file_bytes);
+        if now_ns >= self.next_scan_ns {
+            self.scan(now_ns);
+        }
+        Some(self.step(now_ns, unreclaimable))
+    }
+
+    /// The forecast at `now_ns` with the domain's unreclaimable memory at `unreclaimable`.
+    fn step(&mut self, now_ns: u64, unreclaimable: u64) -> Forecast {
         if let Some(&(_, last)) = self.usage.back()
             && unreclaimable + (8 << 20).max(self.limit / 16) < last
         {
@@ -432,12 +465,9 @@ impl Forecaster {
         {
             self.usage.pop_front();
         }
-        if now_ns >= self.next_scan_ns {
-            self.scan(now_ns);
-        }
         let forecast = self.forecast(now_ns, unreclaimable);
         self.remember(now_ns, &forecast);
-        Some(forecast)
+        forecast
     }
 
     /// The growth to forecast from: the short window's fit when it rose or fell by 1 MiB,
@@ -645,7 +675,9 @@ impl Forecaster {
             ahead_ms,
             forecast_ms,
             error_pct: forecast_ms.map(|f| {
+                // `+ 0.0`: no `-0` in the line.
                 ((f as f64 - ahead_ms as f64) / ahead_ms.max(1) as f64 * 1000.0).round() / 10.0
+                    + 0.0
             }),
         })
     }
@@ -740,5 +772,277 @@ fn median_f64(values: &[f64]) -> Option<f64> {
         0 => None,
         n if n % 2 == 1 => Some(v[n / 2]),
         n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        explain::{Explainer, Output, record::Record},
+        target::cgroup::{Hierarchy, Version},
+    };
+
+    const MIB: u64 = 1 << 20;
+    const PAGE: u64 = 4096;
+    const MS: u64 = 1_000_000;
+
+    /// A forecaster of a 128 MiB domain (kernel id 70, as the sample kill's) that never reads
+    /// /proc: the tests give it the processes.
+    fn forecaster() -> Forecaster {
+        let domain = Cgroup {
+            hierarchy: Hierarchy::at(Version::V2, "/nonexistent"),
+            path: "/pod".to_owned(),
+            dir: "/nonexistent/pod".into(),
+        };
+        Forecaster {
+            domain,
+            domain_id: 70,
+            limit: 128 * MIB,
+            totalpages: 128 * MIB / PAGE,
+            page: PAGE,
+            swap_total_pages: 0,
+            usage: VecDeque::new(),
+            tasks: HashMap::new(),
+            killed: HashMap::new(),
+            next_scan_ns: u64::MAX,
+            scanned_ns: 0,
+            scan_cost_ns: 0,
+            runs: VecDeque::new(),
+            etas: VecDeque::new(),
+            ranking: Vec::new(),
+            tally: Tally::default(),
+        }
+    }
+
+    fn reading(pid: u32, mib: u64, adj: i16, comm: &str) -> Reading {
+        Reading {
+            pid,
+            pages: mib * MIB / PAGE,
+            adj,
+            comm: comm.to_owned(),
+        }
+    }
+
+    /// `steady` holds 20 MiB at oom_score_adj 500 (62.5 MiB's worth of points in a 128 MiB
+    /// domain); `leaky` starts at 10 MiB and grows 10 MiB/s, as does the domain's
+    /// unreclaimable memory (from 30 MiB). One sample every 100 ms for `ms`.
+    fn leak(f: &mut Forecaster, from_ms: u64, ms: u64) -> Forecast {
+        let mut last = None;
+        for t in (from_ms..=from_ms + ms).step_by(100) {
+            let leaky = 10 + t / 100;
+            f.take(
+                t * MS,
+                vec![
+                    reading(100, 20, 500, "steady"),
+                    reading(200, leaky, 0, "leaky"),
+                ],
+            );
+            last = Some(f.step(t * MS, (30 + t / 100) * MIB));
+        }
+        last.expect("a sample")
+    }
+
+    fn kill_of(pid: u32, at_ns: u64) -> Explained {
+        let raw = crate::explain::record::tests::sample_raw();
+        let kill = crate::explain::record::OomKill::from_raw(&raw, PAGE);
+        let mut explainer = Explainer::new(None, 0);
+        let out = explainer.batch(vec![Record::Victim(Box::new(kill))], &|_| None);
+        let Output::Kill(e) = &out[0] else {
+            panic!("a kill")
+        };
+        let mut e = (**e).clone();
+        e.ts_ns = at_ns;
+        e.victim.victim.task.pid = Some(pid);
+        e.victim.victim.task.tid = Some(pid);
+        e.victim.victim.task.oom_score_adj = Some(0);
+        e
+    }
+
+    #[test]
+    fn the_fit_is_exact_on_a_line() {
+        let points: VecDeque<(u64, u64)> = (0..20).map(|i| (i * 100 * MS, 1000 + i * 50)).collect();
+        let (slope, span) = fit(&points, 0).expect("a fit");
+        assert!((slope - 500.0).abs() < 1e-6, "{slope}");
+        assert!((span - 1.9).abs() < 1e-9);
+        assert!(fit(&points, 18 * 100 * MS).is_none(), "two points");
+    }
+
+    #[test]
+    fn a_leak_is_timed_and_its_victim_named_before_it_leads_the_ranking() {
+        let mut f = forecaster();
+        let forecast = leak(&mut f, 0, 2000);
+        // At 2 s: 50 MiB unreclaimable, +10 MiB/s: the limit in 7.8 s.
+        let ms = forecast.oom_in_ms.expect("an OOM is coming");
+        assert!((7700..=7900).contains(&ms), "{ms}");
+        // Now steady leads (5120 + 16000 points against leaky's 7680); at the OOM leaky
+        // holds 108 MiB (27648 points).
+        let v = forecast.victim.expect("a victim");
+        assert_eq!((v.pid, v.comm.as_str()), (200, "leaky"));
+        assert!((27_400..=27_900).contains(&v.points), "{}", v.points);
+        let r = forecast.runner_up.expect("a runner-up");
+        assert_eq!((r.pid, r.points), (100, 5120 + 16_000));
+        assert_eq!(forecast.margin_points, Some(v.points - r.points));
+        assert!(forecast.basis.contains("rising"), "{}", forecast.basis);
+    }
+
+    #[test]
+    fn flat_memory_has_no_time_but_still_a_victim() {
+        let mut f = forecaster();
+        let mut last = None;
+        for t in (0..3000u64).step_by(100) {
+            f.take(
+                t * MS,
+                vec![reading(100, 20, 500, "steady"), reading(200, 30, 0, "big")],
+            );
+            // Jitter of a few pages, as the kernel's per-CPU charge batches give.
+            last = Some(f.step(t * MS, 60 * MIB + (t % 300) * 1024));
+        }
+        let forecast = last.expect("a sample");
+        assert_eq!(forecast.oom_in_ms, None, "{}", forecast.basis);
+        assert_eq!(forecast.victim.map(|v| v.pid), Some(100));
+        assert!(
+            forecast.basis.contains("no OOM coming"),
+            "{}",
+            forecast.basis
+        );
+    }
+
+    #[test]
+    fn page_cache_does_not_make_it_cry_wolf() {
+        let mut f = forecaster();
+        let mut last = None;
+        for t in (0..3000u64).step_by(100) {
+            // A file being written: usage and page cache rise together, 20 MiB/s.
+            let cache = t / 50 * MIB;
+            let counters = Counters {
+                usage_bytes: 40 * MIB + cache,
+                file_bytes: cache,
+                ..Counters::default()
+            };
+            last = f.sample(t * MS, Some(&counters));
+        }
+        let forecast = last.expect("a sample");
+        assert_eq!(forecast.unreclaimable_bytes, 40 * MIB);
+        assert_eq!(forecast.oom_in_ms, None, "{}", forecast.basis);
+    }
+
+    #[test]
+    fn slow_growth_is_found_over_the_long_window() {
+        let mut f = forecaster();
+        let mut last = None;
+        // 100 KiB/s: 0.5 MiB in 5 s, 3 MiB in 30 s.
+        for t in (0..30_000u64).step_by(500) {
+            last = Some(f.step(t * MS, 64 * MIB + t * 100 * 1024 / 1000));
+        }
+        let forecast = last.expect("a sample");
+        let ms = forecast.oom_in_ms.expect("an OOM is coming");
+        // 61 MiB left at 100 KiB/s: 625 s.
+        assert!((620_000..=630_000).contains(&ms), "{ms}");
+        assert!(forecast.basis.contains("60s"), "{}", forecast.basis);
+    }
+
+    #[test]
+    fn a_drop_starts_the_trend_again() {
+        let mut f = forecaster();
+        leak(&mut f, 0, 3000);
+        // Something freed 40 MiB: the fit must not see a fall.
+        let forecast = f.step(3100 * MS, 20 * MIB);
+        assert_eq!(forecast.growth_bytes_per_s, None, "{}", forecast.basis);
+    }
+
+    #[test]
+    fn a_kill_is_scored_with_its_lead_and_its_time_to_oom() {
+        let mut f = forecaster();
+        leak(&mut f, 0, 7700);
+        // The limit is reached at 9.8 s; the kill comes then.
+        let scored = f.score(&kill_of(200, 9800 * MS)).expect("in the domain");
+        assert!(scored.hit, "{scored:?}");
+        assert_eq!(scored.predicted_pid, Some(200));
+        // Named from the first forecast with a trend (the fit needs 0.5 s).
+        let lead = scored.lead_ms.expect("a lead");
+        assert!((9_000..=9_800).contains(&lead), "{lead}");
+        let eta = scored.eta.expect("a forecast 5 s before");
+        assert_eq!(eta.ahead_ms, 5000);
+        let error = eta.error_pct.expect("an error");
+        assert!(error.abs() <= 5.0, "{eta:?}");
+        let score = f.score_so_far();
+        assert_eq!((score.kills, score.hits), (1, 1));
+        assert_eq!(score.median_lead_ms, Some(lead));
+        // The victim is gone from the forecasts; steady is next.
+        let next = f.step(9900 * MS, 30 * MIB);
+        assert_eq!(next.victim.map(|v| v.pid), Some(100));
+    }
+
+    #[test]
+    fn a_miss_says_what_the_forecast_did_not_foresee() {
+        let mut f = forecaster();
+        leak(&mut f, 0, 3000);
+        // A process the forecast never saw is killed.
+        let scored = f.score(&kill_of(999, 3050 * MS)).expect("in the domain");
+        assert!(!scored.hit);
+        assert_eq!(scored.predicted_pid, Some(200));
+        assert_eq!(scored.lead_ms, None);
+        let why = scored.missed_because.clone().expect("why");
+        assert!(why.contains("not among the domain's processes"), "{why}");
+        assert!(scored.text().contains("forecast had named leaky (pid 200)"));
+        // Its oom_score_adj moved: steady at 1000 by the kill.
+        let mut f = forecaster();
+        leak(&mut f, 0, 3000);
+        let mut kill = kill_of(100, 3050 * MS);
+        kill.victim.victim.task.oom_score_adj = Some(1000);
+        let why = f.score(&kill).and_then(|s| s.missed_because).expect("why");
+        assert!(
+            why.contains("oom_score_adj moved from 500 to 1000"),
+            "{why}"
+        );
+        assert_eq!(f.score_so_far().median_lead_ms, None);
+    }
+
+    #[test]
+    fn kills_elsewhere_are_not_scored() {
+        let mut f = forecaster();
+        leak(&mut f, 0, 1000);
+        let mut kill = kill_of(200, 1100 * MS);
+        kill.domain.as_mut().expect("a domain").cgroup_id = 71;
+        assert!(f.score(&kill).is_none());
+        let mut kill = kill_of(200, 1100 * MS);
+        kill.kill_confirmed = Some(false);
+        assert!(f.score(&kill).is_none());
+        assert_eq!(f.score_so_far().kills, 0);
+    }
+
+    #[test]
+    fn a_second_kill_is_not_checked_against_the_first_ones_time() {
+        let mut f = forecaster();
+        leak(&mut f, 0, 7700);
+        f.score(&kill_of(200, 9800 * MS)).expect("scored");
+        // 2 s later, another kill: the forecasts 5 s before it were of the first.
+        f.step(10_000 * MS, 30 * MIB);
+        let second = f.score(&kill_of(100, 11_800 * MS)).expect("scored");
+        assert_eq!(second.eta, None);
+    }
+
+    #[test]
+    fn text_says_when_and_who() {
+        let mut f = forecaster();
+        let forecast = leak(&mut f, 0, 2000);
+        let text = forecast.text();
+        assert!(
+            text.starts_with("OOM in ~7.8s in /pod: victim leaky (pid 200)"),
+            "{text}"
+        );
+        assert!(text.contains("over steady (pid 100)"), "{text}");
+        let score = ForecastScore {
+            kills: 3,
+            hits: 2,
+            median_lead_ms: Some(4200),
+            median_eta_error_pct: Some(7.5),
+        };
+        assert_eq!(
+            score.text(),
+            "forecast: 2 of 3 victim(s) named beforehand, median lead 4.2s, time to OOM 5 s \
+             ahead off by 8% (median)"
+        );
     }
 }

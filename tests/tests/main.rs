@@ -10,6 +10,7 @@ mod events;
 mod explain;
 mod faults;
 mod follow_real;
+mod forecast;
 mod input;
 mod k8s;
 mod kill;
