@@ -150,13 +150,13 @@ impl Forecast {
         };
         let who = match (&self.victim, &self.runner_up) {
             (None, _) => "no process could be chosen".to_owned(),
-            (Some(v), None) => format!("{} (pid {}) {} points", v.comm, v.pid, v.points),
+            (Some(v), None) => format!("{} (pid {}) {} points", v.comm, v.pid, group(v.points)),
             (Some(v), Some(r)) => format!(
-                "{} (pid {}) {} points, {:+} over {} (pid {})",
+                "{} (pid {}) {} points, {} more than {} (pid {})",
                 v.comm,
                 v.pid,
-                v.points,
-                v.points - r.points,
+                group(v.points),
+                group(v.points - r.points),
                 r.comm,
                 r.pid
             ),
@@ -201,6 +201,10 @@ impl ForecastScore {
             self.hits, self.kills
         )
     }
+}
+
+fn group(n: i64) -> String {
+    crate::size::group(i128::from(n))
 }
 
 fn seconds(ms: u64) -> String {
@@ -1032,7 +1036,7 @@ mod tests {
             text.starts_with("OOM in ~7.8s in /pod: victim leaky (pid 200)"),
             "{text}"
         );
-        assert!(text.contains("over steady (pid 100)"), "{text}");
+        assert!(text.contains("more than steady (pid 100)"), "{text}");
         let score = ForecastScore {
             kills: 3,
             hits: 2,

@@ -105,8 +105,8 @@ pub struct KillContext {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_target: Option<bool>,
     /// What the forecast said before the kill (`run`, and `watch` of a cgroup, for kills in
-    /// the domain they forecast; absent otherwise).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// the domain they forecast): the `oom_kill` line's `forecast`.
+    #[serde(skip)]
     pub forecast: Option<KillForecast>,
 }
 
@@ -121,6 +121,10 @@ pub struct KillLine {
     /// What the caller knows of the victim.
     #[serde(flatten)]
     pub context: KillContext,
+    /// What the forecast said before the kill (`run`, and `watch` of a cgroup, for kills in
+    /// the domain they forecast; absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<KillForecast>,
 }
 
 /// `oom_collateral`.

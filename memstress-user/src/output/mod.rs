@@ -230,6 +230,7 @@ impl Reporter {
             time: rfc3339(self.clock.unix_ns(kill.ts_ns)),
             kill: kill.clone(),
             context: context.clone(),
+            forecast: context.forecast.clone(),
         };
         self.emit(&if kill.kill_confirmed == Some(false) {
             Line::OomVictimExiting(Cow::Owned(line))
@@ -333,6 +334,7 @@ mod tests {
             time: "t".into(),
             kill: (**e).clone(),
             context,
+            forecast: None,
         }
     }
 

@@ -105,7 +105,7 @@ pub fn describe_kill(k: &KillLine) -> String {
             &pressure[1..]
         ));
     }
-    if let Some(forecast) = &k.context.forecast {
+    if let Some(forecast) = &k.forecast {
         line.push_str(&format!(" [{}]", forecast.text()));
     }
     line

@@ -129,8 +129,8 @@ pub fn measure(ctx: &Ctx) -> Result<Vec<Row>> {
         )
         .at_most(1.0)
         .note(format!(
-            "memstress counts its controller (sampling the cgroup every 100 ms, `-o json`) and \
-             its stressor; the `memstress run` controller's peak RSS was at most {rss_max:.1} \
+            "memstress counts its controller (sampling the cgroup every 100 ms and forecasting its \
+             next OOM kill from it and /proc, `-o json`) and its stressor; the `memstress run` controller's peak RSS was at most {rss_max:.1} \
              MiB"
         )),
     ])
