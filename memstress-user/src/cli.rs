@@ -309,9 +309,9 @@ pub struct WatchArgs {
     /// With --cgroup, --pod or --container: sample the watched cgroup this often (100ms to
     /// 1h): a `sample` line each time, with the forecast of its OOM domain's next kill (when
     /// it comes, and whom the kernel's formula will choose then); every kill in that domain
-    /// is scored against it. A node-wide watch does not sample.
-    #[arg(long, value_name = "D", default_value = "1s", value_parser = parse_interval)]
-    pub interval: Duration,
+    /// is scored against it. A node-wide watch does not sample. Default: 1s.
+    #[arg(long, value_name = "D", value_parser = parse_interval)]
+    pub interval: Option<Duration>,
 
     /// Print which probes this kernel accepted and what each contributes, then exit.
     #[arg(long)]

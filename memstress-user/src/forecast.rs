@@ -172,6 +172,9 @@ impl KillForecast {
     /// What the forecast said, for the kill's text line.
     pub fn text(&self) -> String {
         match (self.hit, self.lead_ms, self.predicted_pid) {
+            (true, Some(lead), _) if lead < 1000 => {
+                format!("forecast named it, {lead} ms ahead")
+            }
             (true, Some(lead), _) => format!("forecast named it {} ahead", seconds(lead)),
             (true, None, _) => "forecast named it".to_owned(),
             (false, _, None) => format!(

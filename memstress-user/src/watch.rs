@@ -31,8 +31,8 @@ pub struct Options {
     pub cgroup: Option<String>,
     /// Stop after this long.
     pub duration: Option<Duration>,
-    /// How often a watched cgroup is sampled (and its next OOM kill forecast).
-    pub interval: Duration,
+    /// How often a watched cgroup is sampled (and its next OOM kill forecast); `None`: 1 s.
+    pub interval: Option<Duration>,
     /// Print which probes attached and exit.
     pub explain_probes: bool,
     /// Serve Prometheus/OpenMetrics metrics at this address.
@@ -221,9 +221,16 @@ pub async fn watch(opts: Options, reporter: &Reporter) -> Result<i32> {
     let names = Names::new(opts.runtime_state.clone(), Hierarchy::discover().ok());
     let mut observer = Observer::new(probes, explainer(filter.as_ref()), names)
         .map_err(|e| Error::io("reading the BPF ring buffer", e))?;
+    if filter.is_none() && opts.interval.is_some() {
+        tracing::warn!(
+            "--interval samples a watched cgroup (--cgroup, --pod, --container); a node-wide \
+             watch does not sample"
+        );
+    }
+    let interval = opts.interval.unwrap_or(Duration::from_secs(1));
     let mut sampler = filter
         .as_ref()
-        .and_then(|(cgroup, _)| Sampler::new(cgroup, opts.interval));
+        .and_then(|(cgroup, _)| Sampler::new(cgroup, interval));
     let (counts, stopped_by) = observe(
         &mut observer,
         names_filter,
