@@ -382,6 +382,8 @@ impl Sampler {
             stressors_charge_bytes: 0,
             stressors_alive: 0,
             run_oom_kills: kills,
+            psi: crate::target::psi::Psi::of(&self.cgroup),
+            node_psi: crate::target::psi::Psi::node(),
             forecast,
         })
     }

@@ -136,6 +136,21 @@ fn run_forecasts_the_victim_before_it_leads() {
         "time to OOM 5 s ahead off by {error}%: {eta}"
     );
 
+    // Pressure beside the forecast: the node's PSI where the kernel has it, the target's own
+    // on v2 only; totals never go back.
+    let node_psi = std::path::Path::new("/proc/pressure/memory").exists();
+    let v2 = memstress_tests::hierarchy().version == memstress::target::cgroup::Version::V2;
+    let mut last = (0, 0);
+    for s in &samples {
+        assert_eq!(s["node_psi"].is_object(), node_psi, "{s}");
+        assert_eq!(s["psi"].is_object(), v2, "{s}");
+        if node_psi {
+            let total = s["node_psi"]["some_total_us"].as_u64().unwrap();
+            let full = s["node_psi"]["full_total_us"].as_u64().unwrap();
+            assert!(total >= last.0 && full >= last.1, "{s}");
+            last = (total, full);
+        }
+    }
     let summary = finished
         .lines
         .iter()

@@ -26,6 +26,7 @@ use crate::{
     target::{
         cgroup::{Counters, PeakScope},
         kube::Identity,
+        psi::Psi,
         workload::ContainerRef,
     },
 };
@@ -525,6 +526,12 @@ pub struct SampleLine {
     /// the domain cannot be read).
     #[serde(default)]
     pub forecast: Option<Forecast>,
+    /// The target's own memory pressure (v2 `memory.pressure`; `null` on v1).
+    #[serde(default)]
+    pub psi: Option<Psi>,
+    /// The node's memory pressure (`/proc/pressure/memory`; `null` on a kernel without PSI).
+    #[serde(default)]
+    pub node_psi: Option<Psi>,
 }
 
 /// How a run ended.

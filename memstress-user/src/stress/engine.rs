@@ -38,6 +38,7 @@ use crate::{
         cgroup::{self, Cgroup, CgroupError, Counters, Hierarchy, PeakScope},
         init::{self, Init},
         kube::{self, Identity, RuntimeState},
+        psi::Psi,
         workload::Names,
     },
 };
@@ -377,6 +378,8 @@ impl State {
             run_limit_hits: counters.limit_hits.saturating_sub(self.start.limit_hits),
             run_oom_kills: self.run_kills(),
             forecast,
+            psi: Psi::of(&self.target),
+            node_psi: Psi::node(),
         };
         if self.status_line {
             reporter.status(&status_text(&line, self.progress(&counters)));
@@ -1010,9 +1013,14 @@ fn status_text(s: &SampleLine, progress: Option<f64>) -> String {
         },
         None => String::new(),
     };
+    let psi = match (&s.psi, &s.node_psi) {
+        (Some(p), _) => format!("; pressure {}", p.text()),
+        (None, Some(p)) => format!("; node pressure {}", p.text()),
+        (None, None) => String::new(),
+    };
     format!(
         "{bar}usage {}{limit}, working set {}, {} stressor(s) holding {}; since the start: \
-         limit hits {}, OOM kills {}{forecast}",
+         limit hits {}, OOM kills {}{psi}{forecast}",
         Bytes(s.counters.usage_bytes),
         Bytes(s.counters.working_set_bytes),
         s.stressors_alive,

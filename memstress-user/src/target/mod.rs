@@ -12,6 +12,7 @@ pub mod fixture;
 pub mod init;
 pub mod kube;
 pub mod lock;
+pub mod psi;
 pub mod workload;
 
 use crate::{
