@@ -20,6 +20,8 @@
 //! * [`stress`]: the plan (exact sizes), the stressor processes, the run's event loop.
 //! * [`probe`]: the BPF programs, loaded with offsets read from the running kernel's BTF.
 //! * [`explain`]: ring-buffer records decoded and joined into explained OOM kills.
+//! * [`forecast`]: the next OOM kill of a domain, forecast from its samples and /proc, and
+//!   scored against each kill the probes report.
 //! * [`replay`]: an incident from the kernel's OOM report (dmesg, the journal): parsed, and
 //!   its tasks ranked with the kernel's formula.
 //! * [`output`]: what the user reads: typed lines as text or JSON, and metrics.
