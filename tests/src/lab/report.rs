@@ -497,6 +497,8 @@ impl Scenario {
         s.forecast_kills.sort_by_key(|k| k.t_ms.unwrap_or(u64::MAX));
         s.forecasts = forecast_samples(events);
         s.forecast_scores = forecast_scores(events);
+        // In step order (a background run ends after the ones that followed it).
+        s.forecast_scores.sort_by_key(|(step, _)| *step);
         s
     }
 
@@ -1150,9 +1152,9 @@ fn forecast_vs_reality(out: &mut String, s: &Scenario) {
     } else {
         putln!(
             out,
-            "| # | kill at | victim | forecast named | hit | lead | named since | time to OOM forecast ~5 s before |"
+            "| # | run of step | kill at | victim | forecast named | hit | lead | named since | time to OOM forecast ~5 s before |"
         );
-        putln!(out, "|---:|---:|---|---|:---:|---:|---:|---|");
+        putln!(out, "|---:|---:|---:|---|---|:---:|---:|---:|---|");
         for (i, k) in s.forecast_kills.iter().enumerate() {
             let f = &k.forecast;
             let actual = match (&k.comm, k.pid) {
@@ -1177,8 +1179,9 @@ fn forecast_vs_reality(out: &mut String, s: &Scenario) {
             };
             putln!(
                 out,
-                "| {} | {} | {actual} | {predicted} | {} | {} | {} | {eta} |",
+                "| {} | {} | {} | {actual} | {predicted} | {} | {} | {} | {eta} |",
                 i + 1,
+                number_cell(k.step),
                 secs(k.t_ms.map(|t| t as f64 / 1000.0)),
                 if f.hit { "✅" } else { "❌" },
                 f.lead_ms.map_or("—".to_owned(), ms_secs),
@@ -1198,9 +1201,10 @@ fn forecast_vs_reality(out: &mut String, s: &Scenario) {
         let Some(end) = k.t_ms else { continue };
         putln!(
             out,
-            "### Kill {}: {} — what the forecast said before it",
+            "### Kill {}: {} — what the forecast of step {}'s run said before it",
             i + 1,
-            md(&who(k.pid, k.comm.as_deref()))
+            md(&who(k.pid, k.comm.as_deref())),
+            number_cell(k.step)
         );
         putln!(out);
         if let Some(why) = &k.forecast.missed_because {
@@ -2511,8 +2515,8 @@ mod tests {
         assert!(md.contains("## Forecast vs reality\n"), "{md}");
         assert!(
             md.contains(
-                "| 1 | 12.0 s | `memstress-vm` (500) | `memstress-vm` (500) | ✅ | 9.0 s | 3.0 s | \
-                 5.0 s before: 4.8 s forecast (-4.0%) |"
+                "| 1 | 0 | 12.0 s | `memstress-vm` (500) | `memstress-vm` (500) | ✅ | 9.0 s | 3.0 s \
+                 | 5.0 s before: 4.8 s forecast (-4.0%) |"
             ),
             "{md}"
         );
@@ -2524,7 +2528,9 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("### Kill 1: 500 (memstress-vm) — what the forecast said before it"),
+            md.contains(
+                "### Kill 1: 500 (memstress-vm) — what the forecast of step 0's run said before it"
+            ),
             "{md}"
         );
         // The first forecast named batch, if an OOM came then; 5 s before the kill the
