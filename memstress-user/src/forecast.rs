@@ -305,13 +305,15 @@ fn fit(points: &VecDeque<(u64, u64)>, since: u64) -> Option<(f64, f64)> {
 }
 
 /// Slope (per second) of a process's samples since `since`: a fit from 3 samples, the
-/// difference of 2, else none.
+/// difference of 2; when the scans came further apart than the window (they back off when
+/// a scan is slow), the difference of its last 2 samples; else none.
 fn task_slope(samples: &VecDeque<(u64, u64)>, since: u64) -> f64 {
     if let Some((slope, _)) = fit(samples, since) {
         return slope;
     }
-    let mut recent = samples.iter().filter(|(t, _)| *t >= since);
-    match (recent.next(), samples.back()) {
+    let in_window = samples.iter().filter(|(t, _)| *t >= since).count();
+    let first = samples.len() - in_window.max(2).min(samples.len());
+    match (samples.get(first), samples.back()) {
         (Some(&(t0, v0)), Some(&(t1, v1))) if t1 > t0 => {
             (v1 as f64 - v0 as f64) / ((t1 - t0) as f64 / SEC as f64)
         }
@@ -1051,5 +1053,21 @@ mod tests {
             "forecast: 2 of 3 victim(s) named beforehand, median lead 4.2s, time to OOM 5 s \
              ahead off by 8% (median)"
         );
+    }
+
+    #[test]
+    fn a_process_scanned_less_often_than_the_window_keeps_its_growth() {
+        // 1000 pages a second, scanned every 3 s: at 10 s, the 5 s window holds one sample.
+        let samples: VecDeque<(u64, u64)> = [(0, 0), (3 * SEC, 3000), (6 * SEC, 6000)]
+            .into_iter()
+            .collect();
+        let slope = task_slope(&samples, 5 * SEC);
+        assert!((slope - 1000.0).abs() < 1e-6, "{slope}");
+        // Two in the window: their difference, as before.
+        assert!((task_slope(&samples, 2 * SEC) - 1000.0).abs() < 1e-6);
+        // One sample in all says nothing.
+        let one: VecDeque<(u64, u64)> = [(6 * SEC, 6000)].into_iter().collect();
+        assert_eq!(task_slope(&one, 5 * SEC), 0.0);
+        assert_eq!(task_slope(&VecDeque::new(), 5 * SEC), 0.0);
     }
 }

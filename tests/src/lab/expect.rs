@@ -8,7 +8,7 @@ use memstress::{
 use serde_json::Value;
 
 use super::{
-    lines::{replay_results, said, watch_kills},
+    lines::{ScoredKill, forecast_scores, replay_results, said, scored_kills, watch_kills},
     scenario::{Expect, Scenario},
 };
 
@@ -289,6 +289,18 @@ pub fn check(
         }
         Expect::KernelPoints { tolerance_pct } => kernel_points(events, &kills, *tolerance_pct),
         Expect::ReplaySameVictim { step } => replay_same_victim(events, *step),
+        Expect::Forecast {
+            step,
+            min_hit_pct,
+            min_median_lead_ms,
+            max_eta_error_pct,
+        } => forecast(
+            events,
+            *step,
+            *min_hit_pct,
+            *min_median_lead_ms,
+            *max_eta_error_pct,
+        ),
         Expect::GroupKilled { cgroup } => {
             let apps: Vec<u64> = events
                 .iter()
@@ -478,6 +490,188 @@ fn replay_same_victim(events: &[Value], step: Option<usize>) -> (String, String,
     (name, expected, actual, differ.is_empty())
 }
 
+/// How far the lab's own reading of a hit's lead (from the run's `sample` lines and the
+/// kill's time) may differ from memstress's: a sample's forecast is recorded a moment after
+/// it was made, and samples are 100 ms apart.
+const LEAD_SLACK_MS: u64 = 1000;
+
+fn seconds(ms: u64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
+}
+
+/// The median, as memstress computes it (the mean of the middle two of an even count).
+fn median(values: &[u64]) -> Option<u64> {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2),
+    }
+}
+
+fn forecast(
+    events: &[Value],
+    step: Option<usize>,
+    min_hit_pct: f64,
+    min_median_lead_ms: u64,
+    max_eta_error_pct: f64,
+) -> (String, String, String, bool) {
+    let name = match step {
+        Some(s) => format!("step {s}'s OOM forecast names each victim ahead and times the OOM"),
+        None => "each run's OOM forecast names each victim ahead and times the OOM".to_owned(),
+    };
+    let expected = format!(
+        "victim named for ≥ {min_hit_pct}% of kills, median lead ≥ {}, time to OOM forecast \
+         5 s ahead within ±{max_eta_error_pct}%",
+        seconds(min_median_lead_ms)
+    );
+    let in_step = |s: Option<u64>| step.is_none_or(|want| s == Some(want as u64));
+    let kills: Vec<ScoredKill> = scored_kills(events)
+        .into_iter()
+        .filter(|k| in_step(k.step))
+        .collect();
+    if kills.is_empty() {
+        return (
+            name,
+            expected,
+            "no kill was scored (no oom_kill line of the run carries a forecast)".into(),
+            false,
+        );
+    }
+    let victim = |k: &ScoredKill| {
+        let at = k
+            .t_ms
+            .map_or_else(String::new, |t| format!(" at {}", seconds(t)));
+        format!("kill of {}{at}", who(k.pid, k.comm.as_deref()))
+    };
+    let mut problems = Vec::new();
+    let n = kills.len();
+    let hits: Vec<&ScoredKill> = kills.iter().filter(|k| k.forecast.hit).collect();
+    let hit_pct = 100.0 * hits.len() as f64 / n as f64;
+    if hit_pct < min_hit_pct {
+        for k in kills.iter().filter(|k| !k.forecast.hit) {
+            problems.push(format!("{}: {}", victim(k), k.forecast.text()));
+        }
+    }
+    let leads: Vec<u64> = hits.iter().filter_map(|k| k.forecast.lead_ms).collect();
+    let median_lead = median(&leads);
+    if median_lead.is_none_or(|l| l < min_median_lead_ms) {
+        problems.push(format!(
+            "median lead {}",
+            median_lead.map_or("none (no hit)".to_owned(), seconds)
+        ));
+    }
+    // The time-to-OOM forecasts made about 5 s before the kills.
+    let (mut checked, mut worst, mut unchecked) = (0usize, None::<f64>, 0usize);
+    for k in &kills {
+        let Some(eta) = &k.forecast.eta else {
+            unchecked += 1;
+            continue;
+        };
+        checked += 1;
+        match (eta.forecast_ms, eta.error_pct) {
+            (Some(said), Some(error)) => {
+                if worst.is_none_or(|w| error.abs() > w.abs()) {
+                    worst = Some(error);
+                }
+                if error.abs() > max_eta_error_pct {
+                    problems.push(format!(
+                        "{}: {} before it, the forecast said {} ({error:+.1}%)",
+                        victim(k),
+                        seconds(eta.ahead_ms),
+                        seconds(said)
+                    ));
+                }
+            }
+            _ => problems.push(format!(
+                "{}: {} before it, the forecast said no OOM was coming",
+                victim(k),
+                seconds(eta.ahead_ms)
+            )),
+        }
+    }
+    if checked == 0 {
+        problems.push("no time-to-OOM forecast was made 4-6 s before any kill".into());
+    }
+    // The run's samples must bear out each verdict, and its summary count the same. A stretch
+    // shorter than the slack may have begun with a sample recorded after the kill (it is
+    // recorded a moment after it is made, to the ms): then the samples cannot tell.
+    for k in &kills {
+        match (k.forecast.hit, k.forecast.lead_ms, k.samples_lead_ms()) {
+            (true, Some(said), None) if said <= LEAD_SLACK_MS => {}
+            (false, _, Some(seen)) if seen <= LEAD_SLACK_MS => {}
+            (true, _, None) => problems.push(format!(
+                "{}: scored a hit, but the last of the {} samples before it did not name it",
+                victim(k),
+                k.samples_before
+            )),
+            (true, Some(said), Some(seen)) if said.abs_diff(seen) > LEAD_SLACK_MS => {
+                problems.push(format!(
+                    "{}: lead {} scored, the samples named it for {}",
+                    victim(k),
+                    seconds(said),
+                    seconds(seen)
+                ));
+            }
+            (false, _, Some(seen)) => problems.push(format!(
+                "{}: scored a miss, but the samples named it for {} before it",
+                victim(k),
+                seconds(seen)
+            )),
+            _ => {}
+        }
+    }
+    let mut steps: Vec<Option<u64>> = kills.iter().map(|k| k.step).collect();
+    steps.dedup();
+    let scores = forecast_scores(events);
+    for s in steps {
+        let of_step: Vec<&ScoredKill> = kills.iter().filter(|k| k.step == s).collect();
+        let step_hits = of_step.iter().filter(|k| k.forecast.hit).count() as u64;
+        let label = s.map_or("a run".to_owned(), |s| format!("step {s}"));
+        match scores.iter().find(|(at, _)| *at == s) {
+            None => problems.push(format!("{label}: no summary with a forecast score")),
+            Some((_, score)) if score.kills != of_step.len() as u64 || score.hits != step_hits => {
+                problems.push(format!(
+                    "{label}: the summary counts {} of {} named, the kills {step_hits} of {}",
+                    score.hits,
+                    score.kills,
+                    of_step.len()
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let mut actual = format!(
+        "{} of {n} victims named ({hit_pct:.0}%), median lead {}",
+        hits.len(),
+        median_lead.map_or("none".to_owned(), seconds)
+    );
+    match worst {
+        Some(w) => put_eta(&mut actual, checked, w),
+        None => actual.push_str("; no time-to-OOM forecast checked"),
+    }
+    if unchecked > 0 {
+        actual.push_str(&format!(
+            "; {unchecked} kill(s) had no forecast 4-6 s before them"
+        ));
+    }
+    if !problems.is_empty() {
+        actual.push_str(&format!(". Problems: {}", problems.join("; ")));
+    }
+    (name, expected, actual, problems.is_empty())
+}
+
+fn put_eta(actual: &mut String, checked: usize, worst: f64) {
+    if checked == 1 {
+        actual.push_str(&format!("; time to OOM 5 s ahead off by {worst:+.1}%"));
+    } else {
+        actual.push_str(&format!(
+            "; time to OOM 5 s ahead: {checked} checked, worst off by {worst:+.1}%"
+        ));
+    }
+}
+
 fn dedup(items: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for i in items {
@@ -567,6 +761,110 @@ mod tests {
             kill("formula", 10_000, None, "formula")
         ]));
         assert!(!ok(vec![kill("formula", 10_000, None, "formula")]));
+    }
+
+    #[test]
+    fn forecast_scores_hits_leads_and_the_time_to_oom() {
+        let scenario: Scenario = toml::from_str("name = \"t\"\ndescription = \"\"").unwrap();
+        let expect = Expect::Forecast {
+            step: Some(0),
+            min_hit_pct: 90.0,
+            min_median_lead_ms: 2000,
+            max_eta_error_pct: 20.0,
+        };
+        let run = |kill: Value, score: Value| {
+            let events = fixture::forecast_scenario(kill, score);
+            let (_, _, actual, ok) = check(&expect, &events, &scenario);
+            (actual, ok)
+        };
+        let stressor = (500, "memstress-vm");
+        let good = fixture::score(1, 1, Some(9000), Some(4.0));
+        let (actual, ok) = run(
+            fixture::kill_forecast(stressor, true, Some(9000), Some((5000, Some(4800)))),
+            good.clone(),
+        );
+        assert!(ok, "{actual}");
+        assert_eq!(
+            actual,
+            "1 of 1 victims named (100%), median lead 9.0 s; time to OOM 5 s ahead off by -4.0%"
+        );
+
+        // The time to OOM 5 s ahead, 30% off.
+        let (actual, ok) = run(
+            fixture::kill_forecast(stressor, true, Some(9000), Some((5000, Some(6500)))),
+            good.clone(),
+        );
+        assert!(!ok);
+        assert!(
+            actual.contains(
+                "kill of 500 (memstress-vm) at 12.0 s: 5.0 s before it, the forecast said 6.5 s \
+                 (+30.0%)"
+            ),
+            "{actual}"
+        );
+        // None coming, or none made then.
+        let (actual, ok) = run(
+            fixture::kill_forecast(stressor, true, Some(9000), Some((5000, None))),
+            good.clone(),
+        );
+        assert!(!ok && actual.contains("said no OOM was coming"), "{actual}");
+        let (actual, ok) = run(
+            fixture::kill_forecast(stressor, true, Some(9000), None),
+            good.clone(),
+        );
+        assert!(
+            !ok && actual.contains("no time-to-OOM forecast was made 4-6 s before any kill"),
+            "{actual}"
+        );
+
+        // A short lead fails, and one the samples do not bear out too.
+        let (actual, ok) = run(
+            fixture::kill_forecast(stressor, true, Some(1500), Some((5000, Some(4800)))),
+            fixture::score(1, 1, Some(1500), Some(4.0)),
+        );
+        assert!(!ok);
+        assert!(actual.contains("median lead 1.5 s"), "{actual}");
+        assert!(
+            actual.contains("lead 1.5 s scored, the samples named it for 9.0 s"),
+            "{actual}"
+        );
+
+        // A miss: the hit rate fails, and the samples (which named it) contradict it.
+        let (actual, ok) = run(
+            fixture::kill_forecast((300, "batch"), false, None, Some((5000, Some(4800)))),
+            fixture::score(1, 0, None, Some(4.0)),
+        );
+        assert!(!ok);
+        assert!(actual.starts_with("0 of 1 victims named (0%)"), "{actual}");
+        assert!(
+            actual.contains("forecast had named batch (pid 300): the victim jumped"),
+            "{actual}"
+        );
+        assert!(
+            actual.contains("scored a miss, but the samples named it for 9.0 s"),
+            "{actual}"
+        );
+
+        // The summary must count what the kills say.
+        let (actual, ok) = run(
+            fixture::kill_forecast(stressor, true, Some(9000), Some((5000, Some(4800)))),
+            fixture::score(2, 1, Some(9000), Some(4.0)),
+        );
+        assert!(
+            !ok && actual.contains("step 0: the summary counts 1 of 2 named, the kills 1 of 1"),
+            "{actual}"
+        );
+
+        // No kill scored at all (a kill line without a forecast), or another step's.
+        let mut events = fixture::forecast_scenario(json!(null), good);
+        let (_, _, actual, ok) = check(&expect, &events, &scenario);
+        assert!(!ok && actual.starts_with("no kill was scored"), "{actual}");
+        for e in &mut events {
+            if e["source"] == "run" {
+                e["step"] = json!(1);
+            }
+        }
+        assert!(!check(&expect, &events, &scenario).3);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Renders a lab scenario's recorded events (its `events.jsonl`) into what a person would
 //! rather look at than read: `report.md` (verdict, facts, expectations, every OOM kill with the
-//! candidates it beat, predicted against actual, each replayed OOM report) and `timeline.svg`
-//! (memory over time, with the steps and the kills marked).
+//! candidates it beat, predicted against actual, the OOM forecast against reality, each
+//! replayed OOM report) and `timeline.svg` (memory over time, with the steps and the kills
+//! marked, and for each kill a run forecast, since when the forecast named its victim and the
+//! time-to-OOM forecast made about 5 s before it).
 //!
 //! Both renderers take the events as recorded and tolerate anything: unknown types, missing or
 //! mistyped fields, an empty list. A report is needed most when a scenario went wrong, so
@@ -14,9 +16,12 @@ use std::{fmt::Write as _, fs, io, path::Path};
 
 use memstress::{
     explain::{Constraint, Ranked, Source, describe_pressure, who},
+    forecast::{ForecastScore, Projected},
     output::line::{KillLine, Line, Outcome},
 };
 use serde_json::Value;
+
+use super::lines::{ForecastSample, ScoredKill, forecast_samples, forecast_scores, scored_kills};
 
 /// `write!` into a `String`, which cannot fail.
 macro_rules! put {
@@ -362,6 +367,12 @@ struct Scenario {
     replays: Vec<Replay>,
     plans: Vec<Plan>,
     summaries: Vec<Summary>,
+    /// The kills the runs' forecasts scored, in time order.
+    forecast_kills: Vec<ScoredKill>,
+    /// The runs' forecasts (`sample` lines).
+    forecasts: Vec<ForecastSample>,
+    /// The runs' forecast scores (`summary` lines): (step, score).
+    forecast_scores: Vec<(Option<u64>, ForecastScore)>,
     expectations: Vec<Expectation>,
     notes: Vec<String>,
     result: Option<Ended>,
@@ -482,7 +493,30 @@ impl Scenario {
         };
         s.kills.sort_by(by_time);
         s.dmesg.sort_by(by_time);
+        s.forecast_kills = scored_kills(events);
+        s.forecast_kills.sort_by_key(|k| k.t_ms.unwrap_or(u64::MAX));
+        s.forecasts = forecast_samples(events);
+        s.forecast_scores = forecast_scores(events);
+        // In step order (a background run ends after the ones that followed it).
+        s.forecast_scores.sort_by_key(|(step, _)| *step);
         s
+    }
+
+    /// The forecast a run scored the kill of `pid` with.
+    fn forecast_of(&self, pid: Option<u32>) -> Option<&ScoredKill> {
+        self.forecast_kills
+            .iter()
+            .find(|k| pid.is_some() && k.pid == pid)
+    }
+
+    /// The forecast of `kill`'s run recorded closest to `t_ms` (within `within` ms), before
+    /// the kill.
+    fn forecast_near(&self, kill: &ScoredKill, t_ms: u64, within: u64) -> Option<&ForecastSample> {
+        let end = kill.t_ms?;
+        self.forecasts
+            .iter()
+            .filter(|f| f.step == kill.step && f.t_ms < end && f.t_ms.abs_diff(t_ms) <= within)
+            .min_by_key(|f| f.t_ms.abs_diff(t_ms))
     }
 
     fn sample(&mut self, ev: &Value, t: Option<f64>) {
@@ -754,6 +788,7 @@ pub fn report_markdown(events: &[Value]) -> String {
     expectations(&mut out, &s);
     kills(&mut out, &s);
     predicted_vs_actual(&mut out, &s);
+    forecast_vs_reality(&mut out, &s);
     replays(&mut out, &s);
     steps(&mut out, &s);
     if !s.notes.is_empty() {
@@ -894,6 +929,9 @@ fn kills(out: &mut String, s: &Scenario) {
             put!(out, " (a memstress stressor)");
         }
         putln!(out);
+        if let Some(f) = s.forecast_of(k.pid) {
+            putln!(out, "- **Forecast:** {}", md(&f.forecast.text()));
+        }
         putln!(
             out,
             "- **cgroup:** {}",
@@ -1067,6 +1105,172 @@ fn predicted_vs_actual(out: &mut String, s: &Scenario) {
     }
 }
 
+/// How long before a kill the forecast is shown (ms), besides its first.
+const FORECAST_CHECKPOINTS_MS: [u64; 6] = [15_000, 10_000, 5_000, 3_000, 2_000, 1_000];
+
+fn ms_secs(ms: u64) -> String {
+    format!("{:.1} s", ms as f64 / 1000.0)
+}
+
+/// `comm` (pid) points (now N): a projected process, with its points as it is now (its
+/// projected growth taken off).
+fn projected_cell(p: Option<&Projected>) -> String {
+    let Some(p) = p else {
+        return "—".to_owned();
+    };
+    let page_kib = (memstress::size::page_size() / 1024).max(1);
+    let growth =
+        i64::try_from(p.projected_kib.saturating_sub(p.memory_kib) / page_kib).unwrap_or(i64::MAX);
+    let now = p.points.saturating_sub(growth);
+    let mut cell = format!("{} ({}) {}", code(&p.comm, true), p.pid, p.points);
+    if now != p.points {
+        put!(cell, " (now {now})");
+    }
+    cell
+}
+
+fn forecast_vs_reality(out: &mut String, s: &Scenario) {
+    if s.forecast_kills.is_empty() && s.forecast_scores.is_empty() {
+        return;
+    }
+    putln!(out, "## Forecast vs reality");
+    putln!(out);
+    putln!(
+        out,
+        "Every `sample` line of a run forecasts its OOM domain's next kill: when the memory \
+         reclaim cannot free (usage less page cache) reaches the limit at its recent growth, \
+         and whom the kernel's formula chooses then, on each process's memory projected to \
+         that moment. Each kill is scored against the last forecast before it; the lead is \
+         how long the forecasts had named its victim without interruption; the time-to-OOM \
+         forecast made about 5 s before it is checked against the truth. Below, a process's \
+         points are on its memory projected to the OOM; _now_, on its memory at the time."
+    );
+    putln!(out);
+    if s.forecast_kills.is_empty() {
+        putln!(out, "No OOM kill in a forecast domain.");
+        putln!(out);
+    } else {
+        putln!(
+            out,
+            "| # | run of step | kill at | victim | forecast named | hit | lead | named since | time to OOM forecast ~5 s before |"
+        );
+        putln!(out, "|---:|---:|---:|---|---|:---:|---:|---:|---|");
+        for (i, k) in s.forecast_kills.iter().enumerate() {
+            let f = &k.forecast;
+            let actual = match (&k.comm, k.pid) {
+                (Some(c), Some(p)) => format!("{} ({p})", code(c, true)),
+                _ => md(&who(k.pid, k.comm.as_deref())),
+            };
+            let predicted = match (&f.predicted_comm, f.predicted_pid) {
+                (Some(c), Some(p)) => format!("{} ({p})", code(c, true)),
+                (None, Some(p)) => p.to_string(),
+                _ => "nobody".to_owned(),
+            };
+            let eta = match &f.eta {
+                None => "none made 4-6 s before".to_owned(),
+                Some(e) => match (e.forecast_ms, e.error_pct) {
+                    (Some(said), Some(error)) => format!(
+                        "{} before: {} forecast ({error:+.1}%)",
+                        ms_secs(e.ahead_ms),
+                        ms_secs(said)
+                    ),
+                    _ => format!("{} before: no OOM coming", ms_secs(e.ahead_ms)),
+                },
+            };
+            putln!(
+                out,
+                "| {} | {} | {} | {actual} | {predicted} | {} | {} | {} | {eta} |",
+                i + 1,
+                number_cell(k.step),
+                secs(k.t_ms.map(|t| t as f64 / 1000.0)),
+                if f.hit { "✅" } else { "❌" },
+                f.lead_ms.map_or("—".to_owned(), ms_secs),
+                k.named_since_ms.map_or("—".to_owned(), ms_secs)
+            );
+        }
+        putln!(out);
+    }
+    for (step, score) in &s.forecast_scores {
+        let label = step.map_or("A run".to_owned(), |s| format!("Step {s}'s run"));
+        putln!(out, "- **{label}:** {}", md(&score.text()));
+    }
+    if !s.forecast_scores.is_empty() {
+        putln!(out);
+    }
+    for (i, k) in s.forecast_kills.iter().enumerate() {
+        let Some(end) = k.t_ms else { continue };
+        putln!(
+            out,
+            "### Kill {}: {} — what the forecast of step {}'s run said before it",
+            i + 1,
+            md(&who(k.pid, k.comm.as_deref())),
+            number_cell(k.step)
+        );
+        putln!(out);
+        if let Some(why) = &k.forecast.missed_because {
+            putln!(out, "> **Missed:** {}", md(why));
+            putln!(out);
+        }
+        let first = s
+            .forecasts
+            .iter()
+            .find(|f| f.step == k.step && f.t_ms < end);
+        let mut rows: Vec<&ForecastSample> = first.into_iter().collect();
+        for ahead in FORECAST_CHECKPOINTS_MS {
+            let Some(at) = end.checked_sub(ahead) else {
+                continue;
+            };
+            if let Some(f) = s.forecast_near(k, at, 250)
+                && rows.iter().all(|r| r.t_ms < f.t_ms)
+            {
+                rows.push(f);
+            }
+        }
+        if rows.is_empty() {
+            putln!(out, "No forecast before it.");
+            putln!(out);
+            continue;
+        }
+        putln!(
+            out,
+            "| before the kill | OOM in (forecast) | error | victim, points at the OOM | runner-up | margin | unreclaimable / limit |"
+        );
+        putln!(out, "|---:|---:|---:|---|---|---:|---|");
+        for f in rows {
+            let truth = end.saturating_sub(f.t_ms);
+            let fc = &f.forecast;
+            let (when, error) = match fc.oom_in_ms {
+                Some(ms) => (
+                    ms_secs(ms),
+                    format!(
+                        "{:+.0}%",
+                        (ms as f64 - truth as f64) / truth.max(1) as f64 * 100.0
+                    ),
+                ),
+                None => ("none coming".to_owned(), "—".to_owned()),
+            };
+            // Never `-0%`.
+            let error = if error == "-0%" || error == "+0%" {
+                "0%".to_owned()
+            } else {
+                error
+            };
+            putln!(
+                out,
+                "| {} | {when} | {error} | {} | {} | {} | {} of {} |",
+                ms_secs(truth),
+                projected_cell(fc.victim.as_ref()),
+                projected_cell(fc.runner_up.as_ref()),
+                fc.margin_points
+                    .map_or("—".to_owned(), |m| format!("{m:+}")),
+                mib(Some(fc.unreclaimable_bytes as f64)),
+                mib(Some(fc.limit_bytes as f64))
+            );
+        }
+        putln!(out);
+    }
+}
+
 fn replays(out: &mut String, s: &Scenario) {
     if s.replays.is_empty() {
         return;
@@ -1228,6 +1432,8 @@ const HELD: &str = "#ff7f0e";
 const KILL: &str = "#d62728";
 const GROUP_KILL: &str = "#8b0000";
 const STEP: &str = "#b8b8b8";
+/// The forecast's marks: since when it named a kill's victim, and its time-to-OOM.
+const FORECAST: &str = "#00695c";
 /// A limit more than this many times the highest usage would flatten every curve to the axis:
 /// it is left off the chart (and the legend says so).
 const LIMIT_ZOOM: f64 = 4.0;
@@ -1570,6 +1776,7 @@ pub fn timeline_svg(events: &[Value]) -> String {
         (plot_top + PLOT_BOTTOM) / 2.0
     );
 
+    forecast_markers(&mut out, &s, &x, &y);
     let (kills, from_dmesg) = s.actual_kills();
     kill_markers(&mut out, kills, &x, plot_top);
 
@@ -1621,6 +1828,87 @@ pub fn timeline_svg(events: &[Value]) -> String {
     );
     out.push_str("</svg>\n");
     out
+}
+
+/// For each kill a run's forecast scored: a dashed line from when the forecasts started
+/// naming its victim (the uninterrupted stretch of the run's samples before the kill), with
+/// an arrow to the kill near the bottom of the plot; and the time-to-OOM forecast made about
+/// 5 s before it, drawn as the straight line it extrapolated, from the unreclaimable memory
+/// then to the limit at the forecast moment.
+fn forecast_markers(out: &mut String, s: &Scenario, x: &Axis, y: &Axis) {
+    let at = |ms: u64| x.at(ms as f64 / 1000.0);
+    for (i, k) in s.forecast_kills.iter().enumerate() {
+        let Some(end) = k.t_ms else { continue };
+        let victim = who(k.pid, k.comm.as_deref());
+        if let Some(e) = &k.forecast.eta
+            && let Some(said) = e.forecast_ms
+            && let Some(f) = s.forecast_near(k, end.saturating_sub(e.ahead_ms), 150)
+        {
+            let (x0, y0) = (
+                at(f.t_ms),
+                y.at(f.forecast.unreclaimable_bytes as f64 / MIB),
+            );
+            let (x1, y1) = (at(f.t_ms + said), y.at(f.forecast.limit_bytes as f64 / MIB));
+            let tip = format!(
+                "{} before the kill of {victim}, the forecast said: OOM in {}{}",
+                ms_secs(e.ahead_ms),
+                ms_secs(said),
+                e.error_pct
+                    .map_or_else(String::new, |p| format!(" ({p:+.1}%)"))
+            );
+            putln!(out, "<g><title>{}</title>", xml(&tip));
+            putln!(
+                out,
+                r#"<line x1="{x0:.1}" y1="{y0:.1}" x2="{x1:.1}" y2="{y1:.1}" stroke="{FORECAST}" stroke-width="1.5" stroke-dasharray="1.5 2"/>"#
+            );
+            putln!(
+                out,
+                r#"<circle cx="{x0:.1}" cy="{y0:.1}" r="2.5" fill="{FORECAST}"/><circle cx="{x1:.1}" cy="{y1:.1}" r="3" fill="none" stroke="{FORECAST}" stroke-width="1.5"/>"#
+            );
+            // Its label left of the point it was made at, clear of the line it starts.
+            putln!(
+                out,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="10" fill="{FORECAST}" stroke="white" stroke-width="3" paint-order="stroke">{}</text></g>"#,
+                x0 - 5.0,
+                y0 - 5.0,
+                xml(&format!("forecast here: OOM in {}", ms_secs(said)))
+            );
+        }
+        let Some(since) = k.named_since_ms else {
+            continue;
+        };
+        let (xs, xk) = (at(since), at(end));
+        // Near the top of the plot, where the limits leave room, one row per kill (three).
+        let yb = y.to + 12.0 + (i % 3) as f64 * 14.0;
+        let lead = k.forecast.lead_ms.unwrap_or(end.saturating_sub(since));
+        let tip = format!(
+            "the forecast named {victim} from {} on: {} before the kill",
+            ms_secs(since),
+            ms_secs(lead)
+        );
+        putln!(out, "<g><title>{}</title>", xml(&tip));
+        putln!(
+            out,
+            r#"<line x1="{xs:.1}" y1="{:.1}" x2="{xs:.1}" y2="{PLOT_BOTTOM}" stroke="{FORECAST}" stroke-width="1.5" stroke-dasharray="4 3"/>"#,
+            y.to
+        );
+        putln!(
+            out,
+            r#"<path d="M{xs:.1},{yb:.1} H{xk:.1} M{xk:.1},{yb:.1} l-6,-3 v6 Z" fill="{FORECAST}" stroke="{FORECAST}" stroke-width="1.2"/></g>"#
+        );
+        let comm = k.comm.as_deref().unwrap_or("?");
+        let label = truncate(
+            &format!("forecast: {comm}, {} ahead", ms_secs(lead)),
+            ((WIDTH - 6.0 - xs) / (10.0 * GLYPH)).max(4.0) as usize,
+        );
+        putln!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" font-size="10" fill="{FORECAST}" stroke="white" stroke-width="3" paint-order="stroke">{}</text>"#,
+            xs + 3.0,
+            yb - 3.0,
+            xml(&label)
+        );
+    }
 }
 
 /// Red lines at the kills, labelled with the victims. Kills a few pixels apart (a group kill's
@@ -1749,6 +2037,17 @@ fn legend(
     }
     if kills.iter().any(|k| k.group_kill) {
         entries.push(line(GROUP_KILL, 1.5, "5 3", "group OOM kill"));
+    }
+    if s.forecast_kills.iter().any(|k| k.named_since_ms.is_some()) {
+        entries.push(line(FORECAST, 1.5, "4 3", "forecast names victim"));
+    }
+    if s.forecast_kills.iter().any(|k| {
+        k.forecast
+            .eta
+            .as_ref()
+            .is_some_and(|e| e.forecast_ms.is_some())
+    }) {
+        entries.push(line(FORECAST, 1.5, "1.5 2", "time to OOM 5 s ahead"));
     }
     if !s.steps.is_empty() {
         entries.push(line(STEP, 1.0, "", "step"));
@@ -2199,6 +2498,83 @@ mod tests {
         let at = |s: &str| md.find(s).unwrap_or_else(|| panic!("no {s}"));
         assert!(at("## Predicted vs actual") < at("## Replay") && at("## Replay") < at("## Steps"));
         assert!(!report_markdown(&scenario()).contains("## Replay"));
+    }
+
+    #[test]
+    fn shows_the_forecast_against_reality() {
+        let events = fixture::forecast_scenario(
+            fixture::kill_forecast(
+                (500, "memstress-vm"),
+                true,
+                Some(9000),
+                Some((5000, Some(4800))),
+            ),
+            fixture::score(1, 1, Some(9000), Some(4.0)),
+        );
+        let md = report_markdown(&events);
+        assert!(md.contains("## Forecast vs reality\n"), "{md}");
+        assert!(
+            md.contains(
+                "| 1 | 0 | 12.0 s | `memstress-vm` (500) | `memstress-vm` (500) | ✅ | 9.0 s | 3.0 s \
+                 | 5.0 s before: 4.8 s forecast (-4.0%) |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "- **Step 0's run:** forecast: 1 of 1 victim(s) named beforehand, median lead \
+                 9.0s, time to OOM 5 s ahead off by 4% (median)"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "### Kill 1: 500 (memstress-vm) — what the forecast of step 0's run said before it"
+            ),
+            "{md}"
+        );
+        // The first forecast named batch, if an OOM came then; 5 s before the kill the
+        // stressor, whose points now are below batch's.
+        assert!(
+            md.contains(
+                "| 11.0 s | none coming | — | `batch` (300) 57777 | `memstress-vm` (500) 1000 | \
+                 +56777 | 80.0 MiB of 320.0 MiB |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| 5.0 s | 5.0 s | 0% | `memstress-vm` (500) 61000 (now 30792) | `batch` (300) \
+                 57777 | +3223 | 200.0 MiB of 320.0 MiB |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("- **Forecast:** forecast named it 9.0s ahead"),
+            "{md}"
+        );
+        let at = |s: &str| md.find(s).unwrap_or_else(|| panic!("no {s}"));
+        assert!(at("## OOM kills") < at("## Forecast vs reality"));
+        assert!(at("## Forecast vs reality") < at("## Steps"));
+
+        let svg = timeline_svg(&events);
+        assert_well_formed(&svg);
+        assert!(
+            svg.contains(">forecast: memstress-vm, 9.0 s ahead</text>"),
+            "{svg}"
+        );
+        assert!(svg.contains(
+            "<title>the forecast named 500 (memstress-vm) from 3.0 s on: 9.0 s before the kill</title>"
+        ));
+        assert!(svg.contains(
+            "<title>5.0 s before the kill of 500 (memstress-vm), the forecast said: OOM in 4.8 s \
+             (-4.0%)</title>"
+        ));
+        assert!(svg.contains(">forecast names victim</text>"));
+        assert!(svg.contains(">time to OOM 5 s ahead</text>"));
+        // Nothing of it where no run forecast.
+        assert!(!report_markdown(&scenario()).contains("Forecast vs reality"));
+        assert!(!timeline_svg(&scenario()).contains("forecast names"));
     }
 
     #[test]

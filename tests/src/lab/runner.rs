@@ -678,7 +678,7 @@ pub fn run(scenario: &Scenario, opts: &Options) -> Result<Outcome> {
         .to_owned();
     rec.push(json!({"type": "scenario", "name": scenario.name, "description": scenario.description,
         "kernel": kernel, "kernel_label": opts.kernel_label, "cgroup_version": hierarchy.version.number(),
-        "started": memstress::output::now_rfc3339()}));
+        "started": memstress::output::now_rfc3339(), "monotonic_start_us": rec.start_us}));
     let outcome = if scenario.requires.as_deref() == Some("cgroup-v2")
         && hierarchy.version != Version::V2
     {

@@ -254,6 +254,42 @@ pub enum Expect {
         #[serde(default)]
         step: Option<usize>,
     },
+    /// The OOM forecast of the run of `step` (of every `run` step when not given), scored
+    /// by memstress against each kill in its domain (the `oom_kill` lines' `forecast`):
+    /// at least one kill was scored; at least `min_hit_pct` of them had their victim named
+    /// by the last forecast before them; the median lead of those (how long the forecasts
+    /// had named the victim without interruption) is at least `min_median_lead_ms`; every
+    /// time-to-OOM forecast made about 5 s before a kill (`eta`) is within
+    /// `max_eta_error_pct` of the truth, and at least one was checked. The run's own
+    /// `sample` lines must bear each verdict out (a hit's victim named by the samples right
+    /// before the kill, for about its lead; a miss's not), and its `summary` must count the
+    /// same kills and hits.
+    Forecast {
+        /// Only this step's run.
+        #[serde(default)]
+        step: Option<usize>,
+        /// Least share of the kills whose victim was forecast, in percent.
+        #[serde(default = "default_min_hit_pct")]
+        min_hit_pct: f64,
+        /// Least median lead of the hits, in ms.
+        #[serde(default = "default_min_median_lead_ms")]
+        min_median_lead_ms: u64,
+        /// Largest error of a time-to-OOM forecast made about 5 s before a kill, in percent.
+        #[serde(default = "default_max_eta_error_pct")]
+        max_eta_error_pct: f64,
+    },
+}
+
+fn default_min_hit_pct() -> f64 {
+    90.0
+}
+
+fn default_min_median_lead_ms() -> u64 {
+    2000
+}
+
+fn default_max_eta_error_pct() -> f64 {
+    20.0
 }
 
 /// Why a scenario file was refused: one line naming the file and the problem.
@@ -446,6 +482,35 @@ impl Scenario {
                 {
                     return Err("expect: replay_same_victim, but no step is a replay".into());
                 }
+                Expect::Forecast {
+                    step: s,
+                    min_hit_pct,
+                    max_eta_error_pct,
+                    ..
+                } => {
+                    match s {
+                        Some(s) => {
+                            step(*s)?;
+                            if self.steps[*s].run.is_none() {
+                                return Err(format!("expect: step {s} is not a run step"));
+                            }
+                        }
+                        None if !self.steps.iter().any(|s| s.run.is_some()) => {
+                            return Err("expect: forecast, but no step is a run".into());
+                        }
+                        None => {}
+                    }
+                    if !(0.0..=100.0).contains(min_hit_pct) {
+                        return Err(format!(
+                            "expect: forecast min_hit_pct {min_hit_pct} out of 0..100"
+                        ));
+                    }
+                    if max_eta_error_pct.is_nan() || *max_eta_error_pct < 0.0 {
+                        return Err(format!(
+                            "expect: forecast max_eta_error_pct {max_eta_error_pct} must be 0 or more"
+                        ));
+                    }
+                }
                 _ => {}
             }
         }
@@ -579,6 +644,22 @@ min = 1
                 "name = \"a\"\ndescription = \"\"\n[[expect]]\nkind = \"replay_same_victim\"",
                 "no step is a replay",
             ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[step]]\nsleep = \"1s\"\n[[expect]]\nkind = \"forecast\"\nstep = 0",
+                "not a run step",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[expect]]\nkind = \"forecast\"",
+                "no step is a run",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[step]]\nrun = \"--size 1Mi\"\n[[expect]]\nkind = \"forecast\"\nmin_hit_pct = 120",
+                "out of 0..100",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[step]]\nrun = \"--size 1Mi\"\n[[expect]]\nkind = \"forecast\"\nmax_eta_error_pct = -1",
+                "0 or more",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(needle), "`{text}` gave `{e}`");
@@ -621,6 +702,45 @@ kind = "replay_same_victim"
         ));
         // `{dmesg}` is no file, and a file named twice travels once.
         assert_eq!(s.files(), vec!["reports/v2-6.12.txt"]);
+    }
+
+    #[test]
+    fn parses_the_forecast_expectation_with_its_defaults() {
+        let s = parse(
+            r#"
+name = "f"
+description = "d"
+[[step]]
+run = "--size 10Mi --ramp 20s"
+[[expect]]
+kind = "forecast"
+[[expect]]
+kind = "forecast"
+step = 0
+min_hit_pct = 100
+min_median_lead_ms = 5000
+max_eta_error_pct = 10
+"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            s.expects[0],
+            Expect::Forecast {
+                step: None,
+                min_hit_pct: 90.0,
+                min_median_lead_ms: 2000,
+                max_eta_error_pct: 20.0,
+            }
+        ));
+        assert!(matches!(
+            s.expects[1],
+            Expect::Forecast {
+                step: Some(0),
+                min_hit_pct: 100.0,
+                min_median_lead_ms: 5000,
+                max_eta_error_pct: 10.0,
+            }
+        ));
     }
 
     #[test]
