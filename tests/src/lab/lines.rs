@@ -141,7 +141,7 @@ pub fn scored_kills(events: &[Value]) -> Vec<ScoredKill> {
             let Line::OomKill(kill) = s.line else {
                 return None;
             };
-            let forecast = kill.context.forecast.clone()?;
+            let forecast = kill.forecast.clone()?;
             let task = &kill.kill.victim.victim.task;
             let pid = task.pid;
             let t_ms = start_us
