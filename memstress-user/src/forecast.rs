@@ -21,10 +21,7 @@
 //! * **Score.** Each kill is compared with the victim the last forecast before it named; the
 //!   lead is how long forecasts had named the actual victim without interruption.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    time::Instant,
-};
+use std::collections::{HashMap, VecDeque};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -245,6 +242,7 @@ struct Run {
 #[derive(Clone, Debug)]
 struct Ranked {
     pid: u32,
+    comm: String,
     points: i64,
     adj: i16,
     projected_kib: u64,
@@ -279,6 +277,19 @@ pub struct Forecaster {
     etas: VecDeque<(u64, Option<u64>)>,
     ranking: Vec<Ranked>,
     tally: Tally,
+}
+
+/// This thread's CPU time, ns (`CLOCK_THREAD_CPUTIME_ID`).
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(SEC)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// Least-squares slope (per second) of `(ns, value)` points at or after `since`, with how
@@ -382,7 +393,7 @@ impl Forecaster {
 
     /// Reads the domain's processes (their memory, oom_score_adj and comm).
     fn scan(&mut self, now_ns: u64) {
-        let started = Instant::now();
+        let started = thread_cpu_ns();
         self.read_limit();
         let mut pids = Vec::new();
         predict::procs_below(&self.domain, &mut pids);
@@ -404,7 +415,9 @@ impl Forecaster {
             })
             .collect();
         self.take(now_ns, readings);
-        self.scan_cost_ns = started.elapsed().as_nanos() as u64;
+        // CPU time, not wall time: on a busy machine (a guest under a loaded host) the wall
+        // clock of a scan stretches with the waiting, and the scans would back off for it.
+        self.scan_cost_ns = thread_cpu_ns().saturating_sub(started);
         self.next_scan_ns = now_ns + SCAN_EVERY_NS.max(self.scan_cost_ns * SCAN_BUDGET);
     }
 
@@ -508,10 +521,12 @@ impl Forecaster {
         };
         let window = growth.map_or(WINDOWS_NS[0], |(_, w, _)| w);
         // Each process's memory at the expected OOM: its own growth over the same window,
-        // from its last reading on.
+        // from its last reading on. Together they cannot grow by more than the domain can
+        // still take: when their trends add up to more (noise, or memory that moves between
+        // them), each one's growth is scaled down to its share of the headroom.
         let at_ns = now_ns + oom_in_ms.unwrap_or(0) * 1_000_000;
         let page_kib = self.page / 1024;
-        let mut ranked: Vec<(Projected, u64)> = self
+        let grown: Vec<(u32, &Track, u64, f64)> = self
             .tasks
             .iter()
             .filter(|(_, t)| t.adj != -1000)
@@ -519,11 +534,25 @@ impl Forecaster {
                 let &(last_ns, pages) = t.samples.back()?;
                 let slope = task_slope(&t.samples, now_ns.saturating_sub(window));
                 let ahead = at_ns.saturating_sub(last_ns) as f64 / SEC as f64;
-                let projected = (pages as f64 + slope * ahead).max(0.0) as u64;
+                Some((pid, t, pages, slope * ahead))
+            })
+            .collect();
+        let rising: f64 = grown.iter().map(|g| g.3.max(0.0)).sum();
+        let room = (headroom / self.page) as f64;
+        let scale = if oom_in_ms.is_some() && rising > room && rising > 0.0 {
+            room / rising
+        } else {
+            1.0
+        };
+        let mut ranked: Vec<(Projected, u64)> = grown
+            .into_iter()
+            .map(|(pid, t, pages, growth)| {
+                let growth = if growth > 0.0 { growth * scale } else { growth };
+                let projected = (pages as f64 + growth).max(0.0) as u64;
                 let points = i64::try_from(projected)
                     .unwrap_or(i64::MAX)
                     .saturating_add(points::adj_points(t.adj, self.totalpages));
-                Some((
+                (
                     Projected {
                         pid,
                         comm: t.comm.clone(),
@@ -532,8 +561,8 @@ impl Forecaster {
                         memory_kib: pages * page_kib,
                         projected_kib: projected * page_kib,
                     },
-                    pid as u64,
-                ))
+                    u64::from(pid),
+                )
             })
             .collect();
         // Highest points first; among equals the kernel keeps the one it met last, which
@@ -543,6 +572,7 @@ impl Forecaster {
             .iter()
             .map(|(p, _)| Ranked {
                 pid: p.pid,
+                comm: p.comm.clone(),
                 points: p.points,
                 adj: p.oom_score_adj,
                 projected_kib: p.projected_kib,
@@ -643,13 +673,31 @@ impl Forecaster {
         let pid = kill.victim.victim.task.pid?;
         let at = kill.ts_ns;
         let run = self.runs.iter().rev().find(|r| r.first_ns <= at);
-        let predicted_pid = run.and_then(|r| r.pid);
+        let mut predicted = run.map(|r| (r.pid, r.comm.clone(), r.first_ns));
+        // The forecast named a victim the kernel has killed since (a second kill milliseconds
+        // after the first, before the next sample): its next in line is what it says now,
+        // since that kill.
+        if let Some((Some(pid), _, _)) = predicted
+            && let Some(&killed_at) = self.killed.get(&pid)
+            && killed_at <= at
+        {
+            let next = self
+                .ranking
+                .iter()
+                .find(|r| !self.killed.contains_key(&r.pid) && r.pid != pid);
+            predicted = Some((next.map(|r| r.pid), next.map(|r| r.comm.clone()), killed_at));
+        }
+        let predicted_pid = predicted.as_ref().and_then(|p| p.0);
         let hit = predicted_pid == Some(pid);
-        let lead_ms = run.filter(|_| hit).map(|r| (at - r.first_ns) / 1_000_000);
-        let missed_because = (!hit).then(|| self.why_missed(kill, run.is_some(), predicted_pid));
+        let lead_ms = predicted
+            .as_ref()
+            .filter(|_| hit)
+            .map(|p| (at - p.2) / 1_000_000);
+        let missed_because =
+            (!hit).then(|| self.why_missed(kill, predicted.is_some(), predicted_pid));
         let result = KillForecast {
             predicted_pid,
-            predicted_comm: run.and_then(|r| r.comm.clone()),
+            predicted_comm: predicted.and_then(|p| p.1),
             hit,
             lead_ms,
             missed_because,
@@ -1019,6 +1067,45 @@ mod tests {
         kill.kill_confirmed = Some(false);
         assert!(f.score(&kill).is_none());
         assert_eq!(f.score_so_far().kills, 0);
+    }
+
+    #[test]
+    fn a_second_kill_right_after_the_first_is_scored_against_the_next_in_line() {
+        let mut f = forecaster();
+        leak(&mut f, 0, 7700);
+        f.score(&kill_of(200, 9800 * MS)).expect("scored");
+        // No sample in between: the forecast still named leaky, now dead; steady is next.
+        let second = f.score(&kill_of(100, 9803 * MS)).expect("scored");
+        assert!(second.hit, "{second:?}");
+        assert_eq!(second.predicted_pid, Some(100));
+        assert_eq!(second.predicted_comm.as_deref(), Some("steady"));
+        assert_eq!(second.lead_ms, Some(3));
+        assert_eq!(f.score_so_far().hits, 2);
+    }
+
+    #[test]
+    fn projections_share_what_the_domain_can_still_take() {
+        let mut f = forecaster();
+        // Two processes each trend +10 MiB/s while the domain grows 10 MiB/s (one frees what
+        // the other takes, say): each may not be projected to take the whole headroom.
+        for t in (0..=2000u64).step_by(100) {
+            f.take(
+                t * MS,
+                vec![
+                    reading(100, 10 + t / 100, 0, "a"),
+                    reading(200, 12 + t / 100, 0, "b"),
+                ],
+            );
+            f.step(t * MS, (30 + t / 100) * MIB);
+        }
+        let forecast = f.step(2100 * MS, 51 * MIB);
+        let ms = forecast.oom_in_ms.expect("an OOM is coming") as f64;
+        let v = forecast.victim.expect("a victim");
+        let r = forecast.runner_up.expect("a runner-up");
+        // 77 MiB of headroom, shared: together they grow by that much, not twice it.
+        let grown = (v.projected_kib + r.projected_kib) - (v.memory_kib + r.memory_kib);
+        assert!(grown.abs_diff(77 * 1024) <= 1024, "{grown} KiB in {ms} ms");
+        assert_eq!(v.pid, 200);
     }
 
     #[test]
