@@ -500,7 +500,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
     pub fill_to: Option<SizeArg>,
 
-    /// Grow linearly to the size over this long (e.g. 30s), like a leak; default: at once.
+    /// Grow linearly to the size over this long (e.g. 30s), like a leak, from when the probes
+    /// are attached; default: at once.
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     pub ramp: Option<Duration>,
 

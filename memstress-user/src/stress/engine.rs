@@ -181,6 +181,10 @@ struct State {
     deadband: u64,
     /// Ramp length (cleared once the ramp is done).
     ramp: Option<Duration>,
+    /// When the ramp began: once the probes were attached, when the stressors may grow (a
+    /// ramp timed from the run's start would jump by the probes' loading time, seconds on a
+    /// slow machine).
+    ramp_from: Instant,
     page: u64,
     /// When the last sample was read.
     sampled_at: Instant,
@@ -279,6 +283,7 @@ impl State {
             goal: plan.fill_to_bytes,
             deadband: plan.fill_to_bytes.map_or(0, |g| (g / 200).max(1 << 20)),
             ramp: opts.ramp,
+            ramp_from: Instant::now(),
             page: crate::size::page_size(),
             sampled_at: Instant::now(),
             acked_at: Instant::now(),
@@ -404,7 +409,7 @@ impl State {
     /// Ramp: the charge each stressor should have now.
     fn ramp_step(&mut self) {
         let Some(ramp) = self.ramp else { return };
-        let frac = (self.started.elapsed().as_secs_f64() / ramp.as_secs_f64()).min(1.0);
+        let frac = (self.ramp_from.elapsed().as_secs_f64() / ramp.as_secs_f64()).min(1.0);
         let page = self.page;
         for m in self.members.iter_mut().filter(|m| m.role == Role::Stressor) {
             let want = ((m.share as f64 * frac) as u64) / page * page;
@@ -505,6 +510,7 @@ impl State {
         tx: &mpsc::UnboundedSender<MemberEvent>,
         reporter: &Reporter,
     ) -> Result<()> {
+        self.ramp_from = Instant::now();
         if opts.ramp.is_none() {
             for m in self.members.iter_mut().filter(|m| m.role == Role::Stressor) {
                 m.set_target(m.share);
