@@ -244,6 +244,14 @@ fn parse_limit(s: &str) -> Result<u64, String> {
     SizeSpec::parse_bytes(s).map_err(|e| e.to_string())
 }
 
+/// `--eviction-threshold`: bytes, or 0 for none.
+fn parse_threshold(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    SizeSpec::parse_bytes(s).map_err(|e| e.to_string())
+}
+
 fn parse_pid(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
         Ok(pid) if pid > 0 => Ok(pid),
@@ -567,6 +575,23 @@ pub struct RunArgs {
     /// Allow the root cgroup as a target (pressure on the whole node).
     #[arg(long)]
     pub allow_root_cgroup: bool,
+
+    /// Allow a run whose OOM domain is the node to reach the node's eviction threshold or a
+    /// global OOM. A target with no memory limit on it or any ancestor (or one larger than
+    /// the node can give) is bounded only by the node: a size that would take the node's
+    /// memory.available below --eviction-threshold, or past MemAvailable, is refused without
+    /// this flag (exit code 1), because the kubelet's eviction or the global OOM kill it causes
+    /// can take any process on the node (the kubelet, the container runtime, sshd).
+    #[arg(long)]
+    pub allow_node_oom: bool,
+
+    /// The node's memory.available below which the kubelet evicts pods (default 100Mi, the
+    /// kubelet's own `memory.available<100Mi`; 0: no eviction, only a global OOM counts).
+    /// memory.available is computed as the kubelet does: MemTotal − the root cgroup's working
+    /// set (usage − inactive_file). The plan says which the run meets first: the target's
+    /// limit (an OOM kill in its cgroup) or this threshold.
+    #[arg(long, value_name = "SIZE", value_parser = parse_threshold)]
+    pub eviction_threshold: Option<u64>,
 
     /// Run the stressors as this user: a name, a uid, or uid:gid (default: nobody, when
     /// memstress may switch users; else its own uid). Stressors drop every capability and set

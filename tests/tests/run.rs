@@ -1098,3 +1098,270 @@ fn the_status_line_shows_progress_and_restarts() {
     assert!(last.contains("] 100% "), "{last}");
     assert!(last.contains("OOM kills 0"), "{last}");
 }
+
+/// A /proc/meminfo figure, in bytes.
+fn meminfo(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/meminfo"))
+        * 1024
+}
+
+/// Pids whose parent is this test process.
+fn own_children() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().nth(1))
+                    == Some(me.as_str())
+            })
+        })
+        .collect()
+}
+
+/// A target whose OOM domain is the node (no limit on it or any ancestor; a `--new` limit
+/// larger than the node; the root cgroup), with a size past the node's available memory:
+/// refused with exit code 1 and one line naming the node as the domain, before anything is
+/// created or started. Nothing approaches the node's memory: every run here is refused or
+/// `--dry-run`.
+#[test]
+fn a_node_wide_run_is_refused_unless_allowed() {
+    require_root();
+    let target = TestCgroup::new("node", None);
+    let size = (meminfo("MemAvailable:") + (1 << 30)).to_string();
+    let huge = (2 * meminfo("MemTotal:")).to_string();
+    let new = test_name("node-new");
+    let root = hierarchy().root();
+    let names = |c: &memstress::target::cgroup::Cgroup| -> Vec<String> {
+        let mut n: Vec<String> = c
+            .children()
+            .unwrap()
+            .iter()
+            .map(|c| c.path.clone())
+            .filter(|p| p.contains(&test_name("")))
+            .collect();
+        n.sort();
+        n
+    };
+    let before = names(&root);
+    // Orphans of memstress (a janitor, a worker) would become this process's children.
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only changes who reaps this process's orphans.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            vec!["run", "--cgroup", target.path(), "--size", &size],
+            vec!["no memory limit on", target.path()],
+        ),
+        (
+            vec![
+                "run",
+                "--cgroup",
+                target.path(),
+                "--size",
+                &size,
+                "--dry-run",
+            ],
+            vec!["no memory limit on", target.path()],
+        ),
+        (
+            vec![
+                "run",
+                "--cgroup",
+                target.path(),
+                "--size",
+                &size,
+                "-o",
+                "json",
+                "--eviction-threshold",
+                "0",
+            ],
+            vec!["global OOM"],
+        ),
+        (
+            vec!["run", "--new", &new, "--limit", &huge, "--size", &size],
+            vec!["the limit of", "more than the node can give"],
+        ),
+        (
+            vec![
+                "run",
+                "--cgroup",
+                "/",
+                "--allow-root-cgroup",
+                "--size",
+                &size,
+            ],
+            vec!["the root cgroup"],
+        ),
+    ];
+    for (args, needles) in &cases {
+        let out = memstress_output(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let mut all = vec![
+            "OOM domain is the node",
+            "--allow-node-oom",
+            "available memory",
+        ];
+        all.extend(needles.iter().copied());
+        assert_one_line_error(&stderr, &all);
+        assert!(out.stdout.is_empty(), "{args:?} printed a plan");
+    }
+    let orphans = own_children();
+    // SAFETY: as above.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) };
+    assert!(orphans.is_empty(), "processes left behind: {orphans:?}");
+    assert!(!root.dir.join(&new).exists(), "--new {new} was created");
+    assert_eq!(names(&root), before, "a cgroup was created");
+    assert!(target.cgroup.procs().unwrap().is_empty());
+    assert!(target.cgroup.children().unwrap().is_empty());
+    // Allowed, as a plan only: the node is the domain, and the ranking is a global OOM's,
+    // every process of the node (this one among them), init exempt.
+    let out = memstress_output(&[
+        "run",
+        "--cgroup",
+        target.path(),
+        "--size",
+        &size,
+        "--allow-node-oom",
+        "--dry-run",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let domain = &plan["domain"];
+    assert_eq!(domain["kind"], "node", "{domain}");
+    assert_eq!(domain["cgroup"], Value::Null);
+    assert_eq!(domain["allow_node_oom"], true);
+    assert!(
+        domain["first"] == "eviction" || domain["first"] == "node_oom",
+        "{domain}"
+    );
+    assert_eq!(domain["eviction_threshold_bytes"], 100 * MIB);
+    let predicted = &plan["predicted_oom"];
+    assert_eq!(predicted["domain"], "/");
+    let ranking = predicted["ranking"].as_array().unwrap();
+    assert!(
+        ranking
+            .iter()
+            .any(|r| r["pid"] == u64::from(std::process::id())),
+        "this test's process is no candidate: {predicted}"
+    );
+    assert!(ranking.iter().all(|r| r["pid"] != 1));
+    let init = std::fs::read_to_string("/proc/1/comm").unwrap();
+    assert!(
+        predicted["exempt"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(format!("1 ({})", init.trim()))),
+        "{predicted}"
+    );
+    let out = memstress_output(&[
+        "run",
+        "--cgroup",
+        target.path(),
+        "--size",
+        &size,
+        "--allow-node-oom",
+        "--dry-run",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("OOM domain: the node") && text.contains("may take any process on the node"),
+        "{text}"
+    );
+    assert!(target.cgroup.procs().unwrap().is_empty());
+}
+
+/// A limited target: its limit comes first (an OOM kill in it), and the plan says so.
+#[test]
+fn a_limited_plan_says_its_limit_comes_first() {
+    require_root();
+    let parent = TestCgroup::new("first", Some(64 * MIB));
+    let child = parent.child("app", None);
+    let out = memstress_output(&[
+        "run",
+        "--cgroup",
+        &child.path,
+        "--size",
+        "128Mi",
+        "--dry-run",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let domain = &plan["domain"];
+    assert_eq!(domain["kind"], "memcg", "{domain}");
+    assert_eq!(domain["first"], "limit");
+    assert_eq!(domain["cgroup"], parent.path());
+    assert_eq!(domain["limit_bytes"], 64 * MIB);
+    assert_eq!(plan["predicted_oom"]["domain"], parent.path());
+    assert!(domain["node_available_bytes"].as_u64().unwrap() > 0);
+    let text = memstress_output(&[
+        "run",
+        "--cgroup",
+        &child.path,
+        "--size",
+        "128Mi",
+        "--dry-run",
+    ]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("OOM domain: memcg {}", parent.path()))
+            && text.contains("the limit comes first"),
+        "{text}"
+    );
+}
+
+/// An unlimited target far from the node's bounds still runs: 16 MiB held for a second, the
+/// plan naming the node as its domain and nothing reached.
+#[test]
+fn a_small_run_in_an_unlimited_cgroup_still_works() {
+    require_root();
+    let target = TestCgroup::new("unlimited", None);
+    let out = memstress_output(&[
+        "run",
+        "-o",
+        "json",
+        "--cgroup",
+        target.path(),
+        "--size",
+        "16Mi",
+        "--hold",
+        "1s",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let plan = lines.iter().find(|l| l["type"] == "plan").unwrap();
+    assert_eq!(plan["domain"]["kind"], "node");
+    assert_eq!(plan["domain"]["first"], "neither");
+    assert_eq!(plan["predicted_oom"], Value::Null);
+    assert!(lines.iter().any(|l| l["type"] == "full"), "{lines:?}");
+    let summary = lines.iter().find(|l| l["type"] == "summary").unwrap();
+    assert_eq!(summary["requested_bytes"], 16 * MIB);
+    assert!(target.cgroup.procs().unwrap().is_empty());
+}

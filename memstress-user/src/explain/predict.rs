@@ -1,6 +1,8 @@
 //! The OOM ranking predicted before a run (`--dry-run`): the points `oom_badness()` would give
 //! every process in the OOM domain and each planned stressor, from /proc as it is now. Marked
-//! `"source":"predicted"`: the kernel's own figures come only from the OOM path.
+//! `"source":"predicted"`: the kernel's own figures come only from the OOM path. The domain is
+//! a memcg ([`predict`]) or, for a run nothing but the node's memory bounds, the node
+//! ([`predict_node`]: every process, `totalpages` = RAM + swap, as in a global OOM).
 
 use std::fs;
 
@@ -15,13 +17,14 @@ use crate::{
 /// A prediction of who the OOM killer would choose, highest points first.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Prediction {
-    /// The cgroup whose limit would be hit.
+    /// The cgroup whose limit would be hit (`/` for a global OOM: the node).
     pub domain: String,
     /// What `oom_score_adj` is scaled by there.
     pub totalpages: u64,
     /// Processes and planned stressors, highest points first.
     pub ranking: Vec<Ranked>,
-    /// Processes the kernel would pass over (oom_score_adj -1000).
+    /// Processes the kernel would pass over (oom_score_adj -1000; in a global OOM also the
+    /// init process, pid 1).
     pub exempt: Vec<String>,
 }
 
@@ -91,13 +94,61 @@ pub fn predict(
     if exists {
         procs_below(domain, &mut pids);
     }
+    let (ranking, exempt) = rank(&pids, stressors, totalpages, page, false);
+    Prediction {
+        domain: domain.path.clone(),
+        totalpages,
+        ranking,
+        exempt,
+    }
+}
+
+/// Predicts the ranking of a global OOM once the planned stressors hold their memory: every
+/// process of the node (`/proc`), `totalpages` = RAM + swap (`totalram_pages() +
+/// total_swap_pages`), the init process passed over as `oom_unkillable_task()` does.
+pub fn predict_node(stressors: &[(String, u64, i16)]) -> Prediction {
+    let page = crate::size::page_size();
+    let (ram, swap) = points::node_pages(page);
+    let totalpages = points::totalpages_global(ram, swap);
+    let pids: Vec<u32> = fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let (ranking, exempt) = rank(&pids, stressors, totalpages, page, true);
+    Prediction {
+        domain: "/".to_owned(),
+        totalpages,
+        ranking,
+        exempt,
+    }
+}
+
+/// Whether /proc is the initial PID namespace's, where pid 1 is the node's init: its
+/// namespace inode is `PROC_PID_INIT_INO` (include/linux/proc_ns.h).
+fn in_initial_pid_ns() -> bool {
+    fs::read_link("/proc/self/ns/pid")
+        .is_ok_and(|l| l.to_str() == Some(&format!("pid:[{}]", 0xEFFF_FFFCu32)))
+}
+
+/// The processes `pids` and the planned `stressors`, ranked highest points first; and the
+/// processes passed over (oom_score_adj -1000, and with `global` the init process).
+fn rank(
+    pids: &[u32],
+    stressors: &[(String, u64, i16)],
+    totalpages: u64,
+    page: u64,
+    global: bool,
+) -> (Vec<Ranked>, Vec<String>) {
     let mut ranking = Vec::new();
     let mut exempt = Vec::new();
-    for pid in pids {
+    for &pid in pids {
         let Some((raw, adj, comm)) = process(pid, page) else {
             continue;
         };
-        if adj == -1000 {
+        // is_global_init(): a global OOM never chooses the initial PID namespace's init.
+        if adj == -1000 || (global && pid == 1 && in_initial_pid_ns()) {
             exempt.push(format!("{pid} ({comm})"));
             continue;
         }
@@ -137,10 +188,44 @@ pub fn predict(
         });
     }
     ranking.sort_by_key(|r| std::cmp::Reverse(r.points));
-    Prediction {
-        domain: domain.path.clone(),
-        totalpages,
-        ranking,
-        exempt,
+    (ranking, exempt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A global OOM's candidates are every process of the node: this test's own among them,
+    /// the planned stressor too, init never; `totalpages` is RAM + swap.
+    #[test]
+    fn ranks_every_process_of_the_node() {
+        let page = crate::size::page_size();
+        let planned = [("memstress-vm".to_owned(), 64 << 20, 0)];
+        let p = predict_node(&planned);
+        assert_eq!(p.domain, "/");
+        let (ram, swap) = points::node_pages(page);
+        assert_eq!(p.totalpages, ram + swap);
+        let own = std::process::id();
+        assert!(
+            p.ranking.iter().any(|r| r.pid == Some(own)),
+            "this process is no candidate: {:?}",
+            p.ranking
+        );
+        let stressor = p
+            .ranking
+            .iter()
+            .find(|r| r.pid.is_none())
+            .expect("the planned stressor");
+        assert_eq!(stressor.points, (64 << 20) / page as i64);
+        assert_eq!(stressor.source, Source::Predicted);
+        assert!(p.ranking.windows(2).all(|w| w[0].points >= w[1].points));
+        if in_initial_pid_ns() {
+            assert!(p.ranking.iter().all(|r| r.pid != Some(1)));
+            assert!(
+                p.exempt.iter().any(|e| e.starts_with("1 (")),
+                "{:?}",
+                p.exempt
+            );
+        }
     }
 }

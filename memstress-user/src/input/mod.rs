@@ -71,6 +71,10 @@ pub fn run_options(
         opts.amount_given = amount_given;
     }
     opts.allow_root = args.allow_root_cgroup;
+    opts.allow_node_oom = args.allow_node_oom;
+    if let Some(threshold) = args.eviction_threshold {
+        opts.eviction_threshold = threshold;
+    }
     opts.user = args.user;
     opts.of_node = args.of_node;
     opts.on_oom = args.on_oom;

@@ -26,6 +26,7 @@ use crate::{
     target::{
         cgroup::{Counters, PeakScope},
         kube::Identity,
+        node::AvailableFrom,
         psi::Psi,
         workload::ContainerRef,
     },
@@ -271,8 +272,12 @@ pub struct Plan {
     /// limit).
     #[serde(skip)]
     pub headroom_bytes: Option<u64>,
-    /// When it does: who the OOM killer would choose, predicted from /proc now.
+    /// When it does: who the OOM killer would choose, predicted from /proc now. For a run
+    /// whose domain is the node: every process of the node (with `--dry-run`, or when the run
+    /// reaches the node's bounds).
     pub predicted_oom: Option<Prediction>,
+    /// The run's OOM domain (a memcg, or the node) and which bound it meets first as it fills.
+    pub domain: PlanDomain,
     /// Who the stressors run as; they hold no capabilities.
     pub stressor_user: StressorUser,
     /// The credentials to switch to (`None`: keep this process's own).
@@ -284,6 +289,65 @@ pub struct Plan {
     pub stresschaos: Option<StressChaosLine>,
     /// How this run differs from what its source (a StressChaos) would do, one sentence each.
     pub notes: Vec<String>,
+}
+
+/// What bounds a run: a memory cgroup's limit, or nothing short of the node's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DomainKind {
+    /// A limit (the target's or an ancestor's) that the run reaches before the node's bounds:
+    /// an OOM there kills inside that cgroup.
+    Memcg,
+    /// No limit on the target or any ancestor, or one beyond what the node can give: an OOM
+    /// is global, and its kill can take any process on the node.
+    Node,
+}
+
+/// The bound a run meets first as it fills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FirstBound {
+    /// The domain's memory limit: an OOM kill in that cgroup.
+    Limit,
+    /// The node's `memory.available` falls below the eviction threshold: the kubelet evicts.
+    Eviction,
+    /// The node's MemAvailable runs out: a global OOM.
+    NodeOom,
+    /// The run stays within every bound.
+    Neither,
+}
+
+/// The plan's OOM domain: what bounds the run, the node's memory as the kubelet and the
+/// kernel see it, and which bound comes first.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct PlanDomain {
+    /// `memcg` or `node`.
+    pub kind: DomainKind,
+    /// The cgroup whose limit applies (`null`: none anywhere above the target).
+    pub cgroup: Option<String>,
+    /// Its limit (`null`: none).
+    pub limit_bytes: Option<u64>,
+    /// What the domain can still be charged before that limit (`null`: no limit).
+    pub headroom_bytes: Option<u64>,
+    /// The node's `memory.available` as the kubelet computes it (MemTotal − the root cgroup's
+    /// working set).
+    pub node_available_bytes: u64,
+    /// How `node_available_bytes` was computed: `root_memcg` (the kubelet's way) or
+    /// `mem_available` (the root memcg is not visible: the kernel's MemAvailable).
+    pub node_available_from: AvailableFrom,
+    /// The kernel's MemAvailable: about what can be allocated before a global OOM.
+    pub node_mem_available_bytes: u64,
+    /// `--eviction-threshold` (the kubelet's `memory.available<100Mi` by default; 0: none).
+    pub eviction_threshold_bytes: u64,
+    /// What the node can still be charged before its `memory.available` falls below the
+    /// threshold (`null`: no threshold).
+    pub eviction_after_bytes: Option<u64>,
+    /// What the run adds to the node: its stressors' total and any app it starts.
+    pub run_bytes: u64,
+    /// Which bound the run meets first: `limit`, `eviction`, `node_oom` or `neither`.
+    pub first: FirstBound,
+    /// `--allow-node-oom`: a run that reaches the node's bounds was allowed.
+    pub allow_node_oom: bool,
 }
 
 /// The target as planned.

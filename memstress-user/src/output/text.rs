@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::{
     Clock,
     line::{
-        CollateralLine, FullLine, KillLine, Line, MemberLine, Outcome, Plan, SignalLine, Summary,
+        CollateralLine, DomainKind, FirstBound, FullLine, KillLine, Line, MemberLine, Outcome,
+        Plan, PlanDomain, SignalLine, Summary,
     },
     time_of_day,
 };
@@ -16,6 +17,7 @@ use crate::{
     probe::Status,
     size::{Bytes, SizeSpec, group},
     spec::{Kind, Pattern},
+    stress::radius,
     target::{cgroup::PeakScope, kube::Driver, workload::Workload},
 };
 
@@ -239,6 +241,7 @@ fn plan(plan: &Plan) -> Vec<String> {
     }
     out.extend(plan.notes.iter().map(|note| format!("note: {note}")));
     out.push(plan_amount(plan));
+    out.push(plan_domain(&plan.domain, &plan.target.path));
     let u = &plan.stressor_user;
     out.push(format!(
         "stressors run as uid {} gid {} ({}), with {}, oom_score_adj {}",
@@ -269,19 +272,73 @@ fn plan(plan: &Plan) -> Vec<String> {
                 format!("{}. {who}: {} points", i + 1, group(r.points.into()))
             })
             .collect();
+        let domain = if plan.domain.kind == DomainKind::Node {
+            format!("of a global OOM ({} processes)", p.ranking.len())
+        } else {
+            format!("in {}", p.domain)
+        };
         out.push(format!(
-            "predicted OOM ranking in {} (totalpages {}, from /proc now): {}{}",
-            p.domain,
+            "predicted OOM ranking {domain} (totalpages {}, from /proc now): {}{}",
             group(p.totalpages.into()),
             top.join("; "),
             if p.exempt.is_empty() {
                 String::new()
             } else {
-                format!("; exempt (oom_score_adj -1000): {}", p.exempt.join(", "))
+                format!(
+                    "; exempt ({}): {}",
+                    if plan.domain.kind == DomainKind::Node {
+                        "oom_score_adj -1000, or init"
+                    } else {
+                        "oom_score_adj -1000"
+                    },
+                    p.exempt.join(", ")
+                )
             }
         ));
     }
     out
+}
+
+/// The plan's domain line: `OOM domain: …; first: …`.
+fn plan_domain(domain: &PlanDomain, target: &str) -> String {
+    let node = format!(
+        "memory.available {}{}, MemAvailable {}",
+        Bytes(domain.node_available_bytes),
+        match domain.eviction_after_bytes {
+            Some(_) => format!(
+                " (eviction below {})",
+                Bytes(domain.eviction_threshold_bytes)
+            ),
+            None => " (no eviction threshold)".to_owned(),
+        },
+        Bytes(domain.node_mem_available_bytes)
+    );
+    let what = match (domain.kind, &domain.cgroup) {
+        (DomainKind::Memcg, Some(cgroup)) => format!(
+            "memcg {cgroup} (limit {}, {} left); the node: {node}",
+            Bytes(domain.limit_bytes.unwrap_or(0)),
+            Bytes(domain.headroom_bytes.unwrap_or(0))
+        ),
+        _ => format!("the node ({}): {node}", radius::why_node(domain, target)),
+    };
+    let first = match domain.first {
+        FirstBound::Limit => format!(
+            "the limit comes first (an OOM kill in {})",
+            domain.cgroup.as_deref().unwrap_or("the domain")
+        ),
+        FirstBound::Eviction => format!(
+            "the eviction threshold comes first (after {}: the kubelet evicts), then a global OOM",
+            Bytes(domain.eviction_after_bytes.unwrap_or(0))
+        ),
+        FirstBound::NodeOom => "a global OOM comes first".to_owned(),
+        FirstBound::Neither => format!("{} stays within every bound", Bytes(domain.run_bytes)),
+    };
+    let allowed = if domain.allow_node_oom && radius::reaches_node(domain) {
+        "; --allow-node-oom: the kill may take any process on the node"
+    } else {
+        ""
+    };
+    format!("OOM domain: {what}; {first}{allowed}")
 }
 
 /// `target pod shop/web-0 (…), container app (…), Burstable, systemd driver: /kubepods…

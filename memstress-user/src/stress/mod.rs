@@ -4,7 +4,9 @@
 //! samples, full, summary) and the explained OOM kills its pressure caused, through the
 //! [`Reporter`]; the [`Ended`] outcome.
 //!
-//! The run is planned completely before anything is created ([`mod@plan`]); then, in order:
+//! The run is planned completely before anything is created ([`mod@plan`]; a run whose domain
+//! is the node and that would reach its eviction threshold or a global OOM is refused there,
+//! [`radius`]); then, in order:
 //! the janitor starts, the sandbox cgroup (if any) is created, the probes load on a thread
 //! while the workers start inside the target (`member`, [`spawn`], [`stressor`]), and the engine
 //! samples the cgroup every 100 ms while reporting kills. Every exit path removes what the
@@ -15,6 +17,7 @@ mod engine;
 pub mod janitor;
 mod member;
 pub mod plan;
+pub mod radius;
 pub mod spawn;
 pub mod stressor;
 
@@ -176,6 +179,8 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Ended> {
     let hierarchy = Hierarchy::locate(opts.cgroup_root.as_deref())?;
     let mut opts = opts;
     if opts.footprint.is_none() {
+        // Measuring starts a worker: a run refused for its blast radius starts nothing.
+        plan::check_node_bounds(&opts, &hierarchy)?;
         opts.footprint = member::measure_footprint()
             .map_err(|e| tracing::debug!("cannot measure a stressor's footprint: {e}"))
             .ok();

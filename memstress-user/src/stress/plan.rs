@@ -1,18 +1,19 @@
 //! The plan: what a run will do, resolved completely before anything is created (the
-//! target, its limit and usage, the bytes of each stressor, who they run as, and who the OOM
-//! killer would choose when the plan crosses the limit).
+//! target, its limit and usage, the bytes of each stressor, who they run as, its OOM domain
+//! and which bound it meets first ([`super::radius`]), and who the OOM killer would choose
+//! when the plan crosses the limit).
 //!
 //! Enters: [`Options`] (from the command line or a StressChaos file, lowered by
 //! the input adapters). Leaves: the [`Plan`] line and the resolved [`Target`].
 
 use std::{path::PathBuf, time::Duration};
 
-use super::{member::split, stressor};
+use super::{member::split, radius, stressor};
 use crate::{
     Error, Result,
     error::Context as _,
     explain::predict,
-    output::line::{Mode, Plan, PlanTarget, StressChaosLine},
+    output::line::{DomainKind, Mode, Plan, PlanDomain, PlanTarget, StressChaosLine},
     privilege, probe,
     size::{Bytes, SizeSpec},
     spec::{Fill, Kind, OnOom, Pattern},
@@ -20,6 +21,7 @@ use crate::{
         self, Target,
         cgroup::{Cgroup, Counters, Hierarchy},
         kube::RuntimeState,
+        node::NodeMemory,
     },
 };
 
@@ -33,6 +35,9 @@ macro_rules! usage {
 /// A stressor's own footprint when `run` could not measure one (an idle worker measured
 /// 508 KiB on x86-64 with glibc).
 pub const DEFAULT_FOOTPRINT: u64 = 512 << 10;
+
+/// `--eviction-threshold`'s default: the kubelet's own hard threshold, `memory.available<100Mi`.
+pub const DEFAULT_EVICTION_THRESHOLD: u64 = 100 << 20;
 
 /// How much to hold.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -62,6 +67,12 @@ pub struct Options {
     pub target: target::Spec,
     /// Allow the root cgroup.
     pub allow_root: bool,
+    /// `--allow-node-oom`: allow a run whose domain is the node to reach its eviction
+    /// threshold or a global OOM.
+    pub allow_node_oom: bool,
+    /// `--eviction-threshold`: the node's `memory.available` below which the kubelet evicts
+    /// (0: none).
+    pub eviction_threshold: u64,
     /// How much.
     pub amount: Amount,
     /// The amount as the user wrote it (`64M`), echoed in the plan; `None`: not from a flag.
@@ -131,6 +142,8 @@ impl Options {
         Self {
             target,
             allow_root: false,
+            allow_node_oom: false,
+            eviction_threshold: DEFAULT_EVICTION_THRESHOLD,
             user: None,
             amount,
             amount_given: None,
@@ -413,17 +426,57 @@ fn resolve(opts: &Options, target: &Target, domain: &Domain) -> Result<Resolved>
             }
         }
     };
-    if target.cgroup.is_node_root()
-        && let Some(available) = target::node_available()
-        && resolved.total >= available
-    {
-        return Err(Error::Refused(format!(
-            "{} is not below the node's available memory ({}); refusing in the root cgroup",
-            Bytes(resolved.total),
-            Bytes(available)
-        )));
-    }
     Ok(resolved)
+}
+
+/// The run's OOM domain and the bound it meets first; refuses a run that reaches the node's
+/// eviction threshold or a global OOM without `--allow-node-oom` (the root cgroup's too: it
+/// has no limit).
+fn domain_of(
+    opts: &Options,
+    target: &Target,
+    domain: &Domain,
+    resolved: &Resolved,
+) -> Result<PlanDomain> {
+    let node = NodeMemory::read().ok_or_else(|| {
+        Error::io(
+            "cannot read MemTotal and MemAvailable from /proc/meminfo",
+            std::io::ErrorKind::NotFound.into(),
+        )
+    })?;
+    let app_bytes: u64 = opts.apps.iter().map(|a| a.bytes).sum();
+    let limit = domain.limit.as_ref().map(|(bytes, cgroup)| radius::Limit {
+        cgroup: &cgroup.path,
+        bytes: *bytes,
+        headroom: domain.headroom(0).unwrap_or(0),
+    });
+    let planned = radius::assess(
+        limit,
+        resolved.total.saturating_add(app_bytes),
+        &node,
+        opts.eviction_threshold,
+        opts.allow_node_oom,
+    );
+    match radius::refusal(&planned, &target.cgroup.path) {
+        Some(line) => Err(Error::Refused(line)),
+        None => Ok(planned),
+    }
+}
+
+/// Refuses a run whose domain is the node and that would reach its eviction threshold or a
+/// global OOM (without `--allow-node-oom`), before anything runs: `run` checks this before
+/// it starts a worker to measure a stressor's footprint. [`plan`] checks it again.
+pub fn check_node_bounds(opts: &Options, hierarchy: &Hierarchy) -> Result<()> {
+    check_options(opts)?;
+    let target = Target::resolve(
+        hierarchy,
+        &opts.target,
+        opts.allow_root,
+        &opts.runtime_state,
+    )?;
+    let domain = Domain::of(&target)?;
+    let resolved = resolve(opts, &target, &domain)?;
+    domain_of(opts, &target, &domain, &resolved).map(drop)
 }
 
 /// Resolves the plan without creating anything.
@@ -450,6 +503,7 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
     )?;
     let domain = Domain::of(&target)?;
     let resolved = resolve(opts, &target, &domain)?;
+    let planned_domain = domain_of(opts, &target, &domain, &resolved)?;
     let bytes_per_worker = split(
         resolved.total,
         opts.workers as usize,
@@ -507,16 +561,61 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
         crosses_limit,
         headroom_bytes: domain.headroom(app_bytes),
         predicted_oom: None,
+        domain: planned_domain,
         stressor_user,
         credentials,
         follow: opts.follow,
         stresschaos: opts.stresschaos.clone(),
         notes: opts.notes.clone(),
     };
-    if crosses_limit && let Some((limit, cgroup)) = &domain.limit {
+    if plan.domain.kind == DomainKind::Node {
+        // Every process of the node is a candidate of a global OOM, the stressors among them
+        // as long as they hold their memory: ranked for a look beforehand, and for a run that
+        // goes there.
+        if opts.dry_run || radius::reaches_node(&plan.domain) {
+            plan.predicted_oom = Some(predict_node_oom(opts, &plan));
+        }
+    } else if crosses_limit && let Some((limit, cgroup)) = &domain.limit {
         plan.predicted_oom = Some(predict_oom(opts, &plan, *limit, cgroup, &domain, &target));
     }
     Ok((plan, target))
+}
+
+/// Who a global OOM would choose once the plan reaches the node's bounds: every process on
+/// the node from /proc now, and the stressors and apps, each holding at most an even share
+/// of what the node had available (they grow together until it runs out).
+fn predict_node_oom(opts: &Options, plan: &Plan) -> predict::Prediction {
+    let own_adj = own_oom_score_adj();
+    let stressor_adj = opts.oom_score_adj.map_or(own_adj, |a| a as i16);
+    let holders = (opts.apps.len() + plan.bytes_per_worker.len()).max(1) as u64;
+    let at_oom = plan.domain.node_mem_available_bytes / holders;
+    let mut planned: Vec<(String, u64, i16)> = opts
+        .apps
+        .iter()
+        .map(|a| {
+            (
+                a.name.clone(),
+                a.bytes.min(at_oom),
+                a.oom_score_adj.map_or(own_adj, |x| x as i16),
+            )
+        })
+        .collect();
+    planned.extend(plan.bytes_per_worker.iter().map(|&b| {
+        (
+            crate::spec::STRESSOR_COMM.to_owned(),
+            b.min(at_oom),
+            stressor_adj,
+        )
+    }));
+    predict::predict_node(&planned)
+}
+
+/// This process's oom_score_adj, which stressors inherit (0 when unreadable).
+fn own_oom_score_adj() -> i16 {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|a| a.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Who the OOM killer would choose when the plan crosses the limit, from /proc now. The
@@ -530,10 +629,7 @@ fn predict_oom(
     domain: &Domain,
     target: &Target,
 ) -> predict::Prediction {
-    let own_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
-        .ok()
-        .and_then(|a| a.trim().parse().ok())
-        .unwrap_or(0);
+    let own_adj = own_oom_score_adj();
     let stressor_adj = opts.oom_score_adj.map_or(own_adj, |a| a as i16);
     let app_bytes: u64 = opts.apps.iter().map(|a| a.bytes).sum();
     let mut workers: Vec<(String, u64, i16)> = opts
@@ -565,10 +661,13 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::target::{
-        cgroup::{self, Version},
-        fixture::{SAMPLE_POD_UID, Tree},
-        kube::Driver,
+    use crate::{
+        output::line::FirstBound,
+        target::{
+            cgroup::{self, Version},
+            fixture::{SAMPLE_POD_UID, Tree},
+            kube::Driver,
+        },
     };
 
     const MIB: u64 = 1 << 20;
@@ -710,6 +809,85 @@ mod tests {
             .map(|_| ())
             .unwrap_err()
             .to_string()
+    }
+
+    /// The blast radius (no host has a pebibyte to give): an unlimited target is the node's,
+    /// refused past its bounds, planned with --allow-node-oom and ranked node-wide; a limited
+    /// one meets its limit first; a limit beyond the node is the node's; and the root too.
+    #[test]
+    fn names_the_domain_and_refuses_a_node_wide_run() {
+        const PIB: u64 = 1 << 50;
+        let tree = Tree::new(Version::V1);
+        let hierarchy = tree.hierarchy();
+        tree.cgroup("/free", None, 8 * MIB);
+        tree.cgroup("/boxed/app", None, 8 * MIB);
+        tree.cgroup("/boxed", Some(64 * MIB), 8 * MIB);
+        tree.cgroup("/huge", Some(2 * PIB), 0);
+        let of = |path: &str, size: u64| {
+            options(
+                &tree,
+                target::Spec::Cgroup(path.to_owned()),
+                Amount::Size(SizeSpec::Bytes(size)),
+            )
+        };
+        // Unlimited, far from the node's bounds: planned, the node named, nothing ranked
+        // unless asked.
+        let (small, _) = super::plan(&of("/free", 16 * MIB), &hierarchy).unwrap();
+        assert_eq!(small.domain.kind, DomainKind::Node);
+        assert_eq!(small.domain.first, FirstBound::Neither);
+        assert_eq!(small.domain.cgroup, None);
+        assert_eq!(small.domain.run_bytes, 16 * MIB);
+        assert_eq!(small.domain.eviction_threshold_bytes, 100 * MIB);
+        assert!(small.predicted_oom.is_none());
+        let mut dry = of("/free", 16 * MIB);
+        dry.dry_run = true;
+        let (ranked, _) = super::plan(&dry, &hierarchy).unwrap();
+        assert_eq!(ranked.predicted_oom.unwrap().domain, "/");
+        // Past the node: refused with one line, unless --allow-node-oom.
+        let e = plan_err(&of("/free", PIB), &hierarchy);
+        assert!(!e.contains('\n'), "{e}");
+        for needle in ["OOM domain is the node", "/free", "--allow-node-oom"] {
+            assert!(e.contains(needle), "`{e}` lacks {needle}");
+        }
+        let mut allowed = of("/free", PIB);
+        allowed.allow_node_oom = true;
+        let (big, _) = super::plan(&allowed, &hierarchy).unwrap();
+        assert!(matches!(
+            big.domain.first,
+            FirstBound::Eviction | FirstBound::NodeOom
+        ));
+        assert!(big.domain.allow_node_oom);
+        let p = big.predicted_oom.expect("a node-wide ranking");
+        assert!(p.ranking.iter().any(|r| r.pid == Some(std::process::id())));
+        // A limit: it comes first, the ranking is the memcg's.
+        let (boxed, _) = super::plan(&of("/boxed/app", 128 * MIB), &hierarchy).unwrap();
+        assert_eq!(boxed.domain.kind, DomainKind::Memcg);
+        assert_eq!(boxed.domain.first, FirstBound::Limit);
+        assert_eq!(boxed.domain.cgroup.as_deref(), Some("/boxed"));
+        assert_eq!(boxed.domain.headroom_bytes, Some(56 * MIB));
+        assert_eq!(boxed.predicted_oom.as_ref().unwrap().domain, "/boxed");
+        let json = serde_json::to_value(&boxed).unwrap();
+        assert_eq!(json["domain"]["kind"], "memcg");
+        assert_eq!(json["domain"]["first"], "limit");
+        // A limit the node cannot give is no bound: the node is the domain.
+        let e = plan_err(&of("/huge", PIB), &hierarchy);
+        assert!(e.contains("the limit of 2 PiB on /huge"), "{e}");
+        let (huge, _) = super::plan(&of("/huge", MIB), &hierarchy).unwrap();
+        assert_eq!(huge.domain.kind, DomainKind::Node);
+        assert_eq!(huge.domain.limit_bytes, Some(2 * PIB));
+        // The root, allowed as a target, is refused past the node as any unlimited target.
+        let mut root = of("/", PIB);
+        root.allow_root = true;
+        let e = plan_err(&root, &hierarchy);
+        assert!(
+            e.contains("the root cgroup") && e.contains("available memory"),
+            "{e}"
+        );
+        // --eviction-threshold 0: no eviction, only a global OOM.
+        let mut none = of("/free", 16 * MIB);
+        none.eviction_threshold = 0;
+        let (planned, _) = super::plan(&none, &hierarchy).unwrap();
+        assert_eq!(planned.domain.eviction_after_bytes, None);
     }
 
     #[test]

@@ -5,13 +5,15 @@
 //! or a tree under `--cgroup-root`), with the limit that applies and, for a pod or container,
 //! who it is ([`kube`]: pods and containers found in the node's cgroup tree, names from the
 //! runtimes' state files). [`lock`] keeps one run per target; [`fixture`] builds trees shaped
-//! like a node's for tests and `--cgroup-root`.
+//! like a node's for tests and `--cgroup-root`; [`node`] reads the node's memory as the kubelet
+//! and the kernel see it.
 
 pub mod cgroup;
 pub mod fixture;
 pub mod init;
 pub mod kube;
 pub mod lock;
+pub mod node;
 pub mod psi;
 pub mod workload;
 
@@ -69,7 +71,8 @@ pub enum TargetError {
     Kube(#[from] KubeError),
     #[error(
         "refusing to target the root cgroup: pressure there reaches every process on the node; \
-         pass --allow-root-cgroup (and a size below the node's available memory) to do it anyway"
+         pass --allow-root-cgroup to do it anyway (a size that would reach the node's eviction \
+         threshold or a global OOM also needs --allow-node-oom)"
     )]
     Root,
     #[error(

@@ -246,6 +246,11 @@ pub mod fixture {
                 "limit_bytes": 256 * MIB, "limit_from": "/lab/pod", "path": "/lab/pod",
                 "usage_bytes": 0, "version": 2, "working_set_bytes": 0},
             "total_bytes": 300 * MIB, "workers": 1,
+            "domain": {"kind": "memcg", "cgroup": "/lab/pod", "limit_bytes": 256 * MIB,
+                "headroom_bytes": 256 * MIB, "node_available_bytes": 800 * MIB,
+                "node_available_from": "root_memcg", "node_mem_available_bytes": 820 * MIB,
+                "eviction_threshold_bytes": 100 * MIB, "eviction_after_bytes": 700 * MIB,
+                "run_bytes": 300 * MIB, "first": "limit", "allow_node_oom": false},
             "predicted_oom": {"domain": "/lab/pod", "exempt": [], "totalpages": 65536,
                 "ranking": ranking}})
     }
