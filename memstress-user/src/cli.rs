@@ -102,6 +102,8 @@ EXAMPLES:
   sudo memstress run --cgroup /kubepods/burstable/pod1234 --size 80% --hold 10m
   # The memory cgroup of process 4242; show the plan only:
   sudo memstress run --pid 4242 --size 200Mi --dry-run
+  # Throttle a cgroup (v2): memory.high at 64 MiB for 5 minutes, restored afterwards:
+  sudo memstress run --cgroup /pod1234 --throttle 64Mi --hold 5m
   # Keep a pod's working set at 90% of its limit while the app's own use moves:
   sudo memstress run --cgroup /kubepods/pod1234 --fill-to 90%
   # A leak: 1 GiB of page cache over 5 minutes:
@@ -499,6 +501,18 @@ pub struct RunArgs {
     /// application's own use moves (stressors shrink when it grows, and grow when it frees).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
     pub fill_to: Option<SizeArg>,
+
+    /// Set the target's memory.high to this for the run (cgroup v2): bytes (64Mi) or a
+    /// percent of the limit that applies (50%). Above it the kernel makes the cgroup's tasks
+    /// reclaim and throttles them (they slow down; nothing is OOM-killed for it). Alone, it
+    /// starts no stressors: the target's own processes are throttled, until --hold ends or
+    /// the run is interrupted; with --size or --fill-to, the stressors push the cgroup into
+    /// it. The original value is written back on every exit path, a SIGKILL of memstress
+    /// included (its cleanup guard recorded it before the change, and keeps the target
+    /// locked until it is restored); a value someone else wrote meanwhile is left. Refused
+    /// on cgroup v1, which has no memory.high.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
+    pub throttle: Option<SizeArg>,
 
     /// Grow linearly to the size over this long (e.g. 30s), like a leak; default: at once.
     #[arg(long, value_name = "D", value_parser = parse_duration)]

@@ -383,6 +383,9 @@ impl Sampler {
             stressors_alive: 0,
             run_oom_kills: kills,
             forecast,
+            memory_high_bytes: None,
+            run_high_events: None,
+            run_reclaim: None,
         })
     }
 
