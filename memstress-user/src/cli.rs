@@ -233,6 +233,11 @@ fn parse_size(s: &str) -> Result<SizeArg, String> {
     })
 }
 
+/// [`parse_size`], boxed: a flag that is rarely given keeps `RunArgs` small.
+fn parse_boxed_size(s: &str) -> Result<Box<SizeArg>, String> {
+    parse_size(s).map(Box::new)
+}
+
 /// A size as the user typed it (echoed in the plan as given) and what it means.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SizeArg {
@@ -511,8 +516,8 @@ pub struct RunArgs {
     /// included (its cleanup guard recorded it before the change, and keeps the target
     /// locked until it is restored); a value someone else wrote meanwhile is left. Refused
     /// on cgroup v1, which has no memory.high.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
-    pub throttle: Option<SizeArg>,
+    #[arg(long, value_name = "SIZE", value_parser = parse_boxed_size, allow_hyphen_values = true)]
+    pub throttle: Option<Box<SizeArg>>,
 
     /// Grow linearly to the size over this long (e.g. 30s), like a leak; default: at once.
     #[arg(long, value_name = "D", value_parser = parse_duration)]

@@ -348,7 +348,8 @@ impl State {
         self.ramp.is_none()
             && survivors_full
             && apps_settled
-            && (!self.has_stressors() || self.stressors().any(|m| m.alive || m.restart_at.is_some()))
+            && (!self.has_stressors()
+                || self.stressors().any(|m| m.alive || m.restart_at.is_some()))
     }
 
     /// OOM kills this run knows of: reported, and counted before the probes attached.

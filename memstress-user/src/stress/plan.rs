@@ -852,14 +852,13 @@ mod tests {
         // cgroup v1 has no memory.high.
         let v1 = Tree::new(Version::V1);
         v1.cgroup("/pod", Some(256 * MIB), 0);
-        let mut opts = options(
-            &v1,
-            target::Spec::Cgroup("/pod".into()),
-            Amount::Nothing,
-        );
+        let mut opts = options(&v1, target::Spec::Cgroup("/pod".into()), Amount::Nothing);
         opts.throttle = Some((SizeSpec::Bytes(64 * MIB), "64Mi".into()));
         let e = plan_err(&opts, &v1.hierarchy());
-        assert!(e.contains("needs cgroup v2") && e.contains("nothing was changed"), "{e}");
+        assert!(
+            e.contains("needs cgroup v2") && e.contains("nothing was changed"),
+            "{e}"
+        );
     }
 
     fn plan_err(opts: &Options, hierarchy: &Hierarchy) -> String {

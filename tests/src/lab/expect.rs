@@ -823,4 +823,39 @@ mod tests {
         odd["unknown_field"] = json!(true);
         assert!(check_all(&[result(0, odd)], None).1);
     }
+
+    /// A throttled run's `memory.high`: what the readings must show for it to pass, so that
+    /// a guard that does not restore it fails.
+    #[test]
+    fn memory_high_restored_needs_the_original_back_in_time() {
+        const HIGH: u64 = 64 << 20;
+        let step = |i: u64, phase: &str, t: u64| {
+            json!({"type": "step", "index": i, "phase": phase, "t_ms": t,
+                   "what": if phase == "start" { "memstress run -o json --throttle 64Mi" } else { "" }})
+        };
+        let reading = |t: u64, high: Value| json!({"type": "sample", "cgroup": "pod", "t_ms": t, "memory_high": high});
+        let check = |after: &[(u64, Value)]| {
+            let mut events = vec![
+                reading(0, json!("max")),
+                step(0, "start", 100),
+                reading(200, json!(HIGH)),
+                reading(1000, json!(HIGH)),
+                step(0, "end", 1100),
+            ];
+            events.extend(after.iter().map(|(t, h)| reading(*t, h.clone())));
+            memory_high_restored(&events, "pod", 0, HIGH, std::time::Duration::from_secs(2))
+        };
+        // Back at once: passes.
+        let (_, _, actual, ok) = check(&[(1150, json!("max")), (1250, json!("max"))]);
+        assert!(ok, "{actual}");
+        // Never restored (a guard that did nothing): fails.
+        let (_, _, actual, ok) = check(&[(1150, json!(HIGH)), (4000, json!(HIGH))]);
+        assert!(!ok && actual.contains("still 64 MiB"), "{actual}");
+        // Restored too late: fails.
+        let (_, _, actual, ok) = check(&[(2000, json!(HIGH)), (3500, json!("max"))]);
+        assert!(!ok, "{actual}");
+        // Restored, then changed again before any other run: fails.
+        let (_, _, actual, ok) = check(&[(1150, json!("max")), (1300, json!(HIGH))]);
+        assert!(!ok && actual.contains("then changed"), "{actual}");
+    }
 }
