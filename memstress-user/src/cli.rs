@@ -102,6 +102,8 @@ EXAMPLES:
   sudo memstress run --cgroup /kubepods/burstable/pod1234 --size 80% --hold 10m
   # The memory cgroup of process 4242; show the plan only:
   sudo memstress run --pid 4242 --size 200Mi --dry-run
+  # Throttle a cgroup (v2): memory.high at 64 MiB for 5 minutes, restored afterwards:
+  sudo memstress run --cgroup /pod1234 --throttle 64Mi --hold 5m
   # Keep a pod's working set at 90% of its limit while the app's own use moves:
   sudo memstress run --cgroup /kubepods/pod1234 --fill-to 90%
   # A leak: 1 GiB of page cache over 5 minutes:
@@ -129,7 +131,7 @@ CONTAINER NAMES:
   runtime, a different state directory, a container without them), names are refused with
   the ids listed: give the id. Label, namespace and field selectors need the cluster API
   and are never evaluated.")]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 
     /// A self-contained demonstration: a sandbox cgroup, an app, stressors past the limit, and
     /// the OOM kill reported live; everything is removed afterwards.
@@ -229,6 +231,11 @@ fn parse_size(s: &str) -> Result<SizeArg, String> {
         spec: SizeSpec::parse(s).map_err(|e| e.to_string())?,
         given: s.trim().to_owned(),
     })
+}
+
+/// [`parse_size`], boxed: a flag that is rarely given keeps `RunArgs` small.
+fn parse_boxed_size(s: &str) -> Result<Box<SizeArg>, String> {
+    parse_size(s).map(Box::new)
 }
 
 /// A size as the user typed it (echoed in the plan as given) and what it means.
@@ -507,6 +514,18 @@ pub struct RunArgs {
     /// application's own use moves (stressors shrink when it grows, and grow when it frees).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
     pub fill_to: Option<SizeArg>,
+
+    /// Set the target's memory.high to this for the run (cgroup v2): bytes (64Mi) or a
+    /// percent of the limit that applies (50%). Above it the kernel makes the cgroup's tasks
+    /// reclaim and throttles them (they slow down; nothing is OOM-killed for it). Alone, it
+    /// starts no stressors: the target's own processes are throttled, until --hold ends or
+    /// the run is interrupted; with --size or --fill-to, the stressors push the cgroup into
+    /// it. The original value is written back on every exit path, a SIGKILL of memstress
+    /// included (its cleanup guard recorded it before the change, and keeps the target
+    /// locked until it is restored); a value someone else wrote meanwhile is left. Refused
+    /// on cgroup v1, which has no memory.high.
+    #[arg(long, value_name = "SIZE", value_parser = parse_boxed_size, allow_hyphen_values = true)]
+    pub throttle: Option<Box<SizeArg>>,
 
     /// Grow linearly to the size over this long (e.g. 30s), like a leak, from when the probes
     /// are attached; default: at once.

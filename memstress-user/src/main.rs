@@ -185,7 +185,7 @@ async fn dispatch(cli: Cli, reporter: &Reporter) -> Result<i32, Error> {
         }
         Command::Run(args) => {
             let (opts, stresschaos) =
-                input::run_options(args, cli.cgroup_root.clone(), probe("run"))?;
+                input::run_options(*args, cli.cgroup_root.clone(), probe("run"))?;
             let ended = stress::run(opts, reporter).await?;
             if let (Some(sc), Some(summary)) = (&stresschaos, &ended.summary)
                 && let Some(sentence) = sc.closing(&ended.plan, summary)

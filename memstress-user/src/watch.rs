@@ -385,6 +385,9 @@ impl Sampler {
             psi: crate::target::psi::Psi::of(&self.cgroup),
             node_psi: crate::target::psi::Psi::node(),
             forecast,
+            memory_high_bytes: None,
+            run_high_events: None,
+            run_reclaim: None,
         })
     }
 

@@ -1365,3 +1365,70 @@ fn a_small_run_in_an_unlimited_cgroup_still_works() {
     assert_eq!(summary["requested_bytes"], 16 * MIB);
     assert!(target.cgroup.procs().unwrap().is_empty());
 }
+
+/// `--throttle` sets memory.high, which cgroup v1 does not have: on a v1 memcg it is refused
+/// with one line saying cgroup v2 is needed (with `--dry-run` too, alone or with `--size`), and
+/// nothing is created or changed. (The lab's `throttle` scenario runs it on v2 kernels.)
+#[test]
+fn throttle_needs_cgroup_v2() {
+    require_root();
+    if hierarchy().version != memstress::target::cgroup::Version::V1 {
+        eprintln!("skipped: the memory controller is on cgroup v2 here (the lab covers v2)");
+        return;
+    }
+    let target = TestCgroup::new("throttle-v1", Some(64 << 20));
+    let limit_file = target.cgroup.dir.join("memory.limit_in_bytes");
+    let before = std::fs::read_to_string(&limit_file).unwrap();
+    let name = test_name("throttle-new");
+    for args in [
+        vec!["run", "--cgroup", target.path(), "--throttle", "32Mi"],
+        vec![
+            "run",
+            "--cgroup",
+            target.path(),
+            "--throttle",
+            "50%",
+            "--size",
+            "8Mi",
+        ],
+        vec![
+            "run",
+            "--cgroup",
+            target.path(),
+            "--throttle",
+            "32Mi",
+            "--dry-run",
+        ],
+        vec![
+            "run",
+            "--new",
+            &name,
+            "--limit",
+            "64Mi",
+            "--throttle",
+            "32Mi",
+        ],
+    ] {
+        let out = memstress_output(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert_one_line_error(
+            &String::from_utf8_lossy(&out.stderr),
+            &[
+                "--throttle",
+                "memory.high",
+                "cgroup v2",
+                "nothing was changed",
+            ],
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed {:?}", out.stdout);
+        assert!(
+            !hierarchy().mount.join(&name).exists(),
+            "{args:?} created it"
+        );
+        assert!(
+            target.cgroup.procs().unwrap().is_empty(),
+            "{args:?} left processes"
+        );
+        assert_eq!(std::fs::read_to_string(&limit_file).unwrap(), before);
+    }
+}

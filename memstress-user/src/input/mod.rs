@@ -59,14 +59,27 @@ pub fn run_options(
             opts.oom_score_adj = args.oom_score_adj;
             opts
         }
+        (None, None) if args.throttle.is_some() => {
+            let mut opts = stress::Options::new(target, Amount::Nothing, probe);
+            opts.hold = args.hold;
+            if args.workers.is_some() || args.ramp.is_some() || args.oom_score_adj.is_some() {
+                return Err(Error::Usage(
+                    "--throttle alone starts no stressors: --workers, --ramp and \
+                     --oom-score-adj need --size or --fill-to"
+                        .to_owned(),
+                ));
+            }
+            opts
+        }
         (None, None) => {
             return Err(Error::Usage(
                 "an amount is required: --size SIZE or --fill-to SIZE (or --from-stresschaos \
-                 FILE)"
+                 FILE), or --throttle SIZE alone"
                     .to_owned(),
             ));
         }
     };
+    opts.throttle = args.throttle.map(|t| (t.spec, t.given));
     if given.is_some() {
         opts.amount_given = amount_given;
     }
@@ -138,9 +151,10 @@ fn from_stresschaos(
 ) -> Result<stress::Options> {
     let settings = sc.settings(
         &Overrides {
-            amount: given.map(|a| match a {
-                Amount::Size(s) => format!("--size {s}"),
-                Amount::FillTo(s) => format!("--fill-to {s}"),
+            amount: given.and_then(|a| match a {
+                Amount::Size(s) => Some(format!("--size {s}")),
+                Amount::FillTo(s) => Some(format!("--fill-to {s}")),
+                Amount::Nothing => None,
             }),
             workers: args.workers,
             ramp: args.ramp,
@@ -227,7 +241,7 @@ mod tests {
         let Command::Run(run) = cli.command else {
             panic!("not run")
         };
-        let (opts, _) = run_options(run, cli.cgroup_root, probe::Options::default())?;
+        let (opts, _) = run_options(*run, cli.cgroup_root, probe::Options::default())?;
         let hierarchy = Hierarchy::locate(opts.cgroup_root.as_deref())?;
         Ok(stress::plan(&opts, &hierarchy)?.0)
     }

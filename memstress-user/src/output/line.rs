@@ -213,7 +213,8 @@ pub struct ErrorLine {
     pub message: String,
 }
 
-/// `size` (a fixed total) or `fill_to` (a working-set goal kept as the app moves).
+/// `size` (a fixed total), `fill_to` (a working-set goal kept as the app moves), or `throttle`
+/// (`--throttle` alone: no stressors).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
@@ -221,6 +222,33 @@ pub enum Mode {
     Size,
     /// `--fill-to`.
     FillTo,
+    /// `--throttle` alone: no stressors; the target's `memory.high` is set and held.
+    Throttle,
+}
+
+/// `run --throttle`: the target's `memory.high` for the run (cgroup v2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ThrottlePlan {
+    /// The value set (rounded down to a page).
+    pub high_bytes: u64,
+    /// How it was resolved (`64Mi`, `50% of the 256 MiB limit of /pod`).
+    pub from: String,
+    /// `memory.high` before the run (`null`: `max`), written back when the run ends, by the
+    /// controller or, after a SIGKILL, by its cleanup guard.
+    pub original_bytes: Option<u64>,
+}
+
+/// Direct reclaim by the target's own tasks, from the BPF reclaim probes
+/// (`mm_vmscan_memcg_reclaim_begin/end`, aggregated in the kernel), since they attached:
+/// reclaim at the limit and, on v2, reclaim forced above `memory.high`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReclaimSample {
+    /// Direct reclaim runs.
+    pub runs: u64,
+    /// What they reclaimed.
+    pub reclaimed_bytes: u64,
+    /// Time spent in them, in µs.
+    pub us: u64,
 }
 
 /// The resolved plan, printed before anything starts (and alone with `--dry-run`).
@@ -239,11 +267,10 @@ pub struct Plan {
     pub total_bytes: u64,
     /// `fill_to`: the working-set goal.
     pub fill_to_bytes: Option<u64>,
-    /// Number of stressors.
-    #[schemars(range(min = 1))]
+    /// Number of stressors (0 only for `--throttle` alone).
     pub workers: u32,
-    /// Charge of each stressor (they add up to `total_bytes`, rounded to pages).
-    #[schemars(length(min = 1))]
+    /// Charge of each stressor (they add up to `total_bytes`, rounded to pages; empty only
+    /// for `--throttle` alone).
     pub bytes_per_worker: Vec<u64>,
     /// What the bytes are: the cgroup's charge, stressors' own footprint included.
     pub bytes_are: String,
@@ -289,6 +316,9 @@ pub struct Plan {
     pub stresschaos: Option<StressChaosLine>,
     /// How this run differs from what its source (a StressChaos) would do, one sentence each.
     pub notes: Vec<String>,
+    /// `--throttle`: the target's `memory.high` for the run (`null`: not throttled).
+    #[serde(default)]
+    pub throttle: Option<ThrottlePlan>,
 }
 
 /// What bounds a run: a memory cgroup's limit, or nothing short of the node's memory.
@@ -596,6 +626,17 @@ pub struct SampleLine {
     /// The node's memory pressure (`/proc/pressure/memory`; `null` on a kernel without PSI).
     #[serde(default)]
     pub node_psi: Option<Psi>,
+    /// v2 `memory.high` of the target now (`null`: `max`, or cgroup v1).
+    #[serde(default)]
+    pub memory_high_bytes: Option<u64>,
+    /// v2 `memory.events` `high` of the target since the run started: charges that took it
+    /// over `memory.high` (`null` on cgroup v1).
+    #[serde(default)]
+    pub run_high_events: Option<u64>,
+    /// Direct reclaim by the target's tasks since the probes attached (`null`: none counted
+    /// yet, or the reclaim probes are not attached).
+    #[serde(default)]
+    pub run_reclaim: Option<ReclaimSample>,
 }
 
 /// How a run ended.

@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::{
     Clock,
     line::{
-        CollateralLine, DomainKind, FirstBound, FullLine, KillLine, Line, MemberLine, Outcome,
-        Plan, PlanDomain, SignalLine, Summary,
+        CollateralLine, DomainKind, FirstBound, FullLine, KillLine, Line, MemberLine, Mode,
+        Outcome, Plan, PlanDomain, SignalLine, Summary,
     },
     time_of_day,
 };
@@ -242,6 +242,19 @@ fn plan(plan: &Plan) -> Vec<String> {
     out.extend(plan.notes.iter().map(|note| format!("note: {note}")));
     out.push(plan_amount(plan));
     out.push(plan_domain(&plan.domain, &plan.target.path));
+    if let Some(t) = &plan.throttle {
+        out.push(format!(
+            "throttle: memory.high {} ({}), was {}; written back when the run ends, a \
+             SIGKILL of memstress included",
+            Bytes(t.high_bytes),
+            t.from,
+            t.original_bytes
+                .map_or_else(|| "max".to_owned(), |b| Bytes(b).to_string())
+        ));
+    }
+    if plan.mode == Mode::Throttle {
+        return out;
+    }
     let u = &plan.stressor_user;
     out.push(format!(
         "stressors run as uid {} gid {} ({}), with {}, oom_score_adj {}",
@@ -394,6 +407,9 @@ fn plan_amount(plan: &Plan) -> String {
         format!(", ramped over {}", duration_text(s))
     });
     let kind = kind_text(plan.kind);
+    if plan.mode == Mode::Throttle {
+        return format!("no stressors (--throttle alone): held {hold}");
+    }
     let what = match plan.fill_to_bytes {
         Some(goal) => format!(
             "keep the working set at {} ({}) with {}: {} to start",

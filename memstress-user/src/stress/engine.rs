@@ -22,7 +22,7 @@ use crate::{
         Reporter,
         line::{
             FullLine, GoneCause, KillContext, KilledByLine, KillsBeforeProbes, Line, Outcome, Plan,
-            Role, SampleLine, Summary, TargetFollowed, TargetGone,
+            ReclaimSample, Role, SampleLine, Summary, TargetFollowed, TargetGone,
         },
         monotonic_ns,
     },
@@ -204,6 +204,10 @@ struct State {
     forecaster: Option<Forecaster>,
     /// The victim the last forecast named (a change is said in text mode).
     forecast_victim: Option<u32>,
+    /// v2: the target's `memory.events` `high` when the run started (`None` on v1).
+    start_high_events: Option<u64>,
+    /// Direct reclaim by the target's tasks, as the probes last counted it.
+    reclaim: Option<ReclaimSample>,
 }
 
 impl State {
@@ -294,6 +298,8 @@ impl State {
             first_kill: None,
             forecaster: Forecaster::new(cgroup),
             forecast_victim: None,
+            start_high_events: high_events(cgroup),
+            reclaim: None,
             following: follow.map(|cfg| Following {
                 known: kube::container_ids(&cfg.hierarchy, &cfg.identity.pod_uid),
                 cfg,
@@ -302,6 +308,11 @@ impl State {
                 follows: 0,
             }),
         })
+    }
+
+    /// Whether the run has stressors (`--throttle` alone has none).
+    fn has_stressors(&self) -> bool {
+        self.members.iter().any(|m| m.role == Role::Stressor)
     }
 
     fn stressors(&self) -> impl Iterator<Item = &Member> {
@@ -343,7 +354,8 @@ impl State {
         self.ramp.is_none()
             && survivors_full
             && apps_settled
-            && self.stressors().any(|m| m.alive || m.restart_at.is_some())
+            && (!self.has_stressors()
+                || self.stressors().any(|m| m.alive || m.restart_at.is_some()))
     }
 
     /// OOM kills this run knows of: reported, and counted before the probes attached.
@@ -385,6 +397,13 @@ impl State {
             forecast,
             psi: Psi::of(&self.target),
             node_psi: Psi::node(),
+            memory_high_bytes: (self.target.hierarchy.version == cgroup::Version::V2)
+                .then(|| self.target.high().ok().flatten())
+                .flatten(),
+            run_high_events: self
+                .start_high_events
+                .and_then(|start| Some(high_events(&self.target)?.saturating_sub(start))),
+            run_reclaim: self.reclaim.clone(),
         };
         if self.status_line {
             reporter.status(&status_text(&line, self.progress(&counters)));
@@ -1024,9 +1043,13 @@ fn status_text(s: &SampleLine, progress: Option<f64>) -> String {
         (None, Some(p)) => format!("; node pressure {}", p.text()),
         (None, None) => String::new(),
     };
+    let high = match (s.memory_high_bytes, s.run_high_events) {
+        (Some(high), Some(n)) => format!(", memory.high {} (over it {n}×)", Bytes(high)),
+        _ => String::new(),
+    };
     format!(
-        "{bar}usage {}{limit}, working set {}, {} stressor(s) holding {}; since the start: \
-         limit hits {}, OOM kills {}{psi}{forecast}",
+        "{bar}usage {}{limit}{high}, working set {}, {} stressor(s) holding {}; since the \
+         start: limit hits {}, OOM kills {}{psi}{forecast}",
         Bytes(s.counters.usage_bytes),
         Bytes(s.counters.working_set_bytes),
         s.stressors_alive,
@@ -1034,6 +1057,13 @@ fn status_text(s: &SampleLine, progress: Option<f64>) -> String {
         s.run_limit_hits,
         s.run_oom_kills
     )
+}
+
+/// v2 `memory.events` `high` of `cgroup` (`None` on v1, or unreadable).
+fn high_events(cgroup: &Cgroup) -> Option<u64> {
+    (cgroup.hierarchy.version == cgroup::Version::V2)
+        .then(|| cgroup.high_events().ok())
+        .flatten()
 }
 
 /// Runs the workers until the run ends; then stops them and summarises.
@@ -1394,6 +1424,14 @@ fn on_tick(
     // The target can vanish (a container restart removes its cgroup), and come back at the
     // same path as a new cgroup: the inode tells them apart.
     let same = state.target.id().is_ok_and(|id| id == state.target_id);
+    state.reclaim = observer
+        .probes()
+        .pressure(state.target_id)
+        .map(|p| ReclaimSample {
+            runs: p.runs,
+            reclaimed_bytes: p.reclaimed.saturating_mul(state.page),
+            us: p.ns / 1000,
+        });
     match state.sample(reporter) {
         Ok(()) if same => {}
         Err(e) if same && state.target.dir.exists() => return Err(e.into()),
@@ -1468,7 +1506,7 @@ async fn drive(
             return Ok((Outcome::Completed, None));
         }
         let any_left = state.stressors().any(|m| m.alive || m.restart_at.is_some());
-        if !any_left && state.stressors().all(|m| m.oom_killed) {
+        if state.has_stressors() && !any_left && state.stressors().all(|m| m.oom_killed) {
             return Ok((Outcome::AllStressorsKilled, None));
         }
         if state.full_at.is_none() && state.full() {

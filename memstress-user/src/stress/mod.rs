@@ -40,6 +40,7 @@ use crate::{
     },
     privilege,
     probe::{self, Probes},
+    size::Bytes,
     spec::Kind,
     target::{
         Target,
@@ -212,12 +213,21 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Ended> {
     let in_own = protect_in_own_cgroup(&mut opts, &mut plan, &hierarchy, &target);
     let mut janitor = None;
     let mut created = None;
+    let mut throttled = None;
     let result = async {
         if let Some(limit) = target.create {
             let (j, cgroup, l) = create_sandbox(&hierarchy, &target, limit)?;
             janitor = Some(j);
             created = Some(cgroup);
             lock = Some(l);
+        }
+        if let Some(throttle) = &mut plan.throttle {
+            throttled = Some(throttle_target(
+                &mut janitor,
+                lock.as_ref(),
+                &target.cgroup,
+                throttle,
+            )?);
         }
         let context = engine_context(&opts, &hierarchy, &target);
         // The probes load on a thread of their own while the engine starts the stressors,
@@ -243,6 +253,9 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Ended> {
         .await
     }
     .await;
+    if let Some((original, set)) = throttled {
+        restore_throttle(&target.cgroup, original, set);
+    }
     drop(lock);
     if let Some(cgroup) = created
         && let Err(e) = cgroup.remove(Duration::from_secs(10))
@@ -253,6 +266,68 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Ended> {
         j.dismiss();
     }
     result
+}
+
+/// `--throttle`: sets the target's `memory.high`, after the cleanup guard has recorded the
+/// original (read again now, under the target's lock); returns (original, set). The guard
+/// holds the target's lock too, so that no other run can take the target before the original
+/// is back, even after a SIGKILL of this process.
+fn throttle_target(
+    janitor: &mut Option<Janitor>,
+    lock: Option<&TargetLock>,
+    cgroup: &Cgroup,
+    throttle: &mut crate::output::line::ThrottlePlan,
+) -> Result<(Option<u64>, u64)> {
+    let original = cgroup.high()?;
+    if original != throttle.original_bytes {
+        tracing::warn!(
+            "the memory.high of {} changed since the plan (now {}): that is the original \
+             restored after the run",
+            cgroup.path,
+            original.map_or_else(|| "max".to_owned(), |b| Bytes(b).to_string())
+        );
+        throttle.original_bytes = original;
+    }
+    let janitor = match janitor {
+        Some(j) => j,
+        None => {
+            let started = match lock {
+                Some(lock) => Janitor::start_holding(lock.fd()),
+                None => Janitor::start(),
+            };
+            janitor.insert(started.map_err(|e| Error::io("cannot start the cleanup guard", e))?)
+        }
+    };
+    let set = throttle.high_bytes;
+    janitor
+        .record(&Entry::High {
+            original,
+            set,
+            dir: cgroup.dir.clone(),
+        })
+        .map_err(|e| Error::io("cannot brief the cleanup guard", e))?;
+    cgroup.set_high(Some(set))?;
+    tracing::info!(
+        "memory.high of {} set to {} (was {})",
+        cgroup.path,
+        Bytes(set),
+        original.map_or_else(|| "max".to_owned(), |b| Bytes(b).to_string())
+    );
+    Ok((original, set))
+}
+
+/// Writes the original `memory.high` back at the end of a throttled run (unless someone else
+/// changed it meanwhile: then theirs stays, and it is said).
+fn restore_throttle(cgroup: &Cgroup, original: Option<u64>, set: u64) {
+    match janitor::restore_high(&cgroup.dir, original, set) {
+        Ok(janitor::Restored::Restored) => tracing::info!(
+            "memory.high of {} restored to {}",
+            cgroup.path,
+            original.map_or_else(|| "max".to_owned(), |b| Bytes(b).to_string())
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!("{e}"),
+    }
 }
 
 /// `--kind file` on tmpfs holds shmem, not page cache: says so.

@@ -13,7 +13,7 @@ use crate::{
     Error, Result,
     error::Context as _,
     explain::predict,
-    output::line::{DomainKind, Mode, Plan, PlanDomain, PlanTarget, StressChaosLine},
+    output::line::{DomainKind, Mode, Plan, PlanDomain, PlanTarget, StressChaosLine, ThrottlePlan},
     privilege, probe,
     size::{Bytes, SizeSpec},
     spec::{Fill, Kind, OnOom, Pattern},
@@ -47,6 +47,8 @@ pub enum Amount {
     /// `--fill-to`: top the working set up to this (bytes or a percent of the limit) and keep
     /// it there.
     FillTo(SizeSpec),
+    /// Nothing: no stressors (`--throttle` alone sets `memory.high` and holds it).
+    Nothing,
 }
 
 /// A process other than a stressor that a run starts in the target (the demo's app).
@@ -134,6 +136,9 @@ pub struct Options {
     pub stresschaos: Option<StressChaosLine>,
     /// What differs from what the source (a StressChaos) would do, for the plan.
     pub notes: Vec<String>,
+    /// `--throttle`: the target's `memory.high` for the run (bytes or a percent of the
+    /// limit), and the text given.
+    pub throttle: Option<(SizeSpec, String)>,
 }
 
 impl Options {
@@ -173,6 +178,7 @@ impl Options {
             follow: false,
             stresschaos: None,
             notes: Vec::new(),
+            throttle: None,
         }
     }
 }
@@ -335,6 +341,12 @@ fn check_options(opts: &Options) -> Result<()> {
              not in the working set (usage − inactive_file); use --kind anon or shmem"
         );
     }
+    if opts.throttle.is_some() && opts.follow {
+        usage!(
+            "--throttle with --follow: the replacement cgroup's memory.high would be neither \
+             set nor restored; give one of them"
+        );
+    }
     if opts.follow && !opts.target.followable() {
         usage!(
             "--follow re-resolves a --pod/--container target after it disappears; with --new, \
@@ -413,6 +425,12 @@ fn resolve(opts: &Options, target: &Target, domain: &Domain) -> Result<Resolved>
                 from,
             }
         }
+        Amount::Nothing => Resolved {
+            mode: Mode::Throttle,
+            total: 0,
+            fill_to: None,
+            from: "no stressors: --throttle alone".to_owned(),
+        },
         Amount::FillTo(spec) => {
             let what = "working-set goal";
             let (goal, from) =
@@ -504,11 +522,17 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
     let domain = Domain::of(&target)?;
     let resolved = resolve(opts, &target, &domain)?;
     let planned_domain = domain_of(opts, &target, &domain, &resolved)?;
-    let bytes_per_worker = split(
-        resolved.total,
-        opts.workers as usize,
-        crate::size::page_size(),
-    );
+    let throttle = plan_throttle(opts, hierarchy, &target, &domain)?;
+    let stressors = opts.amount != Amount::Nothing;
+    let bytes_per_worker = if stressors {
+        split(
+            resolved.total,
+            opts.workers as usize,
+            crate::size::page_size(),
+        )
+    } else {
+        Vec::new()
+    };
     let app_bytes: u64 = opts.apps.iter().map(|a| a.bytes).sum();
     let footprint = opts.footprint.unwrap_or(DEFAULT_FOOTPRINT);
     // Room for the stressors' footprints: page cache in the domain would be reclaimed to
@@ -519,7 +543,9 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
             d.path.as_str(),
         )
     });
-    check_shares(opts, &bytes_per_worker, resolved.fill_to, footprint, room)?;
+    if stressors {
+        check_shares(opts, &bytes_per_worker, resolved.fill_to, footprint, room)?;
+    }
     let crosses_limit = domain
         .limit
         .as_ref()
@@ -543,11 +569,12 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
             .clone()
             .unwrap_or_else(|| match opts.amount {
                 Amount::Size(s) | Amount::FillTo(s) => s.to_string(),
+                Amount::Nothing => String::new(),
             }),
         size_from: resolved.from,
         total_bytes: resolved.total,
         fill_to_bytes: resolved.fill_to,
-        workers: opts.workers,
+        workers: if stressors { opts.workers } else { 0 },
         bytes_per_worker,
         bytes_are: "cgroup charge, including each stressor's own process footprint".to_owned(),
         stressor_footprint_bytes: footprint,
@@ -567,6 +594,7 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
         follow: opts.follow,
         stresschaos: opts.stresschaos.clone(),
         notes: opts.notes.clone(),
+        throttle,
     };
     if plan.domain.kind == DomainKind::Node {
         // Every process of the node is a candidate of a global OOM, the stressors among them
@@ -616,6 +644,76 @@ fn own_oom_score_adj() -> i16 {
         .ok()
         .and_then(|a| a.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// `--throttle`: the `memory.high` to set, resolved (a percent is of the limit that applies:
+/// the target's, or the nearest limited ancestor's), and what the target has now. Refused on
+/// cgroup v1 (no `memory.high`), and where the value would never throttle anything.
+fn plan_throttle(
+    opts: &Options,
+    hierarchy: &Hierarchy,
+    target: &Target,
+    domain: &Domain,
+) -> Result<Option<ThrottlePlan>> {
+    let Some((spec, given)) = &opts.throttle else {
+        return Ok(None);
+    };
+    if hierarchy.version == target::cgroup::Version::V1 {
+        return Err(Error::Refused(format!(
+            "--throttle sets memory.high, which needs cgroup v2: the memory controller here is \
+             on cgroup v1 ({}), which has no memory.high; nothing was changed",
+            hierarchy.mount.display()
+        )));
+    }
+    let page = crate::size::page_size();
+    let (bytes, from) = match (spec, target.create, &domain.limit) {
+        (SizeSpec::Bytes(b), _, _) => (*b, given.clone()),
+        (SizeSpec::Percent(p), Some(limit), _) => (
+            spec.resolve(limit),
+            format!("{p}% of the {} limit of the new cgroup", Bytes(limit)),
+        ),
+        (SizeSpec::Percent(p), None, Some((limit, from))) => (
+            spec.resolve(*limit),
+            format!("{p}% of the {} limit of {}", Bytes(*limit), from.path),
+        ),
+        (SizeSpec::Percent(p), None, None) => {
+            return Err(Error::Refused(format!(
+                "--throttle {p}% needs a memory limit, but neither {} nor any ancestor has one; \
+                 give an absolute size (e.g. 64Mi)",
+                target.cgroup.path
+            )));
+        }
+    };
+    let high_bytes = bytes / page * page;
+    if high_bytes == 0 {
+        usage!("--throttle {given} resolves to less than a page: give at least 4Ki");
+    }
+    let limit = target.create.or(domain.limit.as_ref().map(|(l, _)| *l));
+    if let Some(limit) = limit
+        && high_bytes >= limit
+    {
+        usage!(
+            "--throttle {given} ({}) is not below the limit that applies ({}): the limit is \
+             reached first, so memory.high would throttle nothing; give less",
+            Bytes(high_bytes),
+            Bytes(limit)
+        );
+    }
+    let original_bytes = if target.create.is_some() {
+        None
+    } else {
+        target.cgroup.high().map_err(|e| {
+            Error::Refused(format!(
+                "--throttle: cannot read the memory.high of {} ({e}); nothing was changed",
+                target.cgroup.path
+            ))
+        })?
+    };
+    Ok(Some(ThrottlePlan {
+        high_bytes,
+        from,
+        original_bytes,
+    }))
 }
 
 /// Who the OOM killer would choose when the plan crosses the limit, from /proc now. The
@@ -802,6 +900,64 @@ mod tests {
             .check_cgroupfs()
             .unwrap_err();
         assert!(e.to_string().contains("--dry-run"), "{e}");
+    }
+
+    #[test]
+    fn throttle_resolves_against_the_limit_and_needs_v2() {
+        let tree = Tree::new(Version::V2);
+        let hierarchy = tree.hierarchy();
+        tree.cgroup("/pod", Some(256 * MIB), 16 * MIB);
+        tree.cgroup("/pod/ctr", None, 16 * MIB);
+        tree.cgroup("/free", None, 0);
+        let throttle = |target: &str, spec: SizeSpec, amount: Amount| {
+            let mut opts = options(&tree, target::Spec::Cgroup(target.into()), amount);
+            opts.throttle = Some((spec, spec.to_string()));
+            opts
+        };
+        // A percent is of the nearest limit; alone, no stressors.
+        let opts = throttle("/pod/ctr", SizeSpec::Percent(25.0), Amount::Nothing);
+        let (plan, _) = super::plan(&opts, &hierarchy).unwrap();
+        let t = plan.throttle.unwrap();
+        assert_eq!(t.high_bytes, 64 * MIB);
+        assert_eq!(t.original_bytes, None);
+        assert!(t.from.contains("of /pod"), "{}", t.from);
+        assert_eq!(plan.mode, Mode::Throttle);
+        assert_eq!((plan.workers, plan.total_bytes), (0, 0));
+        assert!(plan.bytes_per_worker.is_empty());
+        // With a size, and rounded down to a page.
+        let opts = throttle(
+            "/pod",
+            SizeSpec::Bytes(64 * MIB + 1),
+            Amount::Size(SizeSpec::Bytes(8 * MIB)),
+        );
+        let (plan, _) = super::plan(&opts, &hierarchy).unwrap();
+        assert_eq!(plan.throttle.unwrap().high_bytes, 64 * MIB);
+        assert_eq!(plan.workers, 1);
+        // The original is what the file says.
+        std::fs::write(tree.dir("/pod").join("memory.high"), "134217728\n").unwrap();
+        let (plan, _) = super::plan(&opts, &hierarchy).unwrap();
+        assert_eq!(plan.throttle.unwrap().original_bytes, Some(128 * MIB));
+        // Refused: a percent without a limit, not below the limit, with --follow.
+        let e = plan_err(
+            &throttle("/free", SizeSpec::Percent(50.0), Amount::Nothing),
+            &hierarchy,
+        );
+        assert!(e.contains("needs a memory limit"), "{e}");
+        let e = plan_err(
+            &throttle("/pod", SizeSpec::Bytes(256 * MIB), Amount::Nothing),
+            &hierarchy,
+        );
+        assert!(e.contains("not below the limit"), "{e}");
+        // cgroup v1 has no memory.high.
+        let v1 = Tree::new(Version::V1);
+        v1.cgroup("/pod", Some(256 * MIB), 0);
+        let mut opts = options(&v1, target::Spec::Cgroup("/pod".into()), Amount::Nothing);
+        opts.throttle = Some((SizeSpec::Bytes(64 * MIB), "64Mi".into()));
+        let e = plan_err(&opts, &v1.hierarchy());
+        assert!(
+            e.contains("needs cgroup v2") && e.contains("nothing was changed"),
+            "{e}"
+        );
     }
 
     fn plan_err(opts: &Options, hierarchy: &Hierarchy) -> String {

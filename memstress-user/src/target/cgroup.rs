@@ -643,6 +643,38 @@ impl Cgroup {
         }
     }
 
+    /// v2 `memory.high`: the usage above which the kernel throttles the cgroup's tasks and
+    /// reclaims from them (`None`: `max`). v1 has no such file: an error there.
+    pub fn high(&self) -> Result<Option<u64>, CgroupError> {
+        let text = self.read("memory.high")?;
+        match text.trim() {
+            "max" => Ok(None),
+            value => value.parse().map(Some).map_err(|_| CgroupError::Io {
+                action: "cannot parse",
+                path: self.file("memory.high").display().to_string(),
+                source: io::Error::new(ErrorKind::InvalidData, value.to_owned()),
+            }),
+        }
+    }
+
+    /// Sets v2 `memory.high` (`None`: `max`). The kernel reclaims down to it at once, as far
+    /// as it can, in the writer (`memory_high_write()`), and returns even when it cannot.
+    pub fn set_high(&self, bytes: Option<u64>) -> Result<(), CgroupError> {
+        self.write(
+            "memory.high",
+            &bytes.map_or_else(|| "max".to_owned(), |b| b.to_string()),
+        )
+    }
+
+    /// v2 `memory.events` `high`: how often a charge took the cgroup over its `memory.high`
+    /// (each time its tasks were throttled and made to reclaim).
+    pub fn high_events(&self) -> Result<u64, CgroupError> {
+        Ok(parse_flat_keyed(&self.read("memory.events")?)
+            .get("high")
+            .copied()
+            .unwrap_or(0))
+    }
+
     /// Bytes charged to the cgroup now.
     pub fn usage(&self) -> Result<u64, CgroupError> {
         match self.hierarchy.version {

@@ -185,6 +185,7 @@ impl Tree {
                         "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
                     );
                     write(&dir.join("memory.swap.max"), "max\n");
+                    write(&dir.join("memory.high"), "max\n");
                     write(&dir.join("cgroup.subtree_control"), "memory\n");
                     write(&dir.join("cgroup.controllers"), "cpu io memory pids\n");
                 }

@@ -50,6 +50,15 @@ pub struct TargetLock {
     _dir: File,
 }
 
+impl TargetLock {
+    /// The locked directory's descriptor: a process that inherits it holds the same lock
+    /// (the cleanup guard of a `run --throttle`, until it has restored `memory.high`).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd as _;
+        self._dir.as_fd()
+    }
+}
+
 /// Takes the lock on `dir` (the target cgroup's directory), without waiting.
 pub fn lock(dir: &Path, target: &str) -> Result<TargetLock, LockError> {
     let file = File::open(dir).map_err(|source| LockError::Open {

@@ -288,6 +288,62 @@ pub fn check(
             }
         }
         Expect::KernelPoints { tolerance_pct } => kernel_points(events, &kills, *tolerance_pct),
+        Expect::HighEvents { cgroup, step, min } => high_events(events, cgroup, *step, *min),
+        Expect::MemoryHighRestored {
+            cgroup,
+            step,
+            size,
+            within,
+        } => memory_high_restored(
+            events,
+            cgroup,
+            *step,
+            SizeSpec::parse_bytes(size).unwrap_or(0),
+            within.unwrap_or(std::time::Duration::from_secs(2)),
+        ),
+        Expect::UsageAtMost { cgroup, step, max } => {
+            let max_bytes = SizeSpec::parse_bytes(max).unwrap_or(0);
+            let name = format!("{cgroup}'s usage during step {step}");
+            let expected = format!("at most {}", Bytes(max_bytes));
+            let peak = step_window(events, *step).and_then(|(start, end)| {
+                samples(events, cgroup)
+                    .filter(|s| s["t_ms"].as_u64().is_some_and(|t| t >= start && t <= end))
+                    .filter_map(|s| s["usage_bytes"].as_u64())
+                    .max()
+            });
+            match peak {
+                Some(peak) => (
+                    name,
+                    expected,
+                    format!("peak {}", Bytes(peak)),
+                    peak <= max_bytes,
+                ),
+                None => (name, expected, "no samples".into(), false),
+            }
+        }
+        Expect::PsiSome {
+            cgroup,
+            step,
+            min_avg10,
+        } => {
+            let name = format!("{cgroup}'s memory.pressure some avg10 during step {step}");
+            let expected = format!("reaches {min_avg10}%");
+            let peak = step_window(events, *step).and_then(|(start, end)| {
+                samples(events, cgroup)
+                    .filter(|s| s["t_ms"].as_u64().is_some_and(|t| t >= start && t <= end))
+                    .filter_map(|s| s["psi_some_avg10"].as_f64())
+                    .reduce(f64::max)
+            });
+            match peak {
+                Some(peak) => (
+                    name,
+                    expected,
+                    format!("peak {peak:.2}%"),
+                    peak >= *min_avg10,
+                ),
+                None => (name, expected, "no memory.pressure readings".into(), false),
+            }
+        }
         Expect::ReplaySameVictim { step } => replay_same_victim(events, *step),
         Expect::Forecast {
             step,
@@ -332,6 +388,141 @@ pub fn check(
             )
         }
     }
+}
+
+/// `high_events`: the lab's readings of `memory.events` `high` over the step, and the run's
+/// own account (`run_high_events` of its last `sample` line) when the step is a run.
+fn high_events(
+    events: &[Value],
+    cgroup: &str,
+    step: usize,
+    min: u64,
+) -> (String, String, String, bool) {
+    let name = format!("{cgroup}'s memory.events high rises during step {step}");
+    let expected = format!("by at least {min}");
+    let Some((start, end)) = step_window(events, step) else {
+        return (name, expected, "step did not run".into(), false);
+    };
+    let all: Vec<&Value> = samples(events, cgroup)
+        .filter(|s| s["high_events"].is_u64())
+        .collect();
+    let base = all
+        .iter()
+        .rfind(|s| s["t_ms"].as_u64() <= Some(start))
+        .or(all.first())
+        .and_then(|s| s["high_events"].as_u64());
+    let last = all
+        .iter()
+        .rfind(|s| s["t_ms"].as_u64() <= Some(end))
+        .and_then(|s| s["high_events"].as_u64());
+    let Some(rise) = base.zip(last).map(|(b, l)| l.saturating_sub(b)) else {
+        return (name, expected, "no memory.events readings".into(), false);
+    };
+    let reported = said_in(events, step)
+        .filter_map(|line| match line {
+            Line::Sample(s) => s.run_high_events,
+            _ => None,
+        })
+        .last();
+    let ran = said_in(events, step).next().is_some();
+    let ok = rise >= min && (!ran || reported.is_some_and(|r| r >= min));
+    let actual = match (ran, reported) {
+        (true, Some(r)) => format!("{rise} (the run's samples: {r})"),
+        (true, None) => format!("{rise} (the run's samples report none)"),
+        (false, _) => rise.to_string(),
+    };
+    (name, expected, actual, ok)
+}
+
+/// `memory_high_restored`: the value before the step, the value while its run was on, and
+/// the first reading back at the original after the run ended.
+fn memory_high_restored(
+    events: &[Value],
+    cgroup: &str,
+    step: usize,
+    set: u64,
+    within: std::time::Duration,
+) -> (String, String, String, bool) {
+    let name = format!("{cgroup}'s memory.high is set by step {step}'s run and restored after it");
+    let Some((start, end)) = step_window(events, step) else {
+        return (name, "a run".into(), "step did not run".into(), false);
+    };
+    let readings: Vec<(u64, &Value)> = samples(events, cgroup)
+        .filter_map(|s| Some((s["t_ms"].as_u64()?, &s["memory_high"])))
+        .filter(|(_, h)| !h.is_null())
+        .collect();
+    let show = |v: &Value| match v.as_u64() {
+        Some(b) => Bytes(b).to_string(),
+        None => v.as_str().unwrap_or("?").to_owned(),
+    };
+    let Some(original) = readings.iter().rfind(|(t, _)| *t <= start).map(|(_, h)| *h) else {
+        return (
+            name,
+            "a reading before the step".into(),
+            "no memory.high readings".into(),
+            false,
+        );
+    };
+    let expected = format!(
+        "{} while it ran, {} again within {}",
+        Bytes(set),
+        show(original),
+        humantime::format_duration(within)
+    );
+    let during = readings
+        .iter()
+        .any(|(t, h)| *t >= start && *t <= end && h.as_u64() == Some(set));
+    let back = readings
+        .iter()
+        .filter(|(t, _)| *t >= end)
+        .find(|(_, h)| *h == original)
+        .map(|(t, _)| *t);
+    // Until another run starts (it may set memory.high again).
+    let next_run = events
+        .iter()
+        .filter(|e| {
+            e["type"] == "step"
+                && e["phase"] == "start"
+                && e["what"]
+                    .as_str()
+                    .is_some_and(|w| w.starts_with("memstress run"))
+                && e["index"].as_u64().is_some_and(|i| i > step as u64)
+        })
+        .filter_map(|e| e["t_ms"].as_u64())
+        .min()
+        .unwrap_or(u64::MAX);
+    let stays = back.is_some_and(|b| {
+        readings
+            .iter()
+            .filter(|(t, _)| *t >= b && *t < next_run)
+            .all(|(_, h)| *h == original)
+    });
+    let last = readings
+        .last()
+        .map_or_else(|| "?".to_owned(), |(_, h)| show(h));
+    let actual = match back {
+        Some(b) => format!(
+            "{}; {} again {} ms after the run ended{}",
+            if during {
+                format!("{} while it ran", Bytes(set))
+            } else {
+                "never set while it ran".to_owned()
+            },
+            show(original),
+            b - end,
+            if stays { "" } else { ", then changed" }
+        ),
+        None => format!(
+            "{}; still {last} at the last reading",
+            if during {
+                format!("{} while it ran", Bytes(set))
+            } else {
+                "never set while it ran".to_owned()
+            }
+        ),
+    };
+    let ok = during && stays && back.is_some_and(|b| b - end <= within.as_millis() as u64);
+    (name, expected, actual, ok)
 }
 
 /// Whether the watcher reported `program` as attached.
@@ -929,5 +1120,40 @@ mod tests {
         let mut odd = fixture::replay_result(1, (1, "a"), (2, "a"), None);
         odd["unknown_field"] = json!(true);
         assert!(check_all(&[result(0, odd)], None).1);
+    }
+
+    /// A throttled run's `memory.high`: what the readings must show for it to pass, so that
+    /// a guard that does not restore it fails.
+    #[test]
+    fn memory_high_restored_needs_the_original_back_in_time() {
+        const HIGH: u64 = 64 << 20;
+        let step = |i: u64, phase: &str, t: u64| {
+            json!({"type": "step", "index": i, "phase": phase, "t_ms": t,
+                   "what": if phase == "start" { "memstress run -o json --throttle 64Mi" } else { "" }})
+        };
+        let reading = |t: u64, high: Value| json!({"type": "sample", "cgroup": "pod", "t_ms": t, "memory_high": high});
+        let check = |after: &[(u64, Value)]| {
+            let mut events = vec![
+                reading(0, json!("max")),
+                step(0, "start", 100),
+                reading(200, json!(HIGH)),
+                reading(1000, json!(HIGH)),
+                step(0, "end", 1100),
+            ];
+            events.extend(after.iter().map(|(t, h)| reading(*t, h.clone())));
+            memory_high_restored(&events, "pod", 0, HIGH, std::time::Duration::from_secs(2))
+        };
+        // Back at once: passes.
+        let (_, _, actual, ok) = check(&[(1150, json!("max")), (1250, json!("max"))]);
+        assert!(ok, "{actual}");
+        // Never restored (a guard that did nothing): fails.
+        let (_, _, actual, ok) = check(&[(1150, json!(HIGH)), (4000, json!(HIGH))]);
+        assert!(!ok && actual.contains("still 64 MiB"), "{actual}");
+        // Restored too late: fails.
+        let (_, _, actual, ok) = check(&[(2000, json!(HIGH)), (3500, json!("max"))]);
+        assert!(!ok, "{actual}");
+        // Restored, then changed again before any other run: fails.
+        let (_, _, actual, ok) = check(&[(1150, json!("max")), (1300, json!(HIGH))]);
+        assert!(!ok && actual.contains("then changed"), "{actual}");
     }
 }

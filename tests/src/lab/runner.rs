@@ -243,8 +243,12 @@ impl Recorded {
     }
 
     fn interrupt(&self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.signal(libc::SIGINT);
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child (not reaped yet: its pid is still ours).
+        unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
     /// Waits until `deadline`; kills it past that. Returns the exit code (None: signal).
@@ -421,6 +425,12 @@ fn supervise(app: Supervised) {
         let pid = process.child.id();
         rec.push(json!({"type": "app", "name": name, "event": "liveness_failed", "pid": pid}));
         let signal = process.exit_signal();
+        let running = matches!(process.child.try_wait(), Ok(None));
+        if running && spec.liveness == Liveness::None {
+            // Alive but too slow to answer (throttled, say): not dead, and checked again.
+            rec.push(json!({"type": "app", "name": name, "event": "unresponsive", "pid": pid}));
+            continue;
+        }
         rec.push(
             json!({"type": "app", "name": name, "event": "killed", "pid": pid, "signal": signal}),
         );
@@ -535,15 +545,44 @@ fn sampler(rec: Recorder, cgroups: Vec<(String, Cgroup)>, stop: Arc<AtomicBool>)
             for (name, cgroup) in &cgroups {
                 let Ok(c) = cgroup.counters() else { continue };
                 let limit = cgroup.limit().ok().flatten();
-                rec.push(
-                    json!({"type": "sample", "cgroup": name, "usage_bytes": c.usage_bytes,
+                let mut sample = json!({"type": "sample", "cgroup": name, "usage_bytes": c.usage_bytes,
                     "working_set_bytes": c.working_set_bytes, "limit_bytes": limit,
-                    "limit_hits": c.limit_hits, "oom_kills": c.oom_kills}),
-                );
+                    "limit_hits": c.limit_hits, "oom_kills": c.oom_kills});
+                // v2: memory.high (bytes, or "max"), memory.events `high` and the cgroup's
+                // PSI, read from the files themselves (not from memstress).
+                if cgroup.hierarchy.version == Version::V2 {
+                    if let Ok(high) = fs::read_to_string(cgroup.dir.join("memory.high")) {
+                        let high = high.trim();
+                        sample["memory_high"] = high
+                            .parse::<u64>()
+                            .map_or_else(|_| json!(high), |b| json!(b));
+                    }
+                    if let Ok(n) = cgroup.high_events() {
+                        sample["high_events"] = json!(n);
+                    }
+                    if let Some(avg10) = fs::read_to_string(cgroup.dir.join("memory.pressure"))
+                        .ok()
+                        .as_deref()
+                        .and_then(psi_some_avg10)
+                    {
+                        sample["psi_some_avg10"] = json!(avg10);
+                    }
+                }
+                rec.push(sample);
             }
             thread::sleep(Duration::from_millis(100));
         }
     })
+}
+
+/// `some avg10` of a PSI file (`some avg10=12.34 avg60=… total=…`).
+fn psi_some_avg10(text: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("some "))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("avg10="))?
+        .parse()
+        .ok()
 }
 
 /// Creates the scenario's cgroups under `root` (parents first, implicit ones too).
@@ -683,8 +722,7 @@ pub fn run(scenario: &Scenario, opts: &Options) -> Result<Outcome> {
         && hierarchy.version != Version::V2
     {
         let reason =
-            "needs the memory controller on cgroup v2 (memory.oom.group); this kernel has it on v1"
-                .to_owned();
+            "needs the memory controller on cgroup v2; this kernel has it on v1".to_owned();
         rec.push(
             json!({"type": "result", "passed": true, "skipped": reason, "duration_ms": rec.t_ms()}),
         );
@@ -809,6 +847,25 @@ fn run_in(
                 thread::sleep(Duration::from_millis(50));
             }
             rec.push(json!({"type": "step", "index": i, "phase": "end", "kills": kills.load(Ordering::SeqCst)}));
+        } else if let Some(target) = step.stop {
+            let name = step.signal.as_deref().unwrap_or("SIGINT");
+            let signal = super::scenario::SIGNALS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(libc::SIGINT, |(_, s)| *s);
+            rec.push(json!({"type": "step", "index": i, "what": format!("{name} to the run of step {target}"), "phase": "start"}));
+            match background.iter().position(|(j, _)| *j == target) {
+                Some(at) => {
+                    let (j, child) = background.remove(at);
+                    child.signal(signal);
+                    let code = child.wait(Instant::now() + Duration::from_secs(15));
+                    rec.push(json!({"type": "step", "index": j, "phase": "end", "exit_code": code, "signal": name}));
+                }
+                None => {
+                    rec.push(json!({"type": "note", "text": format!("step {i}: step {target} runs no background run")}));
+                }
+            }
+            rec.push(json!({"type": "step", "index": i, "phase": "end"}));
         } else if let Some(file) = &step.replay {
             let started_us = memstress::output::monotonic_ns() / 1000;
             let code = replay_step(
@@ -898,6 +955,14 @@ fn run_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_psi_some_avg10() {
+        let text = "some avg10=12.34 avg60=5.00 avg300=1.00 total=123456\n\
+                    full avg10=10.00 avg60=4.00 avg300=0.50 total=100000\n";
+        assert_eq!(psi_some_avg10(text), Some(12.34));
+        assert_eq!(psi_some_avg10("full avg10=1.00\n"), None);
+    }
 
     #[test]
     fn dmesg_text_is_what_dmesg_prints() {

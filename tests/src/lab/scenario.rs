@@ -155,7 +155,22 @@ pub struct Step {
     /// directory), or `{dmesg}`, the kernel messages this scenario has seen so far.
     #[serde(default)]
     pub replay: Option<String>,
+    /// Send `signal` to the background run of step `stop` and wait (up to 15 s) for it to
+    /// end: `SIGINT` (the default: a normal end), `SIGTERM` or `SIGKILL` (nothing of the
+    /// controller's own cleanup runs; what a SIGKILL leaves is its cleanup guard's to undo).
+    #[serde(default)]
+    pub stop: Option<usize>,
+    /// With `stop`.
+    #[serde(default)]
+    pub signal: Option<String>,
 }
+
+/// The signals a `stop` step may send, by name.
+pub const SIGNALS: [(&str, i32); 3] = [
+    ("SIGINT", libc::SIGINT),
+    ("SIGTERM", libc::SIGTERM),
+    ("SIGKILL", libc::SIGKILL),
+];
 
 /// An expectation, checked against what was recorded.
 #[derive(Clone, Debug, Deserialize)]
@@ -246,6 +261,51 @@ pub enum Expect {
     KernelPoints {
         /// Largest disagreement between the formula and the kernel, in percent.
         tolerance_pct: f64,
+    },
+    /// v2: the cgroup's `memory.events` `high` rose by at least `min` during step `step`
+    /// (the lab's own readings), and, when that step is a run, its last `sample` line's
+    /// `run_high_events` says so too.
+    HighEvents {
+        /// Cgroup name.
+        cgroup: String,
+        /// Step index.
+        step: usize,
+        /// At least.
+        min: u64,
+    },
+    /// v2: while the run of step `step` was on, the cgroup's `memory.high` was `size` (at
+    /// least one reading), and within `within` (default 2 s) of the run's end it was back to
+    /// what it was before the step started, and stayed so until the next run step
+    /// started (or to the scenario's end).
+    MemoryHighRestored {
+        /// Cgroup name.
+        cgroup: String,
+        /// A `run` step.
+        step: usize,
+        /// The `memory.high` the run set.
+        size: String,
+        /// How soon after the run ended.
+        #[serde(default, with = "opt_duration")]
+        within: Option<Duration>,
+    },
+    /// During step `step`, the cgroup's usage never went above `max`.
+    UsageAtMost {
+        /// Cgroup name.
+        cgroup: String,
+        /// Step index.
+        step: usize,
+        /// At most.
+        max: String,
+    },
+    /// v2: during step `step`, the cgroup's `memory.pressure` `some` avg10 reached `min`
+    /// (percent) at least once.
+    PsiSome {
+        /// Cgroup name.
+        cgroup: String,
+        /// Step index.
+        step: usize,
+        /// At least, in percent.
+        min_avg10: f64,
     },
     /// The replay (of step `step`, else of every `replay` step) printed at least one
     /// `replay_result`, and every one reproduced the report's victim (`same_victim`).
@@ -402,11 +462,34 @@ impl Scenario {
                 + usize::from(s.sleep.is_some())
                 + usize::from(s.resize.is_some())
                 + usize::from(s.wait_kills.is_some())
-                + usize::from(s.replay.is_some());
+                + usize::from(s.replay.is_some())
+                + usize::from(s.stop.is_some());
             if kinds != 1 {
                 return Err(format!(
-                    "step {i}: give exactly one of run, sleep, resize, wait_kills, replay"
+                    "step {i}: give exactly one of run, sleep, resize, wait_kills, replay, stop"
                 ));
+            }
+            if let Some(signal) = &s.signal {
+                if s.stop.is_none() {
+                    return Err(format!("step {i}: signal goes with stop"));
+                }
+                if !SIGNALS.iter().any(|(name, _)| name == signal) {
+                    return Err(format!(
+                        "step {i}: signal `{signal}`: give SIGINT, SIGTERM or SIGKILL"
+                    ));
+                }
+            }
+            if let Some(target) = s.stop {
+                let background_run =
+                    target < i && self.steps[target].run.is_some() && self.steps[target].background;
+                if !background_run {
+                    return Err(format!(
+                        "step {i}: stop {target}: not an earlier background run step"
+                    ));
+                }
+                if self.steps[..i].iter().any(|o| o.stop == Some(target)) {
+                    return Err(format!("step {i}: step {target} is stopped twice"));
+                }
             }
             if let Some(file) = &s.replay {
                 if s.background {
@@ -457,7 +540,39 @@ impl Scenario {
                 Expect::Kills { step: Some(s), .. }
                 | Expect::PredictedOrder { step: s, .. }
                 | Expect::StepOutcome { step: s, .. } => step(*s)?,
+                Expect::MemoryHighRestored {
+                    cgroup: c,
+                    step: s,
+                    size,
+                    ..
+                } => {
+                    step(*s)?;
+                    if !cgroup(c) {
+                        return Err(format!("expect: no cgroup `{c}`"));
+                    }
+                    if self.steps[*s].run.is_none() {
+                        return Err(format!("expect: step {s} is not a run step"));
+                    }
+                    SizeSpec::parse_bytes(size).map_err(|e| format!("expect: {e}"))?;
+                }
+                Expect::UsageAtMost {
+                    cgroup: c,
+                    step: s,
+                    max,
+                } => {
+                    step(*s)?;
+                    if !cgroup(c) {
+                        return Err(format!("expect: no cgroup `{c}`"));
+                    }
+                    SizeSpec::parse_bytes(max).map_err(|e| format!("expect: {e}"))?;
+                }
                 Expect::WorkingSetFraction {
+                    cgroup: c, step: s, ..
+                }
+                | Expect::HighEvents {
+                    cgroup: c, step: s, ..
+                }
+                | Expect::PsiSome {
                     cgroup: c, step: s, ..
                 } => {
                     step(*s)?;
