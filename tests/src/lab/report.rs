@@ -87,6 +87,10 @@ struct Sample {
     usage: Option<f64>,
     working_set: Option<f64>,
     limit: Option<f64>,
+    /// v2 `memory.high` (`None`: `max`, or v1).
+    high: Option<f64>,
+    /// v2 `memory.pressure` `some` avg10, percent.
+    psi: Option<f64>,
 }
 
 /// A scenario cgroup's samples, in order.
@@ -527,6 +531,8 @@ impl Scenario {
             usage: number(ev, &["usage_bytes"]),
             working_set: number(ev, &["working_set_bytes"]),
             limit: number(ev, &["limit_bytes"]),
+            high: number(ev, &["memory_high"]),
+            psi: number(ev, &["psi_some_avg10"]),
         };
         match self.cgroups.iter_mut().find(|c| c.name == name) {
             Some(series) => series.samples.push(sample),
@@ -1424,6 +1430,16 @@ const BAND_ROWS: usize = 3;
 const FONT: &str = "DejaVu Sans, Helvetica, Arial, sans-serif";
 /// Average glyph width per pixel of font size, to fit labels without measuring text.
 const GLYPH: f64 = 0.6;
+/// memory.high's dash (dash-dot), and PSI's.
+const HIGH_DASH: &str = "8 3 2 3";
+const PSI_DASH: &str = "2 2";
+
+/// Whether any cgroup's PSI was sampled (v2): the timeline then plots it.
+fn psi_shown(s: &Scenario) -> bool {
+    s.cgroups
+        .iter()
+        .any(|c| c.samples.iter().any(|p| p.psi.is_some()))
+}
 /// Cgroup colours: distinct, and none of them the stressors' orange or the kills' red.
 const PALETTE: [&str; 8] = [
     "#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22",
@@ -1590,7 +1606,8 @@ pub fn timeline_svg(events: &[Value]) -> String {
         .cgroups
         .iter()
         .flat_map(|c| c.samples.iter())
-        .filter_map(|p| p.limit)
+        .flat_map(|p| [p.limit, p.high])
+        .flatten()
         .filter(|&l| fits(l))
         .fold(data_max, f64::max);
     let top_mib = if scale_max > 0.0 {
@@ -1748,6 +1765,55 @@ pub fn timeline_svg(events: &[Value]) -> String {
                 out,
                 r#"<path d="{usage}" fill="none" stroke="{colour}" stroke-width="2" stroke-linejoin="round"/>"#
             );
+        }
+    }
+    // memory.high (dash-dot, stepwise) where it is set, and PSI some avg10 (thin, on a
+    // 0-100 % scale of its own, labelled inside the right edge).
+    for (i, c) in s.cgroups.iter().enumerate() {
+        let colour = PALETTE[i % PALETTE.len()];
+        let mut high = String::new();
+        let mut open = false;
+        for p in &c.samples {
+            match p.high.filter(|&h| fits(h)) {
+                Some(h) => {
+                    let (px, py) = (x.at(p.t), yb(h));
+                    if open {
+                        put!(high, " H{px:.1} V{py:.1}");
+                    } else {
+                        put!(high, " M{px:.1},{py:.1}");
+                        open = true;
+                    }
+                }
+                None => open = false,
+            }
+        }
+        if !high.is_empty() {
+            putln!(
+                out,
+                r#"<path d="{}" fill="none" stroke="{colour}" stroke-width="1.4" stroke-dasharray="{HIGH_DASH}"/>"#,
+                high.trim_start()
+            );
+        }
+    }
+    if psi_shown(&s) {
+        let yp = |pct: f64| PLOT_BOTTOM - pct.clamp(0.0, 100.0) / 100.0 * (PLOT_BOTTOM - plot_top);
+        for pct in [50.0, 100.0] {
+            putln!(
+                out,
+                r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#777" font-size="10">PSI {pct:.0}%</text>"##,
+                PLOT_RIGHT - 3.0,
+                yp(pct) + 10.0
+            );
+        }
+        for (i, c) in s.cgroups.iter().enumerate() {
+            let colour = PALETTE[i % PALETTE.len()];
+            let psi = path_data(c.samples.iter().map(|p| p.psi.map(|v| (x.at(p.t), yp(v)))));
+            if !psi.is_empty() {
+                putln!(
+                    out,
+                    r#"<path d="{psi}" fill="none" stroke="{colour}" stroke-width="1" stroke-opacity="0.8" stroke-dasharray="{PSI_DASH}"/>"#
+                );
+            }
         }
     }
     if s.cgroups.is_empty() && s.held.is_empty() {
@@ -2022,6 +2088,15 @@ fn legend(
         entries.push(line("#555", 1.5, "6 4", "working set"));
         entries.push(line("#555", 1.2, "1.5 3", "limit"));
     }
+    if s.cgroups
+        .iter()
+        .any(|c| c.samples.iter().any(|p| p.high.is_some()))
+    {
+        entries.push(line("#555", 1.4, HIGH_DASH, "memory.high"));
+    }
+    if psi_shown(s) {
+        entries.push(line("#555", 1.0, PSI_DASH, "PSI some avg10 (%)"));
+    }
     if !s.held.is_empty() {
         let mut e = line(HELD, 2.5, "", "held by stressors");
         e.area = true;
@@ -2234,6 +2309,39 @@ mod tests {
             md.contains("- **OOM kills:** 1 reported by memstress, 2 in dmesg"),
             "{md}"
         );
+    }
+
+    /// On v2 the lab samples memory.high and PSI: the timeline draws memory.high stepwise
+    /// where it is set and PSI on its own 0-100 % scale, and the legend names both; on v1
+    /// (no such samples) neither appears.
+    #[test]
+    fn plots_memory_high_and_psi_where_sampled() {
+        let plain = timeline_svg(&scenario());
+        assert!(!plain.contains(HIGH_DASH) && !plain.contains("PSI some"));
+        let mut events = scenario();
+        for i in 0..=40u64 {
+            let t = 2000 + i * 100;
+            let high = if (10..30).contains(&i) {
+                json!(64 * MIB_U)
+            } else {
+                json!("max")
+            };
+            events.push(json!({"type": "sample", "t_ms": t, "cgroup": "throttled",
+                "usage_bytes": 60 * MIB_U, "working_set_bytes": 60 * MIB_U,
+                "limit_bytes": 256 * MIB_U, "memory_high": high,
+                "psi_some_avg10": (i as f64) * 1.5}));
+        }
+        let svg = timeline_svg(&events);
+        assert_well_formed(&svg);
+        let dashed = format!("stroke-dasharray=\"{HIGH_DASH}\"");
+        assert_eq!(
+            svg.matches(&dashed).count(),
+            2,
+            "one path and the legend's swatch"
+        );
+        assert!(svg.contains(">memory.high<"), "legend");
+        assert!(svg.contains(">PSI some avg10 (%)<") && svg.contains(">PSI 100%<"));
+        assert!(svg.contains(&format!("stroke-dasharray=\"{PSI_DASH}\"")));
     }
 
     /// Checks that `svg` is well-formed as far as this renderer's output goes: tags balance,
