@@ -340,7 +340,14 @@ impl Forecaster {
         let domain_id = domain.id().ok()?;
         let page = crate::size::page_size();
         let (_, swap_total_pages) = points::node_pages(page);
-        let mut forecaster = Self {
+        let mut forecaster = Self::blank(domain, domain_id, limit, page, swap_total_pages);
+        forecaster.read_limit();
+        Some(forecaster)
+    }
+
+    /// A forecaster of `domain` that has seen nothing yet.
+    fn blank(domain: Cgroup, domain_id: u64, limit: u64, page: u64, swap_total_pages: u64) -> Self {
+        Self {
             domain,
             domain_id,
             limit,
@@ -357,9 +364,7 @@ impl Forecaster {
             etas: VecDeque::new(),
             ranking: Vec::new(),
             tally: Tally::default(),
-        };
-        forecaster.read_limit();
-        Some(forecaster)
+        }
     }
 
     /// The domain.
@@ -812,7 +817,8 @@ impl Forecaster {
     }
 }
 
-fn median_u64(values: &[u64]) -> Option<u64> {
+/// The median (the mean of the middle two of an even count).
+pub fn median_u64(values: &[u64]) -> Option<u64> {
     let mut v = values.to_vec();
     v.sort_unstable();
     match v.len() {
@@ -852,24 +858,9 @@ mod tests {
             path: "/pod".to_owned(),
             dir: "/nonexistent/pod".into(),
         };
-        Forecaster {
-            domain,
-            domain_id: 70,
-            limit: 128 * MIB,
-            totalpages: 128 * MIB / PAGE,
-            page: PAGE,
-            swap_total_pages: 0,
-            usage: VecDeque::new(),
-            tasks: HashMap::new(),
-            killed: HashMap::new(),
-            next_scan_ns: u64::MAX,
-            scanned_ns: 0,
-            scan_cost_ns: 0,
-            runs: VecDeque::new(),
-            etas: VecDeque::new(),
-            ranking: Vec::new(),
-            tally: Tally::default(),
-        }
+        let mut f = Forecaster::blank(domain, 70, 128 * MIB, PAGE, 0);
+        f.next_scan_ns = u64::MAX;
+        f
     }
 
     fn reading(pid: u32, mib: u64, adj: i16, comm: &str) -> Reading {

@@ -692,13 +692,7 @@ fn seconds(ms: u64) -> String {
 
 /// The median, as memstress computes it (the mean of the middle two of an even count).
 fn median(values: &[u64]) -> Option<u64> {
-    let mut v = values.to_vec();
-    v.sort_unstable();
-    match v.len() {
-        0 => None,
-        n if n % 2 == 1 => Some(v[n / 2]),
-        n => Some((v[n / 2 - 1] + v[n / 2]) / 2),
-    }
+    memstress::forecast::median_u64(values)
 }
 
 fn forecast(
