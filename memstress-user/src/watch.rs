@@ -331,6 +331,8 @@ pub struct Sampler {
     forecaster: Option<Forecaster>,
     /// The victim the last forecast named while an OOM was coming.
     victim: Option<u32>,
+    /// The node's root memcg (the kubelet's `memory.available`).
+    node_root: Option<Cgroup>,
 }
 
 impl Sampler {
@@ -353,6 +355,7 @@ impl Sampler {
             start_limit_hits: start.limit_hits,
             forecaster,
             victim: None,
+            node_root: crate::target::node::NodeMemory::root(),
         })
     }
 
@@ -384,6 +387,8 @@ impl Sampler {
             run_oom_kills: kills,
             psi: crate::target::psi::Psi::of(&self.cgroup),
             node_psi: crate::target::psi::Psi::node(),
+            node_available_bytes: crate::target::node::NodeMemory::read_at(self.node_root.as_ref())
+                .map(|n| n.available),
             forecast,
             memory_high_bytes: None,
             run_high_events: None,

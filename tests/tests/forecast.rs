@@ -141,7 +141,19 @@ fn run_forecasts_the_victim_before_it_leads() {
     let node_psi = std::path::Path::new("/proc/pressure/memory").exists();
     let v2 = memstress_tests::hierarchy().version == memstress::target::cgroup::Version::V2;
     let mut last = (0, 0);
+    let mem_total = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("MemTotal")
+        * 1024;
     for s in &samples {
+        // The kubelet's memory.available: MemTotal less the root's working set.
+        let available = s["node_available_bytes"]
+            .as_u64()
+            .expect("node_available_bytes");
+        assert!(available > 0 && available < mem_total, "{s}");
         assert_eq!(s["node_psi"].is_object(), node_psi, "{s}");
         assert_eq!(s["psi"].is_object(), v2, "{s}");
         if node_psi {

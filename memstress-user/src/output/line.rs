@@ -626,6 +626,11 @@ pub struct SampleLine {
     /// The node's memory pressure (`/proc/pressure/memory`; `null` on a kernel without PSI).
     #[serde(default)]
     pub node_psi: Option<Psi>,
+    /// The node's `memory.available` as the kubelet computes it (MemTotal − the root memcg's
+    /// working set; MemAvailable where the root memcg is not visible): what its eviction
+    /// thresholds compare against.
+    #[serde(default)]
+    pub node_available_bytes: Option<u64>,
     /// v2 `memory.high` of the target now (`null`: `max`, or cgroup v1).
     #[serde(default)]
     pub memory_high_bytes: Option<u64>,

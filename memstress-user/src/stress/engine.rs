@@ -38,6 +38,7 @@ use crate::{
         cgroup::{self, Cgroup, CgroupError, Counters, Hierarchy, PeakScope},
         init::{self, Init},
         kube::{self, Identity, RuntimeState},
+        node::NodeMemory,
         psi::Psi,
         workload::Names,
     },
@@ -204,6 +205,8 @@ struct State {
     forecaster: Option<Forecaster>,
     /// The victim the last forecast named (a change is said in text mode).
     forecast_victim: Option<u32>,
+    /// The node's root memcg (its working set gives the kubelet's `memory.available`).
+    node_root: Option<Cgroup>,
     /// v2: the target's `memory.events` `high` when the run started (`None` on v1).
     start_high_events: Option<u64>,
     /// Direct reclaim by the target's tasks, as the probes last counted it.
@@ -298,6 +301,7 @@ impl State {
             first_kill: None,
             forecaster: Forecaster::new(cgroup),
             forecast_victim: None,
+            node_root: NodeMemory::root(),
             start_high_events: high_events(cgroup),
             reclaim: None,
             following: follow.map(|cfg| Following {
@@ -397,6 +401,7 @@ impl State {
             forecast,
             psi: Psi::of(&self.target),
             node_psi: Psi::node(),
+            node_available_bytes: NodeMemory::read_at(self.node_root.as_ref()).map(|n| n.available),
             memory_high_bytes: (self.target.hierarchy.version == cgroup::Version::V2)
                 .then(|| self.target.high().ok().flatten())
                 .flatten(),

@@ -50,12 +50,22 @@ pub struct NodeMemory {
 impl NodeMemory {
     /// Reads /proc/meminfo and the node's root memcg (`None`: /proc/meminfo unreadable).
     pub fn read() -> Option<Self> {
-        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-        let root = Hierarchy::discover()
+        Self::read_at(Self::root().as_ref())
+    }
+
+    /// The node's root memcg, when this process sees it (`None`: in a cgroup namespace, or
+    /// no memory controller): what [`Self::read_at`] takes, found once.
+    pub fn root() -> Option<Cgroup> {
+        Hierarchy::discover()
             .ok()
             .map(|h| h.root())
-            .filter(Cgroup::is_node_root);
-        let working_set = root.and_then(|r| root_working_set(&r));
+            .filter(Cgroup::is_node_root)
+    }
+
+    /// Reads /proc/meminfo and `root`, the node's root memcg (`None`: MemAvailable stands in).
+    pub fn read_at(root: Option<&Cgroup>) -> Option<Self> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let working_set = root.and_then(root_working_set);
         Self::from_figures(&meminfo, working_set)
     }
 
