@@ -157,6 +157,13 @@ pub struct ChainWalk {
     pub locked: u32,
     /// Lowest level at its limit (`CHAIN_DEPTH`: none).
     pub near: u32,
+    /// Lowest level with more OOMs invoked for it than kills attributed to it
+    /// (`CHAIN_DEPTH`: none).
+    pub behind: u32,
+    /// Padding.
+    pub _pad: u32,
+    /// Each level's `memory_events_local[MEMCG_OOM]` (`u64::MAX`: not read).
+    pub oom_events: [u64; CHAIN_DEPTH],
 }
 
 impl ChainWalk {
@@ -167,6 +174,9 @@ impl ChainWalk {
             cgroups: [0; CHAIN_DEPTH],
             locked: CHAIN_DEPTH as u32,
             near: CHAIN_DEPTH as u32,
+            behind: CHAIN_DEPTH as u32,
+            _pad: 0,
+            oom_events: [u64::MAX; CHAIN_DEPTH],
         }
     }
 }
@@ -220,6 +230,18 @@ pub fn chain_step(walk: &mut ChainWalk, i: usize, out: &mut Chain) -> bool {
     if read::<u8>(css, layout!(memcg_oom_group)).unwrap_or(0) != 0 {
         l.flags |= level::OOM_GROUP;
     }
+    if let Some(invoked) = read::<u64>(css, layout!(memcg_events_local_oom)) {
+        if let Some(slot) = walk.oom_events.get_mut(i) {
+            *slot = invoked;
+        }
+        if walk.behind == CHAIN_DEPTH as u32
+            // SAFETY: copying a plain value out of the map.
+            && let Some(&killed) = unsafe { crate::maps::OOM_EVENTS.get(l.id) }
+            && invoked > killed
+        {
+            walk.behind = i as u32;
+        }
+    }
     out.depth = i as u32 + 1;
     walk.css = read::<u64>(css, layout!(css_parent)).unwrap_or(0);
     if walk.css == 0 {
@@ -241,6 +263,8 @@ pub fn chain_domain(walk: &ChainWalk, out: &mut Chain) -> (u64, i32) {
         (walk.locked as usize, domain::BY_OOM_LOCK)
     } else if walk.near < CHAIN_DEPTH as u32 {
         (walk.near as usize, domain::BY_USAGE)
+    } else if walk.behind < CHAIN_DEPTH as u32 {
+        (walk.behind as usize, domain::BY_OOM_EVENTS)
     } else {
         return (0, 0);
     };
@@ -277,6 +301,34 @@ pub fn oc_domain(walk: &ChainWalk, chain: &Chain, memcg_id: u64) -> Option<(u64,
         }
     }
     None
+}
+
+/// Attributes this kill to its domain, the memcg `id` on the chain: one more kill against the
+/// OOMs invoked for it. Seen for the first time, all of its OOMs but one are taken as
+/// resolved (another may be waiting behind this one, as in a storm).
+#[inline(always)]
+pub fn attribute_kill(walk: &ChainWalk, chain: &Chain, id: u64) {
+    for i in 0..CHAIN_DEPTH {
+        if i as u32 >= chain.depth {
+            break;
+        }
+        let (Some(l), Some(&invoked)) = (chain.levels.get(i), walk.oom_events.get(i)) else {
+            break;
+        };
+        if l.id != id {
+            continue;
+        }
+        if invoked == u64::MAX {
+            return;
+        }
+        // SAFETY: copying a plain value out of the map.
+        let killed = match unsafe { crate::maps::OOM_EVENTS.get(id) } {
+            Some(&k) => (k + 1).min(invoked),
+            None => invoked.saturating_sub(1),
+        };
+        let _ = crate::maps::OOM_EVENTS.insert(id, killed, 0);
+        return;
+    }
 }
 
 /// Whether the task's memory cgroup is `domain` (at `level`) or below it, the way

@@ -141,6 +141,9 @@ pub struct KernelLayout {
     /// `mem_cgroup.memory_events[MEMCG_MAX]`, from the css pointer: v2's `memory.events`
     /// `max`
     pub memcg_events_max: u32,
+    /// `mem_cgroup.memory_events_local[MEMCG_OOM]`, from the css pointer: the OOMs invoked
+    /// with this memcg as their domain (`memory.events.local` `oom`)
+    pub memcg_events_local_oom: u32,
     /// `task_struct.tasks` (the list of thread-group leaders)
     pub task_tasks: u32,
     /// `task_struct.cg_list` (its node in its `css_set`'s task list)
@@ -242,6 +245,7 @@ impl KernelLayout {
         memcg_oom_group: UNKNOWN,
         memcg_failcnt: UNKNOWN,
         memcg_events_max: UNKNOWN,
+        memcg_events_local_oom: UNKNOWN,
         task_tasks: UNKNOWN,
         task_cg_list: UNKNOWN,
         css_children: UNKNOWN,
@@ -476,6 +480,11 @@ pub mod domain {
     pub const BY_OOM_LOCK: u32 = 1;
     /// … the lowest memcg whose usage is within [`NEAR_LIMIT_PAGES`] of its max.
     pub const BY_USAGE: u32 = 2;
+    /// … the lowest memcg whose own count of OOMs invoked for it (`memory_events_local`
+    /// `MEMCG_OOM`, raised before each) is ahead of the kills attributed to it: an OOM whose
+    /// other signs were gone by the kill (a concurrent one held the v1 lock; an earlier
+    /// victim's memory was being freed).
+    pub const BY_OOM_EVENTS: u32 = 3;
     /// Pages of headroom under which a memcg counts as at its limit when the OOM killer
     /// runs (the failed charge was at most 8 pages; the charge stock was drained).
     pub const NEAR_LIMIT_PAGES: u64 = 64;

@@ -128,6 +128,11 @@ pub static VICTIMS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0
 #[map(name = "PRESSURE")]
 pub static PRESSURE: LruHashMap<u64, Pressure> = LruHashMap::with_max_entries(4096, 0);
 
+/// OOM kills attributed to each memcg as their domain, as compared with its own count of OOMs
+/// invoked (`memory_events_local[MEMCG_OOM]`): memcg id -> count.
+#[map(name = "OOM_EVENTS")]
+pub static OOM_EVENTS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
 /// Start of the direct reclaim a task is in: tid -> ns.
 #[map(name = "RECLAIM_START")]
 pub static RECLAIM_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);

@@ -107,6 +107,18 @@ fn try_mark_victim_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
         }
         // A memory.oom.group kill was not chosen: the first victim's scan explains it.
         if slot.group_kill == 0 {
+            // The kill is counted against its domain's OOMs (a group's kills are one OOM).
+            let domain_id = if slot.oc.valid != 0 {
+                slot.oc.memcg_id
+            } else {
+                slot.chain
+                    .levels
+                    .get(slot.chain.domain as usize)
+                    .map_or(0, |l| l.id)
+            };
+            if domain_id != 0 {
+                kernel::attribute_kill(&walk, &slot.chain, domain_id);
+            }
             slot.scan = scan(task, domain_cgroup, domain_level, slot.seq);
         }
     }

@@ -72,6 +72,9 @@ pub enum FoundBy {
     OomLock,
     /// The lowest memcg at its limit on the victim's chain.
     UsageAtLimit,
+    /// The lowest memcg on the victim's chain with more OOMs invoked for it than kills seen
+    /// (its other signs were gone by the kill).
+    OomEvents,
 }
 
 /// Why a process was killed along with a victim.
@@ -557,6 +560,7 @@ fn chain(raw: &Chain) -> (Vec<Level>, Option<usize>, Option<FoundBy>) {
         .then_some(raw.domain as usize);
     let by = found.map(|_| match raw.domain_by {
         domain::BY_OOM_LOCK => FoundBy::OomLock,
+        domain::BY_OOM_EVENTS => FoundBy::OomEvents,
         _ => FoundBy::UsageAtLimit,
     });
     (levels, found, by)
@@ -849,6 +853,17 @@ pub(crate) mod tests {
     fn bytes_of<T>(value: &T) -> &[u8] {
         // SAFETY: viewing a plain-old-data struct as bytes.
         unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+    }
+
+    /// The domain found by its OOM-event count (its v1 lock and usage gone by the kill) is
+    /// reported as such.
+    #[test]
+    fn a_domain_found_by_its_oom_events_says_so() {
+        let mut raw = sample_raw();
+        raw.chain.domain_by = domain::BY_OOM_EVENTS;
+        let kill = OomKill::from_raw(&raw, 4096);
+        assert_eq!(kill.domain, Some(1));
+        assert_eq!(kill.domain_by, Some(FoundBy::OomEvents));
     }
 
     #[test]

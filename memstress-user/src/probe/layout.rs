@@ -70,9 +70,15 @@ impl Resolver<'_> {
     /// Offset of `mem_cgroup.memory_events[event]` (an `atomic_long_t` array indexed by
     /// `enum memcg_memory_event`), counted from the memcg's css; `UNKNOWN` without it.
     fn memcg_event(&self, event: &str) -> u32 {
+        self.memcg_event_in("memory_events", event)
+    }
+
+    /// The offset of `mem_cgroup.<array>[event]` (an `atomic_long_t` array indexed by
+    /// `enum memcg_memory_event`) from the css; unknown where the kernel lacks either.
+    fn memcg_event_in(&self, array: &str, event: &str) -> u32 {
         (|| {
             let css = self.btf.struct_member("mem_cgroup", "css").ok()?;
-            let events = self.btf.struct_member("mem_cgroup", "memory_events").ok()?;
+            let events = self.btf.struct_member("mem_cgroup", array).ok()?;
             let index = u32::try_from(self.btf.enum_value(event).ok()?).ok()?;
             (events.offset + index * 8).checked_sub(css.offset)
         })()
@@ -250,6 +256,9 @@ pub fn resolve(btf: &Btf, mark_victim: Option<&Format>) -> Resolved {
         // the explainer takes the one of the hierarchy in use.
         memcg_failcnt: r.optional_memcg_counter("memory", "failcnt"),
         memcg_events_max: r.memcg_event("MEMCG_MAX"),
+        // How many OOMs were invoked for each memcg itself: where a kill's other signs of its
+        // domain are gone, the memcg that has more of them than kills attributed to it.
+        memcg_events_local_oom: r.memcg_event_in("memory_events_local", "MEMCG_OOM"),
         task_tasks: r.offset("task_struct", "tasks"),
         // The walk of a memcg domain's own tasks; without these, the scan walks every task
         // of the node and keeps the domain's.
@@ -343,6 +352,8 @@ mod tests {
         assert_ne!(l.memcg_oom_group, UNKNOWN);
         assert_ne!(l.memcg_failcnt, UNKNOWN);
         assert_ne!(l.memcg_events_max, UNKNOWN);
+        assert_ne!(l.memcg_events_local_oom, UNKNOWN);
+        assert!(l.memcg_events_local_oom != l.memcg_events_max);
     }
 
     /// `mm_struct` wraps its members in an anonymous struct (with `__randomize_layout`), so
