@@ -158,12 +158,10 @@ pub struct ChainWalk {
     /// Lowest level at its limit (`CHAIN_DEPTH`: none).
     pub near: u32,
     /// Lowest level with more OOMs invoked for it than kills attributed to it
-    /// (`CHAIN_DEPTH`: none).
+    /// (`CHAIN_DEPTH`: none). Each level's count is in `CHAIN_OOM_EVENTS`.
     pub behind: u32,
     /// Padding.
     pub _pad: u32,
-    /// Each level's `memory_events_local[MEMCG_OOM]` (`u64::MAX`: not read).
-    pub oom_events: [u64; CHAIN_DEPTH],
 }
 
 impl ChainWalk {
@@ -176,7 +174,6 @@ impl ChainWalk {
             near: CHAIN_DEPTH as u32,
             behind: CHAIN_DEPTH as u32,
             _pad: 0,
-            oom_events: [u64::MAX; CHAIN_DEPTH],
         }
     }
 }
@@ -230,17 +227,39 @@ pub fn chain_step(walk: &mut ChainWalk, i: usize, out: &mut Chain) -> bool {
     if read::<u8>(css, layout!(memcg_oom_group)).unwrap_or(0) != 0 {
         l.flags |= level::OOM_GROUP;
     }
-    if let Some(invoked) = read::<u64>(css, layout!(memcg_events_local_oom)) {
-        if let Some(slot) = walk.oom_events.get_mut(i) {
-            *slot = invoked;
+    // Read straight into map memory, initialised first: a value returned through an
+    // `Option` is undefined on its error path, and the verifier refuses to see it compared.
+    let mut invoked = u64::MAX;
+    let offset = layout!(memcg_events_local_oom);
+    if let Some(events) = crate::maps::CHAIN_OOM_EVENTS.get_ptr_mut(0)
+        // SAFETY: this CPU's scratch slot; nothing else uses it during this program.
+        && let Some(slot) = unsafe { (*events).get_mut(i) }
+    {
+        *slot = u64::MAX;
+        if offset != UNKNOWN {
+            // SAFETY: as in `read`; the destination is 8 bytes of map memory.
+            let bytes =
+                unsafe { core::slice::from_raw_parts_mut((slot as *mut u64).cast::<u8>(), 8) };
+            // SAFETY: as in `read`.
+            let read = unsafe {
+                aya_ebpf::helpers::bpf_probe_read_kernel_buf(
+                    (css + offset as u64) as *const u8,
+                    bytes,
+                )
+            };
+            if read.is_err() {
+                *slot = u64::MAX;
+            }
         }
-        if walk.behind == CHAIN_DEPTH as u32
-            // SAFETY: copying a plain value out of the map.
-            && let Some(&killed) = unsafe { crate::maps::OOM_EVENTS.get(l.id) }
-            && invoked > killed
-        {
-            walk.behind = i as u32;
-        }
+        invoked = *slot;
+    }
+    if invoked != u64::MAX
+        && walk.behind == CHAIN_DEPTH as u32
+        // SAFETY: copying a plain value out of the map.
+        && let Some(&killed) = unsafe { crate::maps::OOM_EVENTS.get(l.id) }
+        && invoked > killed
+    {
+        walk.behind = i as u32;
     }
     out.depth = i as u32 + 1;
     walk.css = read::<u64>(css, layout!(css_parent)).unwrap_or(0);
@@ -307,12 +326,16 @@ pub fn oc_domain(walk: &ChainWalk, chain: &Chain, memcg_id: u64) -> Option<(u64,
 /// OOMs invoked for it. Seen for the first time, all of its OOMs but one are taken as
 /// resolved (another may be waiting behind this one, as in a storm).
 #[inline(always)]
-pub fn attribute_kill(walk: &ChainWalk, chain: &Chain, id: u64) {
+pub fn attribute_kill(chain: &Chain, id: u64) {
+    let Some(events) = crate::maps::CHAIN_OOM_EVENTS.get_ptr(0) else {
+        return;
+    };
     for i in 0..CHAIN_DEPTH {
         if i as u32 >= chain.depth {
             break;
         }
-        let (Some(l), Some(&invoked)) = (chain.levels.get(i), walk.oom_events.get(i)) else {
+        // SAFETY: this CPU's scratch slot, filled by this program's chain walk.
+        let (Some(l), Some(&invoked)) = (chain.levels.get(i), unsafe { (*events).get(i) }) else {
             break;
         };
         if l.id != id {

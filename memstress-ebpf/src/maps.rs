@@ -128,6 +128,13 @@ pub static VICTIMS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0
 #[map(name = "PRESSURE")]
 pub static PRESSURE: LruHashMap<u64, Pressure> = LruHashMap::with_max_entries(4096, 0);
 
+/// Each chain level's `memory_events_local[MEMCG_OOM]` during one `mark_victim` (`u64::MAX`:
+/// not read): kept here, not on the program's stack, which the chain walk and the scan
+/// already fill to the verifier's 512 bytes on 6.1.
+#[map(name = "CHAIN_OOM_EVENTS")]
+pub static CHAIN_OOM_EVENTS: PerCpuArray<[u64; memstress_ebpf::CHAIN_DEPTH]> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// OOM kills attributed to each memcg as their domain, as compared with its own count of OOMs
 /// invoked (`memory_events_local[MEMCG_OOM]`): memcg id -> count.
 #[map(name = "OOM_EVENTS")]

@@ -117,7 +117,7 @@ fn try_mark_victim_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
                     .map_or(0, |l| l.id)
             };
             if domain_id != 0 {
-                kernel::attribute_kill(&walk, &slot.chain, domain_id);
+                kernel::attribute_kill(&slot.chain, domain_id);
             }
             slot.scan = scan(task, domain_cgroup, domain_level, slot.seq);
         }
