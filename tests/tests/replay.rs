@@ -219,7 +219,15 @@ fn replay_reproduces_a_live_oom_report() {
     assert_eq!(r["chosen"]["row_pid"], json!(victim));
     assert_eq!(r["chosen"]["comm"], "sidecar");
     assert_eq!(r["scale"], 1.0);
-    assert_eq!(r["limit_bytes"], json!(48 * MIB));
+    // The report's limit, unless its rows (each counting the executables it maps, which the
+    // processes here share) do not fit under it with a filler: then it is raised, by no more
+    // than a few MiB, and a note says so.
+    let limit = r["limit_bytes"].as_u64().expect("limit_bytes");
+    if limit != 48 * MIB {
+        assert!((48 * MIB..=56 * MIB).contains(&limit), "{r:#}");
+        let notes = r["notes"].to_string();
+        assert!(notes.contains("the limit is raised to"), "{r:#}");
+    }
     assert_eq!(r["reason"], Value::Null);
     // Every row of the table is a task of the replay (there are fewer than 8), each with the
     // row's oom_score_adj (offset only below 0, and none is), and scored by the kernel within
@@ -227,7 +235,7 @@ fn replay_reproduces_a_live_oom_report() {
     let rows = kernel_rows(&report);
     let tasks = r["tasks"].as_array().expect("tasks");
     assert_eq!(tasks.len(), rows.len(), "{tasks:?}");
-    let totalpages = (48 * MIB / 4096) as i64;
+    let totalpages = (limit / 4096) as i64;
     for row in &rows {
         let task = tasks
             .iter()
@@ -255,7 +263,7 @@ fn replay_reproduces_a_live_oom_report() {
     // named, in a sandbox at the limit, whose table holds every task with its oom_score_adj.
     let chosen = r["chosen"]["pid"].as_u64().unwrap();
     let again = report_of(&kmsg.messages(), chosen as u32);
-    assert_eq!(printed_limit(&again), 48 * MIB);
+    assert_eq!(printed_limit(&again), limit);
     assert!(
         again
             .last()
