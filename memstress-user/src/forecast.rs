@@ -277,6 +277,8 @@ pub struct Forecaster {
     etas: VecDeque<(u64, Option<u64>)>,
     ranking: Vec<Ranked>,
     tally: Tally,
+    /// The victim last said to be coming ([`Self::is_news`]).
+    announced: Option<u32>,
 }
 
 /// This thread's CPU time, ns (`CLOCK_THREAD_CPUTIME_ID`).
@@ -364,6 +366,7 @@ impl Forecaster {
             etas: VecDeque::new(),
             ranking: Vec::new(),
             tally: Tally::default(),
+            announced: None,
         }
     }
 
@@ -372,9 +375,15 @@ impl Forecaster {
         &self.domain
     }
 
-    /// Its kernel id.
-    pub fn domain_id(&self) -> u64 {
-        self.domain_id
+    /// Whether `forecast` names a victim other than the last one said while an OOM is
+    /// coming: text mode says such a forecast in a line of its own. A kill starts afresh.
+    pub fn is_news(&mut self, forecast: &Forecast) -> bool {
+        let victim = forecast.victim.as_ref().map(|v| v.pid);
+        if forecast.oom_in_ms.is_none() || victim == self.announced {
+            return false;
+        }
+        self.announced = victim;
+        true
     }
 
     /// Its limit, as last read.
@@ -459,16 +468,16 @@ impl Forecaster {
         self.scanned_ns = now_ns;
     }
 
-    /// A forecast at `now_ns` (CLOCK_MONOTONIC), from `counters` when they are the domain's
-    /// (read just now), else from the domain's own files. `None`: the domain cannot be read.
-    pub fn sample(&mut self, now_ns: u64, counters: Option<&Counters>) -> Option<Forecast> {
+    /// A forecast at `now_ns` (CLOCK_MONOTONIC), from `counters`, read just now of the cgroup
+    /// with kernel id `id`, when that is the domain; else from the domain's own files.
+    /// `None`: the domain cannot be read.
+    pub fn sample(&mut self, now_ns: u64, id: u64, counters: &Counters) -> Option<Forecast> {
         let read;
-        let counters = match counters {
-            Some(c) => c,
-            None => {
-                read = self.domain.counters().ok()?;
-                &read
-            }
+        let counters = if id == self.domain_id {
+            counters
+        } else {
+            read = self.domain.counters().ok()?;
+            &read
         };
         let unreclaimable = counters.usage_bytes.saturating_sub(counters.file_bytes);
         if now_ns >= self.next_scan_ns {
@@ -719,6 +728,7 @@ impl Forecaster {
         self.killed.insert(pid, at);
         self.tasks.remove(&pid);
         self.usage.clear();
+        self.announced = None;
         // The time-to-OOM forecasts so far were of this kill.
         self.etas.retain(|(t, _)| *t > at);
         Some(result)
@@ -968,7 +978,7 @@ mod tests {
                 file_bytes: cache,
                 ..Counters::default()
             };
-            last = f.sample(t * MS, Some(&counters));
+            last = f.sample(t * MS, 70, &counters);
         }
         let forecast = last.expect("a sample");
         assert_eq!(forecast.unreclaimable_bytes, 40 * MIB);

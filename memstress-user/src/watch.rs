@@ -329,8 +329,6 @@ pub struct Sampler {
     start_limit_hits: u64,
     /// `None`: no limit applies to it (its domain is the node).
     forecaster: Option<Forecaster>,
-    /// The victim the last forecast named while an OOM was coming.
-    victim: Option<u32>,
     /// The node's root memcg (the kubelet's `memory.available`).
     node_root: Option<Cgroup>,
 }
@@ -354,7 +352,6 @@ impl Sampler {
             started: std::time::Instant::now(),
             start_limit_hits: start.limit_hits,
             forecaster,
-            victim: None,
             node_root: crate::target::node::NodeMemory::root(),
         })
     }
@@ -363,18 +360,13 @@ impl Sampler {
     /// reported so far). Nothing when the cgroup cannot be read (gone).
     fn sample(&mut self, kills: u64, reporter: &Reporter) -> Option<SampleLine> {
         let counters = self.cgroup.counters().ok()?;
-        let id = self.cgroup_id;
         let forecast = self.forecaster.as_mut().and_then(|f| {
-            let own = (f.domain_id() == id).then_some(&counters);
-            f.sample(monotonic_ns(), own)
-        });
-        if let Some(f) = &forecast {
-            let victim = f.victim.as_ref().map(|v| v.pid);
-            if f.oom_in_ms.is_some() && victim != self.victim {
-                self.victim = victim;
-                reporter.forecast(f);
+            let forecast = f.sample(monotonic_ns(), self.cgroup_id, &counters)?;
+            if f.is_news(&forecast) {
+                reporter.forecast(&forecast);
             }
-        }
+            Some(forecast)
+        });
         Some(SampleLine {
             t_ms: self.started.elapsed().as_millis() as u64,
             // The forecaster re-reads the domain's limit; without one, none applies.
@@ -398,11 +390,7 @@ impl Sampler {
 
     /// What the forecast said before `kill` (`None`: outside the forecast's domain).
     fn score(&mut self, kill: &crate::explain::Explained) -> Option<KillForecast> {
-        let scored = self.forecaster.as_mut()?.score(kill);
-        if scored.is_some() {
-            self.victim = None;
-        }
-        scored
+        self.forecaster.as_mut()?.score(kill)
     }
 }
 

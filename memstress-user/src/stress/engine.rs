@@ -16,7 +16,7 @@ use super::{
 use crate::{
     Error, Result, exit,
     explain::{Explained, Explainer, Output, Scope, kill::KillReport, who},
-    forecast::{Forecast, Forecaster},
+    forecast::Forecaster,
     observer::{Batch, Observer},
     output::{
         Reporter,
@@ -203,8 +203,6 @@ struct State {
     first_kill: Option<(Option<usize>, Box<Explained>)>,
     /// The target's OOM domain's next kill, forecast (`None`: no limit applies).
     forecaster: Option<Forecaster>,
-    /// The victim the last forecast named (a change is said in text mode).
-    forecast_victim: Option<u32>,
     /// The node's root memcg (its working set gives the kubelet's `memory.available`).
     node_root: Option<Cgroup>,
     /// v2: the target's `memory.events` `high` when the run started (`None` on v1).
@@ -300,7 +298,6 @@ impl State {
             gone: false,
             first_kill: None,
             forecaster: Forecaster::new(cgroup),
-            forecast_victim: None,
             node_root: NodeMemory::root(),
             start_high_events: high_events(cgroup),
             reclaim: None,
@@ -381,14 +378,13 @@ impl State {
     fn sample(&mut self, reporter: &Reporter) -> Result<(), CgroupError> {
         let counters = self.target.counters()?;
         self.peak = self.peak.max(counters.usage_bytes);
-        let target_id = self.target_id;
         let forecast = self.forecaster.as_mut().and_then(|f| {
-            let own = (f.domain_id() == target_id).then_some(&counters);
-            f.sample(monotonic_ns(), own)
+            let forecast = f.sample(monotonic_ns(), self.target_id, &counters)?;
+            if f.is_news(&forecast) {
+                reporter.forecast(&forecast);
+            }
+            Some(forecast)
         });
-        if let Some(f) = &forecast {
-            self.say_forecast(f, reporter);
-        }
         let line = SampleLine {
             t_ms: self.t_ms(),
             counters: counters.clone(),
@@ -417,17 +413,6 @@ impl State {
         self.last = counters;
         self.sampled_at = Instant::now();
         Ok(())
-    }
-
-    /// Text mode: a forecast that names a new victim while an OOM is coming is said in a line
-    /// of its own.
-    fn say_forecast(&mut self, forecast: &Forecast, reporter: &Reporter) {
-        let victim = forecast.victim.as_ref().map(|v| v.pid);
-        if forecast.oom_in_ms.is_none() || victim == self.forecast_victim {
-            return;
-        }
-        self.forecast_victim = victim;
-        reporter.forecast(forecast);
     }
 
     /// Ramp: the charge each stressor should have now.
@@ -636,9 +621,6 @@ impl State {
                 in_target: kill.in_target,
                 forecast: self.forecaster.as_mut().and_then(|f| f.score(kill)),
             };
-            if context.forecast.is_some() {
-                self.forecast_victim = None;
-            }
             reporter.output(&output, &context);
             if kill.kill_confirmed == Some(false) {
                 continue;

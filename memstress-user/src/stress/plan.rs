@@ -486,6 +486,12 @@ fn domain_of(
 /// it starts a worker to measure a stressor's footprint. [`plan`] checks it again.
 pub fn check_node_bounds(opts: &Options, hierarchy: &Hierarchy) -> Result<()> {
     check_options(opts)?;
+    bounds(opts, hierarchy).map(drop)
+}
+
+/// The target, its limit's domain, the size resolved against them, and the OOM domain the
+/// run meets (refused here when it is the node's bounds without `--allow-node-oom`).
+fn bounds(opts: &Options, hierarchy: &Hierarchy) -> Result<(Target, Domain, Resolved, PlanDomain)> {
     let target = Target::resolve(
         hierarchy,
         &opts.target,
@@ -494,7 +500,8 @@ pub fn check_node_bounds(opts: &Options, hierarchy: &Hierarchy) -> Result<()> {
     )?;
     let domain = Domain::of(&target)?;
     let resolved = resolve(opts, &target, &domain)?;
-    domain_of(opts, &target, &domain, &resolved).map(drop)
+    let planned = domain_of(opts, &target, &domain, &resolved)?;
+    Ok((target, domain, resolved, planned))
 }
 
 /// Resolves the plan without creating anything.
@@ -513,15 +520,7 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
     if opts.kind == Kind::File {
         check_writable(&file_dir, credentials.unwrap_or_else(privilege::own))?;
     }
-    let target = Target::resolve(
-        hierarchy,
-        &opts.target,
-        opts.allow_root,
-        &opts.runtime_state,
-    )?;
-    let domain = Domain::of(&target)?;
-    let resolved = resolve(opts, &target, &domain)?;
-    let planned_domain = domain_of(opts, &target, &domain, &resolved)?;
+    let (target, domain, resolved, planned_domain) = bounds(opts, hierarchy)?;
     let throttle = plan_throttle(opts, hierarchy, &target, &domain)?;
     let stressors = opts.amount != Amount::Nothing;
     let bytes_per_worker = if stressors {
