@@ -256,6 +256,17 @@ struct Tally {
     eta_errors: Vec<f64>,
 }
 
+/// What a run's own stressors will still add to the domain, so that a forecast does not
+/// extrapolate them past their size (a ramp that stops below the limit is no OOM coming).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Planned {
+    /// Bytes the stressors will still be charged before they hold their shares.
+    pub remaining_bytes: u64,
+    /// How fast they are told to grow (a ramp), bytes/s; `None`: as fast as they can (the
+    /// domain's measured growth is theirs until they are full).
+    pub rate_bytes_per_s: Option<f64>,
+}
+
 /// Forecasts one OOM domain's next kill, and scores each forecast against the kernel.
 #[derive(Debug)]
 pub struct Forecaster {
@@ -279,6 +290,8 @@ pub struct Forecaster {
     tally: Tally,
     /// The victim last said to be coming ([`Self::is_news`]).
     announced: Option<u32>,
+    /// What the run's stressors will still add ([`Self::set_planned`]).
+    planned: Option<Planned>,
 }
 
 /// This thread's CPU time, ns (`CLOCK_THREAD_CPUTIME_ID`).
@@ -367,7 +380,14 @@ impl Forecaster {
             ranking: Vec::new(),
             tally: Tally::default(),
             announced: None,
+            planned: None,
         }
+    }
+
+    /// Tells the forecaster what the run's own stressors will still add (`None`: nothing
+    /// is known, as for `watch`, whose growth is extrapolated as measured).
+    pub fn set_planned(&mut self, planned: Option<Planned>) {
+        self.planned = planned;
     }
 
     /// The domain.
@@ -506,6 +526,30 @@ impl Forecaster {
         forecast
     }
 
+    /// Seconds until `headroom` bytes are taken at the measured `rate` (bytes/s, over
+    /// `window` ns), or `None` when they never are: the run's stressors stop once they hold
+    /// their shares ([`Planned`]), after which only the rest of the domain's growth (the
+    /// measured rate less the stressors' planned one) goes on, if it moves at all.
+    fn time_to_fill(&self, headroom: f64, rate: f64, window: u64) -> Option<f64> {
+        let Some(plan) = self.planned else {
+            return Some(headroom / rate);
+        };
+        let theirs = plan.rate_bytes_per_s.map_or(rate, |r| r.min(rate));
+        let others = rate - theirs;
+        let remaining = plan.remaining_bytes as f64;
+        // Until the stressors are full the domain grows as measured.
+        let until_full = if theirs > 0.0 {
+            remaining / theirs
+        } else {
+            0.0
+        };
+        if headroom <= rate * until_full {
+            return Some(headroom / rate);
+        }
+        let moving = others * (window as f64 / SEC as f64) >= FLAT_BYTES;
+        moving.then(|| until_full + (headroom - remaining - others * until_full) / others)
+    }
+
     /// The growth to forecast from: the short window's fit when it rose or fell by 1 MiB,
     /// else the long one's; with the window used (ns) and whether it is growth at all.
     fn growth(&self, now_ns: u64) -> Option<(f64, u64, bool)> {
@@ -527,10 +571,10 @@ impl Forecaster {
         let growth = self.growth(now_ns);
         let headroom = self.limit.saturating_sub(unreclaimable);
         let oom_in_ms = match growth {
-            Some((rate, _, true)) => {
-                let ms = (headroom as f64 / rate * 1000.0).round() as u64;
-                (ms <= HORIZON_MS).then_some(ms)
-            }
+            Some((rate, window, true)) => self
+                .time_to_fill(headroom as f64, rate, window)
+                .map(|s| (s * 1000.0).round() as u64)
+                .filter(|&ms| ms <= HORIZON_MS),
             _ => None,
         };
         let window = growth.map_or(WINDOWS_NS[0], |(_, w, _)| w);
@@ -635,7 +679,14 @@ impl Forecaster {
                 );
                 match (growing, oom_in_ms) {
                     (true, Some(_)) => format!("rising {per_s}"),
-                    (true, None) => format!("rising {per_s}, too slowly for an OOM within a day"),
+                    (true, None) => match self.planned {
+                        Some(plan) => format!(
+                            "rising {per_s}, but the run's stressors add at most {} more and \
+                             the rest does not grow: no OOM coming",
+                            Bytes(plan.remaining_bytes)
+                        ),
+                        None => format!("rising {per_s}, too slowly for an OOM within a day"),
+                    },
                     (false, _) => format!("flat or falling ({per_s}): no OOM coming"),
                 }
             }
@@ -942,6 +993,49 @@ mod tests {
         assert_eq!((r.pid, r.points), (100, 5120 + 16_000));
         assert_eq!(forecast.margin_points, Some(v.points - r.points));
         assert!(forecast.basis.contains("rising"), "{}", forecast.basis);
+    }
+
+    #[test]
+    fn a_run_that_stops_below_the_limit_is_no_oom_coming() {
+        // The domain grows 10 MiB/s from 30 MiB, all of it a ramp that has 20 MiB still to
+        // add: it stops at ~80 MiB of the 128 MiB limit.
+        let mut f = forecaster();
+        f.set_planned(Some(Planned {
+            remaining_bytes: 20 * MIB,
+            rate_bytes_per_s: Some(10.0 * MIB as f64),
+        }));
+        let forecast = leak(&mut f, 0, 3000);
+        assert_eq!(forecast.oom_in_ms, None, "{}", forecast.basis);
+        assert!(
+            forecast.basis.contains("no OOM coming"),
+            "{}",
+            forecast.basis
+        );
+        // The same growth with 200 MiB still to add reaches the limit as measured.
+        let mut f = forecaster();
+        f.set_planned(Some(Planned {
+            remaining_bytes: 200 * MIB,
+            rate_bytes_per_s: Some(10.0 * MIB as f64),
+        }));
+        let forecast = leak(&mut f, 0, 3000);
+        let ms = forecast.oom_in_ms.expect("an OOM coming");
+        assert!((6_700..=6_900).contains(&ms), "{ms}");
+        // Half the growth is the rest of the domain's: 68 MiB of headroom at 3 s; 4 s at
+        // 10 MiB/s until the stressors' 20 MiB are in, then the other 28 MiB at 5 MiB/s.
+        let mut f = forecaster();
+        f.set_planned(Some(Planned {
+            remaining_bytes: 20 * MIB,
+            rate_bytes_per_s: Some(5.0 * MIB as f64),
+        }));
+        let ms = leak(&mut f, 0, 3000).oom_in_ms.expect("an OOM coming");
+        assert!((9_500..=9_900).contains(&ms), "{ms}");
+        // A size taken at once: the measured growth is the stressors'.
+        let mut f = forecaster();
+        f.set_planned(Some(Planned {
+            remaining_bytes: 20 * MIB,
+            rate_bytes_per_s: None,
+        }));
+        assert_eq!(leak(&mut f, 0, 3000).oom_in_ms, None);
     }
 
     #[test]

@@ -264,3 +264,59 @@ fn watch_scores_a_kill_its_forecast_could_not_see_coming() {
     let scored = end["forecast"]["kills"].as_u64().expect("kills");
     assert_eq!(scored, kills_with_samples(lines).len() as u64, "{end}");
 }
+
+/// A ramp that stops below the limit is no OOM coming: the run tells the forecast what its
+/// stressors will still add, so their growth is not extrapolated past their size, while the
+/// domain's unreclaimable memory, read by the forecast, rises as the ramp says.
+#[test]
+fn a_ramp_that_stops_below_the_limit_forecasts_no_oom() {
+    require_root();
+    let target = TestCgroup::new("forecast-cap", Some(128 * MIB));
+    let run = Memstress::start(&[
+        "run",
+        "-o",
+        "json",
+        "--cgroup",
+        target.path(),
+        "--size",
+        "80Mi",
+        "--ramp",
+        "6s",
+        "--hold",
+        "2s",
+    ]);
+    let finished = run.wait(Duration::from_secs(60));
+    let samples: Vec<&Value> = finished
+        .lines
+        .iter()
+        .filter(|l| l["type"] == "sample")
+        .collect();
+    let rising: Vec<&&Value> = samples
+        .iter()
+        .filter(|s| s["forecast"]["growth_bytes_per_s"].as_i64().unwrap_or(0) > 4 << 20)
+        .collect();
+    assert!(
+        rising.len() >= 10,
+        "the ramp's growth was seen: {}",
+        rising.len()
+    );
+    for s in &samples {
+        let forecast = &s["forecast"];
+        assert!(forecast["oom_in_ms"].is_null(), "{forecast}");
+        assert!(
+            forecast["unreclaimable_bytes"].as_u64().unwrap() < 100 * MIB,
+            "{forecast}"
+        );
+    }
+    let basis = rising[rising.len() / 2]["forecast"]["basis"]
+        .as_str()
+        .unwrap();
+    assert!(basis.contains("the run's stressors add at most"), "{basis}");
+    assert!(basis.contains("no OOM coming"), "{basis}");
+    let top = samples
+        .iter()
+        .filter_map(|s| s["forecast"]["unreclaimable_bytes"].as_u64())
+        .max()
+        .unwrap();
+    assert!(top >= 78 * MIB, "the ramp reached its size: {top}");
+}

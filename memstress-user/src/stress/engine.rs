@@ -16,7 +16,7 @@ use super::{
 use crate::{
     Error, Result, exit,
     explain::{Explained, Explainer, Output, Scope, kill::KillReport, who},
-    forecast::Forecaster,
+    forecast::{Forecaster, Planned},
     observer::{Batch, Observer},
     output::{
         Reporter,
@@ -378,7 +378,9 @@ impl State {
     fn sample(&mut self, reporter: &Reporter) -> Result<(), CgroupError> {
         let counters = self.target.counters()?;
         self.peak = self.peak.max(counters.usage_bytes);
+        let planned = self.planned();
         let forecast = self.forecaster.as_mut().and_then(|f| {
+            f.set_planned(planned);
             let forecast = f.sample(monotonic_ns(), self.target_id, &counters)?;
             if f.is_news(&forecast) {
                 reporter.forecast(&forecast);
@@ -413,6 +415,30 @@ impl State {
         self.last = counters;
         self.sampled_at = Instant::now();
         Ok(())
+    }
+
+    /// What the stressors will still add to the domain's unreclaimable memory, for the
+    /// forecast: with a size (at once or ramped) they stop at their shares. `None` where the
+    /// run cannot say: no stressors, `--fill-to` (they follow the working set), or page cache
+    /// (not unreclaimable memory at all, so nothing of the domain's growth is theirs).
+    fn planned(&self) -> Option<Planned> {
+        let first = self.stressors().next()?;
+        if self.goal.is_some() || first.worker.kind == crate::spec::Kind::File {
+            return None;
+        }
+        let remaining_bytes = self
+            .stressors()
+            .map(|m| match (m.alive, m.restart_at.is_some()) {
+                (true, _) => m.share.saturating_sub(m.charge),
+                (false, true) => m.share,
+                (false, false) => 0,
+            })
+            .sum();
+        let shares: u64 = self.stressors().map(|m| m.share).sum();
+        Some(Planned {
+            remaining_bytes,
+            rate_bytes_per_s: self.ramp.map(|r| shares as f64 / r.as_secs_f64().max(1e-3)),
+        })
     }
 
     /// Ramp: the charge each stressor should have now.
