@@ -85,6 +85,9 @@ pub struct Stages {
     pub explained_ns: u64,
     /// Every task was named (container, pod).
     pub named_ns: u64,
+    /// What woke the reader: `wakeup` (the ring buffer's), `lookout` (the thread polling
+    /// near an OOM) or `deadline` (a held SIGKILL's wait ended).
+    pub by: &'static str,
 }
 
 /// How long the lookout polls after a hint or a kill.
@@ -263,6 +266,7 @@ impl Observer {
     pub async fn next(&mut self) -> io::Result<Batch> {
         let mut records = Vec::new();
         let mut woke_ns = 0;
+        let mut by = "wakeup";
         loop {
             let held = self.explainer.kills_deadline();
             tokio::select! {
@@ -279,6 +283,7 @@ impl Observer {
                     // What is in the ring buffer now comes first: an OOM record there claims
                     // the SIGKILL held for it.
                     self.ring.drain_now(|bytes| records.push(record::decode(bytes)));
+                    by = "deadline";
                     break;
                 }
                 () = lookout_ready(self.lookout.as_ref()) => {
@@ -292,6 +297,7 @@ impl Observer {
                         l.told.store(false, Ordering::Release);
                     }
                     if !records.is_empty() {
+                        by = "lookout";
                         break;
                     }
                 }
@@ -326,6 +332,7 @@ impl Observer {
         if woke_ns != 0 {
             batch.stages.woke_ns = woke_ns;
         }
+        batch.stages.by = by;
         Ok(batch)
     }
 
@@ -370,6 +377,7 @@ impl Observer {
                 drained_ns,
                 explained_ns,
                 named_ns: monotonic_ns(),
+                by: "drain",
             },
         }
     }

@@ -211,7 +211,7 @@ impl Reporter {
             if let Output::Kill(kill) = output {
                 eprintln!(
                     "memstress-tell seq={} pid={} mark={} woke={} drained={} explained={} \
-                     named={} written={written_ns}",
+                     named={} written={written_ns} by={}",
                     kill.seq,
                     kill.victim.victim.task.pid.unwrap_or(0),
                     kill.ts_ns,
@@ -219,6 +219,7 @@ impl Reporter {
                     s.drained_ns,
                     s.explained_ns,
                     s.named_ns,
+                    s.by,
                 );
             }
         }

@@ -314,7 +314,8 @@ fn console_note() -> String {
             "; this machine prints KERN_ERR lines on its console ({}, console_loglevel \
              {level}): the kernel's `Killed process` line is written there right after \
              mark_victim with interrupts off on the OOMing CPU, and the ring buffer's \
-             wake-up (an irq_work on that CPU) runs after it, as the kmsg reader's does \
+             wake-up (an irq_work on that CPU) runs after it, as the kmsg reader's does; \
+             memstress's lookout, polling from the other CPU, does not wait for it \
              (on the development VM, console_loglevel 3 took the whole time to tell to p50 \
              0.16 ms, p99 0.48 ms)",
             consoles.join(", ")
@@ -329,6 +330,8 @@ struct Stages {
     woke: u64,
     named: u64,
     written: u64,
+    /// What woke memstress's reader (`wakeup`, `lookout`, `deadline`).
+    by: String,
 }
 
 /// The stages of the kills of `pids` in memstress's stderr.
@@ -350,6 +353,11 @@ fn stages(stderr: &str, pids: &HashSet<u32>) -> Vec<Stages> {
                 woke: field("woke")?,
                 named: field("named")?,
                 written: field("written")?,
+                by: l
+                    .split_whitespace()
+                    .find_map(|kv| kv.strip_prefix("by="))
+                    .unwrap_or("?")
+                    .to_owned(),
             })
         })
         .collect()
@@ -386,7 +394,24 @@ fn breakdown(stages: &[Stages]) -> Vec<Row> {
         ),
     ];
     let mut rows = Vec::new();
-    let console = console_note();
+    let mut by: Vec<(String, usize)> = Vec::new();
+    for s in stages {
+        match by.iter_mut().find(|(k, _)| *k == s.by) {
+            Some((_, n)) => *n += 1,
+            None => by.push((s.by.clone(), 1)),
+        }
+    }
+    by.sort_by_key(|b| std::cmp::Reverse(b.1));
+    let by = by
+        .iter()
+        .map(|(k, n)| format!("{n} by {k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let console = format!(
+        "; what woke the reader: {by} (lookout: the thread that polls once a memcg reclaim \
+         freed nothing; wakeup: the ring buffer's own){}",
+        console_note()
+    );
     for (name, figure, values) in parts {
         for (q, tag) in [(0.5, "p50"), (0.99, "p99")] {
             let sample = Sample::over(quantile(&values, q), quantile(&whole, q));
