@@ -525,6 +525,12 @@ pub struct ScanStats {
     pub dropped: u32,
     /// 1 when the scan stopped at `scan_limit` before coming round to the victim.
     pub truncated: u32,
+    /// How long the scan took (ns), inside the OOM path.
+    pub ns: u64,
+    /// From the end of the trigger's last memcg reclaim (the charge then gave up) to
+    /// `mark_victim` (ns): the kernel's own OOM path up to the kill, the victim's selection
+    /// and the report it prints; 0 when the trigger reclaimed nothing in the last 10 s.
+    pub since_reclaim_ns: u64,
 }
 
 /// Why a task in the domain could not be chosen (`Candidate::skip`).

@@ -157,6 +157,11 @@ pub static OOM_EVENTS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096,
 #[map(name = "RECLAIM_START")]
 pub static RECLAIM_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
 
+/// When each task's last memcg direct reclaim ended (tid -> ns): the OOM path's start, for
+/// the time the kernel took to choose (`ScanStats::since_reclaim_ns`).
+#[map(name = "RECLAIM_END")]
+pub static RECLAIM_END: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
 /// OOMs in progress (fentry on `out_of_memory()`): tid -> when it began.
 #[map(name = "IN_PROGRESS")]
 pub static IN_PROGRESS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);

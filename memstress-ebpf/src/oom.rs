@@ -10,7 +10,10 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_loop},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_loop,
+    },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -24,7 +27,7 @@ use crate::{
     kernel::{self, layout},
     maps::{
         self, BADNESS, EVENTS, IN_OOM, IN_PROGRESS, InOom, KILLED, LAST_SIGKILL, OOM_CONTROL,
-        PENDING_VICTIM, PRESSURE, SCAN, SCRATCH_CANDIDATE, ScanState, VICTIMS,
+        PENDING_VICTIM, PRESSURE, RECLAIM_END, SCAN, SCRATCH_CANDIDATE, ScanState, VICTIMS,
     },
 };
 
@@ -119,7 +122,18 @@ fn try_mark_victim_btf(ctx: &BtfTracePointContext) -> Result<(), ()> {
             if domain_id != 0 {
                 kernel::attribute_kill(&slot.chain, domain_id);
             }
+            // SAFETY: helpers without preconditions.
+            let start = unsafe { bpf_ktime_get_ns() };
             slot.scan = scan(task, domain_cgroup, domain_level, slot.seq);
+            // SAFETY: as above.
+            let end = unsafe { bpf_ktime_get_ns() };
+            slot.scan.ns = end.saturating_sub(start);
+            let trigger = bpf_get_current_pid_tgid() as u32;
+            // SAFETY: copying a plain value out of the map.
+            slot.scan.since_reclaim_ns = match unsafe { RECLAIM_END.get(trigger) }.copied() {
+                Some(at) if at <= start && start - at < 10_000_000_000 => start - at,
+                _ => 0,
+            };
         }
     }
     finish(slot, source::BTF);

@@ -16,7 +16,7 @@ use memstress_ebpf::Pressure;
 
 use crate::{
     kernel::{self, layout},
-    maps::{HINT_LAST, HINTS, PRESSURE, RECLAIM_START},
+    maps::{HINT_LAST, HINTS, PRESSURE, RECLAIM_END, RECLAIM_START},
 };
 
 /// Adds `value` to the counter at `counter` atomically: a BPF atomic add (`lock *(u64 *)`),
@@ -61,6 +61,7 @@ fn try_reclaim_end(ctx: &BtfTracePointContext) -> Result<(), ()> {
     let id = kernel::memcg_kn(task)
         .and_then(|kn| kernel::read::<u64>(kn, layout!(kn_id)))
         .ok_or(())?;
+    let _ = RECLAIM_END.insert(tid, now, 0);
     let elapsed = now.saturating_sub(start);
     if reclaimed == 0 {
         hint(id, now);

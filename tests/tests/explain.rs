@@ -329,4 +329,13 @@ fn the_scan_visits_the_domain_not_the_node() {
     // the nested app's (one thread); never the 300 sleepers.
     let visited = kill["scan_visited"].as_u64().expect("scan_visited");
     assert!((1..=8).contains(&visited), "visited {visited}: {kill}");
+    // The scan is timed inside the OOM path, beside the kernel's own path before it (from
+    // scan-big's last reclaim, which freed nothing, to mark_victim).
+    let scan = kill["scan_us"].as_f64().expect("scan_us");
+    let path = kill["oom_path_us"].as_f64().expect("oom_path_us");
+    assert!(scan > 0.0 && scan < 100_000.0, "scan {scan} µs: {kill}");
+    assert!(
+        path > 0.0 && path < 10_000_000.0,
+        "OOM path {path} µs: {kill}"
+    );
 }

@@ -267,6 +267,13 @@ impl Row {
         self
     }
 
+    /// Goal: the ratio at most `max`.
+    pub fn ratio_at_most(mut self, max: f64) -> Self {
+        self.goal = format!("ratio ≤ {max}");
+        self.met = self.ratio <= max;
+        self
+    }
+
     /// Adds to the goal: the ratio at most `max` too.
     pub fn and_ratio_at_most(mut self, max: f64) -> Self {
         self.goal = format!("{} and ratio ≤ {max}", self.goal);

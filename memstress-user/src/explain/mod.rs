@@ -224,6 +224,12 @@ pub struct Explained {
     /// domain's threads, a global OOM's every process of the node (`null`: no scan, as for a
     /// `memory.oom.group` kill, or a kernel whose `mark_victim` passes only a pid).
     pub scan_visited: Option<u32>,
+    /// How long that scan took inside the OOM path, µs (`null` with no scan).
+    pub scan_us: Option<f64>,
+    /// The kernel's own OOM path before the kill, µs: from the end of the trigger's last
+    /// memcg reclaim (the charge then gave up) to `mark_victim` (`null`: no such reclaim in
+    /// the last 10 s, as for a global OOM, or no scan).
+    pub oom_path_us: Option<f64>,
     /// Processes SIGKILLed with the victim.
     pub collateral: Vec<CollateralKill>,
     /// A `memory.oom.group` kill that followed the chosen victim.
@@ -924,6 +930,10 @@ impl Explainer {
                 && !truncated
                 && !ranked.is_empty(),
             scan_visited: (!kill.group_kill && !kill.chain.is_empty()).then_some(visited),
+            scan_us: (!kill.group_kill && !kill.chain.is_empty() && kill.scan_ns > 0)
+                .then(|| (kill.scan_ns as f64 / 100.0).round() / 10.0),
+            oom_path_us: (!kill.group_kill && kill.since_reclaim_ns > 0)
+                .then(|| (kill.since_reclaim_ns as f64 / 100.0).round() / 10.0),
             candidates: ranked,
             skipped,
             collateral,

@@ -453,6 +453,10 @@ pub struct OomKill {
     pub group_kill: bool,
     /// The candidate scan: (visited, sent, dropped, truncated).
     pub scan: (u32, u32, u32, bool),
+    /// How long the scan took, and the kernel's OOM path before it (from the trigger's last
+    /// memcg reclaim to `mark_victim`; 0: unknown), ns.
+    pub scan_ns: u64,
+    pub since_reclaim_ns: u64,
     /// The kernel's `struct oom_control` (where fentry loads).
     pub oc: Option<OomControl>,
     /// Direct reclaim by the trigger's memcg so far, as the kernel-side counters stood at
@@ -655,6 +659,8 @@ impl OomKill {
                 raw.scan.dropped,
                 raw.scan.truncated != 0,
             ),
+            scan_ns: raw.scan.ns,
+            since_reclaim_ns: raw.scan.since_reclaim_ns,
             oc: (btf && raw.oc.valid != 0).then_some(OomControl {
                 constraint: raw.oc.constraint,
                 totalpages: raw.oc.totalpages,
@@ -845,6 +851,8 @@ pub(crate) mod tests {
                 sent: 3,
                 dropped: 0,
                 truncated: 0,
+                ns: 41_000,
+                since_reclaim_ns: 820_000,
             },
             oc: OomControlFacts::default(),
         }

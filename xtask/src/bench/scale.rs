@@ -197,6 +197,9 @@ struct Block {
     /// Watched blocks: CPU time memstress's controller used per kill (ms), and the kills it
     /// reported.
     watcher: Option<(f64, usize)>,
+    /// Watched blocks: each reported kill's `scan_us` and `oom_path_us` (the scan's time in
+    /// the OOM path, and the kernel's own path before it).
+    scan: Vec<(f64, f64)>,
 }
 
 /// [`Plan::scale_kills`](super::Plan) OOM kills in a row in `oom`, with `memstress watch
@@ -257,6 +260,7 @@ fn block(ctx: &Ctx, oom: &sys::BenchCgroup, watch: &str, watched: bool) -> Resul
             .join()
             .expect("the kill loop's thread")
     })?;
+    let mut scan = Vec::new();
     let watcher = match tool {
         Some((mut p, held)) => {
             let used = sys::process_cpu_ns(p.pid()).saturating_sub(watcher_cpu.unwrap_or(0));
@@ -266,11 +270,17 @@ fn block(ctx: &Ctx, oom: &sys::BenchCgroup, watch: &str, watched: bool) -> Resul
             let (_, lines) = p.finish(Some(libc::SIGINT), Duration::from_secs(30))?;
             // Its detach over before anything else is measured.
             sys::wait_bpf_released(&held, Duration::from_secs(30))?;
-            let reported = lines
+            let killed: Vec<serde_json::Value> = lines
                 .iter()
                 .filter(|l| l.text.contains("\"type\":\"oom_kill\""))
-                .count();
-            Some((used as f64 / 1e6 / kills as f64, reported))
+                .filter_map(|l| serde_json::from_str(&l.text).ok())
+                .collect();
+            scan.extend(
+                killed
+                    .iter()
+                    .filter_map(|k| Some((k["scan_us"].as_f64()?, k["oom_path_us"].as_f64()?))),
+            );
+            Some((used as f64 / 1e6 / kills as f64, killed.len()))
         }
         None => None,
     };
@@ -278,11 +288,12 @@ fn block(ctx: &Ctx, oom: &sys::BenchCgroup, watch: &str, watched: bool) -> Resul
         rate,
         cpu_ms: median(cpu.into_iter()),
         watcher,
+        scan,
     })
 }
 
-/// One setting's row.
-fn setting(ctx: &Ctx, setting: Setting) -> Result<Row> {
+/// One setting's rows: the kill rate, and the scan's share of the OOM path.
+fn setting(ctx: &Ctx, setting: Setting) -> Result<Vec<Row>> {
     let tasks_before = sys::nr_tasks()?;
     let (idle_cg, oom, domain, idle_n) = match setting {
         Setting::Extra(n) => {
@@ -311,10 +322,12 @@ fn setting(ctx: &Ctx, setting: Setting) -> Result<Row> {
     let passes = ctx.plan.scale_passes;
     let mut runs = Vec::new();
     let mut all = Vec::new();
+    let (mut scan_runs, mut scan_all) = (Vec::new(), Vec::new());
     let (mut added_ms, mut added_cpu_ms, mut watcher_ms) = (Vec::new(), Vec::new(), Vec::new());
     let (mut reported, mut watched_kills) = (0, 0);
     for run in 0..ctx.plan.runs {
         let mut samples = Vec::new();
+        let mut scans: Vec<(f64, f64)> = Vec::new();
         for pass in 0..passes {
             let mut blocks = [None, None];
             for which in Ctx::order(2, run * passes + pass) {
@@ -326,6 +339,7 @@ fn setting(ctx: &Ctx, setting: Setting) -> Result<Row> {
             let [Some(unwatched), Some(watched)] = blocks else {
                 unreachable!("both configurations ran");
             };
+            scans.extend(&watched.scan);
             let (controller_ms, seen) = watched.watcher.unwrap_or_default();
             reported += seen;
             watched_kills += ctx.plan.scale_kills;
@@ -354,6 +368,14 @@ fn setting(ctx: &Ctx, setting: Setting) -> Result<Row> {
             ratio: median(samples.iter().map(|s| s.ratio)),
         });
         all.extend(samples);
+        if !scans.is_empty() {
+            scan_runs.push(Sample {
+                memstress: median(scans.iter().map(|s| s.0)),
+                peer: median(scans.iter().map(|s| s.1)),
+                ratio: median(scans.iter().map(|s| s.0 / s.1)),
+            });
+            scan_all.extend(scans);
+        }
     }
     idle.stop()?;
     wait_tasks(tasks_before, idle_n)?;
@@ -377,11 +399,39 @@ fn setting(ctx: &Ctx, setting: Setting) -> Result<Row> {
         median(added_cpu_ms.into_iter()),
         median(watcher_ms.into_iter()),
     );
-    Ok(match setting {
+    let rate = match setting {
         Setting::Extra(_) => row.ratio_at_least(0.95),
         Setting::Domain(_) => row.context(),
     }
-    .note(note))
+    .note(note);
+    let mut rows = vec![rate];
+    if !scan_all.is_empty() {
+        let mut share = Row::from_runs(
+            &setting.name().replace("kill_rate", "scan_share"),
+            &setting.figure().replace(
+                "7. scale: kill rate, memstress watching / nothing",
+                "7b. scale: the scan's time in the OOM path (µs)",
+            ),
+            "the kernel's own OOM path: the trigger's last reclaim → mark_victim",
+            "µs",
+            scan_runs,
+        );
+        share.ratio = median(scan_all.iter().map(|s| s.0 / s.1));
+        let share = match setting {
+            Setting::Extra(_) => share.ratio_at_most(0.10),
+            Setting::Domain(_) => share.context(),
+        };
+        rows.push(share.note(format!(
+            "each watched kill's `scan_us` (the candidate scan memstress's mark_victim program \
+             runs while the kernel holds oom_lock, timed in the program) over its \
+             `oom_path_us` (from the end of the OOMing task's last memcg reclaim, after which \
+             the charge gave up, to mark_victim: selection and the report the kernel prints); \
+             ratio: median over all {} kills, runs' medians in brackets; p90 of the ratio {:.3}",
+            scan_all.len(),
+            super::quantile(&scan_all.iter().map(|s| s.0 / s.1).collect::<Vec<_>>(), 0.9),
+        )));
+    }
+    Ok(rows)
 }
 
 /// Measures figure 7.
@@ -391,7 +441,8 @@ pub fn measure(ctx: &Ctx) -> Result<Vec<Row>> {
         .map(Setting::Extra)
         .chain([Setting::Domain(DOMAIN_TASKS)])
         .map(|s| setting(ctx, s).with_context(|| s.short()))
-        .collect()
+        .collect::<Result<Vec<_>>>()
+        .map(|rows| rows.into_iter().flatten().collect())
 }
 
 #[cfg(test)]
