@@ -543,6 +543,9 @@ pub fn bench(args: &Args) -> Result<()> {
         out.join("results.json"),
         serde_json::to_string_pretty(&results)? + "\n",
     )?;
+    if let Some(svg) = scale::plot(&rows) {
+        fs::write(out.join("scale.svg"), svg)?;
+    }
     let sizes = &ctx.plan;
     fs::write(
         out.join("table.md"),

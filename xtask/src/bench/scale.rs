@@ -445,6 +445,154 @@ pub fn measure(ctx: &Ctx) -> Result<Vec<Row>> {
         .map(|rows| rows.into_iter().flatten().collect())
 }
 
+/// The scale figure as a small SVG (`target/bench/scale.svg`): per setting, the kill rate
+/// with memstress watching and with nothing watching (left), and the scan's time in the OOM
+/// path beside the kernel's own path (right, log scale). `None` without the scale rows.
+pub fn plot(rows: &[Row]) -> Option<String> {
+    let settings: Vec<Setting> = EXTRA
+        .into_iter()
+        .map(Setting::Extra)
+        .chain([Setting::Domain(DOMAIN_TASKS)])
+        .collect();
+    let find = |name: String| rows.iter().find(|r| r.name == name);
+    let rates: Vec<Option<&Row>> = settings.iter().map(|s| find(s.name())).collect();
+    if rates.iter().all(Option::is_none) {
+        return None;
+    }
+    let scans: Vec<Option<&Row>> = settings
+        .iter()
+        .map(|s| find(s.name().replace("kill_rate", "scan_share")))
+        .collect();
+    let (w, h, top, bottom) = (860.0_f64, 300.0_f64, 40.0_f64, 250.0_f64);
+    let panel = |x0: f64| (x0 + 50.0, x0 + 400.0);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+         font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"{w}\" height=\"{h}\" \
+         fill=\"white\"/>\n"
+    );
+    let label = |s: &Setting| match s {
+        Setting::Extra(n) => format!("+{} idle", thousands(*n)),
+        Setting::Domain(n) => format!("{} in domain", thousands(*n)),
+    };
+    let bars = |svg: &mut String,
+                x0: f64,
+                title: &str,
+                pairs: &[(Option<f64>, Option<f64>)],
+                y: &dyn Fn(f64) -> f64,
+                ticks: &[(f64, String)],
+                names: [&str; 2]| {
+        let (left, right) = panel(x0);
+        svg.push_str(&format!(
+            "<text x=\"{left}\" y=\"20\" font-weight=\"bold\">{title}</text>\n\
+             <line x1=\"{left}\" y1=\"{bottom}\" x2=\"{right}\" y2=\"{bottom}\" \
+             stroke=\"black\"/>\n<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" \
+             y2=\"{bottom}\" stroke=\"black\"/>\n"
+        ));
+        for (v, text) in ticks {
+            let ty = y(*v);
+            svg.push_str(&format!(
+                "<line x1=\"{}\" y1=\"{ty:.1}\" x2=\"{right}\" y2=\"{ty:.1}\" \
+                 stroke=\"#ddd\"/>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{text}\
+                 </text>\n",
+                left,
+                left - 4.0,
+                ty + 4.0
+            ));
+        }
+        let slot = (right - left) / pairs.len() as f64;
+        for (i, (a, b)) in pairs.iter().enumerate() {
+            let x = left + slot * i as f64;
+            for (j, (v, colour)) in [(a, "#1f77b4"), (b, "#bbbbbb")].into_iter().enumerate() {
+                let Some(v) = v else { continue };
+                let bx = x + slot * (0.15 + 0.35 * j as f64);
+                let by = y(*v).min(bottom);
+                svg.push_str(&format!(
+                    "<rect x=\"{bx:.1}\" y=\"{by:.1}\" width=\"{:.1}\" height=\"{:.1}\" \
+                     fill=\"{colour}\"/>\n",
+                    slot * 0.33,
+                    bottom - by
+                ));
+            }
+            svg.push_str(&format!(
+                "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\" font-size=\"10\">{}</text>\n",
+                x + slot / 2.0,
+                bottom + 15.0,
+                label(&settings[i])
+            ));
+        }
+        for (j, (name, colour)) in names.iter().zip(["#1f77b4", "#bbbbbb"]).enumerate() {
+            let ly = bottom + 32.0 + 14.0 * j as f64;
+            svg.push_str(&format!(
+                "<rect x=\"{left}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{colour}\"/>\
+                 <text x=\"{}\" y=\"{:.1}\">{name}</text>\n",
+                ly - 9.0,
+                left + 14.0,
+                ly
+            ));
+        }
+    };
+    let rate_pairs: Vec<(Option<f64>, Option<f64>)> = rates
+        .iter()
+        .map(|r| (r.map(|r| r.memstress), r.map(|r| r.peer)))
+        .collect();
+    let max_rate = rate_pairs
+        .iter()
+        .flat_map(|(a, b)| [*a, *b])
+        .flatten()
+        .fold(1.0_f64, f64::max);
+    let step = [10.0, 20.0, 50.0, 100.0, 200.0]
+        .into_iter()
+        .find(|s| max_rate / s <= 6.0)
+        .unwrap_or(500.0);
+    let scale_max = (max_rate / step).ceil() * step;
+    let linear = |v: f64| bottom - (bottom - top) * v / scale_max;
+    let rate_ticks: Vec<(f64, String)> = (0..=(scale_max / step) as usize)
+        .map(|i| (i as f64 * step, format!("{}", i as f64 * step)))
+        .collect();
+    bars(
+        &mut svg,
+        0.0,
+        "OOM kills/s",
+        &rate_pairs,
+        &linear,
+        &rate_ticks,
+        ["memstress watching", "nothing watching"],
+    );
+    let scan_pairs: Vec<(Option<f64>, Option<f64>)> = scans
+        .iter()
+        .map(|r| (r.map(|r| r.memstress), r.map(|r| r.peer)))
+        .collect();
+    let log = |v: f64| {
+        let v = v.clamp(1.0, 1e5).log10();
+        bottom - (bottom - top) * v / 5.0
+    };
+    let log_ticks: Vec<(f64, String)> = [
+        (1.0, "1 µs"),
+        (10.0, "10 µs"),
+        (100.0, "100 µs"),
+        (1e3, "1 ms"),
+        (1e4, "10 ms"),
+        (1e5, "100 ms"),
+    ]
+    .into_iter()
+    .map(|(v, t)| (v, t.to_owned()))
+    .collect();
+    bars(
+        &mut svg,
+        430.0,
+        "Time in the OOM path per kill (log)",
+        &scan_pairs,
+        &log,
+        &log_ticks,
+        [
+            "memstress's scan (under oom_lock)",
+            "the kernel's own path (last reclaim → mark_victim)",
+        ],
+    );
+    svg.push_str("</svg>\n");
+    Some(svg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,5 +604,29 @@ mod tests {
         assert_eq!(thousands(1_000), "1,000");
         assert_eq!(thousands(10_000), "10,000");
         assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn the_plot_has_a_pair_of_bars_per_setting_and_figure() {
+        assert_eq!(plot(&[]), None);
+        let row = |name: String, m: f64, p: f64| {
+            Row::from_runs(&name, "f", "p", "kills/s", vec![Sample::over(m, p)])
+        };
+        let mut rows = Vec::new();
+        for (i, s) in EXTRA
+            .into_iter()
+            .map(Setting::Extra)
+            .chain([Setting::Domain(DOMAIN_TASKS)])
+            .enumerate()
+        {
+            rows.push(row(s.name(), 100.0 - 10.0 * i as f64, 100.0));
+            rows.push(row(s.name().replace("kill_rate", "scan_share"), 27.0, 18.0));
+        }
+        let svg = plot(&rows).expect("a plot");
+        assert_eq!(svg.matches("<rect x=").count(), 2 * 8 + 4, "{svg}");
+        for label in ["+0 idle", "+1,000 idle", "+10,000 idle", "4,096 in domain"] {
+            assert_eq!(svg.matches(label).count(), 2, "{label}");
+        }
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
     }
 }
