@@ -44,9 +44,6 @@ pub mod names {
     pub const PROG_RECLAIM_END: &str = "memcg_reclaim_end";
     /// Per-memcg reclaim pressure (LRU hash shared by every CPU: memcg id -> [`crate::Pressure`]).
     pub const PRESSURE: &str = "PRESSURE";
-    /// Ring buffer of hints that an OOM is near (memcg id, u64 each): a memcg reclaim that
-    /// freed nothing.
-    pub const HINTS: &str = "HINTS";
     /// fentry on `out_of_memory()`: an OOM begins in this task.
     pub const PROG_OUT_OF_MEMORY: &str = "out_of_memory_entry";
     /// fentry on `oom_kill_process()`: the kernel's `struct oom_control` after selection.
@@ -317,9 +314,6 @@ pub mod counters {
 }
 
 /// Event kinds (the first field of every record).
-/// Hints that an OOM is near are sent at most this often per CPU.
-pub const HINT_EVERY_NS: u64 = 10_000_000;
-
 pub mod kind {
     /// An [`crate::OomVictim`].
     pub const OOM_VICTIM: u32 = 1;

@@ -14,19 +14,6 @@ use memstress_ebpf::{
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
-/// Hints that an OOM is near: a memcg direct reclaim that freed nothing (the charge path
-/// retries it a few times, then invokes the OOM killer). Their own small ring buffer, so a
-/// hint never takes the place of a record in [`EVENTS`]: its wake-up (queued on a CPU that is
-/// only reclaiming) reaches the reader before the OOM's, which may wait behind a console
-/// print with interrupts off; the reader then looks for records on a timer until the OOM
-/// is told. At most one per CPU every [`memstress_ebpf::HINT_EVERY_NS`].
-#[map(name = "HINTS")]
-pub static HINTS: RingBuf = RingBuf::with_byte_size(4096, 0);
-
-/// When this CPU last sent a hint (ns, `bpf_ktime_get_ns`).
-#[map(name = "HINT_LAST")]
-pub static HINT_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
 /// Per-CPU counters, indexed by `memstress_ebpf::counters`.
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::LEN, 0);

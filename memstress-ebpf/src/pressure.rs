@@ -16,7 +16,7 @@ use memstress_ebpf::Pressure;
 
 use crate::{
     kernel::{self, layout},
-    maps::{HINT_LAST, HINTS, PRESSURE, RECLAIM_END, RECLAIM_START},
+    maps::{PRESSURE, RECLAIM_END, RECLAIM_START},
 };
 
 /// Adds `value` to the counter at `counter` atomically: a BPF atomic add (`lock *(u64 *)`),
@@ -63,9 +63,6 @@ fn try_reclaim_end(ctx: &BtfTracePointContext) -> Result<(), ()> {
         .ok_or(())?;
     let _ = RECLAIM_END.insert(tid, now, 0);
     let elapsed = now.saturating_sub(start);
-    if reclaimed == 0 {
-        hint(id, now);
-    }
     match PRESSURE.get_ptr_mut(id) {
         Some(p) => {
             // SAFETY: a live map value; the adds are atomic, as every CPU shares it.
@@ -86,21 +83,4 @@ fn try_reclaim_end(ctx: &BtfTracePointContext) -> Result<(), ()> {
         }
     }
     Ok(())
-}
-
-/// Tells the reader an OOM may be near in memcg `id` (see [`HINTS`]), at most once per CPU
-/// every [`memstress_ebpf::HINT_EVERY_NS`]; a full hint ring is no loss.
-#[inline(always)]
-fn hint(id: u64, now: u64) {
-    let Some(last) = HINT_LAST.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: this CPU's slot of a live per-CPU map; the program runs with preemption off.
-    unsafe {
-        if now.saturating_sub(*last) < memstress_ebpf::HINT_EVERY_NS {
-            return;
-        }
-        *last = now;
-    }
-    let _ = HINTS.output::<u64>(id, 0);
 }

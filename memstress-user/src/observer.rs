@@ -6,29 +6,8 @@
 //! pod, and the records the BPF side dropped since the last batch. `watch` and `run` differ
 //! only in what they do with a batch. A kernel SIGKILL is held back a moment (it may be the
 //! OOM killer's: see [`crate::explain::kill`]); the loop wakes when its wait ends.
-//!
-//! **Looking out for an OOM.** The ring buffer's wake-up is an irq_work queued on the CPU that
-//! wrote the record. Right after `mark_victim` that CPU prints `Killed process …` at KERN_ERR,
-//! and a slow console (a serial `ttyS0`) prints it with interrupts off: the wake-up, and so
-//! the line, waited 4-5 ms behind it (docs/benchmarks.md). A memcg reclaim that frees nothing
-//! comes before every memcg OOM (the charge retries it, then invokes the OOM killer); the BPF
-//! side then sends a hint through a ring buffer of its own, whose wake-up is not delayed. From
-//! a hint (or a kill) on, for [`LOOKOUT_NS`], a thread of its own asks the kernel every
-//! [`LOOKOUT_EVERY`] whether records are available (`poll(2)` with no timeout counts them
-//! whether or not the wake-up has run), and wakes the loop when they are. Nothing polls while
-//! no memcg is failing to reclaim.
 
-use std::{
-    io,
-    os::fd::{AsRawFd as _, OwnedFd},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
-    time::Duration,
-};
-
-use tokio::sync::Notify;
+use std::io;
 
 use crate::{
     error_chain,
@@ -85,104 +64,9 @@ pub struct Stages {
     pub explained_ns: u64,
     /// Every task was named (container, pod).
     pub named_ns: u64,
-    /// What woke the reader: `wakeup` (the ring buffer's), `lookout` (the thread polling
-    /// near an OOM) or `deadline` (a held SIGKILL's wait ended).
+    /// What woke the reader: `wakeup` (the ring buffer's) or `deadline` (a held SIGKILL's
+    /// wait ended).
     pub by: &'static str,
-}
-
-/// How long the lookout polls after a hint or a kill.
-pub const LOOKOUT_NS: u64 = 250_000_000;
-/// How often the lookout polls.
-pub const LOOKOUT_EVERY: Duration = Duration::from_micros(200);
-
-/// The thread that polls the ring buffer while an OOM may be near (module docs).
-struct Lookout {
-    /// CLOCK_MONOTONIC ns until which it polls.
-    until: Arc<AtomicU64>,
-    /// It found records and woke the loop, which has not drained since.
-    told: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    ready: Arc<Notify>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Lookout {
-    fn start(ring: OwnedFd) -> io::Result<Self> {
-        let until = Arc::new(AtomicU64::new(0));
-        let told = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let ready = Arc::new(Notify::new());
-        let thread = {
-            let (until, told, stop, ready) =
-                (until.clone(), told.clone(), stop.clone(), ready.clone());
-            std::thread::Builder::new()
-                .name("memstress-lookout".to_owned())
-                .spawn(move || {
-                    while !stop.load(Ordering::Acquire) {
-                        let left = until.load(Ordering::Acquire).saturating_sub(monotonic_ns());
-                        if left == 0 {
-                            std::thread::park_timeout(Duration::from_secs(1));
-                            continue;
-                        }
-                        std::thread::sleep(LOOKOUT_EVERY);
-                        if told.load(Ordering::Acquire) {
-                            continue;
-                        }
-                        let mut pfd = libc::pollfd {
-                            fd: ring.as_raw_fd(),
-                            events: libc::POLLIN,
-                            revents: 0,
-                        };
-                        // SAFETY: one valid pollfd, no timeout.
-                        if unsafe { libc::poll(&mut pfd, 1, 0) } > 0 {
-                            told.store(true, Ordering::Release);
-                            ready.notify_one();
-                        }
-                    }
-                })?
-        };
-        Ok(Self {
-            until,
-            told,
-            stop,
-            ready,
-            thread,
-        })
-    }
-
-    /// Polls from now until [`LOOKOUT_NS`] from now.
-    fn arm(&self) {
-        self.until
-            .store(monotonic_ns() + LOOKOUT_NS, Ordering::Release);
-        self.thread.thread().unpark();
-    }
-}
-
-impl Drop for Lookout {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        self.thread.thread().unpark();
-    }
-}
-
-/// Whether the lookout told of records: waits for its word, or forever without one.
-async fn lookout_ready(lookout: Option<&Lookout>) {
-    match lookout {
-        Some(l) => l.ready.notified().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next hints, or never without their ring buffer.
-async fn next_hints(hints: Option<&mut EventStream>) -> io::Result<usize> {
-    match hints {
-        Some(h) => {
-            let mut n = 0;
-            h.drain(|_| n += 1).await?;
-            Ok(n)
-        }
-        None => std::future::pending().await,
-    }
 }
 
 /// Reads the probes' records and explains them.
@@ -193,10 +77,6 @@ pub struct Observer {
     names: Names,
     /// The programs' own diagnostics (`None`: unreadable on this kernel).
     diagnostics: Option<Diagnostics>,
-    /// Hints that an OOM is near, and the thread that then polls (`None`: without them, the
-    /// ring buffer's own wake-up only).
-    hints: Option<EventStream>,
-    lookout: Option<Lookout>,
 }
 
 impl std::fmt::Debug for Observer {
@@ -221,33 +101,12 @@ impl Observer {
             }
             None => None,
         };
-        let hints = match probes.hints() {
-            Some(Ok(h)) => Some(h),
-            Some(Err(e)) => {
-                tracing::debug!("no OOM hints: {e}");
-                None
-            }
-            None => None,
-        };
-        let lookout = match hints
-            .is_some()
-            .then(|| ring.dup_fd().and_then(Lookout::start))
-        {
-            Some(Ok(l)) => Some(l),
-            Some(Err(e)) => {
-                tracing::debug!("no lookout for OOMs: {e}");
-                None
-            }
-            None => None,
-        };
         Ok(Self {
             probes,
             ring,
             explainer,
             names,
             diagnostics,
-            hints: lookout.is_some().then_some(hints).flatten(),
-            lookout,
         })
     }
 
@@ -286,34 +145,6 @@ impl Observer {
                     by = "deadline";
                     break;
                 }
-                () = lookout_ready(self.lookout.as_ref()) => {
-                    self.ring.drain_now(|bytes| {
-                        if woke_ns == 0 {
-                            woke_ns = monotonic_ns();
-                        }
-                        records.push(record::decode(bytes));
-                    });
-                    if let Some(l) = &self.lookout {
-                        l.told.store(false, Ordering::Release);
-                    }
-                    if !records.is_empty() {
-                        by = "lookout";
-                        break;
-                    }
-                }
-                hinted = next_hints(self.hints.as_mut()) => {
-                    match hinted {
-                        Ok(_) => {
-                            if let Some(l) = &self.lookout {
-                                l.arm();
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!("cannot read the OOM hints any more: {e}");
-                            self.hints = None;
-                        }
-                    }
-                }
                 logged = next_diagnostics(self.diagnostics.as_mut()) => {
                     if let Err(e) = logged {
                         tracing::warn!("cannot read the BPF programs' log any more: {e}");
@@ -321,12 +152,6 @@ impl Observer {
                     }
                 }
             }
-        }
-        // An OOM storm's kills follow one another: look out for the next.
-        if let Some(l) = &self.lookout
-            && records.iter().any(|r| matches!(r, Ok(Record::Victim(_))))
-        {
-            l.arm();
         }
         let mut batch = self.explain(records);
         if woke_ns != 0 {

@@ -496,17 +496,6 @@ impl Probes {
         Ok(EventStream { ring })
     }
 
-    /// Takes the ring buffer of hints that an OOM is near (`None`: this object has none).
-    pub fn hints(&mut self) -> Option<io::Result<EventStream>> {
-        let map = self.ebpf.take_map(names::HINTS)?;
-        Some((|| {
-            let ring = RingBuf::try_from(map).map_err(io::Error::other)?;
-            // SAFETY: as in `events`.
-            let ring = unsafe { AsyncFd::register(ring) }?;
-            Ok(EventStream { ring })
-        })())
-    }
-
     /// A BPF-side counter, summed over CPUs.
     pub fn counter(&self, index: u32) -> u64 {
         let Some(map) = self.ebpf.map(names::COUNTERS) else {
@@ -673,13 +662,6 @@ impl EventStream {
         }
         guard.clear_ready();
         Ok(())
-    }
-
-    /// A second descriptor of the ring buffer: `poll(2)` on it says whether records are
-    /// available whether or not the kernel's wake-up has run (see [`crate::observer`]).
-    pub fn dup_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
-        use std::os::fd::AsFd as _;
-        self.ring.get_ref().as_fd().try_clone_to_owned()
     }
 
     /// Hands every record already available to `f`, without waiting.
