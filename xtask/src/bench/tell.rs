@@ -157,6 +157,27 @@ fn end_line(watch: sys::Proc) -> Result<(u64, u64)> {
 
 /// Measures figure 4.
 pub fn measure_tell(ctx: &Ctx) -> Result<Vec<Row>> {
+    // As in the scale figure: the OOMing processes on one CPU, memstress and both readers
+    // (the threads that take each line's and each kmsg record's arrival) on the other(s).
+    // On two CPUs a woken reader would otherwise often be queued on the OOMing CPU, which
+    // prints `Killed process …` on the console with interrupts off: the reader's own
+    // wake-up, not the tool's, would be timed; a node with more CPUs spares its readers that.
+    let cpus = sys::allowed_cpus();
+    let split = (cpus.len() >= 2).then(|| {
+        let (last, others) = cpus.split_last().expect("two CPUs");
+        (*last, others.to_vec())
+    });
+    if let Some((_, others)) = &split {
+        sys::pin_thread(others)?;
+    }
+    let measured = tell_pinned(ctx, split.as_ref().map(|(cpu, _)| *cpu));
+    if split.is_some() {
+        sys::pin_thread(&cpus)?;
+    }
+    measured
+}
+
+fn tell_pinned(ctx: &Ctx, loop_cpu: Option<usize>) -> Result<Vec<Row>> {
     let s = setup(ctx, "tell", 4)?;
     let mut p50 = Vec::new();
     let mut p99 = Vec::new();
@@ -171,7 +192,18 @@ pub fn measure_tell(ctx: &Ctx) -> Result<Vec<Row>> {
         let mut pids = HashSet::new();
         for i in 0..ctx.plan.tell_kills {
             sys::check_interrupted()?;
-            let Oomed { pid, killed, .. } = oom_once(ctx, &s.kids[i % s.kids.len()], None)?;
+            let kid = &s.kids[i % s.kids.len()];
+            let Oomed { pid, killed, .. } = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        if let Some(cpu) = loop_cpu {
+                            sys::pin_thread(&[cpu])?;
+                        }
+                        oom_once(ctx, kid, None)
+                    })
+                    .join()
+                    .expect("the OOM thread")
+            })?;
             if !killed {
                 bail!("process {pid} was not OOM-killed: is the memcg limit set?");
             }
@@ -293,13 +325,13 @@ pub fn measure_tell(ctx: &Ctx) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// What the wake-up stage waits for on this machine: right after `mark_victim` the OOM
-/// killer prints `Killed process` at KERN_ERR, which every console with a loglevel above 3
-/// prints synchronously, interrupts off, on the OOMing CPU; the ring buffer's wake-up is an
-/// irq_work queued on that CPU and runs only after it (so does the kmsg reader's). Measured
-/// on the development VM (serial ttyS0, console_loglevel 4): the whole time to tell was p50
-/// 3.6 ms, p99 5.2 ms; with console_loglevel 3 (the line not printed there) p50 0.16 ms, p99
-/// 0.48 ms.
+/// The console this machine prints the OOM killer's `Killed process` line on, if any: every
+/// console with a loglevel above 3 prints it synchronously, interrupts off, on the OOMing CPU,
+/// and a thread woken onto that CPU meanwhile waits for it. Measured on this VM (serial ttyS0,
+/// console_loglevel 4, two CPUs) with the readers free to run anywhere: memstress's time to
+/// tell p50 3.95 ms, p99 10.8 ms, though it had written each line by 0.37 ms (p50): the
+/// bench's own reader, not memstress, waited. With the OOMing processes on one CPU and the
+/// readers on the other: p50 0.34 ms, p99 0.63 ms; the kmsg reader waits for the print itself.
 fn console_note() -> String {
     let level = std::fs::read_to_string("/proc/sys/kernel/printk")
         .ok()
@@ -312,12 +344,9 @@ fn console_note() -> String {
     match level {
         Some(level) if level > 3 && !consoles.is_empty() => format!(
             "; this machine prints KERN_ERR lines on its console ({}, console_loglevel \
-             {level}): the kernel's `Killed process` line is written there right after \
-             mark_victim with interrupts off on the OOMing CPU, and the ring buffer's \
-             wake-up (an irq_work on that CPU) runs after it, as the kmsg reader's does; \
-             memstress's lookout, polling from the other CPU, does not wait for it \
-             (on the development VM, console_loglevel 3 took the whole time to tell to p50 \
-             0.16 ms, p99 0.48 ms)",
+             {level}): the OOMing CPU prints `Killed process …` there with interrupts off \
+             right after mark_victim, and a reader woken onto that CPU waits for it; the \
+             OOMing processes run on one CPU and memstress and both readers on the others",
             consoles.join(", ")
         ),
         _ => String::new(),
@@ -407,11 +436,7 @@ fn breakdown(stages: &[Stages]) -> Vec<Row> {
         .map(|(k, n)| format!("{n} by {k}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let console = format!(
-        "; what woke the reader: {by} (lookout: the thread that polls once a memcg reclaim \
-         freed nothing; wakeup: the ring buffer's own){}",
-        console_note()
-    );
+    let console = format!("; what woke the reader: {by}{}", console_note());
     for (name, figure, values) in parts {
         for (q, tag) in [(0.5, "p50"), (0.99, "p99")] {
             let sample = Sample::over(quantile(&values, q), quantile(&whole, q));
