@@ -953,6 +953,17 @@ fn run_in(
                 thread::sleep(Duration::from_millis(50));
             }
             rec.push(json!({"type": "step", "index": i, "phase": "end", "kills": kills.load(Ordering::SeqCst)}));
+        } else if let Some(target) = step.wait_full {
+            rec.push(json!({"type": "step", "index": i, "what": format!("wait until the run of step {target} is full"), "phase": "start"}));
+            let full = || {
+                rec.snapshot().iter().any(|e| {
+                    e["type"] == "memstress" && e["step"] == target && e["event"]["type"] == "full"
+                })
+            };
+            while !full() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
+            rec.push(json!({"type": "step", "index": i, "phase": "end", "full": full()}));
         } else if let Some(target) = step.stop {
             let name = step.signal.as_deref().unwrap_or("SIGINT");
             let signal = super::scenario::SIGNALS

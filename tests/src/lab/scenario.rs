@@ -162,6 +162,11 @@ pub struct Step {
     /// Wait until this many OOM kills were reported in total (bounded by the timeout).
     #[serde(default)]
     pub wait_kills: Option<u32>,
+    /// Wait until the background run of this step printed its `full` line (what it was asked
+    /// to hold is held, or its `--fill-to` goal reached), bounded by the timeout: under qemu
+    /// the probes' loading and the fill take seconds, more on a busy machine.
+    #[serde(default)]
+    pub wait_full: Option<usize>,
     /// `memstress replay -o json` of a kernel log: a file (relative to the scenario file's
     /// directory), or `{dmesg}`, the kernel messages this scenario has seen so far.
     #[serde(default)]
@@ -568,11 +573,13 @@ impl Scenario {
                 + usize::from(s.sleep.is_some())
                 + usize::from(s.resize.is_some())
                 + usize::from(s.wait_kills.is_some())
+                + usize::from(s.wait_full.is_some())
                 + usize::from(s.replay.is_some())
                 + usize::from(s.stop.is_some());
             if kinds != 1 {
                 return Err(format!(
-                    "step {i}: give exactly one of run, sleep, resize, wait_kills, replay, stop"
+                    "step {i}: give exactly one of run, sleep, resize, wait_kills, wait_full, \
+                     replay, stop"
                 ));
             }
             if let Some(signal) = &s.signal {
@@ -582,6 +589,15 @@ impl Scenario {
                 if !SIGNALS.iter().any(|(name, _)| name == signal) {
                     return Err(format!(
                         "step {i}: signal `{signal}`: give SIGINT, SIGTERM or SIGKILL"
+                    ));
+                }
+            }
+            if let Some(target) = s.wait_full {
+                let background_run =
+                    target < i && self.steps[target].run.is_some() && self.steps[target].background;
+                if !background_run {
+                    return Err(format!(
+                        "step {i}: wait_full {target}: not an earlier background run step"
                     ));
                 }
             }
@@ -855,6 +871,14 @@ min = 1
             (
                 "name = \"a\"\ndescription = \"\"\n[[step]]\nsleep = \"1s\"\nrun = \"x\"",
                 "exactly one",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[step]]\nrun = \"--size 1Mi\"\n[[step]]\nwait_full = 0",
+                "not an earlier background run step",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[step]]\nwait_full = 0",
+                "not an earlier background run step",
             ),
             (
                 "name = \"a\"\ndescription = \"\"\n[[expect]]\nkind = \"kills\"\nstep = 3",
