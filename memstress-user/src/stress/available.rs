@@ -8,15 +8,17 @@
 //!
 //! The kubelet's `memory.available` (MemTotal − the root cgroup's working set, see
 //! [`crate::target::node`]) leaves out kernel memory that no cgroup's working set counts
-//! (slab, page tables, kernel stacks, BPF maps), so it is above the kernel's MemAvailable
-//! by that much (the *gap*: 131-144 MiB in the lab's 2 GiB guests, 27 MiB in a bare 512 MiB
-//! one). Holding the kubelet's figure at 100 MiB can therefore mean a node past the point of
-//! a global OOM. The loop's rules:
+//! (slab, page tables, kernel stacks, BPF maps), so once the node's page cache is gone it is
+//! above the kernel's MemAvailable by that much (the *gap*: 131-144 MiB in the lab's 2 GiB
+//! guests; in its 512 MiB guests 46-50 MiB before a run, 61-68 MiB once the run has loaded
+//! its probes and holds its goal). Holding the kubelet's figure at 100 MiB can therefore mean
+//! a node past the point of a global OOM. The loop's rules:
 //! - **Floor**: MemAvailable is never taken below [`floor`] (1/64 of MemTotal, at least
 //!   32 MiB): growth stops there, and a node that gets below it anyway (something else grew)
 //!   makes the stressors shed what it is below the floor, and a deadband more, at once,
 //!   whatever the goal. A goal that would need MemAvailable under the floor is refused when
-//!   the run is planned ([`Goal::lowest`]).
+//!   the run is planned ([`Goal::lowest`], from the gap then); one just above that can still
+//!   be held back by the floor as the gap grows during the run (the summary's `at_floor_ms`).
 //! - **Deadband**: within [`deadband`] of the goal nothing moves (the node's figures move by
 //!   themselves: page cache ages, per-CPU counters are folded in batches).
 //! - **Damped growth**: 3/4 of the distance to the goal while it is more than four deadbands,
