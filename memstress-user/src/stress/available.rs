@@ -22,8 +22,11 @@
 //! - **Deadband**: within [`deadband`] of the goal nothing moves (the node's figures move by
 //!   themselves: page cache ages, per-CPU counters are folded in batches).
 //! - **Damped growth**: 3/4 of the distance to the goal while it is more than four deadbands,
-//!   then all of it; what the node's figure drops for a charge is about the charge, but other
-//!   processes move it meanwhile, and an overshoot is what must not happen.
+//!   then all of it, and at most a floor's worth per step: what the node's figure drops for a
+//!   charge is about the charge, but other processes move it meanwhile, an overshoot is what
+//!   must not happen, and a stressor finishes a fill before it takes the next command (it
+//!   cannot shed in the middle of one), so the loop looks at the node again before it has
+//!   taken more than the margin it keeps.
 //! - **Shrinking at once**: below the goal, the whole distance is shed in one step.
 
 use std::time::Instant;
@@ -170,7 +173,8 @@ pub fn step(goal: &Goal, held: u64, node: &NodeMemory) -> Step {
         excess / 4 * 3
     } else {
         excess
-    };
+    }
+    .min(goal.floor);
     let grow = want.min(above_floor);
     if grow < want && grow <= goal.deadband {
         return Step::Hold {
@@ -305,26 +309,35 @@ mod tests {
 
     #[test]
     fn grows_damped_then_the_rest() {
-        let goal = Goal::new(200 * MIB, 2 * GIB);
-        // 800 MiB to go (more than 4 deadbands): 3/4 of it.
+        let goal = Goal::new(200 * MIB, 24 * GIB);
+        assert_eq!((goal.deadband, goal.floor), (32 * MIB, 384 * MIB));
+        // 800 MiB to go (more than 4 deadbands): 3/4 of it, at most a floor's worth.
         assert_eq!(
             step(&goal, 0, &node(1000 * MIB, 900 * MIB)),
             Step::Set {
-                total: 600 * MIB,
+                total: 384 * MIB,
                 at_floor: false
             }
         );
-        // 20 MiB to go: all of it.
         assert_eq!(
-            step(&goal, 600 * MIB, &node(220 * MIB, 120 * MIB)),
+            step(&goal, 0, &node(500 * MIB, 900 * MIB)),
             Step::Set {
-                total: 620 * MIB,
+                total: 225 * MIB,
                 at_floor: false
             }
         );
-        // Converges: each step takes at least 3/4 of the distance, and ends in the deadband.
+        // 100 MiB to go (within four deadbands): all of it.
+        assert_eq!(
+            step(&goal, 600 * MIB, &node(300 * MIB, 500 * MIB)),
+            Step::Set {
+                total: 700 * MIB,
+                at_floor: false
+            }
+        );
+        // Converges on a small node too, and ends in the deadband without overshooting.
+        let goal = Goal::new(200 * MIB, 2 * GIB);
         let (mut held, mut available) = (0u64, 1800 * MIB);
-        for _ in 0..12 {
+        for _ in 0..100 {
             match step(&goal, held, &node(available, available - 100 * MIB)) {
                 Step::Set { total, .. } => {
                     available -= total - held;
@@ -362,11 +375,11 @@ mod tests {
                 at_floor: false
             }
         );
-        // Others freed 300 MiB: the stressors grow into it.
+        // Others freed 300 MiB: the stressors grow into it (a floor's worth at a time).
         assert_eq!(
             step(&goal, 436 * MIB, &node(500 * MIB, 400 * MIB)),
             Step::Set {
-                total: 436 * MIB + 225 * MIB,
+                total: 436 * MIB + 32 * MIB,
                 at_floor: false
             }
         );
@@ -375,10 +388,10 @@ mod tests {
     #[test]
     fn never_takes_mem_available_under_the_floor() {
         let goal = Goal::new(100 * MIB, 2 * GIB);
-        // The kubelet's figure is far above the goal, but MemAvailable is 40 MiB above the
+        // The kubelet's figure is far above the goal, but MemAvailable is 18 MiB above the
         // floor: growth stops there.
         assert_eq!(
-            step(&goal, 300 * MIB, &node(400 * MIB, 72 * MIB)),
+            step(&goal, 322 * MIB, &node(400 * MIB, 50 * MIB)),
             Step::Set {
                 total: 340 * MIB,
                 at_floor: true
