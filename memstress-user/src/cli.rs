@@ -106,6 +106,10 @@ EXAMPLES:
   sudo memstress run --cgroup /pod1234 --throttle 64Mi --hold 5m
   # Keep a pod's working set at 90% of its limit while the app's own use moves:
   sudo memstress run --cgroup /kubepods/pod1234 --fill-to 90%
+  # Hold the node's memory.available (the kubelet's eviction signal) at 150 MiB, just under
+  # an eviction threshold of 200Mi, for 2 minutes (eviction: needs --allow-node-oom):
+  sudo memstress run --cgroup /kubepods/besteffort/pod5678 --fill-to available=150Mi \\
+    --eviction-threshold 200Mi --allow-node-oom --hold 2m
   # A leak: 1 GiB of page cache over 5 minutes:
   sudo memstress run --new leak --limit 2Gi --size 1Gi --kind file --ramp 5m
   # A Kubernetes pod's container, by name (systemd or cgroupfs driver, cgroup v1 or v2):
@@ -231,6 +235,67 @@ fn parse_size(s: &str) -> Result<SizeArg, String> {
         spec: SizeSpec::parse(s).map_err(|e| e.to_string())?,
         given: s.trim().to_owned(),
     })
+}
+
+/// `--fill-to`: `SIZE` (the target's working set) or `available=SIZE` (the node's
+/// `memory.available`, as the kubelet computes it).
+fn parse_fill_to(s: &str) -> Result<FillToArg, String> {
+    let Some((key, value)) = s.split_once('=') else {
+        return parse_size(s).map(|size| FillToArg {
+            goal: FillGoal::WorkingSet,
+            size,
+        });
+    };
+    if key.trim() != "available" {
+        return Err(format!(
+            "`{}` is not a --fill-to goal: give SIZE (the target's working set: 90%, 200Mi) or \
+             available=SIZE (the node's memory.available: 100Mi, or 5% of MemTotal)",
+            s.escape_debug()
+        ));
+    }
+    if value.trim().is_empty() {
+        return Err(
+            "--fill-to available= needs a size: e.g. available=100Mi (the kubelet's \
+             memory.available<100Mi) or available=5% (of the node's MemTotal)"
+                .to_owned(),
+        );
+    }
+    let spec = SizeSpec::parse(value).map_err(|e| format!("--fill-to available=: {e}"))?;
+    if let SizeSpec::Percent(p) = spec
+        && p >= 100.0
+    {
+        return Err(format!(
+            "--fill-to available={}: a percent of MemTotal must be below 100% (memory.available \
+             cannot be all of the node's memory while anything runs)",
+            value.trim()
+        ));
+    }
+    Ok(FillToArg {
+        goal: FillGoal::Available,
+        size: SizeArg {
+            spec,
+            given: s.trim().to_owned(),
+        },
+    })
+}
+
+/// What `--fill-to` holds at its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FillGoal {
+    /// The target's working set (usage − inactive_file): `--fill-to 90%`.
+    WorkingSet,
+    /// The node's `memory.available` as the kubelet computes it: `--fill-to available=100Mi`.
+    Available,
+}
+
+/// `--fill-to` as given: what it holds, and at what size (`given` is the whole argument,
+/// `available=100Mi`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FillToArg {
+    /// The working set or the node's memory.available.
+    pub goal: FillGoal,
+    /// The size (for `available=`, bytes or a percent of MemTotal).
+    pub size: SizeArg,
 }
 
 /// [`parse_size`], boxed: a flag that is rarely given keeps `RunArgs` small.
@@ -512,8 +577,26 @@ pub struct RunArgs {
     /// Instead of a fixed size: top the cgroup's working set (usage − inactive_file, as the
     /// kubelet computes it) up to this (90%, or bytes) and keep it there as the
     /// application's own use moves (stressors shrink when it grows, and grow when it frees).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, allow_hyphen_values = true)]
-    pub fill_to: Option<SizeArg>,
+    ///
+    /// `available=SIZE` (100Mi, or a percent of MemTotal: 5%) holds the node's
+    /// memory.available at SIZE instead: the figure the kubelet's eviction thresholds compare
+    /// against (`memory.available<100Mi`), computed as the kubelet does: MemTotal − the root
+    /// cgroup's working set (v1: memory.usage_in_bytes − total_inactive_file; v2: anon + file −
+    /// inactive_file of the root's memory.stat). The stressors in the target grow until the
+    /// node is there and follow the rest of the node (shrink when others grow, grow when they
+    /// free), so that eviction can be tested rather than an OOM kill. The plan says which
+    /// comes first: the target's limit (an OOM kill in its cgroup) or the node's
+    /// --eviction-threshold; a goal within the loop's deadband of the threshold, or below it,
+    /// is eviction and needs --allow-node-oom. memstress never takes the kernel's MemAvailable
+    /// below a floor (1/64 of MemTotal, at least 32 MiB): the kubelet's figure leaves out
+    /// kernel memory (slab, page tables, BPF maps), so on a node whose page cache is gone it
+    /// runs ahead of MemAvailable (in a 512 MiB guest by 46-50 MiB, 61-68 MiB once the run
+    /// holds its goal), and a goal that would need
+    /// MemAvailable under the floor is refused, naming the lowest goal that works (a global
+    /// OOM would come before it); a node that gets under the floor anyway makes the stressors
+    /// shed memory, whatever the goal.
+    #[arg(long, value_name = "SIZE|available=SIZE", value_parser = parse_fill_to, allow_hyphen_values = true)]
+    pub fill_to: Option<FillToArg>,
 
     /// Set the target's memory.high to this for the run (cgroup v2): bytes (64Mi) or a
     /// percent of the limit that applies (50%). Above it the kernel makes the cgroup's tasks
@@ -659,11 +742,23 @@ impl RunArgs {
                 ));
             }
         }
-        let percent = |a: &Option<SizeArg>| {
-            a.as_ref()
-                .is_some_and(|a| matches!(a.spec, SizeSpec::Percent(_)))
-        };
-        if self.of_node && !percent(&self.size) && !percent(&self.fill_to) {
+        let percent =
+            |a: Option<&SizeArg>| a.is_some_and(|a| matches!(a.spec, SizeSpec::Percent(_)));
+        let available = self
+            .fill_to
+            .as_ref()
+            .filter(|f| f.goal == FillGoal::Available);
+        if let Some(goal) = available
+            && self.of_node
+        {
+            return Err(format!(
+                "--of-node with --fill-to {}: memory.available is the node's already (a percent \
+                 is of its MemTotal)",
+                goal.size.given
+            ));
+        }
+        let fill_to_size = self.fill_to.as_ref().map(|f| &f.size);
+        if self.of_node && !percent(self.size.as_ref()) && !percent(fill_to_size) {
             return Err(
                 "--of-node makes a percent --size or --fill-to a percent of the node's memory; \
                  with an absolute size it changes nothing"
@@ -672,8 +767,8 @@ impl RunArgs {
         }
         if self.ramp.is_some() && self.fill_to.is_some() {
             return Err(
-                "--ramp grows a fixed --size over time; --fill-to follows the working set, \
-                 which has no ramp: give one of them"
+                "--ramp grows a fixed --size over time; --fill-to follows the working set (or \
+                 the node's memory.available), which has no ramp: give one of them"
                     .to_owned(),
             );
         }
@@ -811,6 +906,69 @@ mod tests {
         let e =
             Cli::try_parse_from(["memstress", "run", "--new", "x", "--size", "1Mi"]).unwrap_err();
         assert!(one_line_usage_error(&e.render().to_string()).contains("--limit <SIZE>"));
+    }
+
+    #[test]
+    fn parses_fill_to_available() {
+        let ok = |s: &str| parse_fill_to(s).unwrap();
+        assert_eq!(ok("90%").goal, FillGoal::WorkingSet);
+        let a = ok("available=100Mi");
+        assert_eq!(a.goal, FillGoal::Available);
+        assert_eq!(a.size.spec, SizeSpec::Bytes(100 << 20));
+        assert_eq!(a.size.given, "available=100Mi");
+        assert_eq!(ok(" available = 5% ").size.spec, SizeSpec::Percent(5.0));
+        for (bad, needle) in [
+            ("available=", "needs a size"),
+            ("available= ", "needs a size"),
+            ("available=-5Mi", "negative"),
+            ("available=0", "greater than zero"),
+            ("available=lots", "not a number"),
+            ("available=12Qi", "unknown unit"),
+            ("available=100%", "below 100%"),
+            ("available=250%", "below 100%"),
+            ("availble=100Mi", "not a --fill-to goal"),
+            ("=100Mi", "not a --fill-to goal"),
+        ] {
+            let e = parse_fill_to(bad).unwrap_err();
+            assert!(e.contains(needle), "`{bad}`: {e}");
+            assert!(!e.contains('\n'), "`{bad}`: {e}");
+        }
+    }
+
+    /// `--fill-to available=` with flags it cannot go with: a usage error (exit code 2), one
+    /// line each.
+    #[test]
+    fn fill_to_available_refuses_what_it_cannot_use() {
+        let run = |extra: &[&str]| {
+            let mut args = vec![
+                "memstress",
+                "run",
+                "--cgroup",
+                "/x",
+                "--fill-to",
+                "available=100Mi",
+            ];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(&args) {
+                Ok(Cli {
+                    command: Command::Run(run),
+                    ..
+                }) => run.check().err(),
+                Ok(_) => unreachable!(),
+                Err(e) => Some(one_line_usage_error(&e.render().to_string())),
+            }
+        };
+        assert_eq!(run(&[]), None);
+        assert_eq!(run(&["--workers", "4", "--hold", "1m"]), None);
+        for (extra, needle) in [
+            (&["--size", "1Mi"][..], "cannot be used with"),
+            (&["--ramp", "10s"], "has no ramp"),
+            (&["--of-node"], "the node's already"),
+        ] {
+            let e = run(extra).unwrap_or_else(|| panic!("{extra:?} was accepted"));
+            assert!(e.contains(needle), "{extra:?}: {e}");
+            assert!(!e.contains('\n'), "{extra:?}: {e}");
+        }
     }
 
     #[test]

@@ -170,6 +170,12 @@ fn parse_number(s: &str) -> Option<f64> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Bytes(pub u64);
 
+/// A size in whole MiB, thousands apart (`20 595 MiB`): where [`Bytes`]' one decimal of GiB
+/// would hide the difference that matters (a `memory.available` held within MiB of a goal).
+pub fn mib(bytes: u64) -> String {
+    format!("{} MiB", group(i128::from((bytes + (1 << 19)) >> 20)))
+}
+
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];

@@ -367,6 +367,7 @@ impl Sampler {
             }
             Some(forecast)
         });
+        let node = crate::target::node::NodeMemory::read_at(self.node_root.as_ref());
         Some(SampleLine {
             t_ms: self.started.elapsed().as_millis() as u64,
             // The forecaster re-reads the domain's limit; without one, none applies.
@@ -379,8 +380,8 @@ impl Sampler {
             run_oom_kills: kills,
             psi: crate::target::psi::Psi::of(&self.cgroup),
             node_psi: crate::target::psi::Psi::node(),
-            node_available_bytes: crate::target::node::NodeMemory::read_at(self.node_root.as_ref())
-                .map(|n| n.available),
+            node_available_bytes: node.map(|n| n.available),
+            node_mem_available_bytes: node.map(|n| n.mem_available),
             forecast,
             memory_high_bytes: None,
             run_high_events: None,

@@ -1330,6 +1330,282 @@ fn a_limited_plan_says_its_limit_comes_first() {
     );
 }
 
+/// The node's memory.available as the kubelet computes it, now (memstress's own reading).
+fn node_available() -> u64 {
+    memstress::target::node::NodeMemory::read()
+        .expect("/proc/meminfo")
+        .available
+}
+
+/// `--fill-to available=`: everything here is refused or a plan (`--dry-run`); goals are
+/// relative to this machine's memory.available now, a GiB or more under it, so nothing comes
+/// near its bounds. Each refusal is one line, with the exit code of its kind, before anything
+/// is created or started.
+#[test]
+fn fill_to_available_is_refused_or_planned_as_its_goal_says() {
+    require_root();
+    let available = node_available();
+    if available < 4 << 30 {
+        eprintln!("skipped: memory.available is under 4 GiB here");
+        return;
+    }
+    let free = TestCgroup::new("avail-free", None);
+    let boxed = TestCgroup::new("avail-boxed", Some(64 * MIB));
+    let goal = format!("available={}Mi", (available - (1 << 30)) >> 20);
+    let threshold_above = format!("{}Mi", ((available - (1 << 30)) >> 20) + 64);
+    let beyond = format!("available={}Mi", (2 * meminfo("MemTotal:")) >> 20);
+    let filled = format!("available={}Mi", (available + (1 << 30)) >> 20);
+    let cases: Vec<(Vec<&str>, i32, Vec<&str>)> = vec![
+        // At or under the eviction threshold, with no limit: eviction, refused.
+        (
+            vec![
+                "run",
+                "--cgroup",
+                free.path(),
+                "--fill-to",
+                &goal,
+                "--eviction-threshold",
+                &threshold_above,
+            ],
+            1,
+            vec![
+                "OOM domain is the node",
+                "eviction threshold",
+                "--allow-node-oom",
+                "give at least available=",
+            ],
+        ),
+        // Under the MemAvailable floor.
+        (
+            vec!["run", "--cgroup", free.path(), "--fill-to", "available=1Mi"],
+            1,
+            vec!["floor", "the lowest goal here is available="],
+        ),
+        // Already reached.
+        (
+            vec!["run", "--cgroup", free.path(), "--fill-to", &filled],
+            1,
+            vec!["nothing to fill"],
+        ),
+        // Beyond MemTotal.
+        (
+            vec!["run", "--cgroup", free.path(), "--fill-to", &beyond],
+            2,
+            vec!["MemTotal"],
+        ),
+        (
+            vec!["run", "--cgroup", free.path(), "--fill-to", "available="],
+            2,
+            vec!["needs a size"],
+        ),
+        (
+            vec![
+                "run",
+                "--cgroup",
+                free.path(),
+                "--fill-to",
+                "available=-5Mi",
+            ],
+            2,
+            vec!["negative"],
+        ),
+        (
+            vec![
+                "run",
+                "--cgroup",
+                free.path(),
+                "--fill-to",
+                "available=plenty",
+            ],
+            2,
+            vec!["not a number"],
+        ),
+        (
+            vec![
+                "run",
+                "--cgroup",
+                free.path(),
+                "--fill-to",
+                &goal,
+                "--size",
+                "10Mi",
+            ],
+            2,
+            vec!["cannot be used with"],
+        ),
+        (
+            vec![
+                "run",
+                "--cgroup",
+                free.path(),
+                "--fill-to",
+                &goal,
+                "--kind",
+                "file",
+            ],
+            2,
+            vec!["--kind file"],
+        ),
+        (
+            vec![
+                "run",
+                "--cgroup",
+                free.path(),
+                "--fill-to",
+                &goal,
+                "--ramp",
+                "5s",
+            ],
+            2,
+            vec!["no ramp"],
+        ),
+    ];
+    for (args, code, needles) in &cases {
+        let out = memstress_output(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(*code), "{args:?}: {stderr}");
+        assert_one_line_error(&stderr, needles);
+        assert!(out.stdout.is_empty(), "{args:?} printed a plan");
+        assert!(
+            free.cgroup.procs().unwrap().is_empty(),
+            "{args:?} started something"
+        );
+    }
+    // Allowed, as a plan: the threshold comes first, and no global OOM (the floor).
+    let plan = |args: &[&str]| -> Value {
+        let out = memstress_output(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let evicts = plan(&[
+        "run",
+        "--cgroup",
+        free.path(),
+        "--fill-to",
+        &goal,
+        "--eviction-threshold",
+        &threshold_above,
+        "--allow-node-oom",
+        "--dry-run",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(evicts["mode"], "fill_to_available");
+    assert_eq!(evicts["domain"]["kind"], "node");
+    assert_eq!(evicts["domain"]["first"], "eviction");
+    let a = &evicts["available"];
+    assert_eq!(a["goal_bytes"], ((available - (1 << 30)) >> 20) << 20);
+    assert!(a["floor_bytes"].as_u64().unwrap() >= 32 * MIB, "{a}");
+    assert!(
+        a["lowest_goal_bytes"].as_u64() < a["goal_bytes"].as_u64(),
+        "{a}"
+    );
+    // The same goal above the threshold: nothing comes first.
+    let neither = plan(&[
+        "run",
+        "--cgroup",
+        free.path(),
+        "--fill-to",
+        &goal,
+        "--dry-run",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(neither["domain"]["first"], "neither");
+    // A limit the node can give, before the goal: the limit comes first, in its memcg.
+    let limit = plan(&[
+        "run",
+        "--cgroup",
+        boxed.path(),
+        "--fill-to",
+        &goal,
+        "--dry-run",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(limit["domain"]["kind"], "memcg");
+    assert_eq!(limit["domain"]["first"], "limit");
+    assert_eq!(limit["predicted_oom"]["domain"], boxed.path());
+    let text = memstress_output(&[
+        "run",
+        "--cgroup",
+        boxed.path(),
+        "--fill-to",
+        &goal,
+        "--dry-run",
+    ]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("keep the node's memory.available")
+            && text.contains("the limit comes first: an OOM kill in"),
+        "{text}"
+    );
+    assert!(free.cgroup.procs().unwrap().is_empty());
+    assert!(boxed.cgroup.procs().unwrap().is_empty());
+}
+
+/// A real `--fill-to available=` on this shared machine, made safe by its own limit: the goal
+/// is 160 MiB under the node's memory.available now, and the stressors are in a cgroup limited
+/// to 512 MiB, so whatever the rest of the machine does, they can take at most that from it
+/// (past it, only they are OOM-killed, in their cgroup). The figures are the machine's own
+/// and move with it: checked are what the lines say, not how still the machine keeps.
+#[test]
+fn fill_to_available_holds_the_node_near_its_goal() {
+    require_root();
+    let available = node_available();
+    if available < 4 << 30 {
+        eprintln!("skipped: memory.available is under 4 GiB here");
+        return;
+    }
+    let target = TestCgroup::new("avail-hold", Some(512 * MIB));
+    let goal = ((available - 160 * MIB) >> 20) << 20;
+    let goal_arg = format!("available={}Mi", goal >> 20);
+    let run = Memstress::start(&[
+        "run",
+        "-o",
+        "json",
+        "--cgroup",
+        target.path(),
+        "--fill-to",
+        &goal_arg,
+        "--hold",
+        "2s",
+    ]);
+    let done = run.wait(Duration::from_secs(60));
+    assert!(done.status.success(), "{}", done.stderr);
+    let plan = done.of_type("plan")[0];
+    assert_eq!(plan["mode"], "fill_to_available");
+    assert_eq!(plan["domain"]["first"], "neither");
+    let band = plan["available"]["deadband_bytes"].as_u64().unwrap();
+    let samples = done.of_type("sample");
+    assert!(
+        samples
+            .iter()
+            .all(|s| s["node_available_bytes"].as_u64().is_some()
+                && s["node_mem_available_bytes"].as_u64().is_some()),
+        "a sample without the node's figures"
+    );
+    assert!(
+        samples
+            .iter()
+            .filter_map(|s| s["node_available_bytes"].as_u64())
+            .any(|a| a.abs_diff(goal) <= band),
+        "no sample within {band} of the goal {goal}"
+    );
+    assert_eq!(done.of_type("full").len(), 1);
+    let summary = done.of_type("summary")[0];
+    assert_eq!(summary["outcome"], "completed");
+    let held = &summary["available"];
+    assert_eq!(held["goal_bytes"], goal);
+    assert!(held["min_bytes"].as_u64().is_some() && held["end_bytes"].as_u64().is_some());
+    assert!(summary["stressor_charge_bytes"].as_u64().unwrap() <= 512 * MIB);
+    assert!(target.cgroup.procs().unwrap().is_empty());
+}
+
 /// An unlimited target far from the node's bounds still runs: 16 MiB held for a second, the
 /// plan naming the node as its domain and nothing reached.
 #[test]

@@ -6,7 +6,8 @@
 //! (`memstress-lab`, from the tests package), the scenarios and the files their steps read
 //! (a `replay` step's log); its init script runs the agent and prints the agent's output files
 //! over the serial console between markers, base64 encoded; this side decodes them. Each boot
-//! has a timeout; its console log is kept.
+//! has a timeout; its console log is kept. A guest has 2 GiB of memory unless its scenarios
+//! ask for another size (`memory = "512Mi"`): one boot per size, each with its scenarios.
 //!
 //! `cargo xtask lab replay FILE` replays a kernel log's OOM reports: it writes a one-off
 //! scenario (`replay-<file stem>`: a `replay` step of a copy of FILE, and the
@@ -120,19 +121,31 @@ pub fn lab(args: &Args) -> Result<()> {
             }
         }
         let _ = fs::remove_file(dir.join("results.json"));
-        let outcome = if kernel == "host" {
-            run_host(&memstress, &agent, &files, &dir)
+        if kernel == "host" {
+            if let Err(e) = run_host(&memstress, &agent, &files, &dir) {
+                failures.push(format!("{kernel}: {e:#}"));
+            }
         } else {
-            let guest = Guest {
-                memstress: &memstress,
-                agent: &agent,
-                files: &files,
-                extras: &extras,
-            };
-            run_guest(kernel, &guest, &dir, args.boot_timeout)
-        };
-        if let Err(e) = &outcome {
-            failures.push(format!("{kernel}: {e:#}"));
+            // One guest per memory size the scenarios ask for; each boot's results.json is
+            // taken before the next boot writes its own.
+            let mut results = Vec::new();
+            for (mib, group) in by_guest_memory(&agent, &files)? {
+                let guest = Guest {
+                    memstress: &memstress,
+                    agent: &agent,
+                    files: &group,
+                    extras: &extras,
+                    memory_mib: mib,
+                };
+                if let Err(e) = run_guest(kernel, &guest, &dir, args.boot_timeout) {
+                    failures.push(format!("{kernel} ({mib} MiB guest): {e:#}"));
+                }
+                results.extend(take_results(&dir));
+            }
+            fs::write(
+                dir.join("results.json"),
+                serde_json::to_string_pretty(&results)?,
+            )?;
         }
         for (scenario, verdict) in read_results(&dir, &files) {
             if verdict == Verdict::Fail || verdict == Verdict::Missing {
@@ -228,6 +241,40 @@ fn extra_files(agent: &Path, files: &[PathBuf]) -> Result<Vec<(PathBuf, PathBuf)
         }
     }
     Ok(extras)
+}
+
+/// The guest memory (`-m`, MiB) when a scenario does not ask for one: the agent's default
+/// (tests/src/lab/scenario.rs, `DEFAULT_GUEST_MEMORY_MIB`); its boot's console log is
+/// `console.log`, another size's `console-<N>Mi.log`.
+const DEFAULT_GUEST_MIB: u64 = 2048;
+
+/// The scenario files by the memory of the guest each runs in (the agent reads their
+/// `memory`), in the order of the first file of each size.
+fn by_guest_memory(agent: &Path, files: &[PathBuf]) -> Result<Vec<(u64, Vec<PathBuf>)>> {
+    let mut groups: Vec<(u64, Vec<PathBuf>)> = Vec::new();
+    for file in files {
+        let said = run_quiet(Command::new(agent).arg("guest-memory").arg(file))?;
+        let mib: u64 = said
+            .trim()
+            .parse()
+            .with_context(|| format!("guest-memory of {}: `{}`", file.display(), said.trim()))?;
+        match groups.iter_mut().find(|(m, _)| *m == mib) {
+            Some((_, group)) => group.push(file.clone()),
+            None => groups.push((mib, vec![file.clone()])),
+        }
+    }
+    Ok(groups)
+}
+
+/// The results one boot wrote to `dir/results.json` (removed: the next boot writes its own).
+fn take_results(dir: &Path) -> Vec<serde_json::Value> {
+    let path = dir.join("results.json");
+    let results = fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(&t).ok())
+        .unwrap_or_default();
+    let _ = fs::remove_file(path);
+    results
 }
 
 fn build() -> Result<(PathBuf, PathBuf)> {
@@ -399,6 +446,8 @@ struct Guest<'a> {
     files: &'a [PathBuf],
     /// The files their steps read: (where it is, path relative to the scenario directory).
     extras: &'a [(PathBuf, PathBuf)],
+    /// Its memory (qemu's `-m`), in MiB.
+    memory_mib: u64,
 }
 
 fn build_initramfs(label: &str, kernel: &Kernel, guest: &Guest) -> Result<PathBuf> {
@@ -450,13 +499,17 @@ fn build_initramfs(label: &str, kernel: &Kernel, guest: &Guest) -> Result<PathBu
 
 fn run_guest(label: &str, guest: &Guest, dir: &Path, timeout: Duration) -> Result<()> {
     let kernel = fetch_kernel(label)?;
-    eprintln!("xtask: lab on {label} ({}) under qemu", kernel.package);
+    eprintln!(
+        "xtask: lab on {label} ({}) under qemu, {} MiB",
+        kernel.package, guest.memory_mib
+    );
     let initrd = build_initramfs(label, &kernel, guest)?;
     fs::create_dir_all(dir)?;
-    let log_path = dir.join("console.log");
+    let log_path = dir.join(console_log(guest.memory_mib));
     let mut log = fs::File::create(&log_path)?;
+    let memory = guest.memory_mib.to_string();
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2"])
+        .args(["-accel", "tcg", "-cpu", "max", "-m", &memory, "-smp", "2"])
         .args([
             "-nodefaults",
             "-nographic",
@@ -526,6 +579,15 @@ fn run_guest(label: &str, guest: &Guest, dir: &Path, timeout: Duration) -> Resul
         );
     }
     extract_files(&lines, dir)
+}
+
+/// The console log of a guest of `memory_mib`.
+fn console_log(memory_mib: u64) -> String {
+    if memory_mib == DEFAULT_GUEST_MIB {
+        "console.log".to_owned()
+    } else {
+        format!("console-{memory_mib}Mi.log")
+    }
 }
 
 /// Writes the files the guest printed between `@@FILE path` and `@@EOF`.

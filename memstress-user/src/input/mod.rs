@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use self::stresschaos::{Overrides, StressChaos};
 use crate::{
     Error, Result,
-    cli::RunArgs,
+    cli::{FillGoal, RunArgs},
     probe,
     size::SizeSpec,
     spec::Fill,
@@ -36,13 +36,17 @@ pub fn run_options(
         .transpose()?;
     let target = target_spec(&args, stresschaos.is_some())?;
     let given = match (&args.size, &args.fill_to) {
-        (_, Some(goal)) => Some(Amount::FillTo(goal.spec)),
+        (_, Some(goal)) if goal.goal == FillGoal::Available => {
+            Some(Amount::Available(goal.size.spec))
+        }
+        (_, Some(goal)) => Some(Amount::FillTo(goal.size.spec)),
         (Some(size), None) => Some(Amount::Size(size.spec)),
         (None, None) => None,
     };
     let amount_given = args
         .fill_to
         .as_ref()
+        .map(|f| &f.size)
         .or(args.size.as_ref())
         .map(|a| a.given.clone());
     let runtime_state = args.runtime.state();
@@ -154,6 +158,7 @@ fn from_stresschaos(
             amount: given.and_then(|a| match a {
                 Amount::Size(s) => Some(format!("--size {s}")),
                 Amount::FillTo(s) => Some(format!("--fill-to {s}")),
+                Amount::Available(s) => Some(format!("--fill-to available={s}")),
                 Amount::Nothing => None,
             }),
             workers: args.workers,

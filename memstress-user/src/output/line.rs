@@ -213,8 +213,9 @@ pub struct ErrorLine {
     pub message: String,
 }
 
-/// `size` (a fixed total), `fill_to` (a working-set goal kept as the app moves), or `throttle`
-/// (`--throttle` alone: no stressors).
+/// `size` (a fixed total), `fill_to` (a working-set goal kept as the app moves),
+/// `fill_to_available` (the node's `memory.available` held at a goal as the node moves), or
+/// `throttle` (`--throttle` alone: no stressors).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
@@ -222,6 +223,8 @@ pub enum Mode {
     Size,
     /// `--fill-to`.
     FillTo,
+    /// `--fill-to available=SIZE`.
+    FillToAvailable,
     /// `--throttle` alone: no stressors; the target's `memory.high` is set and held.
     Throttle,
 }
@@ -236,6 +239,49 @@ pub struct ThrottlePlan {
     /// `memory.high` before the run (`null`: `max`), written back when the run ends, by the
     /// controller or, after a SIGKILL, by its cleanup guard.
     pub original_bytes: Option<u64>,
+}
+
+/// `run --fill-to available=SIZE`: the node's `memory.available` (as the kubelet computes it)
+/// that the stressors hold, and the bounds of the loop that holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AvailablePlan {
+    /// The goal.
+    pub goal_bytes: u64,
+    /// How it was resolved (`100Mi`, `5% of the node's MemTotal (463 MiB)`).
+    pub from: String,
+    /// The loop leaves `memory.available` alone within this of the goal.
+    pub deadband_bytes: u64,
+    /// The kernel's MemAvailable below which the stressors never hold more (1/64 of MemTotal,
+    /// at least 32 MiB): below it they shed memory, whatever the goal.
+    pub floor_bytes: u64,
+    /// The kubelet's figure less MemAvailable now: kernel memory (slab, page tables, BPF
+    /// maps, …) that no cgroup's working set counts. At the goal, MemAvailable is about the
+    /// goal less this.
+    pub gap_bytes: u64,
+    /// The lowest goal that keeps MemAvailable above the floor now (floor + gap); a lower one
+    /// is refused.
+    pub lowest_goal_bytes: u64,
+}
+
+/// `run --fill-to available=SIZE`: what the node's `memory.available` was while it was held
+/// (the summary's `available`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AvailableHeld {
+    /// The goal.
+    pub goal_bytes: u64,
+    /// Lowest and highest `memory.available` sampled from when the goal was first reached to
+    /// the end (`null`: never reached).
+    pub min_bytes: Option<u64>,
+    /// See `min_bytes`.
+    pub max_bytes: Option<u64>,
+    /// The last sample's `memory.available`.
+    pub end_bytes: Option<u64>,
+    /// The lowest MemAvailable sampled over the run.
+    pub min_mem_available_bytes: Option<u64>,
+    /// How long the stressors were held back by the MemAvailable floor (`floor_bytes`), in ms.
+    pub at_floor_ms: u64,
+    /// The floor.
+    pub floor_bytes: u64,
 }
 
 /// Direct reclaim by the target's own tasks, from the BPF reclaim probes
@@ -256,14 +302,15 @@ pub struct ReclaimSample {
 pub struct Plan {
     /// The target.
     pub target: PlanTarget,
-    /// `size` or `fill_to`.
+    /// `size`, `fill_to`, `fill_to_available` or `throttle`.
     pub mode: Mode,
     /// The amount as given.
     pub size: String,
     /// How it was resolved.
     pub size_from: String,
     /// Total charge across all stressors (for `fill_to`: the first estimate, goal − working
-    /// set now).
+    /// set now; for `fill_to_available`: memory.available now − the goal, at most what keeps
+    /// MemAvailable above the floor).
     pub total_bytes: u64,
     /// `fill_to`: the working-set goal.
     pub fill_to_bytes: Option<u64>,
@@ -319,6 +366,9 @@ pub struct Plan {
     /// `--throttle`: the target's `memory.high` for the run (`null`: not throttled).
     #[serde(default)]
     pub throttle: Option<ThrottlePlan>,
+    /// `--fill-to available=SIZE`: the node's `memory.available` to hold (`null` otherwise).
+    #[serde(default)]
+    pub available: Option<AvailablePlan>,
 }
 
 /// What bounds a run: a memory cgroup's limit, or nothing short of the node's memory.
@@ -631,6 +681,10 @@ pub struct SampleLine {
     /// thresholds compare against.
     #[serde(default)]
     pub node_available_bytes: Option<u64>,
+    /// The kernel's MemAvailable (`/proc/meminfo`): what `--fill-to available=` keeps above
+    /// its floor.
+    #[serde(default)]
+    pub node_mem_available_bytes: Option<u64>,
     /// v2 `memory.high` of the target now (`null`: `max`, or cgroup v1).
     #[serde(default)]
     pub memory_high_bytes: Option<u64>,
@@ -747,6 +801,10 @@ pub struct Summary {
     /// How the forecasts of the target's OOM domain did (`null`: no limit applies).
     #[serde(default)]
     pub forecast: Option<ForecastScore>,
+    /// `--fill-to available=`: what the node's `memory.available` was while it was held
+    /// (`null` otherwise).
+    #[serde(default)]
+    pub available: Option<AvailableHeld>,
 }
 
 /// The JSON Schema of every line, generated from [`Line`]: what `memstress schema` prints and

@@ -7,15 +7,15 @@ use std::time::Duration;
 use super::{
     Clock,
     line::{
-        CollateralLine, DomainKind, FirstBound, FullLine, KillLine, Line, MemberLine, Mode,
-        Outcome, Plan, PlanDomain, SignalLine, Summary,
+        AvailableHeld, AvailablePlan, CollateralLine, DomainKind, FirstBound, FullLine, KillLine,
+        Line, MemberLine, Mode, Outcome, Plan, PlanDomain, SignalLine, Summary,
     },
     time_of_day,
 };
 use crate::{
     explain::{Aftermath, Reaped, describe_pressure, who},
     probe::Status,
-    size::{Bytes, SizeSpec, group},
+    size::{Bytes, SizeSpec, group, mib},
     spec::{Kind, Pattern},
     stress::radius,
     target::{cgroup::PeakScope, kube::Driver, workload::Workload},
@@ -241,7 +241,11 @@ fn plan(plan: &Plan) -> Vec<String> {
     }
     out.extend(plan.notes.iter().map(|note| format!("note: {note}")));
     out.push(plan_amount(plan));
-    out.push(plan_domain(&plan.domain, &plan.target.path));
+    out.push(plan_domain(
+        &plan.domain,
+        &plan.target.path,
+        plan.available.as_ref(),
+    ));
     if let Some(t) = &plan.throttle {
         out.push(format!(
             "throttle: memory.high {} ({}), was {}; written back when the run ends, a \
@@ -312,8 +316,9 @@ fn plan(plan: &Plan) -> Vec<String> {
     out
 }
 
-/// The plan's domain line: `OOM domain: …; first: …`.
-fn plan_domain(domain: &PlanDomain, target: &str) -> String {
+/// The plan's domain line: `OOM domain: …; first: …` (`available`: a `--fill-to available=`
+/// run, which holds the node at its goal rather than going on).
+fn plan_domain(domain: &PlanDomain, target: &str, available: Option<&AvailablePlan>) -> String {
     let node = format!(
         "memory.available {}{}, MemAvailable {}",
         Bytes(domain.node_available_bytes),
@@ -334,17 +339,40 @@ fn plan_domain(domain: &PlanDomain, target: &str) -> String {
         ),
         _ => format!("the node ({}): {node}", radius::why_node(domain, target)),
     };
-    let first = match domain.first {
-        FirstBound::Limit => format!(
+    let first = match (domain.first, available) {
+        (FirstBound::Limit, Some(a)) => format!(
+            "the limit comes first: an OOM kill in {} before the node's memory.available gets \
+             to {}",
+            domain.cgroup.as_deref().unwrap_or("the domain"),
+            mib(a.goal_bytes)
+        ),
+        (FirstBound::Eviction, Some(a)) => format!(
+            "the eviction threshold comes first: held at {} ± {}, memory.available is at or \
+             below {} (the kubelet evicts); no global OOM: MemAvailable is kept above {}",
+            mib(a.goal_bytes),
+            mib(a.deadband_bytes),
+            mib(domain.eviction_threshold_bytes),
+            Bytes(a.floor_bytes)
+        ),
+        (_, Some(a)) => format!(
+            "held at {} ± {}, memory.available stays above the eviction threshold ({}) and \
+             within every bound",
+            mib(a.goal_bytes),
+            mib(a.deadband_bytes),
+            mib(domain.eviction_threshold_bytes)
+        ),
+        (FirstBound::Limit, None) => format!(
             "the limit comes first (an OOM kill in {})",
             domain.cgroup.as_deref().unwrap_or("the domain")
         ),
-        FirstBound::Eviction => format!(
+        (FirstBound::Eviction, None) => format!(
             "the eviction threshold comes first (after {}: the kubelet evicts), then a global OOM",
             Bytes(domain.eviction_after_bytes.unwrap_or(0))
         ),
-        FirstBound::NodeOom => "a global OOM comes first".to_owned(),
-        FirstBound::Neither => format!("{} stays within every bound", Bytes(domain.run_bytes)),
+        (FirstBound::NodeOom, None) => "a global OOM comes first".to_owned(),
+        (FirstBound::Neither, None) => {
+            format!("{} stays within every bound", Bytes(domain.run_bytes))
+        }
     };
     let allowed = if domain.allow_node_oom && radius::reaches_node(domain) {
         "; --allow-node-oom: the kill may take any process on the node"
@@ -410,15 +438,39 @@ fn plan_amount(plan: &Plan) -> String {
     if plan.mode == Mode::Throttle {
         return format!("no stressors (--throttle alone): held {hold}");
     }
-    let what = match plan.fill_to_bytes {
-        Some(goal) => format!(
+    let what = match (plan.fill_to_bytes, &plan.available) {
+        (_, Some(a)) => format!(
+            "keep the node's memory.available (as the kubelet computes it: MemTotal − the root \
+             cgroup's working set; now {}) at {} ± {} ({}) with {} {kind}: {} to start, never \
+             taking the kernel's MemAvailable (now {}{}) below {}",
+            mib(plan.domain.node_available_bytes),
+            mib(a.goal_bytes),
+            mib(a.deadband_bytes),
+            a.from,
+            match plan.workers {
+                1 => "1 stressor of".to_owned(),
+                n => format!("{n} stressors of"),
+            },
+            Bytes(plan.total_bytes),
+            mib(plan.domain.node_mem_available_bytes),
+            if a.gap_bytes > 0 {
+                format!(
+                    "; the kubelet's figure is {} above it: kernel memory",
+                    Bytes(a.gap_bytes)
+                )
+            } else {
+                String::new()
+            },
+            Bytes(a.floor_bytes)
+        ),
+        (Some(goal), None) => format!(
             "keep the working set at {} ({}) with {}: {} to start",
             Bytes(goal),
             plan.size_from,
             kind,
             Bytes(plan.total_bytes),
         ),
-        None => format!(
+        (None, None) => format!(
             "stress {per} = {} of {kind} ({}: {}; it is the cgroup's charge, each stressor's \
              own footprint of {} included)",
             Bytes(plan.total_bytes),
@@ -436,8 +488,9 @@ fn plan_amount(plan: &Plan) -> String {
             Bytes(plan.stressor_footprint_bytes)
         ),
     };
+    let held = if plan.available.is_some() { ";" } else { "," };
     format!(
-        "{what}{ramp}, held {hold}; on OOM: {}{}",
+        "{what}{ramp}{held} held {hold}; on OOM: {}{}",
         plan.on_oom,
         if plan.crosses_limit {
             "; this crosses the limit: expect OOM kills"
@@ -493,6 +546,34 @@ fn summary(s: &Summary) -> Vec<String> {
     out
 }
 
+/// `node memory.available held at 120 MiB (goal; 118 MiB to 122 MiB once there, 121 MiB at the
+/// end; MemAvailable at least 70 MiB)`.
+fn available_held_text(a: &AvailableHeld) -> String {
+    let held = match (a.min_bytes, a.max_bytes) {
+        (Some(lo), Some(hi)) => format!("{} to {} once there", mib(lo), mib(hi)),
+        _ => "never reached".to_owned(),
+    };
+    let end = a
+        .end_bytes
+        .map_or_else(String::new, |e| format!(", {} at the end", mib(e)));
+    let floor = if a.at_floor_ms > 0 {
+        format!(
+            "; held back {:.1}s by the MemAvailable floor of {}",
+            a.at_floor_ms as f64 / 1000.0,
+            Bytes(a.floor_bytes)
+        )
+    } else {
+        String::new()
+    };
+    let mem_available = a.min_mem_available_bytes.map_or_else(String::new, |m| {
+        format!("; MemAvailable at least {}", mib(m))
+    });
+    format!(
+        "node memory.available held at {} (goal; {held}{end}{mem_available}{floor})",
+        mib(a.goal_bytes)
+    )
+}
+
 /// The summary as one line of text.
 pub fn summary_text(s: &Summary) -> String {
     let secs = |ms: u64| format!("{:.1}s", ms as f64 / 1000.0);
@@ -520,9 +601,10 @@ pub fn summary_text(s: &Summary) -> String {
         (Some(p), _) => format!(" (the kernel's peak over this run: {})", Bytes(p)),
         (None, _) => String::new(),
     };
-    let what = match s.fill_to_bytes {
-        Some(goal) => format!("working set kept at {}", Bytes(goal)),
-        None => format!("requested {}", Bytes(s.requested_bytes)),
+    let what = match (s.fill_to_bytes, &s.available) {
+        (_, Some(a)) => available_held_text(a),
+        (Some(goal), None) => format!("working set kept at {}", Bytes(goal)),
+        (None, None) => format!("requested {}", Bytes(s.requested_bytes)),
     };
     let outcome = match s.signal {
         Some(stop) if s.outcome == Outcome::Interrupted => {

@@ -11,6 +11,7 @@ use tokio::{sync::mpsc, time::sleep_until};
 
 use super::{
     Options,
+    available::{self, Held},
     member::{Member, MemberEvent, RESTART_DELAY, split},
 };
 use crate::{
@@ -191,8 +192,15 @@ struct State {
     sampled_at: Instant,
     /// When a worker last completed a command.
     acked_at: Instant,
-    /// `fill_to`: the working set was within the deadband at the last settled sample.
+    /// `fill_to`: the working set was within the deadband at the last settled sample
+    /// (`fill_to_available`: the node's memory.available was, or the floor held it).
     at_goal: bool,
+    /// `fill_to_available`: the node's memory.available goal, and what it was while held.
+    available: Option<(available::Goal, Held)>,
+    /// The node's memory at the last sample.
+    node: Option<NodeMemory>,
+    /// The node's memory.available when the run was planned (the progress bar's 0 %).
+    node_available_at_start: u64,
     /// `--follow`.
     following: Option<Following>,
     /// A container target's init.
@@ -293,6 +301,12 @@ impl State {
             sampled_at: Instant::now(),
             acked_at: Instant::now(),
             at_goal: false,
+            available: plan.available.as_ref().map(|p| {
+                let goal = available::Goal::from(p);
+                (goal, Held::new(&goal))
+            }),
+            node: None,
+            node_available_at_start: plan.domain.node_available_bytes,
             unseen_kills: None,
             watching: None,
             gone: false,
@@ -341,7 +355,7 @@ impl State {
     /// with a size past the limit the survivors' full shares are the most the run can hold,
     /// and a hold must start from there.
     fn full(&self) -> bool {
-        if self.goal.is_some() {
+        if self.goal.is_some() || self.available.is_some() {
             return self.at_goal;
         }
         let survivors_full = self
@@ -367,9 +381,14 @@ impl State {
     /// How far the stressors are towards what was asked, 0 to 1: their charge of the size,
     /// or the working set of the `--fill-to` goal.
     fn progress(&self, counters: &Counters) -> Option<f64> {
-        let (done, whole) = match self.goal {
-            Some(goal) => (counters.working_set_bytes, goal),
-            None => (self.charge(), self.total),
+        let (done, whole) = match (self.goal, &self.available, &self.node) {
+            (Some(goal), _, _) => (counters.working_set_bytes, goal),
+            (None, Some((goal, _)), Some(node)) => (
+                self.node_available_at_start.saturating_sub(node.available),
+                self.node_available_at_start.saturating_sub(goal.bytes),
+            ),
+            (None, Some(_), None) => (0, 0),
+            (None, None, _) => (self.charge(), self.total),
         };
         (whole > 0).then(|| (done as f64 / whole as f64).clamp(0.0, 1.0))
     }
@@ -387,6 +406,11 @@ impl State {
             }
             Some(forecast)
         });
+        let node = NodeMemory::read_at(self.node_root.as_ref());
+        if let (Some((_, held)), Some(n)) = (&mut self.available, &node) {
+            held.sample(n, self.full_at.is_some());
+        }
+        self.node = node;
         let line = SampleLine {
             t_ms: self.t_ms(),
             counters: counters.clone(),
@@ -399,7 +423,8 @@ impl State {
             forecast,
             psi: Psi::of(&self.target),
             node_psi: Psi::node(),
-            node_available_bytes: NodeMemory::read_at(self.node_root.as_ref()).map(|n| n.available),
+            node_available_bytes: node.map(|n| n.available),
+            node_mem_available_bytes: node.map(|n| n.mem_available),
             memory_high_bytes: (self.target.hierarchy.version == cgroup::Version::V2)
                 .then(|| self.target.high().ok().flatten())
                 .flatten(),
@@ -409,7 +434,8 @@ impl State {
             run_reclaim: self.reclaim.clone(),
         };
         if self.status_line {
-            reporter.status(&status_text(&line, self.progress(&counters)));
+            let goal = self.available.as_ref().map(|(g, _)| g.bytes);
+            reporter.status(&status_text(&line, self.progress(&counters), goal));
         }
         reporter.emit(&Line::Sample(Cow::Owned(line)));
         self.last = counters;
@@ -458,16 +484,35 @@ impl State {
         }
     }
 
+    /// Whether a closed loop may act now: every stressor has done what it was told, the last
+    /// sample was read after that, and no restart is pending. Only such a sample is acted
+    /// on, so a change is never applied twice.
+    fn may_steer(&self) -> bool {
+        self.all_settled()
+            && self.sampled_at > self.acked_at
+            && !self.members.iter().any(|m| m.restart_at.is_some())
+    }
+
+    /// The stressors that are alive, by index.
+    fn alive_stressors(&self) -> Vec<usize> {
+        self.stressors()
+            .filter(|m| m.alive)
+            .map(|m| m.index)
+            .collect()
+    }
+
+    /// Tells the alive stressors `alive` to hold `total` together.
+    fn set_total(&mut self, alive: &[usize], total: u64) {
+        for (i, share) in alive.iter().zip(split(total, alive.len(), self.page)) {
+            self.members[*i].set_target(share);
+        }
+    }
+
     /// Fill-to: once every stressor has done what it was told, move their total by the
     /// distance between the working set and the goal.
-    /// Only a sample read after every worker settled is acted on, so a change is never
-    /// applied twice.
     fn fill_to_step(&mut self) {
         let Some(goal) = self.goal else { return };
-        if !self.all_settled()
-            || self.sampled_at <= self.acked_at
-            || self.members.iter().any(|m| m.restart_at.is_some())
-        {
+        if !self.may_steer() {
             return;
         }
         let deficit = goal as i64 - self.last.working_set_bytes as i64;
@@ -475,18 +520,55 @@ impl State {
         if self.at_goal {
             return;
         }
-        let alive: Vec<usize> = self
-            .stressors()
-            .filter(|m| m.alive)
-            .map(|m| m.index)
-            .collect();
+        let alive = self.alive_stressors();
         if alive.is_empty() {
             return;
         }
         let current: u64 = alive.iter().map(|&i| self.members[i].target).sum();
         let total = (current as i64 + deficit).max(0) as u64;
-        for (i, share) in alive.iter().zip(split(total, alive.len(), self.page)) {
-            self.members[*i].set_target(share);
+        self.set_total(&alive, total);
+    }
+
+    /// Fill-to available: once every stressor has done what it was told, move their total
+    /// towards the node's memory.available goal ([`available::step`]: a deadband, damped
+    /// growth, shrinking at once, and never MemAvailable under the floor).
+    fn available_step(&mut self, reporter: &Reporter) {
+        let (Some((goal, _)), Some(node)) = (&self.available, self.node) else {
+            return;
+        };
+        let goal = *goal;
+        if !self.may_steer() {
+            return;
+        }
+        let alive = self.alive_stressors();
+        if alive.is_empty() {
+            return;
+        }
+        let current: u64 = alive.iter().map(|&i| self.members[i].target).sum();
+        let at_floor = match available::step(&goal, current, &node) {
+            available::Step::Hold { at_goal, at_floor } => {
+                // Held back by the floor is as far as the run can safely go: its hold begins.
+                self.at_goal = at_goal || at_floor;
+                at_floor
+            }
+            available::Step::Set { total, at_floor } => {
+                self.set_total(&alive, total);
+                at_floor
+            }
+        };
+        let Some((_, held)) = &mut self.available else {
+            return;
+        };
+        if held.at_floor(at_floor, Instant::now()) {
+            reporter.clear_status();
+            tracing::warn!(
+                "the node's MemAvailable is at memstress's floor ({}; now {}): the stressors \
+                 hold no more, and shed what takes it lower; memory.available is {} (goal {})",
+                Bytes(goal.floor),
+                Bytes(node.mem_available),
+                Bytes(node.available),
+                Bytes(goal.bytes)
+            );
         }
     }
 
@@ -513,6 +595,10 @@ impl State {
             let m = &mut self.members[i];
             let mut initial = if m.role == Role::Stressor && opts.ramp.is_some() {
                 0
+            } else if m.role == Role::Stressor && plan.available.is_some() {
+                // The node moves while the probes load (the controller's own memory, their
+                // maps): half the estimate now, the loop steers the rest from samples.
+                m.share / 2 / self.page * self.page
             } else {
                 m.share
             };
@@ -546,14 +632,20 @@ impl State {
         reporter: &Reporter,
     ) -> Result<()> {
         self.ramp_from = Instant::now();
-        if opts.ramp.is_none() {
+        if opts.ramp.is_none() && self.available.is_none() {
             for m in self.members.iter_mut().filter(|m| m.role == Role::Stressor) {
                 m.set_target(m.share);
             }
         }
         for i in deferred {
             let m = &mut self.members[i];
-            let initial = if opts.ramp.is_some() { 0 } else { m.share };
+            let initial = if opts.ramp.is_some() {
+                0
+            } else if self.available.is_some() {
+                m.share / 2 / self.page * self.page
+            } else {
+                m.share
+            };
             m.start(&self.target, initial, tx)?;
             reporter.emit(&Line::Started(Cow::Owned(self.members[i].line(None))));
         }
@@ -983,7 +1075,7 @@ impl State {
         Summary {
             outcome,
             target: self.target.path.clone(),
-            requested_bytes: if plan.fill_to_bytes.is_some() {
+            requested_bytes: if plan.fill_to_bytes.is_some() || plan.available.is_some() {
                 charge
             } else {
                 plan.total_bytes
@@ -1019,13 +1111,14 @@ impl State {
                 .map_or(0, |t| now.duration_since(t).as_millis() as u64),
             total_ms: now.duration_since(self.started).as_millis() as u64,
             forecast: self.forecaster.as_ref().map(Forecaster::score_so_far),
+            available: self.available.as_ref().map(|(_, held)| held.line(now)),
         }
     }
 }
 
 /// The status line: progress towards the size, the target's usage, and what the run caused
-/// since its start.
-fn status_text(s: &SampleLine, progress: Option<f64>) -> String {
+/// since its start; with `available_goal`, the node's memory.available against it.
+fn status_text(s: &SampleLine, progress: Option<f64>, available_goal: Option<u64>) -> String {
     let bar = progress.map_or_else(String::new, |done| {
         let filled = (done * 20.0).round() as usize;
         format!(
@@ -1060,8 +1153,21 @@ fn status_text(s: &SampleLine, progress: Option<f64>) -> String {
         (Some(high), Some(n)) => format!(", memory.high {} (over it {n}×)", Bytes(high)),
         _ => String::new(),
     };
+    let node = match (
+        available_goal,
+        s.node_available_bytes,
+        s.node_mem_available_bytes,
+    ) {
+        (Some(goal), Some(available), Some(mem_available)) => format!(
+            "node memory.available {} (goal {}), MemAvailable {}; ",
+            crate::size::mib(available),
+            crate::size::mib(goal),
+            crate::size::mib(mem_available)
+        ),
+        _ => String::new(),
+    };
     format!(
-        "{bar}usage {}{limit}{high}, working set {}, {} stressor(s) holding {}; since the \
+        "{bar}{node}usage {}{limit}{high}, working set {}, {} stressor(s) holding {}; since the \
          start: limit hits {}, OOM kills {}{psi}{forecast}",
         Bytes(s.counters.usage_bytes),
         Bytes(s.counters.working_set_bytes),
@@ -1453,6 +1559,7 @@ fn on_tick(
     state.explain_sigkills(reporter);
     state.ramp_step();
     state.fill_to_step();
+    state.available_step(reporter);
     Ok(None)
 }
 

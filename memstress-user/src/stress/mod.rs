@@ -13,6 +13,7 @@
 //! run created; a SIGKILLed controller is cleaned up by the janitor and the workers'
 //! `PR_SET_PDEATHSIG`.
 
+pub mod available;
 mod engine;
 pub mod janitor;
 mod member;

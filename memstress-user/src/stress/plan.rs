@@ -8,12 +8,15 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use super::{member::split, radius, stressor};
+use super::{available, member::split, radius, stressor};
 use crate::{
     Error, Result,
     error::Context as _,
     explain::predict,
-    output::line::{DomainKind, Mode, Plan, PlanDomain, PlanTarget, StressChaosLine, ThrottlePlan},
+    output::line::{
+        AvailablePlan, DomainKind, Mode, Plan, PlanDomain, PlanTarget, StressChaosLine,
+        ThrottlePlan,
+    },
     privilege, probe,
     size::{Bytes, SizeSpec},
     spec::{Fill, Kind, OnOom, Pattern},
@@ -47,6 +50,9 @@ pub enum Amount {
     /// `--fill-to`: top the working set up to this (bytes or a percent of the limit) and keep
     /// it there.
     FillTo(SizeSpec),
+    /// `--fill-to available=`: hold the node's `memory.available` (as the kubelet computes
+    /// it) at this (bytes or a percent of MemTotal).
+    Available(SizeSpec),
     /// Nothing: no stressors (`--throttle` alone sets `memory.high` and holds it).
     Nothing,
 }
@@ -323,6 +329,44 @@ fn check_shares(
     Ok(())
 }
 
+/// `--fill-to available=`: refuses more stressors than what lies between the node's
+/// `memory.available` and the goal can feed (each is charged its own footprint whatever it
+/// holds).
+fn check_available_shares(
+    opts: &Options,
+    goal: &available::Goal,
+    domain: &PlanDomain,
+    total: u64,
+    footprint: u64,
+) -> Result<()> {
+    let least = min_share(footprint, crate::size::page_size());
+    let workers = u64::from(opts.workers);
+    if total >= workers.saturating_mul(least) {
+        return Ok(());
+    }
+    let given = opts.amount_given.as_deref().unwrap_or("available=");
+    if total < least {
+        return Err(Error::Refused(format!(
+            "--fill-to {given}: the node's memory.available ({}) is only {} above the goal of \
+             {}, less than one stressor's own footprint ({}): there is nothing to fill",
+            Bytes(domain.node_available_bytes),
+            Bytes(total),
+            Bytes(goal.bytes),
+            Bytes(footprint)
+        )));
+    }
+    usage!(
+        "--workers {workers}: the node's memory.available ({}) is {} above the goal of {}, and \
+         each stressor is charged its own footprint ({}) whatever it holds; give at most {} \
+         workers",
+        Bytes(domain.node_available_bytes),
+        Bytes(total),
+        Bytes(goal.bytes),
+        Bytes(footprint),
+        total / least
+    )
+}
+
 /// Refuses options that cannot work together, before anything is resolved.
 fn check_options(opts: &Options) -> Result<()> {
     if opts.workers == 0 {
@@ -339,6 +383,19 @@ fn check_options(opts: &Options) -> Result<()> {
         usage!(
             "--fill-to with --kind file cannot work: page cache that is not recently used is \
              not in the working set (usage − inactive_file); use --kind anon or shmem"
+        );
+    }
+    if matches!(opts.amount, Amount::Available(_)) && opts.kind == Kind::File {
+        usage!(
+            "--fill-to available= with --kind file cannot work: page cache that is not \
+             recently used (inactive_file) is not in the root cgroup's working set, so it does \
+             not lower memory.available as the kubelet computes it; use --kind anon or shmem"
+        );
+    }
+    if matches!(opts.amount, Amount::Available(_)) && opts.ramp.is_some() {
+        usage!(
+            "--ramp grows a fixed size over time; --fill-to available= follows the node, which \
+             has no ramp: give one of them"
         );
     }
     if opts.throttle.is_some() && opts.follow {
@@ -401,15 +458,98 @@ impl Domain {
 }
 
 /// The amount, resolved: the total the stressors hold (for `--fill-to`, the first estimate)
-/// and the working-set goal.
+/// and the working-set goal, or the node's `memory.available` goal.
 struct Resolved {
     mode: Mode,
     total: u64,
     fill_to: Option<u64>,
     from: String,
+    available: Option<available::Goal>,
 }
 
-fn resolve(opts: &Options, target: &Target, domain: &Domain) -> Result<Resolved> {
+/// `--fill-to available=`: the goal, refused where the node cannot get there safely (beyond
+/// MemTotal; MemAvailable under the floor at the goal; already at or below it).
+fn resolve_available(
+    opts: &Options,
+    spec: SizeSpec,
+    node: &NodeMemory,
+) -> Result<(available::Goal, String)> {
+    let given = opts
+        .amount_given
+        .clone()
+        .unwrap_or_else(|| format!("available={spec}"));
+    let (bytes, from) = match spec {
+        SizeSpec::Bytes(b) => (
+            b,
+            given
+                .strip_prefix("available=")
+                .unwrap_or(&given)
+                .trim()
+                .to_owned(),
+        ),
+        SizeSpec::Percent(p) => (
+            spec.resolve(node.mem_total),
+            format!(
+                "{p}% of the node's MemTotal ({}), as its memory.available",
+                Bytes(node.mem_total)
+            ),
+        ),
+    };
+    if bytes >= node.mem_total {
+        usage!(
+            "--fill-to {given}: {} is not below the node's MemTotal ({}); memory.available is \
+             MemTotal less what the node uses, so it is always less",
+            Bytes(bytes),
+            Bytes(node.mem_total)
+        );
+    }
+    let goal = available::Goal::new(bytes, node.mem_total);
+    let lowest = goal.lowest(node);
+    if bytes < lowest {
+        let gap = available::gap(node);
+        let why = if gap > 0 {
+            format!(
+                "the kubelet's figure ({}) is {} above it: kernel memory no cgroup's working \
+                 set counts",
+                Bytes(node.available),
+                Bytes(gap)
+            )
+        } else {
+            format!(
+                "the kubelet's figure ({}) is not above it here, but it will be once page \
+                 cache is reclaimed",
+                Bytes(node.available)
+            )
+        };
+        return Err(Error::Refused(format!(
+            "refusing --fill-to {given}: held there (± {}), the node's MemAvailable (now {}; \
+             {why}) would be about {}, under the floor of {} that memstress never takes it \
+             below (a global OOM would be near); the lowest goal here is available={}",
+            Bytes(goal.deadband),
+            Bytes(node.mem_available),
+            Bytes(bytes.saturating_sub(gap + goal.deadband)),
+            Bytes(goal.floor),
+            available::flag_value(lowest)
+        )));
+    }
+    if node.available <= bytes + goal.deadband {
+        return Err(Error::Refused(format!(
+            "--fill-to {given}: the node's memory.available is already {}, at or below the \
+             goal of {} (± {}): there is nothing to fill",
+            Bytes(node.available),
+            Bytes(bytes),
+            Bytes(goal.deadband)
+        )));
+    }
+    Ok((goal, from))
+}
+
+fn resolve(
+    opts: &Options,
+    target: &Target,
+    domain: &Domain,
+    node: &NodeMemory,
+) -> Result<Resolved> {
     let resolved = match opts.amount {
         Amount::Size(spec) => {
             let what = "total across all workers";
@@ -423,6 +563,7 @@ fn resolve(opts: &Options, target: &Target, domain: &Domain) -> Result<Resolved>
                 total,
                 fill_to: None,
                 from,
+                available: None,
             }
         }
         Amount::Nothing => Resolved {
@@ -430,7 +571,18 @@ fn resolve(opts: &Options, target: &Target, domain: &Domain) -> Result<Resolved>
             total: 0,
             fill_to: None,
             from: "no stressors: --throttle alone".to_owned(),
+            available: None,
         },
+        Amount::Available(spec) => {
+            let (goal, from) = resolve_available(opts, spec, node)?;
+            Resolved {
+                mode: Mode::FillToAvailable,
+                total: goal.first_estimate(node),
+                fill_to: None,
+                from,
+                available: Some(goal),
+            }
+        }
         Amount::FillTo(spec) => {
             let what = "working-set goal";
             let (goal, from) =
@@ -441,6 +593,7 @@ fn resolve(opts: &Options, target: &Target, domain: &Domain) -> Result<Resolved>
                 total: goal.saturating_sub(domain.counters.working_set_bytes + apps),
                 fill_to: Some(goal),
                 from,
+                available: None,
             }
         }
     };
@@ -455,27 +608,40 @@ fn domain_of(
     target: &Target,
     domain: &Domain,
     resolved: &Resolved,
+    node: &NodeMemory,
 ) -> Result<PlanDomain> {
-    let node = NodeMemory::read().ok_or_else(|| {
-        Error::io(
-            "cannot read MemTotal and MemAvailable from /proc/meminfo",
-            std::io::ErrorKind::NotFound.into(),
-        )
-    })?;
     let app_bytes: u64 = opts.apps.iter().map(|a| a.bytes).sum();
     let limit = domain.limit.as_ref().map(|(bytes, cgroup)| radius::Limit {
         cgroup: &cgroup.path,
         bytes: *bytes,
         headroom: domain.headroom(0).unwrap_or(0),
     });
+    // `--fill-to available=` takes the node's memory.available down to the goal, and the
+    // loop lets it move a deadband under that: what the run takes from the node is judged
+    // there, so that a goal at the eviction threshold counts as reaching it.
+    let run_bytes = match &resolved.available {
+        Some(goal) => node
+            .available
+            .saturating_sub(goal.bytes.saturating_sub(goal.deadband)),
+        None => resolved.total,
+    };
     let planned = radius::assess(
         limit,
-        resolved.total.saturating_add(app_bytes),
-        &node,
+        run_bytes.saturating_add(app_bytes),
+        node,
         opts.eviction_threshold,
         opts.allow_node_oom,
     );
-    match radius::refusal(&planned, &target.cgroup.path) {
+    let refused = match &resolved.available {
+        Some(goal) => radius::refusal_available(
+            &planned,
+            &target.cgroup.path,
+            opts.amount_given.as_deref().unwrap_or("available="),
+            goal,
+        ),
+        None => radius::refusal(&planned, &target.cgroup.path),
+    };
+    match refused {
         Some(line) => Err(Error::Refused(line)),
         None => Ok(planned),
     }
@@ -499,8 +665,14 @@ fn bounds(opts: &Options, hierarchy: &Hierarchy) -> Result<(Target, Domain, Reso
         &opts.runtime_state,
     )?;
     let domain = Domain::of(&target)?;
-    let resolved = resolve(opts, &target, &domain)?;
-    let planned = domain_of(opts, &target, &domain, &resolved)?;
+    let node = NodeMemory::read().ok_or_else(|| {
+        Error::io(
+            "cannot read MemTotal and MemAvailable from /proc/meminfo",
+            std::io::ErrorKind::NotFound.into(),
+        )
+    })?;
+    let resolved = resolve(opts, &target, &domain, &node)?;
+    let planned = domain_of(opts, &target, &domain, &resolved, &node)?;
     Ok((target, domain, resolved, planned))
 }
 
@@ -542,6 +714,9 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
             d.path.as_str(),
         )
     });
+    if let Some(goal) = &resolved.available {
+        check_available_shares(opts, goal, &planned_domain, resolved.total, footprint)?;
+    }
     if stressors {
         check_shares(opts, &bytes_per_worker, resolved.fill_to, footprint, room)?;
     }
@@ -549,6 +724,19 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
         .limit
         .as_ref()
         .is_some_and(|(l, _)| domain.usage + app_bytes + resolved.total > *l);
+    let available = resolved.available.map(|goal| {
+        let gap = planned_domain
+            .node_available_bytes
+            .saturating_sub(planned_domain.node_mem_available_bytes);
+        AvailablePlan {
+            goal_bytes: goal.bytes,
+            from: resolved.from.clone(),
+            deadband_bytes: goal.deadband,
+            floor_bytes: goal.floor,
+            gap_bytes: gap,
+            lowest_goal_bytes: goal.floor + gap + goal.deadband,
+        }
+    });
     let mut plan = Plan {
         target: PlanTarget {
             path: target.cgroup.path.clone(),
@@ -568,6 +756,7 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
             .clone()
             .unwrap_or_else(|| match opts.amount {
                 Amount::Size(s) | Amount::FillTo(s) => s.to_string(),
+                Amount::Available(s) => format!("available={s}"),
                 Amount::Nothing => String::new(),
             }),
         size_from: resolved.from,
@@ -594,6 +783,7 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
         stresschaos: opts.stresschaos.clone(),
         notes: opts.notes.clone(),
         throttle,
+        available,
     };
     if plan.domain.kind == DomainKind::Node {
         // Every process of the node is a candidate of a global OOM, the stressors among them
@@ -1043,6 +1233,138 @@ mod tests {
         none.eviction_threshold = 0;
         let (planned, _) = super::plan(&none, &hierarchy).unwrap();
         assert_eq!(planned.domain.eviction_after_bytes, None);
+    }
+
+    /// `--fill-to available=`: goals relative to this machine's own memory.available (read
+    /// again by each plan: they keep a margin of hundreds of MiB for what the machine does
+    /// meanwhile). Plans only: nothing is created or started.
+    #[test]
+    fn plans_a_memory_available_goal_and_guards_it() {
+        const GIB: u64 = 1 << 30;
+        let node = NodeMemory::read().unwrap();
+        if node.available < 4 * GIB {
+            eprintln!("skipped: this machine's memory.available is under 4 GiB");
+            return;
+        }
+        let tree = Tree::new(Version::V1);
+        let hierarchy = tree.hierarchy();
+        tree.cgroup("/free", None, 8 * MIB);
+        tree.cgroup("/boxed", Some(64 * MIB), 8 * MIB);
+        tree.cgroup("/boxed/app", None, 8 * MIB);
+        let of = |path: &str, spec: SizeSpec| {
+            let mut opts = options(
+                &tree,
+                target::Spec::Cgroup(path.to_owned()),
+                Amount::Available(spec),
+            );
+            opts.amount_given = Some(format!("available={spec}"));
+            opts
+        };
+        let goal = node.available - GIB;
+        // Above the eviction threshold, in an unlimited cgroup: planned, nothing refused.
+        let (plan, _) = super::plan(&of("/free", SizeSpec::Bytes(goal)), &hierarchy).unwrap();
+        assert_eq!(plan.mode, Mode::FillToAvailable);
+        assert_eq!(plan.fill_to_bytes, None);
+        let a = plan.available.clone().unwrap();
+        assert_eq!(a.goal_bytes, goal);
+        assert_eq!(a.deadband_bytes, available::deadband(node.mem_total));
+        assert_eq!(a.floor_bytes, available::floor(node.mem_total));
+        assert_eq!(
+            a.lowest_goal_bytes,
+            a.floor_bytes + a.gap_bytes + a.deadband_bytes
+        );
+        // The first estimate is what takes the node from now to the goal.
+        assert!(
+            plan.total_bytes.abs_diff(GIB) < 256 * MIB,
+            "{}",
+            plan.total_bytes
+        );
+        assert_eq!(plan.domain.kind, DomainKind::Node);
+        assert_eq!(plan.domain.first, FirstBound::Neither);
+        let json = serde_json::to_value(&plan).unwrap();
+        assert_eq!(json["mode"], "fill_to_available");
+        assert_eq!(json["available"]["goal_bytes"], goal);
+        // A percent is of MemTotal.
+        let pct = (goal as f64 / node.mem_total as f64 * 100.0).floor();
+        let (plan, _) = super::plan(&of("/free", SizeSpec::Percent(pct)), &hierarchy).unwrap();
+        let a = plan.available.unwrap();
+        assert_eq!(a.goal_bytes, SizeSpec::Percent(pct).resolve(node.mem_total));
+        assert!(a.from.contains("of the node's MemTotal"), "{}", a.from);
+        // At the eviction threshold (within the deadband of it), or below it: eviction,
+        // refused without --allow-node-oom.
+        // (Exactly at the bottom of the deadband is not below the threshold.)
+        let band = available::deadband(node.mem_total);
+        for threshold in [goal, goal + 64 * MIB, goal - band + MIB] {
+            let mut at = of("/free", SizeSpec::Bytes(goal));
+            at.eviction_threshold = threshold;
+            let e = plan_err(&at, &hierarchy);
+            assert!(!e.contains('\n'), "{e}");
+            for needle in [
+                "OOM domain is the node",
+                "no memory limit on /free",
+                "--allow-node-oom",
+                "eviction threshold",
+                "memory.available",
+            ] {
+                assert!(e.contains(needle), "`{e}` lacks {needle}");
+            }
+            at.allow_node_oom = true;
+            let (plan, _) = super::plan(&at, &hierarchy).unwrap();
+            assert_eq!(
+                plan.domain.first,
+                FirstBound::Eviction,
+                "threshold {threshold}"
+            );
+            assert!(plan.domain.allow_node_oom);
+        }
+        // A deadband and more above it: no eviction.
+        let mut above = of("/free", SizeSpec::Bytes(goal));
+        above.eviction_threshold = goal - band;
+        let (plan, _) = super::plan(&above, &hierarchy).unwrap();
+        assert_eq!(plan.domain.first, FirstBound::Neither);
+        // A limit that comes before the goal: an OOM kill in the memcg, no flag needed even
+        // with the goal under the threshold.
+        let mut boxed = of("/boxed/app", SizeSpec::Bytes(goal));
+        boxed.eviction_threshold = goal + 64 * MIB;
+        let (plan, _) = super::plan(&boxed, &hierarchy).unwrap();
+        assert_eq!(plan.domain.kind, DomainKind::Memcg);
+        assert_eq!(plan.domain.first, FirstBound::Limit);
+        assert!(plan.crosses_limit);
+        assert_eq!(plan.predicted_oom.unwrap().domain, "/boxed");
+        // Beyond MemTotal: a usage error; under the floor: refused with the lowest goal; at
+        // or below memory.available now: nothing to fill.
+        let e = super::plan(&of("/free", SizeSpec::Bytes(node.mem_total)), &hierarchy)
+            .map(drop)
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Usage(m) if m.contains("MemTotal")),
+            "{e}"
+        );
+        let e = plan_err(&of("/free", SizeSpec::Bytes(MIB)), &hierarchy);
+        for needle in [
+            "MemAvailable",
+            "floor",
+            "the lowest goal here is available=",
+        ] {
+            assert!(e.contains(needle), "`{e}` lacks {needle}");
+        }
+        let e = plan_err(
+            &of("/free", SizeSpec::Bytes(node.available + GIB)),
+            &hierarchy,
+        );
+        assert!(e.contains("nothing to fill"), "{e}");
+        // Page cache does not lower memory.available; no ramp; not more workers than the
+        // distance feeds.
+        let mut file = of("/free", SizeSpec::Bytes(goal));
+        file.kind = Kind::File;
+        assert!(plan_err(&file, &hierarchy).contains("--kind file"));
+        let mut ramp = of("/free", SizeSpec::Bytes(goal));
+        ramp.ramp = Some(Duration::from_secs(5));
+        assert!(plan_err(&ramp, &hierarchy).contains("no ramp"));
+        let mut many = of("/free", SizeSpec::Bytes(node.available - 200 * MIB));
+        many.workers = 1000;
+        let e = plan_err(&many, &hierarchy);
+        assert!(e.contains("give at most"), "{e}");
     }
 
     #[test]

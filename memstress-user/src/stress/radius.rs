@@ -13,6 +13,7 @@
 //! node can give before its own bounds: then the limit would never be what stops the run.
 //! Such a run that reaches the node's bounds is refused unless `--allow-node-oom`.
 
+use super::available::Goal;
 use crate::{
     output::line::{DomainKind, FirstBound, PlanDomain},
     size::Bytes,
@@ -119,6 +120,36 @@ pub fn refusal(domain: &PlanDomain, target: &str) -> Option<String> {
     ))
 }
 
+/// `--fill-to available=`: the one line that refuses holding the node's memory.available at
+/// (or a deadband above) the eviction threshold, or below it, without `--allow-node-oom`
+/// (`None`: not refused). Such a run means eviction: it reaches the kubelet's threshold on
+/// purpose, and the pod the kubelet then evicts can be any on the node. A goal whose deadband
+/// stays above the threshold is no eviction, and a limit that comes first keeps the run in
+/// its memcg: neither needs the flag. (A global OOM is never the plan: a goal that would
+/// take MemAvailable under the loop's floor is refused before this.)
+pub fn refusal_available(
+    domain: &PlanDomain,
+    target: &str,
+    given: &str,
+    goal: &Goal,
+) -> Option<String> {
+    if domain.kind != DomainKind::Node || !reaches_node(domain) || domain.allow_node_oom {
+        return None;
+    }
+    Some(format!(
+        "refusing: this run's OOM domain is the node ({}): --fill-to {given} holds the node's \
+         memory.available (now {}, as the kubelet computes it) at {} ± {}, at or below the \
+         eviction threshold of {}: the kubelet evicts pods there, and which it evicts can be any \
+         on the node; pass --allow-node-oom to test eviction, or give at least available={}",
+        why_node(domain, target),
+        Bytes(domain.node_available_bytes),
+        Bytes(goal.bytes),
+        Bytes(goal.deadband),
+        Bytes(domain.eviction_threshold_bytes),
+        super::available::flag_value(domain.eviction_threshold_bytes + goal.deadband + 1)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +234,53 @@ mod tests {
         assert_eq!(refusal(&d, "/pod/c"), None);
         let d = assess(limit(64 * MIB, 40 * MIB), 16 * MIB, &n, 100 * MIB, false);
         assert_eq!((d.kind, d.first), (DomainKind::Memcg, FirstBound::Neither));
+    }
+
+    /// `--fill-to available=`: the band around the goal reaching the threshold is eviction,
+    /// refused without the flag; above it, or with a limit that comes first, it is not.
+    #[test]
+    fn a_memory_available_goal_at_the_threshold_is_eviction() {
+        let n = node(20 * GIB, 19 * GIB);
+        let goal = Goal::new(2 * GIB, 24 * GIB);
+        // What the run takes: from now to the bottom of the deadband.
+        let run = |g: &Goal| n.available - (g.bytes - g.deadband);
+        let at = assess(None, run(&goal), &n, 2 * GIB, false);
+        assert_eq!(at.first, FirstBound::Eviction);
+        let line = refusal_available(&at, "/x", "available=2Gi", &goal).unwrap();
+        assert!(!line.contains('\n'));
+        for needle in [
+            "OOM domain is the node",
+            "no memory limit on /x",
+            "--fill-to available=2Gi",
+            "2 GiB ± 32 MiB",
+            "eviction threshold of 2 GiB",
+            "--allow-node-oom",
+            "give at least available=2081Mi",
+        ] {
+            assert!(line.contains(needle), "{line} lacks {needle}");
+        }
+        let allowed = assess(None, run(&goal), &n, 2 * GIB, true);
+        assert_eq!(
+            refusal_available(&allowed, "/x", "available=2Gi", &goal),
+            None
+        );
+        // A deadband above the threshold: never reaches it.
+        let above = assess(None, run(&goal), &n, 2 * GIB - 33 * MIB, false);
+        assert_eq!(above.first, FirstBound::Neither);
+        assert_eq!(
+            refusal_available(&above, "/x", "available=2Gi", &goal),
+            None
+        );
+        // A limit the node can give, reached before the goal: the limit comes first.
+        let boxed = assess(limit(GIB, GIB - 8 * MIB), run(&goal), &n, 3 * GIB, false);
+        assert_eq!(
+            (boxed.kind, boxed.first),
+            (DomainKind::Memcg, FirstBound::Limit)
+        );
+        assert_eq!(
+            refusal_available(&boxed, "/x", "available=2Gi", &goal),
+            None
+        );
     }
 
     /// A limit of 64 GiB on a 24 GiB node never stops a run: its domain is the node, and

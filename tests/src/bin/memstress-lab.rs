@@ -6,10 +6,13 @@
 //!                   [--file-dir DIR] FILE...
 //! memstress-lab validate FILE...
 //! memstress-lab files FILE
+//! memstress-lab guest-memory FILE
 //! memstress-lab report DIR
 //! ```
 //! `files` prints the files a scenario's steps read (a `replay` step's log), one a line,
 //! relative to the scenario file's directory: what must travel with it into a guest.
+//! `guest-memory` prints the memory of the guest it runs in, in MiB (its `memory`, or the
+//! default): `cargo xtask lab` boots one guest per size.
 //! `run` exits 0 when every scenario passed (or was skipped with a reason), 1 otherwise,
 //! 2 for bad input; it writes
 //! `<out>/<scenario>/{events.jsonl,report.md,timeline.svg,dmesg.txt}` and `<out>/results.json`.
@@ -32,6 +35,7 @@ fn usage() -> ExitCode {
         "usage: memstress-lab run --memstress BIN --out DIR --kernel-label LABEL [--root-name NAME] [--file-dir DIR] FILE...\n\
          \x20      memstress-lab validate FILE...\n\
          \x20      memstress-lab files FILE\n\
+         \x20      memstress-lab guest-memory FILE\n\
          \x20      memstress-lab report DIR"
     );
     ExitCode::from(2)
@@ -71,6 +75,21 @@ fn main() -> ExitCode {
                     for f in s.files() {
                         println!("{f}");
                     }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("memstress-lab: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some("guest-memory") => {
+            let [_, file] = args.as_slice() else {
+                return usage();
+            };
+            match Scenario::load(Path::new(file)) {
+                Ok(s) => {
+                    println!("{}", s.guest_memory_mib());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -345,6 +345,42 @@ pub fn check(
             }
         }
         Expect::ReplaySameVictim { step } => replay_same_victim(events, *step),
+        Expect::PlanFirst { step, first } => {
+            let said: Vec<String> = said_in(events, *step)
+                .filter_map(|line| match line {
+                    Line::Plan(plan) => Some(
+                        serde_json::to_value(plan.domain.first)
+                            .ok()?
+                            .as_str()?
+                            .to_owned(),
+                    ),
+                    _ => None,
+                })
+                .collect();
+            (
+                format!("step {step}'s plan says what comes first"),
+                first.clone(),
+                if said.is_empty() {
+                    "no plan".into()
+                } else {
+                    said.join(", ")
+                },
+                said.len() == 1 && said[0] == *first,
+            )
+        }
+        Expect::NodeAvailableAtMost { step, max } => node_available_bound(events, *step, max, true),
+        Expect::NodeAvailableAtLeast { step, min } => {
+            node_available_bound(events, *step, min, false)
+        }
+        Expect::NodeAvailableHeld {
+            step,
+            size,
+            within,
+            duration,
+        } => node_available_held(events, *step, size, within, *duration),
+        Expect::NodeAvailableAgrees { step, tolerance } => {
+            node_available_agrees(events, *step, tolerance)
+        }
         Expect::Forecast {
             step,
             min_hit_pct,
@@ -686,6 +722,182 @@ fn replay_same_victim(events: &[Value], step: Option<usize>) -> (String, String,
 /// it was made, and samples are 100 ms apart.
 const LEAD_SLACK_MS: u64 = 1000;
 
+/// Readings of the node's `memory.available` in time order: (t_ms, bytes).
+type Readings = Vec<(u64, u64)>;
+
+/// The node's `memory.available` during step `step`: the lab's own readings (`node_sample`),
+/// and the `sample` lines of the runs going on then.
+fn node_available(events: &[Value], step: usize) -> Option<(Readings, Readings)> {
+    let (start, end) = step_window(events, step)?;
+    let within = |e: &&Value| e["t_ms"].as_u64().is_some_and(|t| t >= start && t <= end);
+    let lab = events
+        .iter()
+        .filter(|e| e["type"] == "node_sample")
+        .filter(within)
+        .filter_map(|e| Some((e["t_ms"].as_u64()?, e["available_bytes"].as_u64()?)))
+        .collect();
+    let runs = events
+        .iter()
+        .filter(|e| e["type"] == "memstress" && e["source"] == "run")
+        .filter(|e| e["event"]["type"] == "sample")
+        .filter(within)
+        .filter_map(|e| {
+            Some((
+                e["t_ms"].as_u64()?,
+                e["event"]["node_available_bytes"].as_u64()?,
+            ))
+        })
+        .collect();
+    Some((lab, runs))
+}
+
+/// `node_available_at_most` (`at_most`: the lowest reading is at most `size`) and
+/// `node_available_at_least` (the lowest is at least `size`): both the lab's readings and the
+/// runs' samples, and at least one of each.
+fn node_available_bound(
+    events: &[Value],
+    step: usize,
+    size: &str,
+    at_most: bool,
+) -> (String, String, String, bool) {
+    let bound = SizeSpec::parse_bytes(size).unwrap_or(0);
+    let (name, expected) = if at_most {
+        (
+            format!("the node's memory.available falls to {size} during step {step}"),
+            format!("lowest ≤ {}", Bytes(bound)),
+        )
+    } else {
+        (
+            format!("the node's memory.available stays at or above {size} during step {step}"),
+            format!("lowest ≥ {}", Bytes(bound)),
+        )
+    };
+    let Some((lab, runs)) = node_available(events, step) else {
+        return (name, expected, "step did not run".into(), false);
+    };
+    let lowest = |v: &[(u64, u64)]| v.iter().map(|(_, b)| *b).min();
+    match (lowest(&lab), lowest(&runs)) {
+        (Some(l), Some(r)) => {
+            let ok = if at_most {
+                l <= bound && r <= bound
+            } else {
+                l >= bound && r >= bound
+            };
+            let actual = format!(
+                "lowest {} in the lab's {} readings, {} in the runs' {} samples",
+                memstress::size::mib(l),
+                lab.len(),
+                memstress::size::mib(r),
+                runs.len()
+            );
+            (name, expected, actual, ok)
+        }
+        (l, r) => (
+            name,
+            expected,
+            format!(
+                "{} lab readings, {} run samples with node_available_bytes",
+                if l.is_some() { "some" } else { "no" },
+                if r.is_some() { "some" } else { "no" }
+            ),
+            false,
+        ),
+    }
+}
+
+/// `node_available_held`: the longest run of consecutive samples within `size` ± `within`.
+fn node_available_held(
+    events: &[Value],
+    step: usize,
+    size: &str,
+    within: &str,
+    duration: std::time::Duration,
+) -> (String, String, String, bool) {
+    let goal = SizeSpec::parse_bytes(size).unwrap_or(0);
+    let band = SizeSpec::parse_bytes(within).unwrap_or(0);
+    let name = format!(
+        "the runs hold the node's memory.available at {size} ± {within} during step {step}"
+    );
+    let expected = format!(
+        "for at least {:.1} s without a break",
+        duration.as_secs_f64()
+    );
+    let Some((_, runs)) = node_available(events, step) else {
+        return (name, expected, "step did not run".into(), false);
+    };
+    let (mut longest, mut since): (u64, Option<u64>) = (0, None);
+    for (t, bytes) in &runs {
+        if bytes.abs_diff(goal) <= band {
+            let from = *since.get_or_insert(*t);
+            longest = longest.max(t - from);
+        } else {
+            since = None;
+        }
+    }
+    let (lo, hi) = runs
+        .iter()
+        .fold((u64::MAX, 0), |(lo, hi), (_, b)| (lo.min(*b), hi.max(*b)));
+    let actual = if runs.is_empty() {
+        "no run samples".to_owned()
+    } else {
+        format!(
+            "{:.1} s (samples from {} to {})",
+            longest as f64 / 1000.0,
+            memstress::size::mib(lo),
+            memstress::size::mib(hi)
+        )
+    };
+    (
+        name,
+        expected,
+        actual,
+        longest as u128 >= duration.as_millis(),
+    )
+}
+
+/// `node_available_agrees`: each run sample against the lab's reading closest in time.
+fn node_available_agrees(
+    events: &[Value],
+    step: usize,
+    tolerance: &str,
+) -> (String, String, String, bool) {
+    const NEAR_MS: u64 = 100;
+    let tolerance = SizeSpec::parse_bytes(tolerance).unwrap_or(0);
+    let name = format!(
+        "memstress's node_available_bytes agrees with the lab's own reading during step {step}"
+    );
+    let expected = format!(
+        "median difference ≤ {} over at least 10 samples",
+        Bytes(tolerance)
+    );
+    let Some((lab, runs)) = node_available(events, step) else {
+        return (name, expected, "step did not run".into(), false);
+    };
+    let mut diffs: Vec<u64> = runs
+        .iter()
+        .filter_map(|(t, bytes)| {
+            let (lt, lb) = lab.iter().min_by_key(|(lt, _)| lt.abs_diff(*t))?;
+            (lt.abs_diff(*t) <= NEAR_MS).then(|| lb.abs_diff(*bytes))
+        })
+        .collect();
+    diffs.sort_unstable();
+    let Some(mid) = median(&diffs) else {
+        return (name, expected, "no samples to compare".into(), false);
+    };
+    let actual = format!(
+        "median {}, largest {} over {} samples",
+        Bytes(mid),
+        Bytes(*diffs.last().unwrap_or(&0)),
+        diffs.len()
+    );
+    (
+        name,
+        expected,
+        actual,
+        diffs.len() >= 10 && mid <= tolerance,
+    )
+}
+
 fn seconds(ms: u64) -> String {
     format!("{:.1} s", ms as f64 / 1000.0)
 }
@@ -884,6 +1096,107 @@ mod tests {
         assert!(!in_order(&s(&["bu", "be"]), &s(&["be", "bu"])));
         assert!(!in_order(&s(&["be"]), &s(&["be", "bu"])));
         assert_eq!(dedup(&s(&["a", "a", "b", "a"])), s(&["a", "b", "a"]));
+    }
+
+    /// The node's memory.available expectations read the lab's `node_sample`s and the
+    /// runs' `sample` lines in the step's window; `plan_first` the run's plan.
+    #[test]
+    fn checks_the_node_and_what_the_plan_said_first() {
+        const M: u64 = 1 << 20;
+        let mut events = vec![
+            json!({"type":"step","t_ms":0,"index":0,"phase":"start"}),
+            json!({"type":"memstress","t_ms":5,"source":"run","step":0,
+                "event": fixture::plan(Vec::new())}),
+        ];
+        // The run fills from 300 MiB to 150 MiB over 1.5 s, holds it 4 s, with one dip.
+        for i in 0..60u64 {
+            let t = 100 + i * 100;
+            let available = if i < 15 {
+                300 - i * 10
+            } else if i == 40 {
+                140
+            } else {
+                150 + i % 3
+            } * M;
+            events.push(
+                json!({"type":"node_sample","t_ms":t,"available_bytes":available,
+                "mem_available_bytes":available - 50 * M,"mem_total_bytes":463 * M}),
+            );
+            events.push(
+                json!({"type":"memstress","t_ms":t + 3,"source":"run","step":0,
+                "event":{"type":"sample","node_available_bytes":available + (i % 2) * M}}),
+            );
+        }
+        events.push(json!({"type":"step","t_ms":6100,"index":0,"phase":"end"}));
+        let scenario: Scenario = toml::from_str("name = \"t\"\ndescription = \"\"").unwrap();
+        let run = |e: Expect| check(&e, &events, &scenario);
+        let (_, _, actual, ok) = run(Expect::NodeAvailableAtMost {
+            step: 0,
+            max: "150Mi".into(),
+        });
+        assert!(ok, "{actual}");
+        assert!(actual.contains("lowest 140 MiB"), "{actual}");
+        let (_, _, actual, ok) = run(Expect::NodeAvailableAtMost {
+            step: 0,
+            max: "100Mi".into(),
+        });
+        assert!(!ok, "{actual}");
+        let (_, _, actual, ok) = run(Expect::NodeAvailableAtLeast {
+            step: 0,
+            min: "140Mi".into(),
+        });
+        assert!(ok, "{actual}");
+        let (_, _, _, ok) = run(Expect::NodeAvailableAtLeast {
+            step: 0,
+            min: "145Mi".into(),
+        });
+        assert!(!ok);
+        // Held within 150 ± 4 from 1.6 s to 4.0 s (2.4 s), broken by the dip, then again.
+        let held = |within: &str, secs: u64| {
+            run(Expect::NodeAvailableHeld {
+                step: 0,
+                size: "150Mi".into(),
+                within: within.into(),
+                duration: std::time::Duration::from_secs(secs),
+            })
+        };
+        let (_, _, actual, ok) = held("4Mi", 2);
+        assert!(ok, "{actual}");
+        assert!(actual.starts_with("2.4 s"), "{actual}");
+        assert!(!held("4Mi", 3).3);
+        assert!(held("10Mi", 4).3);
+        let agrees = |tolerance: &str| {
+            run(Expect::NodeAvailableAgrees {
+                step: 0,
+                tolerance: tolerance.into(),
+            })
+        };
+        let (_, _, actual, ok) = agrees("1Mi");
+        assert!(ok, "{actual}");
+        assert!(actual.contains("over 60 samples"), "{actual}");
+        assert!(!agrees("0").3);
+        // No node readings at all: failed, not passed by default.
+        let bare: Vec<Value> = events
+            .iter()
+            .filter(|e| e["type"] != "node_sample")
+            .cloned()
+            .collect();
+        let e = Expect::NodeAvailableAtMost {
+            step: 0,
+            max: "1Gi".into(),
+        };
+        assert!(!check(&e, &bare, &scenario).3);
+        let first = |first: &str| {
+            run(Expect::PlanFirst {
+                step: 0,
+                first: first.into(),
+            })
+        };
+        // The fixture's plan: its limit comes first.
+        let (_, _, actual, ok) = first("limit");
+        assert!(ok, "{actual}");
+        let (_, _, actual, ok) = first("eviction");
+        assert!(!ok && actual == "limit", "{actual}");
     }
 
     #[test]

@@ -796,6 +796,7 @@ pub fn report_markdown(events: &[Value]) -> String {
     predicted_vs_actual(&mut out, &s);
     forecast_vs_reality(&mut out, &s);
     replays(&mut out, &s);
+    node_memory(&mut out, &s, events);
     steps(&mut out, &s);
     if !s.notes.is_empty() {
         putln!(out, "## Notes");
@@ -1387,6 +1388,74 @@ fn replays(out: &mut String, s: &Scenario) {
             putln!(out);
         }
     }
+}
+
+/// The node's memory by step, where the lab read it (`node_sample`): its `memory.available`
+/// as the kubelet computes it and the kernel's MemAvailable, beside what the runs' `sample`
+/// lines said.
+fn node_memory(out: &mut String, s: &Scenario, events: &[Value]) {
+    let t = |e: &Value| number(e, &["t_ms"]).map(|ms| ms / 1000.0);
+    let lab: Vec<(f64, Option<f64>, Option<f64>)> = events
+        .iter()
+        .filter(|e| e["type"] == "node_sample")
+        .filter_map(|e| {
+            Some((
+                t(e)?,
+                number(e, &["available_bytes"]),
+                number(e, &["mem_available_bytes"]),
+            ))
+        })
+        .collect();
+    if lab.is_empty() {
+        return;
+    }
+    let runs: Vec<(f64, f64)> = events
+        .iter()
+        .filter(|e| e["type"] == "memstress" && e["source"] == "run")
+        .filter(|e| e["event"]["type"] == "sample")
+        .filter_map(|e| Some((t(e)?, number(e, &["event", "node_available_bytes"])?)))
+        .collect();
+    let range = |v: &mut dyn Iterator<Item = f64>| {
+        v.fold(None, |r: Option<(f64, f64)>, x| {
+            Some(r.map_or((x, x), |(lo, hi)| (lo.min(x), hi.max(x))))
+        })
+        .map_or_else(
+            || "—".to_owned(),
+            |(lo, hi)| format!("{} – {}", mib(Some(lo)), mib(Some(hi))),
+        )
+    };
+    putln!(out, "## The node's memory");
+    putln!(out);
+    putln!(
+        out,
+        "`memory.available` as the kubelet computes it (MemTotal − the root cgroup's working \
+         set), read by the lab every 100 ms, beside the runs' own `node_available_bytes`; \
+         MemAvailable is the kernel's."
+    );
+    putln!(out);
+    putln!(
+        out,
+        "| # | step | memory.available (lab) | MemAvailable (lab) | memory.available (runs) |"
+    );
+    putln!(out, "|---:|---|---|---|---|");
+    for step in &s.steps {
+        let (Some(start), Some(end)) = (step.start, step.end) else {
+            continue;
+        };
+        let inside = |at: f64| at >= start && at <= end;
+        putln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            cell(step.index.as_deref()),
+            step.what
+                .as_deref()
+                .map_or("—".to_owned(), |w| code(w, true)),
+            range(&mut lab.iter().filter(|r| inside(r.0)).filter_map(|r| r.1)),
+            range(&mut lab.iter().filter(|r| inside(r.0)).filter_map(|r| r.2)),
+            range(&mut runs.iter().filter(|r| inside(r.0)).map(|r| r.1)),
+        );
+    }
+    putln!(out);
 }
 
 fn steps(out: &mut String, s: &Scenario) {
@@ -2683,6 +2752,26 @@ mod tests {
         // Nothing of it where no run forecast.
         assert!(!report_markdown(&scenario()).contains("Forecast vs reality"));
         assert!(!timeline_svg(&scenario()).contains("forecast names"));
+    }
+
+    /// Where the lab read the node, the report lists its memory.available by step.
+    #[test]
+    fn the_node_s_memory_by_step() {
+        let mut ev = scenario();
+        assert!(!report_markdown(&ev).contains("## The node's memory"));
+        for i in 0..20u64 {
+            ev.push(json!({"type": "node_sample", "t_ms": 1000 + i * 100,
+                "available_bytes": (300 - i * 5) * MIB_U, "mem_available_bytes": (250 - i * 5) * MIB_U,
+                "mem_total_bytes": 463 * MIB_U}));
+        }
+        let md = report_markdown(&ev);
+        assert!(md.contains("## The node's memory\n"), "{md}");
+        assert!(
+            md.contains("| 205.0 MiB – 300.0 MiB | 155.0 MiB – 250.0 MiB |"),
+            "{md}"
+        );
+        let at = |s: &str| md.find(s).unwrap();
+        assert!(at("## The node's memory") < at("## Steps"));
     }
 
     #[test]

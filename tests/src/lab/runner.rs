@@ -575,6 +575,91 @@ fn sampler(rec: Recorder, cgroups: Vec<(String, Cgroup)>, stop: Arc<AtomicBool>)
     })
 }
 
+/// The node's memory as the lab reads it, in bytes: the kubelet's `memory.available` and
+/// the kernel's MemAvailable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeReading {
+    /// MemTotal.
+    pub mem_total: u64,
+    /// MemAvailable.
+    pub mem_available: u64,
+    /// `memory.available` as the kubelet computes it: MemTotal − the root cgroup's working
+    /// set (`None`: the root memcg cannot be read).
+    pub available: Option<u64>,
+}
+
+/// `KEY: N kB` of /proc/meminfo, in bytes.
+fn meminfo(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|kb| kb * 1024)
+}
+
+/// `KEY N` of a memory.stat.
+fn stat(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The node's memory from /proc/meminfo and the root memcg's files, computed here the way
+/// the kubelet (cAdvisor) does, apart from memstress's own code: v1, `memory.usage_in_bytes`
+/// − `total_inactive_file`; v2 (no `memory.current` at the root), `anon` + `file` −
+/// `inactive_file` of the root's `memory.stat`.
+pub fn node_reading(meminfo_text: &str, version: Version, root: &Path) -> Option<NodeReading> {
+    let mem_total = meminfo(meminfo_text, "MemTotal")?;
+    let mem_available = meminfo(meminfo_text, "MemAvailable")?;
+    let memory_stat = fs::read_to_string(root.join("memory.stat")).unwrap_or_default();
+    let working_set = match version {
+        Version::V1 => fs::read_to_string(root.join("memory.usage_in_bytes"))
+            .ok()
+            .and_then(|u| u.trim().parse::<u64>().ok())
+            .zip(stat(&memory_stat, "total_inactive_file"))
+            .map(|(usage, inactive)| usage.saturating_sub(inactive)),
+        Version::V2 => stat(&memory_stat, "anon")
+            .zip(stat(&memory_stat, "file"))
+            .zip(stat(&memory_stat, "inactive_file"))
+            .map(|((anon, file), inactive)| (anon + file).saturating_sub(inactive)),
+    };
+    Some(NodeReading {
+        mem_total,
+        mem_available,
+        available: working_set.map(|ws| mem_total.saturating_sub(ws)),
+    })
+}
+
+/// This machine's memory now.
+fn node_memory() -> Option<NodeReading> {
+    let hierarchy = Hierarchy::discover().ok()?;
+    let text = fs::read_to_string("/proc/meminfo").ok()?;
+    node_reading(&text, hierarchy.version, &hierarchy.root().dir)
+}
+
+/// Reads the node's memory every 100 ms: `node_sample` events.
+fn node_sampler(rec: Recorder, root: Cgroup, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            if let Some(n) = fs::read_to_string("/proc/meminfo")
+                .ok()
+                .and_then(|t| node_reading(&t, root.hierarchy.version, &root.dir))
+            {
+                rec.push(
+                    json!({"type": "node_sample", "mem_total_bytes": n.mem_total,
+                    "mem_available_bytes": n.mem_available, "available_bytes": n.available}),
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
 /// `some avg10` of a PSI file (`some avg10=12.34 avg60=… total=…`).
 fn psi_some_avg10(text: &str) -> Option<f64> {
     text.lines()
@@ -718,8 +803,26 @@ pub fn run(scenario: &Scenario, opts: &Options) -> Result<Outcome> {
     rec.push(json!({"type": "scenario", "name": scenario.name, "description": scenario.description,
         "kernel": kernel, "kernel_label": opts.kernel_label, "cgroup_version": hierarchy.version.number(),
         "started": memstress::output::now_rfc3339(), "monotonic_start_us": rec.start_us}));
-    let outcome = if scenario.requires.as_deref() == Some("cgroup-v2")
-        && hierarchy.version != Version::V2
+    // A scenario that drives the node's own memory runs only in the guest it asks for: never
+    // on this machine's own kernel, whatever its size.
+    let too_big = scenario.memory.as_ref().and_then(|memory| {
+        if opts.kernel_label == "host" {
+            return Some(format!(
+                "drives the node's own memory, so it runs only in a guest of {memory} \
+                 (`memory`), never on this machine's own kernel"
+            ));
+        }
+        scenario.skip_for_memory(node_memory().map_or(u64::MAX, |n| n.mem_total))
+    });
+    let outcome = if let Some(reason) = too_big {
+        rec.push(
+            json!({"type": "result", "passed": true, "skipped": reason, "duration_ms": rec.t_ms()}),
+        );
+        Outcome {
+            passed: true,
+            skipped: Some(reason),
+        }
+    } else if scenario.requires.as_deref() == Some("cgroup-v2") && hierarchy.version != Version::V2
     {
         let reason =
             "needs the memory controller on cgroup v2; this kernel has it on v1".to_owned();
@@ -802,6 +905,9 @@ fn run_in(
         .collect();
     names.sort_by(|a, b| a.0.cmp(&b.0));
     let sampler = sampler(rec.clone(), names, stop.clone());
+    let node_sampler = scenario
+        .watches_node()
+        .then(|| node_sampler(rec.clone(), root.hierarchy.root(), stop.clone()));
     let mut apps = Vec::new();
     for spec in &scenario.apps {
         apps.push(start_app(rec, opts, spec, &cgroups)?);
@@ -847,6 +953,17 @@ fn run_in(
                 thread::sleep(Duration::from_millis(50));
             }
             rec.push(json!({"type": "step", "index": i, "phase": "end", "kills": kills.load(Ordering::SeqCst)}));
+        } else if let Some(target) = step.wait_full {
+            rec.push(json!({"type": "step", "index": i, "what": format!("wait until the run of step {target} is full"), "phase": "start"}));
+            let full = || {
+                rec.snapshot().iter().any(|e| {
+                    e["type"] == "memstress" && e["step"] == target && e["event"]["type"] == "full"
+                })
+            };
+            while !full() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
+            rec.push(json!({"type": "step", "index": i, "phase": "end", "full": full()}));
         } else if let Some(target) = step.stop {
             let name = step.signal.as_deref().unwrap_or("SIGINT");
             let signal = super::scenario::SIGNALS
@@ -900,6 +1017,9 @@ fn run_in(
     watch.wait(Instant::now() + Duration::from_secs(15));
     stop.store(true, Ordering::SeqCst);
     let _ = sampler.join();
+    if let Some(n) = node_sampler {
+        let _ = n.join();
+    }
     dmesg.catch_up();
     for (ts_us, message) in &dmesg.seen {
         if let Some(k) = parse_kill(message) {
@@ -955,6 +1075,42 @@ fn run_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kubelet's figure, from the files as the kernels write them.
+    #[test]
+    fn reads_the_node_as_the_kubelet_does() {
+        let dir = std::env::temp_dir().join(format!("memstress-lab-node-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let meminfo = "MemTotal:         474752 kB\nMemFree:          450256 kB\n\
+                       MemAvailable:     444744 kB\n";
+        fs::write(
+            dir.join("memory.stat"),
+            "anon 114688\nfile 1986560\nkernel 0\ninactive_anon 0\ninactive_file 4096\n",
+        )
+        .unwrap();
+        let v2 = node_reading(meminfo, Version::V2, &dir).unwrap();
+        assert_eq!(v2.mem_total, 474_752 * 1024);
+        assert_eq!(v2.mem_available, 444_744 * 1024);
+        assert_eq!(
+            v2.available,
+            Some(474_752 * 1024 - (114_688 + 1_986_560 - 4096))
+        );
+        fs::write(
+            dir.join("memory.stat"),
+            "cache 10\ninactive_file 7\ntotal_cache 500\ntotal_inactive_file 300\n",
+        )
+        .unwrap();
+        fs::write(dir.join("memory.usage_in_bytes"), "1800\n").unwrap();
+        let v1 = node_reading(meminfo, Version::V1, &dir).unwrap();
+        assert_eq!(v1.available, Some(474_752 * 1024 - 1500));
+        fs::remove_file(dir.join("memory.usage_in_bytes")).unwrap();
+        assert_eq!(
+            node_reading(meminfo, Version::V1, &dir).unwrap().available,
+            None
+        );
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(node_reading("MemTotal: 1 kB\n", Version::V2, &dir), None);
+    }
 
     #[test]
     fn reads_psi_some_avg10() {

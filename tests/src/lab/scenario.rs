@@ -17,6 +17,12 @@ pub const MAX_FILE: u64 = 64 << 10;
 /// far.
 pub const DMESG: &str = "{dmesg}";
 
+/// A guest's memory when its scenario does not say (`memory`), in MiB: qemu's `-m`.
+pub const DEFAULT_GUEST_MEMORY_MIB: u64 = 2048;
+
+/// The range a scenario's `memory` may ask for, in MiB.
+pub const GUEST_MEMORY_MIB: std::ops::RangeInclusive<u64> = 384..=8192;
+
 /// A scenario.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +37,11 @@ pub struct Scenario {
     /// Bound on the whole scenario.
     #[serde(default = "default_timeout", with = "duration")]
     pub timeout: Duration,
+    /// The memory of the guest it runs in (`512Mi`): the lab boots a guest of that size for
+    /// it. A scenario that says it drives the node's own memory; it is skipped where the
+    /// machine has more than that (this machine's own kernel, a guest of another size).
+    #[serde(default)]
+    pub memory: Option<String>,
     /// Cgroups to create under the lab root.
     #[serde(default, rename = "cgroup")]
     pub cgroups: Vec<CgroupSpec>,
@@ -151,6 +162,11 @@ pub struct Step {
     /// Wait until this many OOM kills were reported in total (bounded by the timeout).
     #[serde(default)]
     pub wait_kills: Option<u32>,
+    /// Wait until the background run of this step printed its `full` line (what it was asked
+    /// to hold is held, or its `--fill-to` goal reached), bounded by the timeout: under qemu
+    /// the probes' loading and the fill take seconds, more on a busy machine.
+    #[serde(default)]
+    pub wait_full: Option<usize>,
     /// `memstress replay -o json` of a kernel log: a file (relative to the scenario file's
     /// directory), or `{dmesg}`, the kernel messages this scenario has seen so far.
     #[serde(default)]
@@ -307,6 +323,53 @@ pub enum Expect {
         /// At least, in percent.
         min_avg10: f64,
     },
+    /// The plan of the run of step `step` said this bound comes first (its `domain.first`):
+    /// `limit`, `eviction`, `node_oom` or `neither`.
+    PlanFirst {
+        /// A `run` step.
+        step: usize,
+        /// The bound.
+        first: String,
+    },
+    /// During step `step`, the node's `memory.available` (as the kubelet computes it: MemTotal
+    /// − the root cgroup's working set) fell to `max` or below, in the lab's own readings and
+    /// in the `sample` lines of the runs going on then.
+    NodeAvailableAtMost {
+        /// Step index.
+        step: usize,
+        /// At most.
+        max: String,
+    },
+    /// During step `step`, the node's `memory.available` never fell below `min`: not in the
+    /// lab's own readings, not in the runs' `sample` lines.
+    NodeAvailableAtLeast {
+        /// Step index.
+        step: usize,
+        /// At least.
+        min: String,
+    },
+    /// During step `step`, the runs' `sample` lines held the node's `memory.available`
+    /// within `size` ± `within` for at least `for` without a break.
+    NodeAvailableHeld {
+        /// Step index.
+        step: usize,
+        /// The goal.
+        size: String,
+        /// How far from it.
+        within: String,
+        /// For how long.
+        #[serde(rename = "for", with = "duration")]
+        duration: Duration,
+    },
+    /// During step `step`, the `node_available_bytes` of the runs' `sample` lines agrees with
+    /// the lab's own reading of the node taken closest to each (within 100 ms): the median
+    /// difference is at most `tolerance`, and at least 10 samples were compared.
+    NodeAvailableAgrees {
+        /// Step index.
+        step: usize,
+        /// Largest median difference.
+        tolerance: String,
+    },
     /// The replay (of step `step`, else of every `replay` step) printed at least one
     /// `replay_result`, and every one reproduced the report's victim (`same_victim`).
     ReplaySameVictim {
@@ -403,6 +466,44 @@ impl Scenario {
         files
     }
 
+    /// Whether an expectation is about the node's memory: the lab then reads it every 100 ms
+    /// (`node_sample` events).
+    pub fn watches_node(&self) -> bool {
+        self.expects.iter().any(|e| {
+            matches!(
+                e,
+                Expect::NodeAvailableAtMost { .. }
+                    | Expect::NodeAvailableAtLeast { .. }
+                    | Expect::NodeAvailableHeld { .. }
+                    | Expect::NodeAvailableAgrees { .. }
+            )
+        })
+    }
+
+    /// The guest memory it runs in, in MiB ([`DEFAULT_GUEST_MEMORY_MIB`] unless `memory`
+    /// says).
+    pub fn guest_memory_mib(&self) -> u64 {
+        self.memory
+            .as_deref()
+            .and_then(|m| SizeSpec::parse_bytes(m).ok())
+            .map_or(DEFAULT_GUEST_MEMORY_MIB, |b| b >> 20)
+    }
+
+    /// Why this scenario does not run on a machine of `mem_total` bytes (MemTotal), if it
+    /// does not: one with `memory` drives the node's own memory, and runs only in a guest of
+    /// that size (a guest's MemTotal is a little under its `-m`: the kernel keeps some).
+    pub fn skip_for_memory(&self, mem_total: u64) -> Option<String> {
+        let memory = self.memory.as_deref()?;
+        let asked = self.guest_memory_mib() << 20;
+        (mem_total > asked).then(|| {
+            format!(
+                "drives the node's own memory, so it runs only in a guest of {memory} (`memory`); \
+                 this machine has MemTotal {} MiB",
+                mem_total >> 20
+            )
+        })
+    }
+
     /// Checks references and sizes.
     pub fn check(&self) -> Result<(), String> {
         let valid_name = |n: &str| {
@@ -421,6 +522,16 @@ impl Scenario {
             && r != "cgroup-v2"
         {
             return Err(format!("requires `{r}`: only `cgroup-v2` is known"));
+        }
+        if let Some(memory) = &self.memory {
+            let bytes = SizeSpec::parse_bytes(memory).map_err(|e| format!("memory: {e}"))?;
+            if bytes % (1 << 20) != 0 || !GUEST_MEMORY_MIB.contains(&(bytes >> 20)) {
+                return Err(format!(
+                    "memory `{memory}`: give whole MiB from {}Mi to {}Mi",
+                    GUEST_MEMORY_MIB.start(),
+                    GUEST_MEMORY_MIB.end()
+                ));
+            }
         }
         for c in &self.cgroups {
             if c.name.split('/').any(|p| !valid_name(p)) {
@@ -462,11 +573,13 @@ impl Scenario {
                 + usize::from(s.sleep.is_some())
                 + usize::from(s.resize.is_some())
                 + usize::from(s.wait_kills.is_some())
+                + usize::from(s.wait_full.is_some())
                 + usize::from(s.replay.is_some())
                 + usize::from(s.stop.is_some());
             if kinds != 1 {
                 return Err(format!(
-                    "step {i}: give exactly one of run, sleep, resize, wait_kills, replay, stop"
+                    "step {i}: give exactly one of run, sleep, resize, wait_kills, wait_full, \
+                     replay, stop"
                 ));
             }
             if let Some(signal) = &s.signal {
@@ -476,6 +589,15 @@ impl Scenario {
                 if !SIGNALS.iter().any(|(name, _)| name == signal) {
                     return Err(format!(
                         "step {i}: signal `{signal}`: give SIGINT, SIGTERM or SIGKILL"
+                    ));
+                }
+            }
+            if let Some(target) = s.wait_full {
+                let background_run =
+                    target < i && self.steps[target].run.is_some() && self.steps[target].background;
+                if !background_run {
+                    return Err(format!(
+                        "step {i}: wait_full {target}: not an earlier background run step"
                     ));
                 }
             }
@@ -540,6 +662,37 @@ impl Scenario {
                 Expect::Kills { step: Some(s), .. }
                 | Expect::PredictedOrder { step: s, .. }
                 | Expect::StepOutcome { step: s, .. } => step(*s)?,
+                Expect::PlanFirst { step: s, first } => {
+                    step(*s)?;
+                    if self.steps[*s].run.is_none() {
+                        return Err(format!("expect: step {s} is not a run step"));
+                    }
+                    if !["limit", "eviction", "node_oom", "neither"].contains(&first.as_str()) {
+                        return Err(format!(
+                            "expect: plan_first `{first}`: give limit, eviction, node_oom or neither"
+                        ));
+                    }
+                }
+                Expect::NodeAvailableAtMost { step: s, max: size }
+                | Expect::NodeAvailableAtLeast { step: s, min: size }
+                | Expect::NodeAvailableAgrees {
+                    step: s,
+                    tolerance: size,
+                } => {
+                    step(*s)?;
+                    SizeSpec::parse_bytes(size).map_err(|e| format!("expect: {e}"))?;
+                }
+                Expect::NodeAvailableHeld {
+                    step: s,
+                    size,
+                    within,
+                    ..
+                } => {
+                    step(*s)?;
+                    for v in [size, within] {
+                        SizeSpec::parse_bytes(v).map_err(|e| format!("expect: {e}"))?;
+                    }
+                }
                 Expect::MemoryHighRestored {
                     cgroup: c,
                     step: s,
@@ -720,6 +873,14 @@ min = 1
                 "exactly one",
             ),
             (
+                "name = \"a\"\ndescription = \"\"\n[[step]]\nrun = \"--size 1Mi\"\n[[step]]\nwait_full = 0",
+                "not an earlier background run step",
+            ),
+            (
+                "name = \"a\"\ndescription = \"\"\n[[step]]\nwait_full = 0",
+                "not an earlier background run step",
+            ),
+            (
                 "name = \"a\"\ndescription = \"\"\n[[expect]]\nkind = \"kills\"\nstep = 3",
                 "no step 3",
             ),
@@ -777,6 +938,73 @@ min = 1
             ),
         ] {
             let e = parse(text).unwrap_err();
+            assert!(e.contains(needle), "`{text}` gave `{e}`");
+        }
+    }
+
+    /// `memory`: a guest of that size, and only there.
+    #[test]
+    fn a_scenario_asks_for_its_guest_memory() {
+        let s = parse(
+            r#"
+name = "e"
+description = "d"
+memory = "512Mi"
+[[step]]
+run = "--cgroup / --fill-to available=150Mi"
+[[expect]]
+kind = "plan_first"
+step = 0
+first = "eviction"
+[[expect]]
+kind = "node_available_at_most"
+step = 0
+max = "160Mi"
+[[expect]]
+kind = "node_available_held"
+step = 0
+size = "150Mi"
+within = "6Mi"
+for = "3s"
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.guest_memory_mib(), 512);
+        assert!(s.watches_node());
+        assert!(matches!(
+            &s.expects[2],
+            Expect::NodeAvailableHeld { duration, .. } if *duration == Duration::from_secs(3)
+        ));
+        // A 512 MiB guest's MemTotal is under 512 MiB: it runs there; not on a larger machine.
+        assert_eq!(s.skip_for_memory(463 << 20), None);
+        let skip = s.skip_for_memory(24 << 30).unwrap();
+        assert!(
+            skip.contains("512Mi") && skip.contains("24576 MiB"),
+            "{skip}"
+        );
+        let plain = parse("name = \"p\"\ndescription = \"\"").unwrap();
+        assert_eq!(plain.guest_memory_mib(), DEFAULT_GUEST_MEMORY_MIB);
+        assert_eq!(plain.skip_for_memory(24 << 30), None);
+        assert!(!plain.watches_node());
+        for (text, needle) in [
+            ("memory = \"64Mi\"", "from 384Mi"),
+            ("memory = \"100Gi\"", "to 8192Mi"),
+            ("memory = \"600000000\"", "whole MiB"),
+            ("memory = \"50%\"", "percent"),
+            (
+                "[[step]]\nsleep = \"1s\"\n[[expect]]\nkind = \"plan_first\"\nstep = 0\nfirst = \"limit\"",
+                "not a run step",
+            ),
+            (
+                "[[step]]\nrun = \"--size 1Mi\"\n[[expect]]\nkind = \"plan_first\"\nstep = 0\nfirst = \"later\"",
+                "give limit, eviction",
+            ),
+            (
+                "[[step]]\nsleep = \"1s\"\n[[expect]]\nkind = \"node_available_at_least\"\nstep = 0\nmin = \"lots\"",
+                "lots",
+            ),
+        ] {
+            let e = parse(&format!("name = \"a\"\ndescription = \"\"\n{text}")).unwrap_err();
             assert!(e.contains(needle), "`{text}` gave `{e}`");
         }
     }
