@@ -447,9 +447,13 @@ impl State {
     /// forecast: with a size (at once or ramped) they stop at their shares. `None` where the
     /// run cannot say: no stressors, `--fill-to` (they follow the working set), or page cache
     /// (not unreclaimable memory at all, so nothing of the domain's growth is theirs).
+    /// `--fill-to available=` follows the node, so it cannot say either.
     fn planned(&self) -> Option<Planned> {
         let first = self.stressors().next()?;
-        if self.goal.is_some() || first.worker.kind == crate::spec::Kind::File {
+        if self.goal.is_some()
+            || self.available.is_some()
+            || first.worker.kind == crate::spec::Kind::File
+        {
             return None;
         }
         let remaining_bytes = self
