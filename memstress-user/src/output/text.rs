@@ -13,6 +13,7 @@ use super::{
     time_of_day,
 };
 use crate::{
+    abi::names,
     explain::{Aftermath, Reaped, describe_pressure, who},
     probe::Status,
     size::{Bytes, SizeSpec, group},
@@ -639,11 +640,27 @@ pub fn warn_degraded(status: &[Status], missing: &[String]) {
             .iter()
             .map(|s| format!("{} {}", s.kind, s.hook))
             .collect();
+        let throttle = [names::PROG_THROTTLE_ENTRY, names::PROG_THROTTLE_EXIT];
+        let (throttle, oom): (Vec<&Status>, Vec<&Status>) = refused
+            .iter()
+            .partition(|s| throttle.contains(&s.program.as_str()));
+        let mut without = Vec::new();
+        if !oom.is_empty() {
+            without.push(
+                "points come from the kernel's formula applied to what mark_victim reads, and \
+                 the domain from the memcg counters",
+            );
+        }
+        if !throttle.is_empty() {
+            without.push(
+                "how long memory.high throttling held tasks is unknown (run_throttle is null)",
+            );
+        }
         tracing::info!(
-            "{} not available on this kernel ({}): points come from the kernel's formula \
-             applied to what mark_victim reads, and the domain from the memcg counters",
+            "{} not available on this kernel ({}): {}",
             hooks.join(", "),
-            first.error.as_deref().unwrap_or("unknown error")
+            first.error.as_deref().unwrap_or("unknown error"),
+            without.join("; ")
         );
     }
     if !missing.is_empty() {
