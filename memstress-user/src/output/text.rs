@@ -8,7 +8,7 @@ use super::{
     Clock,
     line::{
         CollateralLine, DomainKind, FirstBound, FullLine, KillLine, Line, MemberLine, Mode,
-        Outcome, Plan, PlanDomain, SignalLine, Summary,
+        Outcome, Plan, PlanDomain, SignalLine, Summary, ThrottleSample,
     },
     time_of_day,
 };
@@ -539,9 +539,14 @@ pub fn summary_text(s: &Summary) -> String {
     } else {
         String::new()
     };
+    let throttled = s
+        .throttled
+        .as_ref()
+        .and_then(ThrottleSample::text)
+        .map_or_else(String::new, |t| format!("; tasks held by memory.high {t}"));
     format!(
-        "summary ({outcome}): {what}, {charged}; peak usage {}{limit}{kernel_peak}; OOM kills: {} \
-         of stressors, {} of others{outside}; restarts {}; fill {}, hold {}, total {}{}",
+        "summary ({outcome}): {what}, {charged}; peak usage {}{limit}{kernel_peak}{throttled}; OOM \
+         kills: {} of stressors, {} of others{outside}; restarts {}; fill {}, hold {}, total {}{}",
         Bytes(s.peak_usage_bytes),
         s.oom_kills_stressors,
         s.oom_kills_others,
