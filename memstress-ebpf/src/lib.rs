@@ -52,6 +52,22 @@ pub mod names {
     pub const PROG_OOM_BADNESS: &str = "oom_badness_exit";
     /// fentry on `try_to_free_mem_cgroup_pages()`: the pages direct reclaim was asked for.
     pub const PROG_MEMCG_RECLAIM_ASK: &str = "memcg_reclaim_ask";
+    /// fentry on the `memory.high` handler ([`THROTTLE_HOOK`], or [`THROTTLE_HOOK_INNER`]
+    /// where the kernel has it): when a task with pages over `memory.high` to pay for enters.
+    pub const PROG_THROTTLE_ENTRY: &str = "throttle_entry";
+    /// fexit on the same function: how long it held the task (reclaim and penalty sleep).
+    pub const PROG_THROTTLE_EXIT: &str = "throttle_exit";
+    /// `void mem_cgroup_handle_over_high(gfp_t)` (older kernels pass no argument), which
+    /// `resume_user_mode_work()` calls on every return to user mode with
+    /// `TIF_NOTIFY_RESUME`, and `try_charge_memcg()` when a task is far over `memory.high`.
+    pub const THROTTLE_HOOK: &str = "mem_cgroup_handle_over_high";
+    /// `void __mem_cgroup_handle_over_high(gfp_t)`: on recent kernels (6.18 has it) the
+    /// function above is an inline wrapper in memcontrol.h that calls this only when the task
+    /// has pages over `memory.high` to pay for.
+    pub const THROTTLE_HOOK_INNER: &str = "__mem_cgroup_handle_over_high";
+    /// `memory.high` throttling of each memcg's tasks (LRU hash shared by every CPU: memcg id
+    /// -> [`crate::Throttle`]).
+    pub const THROTTLE: &str = "THROTTLE";
 }
 
 /// Marks an offset the running kernel does not have.
@@ -205,6 +221,10 @@ pub struct KernelLayout {
     /// 1 when the tp_btf `mark_victim` passes `(struct task_struct *, uid_t)`; 0 when it passes
     /// only `(int pid)` (kernels before 6.8).
     pub mark_victim_has_task: u32,
+
+    /// `task_struct.memcg_nr_pages_over_high` (an `unsigned int`; `CONFIG_MEMCG`): the pages
+    /// the task charged over `memory.high` that it has yet to pay for in reclaim or sleep.
+    pub task_memcg_nr_pages_over_high: u32,
 }
 
 impl KernelLayout {
@@ -275,6 +295,7 @@ impl KernelLayout {
         tp_victim_pgtables: UNKNOWN,
         tp_victim_oom_score_adj: UNKNOWN,
         mark_victim_has_task: 0,
+        task_memcg_nr_pages_over_high: UNKNOWN,
     };
 }
 
@@ -690,6 +711,25 @@ pub struct Pressure {
     pub asked: u64,
 }
 
+/// `memory.high` throttling of the tasks of one memcg (value of [`names::THROTTLE`]): each
+/// time one of them entered the kernel's `memory.high` handler with pages over `memory.high`
+/// to pay for, and how long it stayed there: the reclaim it was made to do and, when that did
+/// not bring the memcg back under `memory.high`, the penalty sleep (`schedule_timeout_killable`
+/// under `psi_memstall_enter()`, up to 2 s a time).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Throttle {
+    /// Times a task was held (calls with pages over `memory.high`).
+    pub episodes: u64,
+    /// Time they took in all, in ns.
+    pub ns: u64,
+    /// The longest one, in ns.
+    pub max_ns: u64,
+    /// Pages over `memory.high` they were made to pay for (`memcg_nr_pages_over_high` at
+    /// each entry).
+    pub pages: u64,
+}
+
 /// The kernel's `struct oom_control` for an OOM, read by an fentry program on
 /// `oom_kill_process()` (after the victim was selected, before it is killed).
 #[repr(C)]
@@ -788,6 +828,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Pressure {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for super::Throttle {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::SignalKill {}
 }
 
@@ -803,6 +845,7 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(size_of::<TaskFacts>() % 8, 0);
         assert_eq!(size_of::<OomControlFacts>(), 56);
+        assert_eq!(size_of::<Throttle>(), 32);
         assert_eq!(size_of::<TracepointVictim>(), 56);
         assert_eq!(
             size_of::<CgroupPath>(),

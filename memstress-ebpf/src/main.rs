@@ -5,7 +5,8 @@
 //! [`signal`] (`signal_generate`: confirms the OOM killer's SIGKILL, and finds the processes
 //! killed with the victim), [`aftermath`] (the victim's exit and the OOM reaper) and
 //! [`pressure`] (direct memcg reclaim, aggregated in the kernel) and, where fentry/fexit
-//! load, [`control`] (the OOM killer's own `struct oom_control` and points). [`kernel`] reads kernel
+//! load, [`control`] (the OOM killer's own `struct oom_control` and points) and [`throttle`]
+//! (how long `memory.high` held each memcg's tasks). [`kernel`] reads kernel
 //! structures through the offsets userspace resolved from BTF; [`maps`] holds every map.
 //!
 //! Each program is a thin entry point that calls a `try_*` function returning `Result`, and
@@ -16,12 +17,15 @@
 
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// The BPF object is built with the nightly toolchain: atomic adds on shared map values need
-// the intrinsic (see `pressure::add`).
+// The BPF object is built with the nightly toolchain: atomic adds and compare-and-swap on
+// shared map values need the intrinsics (see `pressure::add`, `throttle::raise`).
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(
     target_arch = "bpf",
-    expect(internal_features, reason = "core_intrinsics, for atomic_xadd")
+    expect(
+        internal_features,
+        reason = "core_intrinsics, for atomic_xadd and atomic_cxchg"
+    )
 )]
 
 #[cfg(target_arch = "bpf")]
@@ -38,6 +42,8 @@ mod oom;
 mod pressure;
 #[cfg(target_arch = "bpf")]
 mod signal;
+#[cfg(target_arch = "bpf")]
+mod throttle;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

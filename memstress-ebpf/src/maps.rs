@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use memstress_ebpf::{
-    Candidate, OomControlFacts, OomVictim, Pressure, RuntimeConfig, ScanStats, SignalKill, counters,
+    Candidate, OomControlFacts, OomVictim, Pressure, RuntimeConfig, ScanStats, SignalKill,
+    Throttle, counters,
 };
 
 /// Every record for userspace. 4 MiB hold ~2000 `OomVictim` records, or an OOM with
@@ -148,6 +149,25 @@ pub static RECLAIM_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(40
 /// the time the kernel took to choose (`ScanStats::since_reclaim_ns`).
 #[map(name = "RECLAIM_END")]
 pub static RECLAIM_END: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// `memory.high` throttling of each memcg's tasks: memcg id -> counters, shared by every CPU
+/// and added to atomically.
+#[map(name = "THROTTLE")]
+pub static THROTTLE: LruHashMap<u64, Throttle> = LruHashMap::with_max_entries(4096, 0);
+
+/// A task's entry into the `memory.high` handler with pages to pay for.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ThrottleStart {
+    /// When it entered.
+    pub ts_ns: u64,
+    /// `memcg_nr_pages_over_high` then.
+    pub pages: u64,
+}
+
+/// Tasks in the `memory.high` handler with pages to pay for: tid -> when they entered.
+#[map(name = "THROTTLE_START")]
+pub static THROTTLE_START: LruHashMap<u32, ThrottleStart> = LruHashMap::with_max_entries(4096, 0);
 
 /// OOMs in progress (fentry on `out_of_memory()`): tid -> when it began.
 #[map(name = "IN_PROGRESS")]

@@ -605,8 +605,9 @@ pub struct RunArgs {
     /// the run is interrupted; with --size or --fill-to, the stressors push the cgroup into
     /// it. The original value is written back on every exit path, a SIGKILL of memstress
     /// included (its cleanup guard recorded it before the change, and keeps the target
-    /// locked until it is restored); a value someone else wrote meanwhile is left. Refused
-    /// on cgroup v1, which has no memory.high.
+    /// locked until it is restored); a value someone else wrote meanwhile is left. Samples
+    /// say how often the cgroup went over it and, where fentry/fexit load, how long the
+    /// kernel held its tasks (run_throttle). Refused on cgroup v1, which has no memory.high.
     #[arg(long, value_name = "SIZE", value_parser = parse_boxed_size, allow_hyphen_values = true)]
     pub throttle: Option<Box<SizeArg>>,
 

@@ -297,6 +297,58 @@ pub struct ReclaimSample {
     pub us: u64,
 }
 
+/// How long `memory.high` throttling held the target's own tasks since the probes attached,
+/// from the BPF throttle probes (fentry/fexit on the kernel's `memory.high` handler,
+/// aggregated in the kernel per memcg). An episode is one call of the handler with pages
+/// over `memory.high` to pay for: the reclaim the task is made to do and, when that does not
+/// bring the cgroup back under `memory.high`, its penalty sleep (at most 2 s a time).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ThrottleSample {
+    /// Times a task was held.
+    pub episodes: u64,
+    /// Time held, in µs, summed over the tasks (two tasks held through the same second count
+    /// two seconds).
+    pub throttled_us: u64,
+    /// The longest single episode, in µs.
+    pub max_us: u64,
+    /// What the tasks had charged over `memory.high` and were made to pay for.
+    pub over_high_bytes: u64,
+}
+
+impl ThrottleSample {
+    /// The kernel's counters (ns, pages) in the line's units.
+    pub fn from_kernel(t: &memstress_ebpf::Throttle, page: u64) -> Self {
+        Self {
+            episodes: t.episodes,
+            throttled_us: t.ns / 1000,
+            max_us: t.max_ns / 1000,
+            over_high_bytes: t.pages.saturating_mul(page),
+        }
+    }
+
+    /// `12.3s (513×, longest 210ms)`; `None` when never held.
+    pub fn text(&self) -> Option<String> {
+        (self.episodes > 0).then(|| {
+            format!(
+                "{} ({}×, longest {})",
+                duration_us(self.throttled_us),
+                self.episodes,
+                duration_us(self.max_us)
+            )
+        })
+    }
+}
+
+/// A duration in µs, short: `850µs`, `12ms`, `3.4s`.
+fn duration_us(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{us}µs"),
+        1_000..10_000 => format!("{:.1}ms", us as f64 / 1e3),
+        10_000..1_000_000 => format!("{}ms", us / 1_000),
+        _ => format!("{:.1}s", us as f64 / 1e6),
+    }
+}
+
 /// The resolved plan, printed before anything starts (and alone with `--dry-run`).
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Plan {
@@ -696,6 +748,11 @@ pub struct SampleLine {
     /// yet, or the reclaim probes are not attached).
     #[serde(default)]
     pub run_reclaim: Option<ReclaimSample>,
+    /// How long `memory.high` throttling held the target's tasks since the probes attached
+    /// (`null`: the throttle probes are not attached, as where fentry/fexit do not load:
+    /// unknown, not zero).
+    #[serde(default)]
+    pub run_throttle: Option<ThrottleSample>,
 }
 
 /// How a run ended.
@@ -805,6 +862,10 @@ pub struct Summary {
     /// (`null` otherwise).
     #[serde(default)]
     pub available: Option<AvailableHeld>,
+    /// How long `memory.high` throttling held the target's tasks over the run, as the last
+    /// sample read it (`null`: the throttle probes are not attached).
+    #[serde(default)]
+    pub throttled: Option<ThrottleSample>,
 }
 
 /// The JSON Schema of every line, generated from [`Line`]: what `memstress schema` prints and
@@ -931,5 +992,83 @@ fn close_objects(schema: &mut serde_json::Value) {
                 def.insert("additionalProperties".to_owned(), Value::Bool(false));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_figures_in_the_lines_units() {
+        let kernel = memstress_ebpf::Throttle {
+            episodes: 3,
+            ns: 1_234_567_890,
+            max_ns: 999_999,
+            pages: 96,
+        };
+        let t = ThrottleSample::from_kernel(&kernel, 4096);
+        assert_eq!(
+            t,
+            ThrottleSample {
+                episodes: 3,
+                throttled_us: 1_234_567,
+                max_us: 999,
+                over_high_bytes: 96 * 4096,
+            }
+        );
+        assert_eq!(t.text().as_deref(), Some("1.2s (3×, longest 999µs)"));
+        // Never held: nothing to say (the probes are attached, the figures are zero).
+        assert_eq!(ThrottleSample::default().text(), None);
+    }
+
+    #[test]
+    fn short_durations() {
+        assert_eq!(duration_us(0), "0µs");
+        assert_eq!(duration_us(999), "999µs");
+        assert_eq!(duration_us(1_000), "1.0ms");
+        assert_eq!(duration_us(9_949), "9.9ms");
+        assert_eq!(duration_us(10_000), "10ms");
+        assert_eq!(duration_us(999_999), "999ms");
+        assert_eq!(duration_us(1_000_000), "1.0s");
+        assert_eq!(duration_us(12_345_678), "12.3s");
+    }
+
+    /// Unknown (the probes are not attached) is `null`, never zeros; a line from before the
+    /// field existed reads back as unknown.
+    #[test]
+    fn throttle_unknown_is_null() {
+        let json = |run_throttle: Option<ThrottleSample>| {
+            let line = SampleLine {
+                t_ms: 100,
+                counters: Counters::default(),
+                limit_bytes: None,
+                stressors_held_bytes: 0,
+                stressors_charge_bytes: 0,
+                stressors_alive: 0,
+                run_limit_hits: 0,
+                run_oom_kills: 0,
+                forecast: None,
+                psi: None,
+                node_psi: None,
+                node_available_bytes: None,
+                memory_high_bytes: None,
+                run_high_events: None,
+                run_reclaim: None,
+                run_throttle,
+            };
+            serde_json::to_value(Line::Sample(Cow::Owned(line))).unwrap()
+        };
+        let unknown = json(None);
+        assert!(unknown["run_throttle"].is_null(), "{unknown}");
+        let none_yet = json(Some(ThrottleSample::default()));
+        assert_eq!(none_yet["run_throttle"]["episodes"], 0);
+        assert_eq!(none_yet["run_throttle"]["throttled_us"], 0);
+        let mut old = unknown.clone();
+        old.as_object_mut().unwrap().remove("run_throttle");
+        let Line::Sample(back) = serde_json::from_value::<Line<'static>>(old).unwrap() else {
+            panic!("not a sample");
+        };
+        assert_eq!(back.run_throttle, None);
     }
 }

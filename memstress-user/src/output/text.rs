@@ -8,11 +8,12 @@ use super::{
     Clock,
     line::{
         AvailableHeld, AvailablePlan, CollateralLine, DomainKind, FirstBound, FullLine, KillLine,
-        Line, MemberLine, Mode, Outcome, Plan, PlanDomain, SignalLine, Summary,
+        Line, MemberLine, Mode, Outcome, Plan, PlanDomain, SignalLine, Summary, ThrottleSample,
     },
     time_of_day,
 };
 use crate::{
+    abi::names,
     explain::{Aftermath, Reaped, describe_pressure, who},
     probe::Status,
     size::{Bytes, SizeSpec, group, mib},
@@ -620,9 +621,14 @@ pub fn summary_text(s: &Summary) -> String {
     } else {
         String::new()
     };
+    let throttled = s
+        .throttled
+        .as_ref()
+        .and_then(ThrottleSample::text)
+        .map_or_else(String::new, |t| format!("; tasks held by memory.high {t}"));
     format!(
-        "summary ({outcome}): {what}, {charged}; peak usage {}{limit}{kernel_peak}; OOM kills: {} \
-         of stressors, {} of others{outside}; restarts {}; fill {}, hold {}, total {}{}",
+        "summary ({outcome}): {what}, {charged}; peak usage {}{limit}{kernel_peak}{throttled}; OOM \
+         kills: {} of stressors, {} of others{outside}; restarts {}; fill {}, hold {}, total {}{}",
         Bytes(s.peak_usage_bytes),
         s.oom_kills_stressors,
         s.oom_kills_others,
@@ -721,11 +727,27 @@ pub fn warn_degraded(status: &[Status], missing: &[String]) {
             .iter()
             .map(|s| format!("{} {}", s.kind, s.hook))
             .collect();
+        let throttle = [names::PROG_THROTTLE_ENTRY, names::PROG_THROTTLE_EXIT];
+        let (throttle, oom): (Vec<&Status>, Vec<&Status>) = refused
+            .iter()
+            .partition(|s| throttle.contains(&s.program.as_str()));
+        let mut without = Vec::new();
+        if !oom.is_empty() {
+            without.push(
+                "points come from the kernel's formula applied to what mark_victim reads, and \
+                 the domain from the memcg counters",
+            );
+        }
+        if !throttle.is_empty() {
+            without.push(
+                "how long memory.high throttling held tasks is unknown (run_throttle is null)",
+            );
+        }
         tracing::info!(
-            "{} not available on this kernel ({}): points come from the kernel's formula \
-             applied to what mark_victim reads, and the domain from the memcg counters",
+            "{} not available on this kernel ({}): {}",
             hooks.join(", "),
-            first.error.as_deref().unwrap_or("unknown error")
+            first.error.as_deref().unwrap_or("unknown error"),
+            without.join("; ")
         );
     }
     if !missing.is_empty() {

@@ -282,6 +282,9 @@ pub fn resolve(btf: &Btf, mark_victim: Option<&Format>) -> Resolved {
         scan_limit: SCAN_LIMIT,
         candidate_limit: CANDIDATE_LIMIT,
         mark_victim_has_task: r.mark_victim_has_task(),
+        // The throttle probes' early return; without it (no CONFIG_MEMCG) they are not
+        // loaded, and their status says why.
+        task_memcg_nr_pages_over_high: r.optional("task_struct", "memcg_nr_pages_over_high"),
         ..KernelLayout::UNSET
     };
     if let Some(format) = mark_victim {
@@ -354,6 +357,9 @@ mod tests {
         assert_ne!(l.memcg_events_max, UNKNOWN);
         assert_ne!(l.memcg_events_local_oom, UNKNOWN);
         assert!(l.memcg_events_local_oom != l.memcg_events_max);
+        // An unsigned int, with the memcg fields of task_struct.
+        assert_ne!(l.task_memcg_nr_pages_over_high, UNKNOWN);
+        assert_eq!(l.task_memcg_nr_pages_over_high % 4, 0);
     }
 
     /// `mm_struct` wraps its members in an anonymous struct (with `__randomize_layout`), so

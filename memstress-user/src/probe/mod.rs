@@ -23,7 +23,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, FEntry, FExit, Program, TracePoint},
 };
-use memstress_ebpf::{Pressure, RuntimeConfig, counters, names, source};
+use memstress_ebpf::{Pressure, RuntimeConfig, Throttle, UNKNOWN, counters, names, source};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
@@ -164,9 +164,9 @@ struct ProbeSpec {
 /// Every program, in the order of the `attached` line. The first two see kills: at least one
 /// must attach. fentry/fexit give the OOM killer's own state, exact; they load on most
 /// production kernels, and where they do not (no trampolines, or a kernel that refuses them)
-/// the explanation uses what `mark_victim` reads, and says so. The last six add to the
-/// report and are not needed to see kills.
-const PROBES: [ProbeSpec; 13] = [
+/// the explanation uses what `mark_victim` reads, and says so. The rest add to the report
+/// and are not needed to see kills.
+const PROBES: [ProbeSpec; 15] = [
     ProbeSpec {
         program: names::PROG_MARK_VICTIM_BTF,
         kind: ProbeKind::TpBtf,
@@ -209,6 +209,23 @@ const PROBES: [ProbeSpec; 13] = [
         kind: ProbeKind::Fentry,
         hook: "try_to_free_mem_cgroup_pages",
         purpose: "the pages direct reclaim was asked for",
+    },
+    // The exit before the entry: an exit that comes without its entry (a task already in the
+    // function when the entry attached) finds nothing and counts nothing, where an entry
+    // without its exit would leave a start that a later exit took for its own.
+    ProbeSpec {
+        program: names::PROG_THROTTLE_EXIT,
+        kind: ProbeKind::Fexit,
+        hook: names::THROTTLE_HOOK,
+        purpose: "how long memory.high throttling held each cgroup's tasks (reclaim and \
+                  penalty sleep), per memcg",
+    },
+    ProbeSpec {
+        program: names::PROG_THROTTLE_ENTRY,
+        kind: ProbeKind::Fentry,
+        hook: names::THROTTLE_HOOK,
+        purpose: "when a task with pages over memory.high enters the throttle (returns at \
+                  once for every other return to user mode)",
     },
     ProbeSpec {
         program: names::PROG_PROCESS_EXIT,
@@ -257,6 +274,8 @@ enum AttachError {
     Program(#[from] aya::programs::ProgramError),
     #[error("no oom:mark_victim tracepoint under {0}")]
     NoTracepoint(String),
+    #[error("not loaded: {0}")]
+    Unavailable(&'static str),
     #[error("loading panicked")]
     Panicked,
 }
@@ -288,6 +307,8 @@ pub struct Probes {
     diagnostics: Option<Result<Diagnostics, DiagnosticsError>>,
     /// Their counts (zero when unreadable).
     diagnostic_counts: DiagnosticCounts,
+    /// Both throttle programs are attached.
+    throttle_attached: bool,
 }
 
 impl std::fmt::Debug for Probes {
@@ -395,6 +416,7 @@ impl Probes {
         let mark_victim_format = tracefs.format("oom", "mark_victim").ok();
         let resolved = layout::resolve(&btf, mark_victim_format.as_ref());
         let constraints = layout::oom_constraints(&btf);
+        let hooks = Hooks::resolve(&btf, &resolved.layout);
         drop(btf);
         tracing::debug!("start-up: layout resolved at {:?}", started.elapsed());
         // aya's loader always parses the kernel's BTF itself when it is made; only one of
@@ -422,8 +444,13 @@ impl Probes {
             .load(OBJECT)?;
         tracing::debug!("start-up: object loaded at {:?}", started.elapsed());
 
-        let (status, heavy_ms) =
-            attach_all(&mut ebpf, &aya_btf, mark_victim_format.is_some(), &tracefs);
+        let (status, heavy_ms) = attach_all(
+            &mut ebpf,
+            &aya_btf,
+            &hooks,
+            mark_victim_format.is_some(),
+            &tracefs,
+        );
         tracing::debug!(
             "start-up: mark_victim_btf verified in {heavy_ms:?} (beside the other programs)"
         );
@@ -444,6 +471,8 @@ impl Probes {
                 .join("; ");
             return Err(ProbeError::NothingAttached(why));
         }
+        let throttle_attached =
+            attached(names::PROG_THROTTLE_ENTRY) && attached(names::PROG_THROTTLE_EXIT);
         let runtime = RuntimeConfig {
             victim_sources,
             signal_attached: u32::from(attached(names::PROG_SIGNAL_GENERATE_BTF)),
@@ -469,6 +498,7 @@ impl Probes {
                 .map(Diagnostics::counts)
                 .unwrap_or_default(),
             diagnostics: Some(diagnostics),
+            throttle_attached,
         })
     }
 
@@ -534,6 +564,72 @@ impl Probes {
         let map = aya::maps::HashMap::<_, u64, Pressure>::try_from(map).ok()?;
         map.get(&id, 0).ok()
     }
+
+    /// How long `memory.high` throttling has held the tasks of memcg `id` since the probes
+    /// attached (all zero: never), or `None` when the throttle probes are not attached: then
+    /// nothing is known, and nothing is to be reported as zero.
+    pub fn throttle(&self, id: u64) -> Option<Throttle> {
+        if !self.throttle_attached {
+            return None;
+        }
+        let map = self.ebpf.map(names::THROTTLE)?;
+        let map = aya::maps::HashMap::<_, u64, Throttle>::try_from(map).ok()?;
+        match map.get(&id, 0) {
+            Ok(t) => Some(t),
+            Err(aya::maps::MapError::KeyNotFound) => Some(Throttle::default()),
+            Err(_) => None,
+        }
+    }
+}
+
+/// Where the programs whose hook differs between kernels attach, and those this kernel
+/// cannot have.
+#[derive(Debug)]
+struct Hooks {
+    /// The `memory.high` handler's function.
+    throttle: &'static str,
+    /// Why the throttle programs are not loaded (`None`: they are).
+    throttle_unavailable: Option<&'static str>,
+}
+
+impl Hooks {
+    fn resolve(btf: &Btf, layout: &memstress_ebpf::KernelLayout) -> Self {
+        // Recent kernels test `memcg_nr_pages_over_high` in an inline wrapper and call the
+        // body only with pages to pay for; the body is the function to hook where it exists.
+        let inner = btf
+            .find(btf::Kind::Func, names::THROTTLE_HOOK_INNER)
+            .is_ok();
+        Self {
+            throttle: if inner {
+                names::THROTTLE_HOOK_INNER
+            } else {
+                names::THROTTLE_HOOK
+            },
+            // Without the counter the entry program cannot return early, and would look up a
+            // map on every return to user mode: it is not loaded at all.
+            throttle_unavailable: (layout.task_memcg_nr_pages_over_high == UNKNOWN).then_some(
+                "this kernel's BTF has no task_struct.memcg_nr_pages_over_high (a kernel \
+                 without CONFIG_MEMCG)",
+            ),
+        }
+    }
+
+    /// The hook of `spec` on this kernel.
+    fn hook(&self, spec: &ProbeSpec) -> &'static str {
+        if spec.hook == names::THROTTLE_HOOK {
+            self.throttle
+        } else {
+            spec.hook
+        }
+    }
+
+    /// Why `spec` is not to be loaded on this kernel.
+    fn unavailable(&self, spec: &ProbeSpec) -> Option<&'static str> {
+        [names::PROG_THROTTLE_ENTRY, names::PROG_THROTTLE_EXIT]
+            .contains(&spec.program)
+            .then_some(self.throttle_unavailable)
+            .flatten()
+    }
 }
 
 /// Loads and attaches every program, in the order of [`PROBES`]. The kernel's verifier
@@ -543,6 +639,7 @@ impl Probes {
 fn attach_all(
     ebpf: &mut Ebpf,
     btf: &aya::Btf,
+    hooks: &Hooks,
     have_mark_victim_format: bool,
     tracefs: &Tracefs,
 ) -> (Vec<Status>, std::time::Duration) {
@@ -559,7 +656,7 @@ fn attach_all(
     let status = |spec: &ProbeSpec, result: Result<(), AttachError>| Status {
         program: spec.program.to_owned(),
         kind: spec.kind,
-        hook: spec.hook.to_owned(),
+        hook: hooks.hook(spec).to_owned(),
         purpose: spec.purpose.to_owned(),
         attached: result.is_ok(),
         error: result.err().map(|e| error_chain(&e)),
@@ -568,13 +665,17 @@ fn attach_all(
     std::thread::scope(|scope| {
         let heavy = scope.spawn(move || {
             let t = std::time::Instant::now();
-            (attach(&PROBES[0], heavy, btf), t.elapsed())
+            (attach(&PROBES[0], PROBES[0].hook, heavy, btf), t.elapsed())
         });
         let mut all = Vec::with_capacity(PROBES.len());
         // A kernel that refuses trampolines refuses them all: the first refusal stands for
         // the rest instead of more loads of the same answer.
         let mut refused: Option<String> = None;
         for (spec, prog) in PROBES.iter().zip(taken).skip(1) {
+            if let Some(why) = hooks.unavailable(spec) {
+                all.push(status(spec, Err(AttachError::Unavailable(why))));
+                continue;
+            }
             let result = match (spec.kind, &refused) {
                 (ProbeKind::Tracepoint, _) if !have_mark_victim_format => Err(
                     AttachError::NoTracepoint(tracefs.root().display().to_string()),
@@ -587,7 +688,7 @@ fn attach_all(
                     all.last_mut().expect("just pushed").attached = false;
                     continue;
                 }
-                _ => attach(spec, prog, btf),
+                _ => attach(spec, hooks.hook(spec), prog, btf),
             };
             if spec.kind.is_trampoline()
                 && let Err(e) = &result
@@ -605,29 +706,35 @@ fn attach_all(
     })
 }
 
-/// Loads and attaches one program as `spec` says.
-fn attach(spec: &ProbeSpec, prog: Option<&mut Program>, btf: &aya::Btf) -> Result<(), AttachError> {
+/// Loads and attaches one program as `spec` says, on `hook` (`spec.hook`, or what this
+/// kernel calls it).
+fn attach(
+    spec: &ProbeSpec,
+    hook: &str,
+    prog: Option<&mut Program>,
+    btf: &aya::Btf,
+) -> Result<(), AttachError> {
     let prog = prog.ok_or(AttachError::Missing(spec.program))?;
     match spec.kind {
         ProbeKind::TpBtf => {
             let prog: &mut BtfTracePoint = prog.try_into()?;
-            prog.load(spec.hook, btf)?;
+            prog.load(hook, btf)?;
             prog.attach()?;
         }
         ProbeKind::Tracepoint => {
             let prog: &mut TracePoint = prog.try_into()?;
-            let (group, event) = spec.hook.split_once(':').unwrap_or(("", spec.hook));
+            let (group, event) = hook.split_once(':').unwrap_or(("", hook));
             prog.load()?;
             prog.attach(group, event)?;
         }
         ProbeKind::Fentry => {
             let prog: &mut FEntry = prog.try_into()?;
-            prog.load(spec.hook, btf)?;
+            prog.load(hook, btf)?;
             prog.attach()?;
         }
         ProbeKind::Fexit => {
             let prog: &mut FExit = prog.try_into()?;
-            prog.load(spec.hook, btf)?;
+            prog.load(hook, btf)?;
             prog.attach()?;
         }
     }

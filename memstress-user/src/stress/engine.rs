@@ -23,7 +23,7 @@ use crate::{
         Reporter,
         line::{
             FullLine, GoneCause, KillContext, KilledByLine, KillsBeforeProbes, Line, Outcome, Plan,
-            ReclaimSample, Role, SampleLine, Summary, TargetFollowed, TargetGone,
+            ReclaimSample, Role, SampleLine, Summary, TargetFollowed, TargetGone, ThrottleSample,
         },
         monotonic_ns,
     },
@@ -217,6 +217,9 @@ struct State {
     start_high_events: Option<u64>,
     /// Direct reclaim by the target's tasks, as the probes last counted it.
     reclaim: Option<ReclaimSample>,
+    /// `memory.high` throttling of the target's tasks, as the probes last counted it (`None`:
+    /// the throttle probes are not attached).
+    throttle: Option<ThrottleSample>,
 }
 
 impl State {
@@ -315,6 +318,7 @@ impl State {
             node_root: NodeMemory::root(),
             start_high_events: high_events(cgroup),
             reclaim: None,
+            throttle: None,
             following: follow.map(|cfg| Following {
                 known: kube::container_ids(&cfg.hierarchy, &cfg.identity.pod_uid),
                 cfg,
@@ -432,6 +436,7 @@ impl State {
                 .start_high_events
                 .and_then(|start| Some(high_events(&self.target)?.saturating_sub(start))),
             run_reclaim: self.reclaim.clone(),
+            run_throttle: self.throttle.clone(),
         };
         if self.status_line {
             let goal = self.available.as_ref().map(|(g, _)| g.bytes);
@@ -1116,6 +1121,7 @@ impl State {
             total_ms: now.duration_since(self.started).as_millis() as u64,
             forecast: self.forecaster.as_ref().map(Forecaster::score_so_far),
             available: self.available.as_ref().map(|(_, held)| held.line(now)),
+            throttled: self.throttle.clone(),
         }
     }
 }
@@ -1153,8 +1159,13 @@ fn status_text(s: &SampleLine, progress: Option<f64>, available_goal: Option<u64
         (None, Some(p)) => format!("; node pressure {}", p.text()),
         (None, None) => String::new(),
     };
+    let held = s
+        .run_throttle
+        .as_ref()
+        .and_then(ThrottleSample::text)
+        .map_or_else(String::new, |t| format!(", tasks held {t}"));
     let high = match (s.memory_high_bytes, s.run_high_events) {
-        (Some(high), Some(n)) => format!(", memory.high {} (over it {n}×)", Bytes(high)),
+        (Some(high), Some(n)) => format!(", memory.high {} (over it {n}×{held})", Bytes(high)),
         _ => String::new(),
     };
     let node = match (
@@ -1555,6 +1566,10 @@ fn on_tick(
             reclaimed_bytes: p.reclaimed.saturating_mul(state.page),
             us: p.ns / 1000,
         });
+    state.throttle = observer
+        .probes()
+        .throttle(state.target_id)
+        .map(|t| ThrottleSample::from_kernel(&t, state.page));
     match state.sample(reporter) {
         Ok(()) if same => {}
         Err(e) if same && state.target.dir.exists() => return Err(e.into()),
@@ -1642,9 +1657,56 @@ async fn drive(
 
 #[cfg(test)]
 mod tests {
-    use super::pre_probe_cap;
+    use super::{SampleLine, ThrottleSample, pre_probe_cap, status_text};
+    use crate::target::cgroup::Counters;
 
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn the_status_line_says_how_long_memory_high_held_the_tasks() {
+        let line = |run_throttle: Option<ThrottleSample>| SampleLine {
+            t_ms: 100,
+            counters: Counters {
+                usage_bytes: 64 * MIB,
+                ..Counters::default()
+            },
+            limit_bytes: Some(256 * MIB),
+            stressors_held_bytes: 0,
+            stressors_charge_bytes: 0,
+            stressors_alive: 0,
+            run_limit_hits: 0,
+            run_oom_kills: 0,
+            forecast: None,
+            psi: None,
+            node_psi: None,
+            node_available_bytes: None,
+            memory_high_bytes: Some(64 * MIB),
+            run_high_events: Some(513),
+            run_reclaim: None,
+            run_throttle,
+        };
+        let held = ThrottleSample {
+            episodes: 480,
+            throttled_us: 12_345_678,
+            max_us: 210_000,
+            over_high_bytes: 0,
+        };
+        let text = status_text(&line(Some(held)), None);
+        assert!(
+            text.contains(
+                ", memory.high 64 MiB (over it 513×, tasks held 12.3s (480×, longest 210ms)),"
+            ),
+            "{text}"
+        );
+        // Never held, or not known: the memory.high figures alone.
+        for quiet in [None, Some(ThrottleSample::default())] {
+            let text = status_text(&line(quiet), None);
+            assert!(
+                text.contains(", memory.high 64 MiB (over it 513×),"),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn stressors_stay_below_the_limit_until_the_probes_are_attached() {

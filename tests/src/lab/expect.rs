@@ -344,6 +344,11 @@ pub fn check(
                 None => (name, expected, "no memory.pressure readings".into(), false),
             }
         }
+        Expect::ThrottledTime {
+            run,
+            step,
+            min_psi_share,
+        } => throttled_time(events, *run, *step, *min_psi_share),
         Expect::ReplaySameVictim { step } => replay_same_victim(events, *step),
         Expect::PlanFirst { step, first } => {
             let said: Vec<String> = said_in(events, *step)
@@ -558,6 +563,121 @@ fn memory_high_restored(
         ),
     };
     let ok = during && stays && back.is_some_and(|b| b - end <= within.as_millis() as u64);
+    (name, expected, actual, ok)
+}
+
+/// `throttled_time`: the run's own `attached` line says whether its throttle probes are on;
+/// its `sample` lines recorded before and during the step give the time held and PSI's.
+fn throttled_time(
+    events: &[Value],
+    run: usize,
+    step: usize,
+    min_share: f64,
+) -> (String, String, String, bool) {
+    use memstress::abi::names::{PROG_THROTTLE_ENTRY, PROG_THROTTLE_EXIT};
+    let name = format!("step {run}'s run reports tasks held by memory.high during step {step}");
+    let in_run = || said(events).filter(move |s| s.step == Some(run as u64));
+    let Some(probes) = in_run().find_map(|s| match s.line {
+        Line::Attached(a) => Some(a.into_owned().probes),
+        _ => None,
+    }) else {
+        return (
+            name,
+            "an `attached` line".into(),
+            "the run never reported its probes".into(),
+            false,
+        );
+    };
+    let throttle: Vec<_> = probes
+        .iter()
+        .filter(|p| [PROG_THROTTLE_ENTRY, PROG_THROTTLE_EXIT].contains(&p.program.as_str()))
+        .collect();
+    let attached = throttle.len() == 2 && throttle.iter().all(|p| p.attached);
+    let samples: Vec<(u64, memstress::output::line::SampleLine)> = in_run()
+        .filter_map(|s| match s.line {
+            Line::Sample(sample) => Some((s.t_ms?, sample.into_owned())),
+            _ => None,
+        })
+        .collect();
+    if !attached {
+        let why = throttle
+            .iter()
+            .find_map(|p| p.error.clone())
+            .unwrap_or_else(|| "not in the object".into());
+        let faked = samples
+            .iter()
+            .filter(|(_, s)| s.run_throttle.is_some())
+            .count();
+        return (
+            name,
+            "probes not attached here: run_throttle null in every sample".into(),
+            format!(
+                "not attached ({why}); {faked} of {} sample(s) carry figures",
+                samples.len()
+            ),
+            faked == 0 && !samples.is_empty(),
+        );
+    }
+    let expected = format!(
+        "time held > 0; PSI some total rises by ≥ {:.0}% of it, less the longest episode",
+        min_share * 100.0
+    );
+    let Some((start, end)) = step_window(events, step) else {
+        return (name, expected, "step did not run".into(), false);
+    };
+    let nulls = samples
+        .iter()
+        .filter(|(_, s)| s.run_throttle.is_none())
+        .count();
+    let base = samples
+        .iter()
+        .rfind(|(t, _)| *t <= start)
+        .or(samples.iter().find(|(t, _)| *t >= start));
+    let last = samples.iter().rfind(|(t, _)| *t <= end);
+    let (Some((_, base)), Some((_, last))) = (base, last) else {
+        return (name, expected, "no samples in the step".into(), false);
+    };
+    let (Some(t0), Some(t1)) = (&base.run_throttle, &last.run_throttle) else {
+        return (
+            name,
+            expected,
+            format!("run_throttle null in {nulls} sample(s) though attached"),
+            false,
+        );
+    };
+    let episodes = t1.episodes.saturating_sub(t0.episodes);
+    let held_us = t1.throttled_us.saturating_sub(t0.throttled_us);
+    let psi_us = match (&base.psi, &last.psi) {
+        (Some(p0), Some(p1)) => Some(p1.some_total_us.saturating_sub(p0.some_total_us)),
+        _ => None,
+    };
+    let secs = |us: u64| format!("{:.2} s", us as f64 / 1e6);
+    let Some(psi_us) = psi_us else {
+        return (
+            name,
+            expected,
+            format!(
+                "held {} in {episodes} episode(s); no PSI in the samples",
+                secs(held_us)
+            ),
+            false,
+        );
+    };
+    let floor = (min_share * held_us as f64) as u64;
+    let floor = floor.saturating_sub(t1.max_us);
+    let ok = nulls == 0 && episodes > 0 && held_us > 0 && psi_us >= floor;
+    let actual = format!(
+        "held {} in {episodes} episode(s) (longest {}); PSI some rose {} ({:.0}% of it){}",
+        secs(held_us),
+        secs(t1.max_us),
+        secs(psi_us),
+        100.0 * psi_us as f64 / held_us.max(1) as f64,
+        if nulls > 0 {
+            format!("; run_throttle null in {nulls} sample(s) though attached")
+        } else {
+            String::new()
+        }
+    );
     (name, expected, actual, ok)
 }
 
@@ -1427,6 +1547,68 @@ mod tests {
         let mut odd = fixture::replay_result(1, (1, "a"), (2, "a"), None);
         odd["unknown_field"] = json!(true);
         assert!(check_all(&[result(0, odd)], None).1);
+    }
+
+    /// `throttled_time`: the time held and PSI from the run's own samples, over the step.
+    #[test]
+    fn throttled_time_reads_the_runs_samples() {
+        use memstress::abi::names::{PROG_THROTTLE_ENTRY, PROG_THROTTLE_EXIT};
+        let scenario: Scenario = toml::from_str("name = \"t\"\ndescription = \"\"").unwrap();
+        let record = |t: u64, event: Value| json!({"type": "memstress", "source": "run", "step": 0, "t_ms": t, "event": event});
+        let attached = |on: bool| {
+            let mut a = fixture::attached(PROG_THROTTLE_EXIT, on);
+            let mut entry = a["probes"][0].clone();
+            entry["program"] = json!(PROG_THROTTLE_ENTRY);
+            a["probes"].as_array_mut().unwrap().push(entry);
+            record(50, a)
+        };
+        // A sample: time held and PSI some total so far, in ms (`None`: not attached).
+        let sample = |t: u64, held_ms: Option<u64>, psi_ms: u64| {
+            let throttle = held_ms.map(|ms| {
+                json!({"episodes": ms / 100, "throttled_us": ms * 1000, "max_us": 100_000,
+                       "over_high_bytes": 0})
+            });
+            record(
+                t,
+                json!({"type": "sample", "t_ms": t, "usage_bytes": 0, "working_set_bytes": 0,
+                    "inactive_file_bytes": 0, "limit_hits": 0, "oom_kills": 0,
+                    "under_oom": false, "limit_bytes": null, "stressors_held_bytes": 0,
+                    "stressors_charge_bytes": 0, "stressors_alive": 0, "run_limit_hits": 0,
+                    "run_oom_kills": 0, "run_throttle": throttle,
+                    "psi": {"some_avg10": 0.0, "some_avg60": 0.0, "full_avg10": 0.0,
+                        "full_avg60": 0.0, "some_total_us": psi_ms * 1000, "full_total_us": 0}}),
+            )
+        };
+        let step = |i: u64, phase: &str, t: u64| json!({"type": "step", "index": i, "phase": phase, "t_ms": t});
+        let expect = Expect::ThrottledTime {
+            run: 0,
+            step: 1,
+            min_psi_share: 0.8,
+        };
+        let run = |on: bool, samples: &[(u64, Option<u64>, u64)]| {
+            let mut events = vec![step(0, "start", 0), attached(on), step(1, "start", 1000)];
+            events.extend(samples.iter().map(|(t, h, p)| sample(*t, *h, *p)));
+            events.push(step(1, "end", 5000));
+            let (_, _, actual, ok) = check(&expect, &events, &scenario);
+            (actual, ok)
+        };
+        // Held 3 s during the step, PSI 2.9 s: passes.
+        let (actual, ok) = run(true, &[(900, Some(0), 0), (4900, Some(3000), 2900)]);
+        assert!(ok, "{actual}");
+        assert!(
+            actual.starts_with("held 3.00 s in 30 episode(s)"),
+            "{actual}"
+        );
+        // PSI far below the time held (less the longest episode, 0.1 s): fails.
+        let (actual, ok) = run(true, &[(900, Some(0), 0), (4900, Some(3000), 2000)]);
+        assert!(!ok, "{actual}");
+        // Nothing held: fails.
+        assert!(!run(true, &[(900, Some(0), 0), (4900, Some(0), 500)]).1);
+        // Attached, yet a sample without figures: fails.
+        assert!(!run(true, &[(900, None, 0), (4900, Some(3000), 3000)]).1);
+        // Not attached: every sample null passes; a figure without its probes fails.
+        assert!(run(false, &[(900, None, 0), (4900, None, 3000)]).1);
+        assert!(!run(false, &[(900, None, 0), (4900, Some(0), 3000)]).1);
     }
 
     /// A throttled run's `memory.high`: what the readings must show for it to pass, so that

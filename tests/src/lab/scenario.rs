@@ -370,6 +370,23 @@ pub enum Expect {
         /// Largest median difference.
         tolerance: String,
     },
+    /// v2, where the run of step `run` attached its throttle probes (fentry/fexit on the
+    /// kernel's `memory.high` handler): its `sample` lines report tasks held by throttling
+    /// during step `step` (`run_throttle`: episodes and time rose), and the target's PSI
+    /// (`memory.pressure` `some` total, in the same lines) rose by at least `min_psi_share`
+    /// of that time, less the longest episode (one under way when the step started counts
+    /// in full in the time held, in PSI only from the step's start). Sound for one task
+    /// held at a time: PSI's `some` counts time in which any task stalled, so two tasks held
+    /// at once count twice in the time held and once in PSI. Where the probes are not
+    /// attached, every sample's `run_throttle` is `null`, never zero.
+    ThrottledTime {
+        /// The `run` step whose samples are read.
+        run: usize,
+        /// The step during which the throttling is expected.
+        step: usize,
+        /// Least rise of PSI `some` total, as a share (0 to 1) of the time held.
+        min_psi_share: f64,
+    },
     /// The replay (of step `step`, else of every `replay` step) printed at least one
     /// `replay_result`, and every one reproduced the report's victim (`same_victim`).
     ReplaySameVictim {
@@ -731,6 +748,22 @@ impl Scenario {
                     step(*s)?;
                     if !cgroup(c) {
                         return Err(format!("expect: no cgroup `{c}`"));
+                    }
+                }
+                Expect::ThrottledTime {
+                    run,
+                    step: s,
+                    min_psi_share,
+                } => {
+                    step(*s)?;
+                    step(*run)?;
+                    if self.steps[*run].run.is_none() {
+                        return Err(format!("expect: step {run} is not a run step"));
+                    }
+                    if !(0.0..=1.0).contains(min_psi_share) {
+                        return Err(format!(
+                            "expect: throttled_time min_psi_share {min_psi_share} out of 0..1"
+                        ));
                     }
                 }
                 Expect::GroupKilled { cgroup: c } if !cgroup(c) => {
