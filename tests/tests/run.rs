@@ -1549,10 +1549,12 @@ fn fill_to_available_is_refused_or_planned_as_its_goal_says() {
 }
 
 /// A real `--fill-to available=` on this shared machine, made safe by its own limit: the goal
-/// is 160 MiB under the node's memory.available now, and the stressors are in a cgroup limited
-/// to 512 MiB, so whatever the rest of the machine does, they can take at most that from it
-/// (past it, only they are OOM-killed, in their cgroup). The figures are the machine's own
-/// and move with it: checked are what the lines say, not how still the machine keeps.
+/// is 512 MiB under the node's memory.available now (of some 20 GiB here), and the stressors are
+/// in a cgroup limited to 1 GiB, so whatever the rest of the machine does, they can take at
+/// most that from it
+/// (past it, only they are OOM-killed, in their cgroup: when the machine frees more than that
+/// meanwhile, they follow it there, and that is checked instead). The figures are the
+/// machine's own and move with it: checked are what the lines say, not how still it keeps.
 #[test]
 fn fill_to_available_holds_the_node_near_its_goal() {
     require_root();
@@ -1561,8 +1563,8 @@ fn fill_to_available_holds_the_node_near_its_goal() {
         eprintln!("skipped: memory.available is under 4 GiB here");
         return;
     }
-    let target = TestCgroup::new("avail-hold", Some(512 * MIB));
-    let goal = ((available - 160 * MIB) >> 20) << 20;
+    let target = TestCgroup::new("avail-hold", Some(1 << 30));
+    let goal = ((available - 512 * MIB) >> 20) << 20;
     let goal_arg = format!("available={}Mi", goal >> 20);
     let run = Memstress::start(&[
         "run",
@@ -1576,11 +1578,9 @@ fn fill_to_available_holds_the_node_near_its_goal() {
         "2s",
     ]);
     let done = run.wait(Duration::from_secs(60));
-    assert!(done.status.success(), "{}", done.stderr);
     let plan = done.of_type("plan")[0];
     assert_eq!(plan["mode"], "fill_to_available");
     assert_eq!(plan["domain"]["first"], "neither");
-    let band = plan["available"]["deadband_bytes"].as_u64().unwrap();
     let samples = done.of_type("sample");
     assert!(
         samples
@@ -1589,6 +1589,28 @@ fn fill_to_available_holds_the_node_near_its_goal() {
                 && s["node_mem_available_bytes"].as_u64().is_some()),
         "a sample without the node's figures"
     );
+    let summary = done.of_type("summary")[0];
+    assert_eq!(summary["available"]["goal_bytes"], goal);
+    assert!(summary["stressor_charge_bytes"].as_u64().unwrap() <= 1 << 30);
+    assert!(target.cgroup.procs().unwrap().is_empty());
+    if summary["outcome"] == "all_stressors_killed" {
+        // Others on this machine freed more than the cgroup can still be charged (a guest
+        // that powered off): the stressors followed the node into their limit, which came
+        // first, as it should: the kill is in their cgroup, at its limit.
+        let kills = done.of_type("oom_kill");
+        assert!(
+            !kills.is_empty()
+                && kills
+                    .iter()
+                    .all(|k| k["constraint"] == "memcg" && k["victim"]["cgroup"] == target.path()),
+            "{kills:?}"
+        );
+        eprintln!("the node freed more than the limit's headroom meanwhile: killed at the limit");
+        return;
+    }
+    assert!(done.status.success(), "{}", done.stderr);
+    assert_eq!(summary["outcome"], "completed");
+    let band = plan["available"]["deadband_bytes"].as_u64().unwrap();
     assert!(
         samples
             .iter()
@@ -1597,13 +1619,8 @@ fn fill_to_available_holds_the_node_near_its_goal() {
         "no sample within {band} of the goal {goal}"
     );
     assert_eq!(done.of_type("full").len(), 1);
-    let summary = done.of_type("summary")[0];
-    assert_eq!(summary["outcome"], "completed");
     let held = &summary["available"];
-    assert_eq!(held["goal_bytes"], goal);
     assert!(held["min_bytes"].as_u64().is_some() && held["end_bytes"].as_u64().is_some());
-    assert!(summary["stressor_charge_bytes"].as_u64().unwrap() <= 512 * MIB);
-    assert!(target.cgroup.procs().unwrap().is_empty());
 }
 
 /// An unlimited target far from the node's bounds still runs: 16 MiB held for a second, the
