@@ -1052,6 +1052,7 @@ mod tests {
                 psi: None,
                 node_psi: None,
                 node_available_bytes: None,
+                node_mem_available_bytes: None,
                 memory_high_bytes: None,
                 run_high_events: None,
                 run_reclaim: None,

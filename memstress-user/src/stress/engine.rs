@@ -1680,6 +1680,7 @@ mod tests {
             psi: None,
             node_psi: None,
             node_available_bytes: None,
+            node_mem_available_bytes: None,
             memory_high_bytes: Some(64 * MIB),
             run_high_events: Some(513),
             run_reclaim: None,
@@ -1691,7 +1692,7 @@ mod tests {
             max_us: 210_000,
             over_high_bytes: 0,
         };
-        let text = status_text(&line(Some(held)), None);
+        let text = status_text(&line(Some(held)), None, None);
         assert!(
             text.contains(
                 ", memory.high 64 MiB (over it 513×, tasks held 12.3s (480×, longest 210ms)),"
@@ -1700,7 +1701,7 @@ mod tests {
         );
         // Never held, or not known: the memory.high figures alone.
         for quiet in [None, Some(ThrottleSample::default())] {
-            let text = status_text(&line(quiet), None);
+            let text = status_text(&line(quiet), None, None);
             assert!(
                 text.contains(", memory.high 64 MiB (over it 513×),"),
                 "{text}"
