@@ -50,12 +50,12 @@ const MAX_TRIES: usize = 4;
 #[fentry(function = "mem_cgroup_handle_over_high")]
 pub fn throttle_entry(_ctx: FEntryContext) -> i32 {
     // The kernel's own first test (`if (likely(!nr_pages)) return;`): nothing to pay for.
-    // Read with a plain load, not `bpf_probe_read_kernel` (a helper call: half of this
-    // program's time on the common path, 180 instructions against 92 on 6.12, see
-    // docs/benchmarks.md): `bpf_get_current_task_btf()` is a
-    // pointer the verifier knows the type of, and the offset a constant of the read-only
-    // LAYOUT, so it checks the load against task_struct's BTF (an unsigned int there) and
-    // turns it into a fault-tolerant one. Verified on 6.1 and 6.12.
+    // Read with a plain load, not `bpf_probe_read_kernel` (a helper call, half of this
+    // program's time on the common path: 180 instructions against 92 on 6.12, see
+    // docs/benchmarks.md). `bpf_get_current_task_btf()` is a pointer the verifier knows the
+    // type of, and the offset a constant of the read-only LAYOUT, so it checks the load
+    // against task_struct's BTF (an unsigned int there) and makes it fault-tolerant. Verified
+    // on 6.1 and 6.12.
     let offset = layout!(task_memcg_nr_pages_over_high);
     if offset == UNKNOWN {
         return 0;

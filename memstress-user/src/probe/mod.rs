@@ -83,7 +83,8 @@ pub struct Options {
     /// Load the `memory.high` throttle programs: only `run` reports what they count, and
     /// where the kernel calls the hooked function on every return to user mode after a
     /// context switch (before its inline wrapper) their trampoline costs each such return
-    /// some 300 instructions, which a watch left running on a node should not add.
+    /// about 325 instructions (docs/benchmarks.md), which a watch left running on a node
+    /// should not add.
     pub throttle: bool,
 }
 
