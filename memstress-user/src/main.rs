@@ -165,6 +165,7 @@ async fn dispatch(cli: Cli, reporter: &Reporter) -> Result<i32, Error> {
         btf: cli.btf.clone(),
         ring_bytes: cli.ring_buffer,
         command,
+        throttle: command == "run",
     };
     match cli.command {
         Command::Watch(args) => {

@@ -80,6 +80,12 @@ pub struct Options {
     pub command: &'static str,
     /// Size of the `EVENTS` ring buffer in bytes (a power of two, at least a page).
     pub ring_bytes: u32,
+    /// Load the `memory.high` throttle programs: only `run` reports what they count, and
+    /// where the kernel calls the hooked function on every return to user mode after a
+    /// context switch (before its inline wrapper) their trampoline costs each such return
+    /// about 325 instructions (docs/benchmarks.md), which a watch left running on a node
+    /// should not add.
+    pub throttle: bool,
 }
 
 /// The ring buffer's default size: 4 MiB holds thousands of kills' records.
@@ -91,6 +97,7 @@ impl Default for Options {
             btf: PathBuf::from(btf::VMLINUX),
             command: "watch",
             ring_bytes: DEFAULT_RING_BYTES,
+            throttle: false,
         }
     }
 }
@@ -416,7 +423,7 @@ impl Probes {
         let mark_victim_format = tracefs.format("oom", "mark_victim").ok();
         let resolved = layout::resolve(&btf, mark_victim_format.as_ref());
         let constraints = layout::oom_constraints(&btf);
-        let hooks = Hooks::resolve(&btf, &resolved.layout);
+        let hooks = Hooks::resolve(&btf, &resolved.layout, opts.throttle);
         drop(btf);
         tracing::debug!("start-up: layout resolved at {:?}", started.elapsed());
         // aya's loader always parses the kernel's BTF itself when it is made; only one of
@@ -582,18 +589,22 @@ impl Probes {
     }
 }
 
-/// Where the programs whose hook differs between kernels attach, and those this kernel
-/// cannot have.
+/// Where the programs whose hook differs between kernels attach, those this kernel cannot
+/// have, and those the command does not load.
 #[derive(Debug)]
 struct Hooks {
     /// The `memory.high` handler's function.
     throttle: &'static str,
     /// Why the throttle programs are not loaded (`None`: they are).
     throttle_unavailable: Option<&'static str>,
+    /// The command loads the throttle programs ([`Options::throttle`]).
+    throttle_wanted: bool,
 }
 
+const THROTTLE_PROGRAMS: [&str; 2] = [names::PROG_THROTTLE_ENTRY, names::PROG_THROTTLE_EXIT];
+
 impl Hooks {
-    fn resolve(btf: &Btf, layout: &memstress_ebpf::KernelLayout) -> Self {
+    fn resolve(btf: &Btf, layout: &memstress_ebpf::KernelLayout, throttle_wanted: bool) -> Self {
         // Recent kernels test `memcg_nr_pages_over_high` in an inline wrapper and call the
         // body only with pages to pay for; the body is the function to hook where it exists.
         let inner = btf
@@ -611,7 +622,13 @@ impl Hooks {
                 "this kernel's BTF has no task_struct.memcg_nr_pages_over_high (a kernel \
                  without CONFIG_MEMCG)",
             ),
+            throttle_wanted,
         }
+    }
+
+    /// Whether the command loads `spec` at all (one it does not is left out of the status).
+    fn wanted(&self, spec: &ProbeSpec) -> bool {
+        self.throttle_wanted || !THROTTLE_PROGRAMS.contains(&spec.program)
     }
 
     /// The hook of `spec` on this kernel.
@@ -625,7 +642,7 @@ impl Hooks {
 
     /// Why `spec` is not to be loaded on this kernel.
     fn unavailable(&self, spec: &ProbeSpec) -> Option<&'static str> {
-        [names::PROG_THROTTLE_ENTRY, names::PROG_THROTTLE_EXIT]
+        THROTTLE_PROGRAMS
             .contains(&spec.program)
             .then_some(self.throttle_unavailable)
             .flatten()
@@ -672,6 +689,9 @@ fn attach_all(
         // the rest instead of more loads of the same answer.
         let mut refused: Option<String> = None;
         for (spec, prog) in PROBES.iter().zip(taken).skip(1) {
+            if !hooks.wanted(spec) {
+                continue;
+            }
             if let Some(why) = hooks.unavailable(spec) {
                 all.push(status(spec, Err(AttachError::Unavailable(why))));
                 continue;
