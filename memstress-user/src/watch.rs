@@ -385,6 +385,7 @@ impl Sampler {
             memory_high_bytes: None,
             run_high_events: None,
             run_reclaim: None,
+            pressure: None,
         })
     }
 

@@ -35,16 +35,18 @@ pub fn run_options(
         .map(stresschaos::load)
         .transpose()?;
     let target = target_spec(&args, stresschaos.is_some())?;
-    let given = match (&args.size, &args.fill_to) {
-        (_, Some(goal)) => Some(Amount::FillTo(goal.spec)),
-        (Some(size), None) => Some(Amount::Size(size.spec)),
-        (None, None) => None,
+    let given = match (&args.size, &args.fill_to, args.pressure) {
+        (_, _, Some(goal)) => Some(Amount::Pressure(goal)),
+        (_, Some(goal), None) => Some(Amount::FillTo(goal.spec)),
+        (Some(size), None, None) => Some(Amount::Size(size.spec)),
+        (None, None, None) => None,
     };
     let amount_given = args
         .fill_to
         .as_ref()
         .or(args.size.as_ref())
-        .map(|a| a.given.clone());
+        .map(|a| a.given.clone())
+        .or_else(|| args.pressure.map(|g| g.to_string()));
     let runtime_state = args.runtime.state();
     let mut opts = match (&stresschaos, given) {
         (Some(sc), given) => {
@@ -73,8 +75,8 @@ pub fn run_options(
         }
         (None, None) => {
             return Err(Error::Usage(
-                "an amount is required: --size SIZE or --fill-to SIZE (or --from-stresschaos \
-                 FILE), or --throttle SIZE alone"
+                "an amount is required: --size SIZE, --fill-to SIZE or --pressure some=PCT (or \
+                 --from-stresschaos FILE), or --throttle SIZE alone"
                     .to_owned(),
             ));
         }
@@ -154,7 +156,7 @@ fn from_stresschaos(
             amount: given.and_then(|a| match a {
                 Amount::Size(s) => Some(format!("--size {s}")),
                 Amount::FillTo(s) => Some(format!("--fill-to {s}")),
-                Amount::Nothing => None,
+                Amount::Pressure(_) | Amount::Nothing => None,
             }),
             workers: args.workers,
             ramp: args.ramp,

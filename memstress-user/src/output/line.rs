@@ -23,6 +23,7 @@ use crate::{
     replay::{ReplayPlan, reproduce::ReplayResult},
     signals::Stop,
     spec::{Kind, OnOom, Pattern},
+    stress::pressure::{Metric, PressureSample, PressureSummary},
     target::{
         cgroup::{Counters, PeakScope},
         kube::Identity,
@@ -213,8 +214,8 @@ pub struct ErrorLine {
     pub message: String,
 }
 
-/// `size` (a fixed total), `fill_to` (a working-set goal kept as the app moves), or `throttle`
-/// (`--throttle` alone: no stressors).
+/// `size` (a fixed total), `fill_to` (a working-set goal kept as the app moves), `throttle`
+/// (`--throttle` alone: no stressors), or `pressure` (a PSI goal kept by a closed loop).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
@@ -224,6 +225,8 @@ pub enum Mode {
     FillTo,
     /// `--throttle` alone: no stressors; the target's `memory.high` is set and held.
     Throttle,
+    /// `--pressure`: what the stressors hold follows the target's memory pressure.
+    Pressure,
 }
 
 /// `run --throttle`: the target's `memory.high` for the run (cgroup v2).
@@ -319,6 +322,31 @@ pub struct Plan {
     /// `--throttle`: the target's `memory.high` for the run (`null`: not throttled).
     #[serde(default)]
     pub throttle: Option<ThrottlePlan>,
+    /// `--pressure`: the goal and the bounds of the loop that keeps it (`null`: no goal).
+    #[serde(default)]
+    pub pressure: Option<PressurePlan>,
+}
+
+/// `run --pressure`: the PSI goal and the bounds the loop keeps to (cgroup v2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PressurePlan {
+    /// The avg10 to hold, percent.
+    pub goal_pct: f64,
+    /// `some` or `full`.
+    pub metric: Metric,
+    /// The `memory.max` that applies (the target's, or its nearest limited ancestor's).
+    pub limit_bytes: u64,
+    /// The cgroup whose limit that is.
+    pub limit_from: String,
+    /// Where reclaim starts, which the stressors squeeze the rest of the domain against:
+    /// the limit, or the `memory.high` `--throttle` sets.
+    pub ceiling_bytes: u64,
+    /// The margin kept below the limit: an eighth of it, at least 16 MiB.
+    pub margin_bytes: u64,
+    /// The most the stressors may hold in all now: the limit, less the margin, less the
+    /// domain's memory that reclaim cannot free (anon, shmem, kernel). It moves with the
+    /// domain during the run.
+    pub cap_bytes: u64,
 }
 
 /// What bounds a run: a memory cgroup's limit, or nothing short of the node's memory.
@@ -642,6 +670,9 @@ pub struct SampleLine {
     /// yet, or the reclaim probes are not attached).
     #[serde(default)]
     pub run_reclaim: Option<ReclaimSample>,
+    /// `run --pressure`: the goal and what the loop is doing (`null` otherwise).
+    #[serde(default)]
+    pub pressure: Option<PressureSample>,
 }
 
 /// How a run ended.
@@ -747,6 +778,9 @@ pub struct Summary {
     /// How the forecasts of the target's OOM domain did (`null`: no limit applies).
     #[serde(default)]
     pub forecast: Option<ForecastScore>,
+    /// `run --pressure`: how the goal was kept (`null` otherwise).
+    #[serde(default)]
+    pub pressure: Option<PressureSummary>,
 }
 
 /// The JSON Schema of every line, generated from [`Line`]: what `memstress schema` prints and

@@ -12,6 +12,7 @@ use tokio::{sync::mpsc, time::sleep_until};
 use super::{
     Options,
     member::{Member, MemberEvent, RESTART_DELAY, split},
+    pressure::{self, Loop, Reading},
 };
 use crate::{
     Error, Result, exit,
@@ -209,6 +210,46 @@ struct State {
     start_high_events: Option<u64>,
     /// Direct reclaim by the target's tasks, as the probes last counted it.
     reclaim: Option<ReclaimSample>,
+    /// `--pressure`: the closed loop.
+    pressure: Option<Pressure>,
+}
+
+/// `--pressure`: the loop, the domain it keeps below its limit, and its last reading.
+struct Pressure {
+    looped: Loop,
+    /// The cgroup whose `memory.max` applies, when it is not the target.
+    domain: Option<Cgroup>,
+    /// That limit, as last read.
+    limit: u64,
+    /// The reading of the last sample, for the next step.
+    reading: Option<Reading>,
+}
+
+impl Pressure {
+    /// The loop for `plan`'s goal in `cgroup`'s domain.
+    fn new(plan: &Plan, cgroup: &Cgroup) -> Result<Option<Self>> {
+        let Some(p) = &plan.pressure else {
+            return Ok(None);
+        };
+        let (limit, domain) = cgroup
+            .effective_limit()?
+            .unwrap_or((p.limit_bytes, cgroup.clone()));
+        let counters = domain.counters()?;
+        let goal = pressure::Goal {
+            metric: p.metric,
+            pct: p.goal_pct,
+        };
+        Ok(Some(Self {
+            looped: Loop::new(
+                goal,
+                limit,
+                counters.usage_bytes.saturating_sub(counters.file_bytes),
+            ),
+            domain: (domain != *cgroup).then_some(domain),
+            limit,
+            reading: None,
+        }))
+    }
 }
 
 impl State {
@@ -301,6 +342,7 @@ impl State {
             node_root: NodeMemory::root(),
             start_high_events: high_events(cgroup),
             reclaim: None,
+            pressure: Pressure::new(plan, cgroup)?,
             following: follow.map(|cfg| Following {
                 known: kube::container_ids(&cfg.hierarchy, &cfg.identity.pod_uid),
                 cfg,
@@ -341,6 +383,9 @@ impl State {
     /// with a size past the limit the survivors' full shares are the most the run can hold,
     /// and a hold must start from there.
     fn full(&self) -> bool {
+        if let Some(p) = &self.pressure {
+            return p.looped.done();
+        }
         if self.goal.is_some() {
             return self.at_goal;
         }
@@ -374,9 +419,71 @@ impl State {
         (whole > 0).then(|| (done as f64 / whole as f64).clamp(0.0, 1.0))
     }
 
+    /// `--pressure`: what the loop needs of this sample (`None`: the pressure file or the
+    /// domain could not be read, and the loop waits).
+    fn pressure_reading(&mut self, counters: &Counters, psi: Option<&Psi>) -> Option<Reading> {
+        let settled = self.all_settled() && self.members.iter().all(|m| m.restart_at.is_none());
+        let stressors = self.charge();
+        let kills = self.run_kills();
+        let at = self.started.elapsed();
+        let high = self.target.high().ok().flatten();
+        let p = self.pressure.as_mut()?;
+        let psi = *psi?;
+        let (domain, limit) = match &p.domain {
+            Some(d) => (d.counters().ok()?, d.limit().ok().flatten()),
+            None => (counters.clone(), self.target.limit().ok().flatten()),
+        };
+        // The limit can be changed during the run: the loop keeps its margin below it.
+        p.limit = limit.unwrap_or(p.limit);
+        let below_high = high.map_or(u64::MAX, |h| h.saturating_sub(counters.usage_bytes));
+        Some(Reading {
+            at,
+            psi,
+            unreclaimable: domain.usage_bytes.saturating_sub(domain.file_bytes),
+            limit: p.limit,
+            ceiling: high.map_or(p.limit, |h| h.min(p.limit)),
+            free: p.limit.saturating_sub(domain.usage_bytes).min(below_high),
+            stressors,
+            settled,
+            kills,
+        })
+    }
+
+    /// `--pressure`: one step of the loop on the last sample's reading; what it says goes to
+    /// stderr (`backing off: …`).
+    fn pressure_step(&mut self, reporter: &Reporter) {
+        let Some(p) = &mut self.pressure else { return };
+        let Some(reading) = p.reading.take() else {
+            return;
+        };
+        let to = p.looped.step(&reading);
+        let said = p.looped.said();
+        if !said.is_empty() {
+            reporter.clear_status();
+            for line in said {
+                tracing::warn!("{}: {line}", self.target.path);
+            }
+        }
+        let Some(total) = to else { return };
+        let alive: Vec<usize> = self
+            .stressors()
+            .filter(|m| m.alive && m.restart_at.is_none())
+            .map(|m| m.index)
+            .collect();
+        for (i, share) in alive.iter().zip(split(total, alive.len(), self.page)) {
+            self.members[*i].set_target(share);
+        }
+    }
+
     /// Reads the target's counters: a `sample` line, and the status line on a terminal.
     fn sample(&mut self, reporter: &Reporter) -> Result<(), CgroupError> {
         let counters = self.target.counters()?;
+        let psi = Psi::of(&self.target);
+        let reading = self.pressure_reading(&counters, psi.as_ref());
+        let pressure = self.pressure.as_mut().map(|p| {
+            p.reading = reading;
+            p.looped.sample(psi.as_ref())
+        });
         self.peak = self.peak.max(counters.usage_bytes);
         let forecast = self.forecaster.as_mut().and_then(|f| {
             let forecast = f.sample(monotonic_ns(), self.target_id, &counters)?;
@@ -395,7 +502,7 @@ impl State {
             run_limit_hits: counters.limit_hits.saturating_sub(self.start.limit_hits),
             run_oom_kills: self.run_kills(),
             forecast,
-            psi: Psi::of(&self.target),
+            psi,
             node_psi: Psi::node(),
             node_available_bytes: NodeMemory::read_at(self.node_root.as_ref()).map(|n| n.available),
             memory_high_bytes: (self.target.hierarchy.version == cgroup::Version::V2)
@@ -405,9 +512,14 @@ impl State {
                 .start_high_events
                 .and_then(|start| Some(high_events(&self.target)?.saturating_sub(start))),
             run_reclaim: self.reclaim.clone(),
+            pressure,
         };
         if self.status_line {
-            reporter.status(&status_text(&line, self.progress(&counters)));
+            let progress = match &line.pressure {
+                Some(p) => Some((p.avg10 / p.goal_pct).clamp(0.0, 1.0)),
+                None => self.progress(&counters),
+            };
+            reporter.status(&status_text(&line, progress));
         }
         reporter.emit(&Line::Sample(Cow::Owned(line)));
         self.last = counters;
@@ -957,7 +1069,7 @@ impl State {
         Summary {
             outcome,
             target: self.target.path.clone(),
-            requested_bytes: if plan.fill_to_bytes.is_some() {
+            requested_bytes: if plan.fill_to_bytes.is_some() || plan.pressure.is_some() {
                 charge
             } else {
                 plan.total_bytes
@@ -993,6 +1105,7 @@ impl State {
                 .map_or(0, |t| now.duration_since(t).as_millis() as u64),
             total_ms: now.duration_since(self.started).as_millis() as u64,
             forecast: self.forecaster.as_ref().map(Forecaster::score_so_far),
+            pressure: self.pressure.as_ref().map(|p| p.looped.summary()),
         }
     }
 }
@@ -1034,9 +1147,19 @@ fn status_text(s: &SampleLine, progress: Option<f64>) -> String {
         (Some(high), Some(n)) => format!(", memory.high {} (over it {n}×)", Bytes(high)),
         _ => String::new(),
     };
+    let goal = s.pressure.as_ref().map_or_else(String::new, |p| {
+        format!(
+            "; goal {} {}%: stressors at {} of {} allowed, {}",
+            p.metric.name(),
+            p.goal_pct,
+            Bytes(p.holding_bytes),
+            Bytes(p.cap_bytes),
+            p.state.text()
+        )
+    });
     format!(
         "{bar}usage {}{limit}{high}, working set {}, {} stressor(s) holding {}; since the \
-         start: limit hits {}, OOM kills {}{psi}{forecast}",
+         start: limit hits {}, OOM kills {}{psi}{goal}{forecast}",
         Bytes(s.counters.usage_bytes),
         Bytes(s.counters.working_set_bytes),
         s.stressors_alive,
@@ -1427,6 +1550,7 @@ fn on_tick(
     state.explain_sigkills(reporter);
     state.ramp_step();
     state.fill_to_step();
+    state.pressure_step(reporter);
     Ok(None)
 }
 
