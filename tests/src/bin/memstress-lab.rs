@@ -7,7 +7,10 @@
 //! memstress-lab validate FILE...
 //! memstress-lab files FILE
 //! memstress-lab report DIR
+//! memstress-lab app --name NAME --size BYTES --reread BYTES --dir DIR [--work N]
 //! ```
+//! `app` is a scenario's application that re-reads a file working set (`[[app]]` with
+//! `reread`; see `memstress_tests::lab::app`): the lab starts it, nobody else.
 //! `files` prints the files a scenario's steps read (a `replay` step's log), one a line,
 //! relative to the scenario file's directory: what must travel with it into a guest.
 //! `run` exits 0 when every scenario passed (or was skipped with a reason), 1 otherwise,
@@ -21,7 +24,7 @@ use std::{
 };
 
 use memstress_tests::lab::{
-    report,
+    app, report,
     runner::{self, Options},
     scenario::Scenario,
 };
@@ -104,6 +107,13 @@ fn main() -> ExitCode {
             }
         }
         Some("run") => run(&args[1..]),
+        Some("app") => match app::AppArgs::parse(&args[1..]) {
+            Ok(parsed) => ExitCode::from(u8::try_from(app::main(&parsed)).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("memstress-lab app: {e}");
+                ExitCode::from(2)
+            }
+        },
         _ => usage(),
     }
 }
