@@ -297,6 +297,71 @@ mod tests {
         );
     }
 
+    /// `--pressure` lowers into a goal the plan states, in JSON and in words; what cannot go
+    /// with it is a usage error.
+    #[test]
+    fn lowers_a_pressure_goal_and_states_it() {
+        use std::borrow::Cow;
+
+        use crate::output::{
+            Clock,
+            line::{Line, Mode},
+            text,
+        };
+        let (tree, ctr) = pod_tree(Version::V2, Driver::Systemd);
+        let planned = plan(
+            &tree,
+            &[
+                "--cgroup",
+                &ctr,
+                "--pressure",
+                "full=12.5%",
+                "--workers",
+                "2",
+            ],
+        )
+        .unwrap();
+        assert_eq!(planned.mode, Mode::Pressure);
+        assert_eq!(planned.size, "full=12.5%");
+        assert_eq!(planned.bytes_per_worker, vec![0, 0]);
+        let p = planned.pressure.clone().unwrap();
+        assert_eq!((p.goal_pct, p.limit_bytes), (12.5, 256 * MIB));
+        let lines = text::render(&Line::Plan(Cow::Borrowed(&planned)), &Clock::new());
+        assert!(
+            lines.iter().any(|l| l.starts_with(
+                "hold memory.pressure full avg10 at 12.5% with 2 stressor(s) of anonymous memory"
+            )),
+            "{lines:#?}"
+        );
+        for (extra, needle) in [
+            (&["--size", "8Mi"][..], "cannot be used with"),
+            (&["--ramp", "5s"], "--ramp"),
+            (&["--from-stresschaos", "x.yaml"], "--from-stresschaos"),
+        ] {
+            let mut args = vec!["--cgroup", ctr.as_str(), "--pressure", "some=20%"];
+            args.extend_from_slice(extra);
+            let root = tree.root().display().to_string();
+            let mut argv = vec!["memstress", "--cgroup-root", root.as_str(), "run"];
+            argv.extend_from_slice(&args);
+            let e = match Cli::try_parse_from(argv) {
+                Err(e) => e.to_string(),
+                Ok(cli) => {
+                    let Command::Run(run) = cli.command else {
+                        panic!("not run")
+                    };
+                    run_options(*run, cli.cgroup_root, probe::Options::default())
+                        .and_then(|(opts, _)| {
+                            let hierarchy = Hierarchy::locate(opts.cgroup_root.as_deref())?;
+                            stress::plan(&opts, &hierarchy).map(drop)
+                        })
+                        .unwrap_err()
+                        .to_string()
+                }
+            };
+            assert!(e.contains(needle), "{extra:?}: {e}");
+        }
+    }
+
     #[test]
     fn a_selector_by_pod_name_is_found_on_the_node() {
         let (tree, ctr) = pod_tree(Version::V2, Driver::Systemd);

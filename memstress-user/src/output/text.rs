@@ -475,7 +475,8 @@ fn plan_amount(plan: &Plan) -> String {
     )
 }
 
-/// `pressure some avg10 kept at 19.8% (17.2-23.1%) from 12.3s, goal 20%`.
+/// `pressure some avg10 kept at 19.8% (17.2-23.1%) from 12.3s, goal 20%`; at the end of
+/// the summary's first line.
 fn pressure_kept(p: &PressureSummary) -> String {
     let what = format!("pressure {} avg10", p.metric.name());
     let mut text = match (p.reached_ms, p.avg10_mean, p.avg10_min, p.avg10_max) {
@@ -828,4 +829,44 @@ fn replay_plan(p: &crate::replay::ReplayPlan) -> Vec<String> {
         (None, false) => "  The kernel's choice is not the formula's first.".to_owned(),
     });
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stress::pressure::Metric;
+
+    #[test]
+    fn says_how_a_pressure_goal_was_kept() {
+        let mut p = PressureSummary {
+            goal_pct: 20.0,
+            metric: Metric::Some,
+            reached_ms: Some(12_300),
+            avg10_min: Some(17.2),
+            avg10_max: Some(23.1),
+            avg10_mean: Some(19.8),
+            out_of_reach: false,
+            back_offs: 0,
+        };
+        assert_eq!(
+            pressure_kept(&p),
+            "pressure some avg10 kept at 19.8% (17.2-23.1%) from 12.3s, goal 20%"
+        );
+        p.back_offs = 2;
+        assert!(pressure_kept(&p).ends_with(", backed off 2×"));
+        let never = PressureSummary {
+            reached_ms: None,
+            avg10_min: None,
+            avg10_max: None,
+            avg10_mean: None,
+            out_of_reach: true,
+            back_offs: 0,
+            ..p
+        };
+        assert_eq!(
+            pressure_kept(&never),
+            "pressure some avg10 never reached the goal of 20% (out of reach at the stressors' \
+             cap)"
+        );
+    }
 }
