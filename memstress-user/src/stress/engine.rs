@@ -1629,9 +1629,54 @@ async fn drive(
 
 #[cfg(test)]
 mod tests {
-    use super::pre_probe_cap;
+    use super::{Counters, Psi, SampleLine, pre_probe_cap, status_text};
+    use crate::stress::pressure::{LoopState, Metric, PressureSample};
 
     const MIB: u64 = 1 << 20;
+
+    /// With `--pressure`, the status line says the goal and what the loop does, after the
+    /// target's pressure.
+    #[test]
+    fn the_status_line_shows_the_pressure_goal() {
+        let line = SampleLine {
+            t_ms: 0,
+            counters: Counters::default(),
+            limit_bytes: Some(192 * MIB),
+            stressors_held_bytes: 84 * MIB,
+            stressors_charge_bytes: 84 * MIB,
+            stressors_alive: 1,
+            run_limit_hits: 0,
+            run_oom_kills: 0,
+            forecast: None,
+            psi: Some(Psi {
+                some_avg10: 19.4,
+                full_avg10: 18.0,
+                ..Psi::default()
+            }),
+            node_psi: None,
+            node_available_bytes: None,
+            memory_high_bytes: None,
+            run_high_events: None,
+            run_reclaim: None,
+            pressure: Some(PressureSample {
+                goal_pct: 20.0,
+                metric: Metric::Some,
+                avg10: 19.4,
+                recent_pct: Some(21.0),
+                holding_bytes: 84 * MIB,
+                cap_bytes: 150 * MIB,
+                state: LoopState::Holding,
+            }),
+        };
+        let text = status_text(&line, Some(0.97));
+        assert!(
+            text.ends_with(
+                "; pressure some 19.4% full 18.0%; goal some 20%: stressors at 84 MiB of 150 MiB \
+                 allowed, holding"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn stressors_stay_below_the_limit_until_the_probes_are_attached() {
