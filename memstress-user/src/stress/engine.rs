@@ -422,6 +422,8 @@ impl State {
     /// `--pressure`: what the loop needs of this sample (`None`: the pressure file or the
     /// domain could not be read, and the loop waits).
     fn pressure_reading(&mut self, counters: &Counters, psi: Option<&Psi>) -> Option<Reading> {
+        // Nothing is read for a run without a goal.
+        self.pressure.as_ref()?;
         let settled = self.all_settled() && self.members.iter().all(|m| m.restart_at.is_none());
         let stressors = self.charge();
         let kills = self.run_kills();
