@@ -110,6 +110,8 @@ EXAMPLES:
   # an eviction threshold of 200Mi, for 2 minutes (eviction: needs --allow-node-oom):
   sudo memstress run --cgroup /kubepods/besteffort/pod5678 --fill-to available=150Mi \\
     --eviction-threshold 200Mi --allow-node-oom --hold 2m
+  # Hold a container's memory pressure (PSI some avg10, cgroup v2) at 20% for 10 minutes:
+  sudo memstress run --cgroup /kubepods/pod1234/ctr --pressure some=20% --hold 10m
   # A leak: 1 GiB of page cache over 5 minutes:
   sudo memstress run --new leak --limit 2Gi --size 1Gi --kind file --ramp 5m
   # A Kubernetes pod's container, by name (systemd or cgroupfs driver, cgroup v1 or v2):
@@ -312,6 +314,10 @@ pub struct SizeArg {
     pub given: String,
 }
 
+fn parse_pressure(s: &str) -> Result<crate::stress::pressure::Goal, String> {
+    crate::stress::pressure::Goal::parse(s)
+}
+
 fn parse_limit(s: &str) -> Result<u64, String> {
     SizeSpec::parse_bytes(s).map_err(|e| e.to_string())
 }
@@ -502,7 +508,7 @@ pub struct ManArgs {
 /// `memstress run`.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("target").args(["new", "cgroup", "pid", "self_"])))]
-#[command(group(clap::ArgGroup::new("amount").args(["size", "fill_to"])))]
+#[command(group(clap::ArgGroup::new("amount").args(["size", "fill_to", "pressure"])))]
 pub struct RunArgs {
     /// Create a sandbox cgroup NAME (under the memory hierarchy's root, or an absolute cgroup
     /// path whose parent exists) for this run, with --limit; it is removed afterwards.
@@ -597,6 +603,28 @@ pub struct RunArgs {
     /// shed memory, whatever the goal.
     #[arg(long, value_name = "SIZE|available=SIZE", value_parser = parse_fill_to, allow_hyphen_values = true)]
     pub fill_to: Option<FillToArg>,
+
+    /// Instead of a size: hold the target's memory pressure (cgroup v2 PSI, memory.pressure)
+    /// at a goal, `some=PCT` (the share of time at least one of its tasks waited on memory,
+    /// avg10) or `full=PCT` (every task at once), by moving what the stressors hold. Pressure
+    /// comes only from tasks that allocate or read: the stressors squeeze the rest of the
+    /// domain under its memory.max (or under memory.high, with --throttle), so the target's
+    /// page cache is reclaimed and refaults, its allocations reclaim first, and above
+    /// memory.high they are throttled. An app that neither reads files nor allocates feels
+    /// none of it: the loop then holds the most it may and says the goal is out of reach.
+    /// avg10 is a 10 s average: the loop measures the stall share of its last ~2 s from the
+    /// file's total, acts at most every 2 s in bounded steps, and reaches a goal in 10-30 s.
+    /// It never lets the domain reach memory.max: the stressors hold at most the limit less
+    /// a margin (an eighth of it, at least 16 MiB) less what else in the domain reclaim
+    /// cannot free, and when the app grows into that margin (or an OOM kill comes anyway)
+    /// it backs off at once and says so (`backing off: …`). Sample lines carry the goal and
+    /// what the loop does. Needs a memory limit on the target or an ancestor, and a kernel
+    /// with PSI (not booted with psi=0); refused on cgroup v1. With --hold, the hold starts
+    /// when the goal is first reached (or found out of reach). Not with --size, --fill-to,
+    /// --ramp, --kind file (page cache the stressors held would be reclaimed first: it
+    /// squeezes nothing), --follow or --from-stresschaos.
+    #[arg(long, value_name = "some=PCT|full=PCT", value_parser = parse_pressure)]
+    pub pressure: Option<crate::stress::pressure::Goal>,
 
     /// Set the target's memory.high to this for the run (cgroup v2): bytes (64Mi) or a
     /// percent of the limit that applies (50%). Above it the kernel makes the cgroup's tasks
@@ -763,6 +791,13 @@ impl RunArgs {
             return Err(
                 "--of-node makes a percent --size or --fill-to a percent of the node's memory; \
                  with an absolute size it changes nothing"
+                    .to_owned(),
+            );
+        }
+        if self.pressure.is_some() && self.from_stresschaos.is_some() {
+            return Err(
+                "--from-stresschaos runs the file's fixed size; --pressure's closed loop decides \
+                 what the stressors hold: give one of them"
                     .to_owned(),
             );
         }

@@ -387,6 +387,7 @@ impl Sampler {
             run_high_events: None,
             run_reclaim: None,
             run_throttle: None,
+            pressure: None,
         })
     }
 

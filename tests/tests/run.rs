@@ -1725,3 +1725,87 @@ fn throttle_needs_cgroup_v2() {
         assert_eq!(std::fs::read_to_string(&limit_file).unwrap(), before);
     }
 }
+
+/// `--pressure` holds the target's memory.pressure, which cgroup v1 does not have: on a v1
+/// memcg it is refused with one line saying cgroup v2 is needed (with `--dry-run`, a `full=`
+/// goal, `--workers` or a `--new` sandbox too), and nothing is created or changed. Bad goals are
+/// usage errors of one line. (The lab's `psi-target` scenario runs it on v2 kernels.)
+#[test]
+fn pressure_needs_cgroup_v2() {
+    require_root();
+    if hierarchy().version != memstress::target::cgroup::Version::V1 {
+        eprintln!("skipped: the memory controller is on cgroup v2 here (the lab covers v2)");
+        return;
+    }
+    let target = TestCgroup::new("pressure-v1", Some(64 << 20));
+    let limit_file = target.cgroup.dir.join("memory.limit_in_bytes");
+    let before = std::fs::read_to_string(&limit_file).unwrap();
+    let name = test_name("pressure-new");
+    for args in [
+        vec!["run", "--cgroup", target.path(), "--pressure", "some=20%"],
+        vec![
+            "run",
+            "--cgroup",
+            target.path(),
+            "--pressure",
+            "full=5",
+            "--workers",
+            "2",
+        ],
+        vec![
+            "run",
+            "--cgroup",
+            target.path(),
+            "--pressure",
+            "some=20%",
+            "--dry-run",
+        ],
+        vec![
+            "run",
+            "--new",
+            &name,
+            "--limit",
+            "64Mi",
+            "--pressure",
+            "some=20%",
+        ],
+    ] {
+        let out = memstress_output(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+        assert_one_line_error(
+            &String::from_utf8_lossy(&out.stderr),
+            &[
+                "--pressure",
+                "memory.pressure",
+                "cgroup v2",
+                "nothing was changed",
+            ],
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed {:?}", out.stdout);
+        assert!(
+            !hierarchy().mount.join(&name).exists(),
+            "{args:?} created it"
+        );
+        assert!(
+            target.cgroup.procs().unwrap().is_empty(),
+            "{args:?} left processes"
+        );
+        assert_eq!(std::fs::read_to_string(&limit_file).unwrap(), before);
+    }
+    // A goal that is no goal, or beside a size: a usage error (exit code 2), one line.
+    for (goal, extra, needle) in [
+        ("some=120%", None, "below 100%"),
+        ("foo=2", None, "`foo` is not a pressure line"),
+        ("some=", None, "gives no percent"),
+        ("some=20%", Some("--size"), "cannot be used with"),
+        ("some=20%", Some("--fill-to"), "cannot be used with"),
+    ] {
+        let mut args = vec!["run", "--cgroup", target.path(), "--pressure", goal];
+        args.extend(extra.into_iter().flat_map(|flag| [flag, "8Mi"]));
+        let out = memstress_output(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert_one_line_error(&String::from_utf8_lossy(&out.stderr), &[needle]);
+        assert!(out.stdout.is_empty(), "{args:?} printed {:?}", out.stdout);
+        assert!(target.cgroup.procs().unwrap().is_empty());
+    }
+}

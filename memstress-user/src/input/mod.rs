@@ -35,20 +35,22 @@ pub fn run_options(
         .map(stresschaos::load)
         .transpose()?;
     let target = target_spec(&args, stresschaos.is_some())?;
-    let given = match (&args.size, &args.fill_to) {
-        (_, Some(goal)) if goal.goal == FillGoal::Available => {
+    let given = match (&args.size, &args.fill_to, args.pressure) {
+        (_, _, Some(goal)) => Some(Amount::Pressure(goal)),
+        (_, Some(goal), None) if goal.goal == FillGoal::Available => {
             Some(Amount::Available(goal.size.spec))
         }
-        (_, Some(goal)) => Some(Amount::FillTo(goal.size.spec)),
-        (Some(size), None) => Some(Amount::Size(size.spec)),
-        (None, None) => None,
+        (_, Some(goal), None) => Some(Amount::FillTo(goal.size.spec)),
+        (Some(size), None, None) => Some(Amount::Size(size.spec)),
+        (None, None, None) => None,
     };
     let amount_given = args
         .fill_to
         .as_ref()
         .map(|f| &f.size)
         .or(args.size.as_ref())
-        .map(|a| a.given.clone());
+        .map(|a| a.given.clone())
+        .or_else(|| args.pressure.map(|g| g.to_string()));
     let runtime_state = args.runtime.state();
     let mut opts = match (&stresschaos, given) {
         (Some(sc), given) => {
@@ -77,8 +79,8 @@ pub fn run_options(
         }
         (None, None) => {
             return Err(Error::Usage(
-                "an amount is required: --size SIZE or --fill-to SIZE (or --from-stresschaos \
-                 FILE), or --throttle SIZE alone"
+                "an amount is required: --size SIZE, --fill-to SIZE or --pressure some=PCT (or \
+                 --from-stresschaos FILE), or --throttle SIZE alone"
                     .to_owned(),
             ));
         }
@@ -159,7 +161,7 @@ fn from_stresschaos(
                 Amount::Size(s) => Some(format!("--size {s}")),
                 Amount::FillTo(s) => Some(format!("--fill-to {s}")),
                 Amount::Available(s) => Some(format!("--fill-to available={s}")),
-                Amount::Nothing => None,
+                Amount::Pressure(_) | Amount::Nothing => None,
             }),
             workers: args.workers,
             ramp: args.ramp,
@@ -298,6 +300,71 @@ mod tests {
             e.contains("labelSelectors") && e.contains("cluster API") && e.contains("--pod"),
             "{e}"
         );
+    }
+
+    /// `--pressure` lowers into a goal the plan states, in JSON and in words; what cannot go
+    /// with it is a usage error.
+    #[test]
+    fn lowers_a_pressure_goal_and_states_it() {
+        use std::borrow::Cow;
+
+        use crate::output::{
+            Clock,
+            line::{Line, Mode},
+            text,
+        };
+        let (tree, ctr) = pod_tree(Version::V2, Driver::Systemd);
+        let planned = plan(
+            &tree,
+            &[
+                "--cgroup",
+                &ctr,
+                "--pressure",
+                "full=12.5%",
+                "--workers",
+                "2",
+            ],
+        )
+        .unwrap();
+        assert_eq!(planned.mode, Mode::Pressure);
+        assert_eq!(planned.size, "full=12.5%");
+        assert_eq!(planned.bytes_per_worker, vec![0, 0]);
+        let p = planned.pressure.clone().unwrap();
+        assert_eq!((p.goal_pct, p.limit_bytes), (12.5, 256 * MIB));
+        let lines = text::render(&Line::Plan(Cow::Borrowed(&planned)), &Clock::new());
+        assert!(
+            lines.iter().any(|l| l.starts_with(
+                "hold memory.pressure full avg10 at 12.5% with 2 stressor(s) of anonymous memory"
+            )),
+            "{lines:#?}"
+        );
+        for (extra, needle) in [
+            (&["--size", "8Mi"][..], "cannot be used with"),
+            (&["--ramp", "5s"], "--ramp"),
+            (&["--from-stresschaos", "x.yaml"], "--from-stresschaos"),
+        ] {
+            let mut args = vec!["--cgroup", ctr.as_str(), "--pressure", "some=20%"];
+            args.extend_from_slice(extra);
+            let root = tree.root().display().to_string();
+            let mut argv = vec!["memstress", "--cgroup-root", root.as_str(), "run"];
+            argv.extend_from_slice(&args);
+            let e = match Cli::try_parse_from(argv) {
+                Err(e) => e.to_string(),
+                Ok(cli) => {
+                    let Command::Run(run) = cli.command else {
+                        panic!("not run")
+                    };
+                    run_options(*run, cli.cgroup_root, probe::Options::default())
+                        .and_then(|(opts, _)| {
+                            let hierarchy = Hierarchy::locate(opts.cgroup_root.as_deref())?;
+                            stress::plan(&opts, &hierarchy).map(drop)
+                        })
+                        .unwrap_err()
+                        .to_string()
+                }
+            };
+            assert!(e.contains(needle), "{extra:?}: {e}");
+        }
     }
 
     #[test]

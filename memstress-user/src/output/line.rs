@@ -23,6 +23,7 @@ use crate::{
     replay::{ReplayPlan, reproduce::ReplayResult},
     signals::Stop,
     spec::{Kind, OnOom, Pattern},
+    stress::pressure::{Metric, PressureSample, PressureSummary},
     target::{
         cgroup::{Counters, PeakScope},
         kube::Identity,
@@ -214,8 +215,9 @@ pub struct ErrorLine {
 }
 
 /// `size` (a fixed total), `fill_to` (a working-set goal kept as the app moves),
-/// `fill_to_available` (the node's `memory.available` held at a goal as the node moves), or
-/// `throttle` (`--throttle` alone: no stressors).
+/// `fill_to_available` (the node's `memory.available` held at a goal as the node moves),
+/// `throttle` (`--throttle` alone: no stressors), or `pressure` (a PSI goal kept by a closed
+/// loop).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
@@ -227,6 +229,8 @@ pub enum Mode {
     FillToAvailable,
     /// `--throttle` alone: no stressors; the target's `memory.high` is set and held.
     Throttle,
+    /// `--pressure`: what the stressors hold follows the target's memory pressure.
+    Pressure,
 }
 
 /// `run --throttle`: the target's `memory.high` for the run (cgroup v2).
@@ -421,6 +425,31 @@ pub struct Plan {
     /// `--fill-to available=SIZE`: the node's `memory.available` to hold (`null` otherwise).
     #[serde(default)]
     pub available: Option<AvailablePlan>,
+    /// `--pressure`: the goal and the bounds of the loop that keeps it (`null`: no goal).
+    #[serde(default)]
+    pub pressure: Option<PressurePlan>,
+}
+
+/// `run --pressure`: the PSI goal and the bounds the loop keeps to (cgroup v2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PressurePlan {
+    /// The avg10 to hold, percent.
+    pub goal_pct: f64,
+    /// `some` or `full`.
+    pub metric: Metric,
+    /// The `memory.max` that applies (the target's, or its nearest limited ancestor's).
+    pub limit_bytes: u64,
+    /// The cgroup whose limit that is.
+    pub limit_from: String,
+    /// Where reclaim starts, which the stressors squeeze the rest of the domain against:
+    /// the limit, or the `memory.high` `--throttle` sets.
+    pub ceiling_bytes: u64,
+    /// The margin kept below the limit: an eighth of it, at least 16 MiB.
+    pub margin_bytes: u64,
+    /// The most the stressors may hold in all now: the limit, less the margin, less the
+    /// domain's memory that reclaim cannot free (anon, shmem, kernel). It moves with the
+    /// domain during the run.
+    pub cap_bytes: u64,
 }
 
 /// What bounds a run: a memory cgroup's limit, or nothing short of the node's memory.
@@ -753,6 +782,37 @@ pub struct SampleLine {
     /// unknown, not zero).
     #[serde(default)]
     pub run_throttle: Option<ThrottleSample>,
+    /// `run --pressure`: the goal and what the loop is doing (`null` otherwise).
+    #[serde(default)]
+    pub pressure: Option<PressureSample>,
+}
+
+#[cfg(test)]
+impl SampleLine {
+    /// A sample at `t_ms` with nothing in it (no stressors, no limit, nothing known), for
+    /// tests to fill in the fields they are about.
+    pub(crate) fn empty(t_ms: u64) -> Self {
+        Self {
+            t_ms,
+            counters: Counters::default(),
+            limit_bytes: None,
+            stressors_held_bytes: 0,
+            stressors_charge_bytes: 0,
+            stressors_alive: 0,
+            run_limit_hits: 0,
+            run_oom_kills: 0,
+            forecast: None,
+            psi: None,
+            node_psi: None,
+            node_available_bytes: None,
+            node_mem_available_bytes: None,
+            memory_high_bytes: None,
+            run_high_events: None,
+            run_reclaim: None,
+            run_throttle: None,
+            pressure: None,
+        }
+    }
 }
 
 /// How a run ended.
@@ -866,6 +926,9 @@ pub struct Summary {
     /// sample read it (`null`: the throttle probes are not attached).
     #[serde(default)]
     pub throttled: Option<ThrottleSample>,
+    /// `run --pressure`: how the goal was kept (`null` otherwise).
+    #[serde(default)]
+    pub pressure: Option<PressureSummary>,
 }
 
 /// The JSON Schema of every line, generated from [`Line`]: what `memstress schema` prints and
@@ -1040,23 +1103,8 @@ mod tests {
     fn throttle_unknown_is_null() {
         let json = |run_throttle: Option<ThrottleSample>| {
             let line = SampleLine {
-                t_ms: 100,
-                counters: Counters::default(),
-                limit_bytes: None,
-                stressors_held_bytes: 0,
-                stressors_charge_bytes: 0,
-                stressors_alive: 0,
-                run_limit_hits: 0,
-                run_oom_kills: 0,
-                forecast: None,
-                psi: None,
-                node_psi: None,
-                node_available_bytes: None,
-                node_mem_available_bytes: None,
-                memory_high_bytes: None,
-                run_high_events: None,
-                run_reclaim: None,
                 run_throttle,
+                ..SampleLine::empty(100)
             };
             serde_json::to_value(Line::Sample(Cow::Owned(line))).unwrap()
         };

@@ -18,7 +18,7 @@ use crate::{
     probe::Status,
     size::{Bytes, SizeSpec, group, mib},
     spec::{Kind, Pattern},
-    stress::radius,
+    stress::{pressure::PressureSummary, radius},
     target::{cgroup::PeakScope, kube::Driver, workload::Workload},
 };
 
@@ -257,6 +257,15 @@ fn plan(plan: &Plan) -> Vec<String> {
                 .map_or_else(|| "max".to_owned(), |b| Bytes(b).to_string())
         ));
     }
+    if let Some(p) = &plan.pressure
+        && p.ceiling_bytes < p.limit_bytes
+    {
+        out.push(format!(
+            "pressure: the stressors squeeze the rest of the target under memory.high ({}), \
+             where reclaim and throttling begin, and keep clear of memory.max",
+            Bytes(p.ceiling_bytes)
+        ));
+    }
     if plan.mode == Mode::Throttle {
         return out;
     }
@@ -439,6 +448,25 @@ fn plan_amount(plan: &Plan) -> String {
     if plan.mode == Mode::Throttle {
         return format!("no stressors (--throttle alone): held {hold}");
     }
+    if let Some(p) = &plan.pressure {
+        let hold = plan.hold_s.map_or_else(
+            || "until interrupted".to_owned(),
+            |s| format!("for {} once reached", duration_text(s)),
+        );
+        return format!(
+            "hold memory.pressure {} avg10 at {}% with {} stressor(s) of {kind}, moved by a \
+             closed loop between nothing and {} (now: the {} limit of {}, less a {} margin, \
+             less what the domain cannot reclaim), {hold}; on OOM: {}",
+            p.metric.name(),
+            p.goal_pct,
+            plan.workers,
+            Bytes(p.cap_bytes),
+            Bytes(p.limit_bytes),
+            p.limit_from,
+            Bytes(p.margin_bytes),
+            plan.on_oom
+        );
+    }
     let what = match (plan.fill_to_bytes, &plan.available) {
         (_, Some(a)) => format!(
             "keep the node's memory.available (as the kubelet computes it: MemTotal − the root \
@@ -499,6 +527,27 @@ fn plan_amount(plan: &Plan) -> String {
             ""
         }
     )
+}
+
+/// `pressure some avg10 kept at 19.8% (17.2-23.1%) from 12.3s, goal 20%`; at the end of
+/// the summary's first line.
+fn pressure_kept(p: &PressureSummary) -> String {
+    let what = format!("pressure {} avg10", p.metric.name());
+    let mut text = match (p.reached_ms, p.avg10_mean, p.avg10_min, p.avg10_max) {
+        (Some(ms), Some(mean), Some(lo), Some(hi)) => format!(
+            "{what} kept at {mean:.1}% ({lo:.1}-{hi:.1}%) from {:.1}s, goal {}%",
+            ms as f64 / 1000.0,
+            p.goal_pct
+        ),
+        _ => format!("{what} never reached the goal of {}%", p.goal_pct),
+    };
+    if p.out_of_reach {
+        text.push_str(" (out of reach at the stressors' cap)");
+    }
+    if p.back_offs > 0 {
+        text.push_str(&format!(", backed off {}×", p.back_offs));
+    }
+    text
 }
 
 /// "3 × 4 MiB", or "20 × 208 KiB + 80 × 204 KiB": equal neighbours grouped, so that the line
@@ -602,10 +651,11 @@ pub fn summary_text(s: &Summary) -> String {
         (Some(p), _) => format!(" (the kernel's peak over this run: {})", Bytes(p)),
         (None, _) => String::new(),
     };
-    let what = match (s.fill_to_bytes, &s.available) {
-        (_, Some(a)) => available_held_text(a),
-        (Some(goal), None) => format!("working set kept at {}", Bytes(goal)),
-        (None, None) => format!("requested {}", Bytes(s.requested_bytes)),
+    let what = match (&s.pressure, s.fill_to_bytes, &s.available) {
+        (Some(p), _, _) => pressure_kept(p),
+        (None, _, Some(a)) => available_held_text(a),
+        (None, Some(goal), None) => format!("working set kept at {}", Bytes(goal)),
+        (None, None, None) => format!("requested {}", Bytes(s.requested_bytes)),
     };
     let outcome = match s.signal {
         Some(stop) if s.outcome == Outcome::Interrupted => {
@@ -883,4 +933,44 @@ fn replay_plan(p: &crate::replay::ReplayPlan) -> Vec<String> {
         (None, false) => "  The kernel's choice is not the formula's first.".to_owned(),
     });
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stress::pressure::Metric;
+
+    #[test]
+    fn says_how_a_pressure_goal_was_kept() {
+        let mut p = PressureSummary {
+            goal_pct: 20.0,
+            metric: Metric::Some,
+            reached_ms: Some(12_300),
+            avg10_min: Some(17.2),
+            avg10_max: Some(23.1),
+            avg10_mean: Some(19.8),
+            out_of_reach: false,
+            back_offs: 0,
+        };
+        assert_eq!(
+            pressure_kept(&p),
+            "pressure some avg10 kept at 19.8% (17.2-23.1%) from 12.3s, goal 20%"
+        );
+        p.back_offs = 2;
+        assert!(pressure_kept(&p).ends_with(", backed off 2×"));
+        let never = PressureSummary {
+            reached_ms: None,
+            avg10_min: None,
+            avg10_max: None,
+            avg10_mean: None,
+            out_of_reach: true,
+            back_offs: 0,
+            ..p
+        };
+        assert_eq!(
+            pressure_kept(&never),
+            "pressure some avg10 never reached the goal of 20% (out of reach at the stressors' \
+             cap)"
+        );
+    }
 }

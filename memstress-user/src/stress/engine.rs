@@ -13,6 +13,7 @@ use super::{
     Options,
     available::{self, Held},
     member::{Member, MemberEvent, RESTART_DELAY, split},
+    pressure::{self, Loop, Reading},
 };
 use crate::{
     Error, Result, exit,
@@ -220,6 +221,46 @@ struct State {
     /// `memory.high` throttling of the target's tasks, as the probes last counted it (`None`:
     /// the throttle probes are not attached).
     throttle: Option<ThrottleSample>,
+    /// `--pressure`: the closed loop.
+    pressure: Option<Pressure>,
+}
+
+/// `--pressure`: the loop, the domain it keeps below its limit, and its last reading.
+struct Pressure {
+    looped: Loop,
+    /// The cgroup whose `memory.max` applies, when it is not the target.
+    domain: Option<Cgroup>,
+    /// That limit, as last read.
+    limit: u64,
+    /// The reading of the last sample, for the next step.
+    reading: Option<Reading>,
+}
+
+impl Pressure {
+    /// The loop for `plan`'s goal in `cgroup`'s domain.
+    fn new(plan: &Plan, cgroup: &Cgroup) -> Result<Option<Self>> {
+        let Some(p) = &plan.pressure else {
+            return Ok(None);
+        };
+        let (limit, domain) = cgroup
+            .effective_limit()?
+            .unwrap_or((p.limit_bytes, cgroup.clone()));
+        let counters = domain.counters()?;
+        let goal = pressure::Goal {
+            metric: p.metric,
+            pct: p.goal_pct,
+        };
+        Ok(Some(Self {
+            looped: Loop::new(
+                goal,
+                limit,
+                counters.usage_bytes.saturating_sub(counters.file_bytes),
+            ),
+            domain: (domain != *cgroup).then_some(domain),
+            limit,
+            reading: None,
+        }))
+    }
 }
 
 impl State {
@@ -319,6 +360,7 @@ impl State {
             start_high_events: high_events(cgroup),
             reclaim: None,
             throttle: None,
+            pressure: Pressure::new(plan, cgroup)?,
             following: follow.map(|cfg| Following {
                 known: kube::container_ids(&cfg.hierarchy, &cfg.identity.pod_uid),
                 cfg,
@@ -359,6 +401,9 @@ impl State {
     /// with a size past the limit the survivors' full shares are the most the run can hold,
     /// and a hold must start from there.
     fn full(&self) -> bool {
+        if let Some(p) = &self.pressure {
+            return p.looped.done();
+        }
         if self.goal.is_some() || self.available.is_some() {
             return self.at_goal;
         }
@@ -397,9 +442,73 @@ impl State {
         (whole > 0).then(|| (done as f64 / whole as f64).clamp(0.0, 1.0))
     }
 
+    /// `--pressure`: what the loop needs of this sample (`None`: the pressure file or the
+    /// domain could not be read, and the loop waits).
+    fn pressure_reading(&mut self, counters: &Counters, psi: Option<&Psi>) -> Option<Reading> {
+        // Nothing is read for a run without a goal.
+        self.pressure.as_ref()?;
+        let settled = self.all_settled() && self.members.iter().all(|m| m.restart_at.is_none());
+        let stressors = self.charge();
+        let kills = self.run_kills();
+        let at = self.started.elapsed();
+        let high = self.target.high().ok().flatten();
+        let p = self.pressure.as_mut()?;
+        let psi = *psi?;
+        let (domain, limit) = match &p.domain {
+            Some(d) => (d.counters().ok()?, d.limit().ok().flatten()),
+            None => (counters.clone(), self.target.limit().ok().flatten()),
+        };
+        // The limit can be changed during the run: the loop keeps its margin below it.
+        p.limit = limit.unwrap_or(p.limit);
+        let below_high = high.map_or(u64::MAX, |h| h.saturating_sub(counters.usage_bytes));
+        Some(Reading {
+            at,
+            psi,
+            unreclaimable: domain.usage_bytes.saturating_sub(domain.file_bytes),
+            limit: p.limit,
+            ceiling: high.map_or(p.limit, |h| h.min(p.limit)),
+            free: p.limit.saturating_sub(domain.usage_bytes).min(below_high),
+            stressors,
+            settled,
+            kills,
+        })
+    }
+
+    /// `--pressure`: one step of the loop on the last sample's reading; what it says goes to
+    /// stderr (`backing off: …`).
+    fn pressure_step(&mut self, reporter: &Reporter) {
+        let Some(p) = &mut self.pressure else { return };
+        let Some(reading) = p.reading.take() else {
+            return;
+        };
+        let to = p.looped.step(&reading);
+        let said = p.looped.said();
+        if !said.is_empty() {
+            reporter.clear_status();
+            for line in said {
+                tracing::warn!("{}: {line}", self.target.path);
+            }
+        }
+        let Some(total) = to else { return };
+        let alive: Vec<usize> = self
+            .stressors()
+            .filter(|m| m.alive && m.restart_at.is_none())
+            .map(|m| m.index)
+            .collect();
+        for (i, share) in alive.iter().zip(split(total, alive.len(), self.page)) {
+            self.members[*i].set_target(share);
+        }
+    }
+
     /// Reads the target's counters: a `sample` line, and the status line on a terminal.
     fn sample(&mut self, reporter: &Reporter) -> Result<(), CgroupError> {
         let counters = self.target.counters()?;
+        let psi = Psi::of(&self.target);
+        let reading = self.pressure_reading(&counters, psi.as_ref());
+        let pressure = self.pressure.as_mut().map(|p| {
+            p.reading = reading;
+            p.looped.sample(psi.as_ref())
+        });
         self.peak = self.peak.max(counters.usage_bytes);
         let planned = self.planned();
         let forecast = self.forecaster.as_mut().and_then(|f| {
@@ -425,7 +534,7 @@ impl State {
             run_limit_hits: counters.limit_hits.saturating_sub(self.start.limit_hits),
             run_oom_kills: self.run_kills(),
             forecast,
-            psi: Psi::of(&self.target),
+            psi,
             node_psi: Psi::node(),
             node_available_bytes: node.map(|n| n.available),
             node_mem_available_bytes: node.map(|n| n.mem_available),
@@ -437,10 +546,15 @@ impl State {
                 .and_then(|start| Some(high_events(&self.target)?.saturating_sub(start))),
             run_reclaim: self.reclaim.clone(),
             run_throttle: self.throttle.clone(),
+            pressure,
         };
         if self.status_line {
             let goal = self.available.as_ref().map(|(g, _)| g.bytes);
-            reporter.status(&status_text(&line, self.progress(&counters), goal));
+            let progress = match &line.pressure {
+                Some(p) => Some((p.avg10 / p.goal_pct).clamp(0.0, 1.0)),
+                None => self.progress(&counters),
+            };
+            reporter.status(&status_text(&line, progress, goal));
         }
         reporter.emit(&Line::Sample(Cow::Owned(line)));
         self.last = counters;
@@ -452,11 +566,13 @@ impl State {
     /// forecast: with a size (at once or ramped) they stop at their shares. `None` where the
     /// run cannot say: no stressors, `--fill-to` (they follow the working set), or page cache
     /// (not unreclaimable memory at all, so nothing of the domain's growth is theirs).
-    /// `--fill-to available=` follows the node, so it cannot say either.
+    /// `--fill-to available=` follows the node and `--pressure` the target's PSI, so they
+    /// cannot say either.
     fn planned(&self) -> Option<Planned> {
         let first = self.stressors().next()?;
         if self.goal.is_some()
             || self.available.is_some()
+            || self.pressure.is_some()
             || first.worker.kind == crate::spec::Kind::File
         {
             return None;
@@ -1084,7 +1200,10 @@ impl State {
         Summary {
             outcome,
             target: self.target.path.clone(),
-            requested_bytes: if plan.fill_to_bytes.is_some() || plan.available.is_some() {
+            requested_bytes: if plan.fill_to_bytes.is_some()
+                || plan.available.is_some()
+                || plan.pressure.is_some()
+            {
                 charge
             } else {
                 plan.total_bytes
@@ -1122,6 +1241,7 @@ impl State {
             forecast: self.forecaster.as_ref().map(Forecaster::score_so_far),
             available: self.available.as_ref().map(|(_, held)| held.line(now)),
             throttled: self.throttle.clone(),
+            pressure: self.pressure.as_ref().map(|p| p.looped.summary()),
         }
     }
 }
@@ -1181,9 +1301,19 @@ fn status_text(s: &SampleLine, progress: Option<f64>, available_goal: Option<u64
         ),
         _ => String::new(),
     };
+    let goal = s.pressure.as_ref().map_or_else(String::new, |p| {
+        format!(
+            "; goal {} {}%: stressors at {} of {} allowed, {}",
+            p.metric.name(),
+            p.goal_pct,
+            Bytes(p.holding_bytes),
+            Bytes(p.cap_bytes),
+            p.state.text()
+        )
+    });
     format!(
         "{bar}{node}usage {}{limit}{high}, working set {}, {} stressor(s) holding {}; since the \
-         start: limit hits {}, OOM kills {}{psi}{forecast}",
+         start: limit hits {}, OOM kills {}{psi}{goal}{forecast}",
         Bytes(s.counters.usage_bytes),
         Bytes(s.counters.working_set_bytes),
         s.stressors_alive,
@@ -1579,6 +1709,7 @@ fn on_tick(
     state.ramp_step();
     state.fill_to_step();
     state.available_step(reporter);
+    state.pressure_step(reporter);
     Ok(None)
 }
 
@@ -1657,34 +1788,61 @@ async fn drive(
 
 #[cfg(test)]
 mod tests {
-    use super::{SampleLine, ThrottleSample, pre_probe_cap, status_text};
-    use crate::target::cgroup::Counters;
+    use super::{Psi, SampleLine, ThrottleSample, pre_probe_cap, status_text};
+    use crate::{
+        stress::pressure::{LoopState, Metric, PressureSample},
+        target::cgroup::Counters,
+    };
 
     const MIB: u64 = 1 << 20;
+
+    /// With `--pressure`, the status line says the goal and what the loop does, after the
+    /// target's pressure.
+    #[test]
+    fn the_status_line_shows_the_pressure_goal() {
+        let line = SampleLine {
+            limit_bytes: Some(192 * MIB),
+            stressors_held_bytes: 84 * MIB,
+            stressors_charge_bytes: 84 * MIB,
+            stressors_alive: 1,
+            psi: Some(Psi {
+                some_avg10: 19.4,
+                full_avg10: 18.0,
+                ..Psi::default()
+            }),
+            pressure: Some(PressureSample {
+                goal_pct: 20.0,
+                metric: Metric::Some,
+                avg10: 19.4,
+                recent_pct: Some(21.0),
+                holding_bytes: 84 * MIB,
+                cap_bytes: 150 * MIB,
+                state: LoopState::Holding,
+            }),
+            ..SampleLine::empty(0)
+        };
+        let text = status_text(&line, Some(0.97), None);
+        assert!(
+            text.ends_with(
+                "; pressure some 19.4% full 18.0%; goal some 20%: stressors at 84 MiB of 150 MiB \
+                 allowed, holding"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn the_status_line_says_how_long_memory_high_held_the_tasks() {
         let line = |run_throttle: Option<ThrottleSample>| SampleLine {
-            t_ms: 100,
             counters: Counters {
                 usage_bytes: 64 * MIB,
                 ..Counters::default()
             },
             limit_bytes: Some(256 * MIB),
-            stressors_held_bytes: 0,
-            stressors_charge_bytes: 0,
-            stressors_alive: 0,
-            run_limit_hits: 0,
-            run_oom_kills: 0,
-            forecast: None,
-            psi: None,
-            node_psi: None,
-            node_available_bytes: None,
-            node_mem_available_bytes: None,
             memory_high_bytes: Some(64 * MIB),
             run_high_events: Some(513),
-            run_reclaim: None,
             run_throttle,
+            ..SampleLine::empty(100)
         };
         let held = ThrottleSample {
             episodes: 480,

@@ -9,7 +9,8 @@
 //! [`radius`]); then, in order:
 //! the janitor starts, the sandbox cgroup (if any) is created, the probes load on a thread
 //! while the workers start inside the target (`member`, [`spawn`], [`stressor`]), and the engine
-//! samples the cgroup every 100 ms while reporting kills. Every exit path removes what the
+//! samples the cgroup every 100 ms while reporting kills (and, with `--pressure`, steers what
+//! the stressors hold by the target's PSI: [`pressure`]). Every exit path removes what the
 //! run created; a SIGKILLed controller is cleaned up by the janitor and the workers'
 //! `PR_SET_PDEATHSIG`.
 
@@ -18,6 +19,7 @@ mod engine;
 pub mod janitor;
 mod member;
 pub mod plan;
+pub mod pressure;
 pub mod radius;
 pub mod spawn;
 pub mod stressor;

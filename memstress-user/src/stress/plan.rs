@@ -8,14 +8,19 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use super::{available, member::split, radius, stressor};
+use super::{
+    available,
+    member::split,
+    pressure::{self, Goal},
+    radius, stressor,
+};
 use crate::{
     Error, Result,
     error::Context as _,
     explain::predict,
     output::line::{
-        AvailablePlan, DomainKind, Mode, Plan, PlanDomain, PlanTarget, StressChaosLine,
-        ThrottlePlan,
+        AvailablePlan, DomainKind, Mode, Plan, PlanDomain, PlanTarget, PressurePlan,
+        StressChaosLine, ThrottlePlan,
     },
     privilege, probe,
     size::{Bytes, SizeSpec},
@@ -55,6 +60,9 @@ pub enum Amount {
     Available(SizeSpec),
     /// Nothing: no stressors (`--throttle` alone sets `memory.high` and holds it).
     Nothing,
+    /// `--pressure`: as much as holds the target's memory pressure at this goal, moved by a
+    /// closed loop.
+    Pressure(Goal),
 }
 
 /// A process other than a stressor that a run starts in the target (the demo's app).
@@ -398,6 +406,27 @@ fn check_options(opts: &Options) -> Result<()> {
              has no ramp: give one of them"
         );
     }
+    if let Amount::Pressure(_) = opts.amount {
+        let other = [
+            (opts.ramp.is_some(), "--ramp grows a fixed --size over time"),
+            (
+                opts.kind == Kind::File,
+                "--kind file holds page cache, which reclaim frees first: it would squeeze \
+                 nothing",
+            ),
+            (
+                opts.follow,
+                "--follow starts the stressors over in a replacement cgroup, where the loop \
+                 would start blind",
+            ),
+        ];
+        if let Some((_, why)) = other.iter().find(|(given, _)| *given) {
+            usage!(
+                "{why}; --pressure's closed loop decides what the stressors hold: give one of \
+                 them"
+            );
+        }
+    }
     if opts.throttle.is_some() && opts.follow {
         usage!(
             "--throttle with --follow: the replacement cgroup's memory.high would be neither \
@@ -423,6 +452,9 @@ struct Domain {
     usage: u64,
     /// The domain's working set: what reclaim cannot free to make room.
     working_set: u64,
+    /// The domain's memory that reclaim cannot free at all without swap: usage less the
+    /// file LRU lists (anon, shmem, kernel memory).
+    unreclaimable: u64,
 }
 
 impl Domain {
@@ -437,7 +469,9 @@ impl Domain {
             (Some((_, domain)), None) => domain.counters().ok(),
             _ => None,
         };
+        let of = |c: &Counters| c.usage_bytes.saturating_sub(c.file_bytes);
         Ok(Self {
+            unreclaimable: domain.as_ref().map_or_else(|| of(&counters), of),
             usage: domain
                 .as_ref()
                 .map_or(counters.usage_bytes, |d| d.usage_bytes),
@@ -583,6 +617,16 @@ fn resolve(
                 available: Some(goal),
             }
         }
+        Amount::Pressure(goal) => Resolved {
+            mode: Mode::Pressure,
+            total: 0,
+            fill_to: None,
+            from: format!(
+                "a closed loop on memory.pressure {} avg10: the stressors start empty",
+                goal.metric.name()
+            ),
+            available: None,
+        },
         Amount::FillTo(spec) => {
             let what = "working-set goal";
             let (goal, from) =
@@ -652,7 +696,24 @@ fn domain_of(
 /// it starts a worker to measure a stressor's footprint. [`plan`] checks it again.
 pub fn check_node_bounds(opts: &Options, hierarchy: &Hierarchy) -> Result<()> {
     check_options(opts)?;
+    check_version(opts, hierarchy)?;
     bounds(opts, hierarchy).map(drop)
+}
+
+/// Refuses what cgroup v1 cannot do before anything else is resolved (the target need not
+/// even exist): a `--pressure` goal (no per-cgroup PSI).
+fn check_version(opts: &Options, hierarchy: &Hierarchy) -> Result<()> {
+    if matches!(opts.amount, Amount::Pressure(_))
+        && hierarchy.version == target::cgroup::Version::V1
+    {
+        return Err(Error::Refused(format!(
+            "--pressure holds the target's memory.pressure, which needs cgroup v2: the memory \
+             controller here is on cgroup v1 ({}), which has no per-cgroup PSI; nothing was \
+             changed",
+            hierarchy.mount.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The target, its limit's domain, the size resolved against them, and the OOM domain the
@@ -679,6 +740,7 @@ fn bounds(opts: &Options, hierarchy: &Hierarchy) -> Result<(Target, Domain, Reso
 /// Resolves the plan without creating anything.
 pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
     check_options(opts)?;
+    check_version(opts, hierarchy)?;
     let (credentials, stressor_user) =
         match privilege::stressor_user(opts.user.as_deref(), opts.mlock) {
             Ok(found) => found,
@@ -694,8 +756,11 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
     }
     let (target, domain, resolved, planned_domain) = bounds(opts, hierarchy)?;
     let throttle = plan_throttle(opts, hierarchy, &target, &domain)?;
+    let pressure = plan_pressure(opts, &target, &domain, throttle.as_ref())?;
     let stressors = opts.amount != Amount::Nothing;
-    let bytes_per_worker = if stressors {
+    let bytes_per_worker = if pressure.is_some() {
+        vec![0; opts.workers as usize]
+    } else if stressors {
         split(
             resolved.total,
             opts.workers as usize,
@@ -717,7 +782,19 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
     if let Some(goal) = &resolved.available {
         check_available_shares(opts, goal, &planned_domain, resolved.total, footprint)?;
     }
-    if stressors {
+    if let Some(p) = &pressure {
+        let footprints = u64::from(opts.workers).saturating_mul(footprint);
+        if footprints >= p.cap_bytes {
+            usage!(
+                "--workers {}: the stressors' own footprints ({} × {}) would take all the {} \
+                 they may hold below the limit's margin; give fewer workers",
+                opts.workers,
+                opts.workers,
+                Bytes(footprint),
+                Bytes(p.cap_bytes)
+            );
+        }
+    } else if stressors {
         check_shares(opts, &bytes_per_worker, resolved.fill_to, footprint, room)?;
     }
     let crosses_limit = domain
@@ -757,6 +834,7 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
             .unwrap_or_else(|| match opts.amount {
                 Amount::Size(s) | Amount::FillTo(s) => s.to_string(),
                 Amount::Available(s) => format!("available={s}"),
+                Amount::Pressure(goal) => goal.to_string(),
                 Amount::Nothing => String::new(),
             }),
         size_from: resolved.from,
@@ -784,6 +862,7 @@ pub fn plan(opts: &Options, hierarchy: &Hierarchy) -> Result<(Plan, Target)> {
         notes: opts.notes.clone(),
         throttle,
         available,
+        pressure,
     };
     if plan.domain.kind == DomainKind::Node {
         // Every process of the node is a candidate of a global OOM, the stressors among them
@@ -903,6 +982,83 @@ fn plan_throttle(
         from,
         original_bytes,
     }))
+}
+
+/// `--pressure`: the goal and the bounds of its loop. Refused on cgroup v1 (no per-cgroup
+/// PSI), where the target's `memory.pressure` cannot be read (a kernel without PSI, or booted
+/// with `psi=0`), without a limit to keep a margin below, and where the domain is already
+/// within that margin.
+fn plan_pressure(
+    opts: &Options,
+    target: &Target,
+    domain: &Domain,
+    throttle: Option<&ThrottlePlan>,
+) -> Result<Option<PressurePlan>> {
+    let Amount::Pressure(goal) = opts.amount else {
+        return Ok(None);
+    };
+    check_pressure_support(&target.cgroup)?;
+    let Some((limit, from)) = &domain.limit else {
+        return Err(Error::Refused(format!(
+            "--pressure keeps the stressors a margin below a memory limit, but neither {} nor \
+             any ancestor has one (memory.max): give a target with a limit",
+            target.cgroup.path
+        )));
+    };
+    let margin = pressure::margin(*limit);
+    let unreclaimable = if target.create.is_some() {
+        0
+    } else {
+        domain.unreclaimable
+    };
+    let cap_bytes = pressure::cap(*limit, unreclaimable, 0);
+    if cap_bytes == 0 {
+        return Err(Error::Refused(format!(
+            "--pressure: the memory of {} that reclaim cannot free ({}) is already within the \
+             {} margin the loop keeps below its {} limit: the stressors could hold nothing; \
+             nothing was changed",
+            from.path,
+            Bytes(unreclaimable),
+            Bytes(margin),
+            Bytes(*limit)
+        )));
+    }
+    Ok(Some(PressurePlan {
+        goal_pct: goal.pct,
+        metric: goal.metric,
+        limit_bytes: *limit,
+        limit_from: from.path.clone(),
+        ceiling_bytes: throttle.map_or(*limit, |t| t.high_bytes.min(*limit)),
+        margin_bytes: margin,
+        cap_bytes,
+    }))
+}
+
+/// `--pressure` reads the target's own `memory.pressure` (cgroup v2, [`check_version`]):
+/// refused where the file cannot be read (the target's, or its parent's for a cgroup to be
+/// created): a kernel built without PSI, booted with `psi=0`, or `cgroup.pressure` set to 0.
+fn check_pressure_support(cgroup: &Cgroup) -> Result<()> {
+    let dir = if cgroup.dir.exists() {
+        cgroup.dir.clone()
+    } else {
+        cgroup
+            .parent()
+            .map_or_else(|| cgroup.dir.clone(), |p| p.dir)
+    };
+    let file = dir.join("memory.pressure");
+    match std::fs::read_to_string(&file) {
+        Ok(text) if crate::target::psi::Psi::parse(&text).is_some() => Ok(()),
+        Ok(_) => Err(Error::Refused(format!(
+            "--pressure: {} is not a pressure file; nothing was changed",
+            file.display()
+        ))),
+        Err(e) => Err(Error::Refused(format!(
+            "--pressure needs the target's memory.pressure, and {} cannot be read ({e}): this \
+             kernel has no PSI (built without CONFIG_PSI, booted with psi=0, or cgroup.pressure \
+             is 0 there); nothing was changed",
+            file.display()
+        ))),
+    }
 }
 
 /// Who the OOM killer would choose when the plan crosses the limit, from /proc now. The
@@ -1149,6 +1305,104 @@ mod tests {
         );
     }
 
+    #[test]
+    fn pressure_needs_psi_on_v2_and_a_limit() {
+        let tree = Tree::new(Version::V2);
+        let hierarchy = tree.hierarchy();
+        tree.cgroup("/pod", Some(256 * MIB), 16 * MIB);
+        tree.cgroup("/pod/ctr", None, 16 * MIB);
+        tree.cgroup("/free", None, 0);
+        tree.cgroup("/full", Some(64 * MIB), 60 * MIB);
+        let goal = Goal::parse("some=20%").unwrap();
+        let of = |path: &str| {
+            options(
+                &tree,
+                target::Spec::Cgroup(path.into()),
+                Amount::Pressure(goal),
+            )
+        };
+        // The limit is the pod's; the stressors start empty, and may hold the limit less an
+        // eighth, less what the pod cannot reclaim (16 MiB used, 2 MiB of it page cache).
+        let (plan, _) = super::plan(&of("/pod/ctr"), &hierarchy).unwrap();
+        assert_eq!(plan.mode, Mode::Pressure);
+        assert_eq!(plan.size, "some=20%");
+        assert_eq!((plan.workers, plan.total_bytes), (1, 0));
+        assert_eq!(plan.bytes_per_worker, vec![0]);
+        assert!(!plan.crosses_limit);
+        let p = plan.pressure.clone().unwrap();
+        assert_eq!((p.goal_pct, p.metric), (20.0, pressure::Metric::Some));
+        assert_eq!((p.limit_bytes, p.limit_from.as_str()), (256 * MIB, "/pod"));
+        assert_eq!((p.margin_bytes, p.ceiling_bytes), (32 * MIB, 256 * MIB));
+        assert_eq!(p.cap_bytes, 256 * MIB - 32 * MIB - 14 * MIB);
+        let json = serde_json::to_value(&plan).unwrap();
+        assert_eq!(json["mode"], "pressure");
+        assert_eq!(json["pressure"]["metric"], "some");
+        // With --throttle, memory.high is the ceiling.
+        let mut throttled = of("/pod/ctr");
+        throttled.throttle = Some((SizeSpec::Bytes(64 * MIB), "64Mi".into()));
+        let (plan, _) = super::plan(&throttled, &hierarchy).unwrap();
+        assert_eq!(plan.pressure.unwrap().ceiling_bytes, 64 * MIB);
+        // A sandbox to be created: its own limit, nothing in it yet, its parent's PSI.
+        let sandbox = options(
+            &tree,
+            target::Spec::New {
+                name: "/pod/new".into(),
+                limit: 128 * MIB,
+            },
+            Amount::Pressure(goal),
+        );
+        let (plan, _) = super::plan(&sandbox, &hierarchy).unwrap();
+        assert_eq!(plan.pressure.unwrap().cap_bytes, 112 * MIB);
+        // Refused: no limit anywhere, a domain already within the margin.
+        let e = plan_err(&of("/free"), &hierarchy);
+        assert!(e.contains("nor any ancestor has one (memory.max)"), "{e}");
+        let e = plan_err(&of("/full"), &hierarchy);
+        assert!(e.contains("already within the 16 MiB margin"), "{e}");
+        // With what cannot work together.
+        for (change, needle) in [
+            (
+                (|o: &mut Options| o.ramp = Some(Duration::from_secs(5))) as fn(&mut Options),
+                "--ramp",
+            ),
+            (|o: &mut Options| o.kind = Kind::File, "--kind file"),
+            (|o: &mut Options| o.follow = true, "--follow"),
+        ] {
+            let mut opts = of("/pod/ctr");
+            change(&mut opts);
+            let e = super::plan(&opts, &hierarchy).map(drop).unwrap_err();
+            assert_eq!(e.exit_code(), crate::exit::USAGE, "{e}");
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+        // No pressure file: a kernel without PSI, or booted with psi=0.
+        std::fs::remove_file(tree.dir("/pod/ctr").join("memory.pressure")).unwrap();
+        let e = plan_err(&of("/pod/ctr"), &hierarchy);
+        assert!(
+            e.contains("has no PSI") && e.contains("nothing was changed"),
+            "{e}"
+        );
+        // cgroup v1: one line, before anything is resolved.
+        let v1 = Tree::new(Version::V1);
+        v1.cgroup("/pod", Some(256 * MIB), 0);
+        let mut opts = options(
+            &v1,
+            target::Spec::Cgroup("/nonexistent".into()),
+            Amount::Pressure(goal),
+        );
+        opts.dry_run = true;
+        for e in [
+            plan_err(&opts, &v1.hierarchy()),
+            super::check_node_bounds(&opts, &v1.hierarchy())
+                .unwrap_err()
+                .to_string(),
+        ] {
+            assert!(
+                e.contains("needs cgroup v2") && e.contains("nothing was changed"),
+                "{e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
     fn plan_err(opts: &Options, hierarchy: &Hierarchy) -> String {
         super::plan(opts, hierarchy)
             .map(|_| ())
@@ -1348,10 +1602,10 @@ mod tests {
         ] {
             assert!(e.contains(needle), "`{e}` lacks {needle}");
         }
-        let e = plan_err(
-            &of("/free", SizeSpec::Bytes(node.available + GIB)),
-            &hierarchy,
-        );
+        // Above memory.available and below MemTotal (however little the node uses: a quiet
+        // machine's memory.available can be within a GiB of MemTotal).
+        let reached = node.available + (node.mem_total - node.available) / 2;
+        let e = plan_err(&of("/free", SizeSpec::Bytes(reached)), &hierarchy);
         assert!(e.contains("nothing to fill"), "{e}");
         // Page cache does not lower memory.available; no ramp; not more workers than the
         // distance feeds.

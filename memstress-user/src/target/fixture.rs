@@ -196,6 +196,11 @@ impl Tree {
                         usage - inactive
                     ),
                 );
+                write(
+                    &dir.join("memory.pressure"),
+                    "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n\
+                     full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+                );
             }
         }
     }

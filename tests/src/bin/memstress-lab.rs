@@ -8,7 +8,10 @@
 //! memstress-lab files FILE
 //! memstress-lab guest-memory FILE
 //! memstress-lab report DIR
+//! memstress-lab app --name NAME --size BYTES --reread BYTES --dir DIR [--work N]
 //! ```
+//! `app` is a scenario's application that re-reads a file working set (`[[app]]` with
+//! `reread`; see `memstress_tests::lab::app`): the lab starts it, nobody else.
 //! `files` prints the files a scenario's steps read (a `replay` step's log), one a line,
 //! relative to the scenario file's directory: what must travel with it into a guest.
 //! `guest-memory` prints the memory of the guest it runs in, in MiB (its `memory`, or the
@@ -24,7 +27,7 @@ use std::{
 };
 
 use memstress_tests::lab::{
-    report,
+    app, report,
     runner::{self, Options},
     scenario::Scenario,
 };
@@ -123,6 +126,13 @@ fn main() -> ExitCode {
             }
         }
         Some("run") => run(&args[1..]),
+        Some("app") => match app::AppArgs::parse(&args[1..]) {
+            Ok(parsed) => ExitCode::from(u8::try_from(app::main(&parsed)).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("memstress-lab app: {e}");
+                ExitCode::from(2)
+            }
+        },
         _ => usage(),
     }
 }

@@ -4,6 +4,7 @@ use memstress::{
     explain::{PointsFrom, Ranked, Source, who},
     output::line::{KillLine, Line},
     size::{Bytes, SizeSpec},
+    stress::pressure::Metric,
 };
 use serde_json::Value;
 
@@ -349,6 +350,21 @@ pub fn check(
             step,
             min_psi_share,
         } => throttled_time(events, *run, *step, *min_psi_share),
+        Expect::PsiHeld {
+            cgroup,
+            step,
+            metric,
+            goal,
+            tolerance,
+            for_,
+        } => psi_held(
+            events,
+            cgroup,
+            *step,
+            *metric,
+            (*goal, *tolerance),
+            for_.as_millis() as u64,
+        ),
         Expect::ReplaySameVictim { step } => replay_same_victim(events, *step),
         Expect::PlanFirst { step, first } => {
             let said: Vec<String> = said_in(events, *step)
@@ -473,6 +489,90 @@ fn high_events(
         (false, _) => rise.to_string(),
     };
     (name, expected, actual, ok)
+}
+
+/// The longest stretch of `readings` ((ms, avg10), in time order; `None`: no reading, which
+/// breaks a stretch) within `tolerance` of `goal`, as (from, to) in ms.
+fn longest_within(
+    readings: &[(u64, Option<f64>)],
+    goal: f64,
+    tolerance: f64,
+) -> Option<(u64, u64)> {
+    let mut best: Option<(u64, u64)> = None;
+    let mut start = None;
+    for &(t, value) in readings {
+        match value {
+            Some(v) if (v - goal).abs() <= tolerance => {
+                let from = *start.get_or_insert(t);
+                if best.is_none_or(|(a, b)| t - from > b - a) {
+                    best = Some((from, t));
+                }
+            }
+            _ => start = None,
+        }
+    }
+    best
+}
+
+/// `psi_held`: the longest stretch the run's own `sample` lines, and the lab's own readings
+/// of the cgroup's `memory.pressure` during the step, kept avg10 within the tolerance.
+fn psi_held(
+    events: &[Value],
+    cgroup: &str,
+    step: usize,
+    metric: Metric,
+    (goal, tolerance): (f64, f64),
+    for_ms: u64,
+) -> (String, String, String, bool) {
+    let name = format!(
+        "{cgroup}'s memory.pressure {} avg10 during step {step}",
+        metric.name()
+    );
+    let expected = format!(
+        "within {tolerance} points of {goal}% for at least {}, in the run's samples and the \
+         lab's readings",
+        seconds(for_ms)
+    );
+    let Some((start, end)) = step_window(events, step) else {
+        return (name, expected, "step did not run".into(), false);
+    };
+    let run: Vec<(u64, Option<f64>)> = said(events)
+        .filter(|s| s.source == Some("run") && s.step == Some(step as u64))
+        .filter_map(|s| match s.line {
+            Line::Sample(sample) => Some((s.t_ms?, sample.psi.map(|p| metric.of(&p).0))),
+            _ => None,
+        })
+        .collect();
+    let key = format!("psi_{}_avg10", metric.name());
+    let lab: Vec<(u64, Option<f64>)> = samples(events, cgroup)
+        .filter_map(|s| Some((s["t_ms"].as_u64()?, s[&key].as_f64())))
+        .filter(|(t, _)| (start..=end).contains(t))
+        .collect();
+    let said = |readings: &[(u64, Option<f64>)]| {
+        if readings.iter().all(|(_, v)| v.is_none()) {
+            return ("no readings".to_owned(), 0);
+        }
+        match longest_within(readings, goal, tolerance) {
+            Some((a, b)) => (
+                format!(
+                    "{} ({}-{} after the step started)",
+                    seconds(b - a),
+                    seconds(a.saturating_sub(start)),
+                    seconds(b.saturating_sub(start))
+                ),
+                b - a,
+            ),
+            None => ("never".to_owned(), 0),
+        }
+    };
+    let (run_said, run_ms) = said(&run);
+    let (lab_said, lab_ms) = said(&lab);
+    (
+        name,
+        expected,
+        format!("the run's samples: {run_said}; the lab's readings: {lab_said}"),
+        run_ms >= for_ms && lab_ms >= for_ms,
+    )
 }
 
 /// `memory_high_restored`: the value before the step, the value while its run was on, and
@@ -1644,5 +1744,75 @@ mod tests {
         // Restored, then changed again before any other run: fails.
         let (_, _, actual, ok) = check(&[(1150, json!("max")), (1300, json!(HIGH))]);
         assert!(!ok && actual.contains("then changed"), "{actual}");
+    }
+
+    #[test]
+    fn longest_within_breaks_on_a_miss_or_a_gap() {
+        let r = |t: u64, v: Option<f64>| (t, v);
+        let readings = [
+            r(0, Some(10.0)),
+            r(100, Some(18.0)),
+            r(200, Some(24.0)),
+            r(300, Some(26.0)),
+            r(400, Some(21.0)),
+            r(500, None),
+            r(600, Some(20.0)),
+            r(1000, Some(20.0)),
+        ];
+        assert_eq!(longest_within(&readings, 20.0, 5.0), Some((600, 1000)));
+        assert_eq!(longest_within(&readings[..5], 20.0, 5.0), Some((100, 200)));
+        assert_eq!(longest_within(&readings[..1], 20.0, 5.0), None);
+    }
+
+    /// `psi_held` reads the run's samples and the lab's own readings of the step; both must
+    /// hold the stretch.
+    #[test]
+    fn psi_held_needs_the_run_and_the_lab_to_agree() {
+        let scenario: Scenario = toml::from_str("name = \"t\"\ndescription = \"\"").unwrap();
+        let events = |run_avg10: &dyn Fn(u64) -> f64, lab_avg10: &dyn Fn(u64) -> f64| {
+            let mut ev = vec![
+                json!({"type": "step", "t_ms": 0, "index": 0, "phase": "start",
+                "what": "memstress run -o json --cgroup /lab/pod --pressure some=20%"}),
+            ];
+            for t in (100..40_000).step_by(100) {
+                let mut sample = fixture::sample(t, Value::Null);
+                sample["psi"] = json!({"some_avg10": run_avg10(t), "some_avg60": 0.0,
+                    "full_avg10": 0.0, "full_avg60": 0.0, "some_total_us": 0,
+                    "full_total_us": 0});
+                ev.push(
+                    json!({"type": "memstress", "source": "run", "step": 0, "t_ms": t,
+                    "event": sample}),
+                );
+                ev.push(json!({"type": "sample", "cgroup": "pod", "t_ms": t,
+                    "psi_some_avg10": lab_avg10(t)}));
+            }
+            ev.push(json!({"type": "step", "t_ms": 40_000, "index": 0, "phase": "end"}));
+            ev
+        };
+        let e: Expect = toml::from_str(
+            "kind = \"psi_held\"\ncgroup = \"pod\"\nstep = 0\nmetric = \"some\"\n\
+             goal = 20.0\ntolerance = 5.0\nfor = \"20s\"",
+        )
+        .unwrap();
+        // Rising to 20 % by 10 s, held after.
+        let held = |t: u64| (t as f64 / 500.0).min(20.0);
+        let (_, _, actual, ok) = check(&e, &events(&held, &held), &scenario);
+        assert!(ok, "{actual}");
+        assert!(actual.contains("the run's samples: 32.4 s"), "{actual}");
+        // The lab's readings disagree (a run that made its numbers up): fails.
+        let (_, _, actual, ok) = check(&e, &events(&held, &|_| 40.0), &scenario);
+        assert!(
+            !ok && actual.contains("the lab's readings: never"),
+            "{actual}"
+        );
+        // Swinging 20 ± 10 every 8 s: no 20 s stretch.
+        let swing = |t: u64| {
+            if (t / 8000).is_multiple_of(2) {
+                12.0
+            } else {
+                28.0
+            }
+        };
+        assert!(!check(&e, &events(&swing, &swing), &scenario).3);
     }
 }

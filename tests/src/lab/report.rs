@@ -370,6 +370,9 @@ struct Scenario {
     /// The replayed OOM reports.
     replays: Vec<Replay>,
     plans: Vec<Plan>,
+    /// `run --pressure` goals: (metric, percent, from, to) in seconds (`to`: the run's
+    /// summary, `None` while it had none).
+    goals: Vec<(String, f64, f64, Option<f64>)>,
     summaries: Vec<Summary>,
     /// The kills the runs' forecasts scored, in time order.
     forecast_kills: Vec<ScoredKill>,
@@ -434,6 +437,10 @@ impl Scenario {
                         // A replay's plans are its sandbox's, not the scenario's.
                         (Line::Plan(plan), source) if source != Some("replay") => {
                             runs += 1;
+                            if let (Some(p), Some(t)) = (&plan.pressure, t) {
+                                s.goals
+                                    .push((p.metric.name().to_owned(), p.goal_pct, t, None));
+                            }
                             if let Some(p) = &plan.predicted_oom {
                                 s.plans.push(Plan {
                                     t,
@@ -445,6 +452,11 @@ impl Scenario {
                         }
                         (Line::Summary(summary), _) => {
                             runs += 1;
+                            if summary.pressure.is_some()
+                                && let Some(goal) = s.goals.iter_mut().rev().find(|g| g.3.is_none())
+                            {
+                                goal.3 = t;
+                            }
                             s.summaries.push(Summary {
                                 step: ev.get("step").and_then(Value::as_u64),
                                 replay: source == Some("replay"),
@@ -1502,6 +1514,8 @@ const GLYPH: f64 = 0.6;
 /// memory.high's dash (dash-dot), and PSI's.
 const HIGH_DASH: &str = "8 3 2 3";
 const PSI_DASH: &str = "2 2";
+/// A `--pressure` goal, at its percent on PSI's scale.
+const GOAL_DASH: &str = "6 2";
 
 /// Whether any cgroup's PSI was sampled (v2): the timeline then plots it.
 fn psi_shown(s: &Scenario) -> bool {
@@ -1874,6 +1888,15 @@ pub fn timeline_svg(events: &[Value]) -> String {
                 yp(pct) + 10.0
             );
         }
+        for (_, pct, from, to) in &s.goals {
+            putln!(
+                out,
+                r##"<path d="M{:.1},{:.1} H{:.1}" fill="none" stroke="#555" stroke-width="1" stroke-dasharray="{GOAL_DASH}"/>"##,
+                x.at(*from),
+                yp(*pct),
+                x.at(to.unwrap_or(s.end))
+            );
+        }
         for (i, c) in s.cgroups.iter().enumerate() {
             let colour = PALETTE[i % PALETTE.len()];
             let psi = path_data(c.samples.iter().map(|p| p.psi.map(|v| (x.at(p.t), yp(v)))));
@@ -2165,6 +2188,9 @@ fn legend(
     }
     if psi_shown(s) {
         entries.push(line("#555", 1.0, PSI_DASH, "PSI some avg10 (%)"));
+        if let Some((metric, ..)) = s.goals.first() {
+            entries.push(line("#555", 1.0, GOAL_DASH, &format!("PSI {metric} goal")));
+        }
     }
     if !s.held.is_empty() {
         let mut e = line(HELD, 2.5, "", "held by stressors");
@@ -2411,6 +2437,28 @@ mod tests {
         assert!(svg.contains(">memory.high<"), "legend");
         assert!(svg.contains(">PSI some avg10 (%)<") && svg.contains(">PSI 100%<"));
         assert!(svg.contains(&format!("stroke-dasharray=\"{PSI_DASH}\"")));
+        assert!(!svg.contains(GOAL_DASH), "no --pressure run, no goal");
+        // A `--pressure` run: its goal, from its plan to its summary.
+        let record = |t: u64, line: Value| json!({"type": "memstress", "source": "run", "step": 0, "t_ms": t, "event": line});
+        let mut plan = fixture::plan(vec![]);
+        plan["pressure"] = json!({"goal_pct": 20.0, "metric": "some", "limit_bytes": 256 * MIB_U,
+            "limit_from": "/lab/pod", "ceiling_bytes": 256 * MIB_U, "margin_bytes": 32 * MIB_U,
+            "cap_bytes": 200 * MIB_U});
+        let mut summary = fixture::summary("interrupted");
+        summary["pressure"] = json!({"goal_pct": 20.0, "metric": "some", "reached_ms": 1000,
+            "avg10_min": 18.0, "avg10_max": 21.0, "avg10_mean": 19.5, "out_of_reach": false,
+            "back_offs": 0});
+        events.push(record(2100, plan));
+        events.push(record(5900, summary));
+        let svg = timeline_svg(&events);
+        assert_well_formed(&svg);
+        assert_eq!(
+            svg.matches(&format!("stroke-dasharray=\"{GOAL_DASH}\""))
+                .count(),
+            2,
+            "the goal and the legend's swatch"
+        );
+        assert!(svg.contains(">PSI some goal<"), "legend");
     }
 
     /// Checks that `svg` is well-formed as far as this renderer's output goes: tags balance,

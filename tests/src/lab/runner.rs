@@ -29,6 +29,7 @@ use memstress::{
 use serde_json::{Value, json};
 
 use super::{
+    app::AppArgs,
     report,
     scenario::{AppSpec, CgroupSpec, DMESG, Liveness, Scenario},
 };
@@ -288,14 +289,31 @@ struct AppProcess {
 
 impl AppProcess {
     fn start(
-        memstress: &Path,
+        launch: &Launch,
         cgroup: &Cgroup,
         name: &str,
         bytes: u64,
         adj: Option<i32>,
     ) -> Result<Self> {
-        let mut child = command_in(cgroup, memstress.to_str().context("memstress path")?, adj)
-            .args(["__stressor", "--name", name, "--size", &bytes.to_string()])
+        let (program, args) = match launch {
+            Launch::Idle(memstress) => (
+                memstress,
+                ["__stressor", "--name", name, "--size", &bytes.to_string()]
+                    .map(str::to_owned)
+                    .to_vec(),
+            ),
+            Launch::Reread(agent, app) => (
+                agent,
+                AppArgs {
+                    name: name.to_owned(),
+                    size: bytes,
+                    ..app.clone()
+                }
+                .to_args(),
+            ),
+        };
+        let mut child = command_in(cgroup, program.to_str().context("app program path")?, adj)
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -367,6 +385,42 @@ impl AppProcess {
     }
 }
 
+/// How an application process is started.
+#[derive(Clone, Debug)]
+enum Launch {
+    /// `memstress __stressor`: it holds its memory and sleeps.
+    Idle(PathBuf),
+    /// `memstress-lab app` (this agent): it holds its memory and re-reads a file working set.
+    Reread(PathBuf, AppArgs),
+}
+
+impl Launch {
+    fn of(spec: &AppSpec, opts: &Options) -> Result<Self> {
+        let Some(reread) = &spec.reread else {
+            return Ok(Self::Idle(opts.memstress.clone()));
+        };
+        let agent = std::env::current_exe().context("the lab agent's own path")?;
+        Ok(Self::Reread(
+            agent,
+            AppArgs {
+                name: spec.name.clone(),
+                size: 0,
+                reread: SizeSpec::parse_bytes(reread)?,
+                dir: opts.file_dir.clone(),
+                threads: spec.threads.unwrap_or(1),
+                block: spec
+                    .block
+                    .as_deref()
+                    .map(SizeSpec::parse_bytes)
+                    .transpose()?
+                    .unwrap_or(4096),
+                mmap: spec.mmap,
+                work: spec.work.unwrap_or(0),
+            },
+        ))
+    }
+}
+
 /// What the supervisor needs to restart a container.
 struct Container {
     cgroup: Cgroup,
@@ -387,7 +441,7 @@ fn apply_cgroup_settings(cgroup: &Cgroup, spec: &CgroupSpec) -> Result<()> {
 /// An app the lab keeps alive (its liveness probe) on a thread of its own.
 struct Supervised {
     rec: Recorder,
-    memstress: PathBuf,
+    launch: Launch,
     spec: AppSpec,
     container: Container,
     process: AppProcess,
@@ -400,7 +454,7 @@ struct Supervised {
 fn supervise(app: Supervised) {
     let Supervised {
         rec,
-        memstress,
+        launch,
         spec,
         container,
         mut process,
@@ -457,7 +511,7 @@ fn supervise(app: Supervised) {
             alive = false;
             continue;
         }
-        match AppProcess::start(&memstress, &container.cgroup, &name, bytes, adj) {
+        match AppProcess::start(&launch, &container.cgroup, &name, bytes, adj) {
             Ok(p) => {
                 rec.push(json!({
                     "type": "app", "name": name, "event": "restarted", "pid": p.child.id(),
@@ -487,7 +541,8 @@ fn start_app(
         .with_context(|| format!("no cgroup {}", spec.cgroup))?;
     let bytes = SizeSpec::parse_bytes(&spec.size)?;
     let mut adj = spec.oom_score_adj;
-    let process = match AppProcess::start(&opts.memstress, cgroup, &spec.name, bytes, adj) {
+    let launch = Launch::of(spec, opts)?;
+    let process = match AppProcess::start(&launch, cgroup, &spec.name, bytes, adj) {
         Ok(p) => p,
         Err(e) if spec.fallback_oom_score_adj.is_some() => {
             adj = spec.fallback_oom_score_adj;
@@ -496,7 +551,7 @@ fn start_app(
                 "{}: oom_score_adj {} could not be set ({e:#}; lowering it needs CAP_SYS_RESOURCE): using {}",
                 spec.name, show(spec.oom_score_adj), show(adj)
             )}));
-            AppProcess::start(&opts.memstress, cgroup, &spec.name, bytes, adj)?
+            AppProcess::start(&launch, cgroup, &spec.name, bytes, adj)?
         }
         Err(e) => return Err(e),
     };
@@ -511,16 +566,11 @@ fn start_app(
         spec: cgroup_spec.clone(),
     };
     let thread = {
-        let (rec, memstress, spec, stop) = (
-            rec.clone(),
-            opts.memstress.clone(),
-            spec.clone(),
-            stop.clone(),
-        );
+        let (rec, spec, stop) = (rec.clone(), spec.clone(), stop.clone());
         thread::spawn(move || {
             supervise(Supervised {
                 rec,
-                memstress,
+                launch,
                 spec,
                 container,
                 process,
@@ -560,12 +610,12 @@ fn sampler(rec: Recorder, cgroups: Vec<(String, Cgroup)>, stop: Arc<AtomicBool>)
                     if let Ok(n) = cgroup.high_events() {
                         sample["high_events"] = json!(n);
                     }
-                    if let Some(avg10) = fs::read_to_string(cgroup.dir.join("memory.pressure"))
-                        .ok()
-                        .as_deref()
-                        .and_then(psi_some_avg10)
-                    {
-                        sample["psi_some_avg10"] = json!(avg10);
+                    if let Ok(text) = fs::read_to_string(cgroup.dir.join("memory.pressure")) {
+                        for line in ["some", "full"] {
+                            if let Some(avg10) = psi_avg10(&text, line) {
+                                sample[format!("psi_{line}_avg10")] = json!(avg10);
+                            }
+                        }
                     }
                 }
                 rec.push(sample);
@@ -660,10 +710,10 @@ fn node_sampler(rec: Recorder, root: Cgroup, stop: Arc<AtomicBool>) -> JoinHandl
     })
 }
 
-/// `some avg10` of a PSI file (`some avg10=12.34 avg60=… total=…`).
-fn psi_some_avg10(text: &str) -> Option<f64> {
+/// `avg10` of a PSI file's `line` (`some` or `full`: `some avg10=12.34 avg60=… total=…`).
+fn psi_avg10(text: &str, line: &str) -> Option<f64> {
     text.lines()
-        .find_map(|l| l.strip_prefix("some "))?
+        .find_map(|l| l.strip_prefix(line)?.strip_prefix(' '))?
         .split_whitespace()
         .find_map(|f| f.strip_prefix("avg10="))?
         .parse()
@@ -1113,11 +1163,12 @@ mod tests {
     }
 
     #[test]
-    fn reads_psi_some_avg10() {
+    fn reads_psi_avg10() {
         let text = "some avg10=12.34 avg60=5.00 avg300=1.00 total=123456\n\
                     full avg10=10.00 avg60=4.00 avg300=0.50 total=100000\n";
-        assert_eq!(psi_some_avg10(text), Some(12.34));
-        assert_eq!(psi_some_avg10("full avg10=1.00\n"), None);
+        assert_eq!(psi_avg10(text, "some"), Some(12.34));
+        assert_eq!(psi_avg10(text, "full"), Some(10.0));
+        assert_eq!(psi_avg10("full avg10=1.00\n", "some"), None);
     }
 
     #[test]

@@ -138,6 +138,26 @@ pub struct AppSpec {
     /// What its supervisor does when it fails the liveness check.
     #[serde(default)]
     pub liveness: Liveness,
+    /// Besides its memory, re-read a file of this size (on the lab's file directory) at
+    /// random, a page at a time, without pause: an app whose page cache is its working set
+    /// (`memstress-lab app`). Squeezed below it, the app refaults, and the cgroup's memory
+    /// pressure rises.
+    #[serde(default)]
+    pub reread: Option<String>,
+    /// With `reread`: threads reading it (default 1).
+    #[serde(default)]
+    pub threads: Option<u32>,
+    /// With `reread`: bytes per read (default a page).
+    #[serde(default)]
+    pub block: Option<String>,
+    /// With `reread`: read it through a mapping (a hit is a load, a miss a page fault)
+    /// instead of `read(2)`.
+    #[serde(default)]
+    pub mmap: bool,
+    /// With `reread`: rounds of work (a xorshift step each) after each read (default 0): the
+    /// more, the smaller the share of the app's time a refault costs.
+    #[serde(default)]
+    pub work: Option<u32>,
 }
 
 /// One step.
@@ -387,6 +407,25 @@ pub enum Expect {
         /// Least rise of PSI `some` total, as a share (0 to 1) of the time held.
         min_psi_share: f64,
     },
+    /// v2: while the run of step `step` (a `--pressure` run) was on, `memory.pressure`'s
+    /// `metric` avg10 stayed within `tolerance` points of `goal` (percent) for at least
+    /// `for` without a break, both in the run's own `sample` lines (`psi`) and in the lab's
+    /// own readings of the cgroup's `memory.pressure` (every 100 ms).
+    PsiHeld {
+        /// Cgroup name (the run's target).
+        cgroup: String,
+        /// A `run` step.
+        step: usize,
+        /// `some` or `full`.
+        metric: memstress::stress::pressure::Metric,
+        /// The avg10 to hold, percent.
+        goal: f64,
+        /// How far from it counts as held, in points.
+        tolerance: f64,
+        /// The stretch needed.
+        #[serde(rename = "for", with = "duration")]
+        for_: Duration,
+    },
     /// The replay (of step `step`, else of every `replay` step) printed at least one
     /// `replay_result`, and every one reproduced the report's victim (`same_victim`).
     ReplaySameVictim {
@@ -573,6 +612,25 @@ impl Scenario {
                 return Err(format!("app `{}`: no cgroup `{}`", a.name, a.cgroup));
             }
             SizeSpec::parse_bytes(&a.size).map_err(|e| format!("app `{}`: {e}", a.name))?;
+            if let Some(reread) = &a.reread {
+                SizeSpec::parse_bytes(reread)
+                    .map_err(|e| format!("app `{}`: reread: {e}", a.name))?;
+            }
+            if (a.work.is_some() || a.threads.is_some() || a.block.is_some() || a.mmap)
+                && a.reread.is_none()
+            {
+                return Err(format!(
+                    "app `{}`: threads, block, mmap and work go with reread",
+                    a.name
+                ));
+            }
+            if let Some(block) = &a.block {
+                SizeSpec::parse_bytes(block)
+                    .map_err(|e| format!("app `{}`: block: {e}", a.name))?;
+            }
+            if a.threads.is_some_and(|n| !(1..=64).contains(&n)) {
+                return Err(format!("app `{}`: threads: 1 to 64", a.name));
+            }
             for adj in [a.oom_score_adj, a.fallback_oom_score_adj]
                 .into_iter()
                 .flatten()
@@ -763,6 +821,28 @@ impl Scenario {
                     if !(0.0..=1.0).contains(min_psi_share) {
                         return Err(format!(
                             "expect: throttled_time min_psi_share {min_psi_share} out of 0..1"
+                        ));
+                    }
+                }
+                Expect::PsiHeld {
+                    cgroup: c,
+                    step: s,
+                    goal,
+                    tolerance,
+                    ..
+                } => {
+                    step(*s)?;
+                    if !cgroup(c) {
+                        return Err(format!("expect: no cgroup `{c}`"));
+                    }
+                    if self.steps[*s].run.is_none() {
+                        return Err(format!("expect: step {s} is not a run step"));
+                    }
+                    let valid = *goal > 0.0 && *goal < 100.0 && *tolerance >= 0.0;
+                    if !valid {
+                        return Err(format!(
+                            "expect: psi_held goal {goal} must be above 0 and below 100, \
+                             tolerance {tolerance} 0 or more"
                         ));
                     }
                 }
@@ -1117,6 +1197,77 @@ max_eta_error_pct = 10
                 max_eta_error_pct: 10.0,
             }
         ));
+    }
+
+    #[test]
+    fn parses_psi_held_and_a_rereading_app() {
+        let s = parse(
+            r#"
+name = "p"
+description = "d"
+requires = "cgroup-v2"
+[[cgroup]]
+name = "pod"
+limit = "192Mi"
+[[app]]
+name = "db"
+cgroup = "pod"
+size = "16Mi"
+reread = "96Mi"
+mmap = true
+threads = 2
+work = 100
+[[step]]
+run = "--cgroup {pod} --pressure some=20%"
+background = true
+[[expect]]
+kind = "psi_held"
+cgroup = "pod"
+step = 0
+metric = "full"
+goal = 20.0
+tolerance = 5.0
+for = "20s"
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.apps[0].reread.as_deref(), Some("96Mi"));
+        assert!(s.apps[0].mmap);
+        assert!(matches!(
+            s.expects[0],
+            Expect::PsiHeld {
+                metric: memstress::stress::pressure::Metric::Full,
+                for_,
+                ..
+            } if for_ == Duration::from_secs(20)
+        ));
+        for (text, needle) in [
+            (
+                "[[app]]\nname = \"a\"\ncgroup = \"pod\"\nsize = \"1Mi\"\nwork = 3",
+                "go with reread",
+            ),
+            (
+                "[[app]]\nname = \"a\"\ncgroup = \"pod\"\nsize = \"1Mi\"\nreread = \"x\"",
+                "reread",
+            ),
+            (
+                "[[step]]\nsleep = \"1s\"\n[[expect]]\nkind = \"psi_held\"\ncgroup = \"pod\"\nstep = 0\nmetric = \"some\"\ngoal = 20.0\ntolerance = 5.0\nfor = \"20s\"",
+                "not a run step",
+            ),
+            (
+                "[[step]]\nrun = \"x\"\n[[expect]]\nkind = \"psi_held\"\ncgroup = \"pod\"\nstep = 0\nmetric = \"some\"\ngoal = 120.0\ntolerance = 5.0\nfor = \"20s\"",
+                "below 100",
+            ),
+            (
+                "[[step]]\nrun = \"x\"\n[[expect]]\nkind = \"psi_held\"\ncgroup = \"pod\"\nstep = 0\nmetric = \"most\"\ngoal = 20.0\ntolerance = 5.0\nfor = \"20s\"",
+                "unknown variant",
+            ),
+        ] {
+            let text =
+                format!("name = \"a\"\ndescription = \"\"\n[[cgroup]]\nname = \"pod\"\n{text}");
+            let e = parse(&text).unwrap_err();
+            assert!(e.contains(needle), "`{text}` gave `{e}`");
+        }
     }
 
     #[test]
