@@ -422,6 +422,9 @@ mount -t bpf bpf /sys/fs/bpf
 echo +memory > /sys/fs/cgroup/cgroup.subtree_control
 # Only emergencies on the console: it carries the results.
 echo 1 > /proc/sys/kernel/printk
+# A CPU stuck in the kernel panics, with its stack on the console, rather than hanging the
+# guest until the boot's timeout with nothing said.
+echo 1 > /proc/sys/kernel/softlockup_panic
 # A RAM disk with ext2, for page cache that is page cache (on tmpfs it would be shmem).
 insmod /lib/brd.ko rd_nr=1 rd_size=524288 && mke2fs -q /dev/ram0 && mount /dev/ram0 /mnt/cache && chmod 1777 /mnt/cache
 echo "@@LAB:BEGIN $(uname -r)"
@@ -559,8 +562,9 @@ fn run_guest(label: &str, guest: &Guest, dir: &Path, timeout: Duration) -> Resul
             let _ = child.kill();
             let _ = child.wait();
             bail!(
-                "the {label} guest did not finish within {timeout:?}; its console log is {}",
-                log_path.display()
+                "the {label} guest did not finish within {timeout:?}; its console log is {}{}",
+                log_path.display(),
+                kernel_said(&lines)
             );
         }
     }
@@ -569,16 +573,44 @@ fn run_guest(label: &str, guest: &Guest, dir: &Path, timeout: Duration) -> Resul
     let _ = stderr.read_to_string(&mut err);
     if !ended {
         bail!(
-            "the {label} guest stopped before reporting ({status}{}); its console log is {}",
+            "the {label} guest stopped before reporting ({status}{}); its console log is {}{}",
             if err.trim().is_empty() {
                 String::new()
             } else {
                 format!(": {}", err.trim())
             },
-            log_path.display()
+            log_path.display(),
+            kernel_said(&lines)
         );
     }
     extract_files(&lines, dir)
+}
+
+/// The guest kernel's own last words on its console, for an error: the last lines after
+/// the agent started that are not the results' protocol (`@@…`). The guest's console shows
+/// emergencies only (a soft lockup, a panic with its stack: the init script makes a soft
+/// lockup panic), and CI keeps only what xtask prints.
+fn kernel_said(lines: &[String]) -> String {
+    const LAST: usize = 60;
+    let begun = lines
+        .iter()
+        .position(|l| l.starts_with("@@LAB:BEGIN"))
+        .map_or(0, |i| i + 1);
+    let said: Vec<&str> = lines[begun..]
+        .iter()
+        .filter(|l| !l.starts_with("@@") && !l.trim().is_empty())
+        .map(String::as_str)
+        .collect();
+    if said.is_empty() {
+        return String::new();
+    }
+    let from = said.len().saturating_sub(LAST);
+    format!(
+        "; its kernel said ({} of {} lines):\n    {}",
+        said.len() - from,
+        said.len(),
+        said[from..].join("\n    ")
+    )
 }
 
 /// The console log of a guest of `memory_mib`.

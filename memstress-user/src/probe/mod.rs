@@ -84,7 +84,8 @@ pub struct Options {
     /// where the kernel calls the hooked function on every return to user mode after a
     /// context switch (before its inline wrapper) their trampoline costs each such return
     /// about 325 instructions (docs/benchmarks.md), which a watch left running on a node
-    /// should not add.
+    /// should not add. `run` loads them only where throttling can happen: with
+    /// `--throttle`, or a `memory.high` already set on its target or an ancestor.
     pub throttle: bool,
 }
 

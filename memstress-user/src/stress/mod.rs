@@ -237,7 +237,11 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Ended> {
         // yielding the CPU to them: until the probes are attached the stressors stay below
         // the limit (see engine::pre_probe_cap), so loading a little later costs nothing,
         // while a stressor that waits for the CPU is pressure that arrives late.
-        let probe_opts = opts.probe.clone();
+        let mut probe_opts = opts.probe.clone();
+        // The throttle programs tax every return to user mode on the node (on kernels
+        // before the handler's inline wrapper): loaded only where throttling can happen,
+        // with --throttle or a memory.high already set on the target or above it.
+        probe_opts.throttle &= plan.throttle.is_some() || target.cgroup.high_applies();
         let loading = tokio::task::spawn_blocking(move || {
             let niced = nice_this_thread(LOADER_NICE);
             let probes = Probes::load_checked(&probe_opts, checked);

@@ -657,6 +657,22 @@ impl Cgroup {
         }
     }
 
+    /// Whether a v2 `memory.high` below `max` applies to this cgroup's tasks: its own or an
+    /// ancestor's (the kernel throttles against each level's). Never on v1 (no such file).
+    pub fn high_applies(&self) -> bool {
+        if self.hierarchy.version != Version::V2 {
+            return false;
+        }
+        let mut level = Some(self.clone());
+        while let Some(cgroup) = level {
+            if !cgroup.is_root() && matches!(cgroup.high(), Ok(Some(_))) {
+                return true;
+            }
+            level = cgroup.parent();
+        }
+        false
+    }
+
     /// Sets v2 `memory.high` (`None`: `max`). The kernel reclaims down to it at once, as far
     /// as it can, in the writer (`memory_high_write()`), and returns even when it cannot.
     pub fn set_high(&self, bytes: Option<u64>) -> Result<(), CgroupError> {
