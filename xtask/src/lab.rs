@@ -428,10 +428,12 @@ echo 1 > /proc/sys/kernel/softlockup_panic
 # A RAM disk with ext2, for page cache that is page cache (on tmpfs it would be shmem).
 insmod /lib/brd.ko rd_nr=1 rd_size=524288 && mke2fs -q /dev/ram0 && mount /dev/ram0 /mnt/cache && chmod 1777 /mnt/cache
 echo "@@LAB:BEGIN $(uname -r)"
-/bin/memstress-lab run --memstress /bin/memstress --out /out --kernel-label @LABEL@ \
-    --root-name lab --file-dir /mnt/cache /scenarios/*.toml > /tmp/agent.log 2>&1
-echo "@@LAB:EXIT $?"
-sed 's/^/@@LOG /' /tmp/agent.log
+# The agent's log goes to the console as it is written: a guest that hangs or panics then
+# shows which scenario it was in, beside what its kernel said.
+{ /bin/memstress-lab run --memstress /bin/memstress --out /out --kernel-label @LABEL@ \
+    --root-name lab --file-dir /mnt/cache /scenarios/*.toml; echo $? > /tmp/agent.rc; } 2>&1 \
+    | sed 's/^/@@LOG /'
+echo "@@LAB:EXIT $(cat /tmp/agent.rc)"
 for f in $(find /out -type f); do
     echo "@@FILE ${f#/out/}"
     base64 "$f" | sed 's/^/@@B64 /'
@@ -586,9 +588,9 @@ fn run_guest(label: &str, guest: &Guest, dir: &Path, timeout: Duration) -> Resul
     extract_files(&lines, dir)
 }
 
-/// The guest kernel's own last words on its console, for an error: the last lines after
-/// the agent started that are not the results' protocol (`@@…`). The guest's console shows
-/// emergencies only (a soft lockup, a panic with its stack: the init script makes a soft
+/// The guest's last words on its console, for an error: the last lines after the agent
+/// started, its log and its kernel's messages, without the results' protocol. The kernel's
+/// are emergencies only (a soft lockup, a panic with its stack: the init script makes a soft
 /// lockup panic), and CI keeps only what xtask prints.
 fn kernel_said(lines: &[String]) -> String {
     const LAST: usize = 60;
@@ -598,8 +600,11 @@ fn kernel_said(lines: &[String]) -> String {
         .map_or(0, |i| i + 1);
     let said: Vec<&str> = lines[begun..]
         .iter()
-        .filter(|l| !l.starts_with("@@") && !l.trim().is_empty())
-        .map(String::as_str)
+        .filter_map(|l| match l.strip_prefix("@@LOG ") {
+            Some(agent) => Some(agent),
+            None => (!l.starts_with("@@")).then_some(l.as_str()),
+        })
+        .filter(|l| !l.trim().is_empty())
         .collect();
     if said.is_empty() {
         return String::new();
