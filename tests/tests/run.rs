@@ -1659,6 +1659,27 @@ fn a_small_run_in_an_unlimited_cgroup_still_works() {
     assert!(target.cgroup.procs().unwrap().is_empty());
 }
 
+/// `args` (a v2-only option on a v1 memcg) exits 1 with one line holding `needles`, prints
+/// nothing on stdout, and changes nothing: no `--new` sandbox `name`, no process in `target`,
+/// its limit as it was.
+fn assert_refused_on_v1(target: &TestCgroup, name: &str, args: &[&str], needles: &[&str]) {
+    let limit_file = target.cgroup.dir.join("memory.limit_in_bytes");
+    let before = std::fs::read_to_string(&limit_file).unwrap();
+    let out = memstress_output(args);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
+    assert_one_line_error(&String::from_utf8_lossy(&out.stderr), needles);
+    assert!(out.stdout.is_empty(), "{args:?} printed {:?}", out.stdout);
+    assert!(
+        !hierarchy().mount.join(name).exists(),
+        "{args:?} created it"
+    );
+    assert!(
+        target.cgroup.procs().unwrap().is_empty(),
+        "{args:?} left processes"
+    );
+    assert_eq!(std::fs::read_to_string(&limit_file).unwrap(), before);
+}
+
 /// `--throttle` sets memory.high, which cgroup v1 does not have: on a v1 memcg it is refused
 /// with one line saying cgroup v2 is needed (with `--dry-run` too, alone or with `--size`), and
 /// nothing is created or changed. (The lab's `throttle` scenario runs it on v2 kernels.)
@@ -1670,8 +1691,6 @@ fn throttle_needs_cgroup_v2() {
         return;
     }
     let target = TestCgroup::new("throttle-v1", Some(64 << 20));
-    let limit_file = target.cgroup.dir.join("memory.limit_in_bytes");
-    let before = std::fs::read_to_string(&limit_file).unwrap();
     let name = test_name("throttle-new");
     for args in [
         vec!["run", "--cgroup", target.path(), "--throttle", "32Mi"],
@@ -1702,27 +1721,12 @@ fn throttle_needs_cgroup_v2() {
             "32Mi",
         ],
     ] {
-        let out = memstress_output(&args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
-        assert_one_line_error(
-            &String::from_utf8_lossy(&out.stderr),
-            &[
-                "--throttle",
-                "memory.high",
-                "cgroup v2",
-                "nothing was changed",
-            ],
+        assert_refused_on_v1(
+            &target,
+            &name,
+            &args,
+            &["--throttle", "memory.high", "cgroup v2", "nothing was changed"],
         );
-        assert!(out.stdout.is_empty(), "{args:?} printed {:?}", out.stdout);
-        assert!(
-            !hierarchy().mount.join(&name).exists(),
-            "{args:?} created it"
-        );
-        assert!(
-            target.cgroup.procs().unwrap().is_empty(),
-            "{args:?} left processes"
-        );
-        assert_eq!(std::fs::read_to_string(&limit_file).unwrap(), before);
     }
 }
 
@@ -1738,8 +1742,6 @@ fn pressure_needs_cgroup_v2() {
         return;
     }
     let target = TestCgroup::new("pressure-v1", Some(64 << 20));
-    let limit_file = target.cgroup.dir.join("memory.limit_in_bytes");
-    let before = std::fs::read_to_string(&limit_file).unwrap();
     let name = test_name("pressure-new");
     for args in [
         vec!["run", "--cgroup", target.path(), "--pressure", "some=20%"],
@@ -1770,27 +1772,12 @@ fn pressure_needs_cgroup_v2() {
             "some=20%",
         ],
     ] {
-        let out = memstress_output(&args);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {out:?}");
-        assert_one_line_error(
-            &String::from_utf8_lossy(&out.stderr),
-            &[
-                "--pressure",
-                "memory.pressure",
-                "cgroup v2",
-                "nothing was changed",
-            ],
+        assert_refused_on_v1(
+            &target,
+            &name,
+            &args,
+            &["--pressure", "memory.pressure", "cgroup v2", "nothing was changed"],
         );
-        assert!(out.stdout.is_empty(), "{args:?} printed {:?}", out.stdout);
-        assert!(
-            !hierarchy().mount.join(&name).exists(),
-            "{args:?} created it"
-        );
-        assert!(
-            target.cgroup.procs().unwrap().is_empty(),
-            "{args:?} left processes"
-        );
-        assert_eq!(std::fs::read_to_string(&limit_file).unwrap(), before);
     }
     // A goal that is no goal, or beside a size: a usage error (exit code 2), one line.
     for (goal, extra, needle) in [
