@@ -422,9 +422,12 @@ mount -t bpf bpf /sys/fs/bpf
 echo +memory > /sys/fs/cgroup/cgroup.subtree_control
 # Only emergencies on the console: it carries the results.
 echo 1 > /proc/sys/kernel/printk
-# A CPU stuck in the kernel panics, with its stack on the console, rather than hanging the
-# guest until the boot's timeout with nothing said.
+# A CPU stuck in the kernel panics rather than hanging the guest until the boot's timeout
+# with nothing said; every CPU's stack is taken first, and the panic prints the whole kernel
+# log (the stacks and the OOM reports the console level kept off it) before the guest stops.
+echo 1 > /proc/sys/kernel/softlockup_all_cpu_backtrace
 echo 1 > /proc/sys/kernel/softlockup_panic
+echo 32 > /proc/sys/kernel/panic_print
 # A RAM disk with ext2, for page cache that is page cache (on tmpfs it would be shmem).
 insmod /lib/brd.ko rd_nr=1 rd_size=524288 && mke2fs -q /dev/ram0 && mount /dev/ram0 /mnt/cache && chmod 1777 /mnt/cache
 echo "@@LAB:BEGIN $(uname -r)"
@@ -593,7 +596,7 @@ fn run_guest(label: &str, guest: &Guest, dir: &Path, timeout: Duration) -> Resul
 /// are emergencies only (a soft lockup, a panic with its stack: the init script makes a soft
 /// lockup panic), and CI keeps only what xtask prints.
 fn kernel_said(lines: &[String]) -> String {
-    const LAST: usize = 60;
+    const LAST: usize = 150;
     let begun = lines
         .iter()
         .position(|l| l.starts_with("@@LAB:BEGIN"))
