@@ -240,7 +240,10 @@ pub async fn run(opts: Options, reporter: &Reporter) -> Result<Ended> {
         let mut probe_opts = opts.probe.clone();
         // The throttle programs tax every return to user mode on the node (on kernels
         // before the handler's inline wrapper): loaded only where throttling can happen,
-        // with --throttle or a memory.high already set on the target or above it.
+        // with --throttle or a memory.high already set on the target or above it. Patching
+        // a function every CPU runs all the time is also what hung the lab's qemu guests
+        // (TCG, 6.1: a CPU stuck at the patched call at mem_cgroup_handle_over_high+0 as
+        // memstress attached) when every run and watch attached these.
         probe_opts.throttle &= plan.throttle.is_some() || target.cgroup.high_applies();
         let loading = tokio::task::spawn_blocking(move || {
             let niced = nice_this_thread(LOADER_NICE);
