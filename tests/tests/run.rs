@@ -1725,7 +1725,12 @@ fn throttle_needs_cgroup_v2() {
             &target,
             &name,
             &args,
-            &["--throttle", "memory.high", "cgroup v2", "nothing was changed"],
+            &[
+                "--throttle",
+                "memory.high",
+                "cgroup v2",
+                "nothing was changed",
+            ],
         );
     }
 }
@@ -1776,7 +1781,12 @@ fn pressure_needs_cgroup_v2() {
             &target,
             &name,
             &args,
-            &["--pressure", "memory.pressure", "cgroup v2", "nothing was changed"],
+            &[
+                "--pressure",
+                "memory.pressure",
+                "cgroup v2",
+                "nothing was changed",
+            ],
         );
     }
     // A goal that is no goal, or beside a size: a usage error (exit code 2), one line.
