@@ -406,7 +406,9 @@ impl Loop {
         let over = (r.unreclaimable + line).saturating_sub(r.limit);
         // Unsettled, a shrink already under way is waited for.
         let shrinking = !r.settled && self.state == LoopState::BackingOff;
-        if over > 0 && self.holding > 0 && !shrinking {
+        // The cap is on that line: stressors held at it move across it by their own
+        // footprints' jitter (tenths of a MiB), which is no growth of the application.
+        if over > jitter(margin) && self.holding > 0 && !shrinking {
             let to = if r.settled {
                 self.cap
             } else {
@@ -597,6 +599,12 @@ impl Loop {
         self.holding = to;
         Some(to)
     }
+}
+
+/// How far past the margin's line the domain may read before the loop backs off: the
+/// stressors' own charge moves by tenths of a MiB from one reading to the next.
+fn jitter(margin: u64) -> u64 {
+    (margin / 16).max(MIB)
 }
 
 /// The most the stressors may hold: the limit, less the margin, less the domain's
@@ -811,6 +819,40 @@ mod tests {
         r.kills = 1;
         assert_eq!(l.step(&r), Some(50 * MIB));
         assert!(l.said()[0].contains("OOM kill"));
+    }
+
+    /// Held at the cap, the stressors' charge moving by tenths of a MiB across the margin's
+    /// line is not the application growing: no backing off, and the loop says the goal is
+    /// out of reach once (in the lab, CI once read a `backing off` line every few seconds,
+    /// and the state flipping between `backing_off` and `starting`).
+    #[test]
+    fn holding_at_the_cap_is_not_backing_off() {
+        let mut l = Loop::new(goal(), LIMIT, 20 * MIB);
+        let top = cap(LIMIT, 20 * MIB, 0);
+        l.holding = top;
+        for (i, wobble) in [0, MIB / 5, MIB / 10, MIB / 4, 0, MIB / 5]
+            .iter()
+            .enumerate()
+        {
+            // The rest of the domain reads a little more: the cap a little less.
+            let mut r = reading(i as u64 * 1500, 12.0, i as u64 * 18_000, top);
+            r.unreclaimable = 20 * MIB + wobble + top;
+            // It may follow the cap down by the wobble; it does not back off.
+            if let Some(to) = l.step(&r) {
+                assert!(to + MIB >= top, "reading {i}: to {to}");
+            }
+            assert_ne!(l.sample(None).state, LoopState::BackingOff, "reading {i}");
+        }
+        let said = l.said();
+        assert!(
+            said.iter().all(|s| !s.starts_with("backing off")),
+            "{said:?}"
+        );
+        assert_eq!(l.sample(None).state, LoopState::AtCap);
+        // Growth of the application past the jitter still backs off.
+        let mut r = reading(10_000, 12.0, 200_000, top);
+        r.unreclaimable = 20 * MIB + top + 3 * MIB;
+        assert!(l.step(&r).is_some_and(|to| to < top));
     }
 
     #[test]
