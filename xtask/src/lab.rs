@@ -116,8 +116,15 @@ pub fn lab(args: &Args) -> Result<()> {
         let dir = out_dir().join(kernel);
         // Results of an earlier run of the same scenarios would be mistaken for this one's.
         for f in &files {
-            if let Some(stem) = f.file_stem() {
+            if let Some(stem) = f.file_stem().and_then(|s| s.to_str()) {
                 let _ = fs::remove_dir_all(dir.join(stem));
+                // A failed run's report kept beside a retry (a scenario's `attempts`).
+                let attempt = format!("{stem}-attempt-");
+                for old in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    if old.file_name().to_string_lossy().starts_with(&attempt) {
+                        let _ = fs::remove_dir_all(old.path());
+                    }
+                }
             }
         }
         let _ = fs::remove_file(dir.join("results.json"));

@@ -190,9 +190,34 @@ fn run(args: &[String]) -> ExitCode {
             "memstress-lab: {} on {} …",
             scenario.name, opts.kernel_label
         );
-        let (passed, skipped, error) = match runner::run(scenario, &opts) {
-            Ok(o) => (o.passed, o.skipped, None),
-            Err(e) => (false, None, Some(format!("{e:#}"))),
+        let attempts = scenario.attempts.max(1);
+        let mut attempt = 1;
+        let (passed, skipped, error) = loop {
+            let ran = match runner::run(scenario, &opts) {
+                Ok(o) => (o.passed, o.skipped, None),
+                Err(e) => (false, None, Some(format!("{e:#}"))),
+            };
+            if ran.0 || attempt == attempts {
+                break ran;
+            }
+            // Kept beside the next run's report, which takes the scenario's own name.
+            let dir = opts.out.join(&scenario.name);
+            let kept = opts
+                .out
+                .join(format!("{}-attempt-{attempt}", scenario.name));
+            let _ = std::fs::rename(&dir, &kept);
+            eprintln!(
+                "memstress-lab: {} on {}: run {attempt} of {attempts} failed{}; its report is \
+                 {}; again from scratch",
+                scenario.name,
+                opts.kernel_label,
+                ran.2
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default(),
+                kept.display()
+            );
+            attempt += 1;
         };
         all_passed &= passed;
         let verdict = match (&skipped, passed) {
@@ -201,10 +226,15 @@ fn run(args: &[String]) -> ExitCode {
             (None, false) => "FAIL",
         };
         eprintln!(
-            "memstress-lab: {verdict} {} on {} ({:.1} s){}",
+            "memstress-lab: {verdict} {} on {} ({:.1} s{}){}",
             scenario.name,
             opts.kernel_label,
             started.elapsed().as_secs_f64(),
+            if attempt > 1 {
+                format!(", run {attempt} of {attempts}")
+            } else {
+                String::new()
+            },
             skipped
                 .as_deref()
                 .or(error.as_deref())
@@ -213,7 +243,7 @@ fn run(args: &[String]) -> ExitCode {
         );
         results.push(
             json!({"scenario": scenario.name, "kernel": opts.kernel_label,
-            "passed": passed, "skipped": skipped, "error": error,
+            "passed": passed, "skipped": skipped, "error": error, "runs": attempt,
             "seconds": started.elapsed().as_secs_f64()}),
         );
     }

@@ -23,6 +23,10 @@ pub const DEFAULT_GUEST_MEMORY_MIB: u64 = 2048;
 /// The range a scenario's `memory` may ask for, in MiB.
 pub const GUEST_MEMORY_MIB: std::ops::RangeInclusive<u64> = 384..=8192;
 
+fn one() -> u32 {
+    1
+}
+
 /// A scenario.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +46,13 @@ pub struct Scenario {
     /// machine has more than that (this machine's own kernel, a guest of another size).
     #[serde(default)]
     pub memory: Option<String>,
+    /// Runs of the whole scenario allowed before it fails (default 1): for a scenario whose
+    /// plant the lab cannot pin down from one boot to the next (how much memory pressure an
+    /// application's page cache gives per MiB squeezed), each run from scratch, with fresh
+    /// cgroups and applications. A failed run's report is kept as `<name>-attempt-N/`, and
+    /// the verdict line says which run passed.
+    #[serde(default = "one")]
+    pub attempts: u32,
     /// Cgroups to create under the lab root.
     #[serde(default, rename = "cgroup")]
     pub cgroups: Vec<CgroupSpec>,
