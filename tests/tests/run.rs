@@ -803,9 +803,14 @@ fn shares_below_a_stressors_footprint_are_refused() {
     let finished = run.interrupt(Duration::from_secs(15));
     assert!(finished.status.success(), "{}", finished.stderr);
     let want = 20 * MIB;
+    // The kernel charges a memcg in batches of 64 pages per CPU (memcg_stock): each CPU the
+    // workers ran on can hold up to a batch charged and not yet used (CI once read 50
+    // workers 0.46 MiB over 20 MiB on this 2-CPU machine).
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as u64;
+    let stock = 64 * memstress::size::page_size() * cpus;
     assert!(
-        grown.abs_diff(want) <= want / 50,
-        "{most} workers: usage grew by {grown}, want {want} ± 2%"
+        grown.abs_diff(want) <= want / 50 + stock,
+        "{most} workers: usage grew by {grown}, want {want} ± 2% + {stock} (the per-CPU charge stock)"
     );
     // The text plan states the shares in at most two terms, whatever the number of workers.
     let out = memstress_output(&[
