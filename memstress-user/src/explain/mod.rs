@@ -280,18 +280,13 @@ pub enum Scope {
 impl Scope {
     /// [`Scope::Domain`] of `cgroup`, its ancestors' ids read from the hierarchy.
     pub fn domain_of(cgroup: &Cgroup) -> Result<Self, crate::target::cgroup::CgroupError> {
-        let mut chain = Vec::new();
-        let mut at = Some(cgroup.clone());
-        while let Some(c) = at {
-            // The root's id is never a domain's (a root OOM is global); a cgroup whose id
-            // cannot be read (a fixture) is left out.
-            if !c.is_root()
-                && let Ok(id) = c.id()
-            {
-                chain.push(id);
-            }
-            at = c.parent();
-        }
+        // The root's id is never a domain's (a root OOM is global); a cgroup whose id cannot
+        // be read (a fixture) is left out.
+        let chain = cgroup
+            .lineage()
+            .filter(|c| !c.is_root())
+            .filter_map(|c| c.id().ok())
+            .collect();
         Ok(Self::Domain {
             id: cgroup.id()?,
             path: cgroup.path.clone(),
@@ -446,10 +441,9 @@ impl Explainer {
     /// Records `cgroup`'s limit-hit count now, and its ancestors', so that the first kill in
     /// any of them reports how often the limit was hit since this moment.
     pub fn seed(&mut self, cgroup: &Cgroup, now_ns: u64) {
-        let mut at = Some(cgroup.clone());
-        while let Some(c) = at {
+        // The root is seeded only when it is `cgroup` itself.
+        for c in cgroup.lineage().take_while(|c| c == cgroup || !c.is_root()) {
             self.seed_one(&c, now_ns);
-            at = c.parent().filter(|p| !p.is_root());
         }
     }
 

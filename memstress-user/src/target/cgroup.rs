@@ -623,14 +623,17 @@ impl Cgroup {
             .filter(|&v| v < V1_UNLIMITED))
     }
 
+    /// This cgroup, then each ancestor up to the root.
+    pub fn lineage(&self) -> impl Iterator<Item = Self> {
+        std::iter::successors(Some(self.clone()), Self::parent)
+    }
+
     /// The nearest limit that applies: this cgroup's own, or the nearest limited ancestor's.
     pub fn effective_limit(&self) -> Result<Option<(u64, Self)>, CgroupError> {
-        let mut at = Some(self.clone());
-        while let Some(cgroup) = at {
+        for cgroup in self.lineage() {
             if let Some(limit) = cgroup.limit()? {
                 return Ok(Some((limit, cgroup)));
             }
-            at = cgroup.parent();
         }
         Ok(None)
     }
@@ -663,14 +666,8 @@ impl Cgroup {
         if self.hierarchy.version != Version::V2 {
             return false;
         }
-        let mut level = Some(self.clone());
-        while let Some(cgroup) = level {
-            if !cgroup.is_root() && matches!(cgroup.high(), Ok(Some(_))) {
-                return true;
-            }
-            level = cgroup.parent();
-        }
-        false
+        self.lineage()
+            .any(|cgroup| !cgroup.is_root() && matches!(cgroup.high(), Ok(Some(_))))
     }
 
     /// Sets v2 `memory.high` (`None`: `max`). The kernel reclaims down to it at once, as far
