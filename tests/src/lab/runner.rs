@@ -416,6 +416,7 @@ impl Launch {
                     .unwrap_or(4096),
                 mmap: spec.mmap,
                 work: spec.work.unwrap_or(0),
+                skew: spec.skew.unwrap_or(1),
             },
         ))
     }
@@ -591,6 +592,7 @@ fn start_app(
 
 fn sampler(rec: Recorder, cgroups: Vec<(String, Cgroup)>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
     thread::spawn(move || {
+        let mut tick = 0u64;
         while !stop.load(Ordering::SeqCst) {
             for (name, cgroup) in &cgroups {
                 let Ok(c) = cgroup.counters() else { continue };
@@ -610,6 +612,13 @@ fn sampler(rec: Recorder, cgroups: Vec<(String, Cgroup)>, stop: Arc<AtomicBool>)
                     if let Ok(n) = cgroup.high_events() {
                         sample["high_events"] = json!(n);
                     }
+                    // Once a second, the reclaim counters that say where the pressure
+                    // came from (the app's refaults counted as workingset, or reclaim only).
+                    if tick.is_multiple_of(10)
+                        && let Ok(text) = fs::read_to_string(cgroup.dir.join("memory.stat"))
+                    {
+                        sample["stat"] = reclaim_counters(&text);
+                    }
                     if let Ok(text) = fs::read_to_string(cgroup.dir.join("memory.pressure")) {
                         for line in ["some", "full"] {
                             if let Some(avg10) = psi_avg10(&text, line) {
@@ -621,8 +630,34 @@ fn sampler(rec: Recorder, cgroups: Vec<(String, Cgroup)>, stop: Arc<AtomicBool>)
                 rec.push(sample);
             }
             thread::sleep(Duration::from_millis(100));
+            tick += 1;
         }
     })
+}
+
+/// The `memory.stat` (v2) counters of reclaim and refaults the lab records once a second.
+const RECLAIM_COUNTERS: [&str; 7] = [
+    "pgscan",
+    "pgsteal",
+    "pgmajfault",
+    "workingset_refault_file",
+    "workingset_activate_file",
+    "workingset_restore_file",
+    "file",
+];
+
+/// [`RECLAIM_COUNTERS`] from a `memory.stat`, as a JSON object (absent keys left out).
+fn reclaim_counters(stat: &str) -> serde_json::Value {
+    let mut found = serde_json::Map::new();
+    for line in stat.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some(key), Some(Ok(value))) = (words.next(), words.next().map(str::parse::<u64>))
+            && RECLAIM_COUNTERS.contains(&key)
+        {
+            found.insert(key.into(), json!(value));
+        }
+    }
+    serde_json::Value::Object(found)
 }
 
 /// The node's memory as the lab reads it, in bytes: the kubelet's `memory.available` and
@@ -1205,5 +1240,15 @@ mod tests {
              [    0.000007] a \\ b\tc é \\x07 \\xff \\xzz \\x\n"
         );
         assert_eq!(dmesg_text(&[]), "");
+    }
+
+    #[test]
+    fn reclaim_counters_are_the_named_ones() {
+        let stat = "anon 1000\nfile 4096\nfile_mapped 12\npgscan 30\npgsteal 20\n\
+                    workingset_refault_file 7\nworkingset_restore_file x\npgfault 9\n";
+        assert_eq!(
+            reclaim_counters(stat),
+            json!({"file": 4096, "pgscan": 30, "pgsteal": 20, "workingset_refault_file": 7})
+        );
     }
 }
