@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! memstress-lab app --name NAME --size BYTES --reread BYTES --dir DIR [--threads N]
-//!                   [--block BYTES] [--mmap 0|1] [--work N]
+//!                   [--block BYTES] [--mmap 0|1] [--work N] [--skew K]
 //! ```
 //!
 //! stdin: `size <bytes> <seq>` (hold this much anonymous memory) or `quit`; stdout: `held
@@ -13,18 +13,32 @@
 //! are page cache and not shmem) is written once, then read by `--threads` threads at random
 //! offsets: a `--block` per `read(2)` (`POSIX_FADV_RANDOM`: no readahead), or with `--mmap 1`
 //! a page at a time through a mapping (`MADV_RANDOM`), where a hit is a load and a miss a page
-//! fault; after each read, `--work` rounds of work. While its page cache fits beside
-//! everything else in the cgroup every read is a hit and nothing stalls. Squeezed below the
-//! file's size, reads refault: the kernel counts the time a task waits for a refault of its
-//! working set (`filemap_read_folio()` of a folio with `PG_workingset`) and the reclaim that
-//! makes room for it (`try_charge_memcg()`) as memory stall, which is what `memory.pressure`
-//! reports. The work is what the app does between reads: the more of it, the smaller the
-//! share of its time a refault costs, and the more gently pressure rises with the squeeze.
-//! Measured on 6.12 under qemu (a 96 MiB file in a 192 MiB pod, the squeeze starting at 70
-//! MiB held): with `read(2)` of a page, one thread, pressure stays under 10 % however hard
-//! the squeeze (the system call costs as much as a refault); through a mapping without work,
-//! it jumps from 0 to 25-35 % within 6 MiB; two threads with 15 000 rounds of work climb from
-//! 2 % to 35 % over 18 MiB, which a loop can hold at 20 %.
+//! fault; after each read, `--work` rounds of work. `--skew K` puts the read at `size · u^K`
+//! for `u` uniform in [0, 1): 1 spreads the reads evenly, 2 puts half of them in the file's
+//! first quarter (a hot head and a cold tail, as most data is read). While its page cache fits
+//! beside everything else in the cgroup every read is a hit and nothing stalls. Squeezed below
+//! the file's size, reads refault: the kernel counts the reclaim that makes room for a refault
+//! (`try_charge_memcg()`) as memory stall, and the wait for a refault of its working set
+//! (`filemap_read_folio()` of a folio with `PG_workingset`) too, which is what
+//! `memory.pressure` reports. The work is what the app does between reads: the more of it, the
+//! smaller the share of its time a refault costs.
+//!
+//! How much a refault costs is the kernel's LRU's doing (measured under qemu, a 96 MiB file in
+//! a 192 MiB pod, two threads through a mapping, with the lab's readings of memory.stat):
+//! - The multi-gen LRU (6.12's default) keeps a file larger than its room in the oldest
+//!   generation: its refaults are not workingset (`workingset_restore_file` stays 0), reclaim
+//!   frees about every page it scans, and the stall is that reclaim alone. Pressure then
+//!   follows the refault rate: 2 000 rounds of work climb 3 → 20 % from 95 to 122-139 MiB
+//!   held; 15 000 rounds top out at 9-14 % with the stressors at their cap. In some runs the
+//!   app's pages are protected instead, refaults are workingset, and the same squeeze gives
+//!   several times the pressure.
+//! - The classic LRU (6.1) finds every resident page referenced between two scans when reads
+//!   are this fast: reclaim scans 5-15 pages per page it frees, refaults are workingset, and
+//!   pressure jumps to 20-40 % within 2 MiB once the file stops fitting. With a hot head
+//!   (`--skew 2`, 2 000 or 4 000 rounds) the lab's loop held 20 % within 3 points (2 runs of
+//!   2); with reads spread evenly it swung past 5 points in 1 run of 3.
+//! - `read(2)` instead of a mapping: one thread stays under 10 % however hard the squeeze (the
+//!   system call costs as much as a refault).
 
 use std::{
     ffi::CString,
@@ -60,6 +74,9 @@ pub struct AppArgs {
     pub mmap: bool,
     /// Rounds of work (a xorshift step) after each read.
     pub work: u32,
+    /// How the reads spread over the file: at `size · u^skew` for `u` uniform in [0, 1), so
+    /// 1 is uniform and 2 reads the first quarter half of the time (a hot head, a cold tail).
+    pub skew: u32,
 }
 
 impl AppArgs {
@@ -83,6 +100,8 @@ impl AppArgs {
             self.work.to_string(),
             "--mmap".into(),
             u8::from(self.mmap).to_string(),
+            "--skew".into(),
+            self.skew.to_string(),
         ]
     }
 
@@ -97,6 +116,7 @@ impl AppArgs {
             block: PAGE as u64,
             mmap: false,
             work: 0,
+            skew: 1,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -111,6 +131,12 @@ impl AppArgs {
                     parsed.work = u32::try_from(number()?).map_err(|_| format!("--work {value}"))?
                 }
                 "--mmap" => parsed.mmap = value == "1",
+                "--skew" => {
+                    parsed.skew = u32::try_from(number()?)
+                        .ok()
+                        .filter(|n| (1..=8).contains(n))
+                        .ok_or(format!("--skew {value}: 1 to 8"))?
+                }
                 "--threads" => {
                     parsed.threads = u32::try_from(number()?)
                         .ok()
@@ -206,7 +232,12 @@ fn reread(file: &std::fs::File, args: &AppArgs, seed: u64, stop: &AtomicBool) {
     };
     let mut sum = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let at = (next(&mut x) % blocks) * block;
+        let at = if args.skew <= 1 {
+            next(&mut x) % blocks
+        } else {
+            let u = (next(&mut x) >> 11) as f64 / (1u64 << 53) as f64;
+            ((u.powi(args.skew as i32) * blocks as f64) as u64).min(blocks - 1)
+        } * block;
         match map {
             Some(ptr) => {
                 // SAFETY: `at` is a page inside the mapping.
@@ -314,6 +345,7 @@ mod tests {
             block: 64 << 10,
             mmap: true,
             work: 3,
+            skew: 3,
         };
         let written = args.to_args();
         assert_eq!(written[0], "app");

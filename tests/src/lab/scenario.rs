@@ -169,6 +169,11 @@ pub struct AppSpec {
     /// more, the smaller the share of the app's time a refault costs.
     #[serde(default)]
     pub work: Option<u32>,
+    /// With `reread`: how the reads spread over the file (default 1, uniform): the read at
+    /// `size · u^skew` for `u` uniform in [0, 1), a hot head and a cold tail, as most data is
+    /// read.
+    #[serde(default)]
+    pub skew: Option<u32>,
 }
 
 /// One step.
@@ -627,11 +632,15 @@ impl Scenario {
                 SizeSpec::parse_bytes(reread)
                     .map_err(|e| format!("app `{}`: reread: {e}", a.name))?;
             }
-            if (a.work.is_some() || a.threads.is_some() || a.block.is_some() || a.mmap)
+            if (a.work.is_some()
+                || a.threads.is_some()
+                || a.block.is_some()
+                || a.mmap
+                || a.skew.is_some())
                 && a.reread.is_none()
             {
                 return Err(format!(
-                    "app `{}`: threads, block, mmap and work go with reread",
+                    "app `{}`: threads, block, mmap, work and skew go with reread",
                     a.name
                 ));
             }
@@ -641,6 +650,9 @@ impl Scenario {
             }
             if a.threads.is_some_and(|n| !(1..=64).contains(&n)) {
                 return Err(format!("app `{}`: threads: 1 to 64", a.name));
+            }
+            if a.skew.is_some_and(|n| !(1..=8).contains(&n)) {
+                return Err(format!("app `{}`: skew: 1 to 8", a.name));
             }
             for adj in [a.oom_score_adj, a.fallback_oom_score_adj]
                 .into_iter()
