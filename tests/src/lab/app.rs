@@ -28,15 +28,15 @@
 //! - The multi-gen LRU (6.12's default) keeps a file larger than its room in the oldest
 //!   generation: its refaults are not workingset (`workingset_restore_file` stays 0), reclaim
 //!   frees about every page it scans, and the stall is that reclaim alone. Pressure then
-//!   follows the refault rate: 2 000 rounds of work climb 3 → 20 % from 95 to 122-139 MiB
-//!   held; 15 000 rounds top out at 9-14 % with the stressors at their cap. In some runs the
+//!   follows the refault rate: 2 000 rounds of work climb 3 → 20 % from 95 to 122-127 MiB
+//!   held (`--skew 2`); 15 000 rounds top out at 9-14 % with the stressors at their cap. In some runs the
 //!   app's pages are protected instead, refaults are workingset, and the same squeeze gives
 //!   several times the pressure.
 //! - The classic LRU (6.1) finds every resident page referenced between two scans when reads
 //!   are this fast: reclaim scans 5-15 pages per page it frees, refaults are workingset, and
 //!   pressure jumps to 20-40 % within 2 MiB once the file stops fitting. With a hot head
-//!   (`--skew 2`, 2 000 or 4 000 rounds) the lab's loop held 20 % within 3 points (2 runs of
-//!   2); with reads spread evenly it swung past 5 points in 1 run of 3.
+//!   (`--skew 2`, 2 000 rounds) the lab's loop held 20 % within 2.1-3.9 points (4 runs of
+//!   4); with reads spread evenly it swung past 5 points in 1 run of 3.
 //! - `read(2)` instead of a mapping: one thread stays under 10 % however hard the squeeze (the
 //!   system call costs as much as a refault).
 
