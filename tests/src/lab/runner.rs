@@ -615,9 +615,9 @@ fn sampler(rec: Recorder, cgroups: Vec<(String, Cgroup)>, stop: Arc<AtomicBool>)
                     // Once a second, the reclaim counters that say where the pressure
                     // came from (the app's refaults counted as workingset, or reclaim only).
                     if tick.is_multiple_of(10)
-                        && let Ok(text) = fs::read_to_string(cgroup.dir.join("memory.stat"))
+                        && let Ok(stat) = cgroup.stat()
                     {
-                        sample["stat"] = reclaim_counters(&text);
+                        sample["stat"] = reclaim_counters(&stat);
                     }
                     if let Ok(text) = fs::read_to_string(cgroup.dir.join("memory.pressure")) {
                         for line in ["some", "full"] {
@@ -646,18 +646,12 @@ const RECLAIM_COUNTERS: [&str; 7] = [
     "file",
 ];
 
-/// [`RECLAIM_COUNTERS`] from a `memory.stat`, as a JSON object (absent keys left out).
-fn reclaim_counters(stat: &str) -> serde_json::Value {
-    let mut found = serde_json::Map::new();
-    for line in stat.lines() {
-        let mut words = line.split_whitespace();
-        if let (Some(key), Some(Ok(value))) = (words.next(), words.next().map(str::parse::<u64>))
-            && RECLAIM_COUNTERS.contains(&key)
-        {
-            found.insert(key.into(), json!(value));
-        }
-    }
-    serde_json::Value::Object(found)
+/// [`RECLAIM_COUNTERS`] of a parsed `memory.stat`, as a JSON object (absent keys left out).
+fn reclaim_counters(stat: &HashMap<String, u64>) -> Value {
+    RECLAIM_COUNTERS
+        .iter()
+        .filter_map(|&key| Some((key.to_owned(), json!(stat.get(key)?))))
+        .collect()
 }
 
 /// The node's memory as the lab reads it, in bytes: the kubelet's `memory.available` and
@@ -1247,7 +1241,7 @@ mod tests {
         let stat = "anon 1000\nfile 4096\nfile_mapped 12\npgscan 30\npgsteal 20\n\
                     workingset_refault_file 7\nworkingset_restore_file x\npgfault 9\n";
         assert_eq!(
-            reclaim_counters(stat),
+            reclaim_counters(&memstress::target::cgroup::parse_flat_keyed(stat)),
             json!({"file": 4096, "pgscan": 30, "pgsteal": 20, "workingset_refault_file": 7})
         );
     }
